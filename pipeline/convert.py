@@ -1,0 +1,91 @@
+r"""cxr-convert: image folders -> patient-grouped, stratified, sharded TFRecords.
+
+Usage:
+  cxr-convert --input_dir=../shared/data/chest_xray --output_dir=/tmp/cxr_records
+  python -m pipeline.convert --input_dir=data/sample --output_dir=out/records \
+      --split_ratios=0.8,0.1,0.1 --seed=42 --num_shards=8 --overwrite
+
+Writes train-/val-/test-NNNNN-of-NNNNN.tfrecord, labels.txt and, last, manifest.json.
+Check a finished conversion with cxr-verify.
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from pipeline import convert_lib
+from pipeline import splits
+
+_INPUT_DIR = flags.DEFINE_string(
+    "input_dir", None,
+    "Folder with one sub-folder per class (NORMAL, PNEUMONIA; any case), searched "
+    "recursively, so the public release's train/val/test layout is pooled and re-split.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where shards, labels.txt and manifest.json are written.")
+_SPLIT_RATIOS = flags.DEFINE_string(
+    "split_ratios", "0.8,0.1,0.1",
+    "train,val,test shares of each class's images; splits are grouped by patient.")
+_SEED = flags.DEFINE_integer("seed", 42, "Seed of the split and of the record order.")
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 0,
+    "Shards of the train split (val and test get proportionally fewer, at least 1). "
+    "0 sizes each split by --shard_size_mb.", lower_bound=0)
+_SHARD_SIZE_MB = flags.DEFINE_float(
+    "shard_size_mb", 16.0, "Target shard size when --num_shards=0.", lower_bound=0.001)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None,
+    "If set, images whose longer side exceeds it are downscaled to it (aspect kept) "
+    "and re-encoded; by default the source bytes are stored unchanged.", lower_bound=1)
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", None, "Worker processes for reading and decoding; default: all CPUs.",
+    lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a previous conversion in a non-empty --output_dir.")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", 50_000_000,
+    "Images with more pixels are rejected as decompression bombs.", lower_bound=1)
+
+
+def _valid_ratios(text: str) -> bool:
+  try:
+    splits.parse_ratios(text)
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from None
+  return True
+
+
+flags.register_validator("split_ratios", _valid_ratios)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    result = convert_lib.convert(
+        input_dir=_INPUT_DIR.value,
+        output_dir=_OUTPUT_DIR.value,
+        split_ratios=splits.parse_ratios(_SPLIT_RATIOS.value),
+        seed=_SEED.value,
+        num_shards=_NUM_SHARDS.value,
+        shard_size_mb=_SHARD_SIZE_MB.value,
+        image_size=_IMAGE_SIZE.value,
+        num_workers=_NUM_WORKERS.value,
+        overwrite=_OVERWRITE.value,
+        max_pixels=_MAX_PIXELS.value)
+  except convert_lib.ConversionError as e:
+    sys.exit(f"cxr-convert: error: {e}")
+  logging.info("%s", result.summary())
+  print(f"cxr-convert: {result.summary()}; output in {_OUTPUT_DIR.value}")
+  if result.num_written == 0:
+    sys.exit("cxr-convert: error: no image could be converted (see 'rejected' in the manifest)")
+
+
+def run():
+  """Console-script entry point."""
+  flags.mark_flags_as_required(["input_dir", "output_dir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

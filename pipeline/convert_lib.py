@@ -1,0 +1,403 @@
+"""Converts a folder of class sub-folders of chest X-rays into sharded TFRecords.
+
+Two passes over the files, both in parallel worker processes:
+1. inspect: hash and fully decode every file, so bad input is rejected with a reason
+   before anything is written and byte-identical images are known for the split;
+2. write: the accepted files, split by patient, go to shards in a seeded order. Each
+   shard is written under a temporary name and renamed when complete; manifest.json is
+   written last, so an interrupted run never leaves a directory that looks complete.
+"""
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import random
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from absl import logging
+
+from pipeline import image_io
+from pipeline import schema
+from pipeline import splits as splits_lib
+
+MANIFEST_VERSION = 1
+_TMP_SUFFIX = ".incomplete"
+_PROGRESS_EVERY_S = 5.0
+
+
+class ConversionError(Exception):
+  """The input or output directory cannot be used; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+  relpath: str  # relative to input_dir, with "/" separators
+  label: Optional[str]  # None when no class folder is found above the file
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """An accepted image and where it goes."""
+  relpath: str
+  label: str
+  patient_id: str
+  info: image_io.ImageInfo
+
+
+@dataclasses.dataclass
+class ConversionResult:
+  """What convert() did; `manifest` is exactly what manifest.json holds."""
+  manifest: Dict[str, Any]
+  seconds: float
+  inspect_seconds: float
+
+  @property
+  def num_written(self) -> int:
+    return self.manifest["num_written"]
+
+  @property
+  def num_rejected(self) -> int:
+    return len(self.manifest["rejected"])
+
+  @property
+  def images_per_s(self) -> float:
+    total = self.num_written + self.num_rejected
+    return total / self.seconds if self.seconds > 0 else float("nan")
+
+  def summary(self) -> str:
+    counts = ", ".join(f"{s} {self.manifest['splits'][s]['images']}" for s in schema.SPLITS)
+    return (f"wrote {self.num_written} images ({counts}), rejected {self.num_rejected}, "
+            f"in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)")
+
+
+def scan_input(input_dir: str) -> List[SourceFile]:
+  """Lists every file below input_dir with the class of its nearest class folder.
+
+  Hidden files and folders (".DS_Store", ".git") are listed too: every file found
+  is accounted for, so they are rejected with a reason rather than silently skipped.
+
+  Raises:
+    ConversionError: input_dir is missing or no folder below it is a class folder.
+  """
+  if not os.path.isdir(input_dir):
+    raise ConversionError(f"--input_dir {input_dir!r} is not a directory")
+  found: List[SourceFile] = []
+  any_class_dir = False
+  for root, dirs, files in os.walk(input_dir):
+    dirs.sort()
+    rel_root = os.path.relpath(root, input_dir)
+    parts = [] if rel_root == "." else rel_root.split(os.sep)
+    label = None
+    for part in reversed(parts):  # the deepest class folder wins
+      label = schema.class_from_dirname(part)
+      if label:
+        break
+    any_class_dir = any_class_dir or label is not None
+    for name in sorted(files):
+      found.append(SourceFile("/".join(parts + [name]), label))
+  if not any_class_dir:
+    raise ConversionError(
+        f"--input_dir {input_dir!r} holds no class folders (expected sub-folders named "
+        f"{' / '.join(schema.LABELS)}, any case, at any depth)")
+  return found
+
+
+def _patient_id(relpath: str) -> str:
+  name = relpath.rsplit("/", 1)[-1]
+  # A name with no recognisable id is its own patient: its path is unique.
+  return schema.parse_patient_id(name) or os.path.splitext(relpath)[0]
+
+
+def _tool_versions() -> Dict[str, str]:
+  import numpy  # pylint: disable=g-import-not-at-top
+  import PIL  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return {"python": platform.python_version(), "tensorflow": tf.__version__,
+          "pillow": PIL.__version__, "numpy": numpy.__version__}
+
+
+def _inspect_worker(args: Tuple[str, int]) -> Any:
+  path, max_pixels = args
+  return image_io.inspect_image(path, max_pixels)
+
+
+def _load_worker(args: Tuple[str, str, str, Optional[int]]) -> Tuple[bytes, int, int, int]:
+  return image_io.load_encoded(*args)
+
+
+class _Progress:
+  """Logs `done/total` with a rate at most every few seconds, and once at the end."""
+
+  def __init__(self, what: str, total: int):
+    self._what, self._total = what, total
+    self._start = self._last = time.monotonic()
+
+  def update(self, done: int, extra: str = "") -> None:
+    now = time.monotonic()
+    if now - self._last >= _PROGRESS_EVERY_S or done == self._total:
+      self._last = now
+      rate = done / max(now - self._start, 1e-9)
+      logging.info("%s %d/%d images (%.0f images/s)%s", self._what, done, self._total,
+                   rate, extra)
+
+
+def _num_shards(split_bytes: int, split_images: int, num_shards: int, train_images: int,
+                shard_size_mb: float) -> int:
+  if split_images == 0:
+    return 0
+  if num_shards > 0:
+    # --num_shards sizes the train split; smaller splits get proportionally fewer.
+    n = math.ceil(num_shards * split_images / max(train_images, 1))
+  else:
+    n = math.ceil(split_bytes / (shard_size_mb * 1024 * 1024))
+  return max(1, min(n, split_images))
+
+
+def _prepare_output(output_dir: str, overwrite: bool) -> None:
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise ConversionError(f"--output_dir {output_dir!r} exists and is not a directory")
+  os.makedirs(output_dir, exist_ok=True)
+  existing = sorted(os.listdir(output_dir))
+  if existing and not overwrite:
+    raise ConversionError(
+        f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
+        "pass --overwrite to replace a previous conversion")
+  # Remove the manifest first: from now on the directory must not look complete.
+  ours = [n for n in existing if n == schema.MANIFEST_NAME] + [
+      n for n in existing if n.endswith((schema.SHARD_SUFFIX, _TMP_SUFFIX))
+      or n == schema.LABELS_NAME]
+  for name in ours:
+    os.remove(os.path.join(output_dir, name))
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = path + _TMP_SUFFIX
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _make_example(record: Record, encoded: bytes, height: int, width: int, channels: int):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def b(v: Union[str, bytes]):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[v if isinstance(v, bytes) else v.encode("utf-8")]))
+
+  def i(v: int):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+  return tf.train.Example(features=tf.train.Features(feature={
+      schema.KEY_ENCODED: b(encoded),
+      schema.KEY_FORMAT: b(record.info.format),
+      schema.KEY_HEIGHT: i(height),
+      schema.KEY_WIDTH: i(width),
+      schema.KEY_CHANNELS: i(channels),
+      schema.KEY_LABEL: i(schema.LABEL_TO_INDEX[record.label]),
+      schema.KEY_TEXT: b(record.label),
+      schema.KEY_FILENAME: b(record.relpath),
+      schema.KEY_PATIENT: b(record.patient_id),
+      schema.KEY_SHA256: b(record.info.sha256),
+  }))
+
+
+def _split_stats(records: Sequence[Record]) -> Dict[str, Any]:
+  classes = {}
+  for label in schema.LABELS:
+    of_class = [r for r in records if r.label == label]
+    classes[label] = {"images": len(of_class),
+                      "patients": len({r.patient_id for r in of_class})}
+  return {"images": len(records), "patients": len({r.patient_id for r in records}),
+          "classes": classes}
+
+
+def convert(input_dir: str,
+            output_dir: str,
+            split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+            seed: int = 42,
+            num_shards: int = 0,
+            shard_size_mb: float = 16.0,
+            image_size: Optional[int] = None,
+            num_workers: Optional[int] = None,
+            overwrite: bool = False,
+            max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> ConversionResult:
+  """Converts class folders of images into split, sharded TFRecords.
+
+  Args:
+    input_dir: folder searched recursively; each file's class is its nearest ancestor
+      folder named like a label (NORMAL, PNEUMONIA; any case).
+    output_dir: where shards, labels.txt and manifest.json go.
+    split_ratios: (train, val, test) image shares; they sum to 1.
+    seed: seed of the split and of the record order in the shards.
+    num_shards: shards of the train split (val/test get proportionally fewer); 0
+      sizes every split by `shard_size_mb` instead.
+    shard_size_mb: target shard size when num_shards is 0.
+    image_size: if set, images whose longer side exceeds it are downscaled to it and
+      re-encoded; None stores the source bytes unchanged.
+    num_workers: worker processes; None uses every CPU.
+    overwrite: replace a previous conversion in a non-empty output_dir.
+    max_pixels: larger images are rejected as decompression bombs.
+
+  Returns:
+    A ConversionResult whose manifest was also written to output_dir.
+
+  Raises:
+    ConversionError: unusable input_dir or output_dir.
+    ValueError: invalid ratios.
+  """
+  ratios = tuple(float(r) for r in split_ratios)
+  splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
+  # TensorFlow is imported lazily (spawned workers import this module and must stay
+  # light) but before the clock starts, so the reported rate is the conversion's own.
+  start = time.monotonic()
+  files = scan_input(input_dir)
+  _prepare_output(output_dir, overwrite)
+  num_workers = num_workers or os.cpu_count() or 1
+  logging.info("found %d files in %s; inspecting with %d workers", len(files), input_dir,
+               num_workers)
+
+  rejected: List[Dict[str, str]] = []
+  candidates = []
+  for f in files:
+    if f.label is None:
+      rejected.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
+    else:
+      candidates.append(f)
+
+  # spawn, not fork: the parent may already have TensorFlow's threads running.
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(num_workers) as pool:
+    records: List[Record] = []
+    progress = _Progress("inspected", len(candidates))
+    jobs = [(os.path.join(input_dir, f.relpath), max_pixels) for f in candidates]
+    results = pool.imap(_inspect_worker, jobs, chunksize=16)
+    for n, (f, result) in enumerate(zip(candidates, results), 1):
+      if isinstance(result, image_io.Rejection):
+        rejected.append({"path": f.relpath, "reason": result.reason})
+      else:
+        records.append(Record(f.relpath, f.label, _patient_id(f.relpath), result))
+      progress.update(n, f", rejected {len(rejected)} so far")
+    inspect_seconds = time.monotonic() - start
+
+    items = [splits_lib.SplitItem(r.relpath, schema.LABEL_TO_INDEX[r.label], r.patient_id,
+                                  r.info.sha256) for r in records]
+    assignment = splits_lib.assign_splits(items, ratios, seed)
+    by_split: Dict[str, List[Record]] = {s: [] for s in schema.SPLITS}
+    for r, s in zip(records, assignment):
+      by_split[schema.SPLITS[s]].append(r)
+    # Seeded order within a split, so shards mix classes and patients.
+    rng = random.Random(seed)
+    for s in schema.SPLITS:
+      by_split[s].sort(key=lambda r: r.relpath)
+      rng.shuffle(by_split[s])
+
+    plan: List[Tuple[str, List[Record]]] = []
+    train_images = len(by_split["train"])
+    for s in schema.SPLITS:
+      recs = by_split[s]
+      n = _num_shards(sum(r.info.size_bytes for r in recs), len(recs), num_shards,
+                      train_images, shard_size_mb)
+      for k in range(n):
+        plan.append((schema.shard_name(s, k, n), recs[k * len(recs) // n:(k + 1) * len(recs) // n]))
+
+    ordered = [r for _, recs in plan for r in recs]
+    loads = pool.imap(_load_worker, [(os.path.join(input_dir, r.relpath), r.info.sha256,
+                                      r.info.format, image_size) for r in ordered], chunksize=16)
+    shards_info = _write_shards(output_dir, plan, loads)
+
+  manifest = {
+      "format_version": MANIFEST_VERSION,
+      "seed": seed,
+      "split_ratios": dict(zip(schema.SPLITS, ratios)),
+      "image_size": image_size,
+      "labels": dict(schema.LABEL_TO_INDEX),
+      "num_files_found": len(files),
+      "num_written": len(records),
+      "splits": {},
+      "duplicate_groups": _duplicate_groups(records),
+      "rejected": rejected,
+      "tools": _tool_versions(),
+  }
+  for s in schema.SPLITS:
+    manifest["splits"][s] = _split_stats(by_split[s])
+    manifest["splits"][s]["shards"] = [x for x in shards_info if x["file"].startswith(s + "-")]
+  _write_atomic(os.path.join(output_dir, schema.LABELS_NAME), "".join(l + "\n" for l in schema.LABELS))
+  _write_atomic(os.path.join(output_dir, schema.MANIFEST_NAME),
+                json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+  return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
+
+
+def _duplicate_groups(records: Sequence[Record]) -> int:
+  counts = collections.Counter(r.info.sha256 for r in records)
+  return sum(1 for c in counts.values() if c > 1)
+
+
+def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
+                  loads: Iterator[Tuple[bytes, int, int, int]]) -> List[Dict[str, Any]]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  total = sum(len(recs) for _, recs in plan)
+  progress = _Progress("wrote", total)
+  done = 0
+  shards = []
+  for name, recs in plan:
+    final = os.path.join(output_dir, name)
+    tmp = final + _TMP_SUFFIX
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for r in recs:
+        encoded, h, w, c = next(loads)
+        # deterministic=True: the feature map otherwise serializes in hash order,
+        # which changes between processes and would break byte-identical shards.
+        writer.write(_make_example(r, encoded, h, w, c).SerializeToString(deterministic=True))
+        done += 1
+        progress.update(done)
+    shards.append({"file": name, "records": len(recs), "sha256": sha256_file(tmp),
+                   "bytes": os.path.getsize(tmp)})
+    os.replace(tmp, final)
+  return shards
+
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file, read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def load_manifest(data_dir: str) -> Dict[str, Any]:
+  """Reads manifest.json of a conversion.
+
+  Raises:
+    FileNotFoundError: with a message saying the directory is not a finished conversion.
+  """
+  path = os.path.join(data_dir, schema.MANIFEST_NAME)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{data_dir!r} has no {schema.MANIFEST_NAME}: not a complete "
+                            "cxr-convert output (missing, or the conversion was interrupted)")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def shard_paths(data_dir: str, split: str) -> List[str]:
+  """The shard files of one split, as listed in the manifest, in order.
+
+  Raises:
+    FileNotFoundError: no manifest, or a listed shard is missing.
+    ValueError: unknown split name.
+  """
+  if split not in schema.SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {schema.SPLITS}")
+  manifest = load_manifest(data_dir)
+  paths = [os.path.join(data_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
+  for p in paths:
+    if not os.path.isfile(p):
+      raise FileNotFoundError(f"shard {p} listed in the manifest is missing")
+  return paths
+

@@ -1,0 +1,160 @@
+"""Reading, validating and (optionally) re-encoding source images with Pillow.
+
+These functions run in the conversion job's worker processes. They import only the
+standard library and Pillow, never TensorFlow, so that spawning a worker is cheap and
+does not copy TensorFlow's thread pools into a forked child.
+"""
+import dataclasses
+import hashlib
+import io
+import zlib
+from typing import Optional, Tuple, Union
+
+from PIL import Image, UnidentifiedImageError
+
+# Formats TensorFlow's decode_image (and so the input pipeline) accepts and that we
+# therefore store. Pillow calls some multi-picture JPEGs from cameras "MPO".
+_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png"}
+# Pillow mode -> channels TensorFlow decodes (channels=0) for the stored bytes.
+_JPEG_MODES = {"L": 1, "RGB": 3}
+_PNG_MODES = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4}
+DEFAULT_MAX_PIXELS = 50_000_000  # the public release's largest image has ~8.4 M.
+
+# Rejection reasons (the manifest and tests use these prefixes).
+REASON_EMPTY = "empty file"
+REASON_NOT_IMAGE = "not an image"
+REASON_CORRUPT = "truncated or corrupt image"
+REASON_FORMAT = "unsupported format"
+REASON_MODE = "unsupported colour mode"
+REASON_BOMB = "decompression-bomb size"
+REASON_UNKNOWN_CLASS = "unknown class folder"
+REASON_UNREADABLE = "unreadable file"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+  """What the first pass learns about one accepted source file."""
+  sha256: str
+  size_bytes: int
+  format: str  # "jpeg" or "png"
+  height: int
+  width: int
+  channels: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+  """Why a source file was not converted."""
+  reason: str
+
+
+def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Union[ImageInfo, Rejection]:
+  """Hashes and fully decodes one file to decide whether it can be converted.
+
+  Args:
+    path: the file to read.
+    max_pixels: images with more pixels than this are refused before decoding, so a
+      crafted file cannot exhaust memory.
+
+  Returns:
+    An ImageInfo for a readable JPEG/PNG in a supported mode, else a Rejection whose
+    reason starts with one of the REASON_* constants.
+  """
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    return Rejection(f"{REASON_UNREADABLE}: {e.strerror or e}")
+  if not data:
+    return Rejection(REASON_EMPTY)
+  sha = hashlib.sha256(data).hexdigest()
+  result = _decode_check(data, max_pixels)
+  if isinstance(result, Rejection):
+    return result
+  fmt, height, width, channels = result
+  return ImageInfo(sha256=sha, size_bytes=len(data), format=fmt, height=height, width=width, channels=channels)
+
+
+def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, int], Rejection]:
+  """Returns (format, height, width, channels) of fully decodable bytes, or a Rejection."""
+  try:
+    # Our own limit replaces Pillow's global one, which only warns below 2x its value.
+    with Image.open(io.BytesIO(data)) as im:
+      fmt = _FORMATS.get(im.format or "")
+      if fmt is None:
+        return Rejection(f"{REASON_FORMAT}: {im.format}")
+      modes = _JPEG_MODES if fmt == "jpeg" else _PNG_MODES
+      if im.mode not in modes:
+        return Rejection(f"{REASON_MODE}: {im.mode}")
+      width, height = im.size
+      if width * height > max_pixels:
+        return Rejection(f"{REASON_BOMB}: {width}x{height} exceeds {max_pixels} pixels")
+      channels = modes[im.mode]
+      if im.mode == "P" and "transparency" in im.info:
+        channels = 4
+      im.load()  # Full decode: raises on truncated or corrupt data.
+  except UnidentifiedImageError:
+    return Rejection(REASON_NOT_IMAGE)
+  except Image.DecompressionBombError as e:
+    return Rejection(f"{REASON_BOMB}: {e}")
+  except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+    return Rejection(f"{REASON_CORRUPT}: {e}")
+  return fmt, height, width, channels
+
+
+def load_encoded(path: str, expected_sha256: str, fmt: str,
+                 max_side: Optional[int]) -> Tuple[bytes, int, int, int]:
+  """Reads a file accepted by inspect_image and returns the bytes to store.
+
+  Args:
+    path: the source file.
+    expected_sha256: its hash from the first pass; a mismatch means the file changed
+      during conversion, which would silently break determinism, so it is an error.
+    fmt: "jpeg" or "png", as inspect_image found.
+    max_side: if set and the longer side exceeds it, the image is downscaled to that
+      (aspect ratio kept) and re-encoded in its own format; otherwise the source bytes
+      are stored unchanged.
+
+  Returns:
+    (encoded bytes, height, width, channels) of what is stored.
+
+  Raises:
+    RuntimeError: the file changed since it was inspected.
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  if hashlib.sha256(data).hexdigest() != expected_sha256:
+    raise RuntimeError(f"{path} changed while it was being converted")
+  with Image.open(io.BytesIO(data)) as im:
+    width, height = im.size
+    if not max_side or max(width, height) <= max_side:
+      modes = _JPEG_MODES if fmt == "jpeg" else _PNG_MODES
+      channels = modes[im.mode]
+      if im.mode == "P" and "transparency" in im.info:
+        channels = 4
+      return data, height, width, channels
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if im.mode.startswith("I"):
+      # 16-bit grayscale: scale to 8 bits (Pillow's plain convert would clip).
+      im = im.convert("I").point(lambda v: v * (1 / 256))
+    im = im.convert(_reencode_mode(im.mode, fmt))
+    im = im.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if fmt == "jpeg":
+      im.save(out, format="JPEG", quality=95)
+    else:
+      im.save(out, format="PNG", optimize=False)
+    return out.getvalue(), size[1], size[0], {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[im.mode]
+
+
+def _reencode_mode(mode: str, fmt: str) -> str:
+  """A mode Pillow can resize and encode in `fmt` without losing channels we use."""
+  if fmt == "jpeg" or mode in ("L", "RGB"):
+    return mode if mode in ("L", "RGB") else "L"
+  if mode == "1" or mode.startswith("I"):
+    return "L"
+  if mode == "P":
+    return "RGBA"
+  return mode  # LA, RGBA
+

@@ -1,0 +1,76 @@
+"""The one source of truth for record keys, labels, image size and scaling.
+
+Pure Python (no TensorFlow import) so the conversion workers, the TF input pipeline,
+the exporter and the TF-free edge predictor's metadata all read the same constants.
+"""
+import re
+from typing import Dict, Optional, Tuple
+
+# Labels in index order. Sorted, so the label map never depends on folder listing order.
+LABELS: Tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+LABEL_TO_INDEX: Dict[str, int] = {name: i for i, name in enumerate(LABELS)}
+NUM_CLASSES = len(LABELS)
+POSITIVE_LABEL = "PNEUMONIA"
+
+# tf.train.Example feature keys. Every record has exactly these.
+KEY_ENCODED = "image/encoded"
+KEY_FORMAT = "image/format"
+KEY_HEIGHT = "image/height"
+KEY_WIDTH = "image/width"
+KEY_CHANNELS = "image/channels"
+KEY_LABEL = "image/class/label"
+KEY_TEXT = "image/class/text"
+KEY_FILENAME = "image/filename"
+KEY_PATIENT = "image/patient_id"
+KEY_SHA256 = "image/sha256"
+BYTES_KEYS = (KEY_ENCODED, KEY_FORMAT, KEY_TEXT, KEY_FILENAME, KEY_PATIENT, KEY_SHA256)
+INT_KEYS = (KEY_HEIGHT, KEY_WIDTH, KEY_CHANNELS, KEY_LABEL)
+ALL_KEYS = tuple(sorted(BYTES_KEYS + INT_KEYS))
+
+SPLITS = ("train", "val", "test")
+SHARD_SUFFIX = ".tfrecord"
+MANIFEST_NAME = "manifest.json"
+LABELS_NAME = "labels.txt"
+
+# Model input: the source article's 150x150, one grayscale channel, scaled to [0, 1].
+DEFAULT_IMAGE_SIZE = 150
+CHANNELS = 1
+SCALE = 1.0 / 255.0
+# Bilinear resize with half-pixel centres and no antialiasing: simple enough to
+# reproduce exactly in numpy for the edge predictor (export/predict.py).
+RESIZE_METHOD = "bilinear"
+
+_PATIENT_PATTERNS = (
+  re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1234_bacteria_5678.jpeg
+  re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),  # [NORMAL2-]IM-0115-0001.jpeg
+)
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  """Returns the canonical shard file name, e.g. ``train-00000-of-00008.tfrecord``."""
+  return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def parse_patient_id(filename: str) -> Optional[str]:
+  """Extracts the patient id from a file name of the public release.
+
+  Args:
+    filename: a base name such as ``person1234_bacteria_5678.jpeg``,
+    ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0007-0001.jpeg``.
+
+  Returns:
+    ``person1234``, ``IM-0115``, ``NORMAL2-IM-0007`` for those examples, or None when
+    the name carries no recognisable id (the caller then treats the file as its own
+    patient).
+  """
+  for pattern in _PATIENT_PATTERNS:
+    match = pattern.match(filename)
+    if match:
+      return match.group(1)
+  return None
+
+
+def class_from_dirname(name: str) -> Optional[str]:
+  """Maps a folder name to a label, case-insensitively; None if it is not a class."""
+  upper = name.upper()
+  return upper if upper in LABEL_TO_INDEX else None

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny synthetic image trees, the embedded sample, the shared data."""
+import io
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
+from PIL import Image  # pylint: disable=wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_DIR = os.path.join(ROOT, "data", "sample")
+SHARED_DIR = os.path.join(ROOT, "..", "shared", "data", "chest_xray")
+
+
+def image_bytes(fmt: str = "JPEG", mode: str = "L", size=(40, 32), seed: int = 0) -> bytes:
+  """A small random-textured image, encoded; different seeds give different bytes."""
+  rng = np.random.default_rng(seed)
+  channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+  base = np.linspace(0, 255, size[0] * size[1]).reshape(size[1], size[0])
+  arr = (base[..., None] + rng.integers(0, 60, (size[1], size[0], channels))) % 256
+  arr = arr.astype(np.uint8)
+  im = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode)
+  out = io.BytesIO()
+  im.save(out, format=fmt)
+  return out.getvalue()
+
+
+def write_file(path: str, data: bytes) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(data)
+  return path
+
+
+def make_tree(root: str, patients_per_class: int = 12, images_per_patient: int = 2,
+              size=(40, 32)) -> str:
+  """A class-folder tree with release-style names: IM-NNNN-K (NORMAL), personN_virus_K."""
+  seed = 0
+  for p in range(patients_per_class):
+    for k in range(images_per_patient):
+      seed += 1
+      write_file(os.path.join(root, "NORMAL", f"IM-{p:04d}-{k + 1:04d}.jpeg"),
+                 image_bytes(size=size, seed=seed))
+      seed += 1
+      write_file(os.path.join(root, "PNEUMONIA", f"person{p}_virus_{k}.jpeg"),
+                 image_bytes(size=size, seed=seed, mode="RGB"))
+  return root
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+  return make_tree(str(tmp_path / "images"))
+
+
+@pytest.fixture(scope="session")
+def sample_records(tmp_path_factory):
+  """The embedded sample converted once per session (train has 2 shards)."""
+  from pipeline import convert_lib  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("sample_records"))
+  convert_lib.convert(SAMPLE_DIR, out, num_shards=2, num_workers=2, overwrite=True)
+  return out
+
+
+def require_shared():
+  if not os.path.isdir(SHARED_DIR):
+    pytest.skip(f"shared data set not found at {SHARED_DIR} (present in CI, absent in a "
+                "user's clone)")
+  return SHARED_DIR
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` as a user would, capturing output."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)

@@ -1,0 +1,163 @@
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from pipeline import convert_lib
+from pipeline import image_io
+from pipeline import schema
+from pipeline import verify_lib
+from tests.conftest import SAMPLE_DIR, image_bytes, make_tree, require_shared, run_module, write_file
+
+
+def _records(path):
+  return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+
+
+def test_end_to_end_conversion_and_verify(tmp_path):
+  src = make_tree(str(tmp_path / "in" / "train"), patients_per_class=10)
+  # The release layout: train/ and val/ are pooled; a nested lower-case class folder.
+  make_tree(str(tmp_path / "in" / "val"), patients_per_class=2)
+  write_file(str(tmp_path / "in" / "test" / "pneumonia" / "person900_bacteria_1.png"),
+             image_bytes("PNG", "RGBA", seed=99))
+  # Bad input, each kind; all must be accounted for.
+  write_file(str(tmp_path / "in" / "train" / "NORMAL" / "empty.jpeg"), b"")
+  write_file(str(tmp_path / "in" / "train" / "NORMAL" / "notes.txt"), b"not an image")
+  write_file(str(tmp_path / "in" / "train" / "NORMAL" / "cut.jpeg"), image_bytes(size=(64, 64))[:300])
+  write_file(str(tmp_path / "in" / "stray" / "x.jpeg"), image_bytes(seed=5))
+  out = str(tmp_path / "out")
+  result = convert_lib.convert(str(tmp_path / "in"), out, num_shards=3, num_workers=2)
+  m = result.manifest
+
+  assert m["num_files_found"] == 10 * 4 + 2 * 4 + 1 + 4
+  assert m["num_written"] == 49
+  reasons = {r["path"]: r["reason"] for r in m["rejected"]}
+  assert reasons["train/NORMAL/empty.jpeg"] == image_io.REASON_EMPTY
+  assert reasons["train/NORMAL/notes.txt"] == image_io.REASON_NOT_IMAGE
+  assert reasons["train/NORMAL/cut.jpeg"].startswith(image_io.REASON_CORRUPT)
+  assert reasons["stray/x.jpeg"] == image_io.REASON_UNKNOWN_CLASS
+  assert m["num_written"] + len(m["rejected"]) == m["num_files_found"]
+
+  names = sorted(os.listdir(out))
+  assert names[-1] == "val-00000-of-00001.tfrecord"
+  assert "train-00002-of-00003.tfrecord" in names
+  assert schema.MANIFEST_NAME in names and schema.LABELS_NAME in names
+  assert not [n for n in names if n.endswith(".incomplete")]
+
+  seen = []
+  for split in schema.SPLITS:
+    for shard in m["splits"][split]["shards"]:
+      recs = _records(os.path.join(out, shard["file"]))
+      assert len(recs) == shard["records"]
+      for ex in recs:
+        f = ex.features.feature
+        assert tuple(sorted(f.keys())) == schema.ALL_KEYS
+        seen.append(f[schema.KEY_FILENAME].bytes_list.value[0].decode())
+        if seen[-1].endswith(".png"):
+          assert f[schema.KEY_FORMAT].bytes_list.value[0] == b"png"
+          assert f[schema.KEY_CHANNELS].int64_list.value[0] == 4
+          assert f[schema.KEY_LABEL].int64_list.value[0] == 1
+          assert f[schema.KEY_PATIENT].bytes_list.value[0] == b"person900"
+  assert len(seen) == len(set(seen)) == 49  # each image written exactly once
+  assert verify_lib.verify(out) == {s: m["splits"][s]["images"] for s in schema.SPLITS}
+
+
+def test_deterministic_bytes_and_seed_changes_split(tmp_path):
+  src = make_tree(str(tmp_path / "in"), patients_per_class=15)
+  a = convert_lib.convert(src, str(tmp_path / "a"), seed=1, num_shards=2, num_workers=1)
+  b = convert_lib.convert(src, str(tmp_path / "b"), seed=1, num_shards=2, num_workers=2)
+  c = convert_lib.convert(src, str(tmp_path / "c"), seed=2, num_shards=2, num_workers=2)
+  sha = lambda r: [s["sha256"] for sp in schema.SPLITS for s in r.manifest["splits"][sp]["shards"]]
+  assert sha(a) == sha(b)
+  for name in os.listdir(tmp_path / "a"):
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+  assert sha(a) != sha(c)
+
+
+def test_refuses_non_empty_output_unless_overwrite(tmp_path, image_tree):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "something").write_text("x")
+  with pytest.raises(convert_lib.ConversionError, match="not empty"):
+    convert_lib.convert(image_tree, str(out), num_workers=1)
+  # A previous conversion with more shards: stale shards must go, foreign files stay.
+  (out / "train-00000-of-00009.tfrecord").write_bytes(b"stale")
+  convert_lib.convert(image_tree, str(out), num_workers=1, overwrite=True)
+  assert not (out / "train-00000-of-00009.tfrecord").exists()
+  assert (out / "something").exists()
+  verify_lib.verify(str(out))
+
+
+def test_missing_input_and_no_class_folders(tmp_path):
+  with pytest.raises(convert_lib.ConversionError, match="not a directory"):
+    convert_lib.convert(str(tmp_path / "nope"), str(tmp_path / "out"))
+  write_file(str(tmp_path / "flat" / "a.jpeg"), image_bytes())
+  with pytest.raises(convert_lib.ConversionError, match="no class folders"):
+    convert_lib.convert(str(tmp_path / "flat"), str(tmp_path / "out"))
+
+
+def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, image_tree, monkeypatch):
+  out = tmp_path / "out"
+  convert_lib.convert(image_tree, str(out), num_workers=1)
+  calls = {"n": 0}
+  real = convert_lib._make_example  # pylint: disable=protected-access
+
+  def dying(*args):
+    calls["n"] += 1
+    if calls["n"] == 10:
+      raise KeyboardInterrupt
+    return real(*args)
+
+  monkeypatch.setattr(convert_lib, "_make_example", dying)
+  with pytest.raises(KeyboardInterrupt):
+    convert_lib.convert(image_tree, str(out), num_workers=1, overwrite=True)
+  names = os.listdir(out)
+  assert schema.MANIFEST_NAME not in names  # the old manifest went first
+  with pytest.raises(verify_lib.VerificationError, match="manifest"):
+    verify_lib.verify(str(out))
+
+
+def test_image_size_reencodes_large_images(tmp_path):
+  src = make_tree(str(tmp_path / "in"), patients_per_class=3, size=(64, 48))
+  m = convert_lib.convert(src, str(tmp_path / "out"), image_size=32, num_workers=1).manifest
+  for shard in m["splits"]["train"]["shards"]:
+    for ex in _records(os.path.join(tmp_path, "out", shard["file"])):
+      f = ex.features.feature
+      assert (f[schema.KEY_HEIGHT].int64_list.value[0], f[schema.KEY_WIDTH].int64_list.value[0]) == (24, 32)
+      img = tf.io.decode_image(f[schema.KEY_ENCODED].bytes_list.value[0])
+      assert img.shape[:2] == (24, 32)
+  assert m["image_size"] == 32
+
+
+def test_job_cli_errors_are_one_line(tmp_path):
+  r = run_module("pipeline.convert", f"--input_dir={tmp_path}/missing", f"--output_dir={tmp_path}/o")
+  assert r.returncode != 0
+  assert r.stderr.strip().splitlines()[-1].startswith("cxr-convert: error: --input_dir")
+  r = run_module("pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={tmp_path}/o",
+                 "--split_ratios=0.5,0.5,0.5")
+  assert r.returncode != 0 and "sum to 1" in r.stderr
+
+
+def test_cli_converts_and_verifies_sample(tmp_path):
+  out = str(tmp_path / "o")
+  r = run_module("pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={out}")
+  assert r.returncode == 0, r.stderr
+  assert "rejected 1" in r.stdout  # data/sample/README.md has no class folder
+  r = run_module("pipeline.verify", f"--tfrecord_dir={out}")
+  assert r.returncode == 0 and "OK" in r.stdout
+  with open(os.path.join(out, schema.MANIFEST_NAME)) as f:
+    m = json.load(f)
+  assert m["num_written"] == 301
+
+
+def test_shared_data_split_is_stratified_within_1_5_points(tmp_path):
+  shared = require_shared()
+  m = convert_lib.convert(shared, str(tmp_path / "out"), num_workers=2).manifest
+  assert m["num_written"] == 5216
+  for label in schema.LABELS:
+    total = sum(m["splits"][s]["classes"][label]["images"] for s in schema.SPLITS)
+    for s in schema.SPLITS:
+      share = m["splits"][s]["classes"][label]["images"] / total
+      assert abs(share - m["split_ratios"][s]) <= 0.015, (label, s, share)
+  verify_lib.verify(str(tmp_path / "out"))

@@ -1,0 +1,73 @@
+import io
+
+import pytest
+from PIL import Image
+
+from pipeline import image_io
+from tests.conftest import image_bytes, write_file
+
+
+@pytest.mark.parametrize("fmt, mode, channels", [
+    ("JPEG", "L", 1), ("JPEG", "RGB", 3), ("PNG", "L", 1), ("PNG", "LA", 2),
+    ("PNG", "RGB", 3), ("PNG", "RGBA", 4)])
+def test_accepts_supported_images(tmp_path, fmt, mode, channels):
+  data = image_bytes(fmt, mode, size=(30, 20))
+  info = image_io.inspect_image(write_file(str(tmp_path / "x"), data))
+  assert isinstance(info, image_io.ImageInfo)
+  assert (info.format, info.height, info.width, info.channels) == (
+      fmt.lower(), 20, 30, channels)
+  assert info.size_bytes == len(data)
+
+
+def _reason(tmp_path, data, **kw):
+  result = image_io.inspect_image(write_file(str(tmp_path / "f"), data), **kw)
+  assert isinstance(result, image_io.Rejection), result
+  return result.reason
+
+
+def test_rejects_empty(tmp_path):
+  assert _reason(tmp_path, b"") == image_io.REASON_EMPTY
+
+
+def test_rejects_non_image(tmp_path):
+  assert _reason(tmp_path, b"hello, not an image\n" * 10) == image_io.REASON_NOT_IMAGE
+
+
+def test_rejects_truncated_jpeg_and_png(tmp_path):
+  for fmt in ("JPEG", "PNG"):
+    data = image_bytes(fmt, size=(64, 64))
+    assert _reason(tmp_path, data[:len(data) // 2]).startswith(image_io.REASON_CORRUPT), fmt
+
+
+def test_rejects_unsupported_format(tmp_path):
+  out = io.BytesIO()
+  Image.new("L", (8, 8)).save(out, format="BMP")
+  assert _reason(tmp_path, out.getvalue()) == f"{image_io.REASON_FORMAT}: BMP"
+
+
+def test_rejects_cmyk_jpeg(tmp_path):
+  out = io.BytesIO()
+  Image.new("CMYK", (8, 8)).save(out, format="JPEG")
+  assert _reason(tmp_path, out.getvalue()).startswith(image_io.REASON_MODE)
+
+
+def test_rejects_decompression_bomb_before_decoding(tmp_path):
+  data = image_bytes("PNG", size=(100, 100))
+  assert _reason(tmp_path, data, max_pixels=9_999).startswith(image_io.REASON_BOMB)
+
+
+def test_load_encoded_keeps_source_bytes_or_downscales(tmp_path):
+  data = image_bytes("JPEG", "RGB", size=(80, 40))
+  path = write_file(str(tmp_path / "a.jpeg"), data)
+  sha = image_io.inspect_image(path).sha256
+  assert image_io.load_encoded(path, sha, "jpeg", None) == (data, 40, 80, 3)
+  assert image_io.load_encoded(path, sha, "jpeg", 100)[0] == data
+  encoded, h, w, c = image_io.load_encoded(path, sha, "jpeg", 20)
+  assert (h, w, c) == (10, 20, 3)
+  assert Image.open(io.BytesIO(encoded)).size == (20, 10)
+
+
+def test_load_encoded_refuses_a_changed_file(tmp_path):
+  path = write_file(str(tmp_path / "a.jpeg"), image_bytes())
+  with pytest.raises(RuntimeError, match="changed"):
+    image_io.load_encoded(path, "0" * 64, "jpeg", None)

@@ -1,0 +1,33 @@
+import pytest
+
+from pipeline import schema
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("person1234_bacteria_5678.jpeg", "person1234"),
+    ("person447_virus_921_1.jpeg", "person447"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("IM-0429-0001-0002.jpeg", "IM-0429"),
+    ("NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0007"),
+    ("normal2-im-0007-0001.jpeg", "normal2-im-0007"),
+    ("scan_001.png", None),
+    ("personX_bacteria.jpeg", None),
+    ("IM.jpeg", None),
+])
+def test_parse_patient_id(name, expected):
+  assert schema.parse_patient_id(name) == expected
+
+
+def test_labels_sorted_and_indexed():
+  assert list(schema.LABELS) == sorted(schema.LABELS)
+  assert schema.LABEL_TO_INDEX == {"NORMAL": 0, "PNEUMONIA": 1}
+
+
+def test_class_from_dirname_is_case_insensitive():
+  assert schema.class_from_dirname("pneumonia") == "PNEUMONIA"
+  assert schema.class_from_dirname("Normal") == "NORMAL"
+  assert schema.class_from_dirname("train") is None
+
+
+def test_shard_name():
+  assert schema.shard_name("train", 3, 8) == "train-00003-of-00008.tfrecord"
