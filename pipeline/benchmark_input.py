@@ -1,0 +1,60 @@
+r"""cxr-benchmark-input: images/s of this input pipeline vs the usual Keras loaders.
+
+Usage:
+  cxr-convert --input_dir=../shared/data/chest_xray --output_dir=/tmp/cxr_records
+  cxr-benchmark-input --data_dir=/tmp/cxr_records --image_dir=../shared/data/chest_xray
+
+Measures, in one run and in steady state: (1) this pipeline (TFRecords, cache, shuffle,
+batch, plus the batched augmentation the training step runs); (2) the source article's
+ImageDataGenerator.flow_from_directory; (3) image_dataset_from_directory with Keras
+augmentation layers; (4) the decode bound (decode + resize only). Prints a table, then as
+its last line one JSON object.
+"""
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from pipeline import benchmark_lib
+from pipeline import schema
+
+_LOADERS = ("pipeline", "imagedatagenerator", "image_dataset_from_directory", "decode_bound")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "A cxr-convert output directory.")
+_IMAGE_DIR = flags.DEFINE_string(
+    "image_dir", None, "The same images as a class-folder tree (NORMAL/, PNEUMONIA/).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", schema.DEFAULT_IMAGE_SIZE,
+                                   "Square input side for every loader.", lower_bound=8)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size for every loader.",
+                                   lower_bound=1)
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per loader, after warm-up.",
+                               lower_bound=1)
+_ONLY = flags.DEFINE_multi_enum("only", None, _LOADERS, "Run only these loaders (repeatable).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    result = benchmark_lib.run_all(_DATA_DIR.value, _IMAGE_DIR.value, _IMAGE_SIZE.value,
+                                   _BATCH_SIZE.value, _EPOCHS.value, _ONLY.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"cxr-benchmark-input: error: {e}")
+  print(f"{'loader':32s} {'images/s':>10s} {'this pipeline is':>18s}")
+  for key in _LOADERS:
+    if f"{key}_images_per_s" in result:
+      ratio = result.get(f"pipeline_vs_{key}")
+      print(f"{key:32s} {result[f'{key}_images_per_s']:10.0f} "
+            f"{(f'{ratio:.2f}x' if ratio else ''):>18s}")
+  print(f"peak RSS {result['peak_rss_mb']:.0f} MB")
+  print(json.dumps(result, sort_keys=True))
+
+
+def run():
+  """Console-script entry point."""
+  flags.mark_flags_as_required(["data_dir", "image_dir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,237 @@
+"""The tf.data input pipeline: cxr-convert shards -> (images, labels[, weights]) batches.
+
+Order (tensorflow/models official/ practice): shuffle file names -> parallel interleave
+-> parse + decode + resize (AUTOTUNE) -> cache -> shuffle -> batch -> augment (training,
+batched) -> prefetch last.
+
+Augmentation is usually not done here: the training step applies
+`augment.augment_batch` on the accelerator with a seed derived from the global step
+(see model/train_lib.py). `augment_in_pipeline=True` runs the same batched op as a
+pipeline stage instead, seeded from `tf.data.Dataset.random(rerandomize_each_iteration)`
+so each epoch differs yet a seed reproduces the run.
+"""
+import contextlib
+import dataclasses
+import os
+from typing import Dict, Iterator, List, Optional, Sequence
+
+from absl import logging
+import tensorflow as tf
+
+from pipeline import augment as augment_lib
+from pipeline import convert_lib
+from pipeline import preprocess
+from pipeline import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+CACHE_MEMORY = "memory"
+CACHE_NONE = "none"
+
+
+class CorruptDataError(Exception):
+  """A record could not be read or decoded; the message names the shard and record."""
+
+
+@dataclasses.dataclass
+class InputPipeline:
+  """A dataset and what is known about it.
+
+  Attributes:
+    dataset: yields (images float32 [B,S,S,1] in [0,1], labels int32 [B]) or, with class
+      weights, (images, labels, weights float32 [B]).
+    num_records: records of the split according to the manifest.
+    shards: the shard paths read.
+    delivered: records that parsed and decoded, counted before the cache (so, with a
+      cache, during the first epoch only); with skip_corrupt, skipped() is the rest.
+  """
+  dataset: tf.data.Dataset
+  num_records: int
+  shards: List[str]
+  delivered: tf.Variable
+
+  def skipped(self) -> int:
+    """Corrupt records skipped in the first (cached) epoch; valid once it has run."""
+    return max(0, self.num_records - int(self.delivered.numpy()))
+
+
+def class_weights(data_dir: str, split: str = "train") -> Dict[int, float]:
+  """'balanced' weights n / (k * n_c) from the manifest's per-class counts."""
+  classes = convert_lib.load_manifest(data_dir)["splits"][split]["classes"]
+  counts = [classes[label]["images"] for label in schema.LABELS]
+  total = sum(counts)
+  return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def make_pipeline(data_dir: str,
+                  split: str,
+                  batch_size: int = 32,
+                  image_size: int = schema.DEFAULT_IMAGE_SIZE,
+                  training: Optional[bool] = None,
+                  augment: Optional[augment_lib.AugmentConfig] = None,
+                  augment_in_pipeline: bool = False,
+                  cache: str = CACHE_MEMORY,
+                  shuffle_buffer: Optional[int] = None,
+                  seed: int = 42,
+                  deterministic: bool = False,
+                  repeat: bool = False,
+                  drop_remainder: bool = False,
+                  weights: Optional[Dict[int, float]] = None,
+                  skip_corrupt: bool = False,
+                  input_context: Optional[tf.distribute.InputContext] = None) -> InputPipeline:
+  """Builds the input pipeline for one split.
+
+  Args:
+    data_dir: a cxr-convert output directory.
+    split: "train", "val" or "test".
+    batch_size: global batch size (divided among replicas with input_context).
+    image_size: square model input side.
+    training: shuffles (and augments, with augment_in_pipeline). Defaults to
+      split == "train". Never set it for val/test/calibration data.
+    augment: the augmentation; used here only with augment_in_pipeline and training.
+    augment_in_pipeline: run augmentation as a batched pipeline stage (CPU) rather than
+      leaving it to the training step.
+    cache: "memory", "none", or a directory for a file cache (for data that does not
+      fit in memory); the file is named after split and image size.
+    shuffle_buffer: examples in the shuffle buffer; default the whole split (at most 10k).
+    seed: seeds file and example shuffling and pipeline augmentation.
+    deterministic: fixed element order (slower interleave/map); with it, the same seed
+      gives the same batches.
+    repeat: repeat indefinitely.
+    drop_remainder: drop a last partial batch (static batch shape).
+    weights: per-class weights; adds a per-example weight to each batch.
+    skip_corrupt: skip records that fail to read or decode (logged, and counted by
+      InputPipeline.skipped()) instead of failing.
+    input_context: from tf.distribute's distribute_datasets_from_function; shards the
+      input per worker (by file when there are enough files, else by record, so it
+      cannot hang with fewer shards than workers).
+
+  Returns:
+    An InputPipeline.
+
+  Raises:
+    FileNotFoundError: data_dir is not a complete conversion, or a shard is missing.
+    ValueError: empty split or bad arguments.
+  """
+  if training is None:
+    training = split == "train"
+  if cache not in (CACHE_MEMORY, CACHE_NONE) and not os.path.isdir(cache):
+    raise ValueError(f"cache must be 'memory', 'none' or an existing directory, got {cache!r}")
+  manifest = convert_lib.load_manifest(data_dir)
+  paths = convert_lib.shard_paths(data_dir, split)
+  num_records = manifest["splits"][split]["images"]
+  if not paths:
+    raise ValueError(f"split {split!r} of {data_dir} is empty")
+  delivered = tf.Variable(0, dtype=tf.int64, trainable=False, name="delivered")
+
+  files = tf.data.Dataset.from_tensor_slices(paths)
+  if training:
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+  by_record_shard = None
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    if len(paths) >= input_context.num_input_pipelines:
+      files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    else:
+      by_record_shard = input_context
+  ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
+                        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if by_record_shard is not None:
+    ds = ds.shard(by_record_shard.num_input_pipelines, by_record_shard.input_pipeline_id)
+
+  def parse(serialized):
+    example = preprocess.parse_example(serialized)
+    image = preprocess.preprocess_image(example[schema.KEY_ENCODED], image_size)
+    return image, tf.cast(example[schema.KEY_LABEL], tf.int32)
+
+  ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if skip_corrupt:
+    ds = ds.ignore_errors(log_warning=True)
+
+  def count(image, label):
+    delivered.assign_add(1)
+    return image, label
+
+  ds = ds.map(count)
+  if cache == CACHE_MEMORY:
+    ds = ds.cache()
+  elif cache != CACHE_NONE:
+    ds = ds.cache(os.path.join(cache, f"{split}_{image_size}"))
+  if training:
+    buffer = shuffle_buffer or min(num_records, 10_000)
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  per_replica = (input_context.get_per_replica_batch_size(batch_size)
+                 if input_context is not None else batch_size)
+  ds = ds.batch(per_replica, drop_remainder=drop_remainder,
+                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if training and augment_in_pipeline and augment is not None and augment.enabled:
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        lambda batch, s: (augment_lib.augment_batch(batch[0], s, augment, use_op=True), batch[1]),
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if weights is not None:
+    table = tf.constant([weights.get(i, 1.0) for i in range(schema.NUM_CLASSES)], tf.float32)
+    ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)), num_parallel_calls=AUTOTUNE)
+  ds = ds.prefetch(AUTOTUNE)
+
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  # We shard ourselves when given an input context; otherwise DATA never hangs (FILE
+  # auto-sharding does when there are fewer files than workers).
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
+      else tf.data.experimental.AutoShardPolicy.DATA)
+  return InputPipeline(ds.with_options(options), num_records, paths, delivered)
+
+
+def make_dataset(*args, **kwargs) -> tf.data.Dataset:
+  """make_pipeline(...).dataset; same arguments."""
+  return make_pipeline(*args, **kwargs).dataset
+
+
+def find_corrupt_record(paths: Sequence[str], image_size: int = schema.DEFAULT_IMAGE_SIZE) -> Optional[str]:
+  """Reads shards one record at a time and describes the first unreadable one.
+
+  tf.data's own errors ("corrupted record at 12") do not say which file; this does.
+
+  Returns:
+    "<shard>: record N: <problem>", or None when every record reads and decodes.
+  """
+  for path in paths:
+    index = 0
+    iterator = iter(tf.data.TFRecordDataset(path))
+    while True:
+      try:
+        raw = next(iterator)
+      except StopIteration:
+        break
+      except tf.errors.OpError as e:
+        return f"{path}: record {index}: unreadable ({e.message.splitlines()[0]})"
+      try:
+        example = preprocess.parse_example(raw)
+        preprocess.preprocess_image(example[schema.KEY_ENCODED], image_size)
+      except tf.errors.OpError as e:
+        return f"{path}: record {index}: cannot parse or decode ({e.message.splitlines()[0]})"
+      index += 1
+  return None
+
+
+@contextlib.contextmanager
+def naming_corrupt_shards(paths: Sequence[str],
+                          image_size: int = schema.DEFAULT_IMAGE_SIZE) -> Iterator[None]:
+  """Turns a data error raised inside the block into a CorruptDataError naming the shard.
+
+  Raises:
+    CorruptDataError: when a tf.errors.DataLossError / InvalidArgumentError escaped the
+      block and a corrupt record is found in `paths`.
+  """
+  try:
+    yield
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    logging.error("input pipeline failed (%s); locating the corrupt record", e.message[:200])
+    where = find_corrupt_record(paths, image_size)
+    if where is None:
+      raise
+    raise CorruptDataError(f"corrupt input: {where} (run with skip_corrupt to skip such "
+                           "records)") from e
+

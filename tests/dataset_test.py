@@ -1,0 +1,169 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import augment
+from pipeline import convert_lib
+from pipeline import dataset
+from pipeline import preprocess
+from pipeline import schema
+
+SIZE = 64
+
+
+def _all(ds):
+  return list(ds.as_numpy_iterator())
+
+
+def _reference(data_dir, split):
+  """Per-record image checksums decoded straight from the shards, in file order."""
+  sums = []
+  for path in convert_lib.shard_paths(data_dir, split):
+    for raw in tf.data.TFRecordDataset(path):
+      ex = preprocess.parse_example(raw)
+      sums.append(float(tf.reduce_sum(preprocess.preprocess_image(ex[schema.KEY_ENCODED], SIZE))))
+  return sums
+
+
+def test_shapes_dtypes_range(sample_records):
+  batches = _all(dataset.make_dataset(sample_records, "val", batch_size=8, image_size=SIZE))
+  x, y = batches[0]
+  assert x.shape == (8, SIZE, SIZE, 1) and x.dtype == np.float32
+  assert y.shape == (8,) and y.dtype == np.int32
+  allx = np.concatenate([b[0] for b in batches])
+  assert allx.min() >= 0.0 and allx.max() <= 1.0
+  assert set(np.concatenate([b[1] for b in batches])) <= {0, 1}
+
+
+def test_every_record_once_per_epoch(sample_records):
+  p = dataset.make_pipeline(sample_records, "train", batch_size=16, image_size=SIZE, seed=3)
+  want = np.sort(_reference(sample_records, "train"))
+  assert len(p.shards) == 2
+  for _ in range(2):  # the first epoch fills the cache, the second reads it
+    sums = [float(s) for x, _ in _all(p.dataset) for s in x.reshape(len(x), -1).sum(1)]
+    np.testing.assert_allclose(np.sort(sums), want, atol=1e-2)
+  assert p.skipped() == 0 and len(want) == p.num_records
+
+
+def test_training_shuffles_each_epoch_reproducibly(sample_records):
+  def labels_of(ds):
+    return np.concatenate([y for _, y in ds.as_numpy_iterator()])
+
+  a = dataset.make_dataset(sample_records, "train", batch_size=16, image_size=SIZE, seed=1,
+                           deterministic=True)
+  b = dataset.make_dataset(sample_records, "train", batch_size=16, image_size=SIZE, seed=1,
+                           deterministic=True)
+  a1, a2 = _all(a), _all(a)
+  b1 = _all(b)
+  assert all(np.array_equal(x[0], y[0]) for x, y in zip(a1, b1))  # same seed, same batches
+  assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a1, a2))  # epochs differ
+
+
+def test_validation_is_never_augmented_or_shuffled(sample_records):
+  cfg = augment.config_from_names(["rotation", "zoom", "brightness"])
+  kw = dict(batch_size=8, image_size=SIZE, deterministic=True)
+  plain = _all(dataset.make_dataset(sample_records, "val", **kw))
+  asked = _all(dataset.make_dataset(sample_records, "val", augment=cfg, augment_in_pipeline=True, **kw))
+  # In file order and unchanged: exactly the records read straight from the shard.
+  np.testing.assert_allclose([x.sum() for b in plain for x in b[0]],
+                             _reference(sample_records, "val"), atol=1e-2)
+  for (x1, y1), (x2, y2) in zip(plain, asked):
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_pipeline_stage_augmentation_changes_and_reproduces(sample_records):
+  cfg = augment.config_from_names(["rotation", "zoom", "brightness"])
+  kw = dict(batch_size=16, image_size=SIZE, seed=5, deterministic=True)
+  plain = dataset.make_dataset(sample_records, "train", **kw)
+  aug1 = dataset.make_dataset(sample_records, "train", augment=cfg, augment_in_pipeline=True, **kw)
+  aug2 = dataset.make_dataset(sample_records, "train", augment=cfg, augment_in_pipeline=True, **kw)
+  p, e1, e1b = _all(plain), _all(aug1), _all(aug2)
+  e2 = _all(aug1)
+  np.testing.assert_array_equal(p[0][1], e1[0][1])  # same order, labels untouched
+  assert np.abs(p[0][0] - e1[0][0]).mean() > 0.02  # images changed
+  np.testing.assert_array_equal(e1[0][0], e1b[0][0])  # same seed, same augmentation
+  assert np.abs(e1[0][0] - e2[0][0]).mean() > 0.0  # next epoch, new augmentation
+
+
+def test_class_weights_added_per_example(sample_records):
+  weights = dataset.class_weights(sample_records)
+  m = convert_lib.load_manifest(sample_records)["splits"]["train"]["classes"]
+  n0, n1 = m["NORMAL"]["images"], m["PNEUMONIA"]["images"]
+  assert weights[0] == pytest.approx((n0 + n1) / (2 * n0))
+  x, y, w = _all(dataset.make_dataset(sample_records, "train", batch_size=8, image_size=SIZE,
+                                      weights=weights))[0]
+  np.testing.assert_allclose(w, [weights[int(c)] for c in y])
+
+
+def test_input_context_shards_without_hanging(sample_records):
+  # 3 workers but 1 val shard: must fall back to record sharding and cover all once.
+  seen = []
+  for i in range(3):
+    ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=i,
+                                     num_replicas_in_sync=3)
+    ds = dataset.make_dataset(sample_records, "val", batch_size=6, image_size=SIZE,
+                              input_context=ctx)
+    batches = _all(ds)
+    assert batches[0][0].shape[0] == 2  # per-replica batch
+    seen += [float(s) for x, _ in batches for s in x.reshape(len(x), -1).sum(1)]
+  np.testing.assert_allclose(np.sort(seen), np.sort(_reference(sample_records, "val")), atol=1e-2)
+
+
+def _write_bad_shard(data_dir, split, good_records=3):
+  """Replaces a split's first shard with good records then one undecodable image."""
+  m = convert_lib.load_manifest(data_dir)
+  path = os.path.join(data_dir, m["splits"][split]["shards"][0]["file"])
+  raws = [r.numpy() for r in tf.data.TFRecordDataset(path)][:good_records]
+  bad = tf.train.Example.FromString(raws[0])
+  bad.features.feature[schema.KEY_ENCODED].bytes_list.value[0] = b"\xff\xd8 garbage"
+  with tf.io.TFRecordWriter(path) as w:
+    for r in raws:
+      w.write(r)
+    w.write(bad.SerializeToString())
+  return path
+
+
+def test_corrupt_image_fails_naming_the_shard_or_is_skipped(tmp_path, image_tree):
+  out = str(tmp_path / "rec")
+  convert_lib.convert(image_tree, out, num_workers=1)
+  path = _write_bad_shard(out, "val")
+  p = dataset.make_pipeline(out, "val", batch_size=2, image_size=SIZE)
+  with pytest.raises(dataset.CorruptDataError, match=os.path.basename(path) + ": record 3"):
+    with dataset.naming_corrupt_shards(p.shards, SIZE):
+      _all(p.dataset)
+  p = dataset.make_pipeline(out, "val", batch_size=2, image_size=SIZE, skip_corrupt=True)
+  p.num_records = 4  # the rewritten shard: 3 good records + 1 bad
+  assert sum(len(y) for _, y in _all(p.dataset)) == 3
+  assert p.skipped() == 1
+
+
+def test_corrupt_crc_is_located(tmp_path, image_tree):
+  out = str(tmp_path / "rec")
+  convert_lib.convert(image_tree, out, num_workers=1)
+  path = convert_lib.shard_paths(out, "train")[0]
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x55
+  open(path, "wb").write(bytes(data))
+  where = dataset.find_corrupt_record([path], SIZE)
+  assert where.startswith(path + ": record ") and "unreadable" in where
+
+
+def test_bad_arguments(sample_records, tmp_path):
+  with pytest.raises(FileNotFoundError, match="manifest"):
+    dataset.make_dataset(str(tmp_path), "train")
+  with pytest.raises(ValueError, match="unknown split"):
+    dataset.make_dataset(sample_records, "holdout")
+  with pytest.raises(ValueError, match="cache"):
+    dataset.make_dataset(sample_records, "train", cache=str(tmp_path / "nope"))
+
+
+def test_file_cache(sample_records, tmp_path):
+  p = dataset.make_pipeline(sample_records, "val", batch_size=8, image_size=SIZE,
+                            cache=str(tmp_path))
+  first = _all(p.dataset)
+  assert any(n.startswith("val_64") for n in os.listdir(tmp_path))
+  for (x1, _), (x2, _) in zip(first, _all(p.dataset)):
+    np.testing.assert_array_equal(x1, x2)
