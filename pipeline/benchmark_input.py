@@ -29,6 +29,12 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size for every loade
                                    lower_bound=1)
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per loader, after warm-up.",
                                lower_bound=1)
+_TRAIN_MODEL = flags.DEFINE_string(
+    "train_model", "seed_cnn",
+    "Model for the input-bound check (training steps/s with the pipeline vs with the same "
+    "batches in memory); empty to skip it.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 100, "Timed steps of the input-bound check.",
+                                    lower_bound=1)
 _ONLY = flags.DEFINE_multi_enum("only", None, _LOADERS, "Run only these loaders (repeatable).")
 
 
@@ -37,7 +43,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     result = benchmark_lib.run_all(_DATA_DIR.value, _IMAGE_DIR.value, _IMAGE_SIZE.value,
-                                   _BATCH_SIZE.value, _EPOCHS.value, _ONLY.value)
+                                   _BATCH_SIZE.value, _EPOCHS.value, _ONLY.value,
+                                   _TRAIN_MODEL.value or None, _TRAIN_STEPS.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"cxr-benchmark-input: error: {e}")
   print(f"{'loader':32s} {'images/s':>10s} {'this pipeline is':>18s}")
@@ -47,6 +54,10 @@ def main(argv):
       print(f"{key:32s} {result[f'{key}_images_per_s']:10.0f} "
             f"{(f'{ratio:.2f}x' if ratio else ''):>18s}")
   print(f"peak RSS {result['peak_rss_mb']:.0f} MB")
+  if "input_bound_ratio" in result:
+    print(f"training steps/s: {result['train_steps_per_s_pipeline']:.2f} with the pipeline, "
+          f"{result['train_steps_per_s_in_memory']:.2f} in memory "
+          f"(ratio {result['input_bound_ratio']:.3f})")
   print(json.dumps(result, sort_keys=True))
 
 

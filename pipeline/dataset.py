@@ -54,6 +54,11 @@ class InputPipeline:
     return max(0, self.num_records - int(self.delivered.numpy()))
 
 
+def split_size(data_dir: str, split: str) -> int:
+  """Records in one split, from the manifest."""
+  return convert_lib.load_manifest(data_dir)["splits"][split]["images"]
+
+
 def class_weights(data_dir: str, split: str = "train") -> Dict[int, float]:
   """'balanced' weights n / (k * n_c) from the manifest's per-class counts."""
   classes = convert_lib.load_manifest(data_dir)["splits"][split]["classes"]

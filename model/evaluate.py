@@ -1,0 +1,65 @@
+r"""cxr-evaluate: metrics of a trained model on a held-out split or an image folder.
+
+Usage:
+  cxr-evaluate --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --split=test \
+      --output_dir=/tmp/cxr_eval
+  cxr-evaluate --model_dir=/tmp/cxr_model --image_dir=/data/chest_xray/test \
+      --output_dir=/tmp/cxr_eval_official
+
+Reports accuracy, precision, sensitivity, specificity, F1 and the confusion matrix at the
+threshold chosen on validation and at 0.5, plus ROC-AUC, PR-AUC, Brier score and expected
+calibration error. Writes metrics.json, predictions.csv, roc.png, confusion_matrix.png.
+"""
+import sys
+
+from absl import app
+from absl import flags
+
+from model import evaluate_lib
+from pipeline import convert_lib
+from pipeline import dataset
+from pipeline import schema
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                "A cxr-convert output (use with --split); or --image_dir.")
+_SPLIT = flags.DEFINE_enum("split", "test", list(schema.SPLITS), "Split of --data_dir.")
+_IMAGE_DIR = flags.DEFINE_string(
+    "image_dir", None, "A class-folder tree (NORMAL/, PNEUMONIA/ at any depth) instead of "
+    "--data_dir; unreadable files are skipped and listed in metrics.json.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the reports are written.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Inference batch size.", lower_bound=1)
+
+flags.register_multi_flags_validator(
+    ["data_dir", "image_dir"], lambda f: (f["data_dir"] is None) != (f["image_dir"] is None),
+    message="give exactly one of --data_dir or --image_dir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
+                              _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value)
+  except (ValueError, FileNotFoundError, convert_lib.ConversionError,
+          dataset.CorruptDataError) as e:
+    sys.exit(f"cxr-evaluate: error: {e}")
+  d, h = r["at_threshold"], r["at_0_5"]
+  print(f"cxr-evaluate: {r['count']} images, {r['patients']} patients; ROC-AUC "
+        f"{r['roc_auc']:.4f}, PR-AUC {r['pr_auc']:.4f}, Brier {r['brier']:.4f}, ECE {r['ece']:.4f}")
+  for name, m in ((f"threshold {d['threshold']:.4f}", d), ("threshold 0.5", h)):
+    print(f"  {name}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
+          f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}, "
+          f"F1 {m['f1']:.4f}, confusion [[TN FP] [FN TP]] "
+          f"{m['confusion_matrix']['rows_true_cols_pred']}")
+  print(f"  reports in {_OUTPUT_DIR.value}")
+
+
+def run():
+  """Console-script entry point."""
+  flags.mark_flags_as_required(["model_dir", "output_dir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

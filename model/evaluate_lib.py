@@ -1,0 +1,157 @@
+"""Evaluation of a trained model on a split of a conversion or on a class-folder tree.
+
+Writes metrics.json, predictions.csv (file, patient, label, probability, prediction),
+roc.png and confusion_matrix.png. Metrics are computed in numpy (model/metrics.py).
+"""
+import csv
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from model import metrics as metrics_lib
+from model import train_lib
+from pipeline import convert_lib
+from pipeline import image_io
+from pipeline import preprocess
+from pipeline import schema
+
+
+def list_image_folder(image_dir: str) -> Tuple[List[Tuple[str, int, str]], List[Dict[str, str]]]:
+  """Finds labelled images in a class-folder tree (as cxr-convert does) and checks them.
+
+  Returns:
+    ([(path, label index, patient id)], [{"path", "reason"} for files that are skipped]).
+
+  Raises:
+    convert_lib.ConversionError: missing folder or no class folders.
+  """
+  items, skipped = [], []
+  for f in convert_lib.scan_input(image_dir):
+    path = os.path.join(image_dir, f.relpath)
+    if f.label is None:
+      skipped.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
+      continue
+    check = image_io.inspect_image(path)
+    if isinstance(check, image_io.Rejection):
+      skipped.append({"path": f.relpath, "reason": check.reason})
+      continue
+    name = f.relpath.rsplit("/", 1)[-1]
+    patient = schema.parse_patient_id(name) or os.path.splitext(f.relpath)[0]
+    items.append((path, schema.LABEL_TO_INDEX[f.label], patient))
+  return items, skipped
+
+
+def predict_folder(model, image_dir: str, image_size: int,
+                   batch_size: int = 64) -> Tuple[Dict[str, np.ndarray], List[Dict[str, str]]]:
+  """Probabilities for every readable labelled image below image_dir."""
+  items, skipped = list_image_folder(image_dir)
+  for s in skipped:
+    logging.warning("skipping %s: %s", s["path"], s["reason"])
+  if not items:
+    raise ValueError(f"no readable labelled images in {image_dir!r}")
+  paths, labels, patients = (list(x) for x in zip(*items))
+  ds = (tf.data.Dataset.from_tensor_slices(paths)
+        .map(lambda p: preprocess.preprocess_image(tf.io.read_file(p), image_size),
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+  probs = np.concatenate([model(x, training=False).numpy()[:, 1] for x in ds]).astype(np.float64)
+  rel = [os.path.relpath(p, image_dir) for p in paths]
+  return ({"probability": probs, "label": np.array(labels), "filename": np.array(rel),
+           "patient_id": np.array(patients)}, skipped)
+
+
+def _plot_roc(y, p, threshold: float, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fpr, tpr, _ = metrics_lib.roc_curve(y, p)
+  point = metrics_lib.at_threshold(y, p, threshold)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot(fpr, tpr, label=f"ROC (AUC {metrics_lib.roc_auc(y, p):.4f})")
+  ax.plot([0, 1], [0, 1], "k--", alpha=0.3)
+  ax.scatter([1 - point["specificity"]], [point["sensitivity"]], color="red", zorder=3,
+             label=f"threshold {threshold:.3f}")
+  ax.set_xlabel("1 - specificity")
+  ax.set_ylabel("sensitivity")
+  ax.set_title(title)
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_confusion(matrix, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  m = np.array(matrix)
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  ax.imshow(m, cmap="Blues")
+  for (i, j), v in np.ndenumerate(m):
+    ax.text(j, i, str(v), ha="center", va="center",
+            color="white" if v > m.max() / 2 else "black", fontsize=14)
+  ax.set_xticks(range(len(schema.LABELS)), schema.LABELS)
+  ax.set_yticks(range(len(schema.LABELS)), schema.LABELS)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
+             split: str = "test", image_dir: Optional[str] = None,
+             batch_size: int = 64) -> Dict[str, Any]:
+  """Evaluates a cxr-train model at its saved threshold and at 0.5.
+
+  Args:
+    model_dir: a cxr-train output.
+    output_dir: where metrics.json, predictions.csv, roc.png, confusion_matrix.png go.
+    data_dir: a cxr-convert output (with `split`); or
+    split: which split of data_dir.
+    image_dir: a class-folder tree instead of data_dir.
+    batch_size: inference batch size.
+
+  Returns:
+    The metrics dict written to metrics.json.
+
+  Raises:
+    ValueError: neither or both of data_dir and image_dir, or no images.
+    FileNotFoundError: model_dir or data_dir incomplete.
+  """
+  if (data_dir is None) == (image_dir is None):
+    raise ValueError("give exactly one of data_dir (with split) or image_dir")
+  model, info = train_lib.load_model_dir(model_dir)
+  image_size, threshold = info["image_size"], info["threshold"]
+  skipped: List[Dict[str, str]] = []
+  if data_dir is not None:
+    preds = train_lib.predict_split(model, data_dir, split, image_size, batch_size)
+    source = {"data_dir": data_dir, "split": split,
+              "data_manifest_sha256": train_lib.manifest_sha256(data_dir)}
+  else:
+    preds, skipped = predict_folder(model, image_dir, image_size, batch_size)
+    source = {"image_dir": image_dir}
+  y, p = preds["label"], preds["probability"]
+  result = {"model_dir": model_dir, "model": info["model"], **source,
+            "patients": int(len(set(preds["patient_id"]))), "skipped": skipped,
+            **metrics_lib.summary(y, p, threshold)}
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(output_dir, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f)
+    w.writerow(["file", "patient", "label", "probability", "prediction"])
+    for name, patient, label, prob in zip(preds["filename"], preds["patient_id"], y, p):
+      w.writerow([name, patient, schema.LABELS[int(label)], f"{prob:.6f}",
+                  schema.LABELS[int(prob >= threshold)]])
+  what = f"{info['model']} on {split if data_dir else os.path.basename(image_dir.rstrip('/'))}"
+  _plot_roc(y, p, threshold, os.path.join(output_dir, "roc.png"), what)
+  _plot_confusion(result["at_threshold"]["confusion_matrix"]["rows_true_cols_pred"],
+                  os.path.join(output_dir, "confusion_matrix.png"),
+                  f"{what}, threshold {threshold:.3f}")
+  return result

@@ -1,0 +1,373 @@
+"""Training: the input pipeline, on-device augmentation in the step, and what is saved.
+
+Writes to model_dir:
+  model.keras          the best epoch's model (by validation ROC-AUC), for export
+  checkpoints/         best weights (ModelCheckpoint)
+  backup/              BackupAndRestore state while training; removed when done
+  training_log.csv     one row per epoch (appended across resumes)
+  history.json         the whole history, rebuilt from the CSV log
+  learning_curves.png  loss and accuracy, train vs validation
+  logs/                TensorBoard
+  model_info.json      model name, image size, threshold chosen on validation,
+                       validation metrics, the manifest hash of the training data
+"""
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from model import metrics as metrics_lib
+from model import models
+from pipeline import augment as augment_lib
+from pipeline import convert_lib
+from pipeline import dataset
+from pipeline import preprocess
+from pipeline import schema
+
+MODEL_FILE = "model.keras"
+INFO_FILE = "model_info.json"
+LOG_FILE = "training_log.csv"
+
+# The source article's experiments I-V: (augmentations, epochs).
+EXPERIMENTS: Dict[str, Dict[str, Any]] = {
+    "I": {"augment": (), "epochs": 30},
+    "II": {"augment": ("rotation",), "epochs": 30},
+    "III": {"augment": ("zoom",), "epochs": 30},
+    "IV": {"augment": ("brightness",), "epochs": 30},
+    "V": {"augment": ("rotation", "zoom"), "epochs": 80},
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run needs (the job fills it from flags)."""
+  data_dir: str
+  model_dir: str
+  model: str = "edge_cnn"
+  image_size: int = schema.DEFAULT_IMAGE_SIZE
+  epochs: int = 30
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  lr_schedule: str = "cosine"  # or "constant" (the source article's)
+  augment: augment_lib.AugmentConfig = dataclasses.field(
+      default_factory=lambda: augment_lib.config_from_names(["rotation", "zoom"]))
+  class_weight: str = "balanced"
+  seed: int = 42
+  strategy: str = "default"
+  mixed_precision: bool = False
+  target_sensitivity: Optional[float] = None
+  width: float = 1.0
+  dropout: Optional[float] = None
+  cache: str = dataset.CACHE_MEMORY
+  steps_per_epoch: Optional[int] = None  # for smoke tests; None = whole split
+  verbose: int = 2
+
+
+def experiment_config(name: str) -> Dict[str, Any]:
+  """The augmentations and epochs of a source-article experiment ("I" .. "V").
+
+  Raises:
+    ValueError: unknown experiment.
+  """
+  if name not in EXPERIMENTS:
+    raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
+  return dict(EXPERIMENTS[name])
+
+
+class PositiveAUC(keras.metrics.AUC):
+  """ROC-AUC of the PNEUMONIA probability from 2-class softmax outputs."""
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    return super().update_state(tf.reshape(y_true, [-1]), y_pred[:, 1], sample_weight=None)
+
+
+class AugmentingModel(keras.Model):
+  """Wraps a classifier; its train step augments each batch on the device first.
+
+  The augmentation seed is (run seed, optimizer step), so a run is reproducible, each
+  epoch sees new augmentations, and a resumed run continues the same sequence.
+  """
+
+  def __init__(self, classifier: keras.Model, augment: augment_lib.AugmentConfig, seed: int,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.classifier = classifier
+    self.augment_config = augment
+    self.seed = seed
+    self._augment = augment_lib.compiled(augment)
+
+  def call(self, inputs, training=False):
+    return self.classifier(inputs, training=training)
+
+  def get_config(self):
+    # Only the inner classifier is ever saved as a model (model.keras).
+    return {"seed": self.seed}
+
+  def train_step(self, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if self.augment_config.enabled:
+      x = tf.cast(self._augment(x, augment_lib.step_seed(self.seed, self.optimizer.iterations)),
+                  x.dtype)
+    with tf.GradientTape() as tape:
+      y_pred = self(x, training=True)
+      loss = self.compute_loss(x, y, y_pred, sample_weight)
+    self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+    return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+def _strategy(name: str) -> tf.distribute.Strategy:
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"unknown strategy {name!r}")
+
+
+def _learning_rate(config: TrainConfig):
+  """A constant rate, or cosine decay to 0 over the whole run.
+
+  The schedule is a function of the optimizer's step, which BackupAndRestore restores,
+  so a resumed run continues on the same curve.
+  """
+  if config.lr_schedule == "constant":
+    return config.learning_rate
+  if config.lr_schedule != "cosine":
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+  steps = config.steps_per_epoch or -(-dataset.split_size(config.data_dir, "train")
+                                      // config.batch_size)
+  return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs)
+
+
+def manifest_sha256(data_dir: str) -> str:
+  """sha256 of the conversion's manifest.json: identifies the training data."""
+  return convert_lib.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME))
+
+
+def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int,
+                  batch_size: int = 64) -> Dict[str, np.ndarray]:
+  """Positive-class probabilities for every record of a split, in file order.
+
+  Returns:
+    {"probability", "label", "filename", "patient_id"} numpy arrays.
+  """
+  paths = convert_lib.shard_paths(data_dir, split)
+
+  def parse(raw):
+    ex = preprocess.parse_example(raw)
+    return (preprocess.preprocess_image(ex[schema.KEY_ENCODED], image_size),
+            tf.cast(ex[schema.KEY_LABEL], tf.int32), ex[schema.KEY_FILENAME],
+            ex[schema.KEY_PATIENT])
+
+  ds = (tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+  out: Dict[str, List[np.ndarray]] = {"probability": [], "label": [], "filename": [],
+                                      "patient_id": []}
+  with dataset.naming_corrupt_shards(paths, image_size):
+    for images, labels, names, patients in ds:
+      out["probability"].append(model(images, training=False).numpy()[:, 1].astype(np.float64))
+      out["label"].append(labels.numpy())
+      out["filename"].append(np.array([n.decode() for n in names.numpy()]))
+      out["patient_id"].append(np.array([p.decode() for p in patients.numpy()]))
+  return {k: np.concatenate(v) if v else np.array([]) for k, v in out.items()}
+
+
+def read_history(log_path: str) -> Dict[str, List[float]]:
+  """The per-epoch history from the CSV log (complete across resumes)."""
+  if not os.path.isfile(log_path):
+    return {}
+  with open(log_path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  history: Dict[str, List[float]] = {}
+  for row in rows:
+    for k, v in row.items():
+      history.setdefault(k, []).append(float(v))
+  return history
+
+
+def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str) -> None:
+  """Loss and accuracy, train vs validation, one panel each (as the article's figures)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  epochs = [int(e) + 1 for e in history.get("epoch", [])]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ("loss", "accuracy")):
+    ax.plot(epochs, history.get(key, []), label=f"train {key}")
+    ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
+    ax.set_xlabel("epoch")
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+class _StopAt(keras.callbacks.Callback):
+  """Test hook: raises KeyboardInterrupt at a given (epoch, batch), like a kill."""
+
+  def __init__(self, epoch: int, batch: int):
+    super().__init__()
+    self._at = (epoch, batch)
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if (self._epoch, batch) == self._at:
+      raise KeyboardInterrupt(f"simulated kill at epoch {self._epoch} batch {batch}")
+
+
+def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None
+          ) -> Dict[str, Any]:
+  """Trains, picks the threshold on validation, saves everything in config.model_dir.
+
+  Started again with the same config after an interruption, it resumes from the last
+  completed epoch and ends with config.epochs epochs in total.
+
+  Args:
+    config: the run.
+    extra_callbacks: more Keras callbacks (tests).
+
+  Returns:
+    The model_info dict (also written to model_info.json).
+
+  Raises:
+    ValueError: bad configuration (e.g. mixed precision without a GPU).
+  """
+  if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
+    raise ValueError("--mixed_precision needs a GPU and none is visible; float16 on a CPU "
+                     "is slower, not faster. Run without it.")
+  if config.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+  keras.utils.set_random_seed(config.seed)
+  os.makedirs(config.model_dir, exist_ok=True)
+  strategy = _strategy(config.strategy)
+  weights = dataset.class_weights(config.data_dir) if config.class_weight == "balanced" else None
+  replicas = strategy.num_replicas_in_sync
+  global_batch = config.batch_size * replicas
+
+  def train_fn(ctx=None):
+    return dataset.make_dataset(config.data_dir, "train", batch_size=global_batch,
+                                image_size=config.image_size, seed=config.seed,
+                                cache=config.cache, weights=weights, input_context=ctx,
+                                repeat=config.steps_per_epoch is not None)
+
+  def val_fn(ctx=None):
+    return dataset.make_dataset(config.data_dir, "val", batch_size=global_batch,
+                                image_size=config.image_size, cache=config.cache,
+                                input_context=ctx)
+
+  if replicas > 1:
+    train_ds = strategy.distribute_datasets_from_function(train_fn)
+    val_ds = strategy.distribute_datasets_from_function(val_fn)
+  else:
+    train_ds, val_ds = train_fn(), val_fn()
+
+  with strategy.scope():
+    classifier = models.build(config.model, config.image_size, config.width, config.dropout)
+    model = AugmentingModel(classifier, config.augment, config.seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(_learning_rate(config)),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 PositiveAUC(name="auc", num_thresholds=1000)])
+  model(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
+
+  log_path = os.path.join(config.model_dir, LOG_FILE)
+  previous = read_history(log_path)
+  best_so_far = max(previous.get("val_auc", [float("-inf")]))
+  best_weights = os.path.join(config.model_dir, "checkpoints", "best.weights.h5")
+  os.makedirs(os.path.dirname(best_weights), exist_ok=True)
+  callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
+      keras.callbacks.ModelCheckpoint(
+          best_weights, monitor="val_auc", mode="max", save_best_only=True,
+          save_weights_only=True,
+          # After a resume, only an epoch better than every earlier one replaces it.
+          initial_value_threshold=best_so_far if previous else None),
+      keras.callbacks.CSVLogger(log_path, append=True),
+      keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
+  ] + list(extra_callbacks or [])
+  logging.info("training %s (%d params) on %s for %d epochs; augment=%s; %d replica(s)",
+               config.model, classifier.count_params(), config.data_dir, config.epochs,
+               ",".join(config.augment.names()) or "none", replicas)
+  start = time.monotonic()
+  with dataset.naming_corrupt_shards(convert_lib.shard_paths(config.data_dir, "train")
+                                     + convert_lib.shard_paths(config.data_dir, "val"),
+                                     config.image_size):
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+              steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
+              verbose=config.verbose)
+  train_seconds = time.monotonic() - start
+
+  if os.path.isfile(best_weights):
+    model.load_weights(best_weights)
+  keras.mixed_precision.set_global_policy("float32")
+  export_model = models.build(config.model, config.image_size, config.width, config.dropout)
+  export_model.set_weights(classifier.get_weights())
+  export_model.save(os.path.join(config.model_dir, MODEL_FILE))
+
+  val = predict_split(export_model, config.data_dir, "val", config.image_size)
+  threshold = metrics_lib.choose_threshold(val["label"], val["probability"],
+                                           config.target_sensitivity)
+  history = read_history(log_path)
+  with open(os.path.join(config.model_dir, "history.json"), "w", encoding="utf-8") as f:
+    json.dump(history, f, indent=2)
+  plot_learning_curves(history, os.path.join(config.model_dir, "learning_curves.png"),
+                       f"{config.model}, augment: {','.join(config.augment.names()) or 'none'}")
+  info = {
+      "model": config.model,
+      "image_size": config.image_size,
+      "width": config.width,
+      "dropout": config.dropout,
+      "labels": list(schema.LABELS),
+      "threshold": threshold,
+      "threshold_rule": ("max Youden J on validation" if config.target_sensitivity is None
+                         else f"highest threshold with validation sensitivity >= "
+                              f"{config.target_sensitivity}"),
+      "epochs": len(history.get("epoch", [])),
+      "best_epoch": int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else None,
+      "augment": list(config.augment.names()),
+      "class_weight": config.class_weight,
+      "seed": config.seed,
+      "batch_size": config.batch_size,
+      "learning_rate": config.learning_rate,
+      "lr_schedule": config.lr_schedule,
+      "train_seconds_this_run": round(train_seconds, 1),
+      "data_manifest_sha256": manifest_sha256(config.data_dir),
+      "val_metrics": metrics_lib.summary(val["label"], val["probability"], threshold),
+  }
+  with open(os.path.join(config.model_dir, INFO_FILE), "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2)
+  shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
+  return info
+
+
+def load_model_dir(model_dir: str):
+  """Loads (model, model_info) from a cxr-train output directory.
+
+  Raises:
+    FileNotFoundError: not a finished training run.
+  """
+  path = os.path.join(model_dir, MODEL_FILE)
+  info_path = os.path.join(model_dir, INFO_FILE)
+  if not (os.path.isfile(path) and os.path.isfile(info_path)):
+    raise FileNotFoundError(f"{model_dir!r} has no {MODEL_FILE} and {INFO_FILE}: not a "
+                            "finished cxr-train output")
+  with open(info_path, encoding="utf-8") as f:
+    info = json.load(f)
+  return keras.models.load_model(path, compile=False), info
+

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The source article's recipe on our patient-grouped split, for a like-for-like comparison.
+
+Usage:
+  .venv/bin/python scripts/article_baseline.py --data_dir=/tmp/cxr_records \
+      --image_root=../shared/data/chest_xray --output_dir=/tmp/article --epochs=30
+
+seed_cnn, Adam 1e-3 (constant), batch 32, 150x150 grayscale, fed by Keras
+ImageDataGenerator.flow_from_directory with the article's experiment V augmentation
+(rotation 20, zoom 0.3), trained on the train split of --data_dir (files linked from
+--image_root) and scored on its test split at threshold 0.5, as the article does. Prints
+one JSON line with wall time and test metrics.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
+import tf_keras as keras  # pylint: disable=wrong-import-position
+
+from model import metrics  # pylint: disable=wrong-import-position
+from model import models  # pylint: disable=wrong-import-position
+from pipeline import convert_lib  # pylint: disable=wrong-import-position
+from pipeline import preprocess  # pylint: disable=wrong-import-position
+from pipeline import schema  # pylint: disable=wrong-import-position
+
+
+def link_split(data_dir: str, split: str, image_root: str, dest: str) -> int:
+  """Symlinks the split's source files into dest/<LABEL>/ (flow_from_directory layout)."""
+  n = 0
+  for path in convert_lib.shard_paths(data_dir, split):
+    for raw in tf.data.TFRecordDataset(path):
+      ex = preprocess.parse_example(raw)
+      rel = ex[schema.KEY_FILENAME].numpy().decode()
+      label = ex[schema.KEY_TEXT].numpy().decode()
+      os.makedirs(os.path.join(dest, label), exist_ok=True)
+      os.symlink(os.path.abspath(os.path.join(image_root, rel)),
+                 os.path.join(dest, label, f"{n:05d}_{os.path.basename(rel)}"))
+      n += 1
+  return n
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", required=True)
+  parser.add_argument("--image_root", required=True, help="the --input_dir of the conversion")
+  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--epochs", type=int, default=30)
+  args = parser.parse_args()
+  keras.utils.set_random_seed(0)
+  os.makedirs(args.output_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    for split in ("train", "test"):
+      link_split(args.data_dir, split, args.image_root, os.path.join(tmp, split))
+    kw = dict(target_size=(150, 150), color_mode="grayscale", batch_size=32,
+              class_mode="binary", classes=list(schema.LABELS))
+    train = keras.preprocessing.image.ImageDataGenerator(
+        rescale=1 / 255, rotation_range=20, zoom_range=0.3).flow_from_directory(
+            os.path.join(tmp, "train"), shuffle=True, seed=0, **kw)
+    test = keras.preprocessing.image.ImageDataGenerator(rescale=1 / 255).flow_from_directory(
+        os.path.join(tmp, "test"), shuffle=False, **kw)
+    model = models.seed_cnn(150)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    start = time.monotonic()
+    model.fit(train, epochs=args.epochs, verbose=2)
+    seconds = time.monotonic() - start
+    p = model.predict(test, verbose=0)[:, 1]
+    y = test.classes
+  result = {"recipe": "article: seed_cnn + ImageDataGenerator (rotation 20, zoom 0.3)",
+            "epochs": args.epochs, "train_seconds": round(seconds, 1),
+            "roc_auc": metrics.roc_auc(y, p), **{k: v for k, v in metrics.at_threshold(
+                y, p, 0.5).items() if k != "confusion_matrix"}}
+  with open(os.path.join(args.output_dir, "article_baseline.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

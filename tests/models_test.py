@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from model import models
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_builds_trains_and_quantizes(name):
+  keras.utils.set_random_seed(0)
+  model = models.build(name, image_size=48)
+  assert model.input_shape == (None, 48, 48, 1) and model.output_shape == (None, 2)
+  # Two separable blobs: bright centre = class 1.
+  rng = np.random.default_rng(0)
+  x = rng.random((64, 48, 48, 1), dtype=np.float32) * 0.3
+  y = np.arange(64) % 2
+  x[y == 1, 16:32, 16:32] += 0.6
+  model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+  losses = model.fit(x, y, epochs=8, batch_size=16, verbose=0).history["loss"]
+  assert losses[-1] < losses[0] * 0.7, losses
+  probs = model.predict(x[:4], verbose=0)
+  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+  quantized = tfmot.quantization.keras.quantize_model(model)
+  assert quantized(x[:2]).shape == (2, 2)
+
+
+def test_edge_cnn_is_small_and_parameters_scale():
+  assert models.build("edge_cnn").count_params() < 500_000
+  assert models.build("seed_cnn").count_params() > 3_000_000
+  assert models.build("seed_cnn", width=0.5).count_params() < models.build("seed_cnn").count_params()
+  assert models.build("seed_cnn", dropout=0.3).get_layer("dropout").rate == 0.3
+
+
+def test_unknown_model():
+  with pytest.raises(ValueError, match="unknown model"):
+    models.build("resnet")

@@ -1,0 +1,86 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import train_lib
+from pipeline import augment
+from tests.conftest import run_module
+
+SIZE = 48
+
+
+def _config(data_dir, model_dir, **kw):
+  base = dict(data_dir=data_dir, model_dir=str(model_dir), model="seed_cnn", image_size=SIZE,
+              epochs=3, batch_size=16, width=0.25, steps_per_epoch=4, verbose=0)
+  base.update(kw)
+  return train_lib.TrainConfig(**base)
+
+
+def test_presets_resolve_to_the_article_experiments():
+  assert train_lib.experiment_config("I") == {"augment": (), "epochs": 30}
+  assert train_lib.experiment_config("II")["augment"] == ("rotation",)
+  assert train_lib.experiment_config("III")["augment"] == ("zoom",)
+  assert train_lib.experiment_config("IV")["augment"] == ("brightness",)
+  assert train_lib.experiment_config("V") == {"augment": ("rotation", "zoom"), "epochs": 80}
+  cfg = augment.config_from_names(train_lib.experiment_config("IV")["augment"])
+  assert cfg.brightness == (0.7, 1.3) and not cfg.geometric
+  with pytest.raises(ValueError):
+    train_lib.experiment_config("VI")
+
+
+def test_train_writes_everything(sample_records, tmp_path):
+  info = train_lib.train(_config(sample_records, tmp_path / "m"))
+  names = set(os.listdir(tmp_path / "m"))
+  assert {"model.keras", "model_info.json", "history.json", "training_log.csv",
+          "learning_curves.png", "checkpoints", "logs"} <= names
+  assert "backup" not in names  # removed after a finished run
+  assert info["epochs"] == 3 and 0.0 <= info["threshold"] <= 1.0
+  assert info["val_metrics"]["count"] == 30
+  model, loaded = train_lib.load_model_dir(str(tmp_path / "m"))
+  assert loaded["threshold"] == info["threshold"] and model.output_shape == (None, 2)
+  history = json.load(open(tmp_path / "m" / "history.json"))
+  assert len(history["val_auc"]) == 3
+
+
+def test_augmenting_step_changes_nothing_at_inference(sample_records, tmp_path):
+  clf = train_lib.models.build("seed_cnn", SIZE, 0.25)
+  wrapper = train_lib.AugmentingModel(clf, augment.config_from_names(["rotation"]), 0)
+  x = tf.random.uniform([2, SIZE, SIZE, 1])
+  np.testing.assert_allclose(wrapper(x), clf(x))
+
+
+def test_resume_after_interruption(sample_records, tmp_path):
+  cfg = _config(sample_records, tmp_path / "m", epochs=3)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(cfg, extra_callbacks=[train_lib._StopAt(epoch=1, batch=1)])  # pylint: disable=protected-access
+  assert len(train_lib.read_history(str(tmp_path / "m" / train_lib.LOG_FILE))["epoch"]) == 1
+  assert os.path.isdir(tmp_path / "m" / "backup")
+  info = train_lib.train(cfg)
+  history = train_lib.read_history(str(tmp_path / "m" / train_lib.LOG_FILE))
+  assert history["epoch"] == [0.0, 1.0, 2.0]  # continued at epoch 2, ended at 3
+  assert info["epochs"] == 3
+
+
+def test_mixed_precision_refused_on_cpu(sample_records, tmp_path):
+  if tf.config.list_physical_devices("GPU"):
+    pytest.skip("a GPU is present")
+  with pytest.raises(ValueError, match="needs a GPU"):
+    train_lib.train(_config(sample_records, tmp_path / "m", mixed_precision=True))
+
+
+def test_cli_experiment_preset_and_errors(sample_records, tmp_path):
+  r = run_module("model.train", f"--data_dir={sample_records}", f"--model_dir={tmp_path}/m",
+                 "--experiment=IV", "--epochs=1", "--steps_per_epoch=2", "--image_size=48",
+                 "--width=0.25")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "validation: ROC-AUC" in r.stdout
+  info = json.load(open(tmp_path / "m" / "model_info.json"))
+  assert info["augment"] == ["brightness"] and info["epochs"] == 1
+  r = run_module("model.train", f"--data_dir={tmp_path}/none", f"--model_dir={tmp_path}/m2")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("cxr-train: error:")
+  r = run_module("model.train", f"--data_dir={sample_records}", f"--model_dir={tmp_path}/m3",
+                 "--augment=flip")
+  assert r.returncode != 0 and "unknown augmentation" in r.stderr
