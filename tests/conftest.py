@@ -65,6 +65,27 @@ def sample_records(tmp_path_factory):
   return out
 
 
+@pytest.fixture(scope="session")
+def trained_model(sample_records, tmp_path_factory):
+  """A tiny seed_cnn (48 px, width 0.25) trained a few steps on the sample."""
+  from model import train_lib  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path_factory.mktemp("model"))
+  train_lib.train(train_lib.TrainConfig(
+      data_dir=sample_records, model_dir=model_dir, model="seed_cnn", image_size=48,
+      epochs=1, batch_size=16, width=0.25, steps_per_epoch=3, verbose=0))
+  return model_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_model, sample_records, tmp_path_factory):
+  """trained_model exported with every variant (short QAT, few latency runs)."""
+  from export import export_lib  # pylint: disable=g-import-not-at-top
+  export_dir = str(tmp_path_factory.mktemp("export") / "e")
+  report = export_lib.export(trained_model, sample_records, export_dir, calibration_samples=32,
+                             qat_epochs=1, latency_runs=5)
+  return export_dir, report
+
+
 def require_shared():
   if not os.path.isdir(SHARED_DIR):
     pytest.skip(f"shared data set not found at {SHARED_DIR} (present in CI, absent in a "

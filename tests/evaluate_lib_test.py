@@ -7,48 +7,38 @@ import pytest
 
 from model import evaluate_lib
 from model import metrics
-from model import train_lib
 from tests.conftest import SAMPLE_DIR, image_bytes, run_module, write_file
 
 
-@pytest.fixture(scope="module")
-def trained(sample_records, tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("model"))
-  train_lib.train(train_lib.TrainConfig(
-      data_dir=sample_records, model_dir=model_dir, image_size=48, epochs=1, batch_size=16,
-      width=0.25, steps_per_epoch=3, verbose=0))
-  return model_dir
-
-
-def test_evaluate_split_matches_numpy_metrics(trained, sample_records, tmp_path):
-  r = evaluate_lib.evaluate(trained, str(tmp_path), data_dir=sample_records, split="test")
+def test_evaluate_split_matches_numpy_metrics(trained_model, sample_records, tmp_path):
+  r = evaluate_lib.evaluate(trained_model, str(tmp_path), data_dir=sample_records, split="test")
   rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
   assert len(rows) == r["count"] == 30
   y = np.array([row["label"] == "PNEUMONIA" for row in rows], int)
   p = np.array([float(row["probability"]) for row in rows])
   assert r["roc_auc"] == pytest.approx(metrics.roc_auc(y, p), abs=1e-4)
-  threshold = json.load(open(os.path.join(trained, "model_info.json")))["threshold"]
+  threshold = json.load(open(os.path.join(trained_model, "model_info.json")))["threshold"]
   for row in rows:
     assert row["prediction"] == ("PNEUMONIA" if float(row["probability"]) >= threshold else "NORMAL")
   for name in ("metrics.json", "roc.png", "confusion_matrix.png"):
     assert (tmp_path / name).stat().st_size > 0
 
 
-def test_evaluate_image_folder_skips_bad_files(trained, tmp_path):
+def test_evaluate_image_folder_skips_bad_files(trained_model, tmp_path):
   folder = tmp_path / "imgs"
   for i, name in enumerate(sorted(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL")))[:3]):
     write_file(str(folder / "normal" / name), open(os.path.join(SAMPLE_DIR, "NORMAL", name), "rb").read())
   write_file(str(folder / "PNEUMONIA" / "person1_virus_1.png"), image_bytes("PNG", "RGB", seed=3))
   write_file(str(folder / "PNEUMONIA" / "broken.jpeg"), b"nope")
-  r = evaluate_lib.evaluate(trained, str(tmp_path / "out"), image_dir=str(folder))
+  r = evaluate_lib.evaluate(trained_model, str(tmp_path / "out"), image_dir=str(folder))
   assert r["count"] == 4 and r["positives"] == 1
   assert r["skipped"] == [{"path": "PNEUMONIA/broken.jpeg", "reason": "not an image"}]
 
 
-def test_evaluate_needs_exactly_one_source(trained, sample_records, tmp_path):
+def test_evaluate_needs_exactly_one_source(trained_model, sample_records, tmp_path):
   with pytest.raises(ValueError, match="exactly one"):
-    evaluate_lib.evaluate(trained, str(tmp_path))
-  r = run_module("model.evaluate", f"--model_dir={trained}", f"--output_dir={tmp_path}",
+    evaluate_lib.evaluate(trained_model, str(tmp_path))
+  r = run_module("model.evaluate", f"--model_dir={trained_model}", f"--output_dir={tmp_path}",
                  f"--data_dir={sample_records}", f"--image_dir={SAMPLE_DIR}")
   assert r.returncode != 0 and "exactly one" in r.stderr
   r = run_module("model.evaluate", f"--model_dir={tmp_path}/none", f"--output_dir={tmp_path}",

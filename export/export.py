@@ -1,0 +1,61 @@
+r"""cxr-export: SavedModel + quantized TFLite models, metadata and a parity report.
+
+Usage:
+  cxr-export --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --export_dir=/tmp/cxr_export
+  cxr-export --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --export_dir=/tmp/e \
+      --calibration_samples=500 --qat_epochs=3 --overwrite
+
+Writes saved_model/ (signatures serving_default: float images -> probabilities, and
+serving_bytes: encoded JPEG/PNG -> probabilities and label), model_float32.tflite,
+model_float16.tflite, model_dynamic_range.tflite, model_int8.tflite (full integer, int8
+I/O), model_qat_int8.tflite (quantization-aware fine-tuning, then full integer),
+labels.txt, metadata.json and export_report.json (accuracy, agreement with the
+SavedModel and latency of every variant on the test split), and prints the report.
+"""
+import sys
+
+from absl import app
+from absl import flags
+
+from export import export_lib
+from pipeline import dataset
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "The model's cxr-convert output: train images calibrate int8 and feed "
+    "QAT, the test split is used only for the report.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where the models are written.")
+_CALIBRATION_SAMPLES = flags.DEFINE_integer(
+    "calibration_samples", 300, "Train images (eval preprocessing, never augmented, never "
+    "test) that calibrate full-integer quantization.", lower_bound=1)
+_QAT_EPOCHS = flags.DEFINE_integer("qat_epochs", 2, "Quantization-aware fine-tuning epochs.",
+                                   lower_bound=0)
+_LATENCY_RUNS = flags.DEFINE_integer("latency_runs", 200, "Timed single-image runs per "
+                                     "variant and thread count.", lower_bound=5)
+_VARIANTS = flags.DEFINE_multi_enum("variants", list(export_lib.VARIANTS), export_lib.VARIANTS,
+                                    "TFLite variants to write (repeatable).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export_dir.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
+                               _CALIBRATION_SAMPLES.value, _QAT_EPOCHS.value,
+                               _LATENCY_RUNS.value, variants=_VARIANTS.value,
+                               overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, dataset.CorruptDataError) as e:
+    sys.exit(f"cxr-export: error: {e}")
+  print(export_lib.format_report(report))
+  print(f"cxr-export: models, metadata.json and {export_lib.REPORT_NAME} in {_EXPORT_DIR.value}")
+
+
+def run():
+  """Console-script entry point."""
+  flags.mark_flags_as_required(["model_dir", "data_dir", "export_dir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

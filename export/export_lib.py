@@ -1,0 +1,338 @@
+"""Export: SavedModel (two signatures), five TFLite variants, metadata, parity report.
+
+The report evaluates every variant on the test split of the conversion with the same
+LiteModel wrapper the edge predictor runs, so its numbers are what a device gets.
+"""
+import json
+import os
+import shutil
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from export import predict as edge
+from model import metrics as metrics_lib
+from model import train_lib
+from pipeline import convert_lib
+from pipeline import dataset
+from pipeline import preprocess
+from pipeline import schema
+
+VARIANTS = ("float32", "float16", "dynamic_range", "int8", "qat_int8")
+SAVED_MODEL_DIR = "saved_model"
+REPORT_NAME = "export_report.json"
+
+
+def tflite_name(variant: str) -> str:
+  return f"model_{variant}.tflite"
+
+
+class ServingModule(tf.Module):
+  """The SavedModel: float images -> probabilities, and encoded bytes -> probabilities + label."""
+
+  def __init__(self, model: keras.Model, image_size: int, threshold: float):
+    super().__init__()
+    self.model = model
+    self.image_size = image_size
+    self.threshold = tf.constant(threshold, tf.float32)
+    self.labels = tf.constant(list(schema.LABELS))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="images")])
+  def serve_images(self, images):
+    """float32 [N, S, S, 1] in [0, 1] -> {"probabilities": [N, 2]}."""
+    return {"probabilities": self.model(images, training=False)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+  def serve_bytes(self, image_bytes):
+    """Encoded JPEG/PNG [N] -> probabilities, PNEUMONIA probability, label index and name.
+
+    Decodes and preprocesses in-graph with pipeline.preprocess.preprocess_image, the
+    function training used.
+    """
+    images = tf.map_fn(lambda b: preprocess.preprocess_image(b, self.image_size), image_bytes,
+                       fn_output_signature=tf.TensorSpec(
+                           [self.image_size, self.image_size, schema.CHANNELS], tf.float32))
+    probs = self.model(images, training=False)
+    index = tf.cast(probs[:, 1] >= self.threshold, tf.int32)
+    return {"probabilities": probs, "probability": probs[:, 1], "label_index": index,
+            "label": tf.gather(self.labels, index)}
+
+
+def save_saved_model(model: keras.Model, image_size: int, threshold: float, path: str) -> None:
+  """Writes the SavedModel with signatures serving_default and serving_bytes."""
+  module = ServingModule(model, image_size, threshold)
+  tf.saved_model.save(module, path, signatures={
+      "serving_default": module.serve_images, "serving_bytes": module.serve_bytes})
+
+
+def calibration_images(data_dir: str, image_size: int, samples: int) -> np.ndarray:
+  """Train-split images through the eval preprocessing: never augmented, never test."""
+  ds = dataset.make_dataset(data_dir, "train", batch_size=64, image_size=image_size,
+                            training=False, cache=dataset.CACHE_NONE, deterministic=True)
+  out: List[np.ndarray] = []
+  for images, _ in ds:
+    out.append(images.numpy())
+    if sum(len(x) for x in out) >= samples:
+      break
+  return np.concatenate(out)[:samples]
+
+
+def convert_tflite(model: keras.Model, variant: str, image_size: int,
+                   representative: Optional[np.ndarray] = None) -> bytes:
+  """Converts a Keras model (batch-1 input) to one TFLite variant.
+
+  Args:
+    model: the float (or, for qat_int8, the quantization-aware) Keras model.
+    variant: one of VARIANTS.
+    image_size: input side.
+    representative: calibration images [N, S, S, 1] for int8 / qat_int8.
+
+  Returns:
+    The .tflite flatbuffer.
+  """
+  fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec([1, image_size, image_size, schema.CHANNELS], tf.float32))
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+  if variant == "float16":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  elif variant == "dynamic_range":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  elif variant in ("int8", "qat_int8"):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative is not None:
+      def gen() -> Iterator[List[np.ndarray]]:
+        for image in representative:
+          yield [image[None].astype(np.float32)]
+      converter.representative_dataset = gen
+    # Every op int8 and int8 I/O: runs on integer-only accelerators.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+  elif variant != "float32":
+    raise ValueError(f"unknown variant {variant!r}")
+  return converter.convert()
+
+
+def quantization_aware_model(model: keras.Model, data_dir: str, image_size: int, epochs: int,
+                             batch_size: int, seed: int, learning_rate: float = 1e-4) -> keras.Model:
+  """Fine-tunes a tfmot quantize_model copy of `model` on the train split."""
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  qat = tfmot.quantization.keras.quantize_model(model)
+  qat.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(),
+              metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+  if epochs > 0:
+    train = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
+                                 seed=seed, weights=dataset.class_weights(data_dir))
+    val = dataset.make_dataset(data_dir, "val", batch_size=batch_size, image_size=image_size)
+    qat.fit(train, validation_data=val, epochs=epochs, verbose=2)
+  return qat
+
+
+def _io_params(detail: Dict[str, Any]) -> Dict[str, Any]:
+  scale, zero = detail["quantization"]
+  return {"dtype": np.dtype(detail["dtype"]).name, "shape": [int(d) for d in detail["shape"]],
+          "scale": float(scale), "zero_point": int(zero)}
+
+
+def describe_tflite(path: str) -> Dict[str, Any]:
+  """File size, sha256, input/output quantization parameters and op names of a model."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interp = Interpreter(model_path=path)
+  interp.allocate_tensors()
+  ops = sorted({op["op_name"] for op in interp._get_ops_details()})  # pylint: disable=protected-access
+  return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+          "sha256": edge.sha256_file(path),
+          "input": _io_params(interp.get_input_details()[0]),
+          "output": _io_params(interp.get_output_details()[0]), "ops": ops}
+
+
+def _latency(model: edge.LiteModel, image: np.ndarray, runs: int) -> Dict[str, float]:
+  for _ in range(max(3, runs // 10)):
+    model.probabilities(image)
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    model.probabilities(image)
+    times.append((time.perf_counter() - start) * 1000)
+  return {"p50_ms": round(float(np.percentile(times, 50)), 4),
+          "p95_ms": round(float(np.percentile(times, 95)), 4)}
+
+
+def _test_set(data_dir: str, image_size: int):
+  images, labels, encoded = [], [], []
+  for path in convert_lib.shard_paths(data_dir, "test"):
+    for raw in tf.data.TFRecordDataset(path):
+      ex = preprocess.parse_example(raw)
+      encoded.append(ex[schema.KEY_ENCODED].numpy())
+      labels.append(int(ex[schema.KEY_LABEL]))
+  ds = tf.data.Dataset.from_tensor_slices(encoded).map(
+      lambda b: preprocess.preprocess_image(b, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+  images = np.stack(list(ds.as_numpy_iterator()))
+  return images, np.array(labels), encoded
+
+
+def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,
+           qat_epochs: int = 2, latency_runs: int = 200, batch_size: int = 32,
+           variants=VARIANTS, overwrite: bool = False) -> Dict[str, Any]:
+  """Exports a cxr-train model and writes the parity report.
+
+  Args:
+    model_dir: a cxr-train output.
+    data_dir: its cxr-convert output (calibration from train, report on test).
+    export_dir: output directory.
+    calibration_samples: train images for int8 calibration.
+    qat_epochs: quantization-aware fine-tuning epochs (0 quantizes without fine-tuning).
+    latency_runs: timed single-image invocations per variant and thread count.
+    batch_size: QAT batch size.
+    variants: which TFLite variants to write.
+    overwrite: replace an existing non-empty export_dir.
+
+  Returns:
+    The report dict (also export_report.json).
+
+  Raises:
+    FileNotFoundError: model_dir or data_dir incomplete.
+    ValueError: export_dir not empty without overwrite, unknown variant.
+  """
+  unknown = set(variants) - set(VARIANTS)
+  if unknown:
+    raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
+  if os.path.isdir(export_dir) and os.listdir(export_dir):
+    if not overwrite:
+      raise ValueError(f"--export_dir {export_dir!r} is not empty; pass --overwrite")
+    shutil.rmtree(export_dir)
+  model, info = train_lib.load_model_dir(model_dir)
+  size, threshold = info["image_size"], info["threshold"]
+  data_sha = train_lib.manifest_sha256(data_dir)
+  if info.get("data_manifest_sha256") not in (None, data_sha):
+    logging.warning("the model was trained on another conversion (manifest %s, given %s)",
+                    info["data_manifest_sha256"], data_sha)
+  os.makedirs(export_dir)
+
+  logging.info("writing SavedModel")
+  save_saved_model(model, size, threshold, os.path.join(export_dir, SAVED_MODEL_DIR))
+  calib = calibration_images(data_dir, size, calibration_samples)
+  logging.info("calibration: %d train images", len(calib))
+  files = {}
+  for variant in variants:
+    logging.info("converting %s", variant)
+    source = model
+    if variant == "qat_int8":
+      source = quantization_aware_model(model, data_dir, size, qat_epochs, batch_size,
+                                        info.get("seed", 0))
+    path = os.path.join(export_dir, tflite_name(variant))
+    with open(path, "wb") as f:
+      f.write(convert_tflite(source, variant, size, calib))
+    files[variant] = path
+
+  with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
+    f.writelines(label + "\n" for label in schema.LABELS)
+  metadata = {
+      "labels": list(schema.LABELS),
+      "positive_label": schema.POSITIVE_LABEL,
+      "threshold": threshold,
+      "threshold_rule": info.get("threshold_rule"),
+      "input": {"size": size, "layout": "NHWC", "shape": [1, size, size, schema.CHANNELS],
+                "channels": schema.CHANNELS},
+      "preprocessing": {
+          "decode": "grayscale; for JPEG the decoder's luma plane (libjpeg, accurate IDCT)",
+          "resize": "bilinear, half-pixel centres, no antialiasing, aspect ratio not kept",
+          "scale": schema.SCALE, "range": [0.0, 1.0],
+          "quantize": "q = clip(round(x / scale + zero_point)) with the input's parameters"},
+      "output": "softmax probabilities in label order; PNEUMONIA if p[1] >= threshold",
+      "models": {},
+      "model": info["model"],
+      "data_manifest_sha256": data_sha,
+      "validation_metrics": info.get("val_metrics"),
+      "credit": "Trained on Kermany et al. (2018), Mendeley Data v2, "
+                "doi:10.17632/rscbjbr9sj.2, CC BY 4.0",
+  }
+  for variant, path in files.items():
+    metadata["models"][os.path.basename(path)] = describe_tflite(path)
+  with open(os.path.join(export_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
+    json.dump(metadata, f, indent=2)
+
+  report = build_report(export_dir, data_dir, metadata, files, latency_runs)
+  with open(os.path.join(export_dir, REPORT_NAME), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
+                 files: Dict[str, str], latency_runs: int) -> Dict[str, Any]:
+  """Evaluates the SavedModel and every TFLite variant on the test split."""
+  size, threshold = metadata["input"]["size"], metadata["threshold"]
+  images, labels, encoded = _test_set(data_dir, size)
+  loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
+  serve = loaded.signatures["serving_default"]
+  ref = np.concatenate([serve(images=tf.constant(images[i:i + 64]))["probabilities"].numpy()[:, 1]
+                        for i in range(0, len(images), 64)])
+  serve_bytes = loaded.signatures["serving_bytes"]
+  ref_bytes = np.concatenate([serve_bytes(image_bytes=tf.constant(encoded[i:i + 64]))[
+      "probability"].numpy() for i in range(0, len(encoded), 64)])
+  ref_pred = ref >= threshold
+
+  def row(probs: np.ndarray) -> Dict[str, Any]:
+    d = metrics_lib.at_threshold(labels, probs, threshold)
+    return {"accuracy": d["accuracy"], "roc_auc": metrics_lib.roc_auc(labels, probs),
+            "sensitivity": d["sensitivity"], "specificity": d["specificity"],
+            "agreement_with_saved_model": float(np.mean((probs >= threshold) == ref_pred)),
+            "max_abs_delta_probability": float(np.max(np.abs(probs - ref)))}
+
+  report: Dict[str, Any] = {"test_images": int(len(labels)), "threshold": threshold,
+                            "saved_model": row(ref), "variants": {}}
+  for variant, path in files.items():
+    entry: Dict[str, Any] = {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
+    lite = edge.LiteModel(path, 1, metadata)
+    probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
+    entry.update(row(probs))
+    for threads in (1, 2):
+      entry[f"latency_{threads}_thread"] = _latency(edge.LiteModel(path, threads, metadata),
+                                                    images[0], latency_runs)
+    # The edge predictor end to end: numpy/Pillow preprocessing of the encoded bytes,
+    # against the SavedModel's in-graph (TensorFlow) preprocessing of the same bytes.
+    edge_probs = np.array([lite.probabilities(edge.preprocess(b, size, metadata[
+        "preprocessing"]["scale"]))[1] for b in encoded], dtype=np.float64)
+    saved_bytes_pred = ref_bytes >= threshold
+    entry["edge_predictor_agreement_with_saved_model_bytes"] = float(
+        np.mean((edge_probs >= threshold) == saved_bytes_pred))
+    entry["edge_predictor_max_abs_delta_vs_same_model"] = float(np.max(np.abs(edge_probs - probs)))
+    report["variants"][variant] = entry
+    logging.info("%s: %s", variant, {k: v for k, v in entry.items() if k != "file"})
+  if "float32" in report["variants"]:
+    base = report["variants"]["float32"]
+    for entry in report["variants"].values():
+      entry["size_vs_float32"] = round(entry["bytes"] / base["bytes"], 4)
+      entry["latency_p50_1_thread_vs_float32"] = round(
+          entry["latency_1_thread"]["p50_ms"] / base["latency_1_thread"]["p50_ms"], 4)
+  return report
+
+
+def format_report(report: Dict[str, Any]) -> str:
+  """The printed table."""
+  head = (f"{'variant':14s} {'KB':>8s} {'size/f32':>8s} {'acc':>7s} {'AUC':>7s} {'sens':>7s} "
+          f"{'spec':>7s} {'agree%':>7s} {'max|dp|':>8s} {'p50 1t':>8s} {'p95 1t':>8s} "
+          f"{'p50 2t':>8s} {'p95 2t':>8s} {'edge agree%':>11s}")
+  lines = [f"test split: {report['test_images']} images, threshold {report['threshold']:.4f}",
+           head, "-" * len(head)]
+  s = report["saved_model"]
+  lines.append(f"{'saved_model':14s} {'':>8s} {'':>8s} {s['accuracy']:7.4f} {s['roc_auc']:7.4f} "
+               f"{s['sensitivity']:7.4f} {s['specificity']:7.4f}")
+  for name, e in report["variants"].items():
+    lines.append(
+        f"{name:14s} {e['bytes'] / 1024:8.1f} {e.get('size_vs_float32', float('nan')):8.3f} "
+        f"{e['accuracy']:7.4f} {e['roc_auc']:7.4f} {e['sensitivity']:7.4f} {e['specificity']:7.4f} "
+        f"{100 * e['agreement_with_saved_model']:7.2f} {e['max_abs_delta_probability']:8.4f} "
+        f"{e['latency_1_thread']['p50_ms']:8.3f} {e['latency_1_thread']['p95_ms']:8.3f} "
+        f"{e['latency_2_thread']['p50_ms']:8.3f} {e['latency_2_thread']['p95_ms']:8.3f} "
+        f"{100 * e['edge_predictor_agreement_with_saved_model_bytes']:11.2f}")
+  lines.append("latency in ms per single image (invoke only); agree% = decisions equal to the "
+               "SavedModel's; edge agree% = cxr-predict's numpy preprocessing + this model vs "
+               "the SavedModel's JPEG-bytes signature")
+  return "\n".join(lines)
+

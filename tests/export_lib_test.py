@@ -1,0 +1,108 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from export import export_lib
+from export import predict as edge
+from model import train_lib
+from pipeline import convert_lib
+from pipeline import preprocess
+from pipeline import schema
+from tests.conftest import SAMPLE_DIR
+
+
+def _sample_bytes(n=6):
+  out = []
+  for label in schema.LABELS:
+    folder = os.path.join(SAMPLE_DIR, label)
+    out += [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))[:n // 2]]
+  return out
+
+
+def test_every_variant_written_and_runs_under_litert(exported):
+  export_dir, report = exported
+  names = set(os.listdir(export_dir))
+  assert {"saved_model", "labels.txt", "metadata.json", "export_report.json"} <= names
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  x = np.random.default_rng(0).random((48, 48, 1), dtype=np.float32)
+  for variant in export_lib.VARIANTS:
+    name = export_lib.tflite_name(variant)
+    assert name in names
+    assert meta["models"][name]["sha256"] == edge.sha256_file(os.path.join(export_dir, name))
+    probs = edge.LiteModel(os.path.join(export_dir, name)).probabilities(x)
+    assert probs.shape == (2,) and abs(probs.sum() - 1) < 0.02, variant
+    assert variant in report["variants"]
+    entry = report["variants"][variant]
+    for key in ("bytes", "accuracy", "roc_auc", "sensitivity", "specificity",
+                "agreement_with_saved_model", "max_abs_delta_probability",
+                "latency_1_thread", "latency_2_thread",
+                "edge_predictor_agreement_with_saved_model_bytes"):
+      assert key in entry, (variant, key)
+  assert report["test_images"] == 30
+  assert open(os.path.join(export_dir, "labels.txt")).read().split() == list(schema.LABELS)
+
+
+@pytest.mark.parametrize("variant", ["int8", "qat_int8"])
+def test_int8_models_are_integer_only_with_int8_io(exported, variant):
+  path = os.path.join(exported[0], export_lib.tflite_name(variant))
+  interp = Interpreter(model_path=path)
+  interp.allocate_tensors()
+  assert interp.get_input_details()[0]["dtype"] == np.int8
+  assert interp.get_output_details()[0]["dtype"] == np.int8
+  float_tensors = [t["name"] for t in interp.get_tensor_details()
+                   if t["dtype"] not in (np.int8, np.int32)]
+  assert not float_tensors, float_tensors
+  ops = {op["op_name"] for op in interp._get_ops_details()}  # pylint: disable=protected-access
+  assert not ops & {"DEQUANTIZE", "QUANTIZE"}, ops
+
+
+def test_float_variants_keep_float_io(exported):
+  meta = json.load(open(os.path.join(exported[0], "metadata.json")))
+  for variant in ("float32", "float16", "dynamic_range"):
+    assert meta["models"][export_lib.tflite_name(variant)]["input"]["dtype"] == "float32"
+  int8 = meta["models"]["model_int8.tflite"]
+  assert int8["input"]["dtype"] == "int8" and int8["input"]["scale"] > 0
+
+
+def test_saved_model_signatures_match_keras(exported, trained_model):
+  model, info = train_lib.load_model_dir(trained_model)
+  loaded = tf.saved_model.load(os.path.join(exported[0], export_lib.SAVED_MODEL_DIR))
+  assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+  encoded = _sample_bytes()
+  images = np.stack([preprocess.preprocess_image(b, 48).numpy() for b in encoded])
+  want = model(images, training=False).numpy()
+  got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
+  np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+  labels = [schema.LABELS[int(p >= info["threshold"])] for p in want[:, 1]]
+  assert [l.decode() for l in out["label"].numpy()] == labels
+
+
+def test_float32_tflite_matches_saved_model(exported):
+  _, report = exported
+  f32 = report["variants"]["float32"]
+  assert f32["agreement_with_saved_model"] == 1.0
+  assert f32["max_abs_delta_probability"] < 1e-4
+
+
+def test_refuses_non_empty_export_dir(trained_model, sample_records, tmp_path):
+  (tmp_path / "x").write_text("x")
+  with pytest.raises(ValueError, match="not empty"):
+    export_lib.export(trained_model, sample_records, str(tmp_path))
+
+
+def test_calibration_uses_unaugmented_train_images(sample_records):
+  calib = export_lib.calibration_images(sample_records, 48, 20)
+  assert calib.shape == (20, 48, 48, 1)
+  train = []
+  for path in convert_lib.shard_paths(sample_records, "train"):
+    for raw in tf.data.TFRecordDataset(path):
+      ex = preprocess.parse_example(raw)
+      train.append(float(preprocess.preprocess_image(ex[schema.KEY_ENCODED], 48).numpy().sum()))
+  for image in calib:  # each is exactly a train image through the eval preprocessing
+    assert np.min(np.abs(np.array(train) - image.sum())) < 1e-2

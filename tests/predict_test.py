@@ -1,0 +1,153 @@
+"""The edge predictor: TF parity, no TensorFlow import, bad images and bad models."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import predict as edge
+from pipeline import preprocess
+from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, write_file
+
+
+@pytest.mark.parametrize("shape, size", [((224, 224), 150), ((300, 200), 150), ((40, 64), 150),
+                                         ((151, 149), 150), ((7, 5), 3)])
+def test_resize_matches_tensorflow(shape, size):
+  image = np.random.default_rng(0).random(shape, dtype=np.float32) * 255
+  want = tf.image.resize(image[..., None], [size, size], method="bilinear",
+                         antialias=False).numpy()[..., 0]
+  np.testing.assert_allclose(edge.resize_bilinear(image, size), want, atol=1e-3)
+
+
+def _sample_files(n=20):
+  files = []
+  for label in ("NORMAL", "PNEUMONIA"):
+    folder = os.path.join(SAMPLE_DIR, label)
+    files += [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:n // 2]]
+  return files
+
+
+def test_preprocessing_parity_on_real_sample_images():
+  for path in _sample_files():
+    data = open(path, "rb").read()
+    want = preprocess.preprocess_image(data, 150).numpy()
+    got = edge.preprocess(data, 150, 1 / 255)
+    assert got.shape == want.shape == (150, 150, 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=path)
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "L"),
+                                       ("PNG", "RGB"), ("PNG", "RGBA")])
+def test_preprocessing_parity_on_other_formats(fmt, mode):
+  data = image_bytes(fmt, mode, size=(97, 61), seed=4)
+  want = preprocess.preprocess_image(data, 64).numpy()
+  got = edge.preprocess(data, 64, 1 / 255)
+  # libpng's and Pillow's RGB->gray weights differ slightly: at most ~1 grey level.
+  np.testing.assert_allclose(got, want, atol=1e-5 if fmt == "JPEG" else 1.5 / 255)
+
+
+def _run_predict(*args, block_tf=True):
+  code = ("import sys\n"
+          + ("for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
+             "  sys.modules[m] = None  # any import of them now fails\n" if block_tf else "")
+          + "from export import predict\n"
+          "sys.argv = ['cxr-predict'] + sys.argv[1:]\n"
+          "try:\n"
+          "  predict.run()\n"
+          "finally:\n"
+          "  loaded = [m for m in sys.modules if m.split('.')[0] in "
+          "('tensorflow', 'tf_keras', 'keras') and sys.modules[m] is not None]\n"
+          "  print('TF_MODULES=' + ','.join(loaded), file=sys.stderr)\n")
+  env = dict(os.environ)
+  env.pop("TF_USE_LEGACY_KERAS", None)
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_predictor_runs_without_tensorflow_and_matches_the_report(exported, tmp_path):
+  export_dir, _ = exported
+  model = os.path.join(export_dir, "model_int8.tflite")
+  files = _sample_files(6)
+  r = _run_predict(f"--model={model}", *files)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "TF_MODULES=\n" in r.stderr or r.stderr.rstrip().endswith("TF_MODULES=")
+  lines = [json.loads(l) for l in r.stdout.splitlines()]
+  assert [l["path"] for l in lines] == files
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  lite = edge.LiteModel(model)
+  for line, path in zip(lines, files):
+    assert set(line) == {"path", "label", "probability", "latency_ms"}
+    p = float(lite.probabilities(edge.preprocess(open(path, "rb").read(), 48, 1 / 255))[1])
+    assert line["probability"] == pytest.approx(p, abs=1e-6)
+    assert line["label"] == ("PNEUMONIA" if p >= meta["threshold"] else "NORMAL")
+  assert "6 image(s) predicted, 0 failed" in r.stderr
+
+
+def test_bad_images_get_error_lines_and_nonzero_exit(exported, tmp_path):
+  model = os.path.join(exported[0], "model_float32.tflite")
+  good = _sample_files(2)[0]
+  write_file(str(tmp_path / "empty.jpeg"), b"")
+  write_file(str(tmp_path / "text.png"), b"just text")
+  write_file(str(tmp_path / "cut.jpeg"), image_bytes(size=(64, 64))[:200])
+  import io
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.new("L", (8, 8)).save(buf, format="GIF")
+  write_file(str(tmp_path / "anim.jpeg"), buf.getvalue())
+  out = tmp_path / "results.jsonl"
+  r = _run_predict(f"--model={model}", f"--output={out}", good, str(tmp_path / "*.jpeg"),
+                   str(tmp_path / "text.png"), str(tmp_path / "missing.png"))
+  assert r.returncode == 1
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, out.read_text().splitlines())}
+  assert "label" in lines[os.path.basename(good)]
+  assert lines["empty.jpeg"]["error"] == "empty file"
+  assert lines["text.png"]["error"] == "not an image"
+  assert lines["cut.jpeg"]["error"].startswith("truncated or corrupt")
+  assert lines["anim.jpeg"]["error"] == "unsupported format: GIF"
+  assert lines["missing.png"]["error"] == "no such file"
+  assert "1 image(s) predicted, 5 failed" in r.stderr
+
+
+def test_csv_output_and_folder_input(exported, tmp_path):
+  model = os.path.join(exported[0], "model_int8.tflite")
+  folder = tmp_path / "imgs"
+  for path in _sample_files(4):
+    write_file(str(folder / "sub" / os.path.basename(path)), open(path, "rb").read())
+  write_file(str(folder / "notes.txt"), b"ignored: not an image extension")
+  out = tmp_path / "r.csv"
+  r = _run_predict(f"--model={model}", f"--output={out}", str(folder))
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = list(csv.DictReader(open(out)))
+  assert len(rows) == 4 and all(row["label"] in ("NORMAL", "PNEUMONIA") for row in rows)
+
+
+def _copy_export(exported, tmp_path):
+  dest = tmp_path / "e"
+  shutil.copytree(exported[0], dest)
+  return dest
+
+
+def test_bad_models_refused_before_reading_images(exported, tmp_path):
+  dest = _copy_export(exported, tmp_path)
+  image = _sample_files(2)[0]
+  r = _run_predict(f"--model={dest}/nope.tflite", image)
+  assert r.returncode == 1 and "cxr-predict: error: model" in r.stderr and not r.stdout
+  # A model that is not the one the metadata describes.
+  with open(dest / "model_int8.tflite", "ab") as f:
+    f.write(b"\0")
+  r = _run_predict(f"--model={dest}/model_int8.tflite", image)
+  assert r.returncode == 1 and "sha256 differs" in r.stderr and not r.stdout
+  # Metadata that does not match the model's input shape.
+  meta = json.load(open(dest / "metadata.json"))
+  meta["input"]["size"] = 64
+  json.dump(meta, open(dest / "metadata.json", "w"))
+  r = _run_predict(f"--model={dest}/model_float32.tflite", image)
+  assert r.returncode == 1 and "does not match" in r.stderr and not r.stdout
+  os.remove(dest / "metadata.json")
+  r = _run_predict(f"--model={dest}/model_float32.tflite", image)
+  assert r.returncode == 1 and "metadata.json not found" in r.stderr
