@@ -17,6 +17,7 @@ import tf_keras as keras
 from export import predict as edge
 from model import metrics as metrics_lib
 from model import train_lib
+from pipeline import augment as augment_lib
 from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import preprocess
@@ -119,17 +120,36 @@ def convert_tflite(model: keras.Model, variant: str, image_size: int,
 
 
 def quantization_aware_model(model: keras.Model, data_dir: str, image_size: int, epochs: int,
-                             batch_size: int, seed: int, learning_rate: float = 1e-4) -> keras.Model:
-  """Fine-tunes a tfmot quantize_model copy of `model` on the train split."""
+                             batch_size: int, seed: int, augment_names=(),
+                             learning_rate: float = 1e-5) -> keras.Model:
+  """Fine-tunes a tfmot quantize_model copy of `model` on the train split.
+
+  Fine-tunes the way the float model was trained (the same on-device augmentation, class
+  weights), at a small learning rate so the weights stay near the validated model while
+  the quantization ranges settle, and keeps the epoch with the best validation ROC-AUC.
+  """
   import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
   qat = tfmot.quantization.keras.quantize_model(model)
-  qat.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(),
-              metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-  if epochs > 0:
-    train = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
-                                 seed=seed, weights=dataset.class_weights(data_dir))
-    val = dataset.make_dataset(data_dir, "val", batch_size=batch_size, image_size=image_size)
-    qat.fit(train, validation_data=val, epochs=epochs, verbose=2)
+  if epochs <= 0:
+    return qat
+  wrapper = train_lib.AugmentingModel(
+      qat, augment_lib.config_from_names(list(augment_names) or ["none"]), seed)
+  wrapper.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[train_lib.PositiveAUC(name="auc", num_thresholds=1000)])
+  train = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
+                               seed=seed, weights=dataset.class_weights(data_dir))
+  val = dataset.make_dataset(data_dir, "val", batch_size=batch_size, image_size=image_size)
+  best = {"auc": float("-inf"), "weights": None}
+
+  class KeepBest(keras.callbacks.Callback):
+
+    def on_epoch_end(self, epoch, logs=None):
+      if logs["val_auc"] > best["auc"]:
+        best.update(auc=logs["val_auc"], weights=qat.get_weights())
+
+  wrapper.fit(train, validation_data=val, epochs=epochs, callbacks=[KeepBest()], verbose=2)
+  qat.set_weights(best["weights"])
+  logging.info("QAT: kept the epoch with validation ROC-AUC %.4f", best["auc"])
   return qat
 
 
@@ -224,7 +244,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     source = model
     if variant == "qat_int8":
       source = quantization_aware_model(model, data_dir, size, qat_epochs, batch_size,
-                                        info.get("seed", 0))
+                                        info.get("seed", 0), info.get("augment", ()))
     path = os.path.join(export_dir, tflite_name(variant))
     with open(path, "wb") as f:
       f.write(convert_tflite(source, variant, size, calib))

@@ -103,6 +103,11 @@ def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
 
 
 def sha256_file(path: str) -> str:
+  """Hex sha256 of a file.
+
+  The same as pipeline.convert_lib.sha256_file, repeated on purpose: this module is
+  self-contained, so it can be copied onto a device with only LiteRT, numpy and Pillow.
+  """
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):

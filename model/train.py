@@ -38,7 +38,7 @@ _LR_SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", "cosine", ["cosine", "constant"],
     "cosine: decay to 0 over the run; constant: the source article's fixed rate.")
 _AUGMENT = flags.DEFINE_list(
-    "augment", ["rotation", "zoom"],
+    "augment", ["brightness"],
     f"Augmentations ({', '.join(augment.AUGMENTATIONS)}) or 'none'; applied batched in the "
     "training step (on the GPU when there is one). Overrides --experiment's.")
 _ROTATION = flags.DEFINE_float("rotation_deg", 20.0, "Rotation range, ± degrees.",

@@ -58,7 +58,7 @@ class TrainConfig:
   learning_rate: float = 1e-3
   lr_schedule: str = "cosine"  # or "constant" (the source article's)
   augment: augment_lib.AugmentConfig = dataclasses.field(
-      default_factory=lambda: augment_lib.config_from_names(["rotation", "zoom"]))
+      default_factory=lambda: augment_lib.config_from_names(["brightness"]))
   class_weight: str = "balanced"
   seed: int = 42
   strategy: str = "default"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded sample (or INPUT_DIR), into OUT_DIR:
-# convert -> verify -> train -> evaluate on the held-out test split.
+# convert -> verify -> train -> evaluate on the held-out test split -> export -> predict.
 # Usage: scripts/run.sh            # data/sample -> out/, a few epochs
 #        INPUT_DIR=../shared/data/chest_xray OUT_DIR=/tmp/cxr EPOCHS=20 scripts/run.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
@@ -11,20 +11,28 @@ EPOCHS="${EPOCHS:-8}"
 MODEL="${MODEL:-edge_cnn}"
 mkdir -p "$OUT_DIR"
 
-echo "== 1/4 convert $INPUT_DIR -> $OUT_DIR/records"
+echo "== 1/6 convert $INPUT_DIR -> $OUT_DIR/records"
 "$PY" -m pipeline.convert --input_dir="$INPUT_DIR" --output_dir="$OUT_DIR/records" --overwrite
-echo "== 2/4 verify $OUT_DIR/records"
+echo "== 2/6 verify $OUT_DIR/records"
 "$PY" -m pipeline.verify --tfrecord_dir="$OUT_DIR/records"
-echo "== 3/4 train $MODEL for $EPOCHS epochs -> $OUT_DIR/model"
+echo "== 3/6 train $MODEL for $EPOCHS epochs -> $OUT_DIR/model"
 rm -rf "$OUT_DIR/model"
 "$PY" -m model.train --data_dir="$OUT_DIR/records" --model_dir="$OUT_DIR/model" \
   --model="$MODEL" --epochs="$EPOCHS"
-echo "== 4/4 evaluate on the test split -> $OUT_DIR/eval"
+echo "== 4/6 evaluate on the test split -> $OUT_DIR/eval"
 "$PY" -m model.evaluate --model_dir="$OUT_DIR/model" --data_dir="$OUT_DIR/records" \
   --split=test --output_dir="$OUT_DIR/eval"
+echo "== 5/6 export SavedModel + TFLite -> $OUT_DIR/export"
+"$PY" -m export.export --model_dir="$OUT_DIR/model" --data_dir="$OUT_DIR/records" \
+  --export_dir="$OUT_DIR/export" --overwrite --qat_epochs=1 --latency_runs=50
+echo "== 6/6 edge predictor (int8, no TensorFlow needed) on $INPUT_DIR -> $OUT_DIR/predictions.jsonl"
+"$PY" -m export.predict --model="$OUT_DIR/export/model_int8.tflite" \
+  --output="$OUT_DIR/predictions.jsonl" "$INPUT_DIR"
 
 echo
 echo "Done. Results:"
 echo "  TFRecords + manifest:  $OUT_DIR/records"
 echo "  model + curves:        $OUT_DIR/model (model.keras, model_info.json, learning_curves.png)"
 echo "  test-split metrics:    $OUT_DIR/eval (metrics.json, predictions.csv, roc.png, confusion_matrix.png)"
+echo "  exported models:       $OUT_DIR/export (saved_model/, model_*.tflite, metadata.json, export_report.json)"
+echo "  edge predictions:      $OUT_DIR/predictions.jsonl"
