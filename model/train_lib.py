@@ -214,22 +214,6 @@ def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str)
   plt.close(fig)
 
 
-class _StopAt(keras.callbacks.Callback):
-  """Test hook: raises KeyboardInterrupt at a given (epoch, batch), like a kill."""
-
-  def __init__(self, epoch: int, batch: int):
-    super().__init__()
-    self._at = (epoch, batch)
-    self._epoch = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch = epoch
-
-  def on_train_batch_end(self, batch, logs=None):
-    if (self._epoch, batch) == self._at:
-      raise KeyboardInterrupt(f"simulated kill at epoch {self._epoch} batch {batch}")
-
-
 def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None
           ) -> Dict[str, Any]:
   """Trains, picks the threshold on validation, saves everything in config.model_dir.

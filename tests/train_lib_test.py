@@ -5,11 +5,29 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_keras as keras
+
 from model import train_lib
 from pipeline import augment
 from tests.conftest import run_module
 
 SIZE = 48
+
+
+class StopAt(keras.callbacks.Callback):
+  """Test hook: raises KeyboardInterrupt at a given (epoch, batch), like a kill."""
+
+  def __init__(self, epoch: int, batch: int):
+    super().__init__()
+    self._at = (epoch, batch)
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if (self._epoch, batch) == self._at:
+      raise KeyboardInterrupt(f"simulated kill at epoch {self._epoch} batch {batch}")
 
 
 def _config(data_dir, model_dir, **kw):
@@ -55,7 +73,7 @@ def test_augmenting_step_changes_nothing_at_inference(sample_records, tmp_path):
 def test_resume_after_interruption(sample_records, tmp_path):
   cfg = _config(sample_records, tmp_path / "m", epochs=3)
   with pytest.raises(KeyboardInterrupt):
-    train_lib.train(cfg, extra_callbacks=[train_lib._StopAt(epoch=1, batch=1)])  # pylint: disable=protected-access
+    train_lib.train(cfg, extra_callbacks=[StopAt(epoch=1, batch=1)])
   assert len(train_lib.read_history(str(tmp_path / "m" / train_lib.LOG_FILE))["epoch"]) == 1
   assert os.path.isdir(tmp_path / "m" / "backup")
   info = train_lib.train(cfg)
