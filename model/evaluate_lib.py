@@ -39,9 +39,7 @@ def list_image_folder(image_dir: str) -> Tuple[List[Tuple[str, int, str]], List[
     if isinstance(check, image_io.Rejection):
       skipped.append({"path": f.relpath, "reason": check.reason})
       continue
-    name = f.relpath.rsplit("/", 1)[-1]
-    patient = schema.parse_patient_id(name) or os.path.splitext(f.relpath)[0]
-    items.append((path, schema.LABEL_TO_INDEX[f.label], patient))
+    items.append((path, schema.LABEL_TO_INDEX[f.label], convert_lib.patient_id(f.relpath)))
   return items, skipped
 
 

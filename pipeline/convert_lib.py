@@ -107,7 +107,8 @@ def scan_input(input_dir: str) -> List[SourceFile]:
   return found
 
 
-def _patient_id(relpath: str) -> str:
+def patient_id(relpath: str) -> str:
+  """The patient of a file, from its name; a name with no recognisable id is its own."""
   name = relpath.rsplit("/", 1)[-1]
   # A name with no recognisable id is its own patient: its path is unique.
   return schema.parse_patient_id(name) or os.path.splitext(relpath)[0]
@@ -281,7 +282,7 @@ def convert(input_dir: str,
       if isinstance(result, image_io.Rejection):
         rejected.append({"path": f.relpath, "reason": result.reason})
       else:
-        records.append(Record(f.relpath, f.label, _patient_id(f.relpath), result))
+        records.append(Record(f.relpath, f.label, patient_id(f.relpath), result))
       progress.update(n, f", rejected {len(rejected)} so far")
     inspect_seconds = time.monotonic() - start
 
