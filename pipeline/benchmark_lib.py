@@ -27,7 +27,6 @@ BRIGHTNESS = (0.7, 1.3)
 
 @dataclasses.dataclass
 class Measurement:
-  name: str
   images_per_s: float
   images: int
   seconds: float
@@ -44,7 +43,7 @@ def _time_epochs(batches: Callable[[], Iterable], epochs: int, warmup_batches: i
     for batch in batches():
       images += consume(batch)
   seconds = time.perf_counter() - start
-  return Measurement("", images / seconds, images, seconds)
+  return Measurement(images / seconds, images, seconds)
 
 
 def _count(x) -> int:
