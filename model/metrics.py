@@ -108,25 +108,36 @@ def choose_threshold(y: np.ndarray, p: np.ndarray,
                      target_sensitivity: Optional[float] = None) -> float:
   """Chooses a decision threshold on validation data.
 
+  Every threshold in (next lower score, score] makes the same validation decisions, so
+  the rule picks an interval, not a score: returning the score itself would put a
+  validation image exactly on the boundary, and new images a hair below it on the wrong
+  side. Within the chosen interval the midpoint is returned (the widest margin to
+  both neighbouring scores).
+
   Args:
     y: labels.
     p: positive-class probabilities.
-    target_sensitivity: None maximizes Youden's J (sensitivity + specificity - 1);
-      otherwise the highest threshold whose sensitivity reaches the target (the most
-      specific operating point that keeps the sensitivity).
+    target_sensitivity: None maximizes Youden's J (sensitivity + specificity - 1): among
+      the intervals reaching the maximum, 0.5 is returned if one contains it (validation
+      gives no reason to move off the class-balanced point), else the midpoint of the
+      interval nearest 0.5. Otherwise: the highest interval whose sensitivity reaches the
+      target (the most specific operating point that keeps the sensitivity).
 
   Returns:
-    A threshold t; predict PNEUMONIA when p >= t. Ties in J go to the threshold
-    nearest 0.5.
+    A threshold t; predict PNEUMONIA when p >= t.
   """
   fpr, tpr, thresholds = roc_curve(y, p)
-  candidates = thresholds[1:]  # drop +inf
+  upper = thresholds[1:]  # drop +inf; descending distinct scores
+  lower = np.r_[upper[1:], 0.0]  # the next lower score (below the lowest: 0)
   tpr, fpr = tpr[1:], fpr[1:]
   if target_sensitivity is None:
     j = tpr - fpr
     best = np.flatnonzero(j >= j.max() - 1e-12)
-    i = best[np.argmin(np.abs(candidates[best] - 0.5))]
+    if np.any((lower[best] < 0.5) & (0.5 <= upper[best])):
+      return 0.5
+    distance = np.minimum(np.abs(upper[best] - 0.5), np.abs(lower[best] - 0.5))
+    i = best[np.argmin(distance)]
   else:
     reaching = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
     i = reaching[0]  # thresholds descend: the first reaching one is the highest
-  return float(candidates[i])
+  return float((lower[i] + upper[i]) / 2)

@@ -62,8 +62,9 @@ _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False,
                                      "float16 compute (GPU only; refused on CPU).")
 _TARGET_SENSITIVITY = flags.DEFINE_float(
     "target_sensitivity", None,
-    "Choose the threshold as the highest one whose validation sensitivity reaches this; "
-    "default: maximum Youden J on validation.", lower_bound=0.0, upper_bound=1.0)
+    "Choose the threshold in the highest score interval whose validation sensitivity "
+    "reaches this; default: maximum Youden J on validation (0.5 if it is among the best, "
+    "else the middle of the best interval nearest 0.5).", lower_bound=0.0, upper_bound=1.0)
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of the model's filters.",
                             lower_bound=0.05)
 _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate (default: the model's own).",

@@ -319,8 +319,10 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
       "dropout": config.dropout,
       "labels": list(schema.LABELS),
       "threshold": threshold,
-      "threshold_rule": ("max Youden J on validation" if config.target_sensitivity is None
-                         else f"highest threshold with validation sensitivity >= "
+      "threshold_rule": ("max Youden J on validation (0.5 if among the best, else the "
+                         "middle of the best interval nearest 0.5)"
+                         if config.target_sensitivity is None
+                         else f"middle of the highest interval with validation sensitivity >= "
                               f"{config.target_sensitivity}"),
       "epochs": len(history.get("epoch", [])),
       "best_epoch": int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else None,

@@ -46,13 +46,27 @@ def test_brier_and_ece_by_hand():
 
 
 def test_choose_threshold_youden_and_target_sensitivity():
-  # Youden J at thresholds (sens - (1-spec)): at 0.6: 5/6 - 1/4 = 0.583 (best);
-  # at 0.3: 1 - 0.5 = 0.5; at 0.9: 2/6 - 0 = 0.333.
-  assert metrics.choose_threshold(Y, P) == pytest.approx(0.6)
-  # Sensitivity >= 0.95 needs the lowest positive (0.3) included.
-  assert metrics.choose_threshold(Y, P, target_sensitivity=0.95) == pytest.approx(0.3)
-  # >= 0.5 is first reached at 0.7 (3 of 6: 0.95, 0.9, 0.7): the highest such threshold.
-  assert metrics.choose_threshold(Y, P, target_sensitivity=0.5) == pytest.approx(0.7)
+  # Youden J (sens - (1-spec)) per interval of thresholds: (0.4, 0.6]: 5/6 - 1/4 = 0.583
+  # (best); (0.1, 0.3]: 1 - 0.5 = 0.5; (0.8, 0.9]: 2/6 - 0 = 0.333. The best interval
+  # holds 0.5, so 0.5 it is.
+  assert metrics.choose_threshold(Y, P) == pytest.approx(0.5)
+  # Sensitivity >= 0.95 needs the lowest positive (0.3) included: (0.1, 0.3] -> 0.2.
+  assert metrics.choose_threshold(Y, P, target_sensitivity=0.95) == pytest.approx(0.2)
+  # >= 0.5 is first reached at 0.7 (3 of 6: 0.95, 0.9, 0.7): (0.65, 0.7] -> 0.675.
+  assert metrics.choose_threshold(Y, P, target_sensitivity=0.5) == pytest.approx(0.675)
+
+
+def test_choose_threshold_midpoint_when_half_is_not_best():
+  # Perfect separation only in (0.6, 0.8]: midpoint 0.7, not the boundary score 0.8.
+  t = metrics.choose_threshold([0, 0, 1, 1], [0.1, 0.6, 0.8, 0.9])
+  assert t == pytest.approx(0.7)
+  assert metrics.at_threshold([0, 0, 1, 1], [0.1, 0.6, 0.8, 0.9], t)["accuracy"] == 1.0
+  # Two intervals tie on J: (0.1, 0.2] (J = 1 - 1/2) and (0.85, 0.9] (J = 1/2 - 0); the
+  # one nearer 0.5 wins, (0.1, 0.2] -> 0.15.
+  assert metrics.choose_threshold([0, 1, 0, 1], [0.1, 0.2, 0.85, 0.9]) == pytest.approx(0.15)
+  # A reversed scorer: J is best (0) with everything positive, (0, 0.1]: the bound below
+  # the lowest score is 0.
+  assert metrics.choose_threshold([0, 1, 1], [0.9, 0.2, 0.1]) == pytest.approx(0.05)
 
 
 def test_summary_keys():
