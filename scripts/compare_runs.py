@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Compares groups of training runs (e.g. one recipe with several seeds) on one split.
+
+Usage:
+  # choose between recipes on validation only:
+  .venv/bin/python scripts/compare_runs.py --data_dir=/tmp/rec --split=val \
+      --group=default=/tmp/m42,/tmp/m1,/tmp/m2 --group=contrast=/tmp/c42,/tmp/c1,/tmp/c2
+  # then score the chosen one, and the article recipe's runs, on test:
+  .venv/bin/python scripts/compare_runs.py --data_dir=/tmp/rec --split=test \
+      --group=default=/tmp/m42,/tmp/m1,/tmp/m2 \
+      --article=/tmp/article_s0/article_baseline.json,/tmp/article_s1/article_baseline.json
+
+Each cxr-train directory is scored at the threshold the current rule
+(model.metrics.choose_threshold) picks on its validation predictions, so runs trained
+before a rule change are compared on equal terms. Article-recipe results
+(scripts/article_baseline.py JSON, test split at 0.5) are listed as they are. Prints a
+Markdown table: one row per run, then each group's mean.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np  # pylint: disable=wrong-import-position
+
+from model import metrics  # pylint: disable=wrong-import-position
+from model import train_lib  # pylint: disable=wrong-import-position
+from pipeline import convert_lib  # pylint: disable=wrong-import-position
+
+COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc", "log_loss", "brier", "errors")
+
+
+def score_run(model_dir: str, data_dir: str, split: str) -> Dict[str, float]:
+  """One cxr-train run's metrics on `split` at its validation-chosen threshold."""
+  model, info = train_lib.load_model_dir(model_dir)
+  val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
+  threshold = metrics.choose_threshold(val["label"], val["probability"])
+  out = val if split == "val" else train_lib.predict_split(model, data_dir, split,
+                                                           info["image_size"])
+  y, p = out["label"], out["probability"]
+  m = metrics.at_threshold(y, p, threshold)
+  pc = np.clip(p, 1e-7, 1 - 1e-7)
+  return {"threshold": threshold, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
+          "specificity": m["specificity"], "roc_auc": metrics.roc_auc(y, p),
+          "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+          "brier": metrics.brier(y, p), "errors": float(np.sum((p >= threshold) != (y == 1)))}
+
+
+def _row(name: str, r: Dict[str, float]) -> str:
+  cells = []
+  for c in COLUMNS:
+    v = r.get(c)
+    if v is None:
+      cells.append("")
+    elif c in ("accuracy", "sensitivity", "specificity"):
+      cells.append(f"{100 * v:.2f}")
+    elif c == "errors":
+      cells.append(f"{v:.3g}")
+    else:
+      cells.append(f"{v:.4f}")
+  thr = f"{r['threshold']:.4f}" if "threshold" in r else ""
+  return f"| {name} | {thr} | " + " | ".join(cells) + " |"
+
+
+def _mean(rows: List[Dict[str, float]]) -> Dict[str, float]:
+  return {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS if all(c in r for r in rows)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", required=True, help="the cxr-convert output trained on")
+  parser.add_argument("--split", choices=("val", "test"), default="val")
+  parser.add_argument("--group", action="append", default=[],
+                      help="NAME=DIR[,DIR...]: cxr-train directories of one recipe")
+  parser.add_argument("--article", default="",
+                      help="comma-separated article_baseline.json files (test split only)")
+  args = parser.parse_args()
+  if args.article and args.split != "test":
+    parser.error("--article results are on the test split; use --split=test")
+  print(f"{args.split} split of {args.data_dir}")
+  print("| run | threshold | " + " | ".join(COLUMNS) + " |")
+  print("| --- " * (len(COLUMNS) + 2) + "|")
+  means = []
+  for group in args.group:
+    name, _, dirs = group.partition("=")
+    if not dirs:
+      parser.error(f"--group={group!r}: expected NAME=DIR[,DIR...]")
+    rows = []
+    for d in dirs.split(","):
+      rows.append(score_run(d, args.data_dir, args.split))
+      print(_row(f"{name}: {os.path.basename(d.rstrip('/'))}", rows[-1]), flush=True)
+    means.append((name, _mean(rows), len(rows)))
+  if args.article:
+    test_images = convert_lib.load_manifest(args.data_dir)["splits"]["test"]["images"]
+    rows = []
+    for path in args.article.split(","):
+      with open(path, encoding="utf-8") as f:
+        r = json.load(f)
+      r["errors"] = round((1 - r["accuracy"]) * test_images)
+      rows.append(r)
+      print(_row(f"article recipe: seed {r.get('seed', 0)}", r))
+    means.append(("article recipe", _mean(rows), len(rows)))
+  for name, m, n in means:
+    print(_row(f"**{name}: mean of {n}**", m))
+
+
+if __name__ == "__main__":
+  main()
