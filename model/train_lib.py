@@ -58,7 +58,8 @@ class TrainConfig:
   learning_rate: float = 1e-3
   lr_schedule: str = "cosine"  # or "constant" (the source article's)
   augment: augment_lib.AugmentConfig = dataclasses.field(
-      default_factory=lambda: augment_lib.config_from_names(["brightness"]))
+      # Chosen on validation (lowest mean log loss over seeds 42, 1, 2; see README).
+      default_factory=lambda: augment_lib.config_from_names(["brightness", "contrast"]))
   class_weight: str = "balanced"
   seed: int = 42
   strategy: str = "default"
