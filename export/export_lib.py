@@ -183,9 +183,10 @@ def _latency(model: edge.LiteModel, image: np.ndarray, runs: int) -> Dict[str, f
           "p95_ms": round(float(np.percentile(times, 95)), 4)}
 
 
-def _test_set(data_dir: str, image_size: int):
+def _split_set(data_dir: str, image_size: int, split: str):
+  """(preprocessed images, labels, encoded bytes) of a split, in file order."""
   images, labels, encoded = [], [], []
-  for path in convert_lib.shard_paths(data_dir, "test"):
+  for path in convert_lib.shard_paths(data_dir, split):
     for raw in tf.data.TFRecordDataset(path):
       ex = preprocess.parse_example(raw)
       encoded.append(ex[schema.KEY_ENCODED].numpy())
@@ -274,6 +275,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   }
   for variant, path in files.items():
     metadata["models"][os.path.basename(path)] = describe_tflite(path)
+  _set_thresholds(metadata, files, data_dir, info.get("target_sensitivity"))
   with open(os.path.join(export_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
@@ -283,11 +285,35 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   return report
 
 
+def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], data_dir: str,
+                    target_sensitivity: Optional[float]) -> None:
+  """Gives every model in metadata["models"] the threshold it is to be used with.
+
+  Post-training variants approximate the trained model, so they keep its validation
+  threshold. The QAT model is a different model (fine-tuned further), and its scores
+  shift: it gets a threshold chosen on the validation split with its own TFLite
+  predictions, by the rule training used.
+  """
+  for variant, path in files.items():
+    entry = metadata["models"][os.path.basename(path)]
+    entry["threshold"] = metadata["threshold"]
+    entry["threshold_source"] = "cxr-train (chosen on validation for the trained model)"
+    if variant == "qat_int8":
+      images, labels, _ = _split_set(data_dir, metadata["input"]["size"], "val")
+      lite = edge.LiteModel(path, 1, metadata)
+      probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
+      entry["threshold"] = metrics_lib.choose_threshold(labels, probs, target_sensitivity)
+      entry["threshold_source"] = ("chosen on validation for this fine-tuned model, with "
+                                   "its own TFLite predictions: " + str(metadata["threshold_rule"]))
+      logging.info("qat_int8: validation threshold %.4f (trained model's %.4f)",
+                   entry["threshold"], metadata["threshold"])
+
+
 def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
                  files: Dict[str, str], latency_runs: int) -> Dict[str, Any]:
   """Evaluates the SavedModel and every TFLite variant on the test split."""
   size, threshold = metadata["input"]["size"], metadata["threshold"]
-  images, labels, encoded = _test_set(data_dir, size)
+  images, labels, encoded = _split_set(data_dir, size, "test")
   loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
   serve = loaded.signatures["serving_default"]
   ref = np.concatenate([serve(images=tf.constant(images[i:i + 64]))["probabilities"].numpy()[:, 1]
@@ -297,11 +323,13 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
       "probability"].numpy() for i in range(0, len(encoded), 64)])
   ref_pred = ref >= threshold
 
-  def row(probs: np.ndarray) -> Dict[str, Any]:
-    d = metrics_lib.at_threshold(labels, probs, threshold)
-    return {"accuracy": d["accuracy"], "roc_auc": metrics_lib.roc_auc(labels, probs),
+  def row(probs: np.ndarray, t: float) -> Dict[str, Any]:
+    d = metrics_lib.at_threshold(labels, probs, t)
+    return {"threshold": t, "accuracy": d["accuracy"],
+            "roc_auc": metrics_lib.roc_auc(labels, probs),
             "sensitivity": d["sensitivity"], "specificity": d["specificity"],
-            "agreement_with_saved_model": float(np.mean((probs >= threshold) == ref_pred)),
+            # Decisions, each model at its own threshold (what devices would say).
+            "agreement_with_saved_model": float(np.mean((probs >= t) == ref_pred)),
             "max_abs_delta_probability": float(np.max(np.abs(probs - ref)))}
 
   # The edge predictor's numpy/Pillow preprocessing of the encoded bytes, once: it does
@@ -309,12 +337,12 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   edge_images = [edge.preprocess(b, size, metadata["preprocessing"]["scale"]) for b in encoded]
   saved_bytes_pred = ref_bytes >= threshold
   report: Dict[str, Any] = {"test_images": int(len(labels)), "threshold": threshold,
-                            "saved_model": row(ref), "variants": {}}
+                            "saved_model": row(ref, threshold), "variants": {}}
   for variant, path in files.items():
     entry: Dict[str, Any] = {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
     lite = edge.LiteModel(path, 1, metadata)
     probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
-    entry.update(row(probs))
+    entry.update(row(probs, lite.threshold))
     for threads in (1, 2):
       entry[f"latency_{threads}_thread"] = _latency(edge.LiteModel(path, threads, metadata),
                                                     images[0], latency_runs)
@@ -322,7 +350,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
     # preprocessing of the same bytes.
     edge_probs = np.array([lite.probabilities(x)[1] for x in edge_images], dtype=np.float64)
     entry["edge_predictor_agreement_with_saved_model_bytes"] = float(
-        np.mean((edge_probs >= threshold) == saved_bytes_pred))
+        np.mean((edge_probs >= lite.threshold) == saved_bytes_pred))
     entry["edge_predictor_max_abs_delta_vs_same_model"] = float(np.max(np.abs(edge_probs - probs)))
     report["variants"][variant] = entry
     logging.info("%s: %s", variant, {k: v for k, v in entry.items() if k != "file"})
@@ -337,23 +365,25 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
 
 def format_report(report: Dict[str, Any]) -> str:
   """The printed table."""
-  head = (f"{'variant':14s} {'KB':>8s} {'size/f32':>8s} {'acc':>7s} {'AUC':>7s} {'sens':>7s} "
+  head = (f"{'variant':14s} {'thr':>6s} {'KB':>8s} {'size/f32':>8s} {'acc':>7s} {'AUC':>7s} {'sens':>7s} "
           f"{'spec':>7s} {'agree%':>7s} {'max|dp|':>8s} {'p50 1t':>8s} {'p95 1t':>8s} "
           f"{'p50 2t':>8s} {'p95 2t':>8s} {'edge agree%':>11s}")
-  lines = [f"test split: {report['test_images']} images, threshold {report['threshold']:.4f}",
+  lines = [f"test split: {report['test_images']} images, trained model's threshold "
+           f"{report['threshold']:.4f}",
            head, "-" * len(head)]
   s = report["saved_model"]
-  lines.append(f"{'saved_model':14s} {'':>8s} {'':>8s} {s['accuracy']:7.4f} {s['roc_auc']:7.4f} "
+  lines.append(f"{'saved_model':14s} {s['threshold']:6.4f} {'':>8s} {'':>8s} {s['accuracy']:7.4f} {s['roc_auc']:7.4f} "
                f"{s['sensitivity']:7.4f} {s['specificity']:7.4f}")
   for name, e in report["variants"].items():
     lines.append(
-        f"{name:14s} {e['bytes'] / 1024:8.1f} {e.get('size_vs_float32', float('nan')):8.3f} "
+        f"{name:14s} {e['threshold']:6.4f} {e['bytes'] / 1024:8.1f} {e.get('size_vs_float32', float('nan')):8.3f} "
         f"{e['accuracy']:7.4f} {e['roc_auc']:7.4f} {e['sensitivity']:7.4f} {e['specificity']:7.4f} "
         f"{100 * e['agreement_with_saved_model']:7.2f} {e['max_abs_delta_probability']:8.4f} "
         f"{e['latency_1_thread']['p50_ms']:8.3f} {e['latency_1_thread']['p95_ms']:8.3f} "
         f"{e['latency_2_thread']['p50_ms']:8.3f} {e['latency_2_thread']['p95_ms']:8.3f} "
         f"{100 * e['edge_predictor_agreement_with_saved_model_bytes']:11.2f}")
-  lines.append("latency in ms per single image (invoke only); agree% = decisions equal to the "
+  lines.append("thr = the model's decision threshold (QAT: re-chosen on validation); latency "
+               "in ms per single image (invoke only); agree% = decisions equal to the "
                "SavedModel's; edge agree% = cxr-predict's numpy preprocessing + this model vs "
                "the SavedModel's JPEG-bytes signature")
   return "\n".join(lines)

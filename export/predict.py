@@ -153,7 +153,8 @@ class LiteModel:
     self.image_size = int(metadata["input"]["size"])
     self.scale = float(metadata["preprocessing"]["scale"])
     self.labels: List[str] = list(metadata["labels"])
-    self.threshold = float(metadata["threshold"])
+    # Per model: a QAT model carries its own validation threshold (older exports: one).
+    self.threshold = float(entry.get("threshold", metadata["threshold"]))
     try:
       self.interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
     except (ValueError, RuntimeError) as e:

@@ -320,6 +320,7 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
       "dropout": config.dropout,
       "labels": list(schema.LABELS),
       "threshold": threshold,
+      "target_sensitivity": config.target_sensitivity,
       "threshold_rule": ("max Youden J on validation (0.5 if among the best, else the "
                          "middle of the best interval nearest 0.5)"
                          if config.target_sensitivity is None

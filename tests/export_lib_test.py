@@ -8,6 +8,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from export import export_lib
 from export import predict as edge
+from model import metrics
 from model import train_lib
 from pipeline import convert_lib
 from pipeline import preprocess
@@ -106,3 +107,25 @@ def test_calibration_uses_unaugmented_train_images(sample_records):
       train.append(float(preprocess.preprocess_image(ex[schema.KEY_ENCODED], 48).numpy().sum()))
   for image in calib:  # each is exactly a train image through the eval preprocessing
     assert np.min(np.abs(np.array(train) - image.sum())) < 1e-2
+
+
+def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
+  export_dir, report = exported
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  for variant in export_lib.VARIANTS:
+    entry = meta["models"][export_lib.tflite_name(variant)]
+    assert report["variants"][variant]["threshold"] == entry["threshold"]
+    if variant != "qat_int8":
+      assert entry["threshold"] == meta["threshold"], variant
+  # The QAT threshold is the training rule applied to the QAT TFLite model's own
+  # validation predictions.
+  path = os.path.join(export_dir, export_lib.tflite_name("qat_int8"))
+  lite = edge.LiteModel(path)
+  images, labels, _ = export_lib._split_set(sample_records, 48, "val")
+  probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
+  want = metrics.choose_threshold(labels, probs)
+  assert meta["models"]["model_qat_int8.tflite"]["threshold"] == pytest.approx(want)
+  assert lite.threshold == pytest.approx(want)
+  # Exports from before per-model thresholds fall back to the top-level one.
+  del meta["models"]["model_qat_int8.tflite"]["threshold"]
+  assert edge.LiteModel(path, 1, meta).threshold == meta["threshold"]
