@@ -126,6 +126,10 @@ def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
   want = metrics.choose_threshold(labels, probs)
   assert meta["models"]["model_qat_int8.tflite"]["threshold"] == pytest.approx(want)
   assert lite.threshold == pytest.approx(want)
+  # The report's validation accuracy is that model's, at that threshold.
+  assert report["variants"]["qat_int8"]["validation_accuracy"] == pytest.approx(
+      np.mean((probs >= want) == (labels == 1)))
+  assert 0 <= report["saved_model"]["validation_accuracy"] <= 1
   # Exports from before per-model thresholds fall back to the top-level one.
   del meta["models"]["model_qat_int8.tflite"]["threshold"]
   assert edge.LiteModel(path, 1, meta).threshold == meta["threshold"]
