@@ -6,7 +6,7 @@
 #   2. the article's recipe (scripts/article_baseline.py) with seeds 0, 1, 2;
 #   3. the default and the article's recipe, all seeds, on the TEST split.
 # Finished runs are kept, so an interrupted study continues where it stopped.
-# About 2 hours on 2 CPU cores (9 x ~3.6 min + 3 x ~20 min).
+# About 1.5 hours on 2 quiet CPU cores (9 x ~3.6 min + 3 x ~20 min).
 # Usage: scripts/seed_study.sh DATA_DIR IMAGE_ROOT OUT_DIR [EPOCHS]
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
 set -euo pipefail
