@@ -49,6 +49,12 @@ def test_presets_resolve_to_the_article_experiments():
     train_lib.experiment_config("VI")
 
 
+def test_default_augmentation_is_brightness_and_contrast():
+  cfg = train_lib.TrainConfig(data_dir="d", model_dir="m").augment
+  assert cfg.names() == train_lib.DEFAULT_AUGMENT == ("brightness", "contrast")
+  assert cfg.brightness == (0.7, 1.3) and cfg.contrast == 0.2 and not cfg.geometric
+
+
 def test_train_writes_everything(sample_records, tmp_path):
   info = train_lib.train(_config(sample_records, tmp_path / "m"))
   names = set(os.listdir(tmp_path / "m"))
