@@ -275,18 +275,20 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   }
   for variant, path in files.items():
     metadata["models"][os.path.basename(path)] = describe_tflite(path)
-  _set_thresholds(metadata, files, data_dir, info.get("target_sensitivity"))
+  val_images, val_labels, _ = _split_set(data_dir, size, "val")
+  _set_thresholds(metadata, files, val_images, val_labels, info.get("target_sensitivity"))
   with open(os.path.join(export_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
-  report = build_report(export_dir, data_dir, metadata, files, latency_runs)
+  report = build_report(export_dir, data_dir, metadata, files, latency_runs,
+                        val_images, val_labels)
   with open(os.path.join(export_dir, REPORT_NAME), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   return report
 
 
-def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], data_dir: str,
-                    target_sensitivity: Optional[float]) -> None:
+def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], val_images: np.ndarray,
+                    val_labels: np.ndarray, target_sensitivity: Optional[float]) -> None:
   """Gives every model in metadata["models"] the threshold it is to be used with.
 
   Post-training variants approximate the trained model, so they keep its validation
@@ -299,38 +301,42 @@ def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], data_dir: s
     entry["threshold"] = metadata["threshold"]
     entry["threshold_source"] = "cxr-train (chosen on validation for the trained model)"
     if variant == "qat_int8":
-      images, labels, _ = _split_set(data_dir, metadata["input"]["size"], "val")
-      lite = edge.LiteModel(path, 1, metadata)
-      probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
-      entry["threshold"] = metrics_lib.choose_threshold(labels, probs, target_sensitivity)
+      probs = edge.LiteModel(path, 1, metadata).positive_probabilities(val_images)
+      entry["threshold"] = metrics_lib.choose_threshold(val_labels, probs, target_sensitivity)
       entry["threshold_source"] = ("chosen on validation for this fine-tuned model, with "
                                    "its own TFLite predictions: " + str(metadata["threshold_rule"]))
       logging.info("qat_int8: validation threshold %.4f (trained model's %.4f)",
                    entry["threshold"], metadata["threshold"])
 
 
+def _in_batches(fn, inputs, batch_size: int = 64) -> np.ndarray:
+  """fn over inputs in batches of batch_size, results concatenated."""
+  return np.concatenate([fn(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
 def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
-                 files: Dict[str, str], latency_runs: int) -> Dict[str, Any]:
-  """Evaluates the SavedModel and every TFLite variant on the test split."""
+                 files: Dict[str, str], latency_runs: int, val_images: np.ndarray,
+                 val_labels: np.ndarray) -> Dict[str, Any]:
+  """Evaluates the SavedModel and every TFLite variant on the test split.
+
+  Validation accuracy goes beside the test figures: the split every choice was made on,
+  twice the evidence when comparing variants a few films apart.
+  """
   size, threshold = metadata["input"]["size"], metadata["threshold"]
   images, labels, encoded = _split_set(data_dir, size, "test")
-  # Validation accuracy beside the test figures: the split every choice was made on,
-  # twice the evidence when comparing variants a few films apart.
-  val_images, val_labels, _ = _split_set(data_dir, size, "val")
   loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
   serve = loaded.signatures["serving_default"]
+  serve_bytes = loaded.signatures["serving_bytes"]
 
   def saved_model_probs(x: np.ndarray) -> np.ndarray:
-    return np.concatenate([serve(images=tf.constant(x[i:i + 64]))["probabilities"].numpy()[:, 1]
-                           for i in range(0, len(x), 64)])
+    return _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy()[:, 1], x)
 
   def val_accuracy(probs: np.ndarray, t: float) -> float:
     return float(np.mean((probs >= t) == (val_labels == 1)))
 
   ref = saved_model_probs(images)
-  serve_bytes = loaded.signatures["serving_bytes"]
-  ref_bytes = np.concatenate([serve_bytes(image_bytes=tf.constant(encoded[i:i + 64]))[
-      "probability"].numpy() for i in range(0, len(encoded), 64)])
+  ref_bytes = _in_batches(
+      lambda b: serve_bytes(image_bytes=tf.constant(b))["probability"].numpy(), encoded)
   ref_pred = ref >= threshold
 
   def row(probs: np.ndarray, t: float) -> Dict[str, Any]:
@@ -344,7 +350,8 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
 
   # The edge predictor's numpy/Pillow preprocessing of the encoded bytes, once: it does
   # not depend on the variant.
-  edge_images = [edge.preprocess(b, size, metadata["preprocessing"]["scale"]) for b in encoded]
+  edge_images = np.stack([edge.preprocess(b, size, metadata["preprocessing"]["scale"])
+                          for b in encoded])
   saved_bytes_pred = ref_bytes >= threshold
   report: Dict[str, Any] = {"test_images": int(len(labels)), "threshold": threshold,
                             "saved_model": row(ref, threshold), "variants": {}}
@@ -353,16 +360,16 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   for variant, path in files.items():
     entry: Dict[str, Any] = {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
     lite = edge.LiteModel(path, 1, metadata)
-    probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
+    probs = lite.positive_probabilities(images)
     entry.update(row(probs, lite.threshold))
-    entry["validation_accuracy"] = val_accuracy(
-        np.array([lite.probabilities(x)[1] for x in val_images]), lite.threshold)
+    entry["validation_accuracy"] = val_accuracy(lite.positive_probabilities(val_images),
+                                                lite.threshold)
     for threads in (1, 2):
       entry[f"latency_{threads}_thread"] = _latency(edge.LiteModel(path, threads, metadata),
                                                     images[0], latency_runs)
     # The edge predictor end to end against the SavedModel's in-graph (TensorFlow)
     # preprocessing of the same bytes.
-    edge_probs = np.array([lite.probabilities(x)[1] for x in edge_images], dtype=np.float64)
+    edge_probs = lite.positive_probabilities(edge_images)
     entry["edge_predictor_agreement_with_saved_model_bytes"] = float(
         np.mean((edge_probs >= lite.threshold) == saved_bytes_pred))
     entry["edge_predictor_max_abs_delta_vs_same_model"] = float(np.max(np.abs(edge_probs - probs)))

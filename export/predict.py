@@ -190,6 +190,10 @@ class LiteModel:
     self.interpreter.invoke()
     return self._dequantize(self.interpreter.get_tensor(self._out["index"]))[0]
 
+  def positive_probabilities(self, images: np.ndarray) -> np.ndarray:
+    """float32 [N, S, S, 1] -> float64 [N] PNEUMONIA probabilities, one invoke per image."""
+    return np.array([self.probabilities(x)[1] for x in images], dtype=np.float64)
+
   def predict_bytes(self, data: bytes) -> Dict[str, object]:
     """Encoded image -> {"label", "probability", "latency_ms"} (latency: preprocess + invoke)."""
     start = time.perf_counter()
