@@ -59,6 +59,13 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
   return float(np.mean((np.asarray(p, np.float64) - np.asarray(y)) ** 2))
 
 
+def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
+  """Mean binary cross-entropy of the probability (clipped to [eps, 1 - eps])."""
+  y = np.asarray(y, np.float64)
+  p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+  return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
   """ECE of the positive-class probability over `bins` equal-width bins."""
   y = np.asarray(y, np.float64)

@@ -28,7 +28,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from model import metrics  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
-from pipeline import convert_lib  # pylint: disable=wrong-import-position
+from pipeline import dataset  # pylint: disable=wrong-import-position
 
 COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc", "log_loss", "brier", "errors")
 
@@ -37,16 +37,17 @@ def score_run(model_dir: str, data_dir: str, split: str) -> Dict[str, float]:
   """One cxr-train run's metrics on `split` at its validation-chosen threshold."""
   model, info = train_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
-  threshold = metrics.choose_threshold(val["label"], val["probability"])
+  threshold = metrics.choose_threshold(val["label"], val["probability"],
+                                       info.get("target_sensitivity"))
   out = val if split == "val" else train_lib.predict_split(model, data_dir, split,
                                                            info["image_size"])
   y, p = out["label"], out["probability"]
   m = metrics.at_threshold(y, p, threshold)
-  pc = np.clip(p, 1e-7, 1 - 1e-7)
+  c = metrics.confusion(y, p, threshold)
   return {"threshold": threshold, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
           "specificity": m["specificity"], "roc_auc": metrics.roc_auc(y, p),
-          "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
-          "brier": metrics.brier(y, p), "errors": float(np.sum((p >= threshold) != (y == 1)))}
+          "log_loss": metrics.log_loss(y, p), "brier": metrics.brier(y, p),
+          "errors": float(c["fp"] + c["fn"])}
 
 
 def _row(name: str, r: Dict[str, float]) -> str:
@@ -94,7 +95,7 @@ def main() -> None:
       print(_row(f"{name}: {os.path.basename(d.rstrip('/'))}", rows[-1]), flush=True)
     means.append((name, _mean(rows), len(rows)))
   if args.article:
-    test_images = convert_lib.load_manifest(args.data_dir)["splits"]["test"]["images"]
+    test_images = dataset.split_size(args.data_dir, "test")
     rows = []
     for path in args.article.split(","):
       with open(path, encoding="utf-8") as f:

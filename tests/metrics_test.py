@@ -38,6 +38,12 @@ def test_pr_auc_by_hand():
   assert metrics.pr_auc(Y, P) == pytest.approx(ap)
 
 
+def test_log_loss_by_hand():
+  assert metrics.log_loss([0, 1], [0.2, 0.6]) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+  # A confident mistake is clipped, not infinite.
+  assert metrics.log_loss([1], [0.0]) == pytest.approx(-np.log(1e-7))
+
+
 def test_brier_and_ece_by_hand():
   assert metrics.brier([0, 1], [0.2, 0.6]) == pytest.approx((0.04 + 0.16) / 2)
   # Two bins used: [0.2] holds p=0.2,0.2 (y 0,1 -> mean 0.5); [0.9] holds 0.9 (y 1).
