@@ -1,10 +1,15 @@
 """Binary classification metrics in numpy (no TensorFlow), checked by hand in tests.
 
 `y` are 0/1 labels (1 = PNEUMONIA, the positive class), `p` probabilities of class 1.
+Importable without TensorFlow: the edge tools (cxr-calibrate) use it on the device.
 """
-from typing import Dict, Optional, Tuple
+import math
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+# Normal quantile of a two-sided 95% interval.
+Z_95 = 1.959963984540054
 
 
 def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> Dict[str, int]:
@@ -79,8 +84,65 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
   return float(ece)
 
 
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> Tuple[float, float]:
+  """Wilson score interval of a proportion (95% by default); (nan, nan) when n == 0.
+
+  Unlike the normal approximation it stays inside [0, 1] and is sound at 0 or n
+  successes, which is where a good classifier's error counts sit.
+  """
+  if n <= 0:
+    return float("nan"), float("nan")
+  phat = successes / n
+  denom = 1 + z * z / n
+  centre = (phat + z * z / (2 * n)) / denom
+  half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+  # At 0 or n successes the bound is exactly 0 or 1; rounding must not move it inside.
+  low = 0.0 if successes == 0 else max(0.0, centre - half)
+  high = 1.0 if successes == n else min(1.0, centre + half)
+  return low, high
+
+
+def bootstrap_auc_interval(y: np.ndarray, p: np.ndarray, groups: Optional[Sequence] = None,
+                           resamples: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> Tuple[float, float]:
+  """Percentile bootstrap interval of ROC-AUC, resampling whole groups (patients).
+
+  Films of one patient are correlated, so patients, not films, are the independent
+  units: each resample draws patients with replacement and keeps all their films.
+
+  Args:
+    y: labels.
+    p: positive-class probabilities.
+    groups: a patient id per film; None treats every film as its own patient.
+    resamples: bootstrap resamples (seeded: the same inputs give the same interval).
+    seed: seed of the resampling.
+    level: coverage of the interval.
+
+  Returns:
+    (low, high); (nan, nan) when a class is missing.
+  """
+  y = np.asarray(y).astype(bool)
+  p = np.asarray(p, np.float64)
+  if y.all() or not y.any():
+    return float("nan"), float("nan")
+  keys = np.arange(len(y)) if groups is None else np.asarray(groups)
+  _, group_index = np.unique(keys, return_inverse=True)
+  members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)]
+  rng = np.random.default_rng(seed)
+  aucs = []
+  for _ in range(resamples):
+    picked = rng.integers(0, len(members), len(members))
+    idx = np.concatenate([members[g] for g in picked])
+    if y[idx].all() or not y[idx].any():
+      continue
+    aucs.append(roc_auc(y[idx], p[idx]))
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(aucs, [tail, 100 - tail])
+  return float(low), float(high)
+
+
 def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> Dict[str, object]:
-  """Decision metrics at one threshold."""
+  """Decision metrics at one threshold, with 95% Wilson intervals (`ci95`)."""
   c = confusion(y, p, threshold)
   tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
   precision = _div(tp, tp + fp)
@@ -92,17 +154,26 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> Dict[str, ob
       "sensitivity": sensitivity,
       "specificity": _div(tn, tn + fp),
       "f1": _div(2 * tp, 2 * tp + fp + fn),
+      "ci95": {"accuracy": list(wilson_interval(tp + tn, tp + fp + tn + fn)),
+               "sensitivity": list(wilson_interval(tp, tp + fn)),
+               "specificity": list(wilson_interval(tn, tn + fp))},
       "confusion_matrix": {"labels": ["NORMAL", "PNEUMONIA"],
                            "rows_true_cols_pred": [[tn, fp], [fn, tp]]},
   }
 
 
-def summary(y: np.ndarray, p: np.ndarray, threshold: float) -> Dict[str, object]:
-  """Threshold-free metrics plus decision metrics at `threshold` and at 0.5."""
+def summary(y: np.ndarray, p: np.ndarray, threshold: float,
+            patients: Optional[Sequence] = None) -> Dict[str, object]:
+  """Threshold-free metrics plus decision metrics at `threshold` and at 0.5.
+
+  Every proportion carries a 95% Wilson interval; ROC-AUC a 95% bootstrap interval over
+  `patients` (each film its own patient when None).
+  """
   return {
       "count": int(len(y)),
       "positives": int(np.sum(y)),
       "roc_auc": roc_auc(y, p),
+      "roc_auc_ci95": list(bootstrap_auc_interval(y, p, patients)),
       "pr_auc": pr_auc(y, p),
       "brier": brier(y, p),
       "ece": expected_calibration_error(y, p),
@@ -111,8 +182,53 @@ def summary(y: np.ndarray, p: np.ndarray, threshold: float) -> Dict[str, object]
   }
 
 
+def format_interval(value: float, interval: Sequence[float], percent: bool = True) -> str:
+  """'97.4 (95.1-98.6)' for a proportion, '0.9912 (0.9850-0.9961)' otherwise."""
+  if percent:
+    return f"{100 * value:.1f} ({100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
+  return f"{value:.4f} ({interval[0]:.4f}-{interval[1]:.4f})"
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+  """Numerically stable logistic function."""
+  x = np.asarray(x, np.float64)
+  out = np.empty_like(x)
+  pos = x >= 0
+  out[pos] = 1 / (1 + np.exp(-x[pos]))
+  e = np.exp(x[~pos])
+  out[~pos] = e / (1 + e)
+  return out
+
+
+def fit_temperature(y: np.ndarray, margin: np.ndarray, low: float = 0.05,
+                    high: float = 20.0) -> float:
+  """The temperature T minimizing log loss of sigmoid(margin / T) (temperature scaling).
+
+  `margin` is the logit difference (PNEUMONIA - NORMAL). Ranking, and so ROC-AUC, is
+  unchanged by T; only how confident the probabilities are. Golden-section search on
+  log T (the loss is unimodal in T for a fixed margin).
+  """
+  y = np.asarray(y, np.float64)
+  margin = np.asarray(margin, np.float64)
+
+  def loss(log_t: float) -> float:
+    return log_loss(y, sigmoid(margin / math.exp(log_t)), eps=1e-12)
+
+  a, b = math.log(low), math.log(high)
+  ratio = (math.sqrt(5) - 1) / 2
+  c, d = b - ratio * (b - a), a + ratio * (b - a)
+  for _ in range(80):
+    if loss(c) < loss(d):
+      b = d
+    else:
+      a = c
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+  return float(math.exp((a + b) / 2))
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray,
-                     target_sensitivity: Optional[float] = None) -> float:
+                     target_sensitivity: Optional[float] = None,
+                     target_specificity: Optional[float] = None) -> float:
   """Chooses a decision threshold on validation data.
 
   Every threshold in (next lower score, score] makes the same validation decisions, so
@@ -129,15 +245,27 @@ def choose_threshold(y: np.ndarray, p: np.ndarray,
       gives no reason to move off the class-balanced point), else the midpoint of the
       interval nearest 0.5. Otherwise: the highest interval whose sensitivity reaches the
       target (the most specific operating point that keeps the sensitivity).
+    target_specificity: instead, the lowest interval whose specificity reaches it (the
+      most sensitive operating point that keeps the specificity).
 
   Returns:
     A threshold t; predict PNEUMONIA when p >= t.
+
+  Raises:
+    ValueError: both targets given.
   """
+  if target_sensitivity is not None and target_specificity is not None:
+    raise ValueError("give at most one of target_sensitivity and target_specificity")
   fpr, tpr, thresholds = roc_curve(y, p)
   upper = thresholds[1:]  # drop +inf; descending distinct scores
   lower = np.r_[upper[1:], 0.0]  # the next lower score (below the lowest: 0)
   tpr, fpr = tpr[1:], fpr[1:]
-  if target_sensitivity is None:
+  if target_specificity is not None:
+    reaching = np.flatnonzero(1 - fpr >= target_specificity - 1e-12)
+    if not len(reaching):  # the top score is a negative: only "all NORMAL" keeps it
+      return float((upper[0] + 1.0) / 2)
+    i = reaching[-1]  # thresholds descend: the last reaching one is the lowest
+  elif target_sensitivity is None:
     j = tpr - fpr
     best = np.flatnonzero(j >= j.max() - 1e-12)
     if np.any((lower[best] < 0.5) & (0.5 <= upper[best])):

@@ -79,3 +79,80 @@ def test_summary_keys():
   s = metrics.summary(Y, P, 0.6)
   assert s["count"] == 10 and s["positives"] == 6
   assert s["at_threshold"]["threshold"] == 0.6 and s["at_0_5"]["threshold"] == 0.5
+
+
+def test_choose_threshold_target_specificity():
+  # Negatives 0.1, 0.35, 0.4, 0.8. Specificity >= 0.75 allows one false positive (0.8):
+  # the lowest such interval is (0.4, 0.6] -> 0.5. Specificity 1 needs t above 0.8:
+  # (0.8, 0.9] -> 0.85.
+  assert metrics.choose_threshold(Y, P, target_specificity=0.75) == pytest.approx(0.5)
+  assert metrics.choose_threshold(Y, P, target_specificity=1.0) == pytest.approx(0.85)
+  # The top score is a negative: only the interval above every score keeps spec 1.
+  assert metrics.choose_threshold([1, 0], [0.2, 0.6], target_specificity=1.0) == pytest.approx(0.8)
+  with pytest.raises(ValueError, match="at most one"):
+    metrics.choose_threshold(Y, P, target_sensitivity=0.9, target_specificity=0.9)
+
+
+def test_wilson_interval_by_hand():
+  # 8 of 10, z = 1.96: centre (0.8 + 1.9208/10) / 1.38416 = 0.71671; half-width
+  # 1.96 * sqrt(0.016 + 0.00960) / 1.38416 = 0.22658 (textbook: 0.4902-0.9433).
+  low, high = metrics.wilson_interval(8, 10)
+  assert low == pytest.approx(0.4902, abs=1e-4)
+  assert high == pytest.approx(0.9433, abs=1e-4)
+  # All successes: the upper bound is 1, the lower one n / (n + z^2).
+  low, high = metrics.wilson_interval(20, 20)
+  assert high == 1.0
+  assert low == pytest.approx(20 / (20 + metrics.Z_95 ** 2))
+  assert all(np.isnan(metrics.wilson_interval(0, 0)))
+
+
+def test_at_threshold_carries_wilson_intervals():
+  m = metrics.at_threshold(Y, P, 0.5)  # tp 5, fn 1, tn 3, fp 1
+  assert m["ci95"]["sensitivity"] == pytest.approx(list(metrics.wilson_interval(5, 6)))
+  assert m["ci95"]["specificity"] == pytest.approx(list(metrics.wilson_interval(3, 4)))
+  assert m["ci95"]["accuracy"] == pytest.approx(list(metrics.wilson_interval(8, 10)))
+
+
+def test_bootstrap_auc_interval_resamples_patients():
+  y = np.array([0, 0, 1, 1] * 10)
+  rng = np.random.default_rng(1)
+  p = np.clip(y * 0.3 + rng.uniform(0, 0.7, len(y)), 0, 1)
+  low, high = metrics.bootstrap_auc_interval(y, p, resamples=500)
+  assert low < metrics.roc_auc(y, p) < high
+  assert (low, high) == metrics.bootstrap_auc_interval(y, p, resamples=500)  # seeded
+  # A perfect scorer's AUC is 1 in every resample.
+  assert metrics.bootstrap_auc_interval(y, y.astype(float), resamples=50) == (1.0, 1.0)
+  # One patient holding every film: each resample is the whole set, so no spread.
+  one = metrics.bootstrap_auc_interval(y, p, groups=["a"] * len(y), resamples=50)
+  assert one[0] == pytest.approx(one[1]) == pytest.approx(metrics.roc_auc(y, p))
+  # One class only: no interval.
+  assert all(np.isnan(metrics.bootstrap_auc_interval([1, 1], [0.2, 0.3])))
+
+
+def test_summary_has_intervals():
+  s = metrics.summary(Y, P, 0.6, patients=list("aabbccddee"))
+  assert len(s["roc_auc_ci95"]) == 2
+  assert s["roc_auc_ci95"][0] <= s["roc_auc"] <= s["roc_auc_ci95"][1]
+  assert set(s["at_threshold"]["ci95"]) == {"accuracy", "sensitivity", "specificity"}
+
+
+def test_fit_temperature_recovers_a_known_scale():
+  # Labels drawn from sigmoid(z); margins given as 4 z: the best temperature is ~4.
+  rng = np.random.default_rng(0)
+  z = rng.normal(0, 2, 20000)
+  y = rng.uniform(size=z.shape) < metrics.sigmoid(z)
+  assert metrics.fit_temperature(y, 4 * z) == pytest.approx(4.0, rel=0.05)
+  assert metrics.fit_temperature(y, z) == pytest.approx(1.0, rel=0.05)
+
+
+def test_sigmoid_is_stable():
+  assert metrics.sigmoid(np.array([-1000.0, 0.0, 1000.0])) == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_wilson_bounds_contain_the_estimate_at_the_extremes():
+  for n in (1, 7, 117, 195, 312):
+    assert metrics.wilson_interval(n, n)[1] == 1.0
+    assert metrics.wilson_interval(0, n)[0] == 0.0
+    for k in range(0, n + 1, max(1, n // 7)):
+      low, high = metrics.wilson_interval(k, n)
+      assert low <= k / n <= high
