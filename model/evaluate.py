@@ -8,7 +8,8 @@ Usage:
 
 Reports accuracy, precision, sensitivity, specificity, F1 and the confusion matrix at the
 threshold chosen on validation and at 0.5, plus ROC-AUC, PR-AUC, Brier score and expected
-calibration error. Writes metrics.json, predictions.csv, roc.png, confusion_matrix.png.
+calibration error. Accuracy, sensitivity and specificity carry 95% Wilson intervals,
+ROC-AUC a 95% bootstrap interval over patients. Writes metrics.json, predictions.csv, roc.png, confusion_matrix.png.
 """
 import sys
 
@@ -16,6 +17,7 @@ from absl import app
 from absl import flags
 
 from model import evaluate_lib
+from model import metrics
 from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import schema
@@ -44,14 +46,16 @@ def main(argv):
   except (ValueError, FileNotFoundError, convert_lib.ConversionError,
           dataset.CorruptDataError) as e:
     sys.exit(f"cxr-evaluate: error: {e}")
-  d, h = r["at_threshold"], r["at_0_5"]
+  fmt = metrics.format_interval
   print(f"cxr-evaluate: {r['count']} images, {r['patients']} patients; ROC-AUC "
-        f"{r['roc_auc']:.4f}, PR-AUC {r['pr_auc']:.4f}, Brier {r['brier']:.4f}, ECE {r['ece']:.4f}")
-  for name, m in ((f"threshold {d['threshold']:.4f}", d), ("threshold 0.5", h)):
-    print(f"  {name}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
-          f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}, "
-          f"F1 {m['f1']:.4f}, confusion [[TN FP] [FN TP]] "
-          f"{m['confusion_matrix']['rows_true_cols_pred']}")
+        f"{fmt(r['roc_auc'], r['roc_auc_ci95'], percent=False)} (95% interval, bootstrap over "
+        f"patients), PR-AUC {r['pr_auc']:.4f}, Brier {r['brier']:.4f}, ECE {r['ece']:.4f}")
+  for m in (r["at_threshold"], r["at_0_5"]):
+    print(f"  threshold {m['threshold']:.4f}: "
+          + ", ".join(f"{k} {fmt(m[k], m['ci95'][k])}%"
+                      for k in ("accuracy", "sensitivity", "specificity"))
+          + f" (95% Wilson intervals), precision {m['precision']:.4f}, F1 {m['f1']:.4f}, "
+          f"confusion [[TN FP] [FN TP]] {m['confusion_matrix']['rows_true_cols_pred']}")
   print(f"  reports in {_OUTPUT_DIR.value}")
 
 

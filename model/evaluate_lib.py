@@ -10,56 +10,20 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from model import metrics as metrics_lib
 from model import train_lib
-from pipeline import convert_lib
-from pipeline import image_io
-from pipeline import preprocess
+from pipeline import dataset
 from pipeline import schema
-
-
-def list_image_folder(image_dir: str) -> Tuple[List[Tuple[str, int, str]], List[Dict[str, str]]]:
-  """Finds labelled images in a class-folder tree (as cxr-convert does) and checks them.
-
-  Returns:
-    ([(path, label index, patient id)], [{"path", "reason"} for files that are skipped]).
-
-  Raises:
-    convert_lib.ConversionError: missing folder or no class folders.
-  """
-  items, skipped = [], []
-  for f in convert_lib.scan_input(image_dir):
-    path = os.path.join(image_dir, f.relpath)
-    if f.label is None:
-      skipped.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
-      continue
-    check = image_io.inspect_image(path)
-    if isinstance(check, image_io.Rejection):
-      skipped.append({"path": f.relpath, "reason": check.reason})
-      continue
-    items.append((path, schema.LABEL_TO_INDEX[f.label], convert_lib.patient_id(f.relpath)))
-  return items, skipped
 
 
 def predict_folder(model, image_dir: str, image_size: int,
                    batch_size: int = 64) -> Tuple[Dict[str, np.ndarray], List[Dict[str, str]]]:
   """Probabilities for every readable labelled image below image_dir."""
-  items, skipped = list_image_folder(image_dir)
-  for s in skipped:
-    logging.warning("skipping %s: %s", s["path"], s["reason"])
-  if not items:
-    raise ValueError(f"no readable labelled images in {image_dir!r}")
-  paths, labels, patients = (list(x) for x in zip(*items))
-  ds = (tf.data.Dataset.from_tensor_slices(paths)
-        .map(lambda p: preprocess.preprocess_image(tf.io.read_file(p), image_size),
-             num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-  probs = np.concatenate([model(x, training=False).numpy()[:, 1] for x in ds]).astype(np.float64)
-  rel = [os.path.relpath(p, image_dir) for p in paths]
-  return ({"probability": probs, "label": np.array(labels), "filename": np.array(rel),
-           "patient_id": np.array(patients)}, skipped)
+  folder = dataset.load_image_folder(image_dir, image_size)
+  probs = train_lib.predict_images(model, folder.images, batch_size)
+  return ({"probability": probs, "label": folder.labels, "filename": folder.relpaths,
+           "patient_id": folder.patients}, folder.skipped)
 
 
 def _plot_roc(y, p, threshold: float, path: str, title: str) -> None:
@@ -137,7 +101,7 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
   y, p = preds["label"], preds["probability"]
   result = {"model_dir": model_dir, "model": info["model"], **source,
             "patients": int(len(set(preds["patient_id"]))), "skipped": skipped,
-            **metrics_lib.summary(y, p, threshold)}
+            **metrics_lib.summary(y, p, threshold, preds["patient_id"])}
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)

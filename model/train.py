@@ -2,6 +2,8 @@ r"""cxr-train: train a pneumonia classifier on a cxr-convert output.
 
 Usage:
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/cxr_model
+  cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/cxr_model \
+      --external_dir=../shared/data/chest_xray/external
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/exp5 --model=seed_cnn --experiment=V
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/m --augment=rotation,brightness \
       --target_sensitivity=0.95
@@ -18,7 +20,9 @@ from absl import logging
 
 from model import models
 from model import train_lib
+from model import metrics
 from pipeline import augment
+from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import schema
 
@@ -72,6 +76,10 @@ _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate (default: the model
                               lower_bound=0.0, upper_bound=0.95)
 _CACHE = flags.DEFINE_string("cache", dataset.CACHE_MEMORY,
                              "Decoded-image cache: 'memory', 'none', or a directory.")
+_EXTERNAL_DIR = flags.DEFINE_string(
+    "external_dir", None,
+    "A labelled class-folder tree from another source (external validation), scored "
+    "after every epoch and for the saved model; never trained on, nothing chosen on it.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
                                         "Limit steps per epoch (smoke runs).", lower_bound=1)
 
@@ -94,7 +102,7 @@ def _config() -> train_lib.TrainConfig:
       class_weight=_CLASS_WEIGHT.value, seed=_SEED.value, strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
       width=_WIDTH.value, dropout=_DROPOUT.value, cache=_CACHE.value,
-      steps_per_epoch=_STEPS_PER_EPOCH.value)
+      steps_per_epoch=_STEPS_PER_EPOCH.value, external_dir=_EXTERNAL_DIR.value)
 
 
 def _valid_augment(names):
@@ -119,12 +127,22 @@ flags.register_validator("augment", _valid_augment)
 flags.register_validator("brightness", _valid_brightness)
 
 
+def _describe(name: str, m) -> str:
+  d = m["at_threshold"]
+  return (f"{name} ({m['count']} films): ROC-AUC "
+          f"{metrics.format_interval(m['roc_auc'], m['roc_auc_ci95'], percent=False)}, "
+          + ", ".join(f"{k} {metrics.format_interval(d[k], d['ci95'][k])}%"
+                      for k in ("accuracy", "sensitivity", "specificity"))
+          + f" at threshold {d['threshold']:.4f}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     info = train_lib.train(_config())
-  except (ValueError, FileNotFoundError, dataset.CorruptDataError) as e:
+  except (ValueError, FileNotFoundError, dataset.CorruptDataError,
+          convert_lib.ConversionError) as e:
     sys.exit(f"cxr-train: error: {e}")
   v = info["val_metrics"]
   d = v["at_threshold"]
@@ -134,6 +152,8 @@ def main(argv):
           f"{info['epochs']})")
   logging.info("%s", line)
   print(f"cxr-train: {line}; model in {_MODEL_DIR.value}")
+  if "external_metrics" in info:
+    print(f"cxr-train: {_describe('external', info['external_metrics'])}")
 
 
 def run():

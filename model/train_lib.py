@@ -9,7 +9,13 @@ Writes to model_dir:
   learning_curves.png  loss and accuracy, train vs validation
   logs/                TensorBoard
   model_info.json      model name, image size, threshold chosen on validation,
-                       validation metrics, the manifest hash of the training data
+                       validation metrics, the manifest hash of the training data, and
+                       (with external_dir) the saved model's external metrics
+
+With external_dir, a labelled image folder from another source is scored after every
+epoch (external_loss, external_auc, external_accuracy in the log, history, TensorBoard
+and learning curves). It is never trained on, and nothing is chosen on it here: the
+best epoch and the threshold come from the validation split.
 """
 import csv
 import dataclasses
@@ -72,6 +78,7 @@ class TrainConfig:
   dropout: Optional[float] = None
   cache: str = dataset.CACHE_MEMORY
   steps_per_epoch: Optional[int] = None  # for smoke tests; None = whole split
+  external_dir: Optional[str] = None  # scored every epoch, never trained on
   verbose: int = 2
 
 
@@ -157,6 +164,39 @@ def manifest_sha256(data_dir: str) -> str:
   return convert_lib.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME))
 
 
+def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+  """float64 [N] PNEUMONIA probabilities of preprocessed images [N, S, S, 1]."""
+  out = [model(images[i:i + batch_size], training=False).numpy()[:, 1]
+         for i in range(0, len(images), batch_size)]
+  return np.concatenate(out).astype(np.float64) if out else np.zeros([0])
+
+
+class ExternalValidation(keras.callbacks.Callback):
+  """Scores a labelled image folder after every epoch; never trains on it.
+
+  Adds external_loss, external_auc and external_accuracy (at 0.5) to the epoch's logs,
+  so the callbacks after it (CSV log, TensorBoard, history) record them. It must come
+  before those in the callback list.
+  """
+
+  def __init__(self, classifier: keras.Model, folder: dataset.FolderImages):
+    super().__init__()
+    self.classifier = classifier
+    self.folder = folder
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is None:
+      return
+    y = self.folder.labels
+    p = predict_images(self.classifier, self.folder.images)
+    logs["external_loss"] = metrics_lib.log_loss(y, p)
+    logs["external_auc"] = metrics_lib.roc_auc(y, p)
+    logs["external_accuracy"] = metrics_lib.at_threshold(y, p, 0.5)["accuracy"]
+    logging.info("epoch %d: external (%d films) loss %.4f, ROC-AUC %.4f, accuracy at 0.5 "
+                 "%.4f", epoch + 1, len(y), logs["external_loss"], logs["external_auc"],
+                 logs["external_accuracy"])
+
+
 def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int,
                   batch_size: int = 64) -> Dict[str, np.ndarray]:
   """Positive-class probabilities for every record of a split, in file order.
@@ -208,6 +248,8 @@ def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str)
   for ax, key in zip(axes, ("loss", "accuracy")):
     ax.plot(epochs, history.get(key, []), label=f"train {key}")
     ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
+    if history.get(f"external_{key}"):
+      ax.plot(epochs, history[f"external_{key}"], label=f"external {key}")
     ax.set_xlabel("epoch")
     ax.set_title(key)
     ax.grid(alpha=0.3)
@@ -241,6 +283,8 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")
   keras.utils.set_random_seed(config.seed)
+  external = (dataset.load_image_folder(config.external_dir, config.image_size)
+              if config.external_dir else None)
   os.makedirs(config.model_dir, exist_ok=True)
   strategy = _strategy(config.strategy)
   weights = dataset.class_weights(config.data_dir) if config.class_weight == "balanced" else None
@@ -279,7 +323,7 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
   best_so_far = max(previous.get("val_auc", [float("-inf")]))
   best_weights = os.path.join(config.model_dir, "checkpoints", "best.weights.h5")
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
-  callbacks = [
+  callbacks = ([ExternalValidation(classifier, external)] if external is not None else []) + [
       keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
       keras.callbacks.ModelCheckpoint(
           best_weights, monitor="val_auc", mode="max", save_best_only=True,
@@ -339,8 +383,14 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
       "lr_schedule": config.lr_schedule,
       "train_seconds_this_run": round(train_seconds, 1),
       "data_manifest_sha256": manifest_sha256(config.data_dir),
-      "val_metrics": metrics_lib.summary(val["label"], val["probability"], threshold),
+      "val_metrics": metrics_lib.summary(val["label"], val["probability"], threshold,
+                                         val["patient_id"]),
   }
+  if external is not None:
+    info["external_dir"] = config.external_dir
+    info["external_metrics"] = metrics_lib.summary(
+        external.labels, predict_images(export_model, external.images), threshold,
+        external.patients)
   with open(os.path.join(config.model_dir, INFO_FILE), "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2)
   shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
@@ -349,6 +399,10 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
 
 def load_model_dir(model_dir: str):
   """Loads (model, model_info) from a cxr-train output directory.
+
+  The network is rebuilt in the current layout (models.build) and given the saved
+  weights, so runs saved before a layout change that kept the weights (the softmax as
+  its own layer) load as current ones.
 
   Raises:
     FileNotFoundError: not a finished training run.
@@ -360,5 +414,8 @@ def load_model_dir(model_dir: str):
                             "finished cxr-train output")
   with open(info_path, encoding="utf-8") as f:
     info = json.load(f)
-  return keras.models.load_model(path, compile=False), info
-
+  saved = keras.models.load_model(path, compile=False)
+  model = models.build(info["model"], info["image_size"], info.get("width", 1.0),
+                       info.get("dropout"))
+  model.set_weights(saved.get_weights())
+  return model, info

@@ -7,9 +7,11 @@ import tensorflow as tf
 
 import tf_keras as keras
 
+from model import metrics
 from model import train_lib
 from pipeline import augment
-from tests.conftest import run_module
+from pipeline import dataset
+from tests.conftest import run_module, sample_subset
 
 SIZE = 48
 
@@ -108,3 +110,26 @@ def test_cli_experiment_preset_and_errors(sample_records, tmp_path):
   r = run_module("model.train", f"--data_dir={sample_records}", f"--model_dir={tmp_path}/m3",
                  "--augment=flip")
   assert r.returncode != 0 and "unknown augmentation" in r.stderr
+
+
+def test_external_dir_is_scored_every_epoch_and_never_trained_on(sample_records, tmp_path):
+  external = sample_subset(str(tmp_path / "external"), 4)
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=2,
+                                 external_dir=str(external)))
+  history = json.load(open(tmp_path / "m" / "history.json"))
+  for key in ("external_loss", "external_auc", "external_accuracy"):
+    assert len(history[key]) == 2, key
+  header = open(tmp_path / "m" / "training_log.csv").readline()
+  assert "external_auc" in header
+  # The saved model's external metrics, recomputed here, with intervals.
+  model, _ = train_lib.load_model_dir(str(tmp_path / "m"))
+  folder = dataset.load_image_folder(str(external), SIZE)
+  p = train_lib.predict_images(model, folder.images)
+  m = info["external_metrics"]
+  assert m["count"] == 8 and m["positives"] == 4
+  assert m["roc_auc"] == pytest.approx(metrics.roc_auc(folder.labels, p))
+  assert m["at_threshold"]["threshold"] == info["threshold"]
+  low, high = m["at_threshold"]["ci95"]["accuracy"]
+  assert low <= m["at_threshold"]["accuracy"] <= high
+  # Training saw only the train split: the same number of steps as without external_dir.
+  assert info["external_dir"] == external
