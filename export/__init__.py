@@ -1,7 +1,8 @@
 """cxr-edge export (SavedModel, TFLite) and the TensorFlow-free edge predictor.
 
-Nothing here may import TensorFlow at package import time: `export.predict` must run
-in a virtualenv that has only ai-edge-litert, numpy and pillow.
+Nothing here may import TensorFlow at package import time: `export.edge_lib`,
+`export.predict` and `export.calibrate` must run in a virtualenv that has only
+ai-edge-litert, numpy, pillow and absl-py.
 """
 import os
 

@@ -1,7 +1,12 @@
 """Export: SavedModel (two signatures), five TFLite variants, metadata, parity report.
 
-The report evaluates every variant on the test split of the conversion with the same
-LiteModel wrapper the edge predictor runs, so its numbers are what a device gets.
+The report evaluates every variant on the test split of the conversion, and on an
+external labelled folder when given, with the same LiteModel wrapper the edge predictor
+runs, so its numbers are what a device gets.
+
+The TFLite models output logits, not softmax probabilities: an int8 softmax output
+saturates at 255/256, so confident films tie and ranking (ROC-AUC) suffers; int8 logits
+keep their order, and the edge runtime takes softmax(logits / temperature) in float.
 """
 import json
 import os
@@ -14,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from export import predict as edge
+from export import edge_lib as edge
 from model import metrics as metrics_lib
+from model import models
 from model import train_lib
 from pipeline import augment as augment_lib
 from pipeline import convert_lib
@@ -33,19 +39,27 @@ def tflite_name(variant: str) -> str:
 
 
 class ServingModule(tf.Module):
-  """The SavedModel: float images -> probabilities, and encoded bytes -> probabilities + label."""
+  """The SavedModel: float images -> probabilities, and encoded bytes -> probabilities + label.
 
-  def __init__(self, model: keras.Model, image_size: int, threshold: float):
+  Probabilities are softmax(logits / temperature), as the edge runtime computes them.
+  """
+
+  def __init__(self, model: keras.Model, image_size: int, threshold: float,
+               temperature: float = 1.0):
     super().__init__()
-    self.model = model
+    self.model = models.logits_model(model)
     self.image_size = image_size
     self.threshold = tf.constant(threshold, tf.float32)
+    self.temperature = tf.constant(temperature, tf.float32)
     self.labels = tf.constant(list(schema.LABELS))
+
+  def _probabilities(self, images):
+    return tf.nn.softmax(self.model(images, training=False) / self.temperature)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="images")])
   def serve_images(self, images):
     """float32 [N, S, S, 1] in [0, 1] -> {"probabilities": [N, 2]}."""
-    return {"probabilities": self.model(images, training=False)}
+    return {"probabilities": self._probabilities(images)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serve_bytes(self, image_bytes):
@@ -57,15 +71,16 @@ class ServingModule(tf.Module):
     images = tf.map_fn(lambda b: preprocess.preprocess_image(b, self.image_size), image_bytes,
                        fn_output_signature=tf.TensorSpec(
                            [self.image_size, self.image_size, schema.CHANNELS], tf.float32))
-    probs = self.model(images, training=False)
+    probs = self._probabilities(images)
     index = tf.cast(probs[:, 1] >= self.threshold, tf.int32)
     return {"probabilities": probs, "probability": probs[:, 1], "label_index": index,
             "label": tf.gather(self.labels, index)}
 
 
-def save_saved_model(model: keras.Model, image_size: int, threshold: float, path: str) -> None:
+def save_saved_model(model: keras.Model, image_size: int, threshold: float, path: str,
+                     temperature: float = 1.0) -> None:
   """Writes the SavedModel with signatures serving_default and serving_bytes."""
-  module = ServingModule(model, image_size, threshold)
+  module = ServingModule(model, image_size, threshold, temperature)
   tf.saved_model.save(module, path, signatures={
       "serving_default": module.serve_images, "serving_bytes": module.serve_bytes})
 
@@ -84,10 +99,11 @@ def calibration_images(data_dir: str, image_size: int, samples: int) -> np.ndarr
 
 def convert_tflite(model: keras.Model, variant: str, image_size: int,
                    representative: Optional[np.ndarray] = None) -> bytes:
-  """Converts a Keras model (batch-1 input) to one TFLite variant.
+  """Converts a Keras model (batch-1 input, logits output) to one TFLite variant.
 
   Args:
-    model: the float (or, for qat_int8, the quantization-aware) Keras model.
+    model: the float (or, for qat_int8, the quantization-aware) Keras model; converted
+      without its softmax (models.logits_model).
     variant: one of VARIANTS.
     image_size: input side.
     representative: calibration images [N, S, S, 1] for int8 / qat_int8.
@@ -95,9 +111,10 @@ def convert_tflite(model: keras.Model, variant: str, image_size: int,
   Returns:
     The .tflite flatbuffer.
   """
-  fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+  logits = models.logits_model(model)
+  fn = tf.function(lambda x: logits(x, training=False)).get_concrete_function(
       tf.TensorSpec([1, image_size, image_size, schema.CHANNELS], tf.float32))
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], logits)
   if variant == "float16":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
@@ -199,7 +216,8 @@ def _split_set(data_dir: str, image_size: int, split: str):
 
 def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,
            qat_epochs: int = 2, latency_runs: int = 200, batch_size: int = 32,
-           variants=VARIANTS, overwrite: bool = False) -> Dict[str, Any]:
+           variants=VARIANTS, overwrite: bool = False,
+           external_dir: Optional[str] = None) -> Dict[str, Any]:
   """Exports a cxr-train model and writes the parity report.
 
   Args:
@@ -212,6 +230,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     batch_size: QAT batch size.
     variants: which TFLite variants to write.
     overwrite: replace an existing non-empty export_dir.
+    external_dir: a labelled class-folder tree from another source; the report scores
+      every variant on it too (with 95% intervals).
 
   Returns:
     The report dict (also export_report.json).
@@ -229,6 +249,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     shutil.rmtree(export_dir)
   model, info = train_lib.load_model_dir(model_dir)
   size, threshold = info["image_size"], info["threshold"]
+  temperature = float(info.get("temperature", 1.0))
   data_sha = train_lib.manifest_sha256(data_dir)
   if info.get("data_manifest_sha256") not in (None, data_sha):
     logging.warning("the model was trained on another conversion (manifest %s, given %s)",
@@ -236,7 +257,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   os.makedirs(export_dir)
 
   logging.info("writing SavedModel")
-  save_saved_model(model, size, threshold, os.path.join(export_dir, SAVED_MODEL_DIR))
+  save_saved_model(model, size, threshold, os.path.join(export_dir, SAVED_MODEL_DIR),
+                   temperature)
   calib = calibration_images(data_dir, size, calibration_samples)
   logging.info("calibration: %d train images", len(calib))
   files = {}
@@ -265,7 +287,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
           "resize": "bilinear, half-pixel centres, no antialiasing, aspect ratio not kept",
           "scale": schema.SCALE, "range": [0.0, 1.0],
           "quantize": "q = clip(round(x / scale + zero_point)) with the input's parameters"},
-      "output": "softmax probabilities in label order; PNEUMONIA if p[1] >= threshold",
+      "output": "logits in label order; p = softmax(logits / temperature); PNEUMONIA if "
+                "p[1] >= threshold (temperature and threshold per model)",
       "models": {},
       "model": info["model"],
       "data_manifest_sha256": data_sha,
@@ -274,7 +297,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
                 "doi:10.17632/rscbjbr9sj.2, CC BY 4.0",
   }
   for variant, path in files.items():
-    metadata["models"][os.path.basename(path)] = describe_tflite(path)
+    metadata["models"][os.path.basename(path)] = {
+        **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
   val_images, val_labels, _ = _split_set(data_dir, size, "val")
   _set_thresholds(metadata, files, val_images, val_labels, info.get("target_sensitivity"))
   with open(os.path.join(export_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
@@ -282,6 +306,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
 
   report = build_report(export_dir, data_dir, metadata, files, latency_runs,
                         val_images, val_labels)
+  if external_dir:
+    report["external"] = external_report(export_dir, external_dir, metadata, files)
   with open(os.path.join(export_dir, REPORT_NAME), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   return report
@@ -384,6 +410,47 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   return report
 
 
+def _scored(labels: np.ndarray, probs: np.ndarray, threshold: float,
+            patients: np.ndarray) -> Dict[str, Any]:
+  s = metrics_lib.summary(labels, probs, threshold, patients)
+  d = s["at_threshold"]
+  return {"threshold": threshold, "roc_auc": s["roc_auc"], "roc_auc_ci95": s["roc_auc_ci95"],
+          "ece": s["ece"], "brier": s["brier"],
+          **{k: d[k] for k in ("accuracy", "sensitivity", "specificity")}, "ci95": d["ci95"],
+          "confusion_matrix": d["confusion_matrix"]["rows_true_cols_pred"]}
+
+
+def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any],
+                    files: Dict[str, str]) -> Dict[str, Any]:
+  """The SavedModel and every TFLite variant on an external labelled folder.
+
+  Each model at its own threshold, every proportion with a 95% Wilson interval and
+  ROC-AUC with a 95% bootstrap interval over patients; int8 variants also report their
+  ROC-AUC minus the float32 model's.
+  """
+  size = metadata["input"]["size"]
+  folder = dataset.load_image_folder(external_dir, size)
+  loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
+  serve = loaded.signatures["serving_default"]
+  ref = _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy()[:, 1],
+                    folder.images)
+  out: Dict[str, Any] = {"external_dir": external_dir, "images": int(len(folder.labels)),
+                         "patients": int(len(set(folder.patients))),
+                         "skipped": folder.skipped,
+                         "saved_model": _scored(folder.labels, ref, metadata["threshold"],
+                                                folder.patients),
+                         "variants": {}}
+  for variant, path in files.items():
+    lite = edge.LiteModel(path, 1, metadata)
+    probs = lite.positive_probabilities(folder.images)
+    out["variants"][variant] = _scored(folder.labels, probs, lite.threshold, folder.patients)
+  if "float32" in out["variants"]:
+    base = out["variants"]["float32"]["roc_auc"]
+    for entry in out["variants"].values():
+      entry["roc_auc_minus_float32"] = entry["roc_auc"] - base
+  return out
+
+
 def format_report(report: Dict[str, Any]) -> str:
   """The printed table."""
   head = (f"{'variant':14s} {'thr':>6s} {'KB':>8s} {'size/f32':>8s} {'val acc':>7s} "
@@ -410,4 +477,19 @@ def format_report(report: Dict[str, Any]) -> str:
                "latency in ms per single image (invoke only); agree% = decisions equal to the "
                "SavedModel's; edge agree% = cxr-predict's numpy preprocessing + this model vs "
                "the SavedModel's JPEG-bytes signature")
+  if "external" in report:
+    ext = report["external"]
+    fmt = metrics_lib.format_interval
+    lines += ["", f"external: {ext['external_dir']}, {ext['images']} films, "
+              f"{ext['patients']} patients (95% intervals: Wilson; ROC-AUC bootstrap over "
+              "patients)",
+              f"{'variant':14s} {'thr':>6s} {'accuracy %':>18s} {'sensitivity %':>18s} "
+              f"{'specificity %':>18s} {'ROC-AUC':>24s} {'AUC-f32':>8s} {'ECE':>6s}"]
+    for name, e in [("saved_model", ext["saved_model"]), *ext["variants"].items()]:
+      lines.append(
+          f"{name:14s} {e['threshold']:6.4f} "
+          + " ".join(f"{fmt(e[k], e['ci95'][k]):>18s}"
+                     for k in ("accuracy", "sensitivity", "specificity"))
+          + f" {fmt(e['roc_auc'], e['roc_auc_ci95'], percent=False):>24s} "
+          f"{e.get('roc_auc_minus_float32', float('nan')):8.4f} {e['ece']:6.4f}")
   return "\n".join(lines)

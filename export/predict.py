@@ -12,229 +12,17 @@ model's input. Writes one JSON line per image, {"path", "label", "probability",
 "latency_ms"}, or {"path", "error"} for an image it cannot read; then a summary on
 stderr. Exit status 1 if any input failed.
 
-The preprocessing re-implements pipeline/preprocess.py in numpy (grayscale decode as
-libjpeg's luma, bilinear half-pixel resize without antialiasing, x/255); a test proves
-they agree.
+The runtime is export/edge_lib.py (no TensorFlow).
 """
 import csv
-import glob
-import hashlib
-import io
 import json
-import os
 import sys
-import time
-from typing import Dict, Iterator, List, Optional, Tuple
 
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-METADATA_NAME = "metadata.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-MAX_PIXELS = 50_000_000
-
-
-class ModelError(Exception):
-  """The model or its metadata cannot be used; nothing was predicted."""
-
-
-class ImageError(Exception):
-  """One input image cannot be read."""
-
-
-def decode_grayscale(data: bytes) -> np.ndarray:
-  """JPEG/PNG bytes -> uint8 [H, W], as tf.io.decode_jpeg(channels=1) decodes them.
-
-  Raises:
-    ImageError: empty, not an image, unsupported format, too large, or corrupt.
-  """
-  if not data:
-    raise ImageError("empty file")
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      if im.format not in ("JPEG", "MPO", "PNG"):
-        raise ImageError(f"unsupported format: {im.format}")
-      if im.size[0] * im.size[1] > MAX_PIXELS:
-        raise ImageError(f"image too large: {im.size[0]}x{im.size[1]}")
-      if im.format != "PNG":
-        # libjpeg's own colour->luma conversion, the one TensorFlow's decoder uses.
-        im.draft("L", im.size)
-      if im.mode.startswith("I"):  # 16-bit PNG: TF scales to 8 bits
-        return (np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8)
-      if im.mode == "P":
-        im = im.convert("RGBA")
-      return np.asarray(im.convert("L"), dtype=np.uint8)
-  except UnidentifiedImageError:
-    raise ImageError("not an image") from None
-  except Image.DecompressionBombError as e:
-    raise ImageError(f"image too large: {e}") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ImageError(f"truncated or corrupt image: {e}") from None
-
-
-def _resize_axis(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Lower/upper source indices and weights of TF's half-pixel bilinear resize."""
-  scale = np.float32(in_size / out_size)
-  src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-  floor = np.floor(src)
-  lower = np.maximum(floor, 0).astype(np.int64)
-  upper = np.minimum(np.ceil(src), in_size - 1).astype(np.int64)
-  return lower, upper, (src - floor).astype(np.float32)
-
-
-def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
-  """float32 [H, W] -> [size, size], like tf.image.resize(bilinear, antialias=False)."""
-  y0, y1, wy = _resize_axis(image.shape[0], size)
-  x0, x1, wx = _resize_axis(image.shape[1], size)
-  top_left, top_right = image[y0][:, x0], image[y0][:, x1]
-  bottom_left, bottom_right = image[y1][:, x0], image[y1][:, x1]
-  top = top_left + (top_right - top_left) * wx
-  bottom = bottom_left + (bottom_right - bottom_left) * wx
-  return top + (bottom - top) * wy[:, None]
-
-
-def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
-  """Encoded bytes -> float32 [image_size, image_size, 1] in [0, 1] (training's preprocessing)."""
-  gray = decode_grayscale(data).astype(np.float32)
-  resized = resize_bilinear(gray, image_size) * np.float32(scale)
-  return np.clip(resized, 0.0, 1.0)[..., None]
-
-
-def sha256_file(path: str) -> str:
-  """Hex sha256 of a file.
-
-  The same as pipeline.convert_lib.sha256_file, repeated on purpose: this module is
-  self-contained, so it can be copied onto a device with only LiteRT, numpy and Pillow.
-  """
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-class LiteModel:
-  """A TFLite model with its metadata: float images in, PNEUMONIA probability out.
-
-  Quantizes the input and dequantizes the output as the model's tensors require.
-  """
-
-  def __init__(self, model_path: str, num_threads: int = 1,
-               metadata: Optional[Dict] = None):
-    """Loads and checks a model.
-
-    Args:
-      model_path: a .tflite file with metadata.json beside it (unless `metadata`).
-      num_threads: interpreter threads.
-      metadata: the metadata dict, if not read from beside the model.
-
-    Raises:
-      ModelError: missing model or metadata, sha256 mismatch, or input mismatch.
-    """
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(model_path):
-      raise ModelError(f"model {model_path!r} not found")
-    if metadata is None:
-      meta_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), METADATA_NAME)
-      if not os.path.isfile(meta_path):
-        raise ModelError(f"{meta_path} not found: the model's metadata must be beside it")
-      with open(meta_path, encoding="utf-8") as f:
-        metadata = json.load(f)
-    name = os.path.basename(model_path)
-    entry = metadata.get("models", {}).get(name)
-    if entry is None:
-      raise ModelError(f"{METADATA_NAME} does not describe {name}")
-    if sha256_file(model_path) != entry["sha256"]:
-      raise ModelError(f"{name}: sha256 differs from {METADATA_NAME}; the model file was "
-                       "changed or belongs to another export")
-    self.metadata, self.entry = metadata, entry
-    self.image_size = int(metadata["input"]["size"])
-    self.scale = float(metadata["preprocessing"]["scale"])
-    self.labels: List[str] = list(metadata["labels"])
-    # Per model: a QAT model carries its own validation threshold (older exports: one).
-    self.threshold = float(entry.get("threshold", metadata["threshold"]))
-    try:
-      self.interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
-    except (ValueError, RuntimeError) as e:
-      raise ModelError(f"{name}: cannot load ({e})") from None
-    self.interpreter.allocate_tensors()
-    self._in = self.interpreter.get_input_details()[0]
-    self._out = self.interpreter.get_output_details()[0]
-    want = [1, self.image_size, self.image_size, 1]
-    if list(self._in["shape"]) != want:
-      raise ModelError(f"{name}: input shape {list(self._in['shape'])} does not match the "
-                       f"metadata's {want}")
-    if np.dtype(self._in["dtype"]).name != entry["input"]["dtype"]:
-      raise ModelError(f"{name}: input dtype {np.dtype(self._in['dtype']).name} does not "
-                       f"match the metadata's {entry['input']['dtype']}")
-
-  def _quantize(self, x: np.ndarray) -> np.ndarray:
-    dtype = self._in["dtype"]
-    scale, zero = self._in["quantization"]
-    if np.issubdtype(dtype, np.integer) and scale:
-      info = np.iinfo(dtype)
-      return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-  def _dequantize(self, y: np.ndarray) -> np.ndarray:
-    scale, zero = self._out["quantization"]
-    if np.issubdtype(self._out["dtype"], np.integer) and scale:
-      return (y.astype(np.float32) - zero) * scale
-    return y.astype(np.float32)
-
-  def probabilities(self, image: np.ndarray) -> np.ndarray:
-    """float32 [S, S, 1] in [0, 1] -> class probabilities [num_classes]."""
-    self.interpreter.set_tensor(self._in["index"], self._quantize(image[None]))
-    self.interpreter.invoke()
-    return self._dequantize(self.interpreter.get_tensor(self._out["index"]))[0]
-
-  def positive_probabilities(self, images: np.ndarray) -> np.ndarray:
-    """float32 [N, S, S, 1] -> float64 [N] PNEUMONIA probabilities, one invoke per image."""
-    return np.array([self.probabilities(x)[1] for x in images], dtype=np.float64)
-
-  def predict_bytes(self, data: bytes) -> Dict[str, object]:
-    """Encoded image -> {"label", "probability", "latency_ms"} (latency: preprocess + invoke)."""
-    start = time.perf_counter()
-    probs = self.probabilities(preprocess(data, self.image_size, self.scale))
-    latency = (time.perf_counter() - start) * 1000
-    p = float(probs[1])
-    return {"label": self.labels[int(p >= self.threshold)], "probability": round(p, 6),
-            "latency_ms": round(latency, 3)}
-
-
-def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
-  """Files, folders (recursively, image extensions only) and globs -> (path, error)."""
-  for pattern in patterns:
-    if os.path.isdir(pattern):
-      found = sorted(os.path.join(root, f) for root, _, files in os.walk(pattern)
-                     for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-      if not found:
-        yield pattern, "folder holds no .jpg/.jpeg/.png files"
-      yield from ((p, None) for p in found)
-    elif os.path.isfile(pattern):
-      yield pattern, None
-    else:
-      matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-      if not matches:
-        yield pattern, "no such file"
-      yield from ((p, None) for p in matches)
-
-
-def predict_paths(model: LiteModel, patterns: List[str]) -> Iterator[Dict[str, object]]:
-  """One result dict per input; a bad input gets {"path", "error"} and the run goes on."""
-  for path, error in expand_paths(patterns):
-    if error:
-      yield {"path": path, "error": error}
-      continue
-    try:
-      with open(path, "rb") as f:
-        data = f.read()
-      yield {"path": path, **model.predict_bytes(data)}
-    except (OSError, ImageError) as e:
-      yield {"path": path, "error": str(e) if isinstance(e, ImageError) else f"unreadable: {e}"}
-
+from export import edge_lib
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export, with "
                              "metadata.json beside it.")
@@ -250,8 +38,8 @@ def main(argv):
   if _OUTPUT.value and not _OUTPUT.value.endswith((".jsonl", ".csv")):
     sys.exit("cxr-predict: error: --output must end in .jsonl or .csv")
   try:
-    model = LiteModel(_MODEL.value, _THREADS.value)
-  except ModelError as e:
+    model = edge_lib.LiteModel(_MODEL.value, _THREADS.value)
+  except edge_lib.ModelError as e:
     sys.exit(f"cxr-predict: error: {e}")
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
   writer = None
@@ -260,7 +48,7 @@ def main(argv):
     writer.writeheader()
   ok, failed, latencies, counts = 0, 0, [], {label: 0 for label in model.labels}
   try:
-    for result in predict_paths(model, patterns):
+    for result in edge_lib.predict_paths(model, patterns):
       if "error" in result:
         failed += 1
       else:

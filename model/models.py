@@ -1,9 +1,11 @@
 """The classifiers (tf_keras, so tensorflow-model-optimization can quantize them).
 
-Both take float32 [N, S, S, 1] images already scaled to [0, 1] by
+All take float32 [N, S, S, 1] images already scaled to [0, 1] by
 pipeline.preprocess (normalization stays outside the model, so the quantized part
 starts at the first convolution) and output 2-class softmax probabilities in
-schema.LABELS order.
+schema.LABELS order. The last Dense layer is named LOGITS_LAYER and the softmax is a
+separate layer, so `logits_model` can cut the network before it: the exported TFLite
+models output logits, which int8 quantizes without the ties a saturated softmax makes.
 """
 from typing import Callable, Dict
 
@@ -27,8 +29,7 @@ def seed_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
   x = keras.layers.Flatten(name="flatten")(x)
   x = keras.layers.Dropout(dropout, name="dropout")(x)
   x = keras.layers.Dense(max(1, int(512 * width)), activation="relu", name="fc")(x)
-  outputs = keras.layers.Dense(schema.NUM_CLASSES, activation="softmax", name="probs")(x)
-  return keras.Model(inputs, outputs, name="seed_cnn")
+  return keras.Model(inputs, _classes(x), name="seed_cnn")
 
 
 # Keras' default BN momentum (0.99) averages over ~100 steps; at Adam 1e-3 the weights
@@ -54,10 +55,19 @@ def _separable_block(x, filters: int, stride: int, name: str):
   return _conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
 
 
+LOGITS_LAYER = "logits"
+
+
+def _classes(x):
+  """Dense logits, then softmax as its own layer (see logits_model)."""
+  logits = keras.layers.Dense(schema.NUM_CLASSES, name=LOGITS_LAYER)(x)
+  return keras.layers.Softmax(name="probs")(logits)
+
+
 def _head(x, dropout: float):
   x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
   x = keras.layers.Dropout(dropout, name="dropout")(x)
-  return keras.layers.Dense(schema.NUM_CLASSES, activation="softmax", name="probs")(x)
+  return _classes(x)
 
 
 # (filters, stride) of edge_cnn's 3x3 Conv-BN-ReLU blocks.
@@ -103,6 +113,21 @@ def edge_dwsep_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1
 
 MODELS: Dict[str, Callable[..., keras.Model]] = {
     "seed_cnn": seed_cnn, "edge_cnn": edge_cnn, "edge_dwsep_cnn": edge_dwsep_cnn}
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+  """The same network and weights, output cut before the softmax: [N, 2] logits.
+
+  Works on a plain model from `build` and on its tfmot quantize_model copy (whose
+  wrapped layer is named "quant_" + LOGITS_LAYER).
+  """
+  for name in (LOGITS_LAYER, "quant_" + LOGITS_LAYER):
+    try:
+      layer = model.get_layer(name)
+    except ValueError:
+      continue
+    return keras.Model(model.inputs, layer.output, name=f"{model.name}_logits")
+  raise ValueError(f"{model.name} has no {LOGITS_LAYER!r} layer")
 
 
 def build(name: str, image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,

@@ -37,7 +37,7 @@ DEFAULT_IMAGE_SIZE = 150
 CHANNELS = 1
 SCALE = 1.0 / 255.0
 # Bilinear resize with half-pixel centres and no antialiasing: simple enough to
-# reproduce exactly in numpy for the edge predictor (export/predict.py).
+# reproduce exactly in numpy for the edge runtime (export/edge_lib.py).
 RESIZE_METHOD = "bilinear"
 
 _PATIENT_PATTERNS = (

@@ -76,13 +76,24 @@ def trained_model(sample_records, tmp_path_factory):
   return model_dir
 
 
+def sample_subset(root: str, per_class: int) -> str:
+  """A class-folder tree of the first `per_class` sample films of each class (symlinks)."""
+  for label in ("NORMAL", "PNEUMONIA"):
+    os.makedirs(os.path.join(root, label), exist_ok=True)
+    for name in sorted(os.listdir(os.path.join(SAMPLE_DIR, label)))[:per_class]:
+      os.symlink(os.path.join(SAMPLE_DIR, label, name), os.path.join(root, label, name))
+  return root
+
+
 @pytest.fixture(scope="session")
 def exported(trained_model, sample_records, tmp_path_factory):
-  """trained_model exported with every variant (short QAT, few latency runs)."""
+  """trained_model exported with every variant (short QAT, few latency runs), its report
+  scoring a 20-film external folder too."""
   from export import export_lib  # pylint: disable=g-import-not-at-top
   export_dir = str(tmp_path_factory.mktemp("export") / "e")
+  external = sample_subset(str(tmp_path_factory.mktemp("external")), 10)
   report = export_lib.export(trained_model, sample_records, export_dir, calibration_samples=32,
-                             qat_epochs=1, latency_runs=5)
+                             qat_epochs=1, latency_runs=5, external_dir=external)
   return export_dir, report
 
 

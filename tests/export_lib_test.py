@@ -6,9 +6,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+import tf_keras as keras
+
 from export import export_lib
-from export import predict as edge
+from export import edge_lib as edge
 from model import metrics
+from model import models
 from model import train_lib
 from pipeline import convert_lib
 from pipeline import preprocess
@@ -134,3 +137,80 @@ def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
   # Exports from before per-model thresholds fall back to the top-level one.
   del meta["models"]["model_qat_int8.tflite"]["threshold"]
   assert edge.LiteModel(path, 1, meta).threshold == meta["threshold"]
+
+
+def test_external_report_scores_every_variant_with_intervals(exported):
+  export_dir, report = exported
+  ext = report["external"]
+  assert ext["images"] == 20 and ext["skipped"] == []
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  for variant in export_lib.VARIANTS:
+    e = ext["variants"][variant]
+    assert e["threshold"] == meta["models"][export_lib.tflite_name(variant)]["threshold"]
+    for k in ("accuracy", "sensitivity", "specificity"):
+      low, high = e["ci95"][k]
+      assert low <= e[k] <= high
+    assert e["roc_auc_minus_float32"] == pytest.approx(
+        e["roc_auc"] - ext["variants"]["float32"]["roc_auc"])
+  assert ext["variants"]["float32"]["roc_auc_minus_float32"] == 0
+  assert "external:" in export_lib.format_report(report)
+
+
+def test_tflite_models_output_logits_and_the_edge_applies_softmax(exported):
+  export_dir, _ = exported
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  x = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
+  lite = edge.LiteModel(os.path.join(export_dir, "model_float32.tflite"))
+  assert lite.output_kind == "logits" and lite.temperature == 1.0
+  logits = lite.outputs(x)
+  np.testing.assert_allclose(lite.probabilities(x), edge.softmax(logits), atol=1e-12)
+  # A temperature in the metadata divides the logits.
+  entry = meta["models"]["model_float32.tflite"]
+  entry["temperature"] = 2.0
+  hot = edge.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
+  np.testing.assert_allclose(hot.probabilities(x), edge.softmax(logits / 2.0), atol=1e-12)
+  entry["temperature"] = 0
+  with pytest.raises(edge.ModelError, match="temperature"):
+    edge.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
+
+
+def _int8_outputs(model, images):
+  interp = Interpreter(model_content=export_lib.convert_tflite(model, "int8", 32, images[:64]))
+  interp.allocate_tensors()
+  inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+  (si, zi), (so, zo) = inp["quantization"], out["quantization"]
+  result = []
+  for image in images:
+    q = np.clip(np.round(image / si + zi), -128, 127).astype(np.int8)
+    interp.set_tensor(inp["index"], q[None])
+    interp.invoke()
+    result.append((interp.get_tensor(out["index"])[0].astype(np.float64) - zo) * so)
+  return np.array(result)
+
+
+def test_int8_ranks_like_float_where_a_softmax_output_would_tie():
+  # A confident model: most float probabilities are within 1/256 of 0 or 1, where an
+  # int8 softmax output has a single level, so those films would tie. The exported int8
+  # model outputs logits, which keep the float model's order.
+  keras.utils.set_random_seed(0)
+  model = models.build("edge_cnn", 32, width=0.25)
+  rng = np.random.default_rng(0)
+  images = (rng.random((300, 32, 32, 1)) * rng.random((300, 1, 1, 1))).astype(np.float32)
+  # Scale and centre the logit margin so that it spreads over about +-20.
+  margin = np.diff(models.logits_model(model).predict(images, verbose=0), axis=1)[:, 0]
+  w, b = model.get_layer("logits").get_weights()
+  k = 10 / np.std(margin)
+  b = b * k + np.array([1, -1]) * k * np.mean(margin) / 2
+  model.get_layer("logits").set_weights([w * k, b])
+  p_float = model.predict(images, verbose=0)[:, 1].astype(np.float64)
+  assert np.mean((p_float < 1 / 256) | (p_float > 1 - 1 / 256)) > 0.5
+  labels = (p_float > np.median(p_float)).astype(int)
+  noisy = labels.copy()
+  noisy[::7] = 1 - noisy[::7]  # so that the float ROC-AUC is not 1
+  logits = _int8_outputs(model, images)
+  p_int8 = edge.softmax(logits)[:, 1]
+  auc_float = metrics.roc_auc(noisy, p_float)
+  assert abs(metrics.roc_auc(noisy, p_int8) - auc_float) <= 0.005
+  # What a uint8 softmax output (steps of 1/256) would have given: far more ties.
+  p_softmax_q = np.round(p_float * 256) / 256
+  assert len(np.unique(p_int8)) > 2 * len(np.unique(p_softmax_q))

@@ -22,8 +22,12 @@ def test_builds_trains_and_quantizes(name):
   assert losses[-1] < losses[0] * 0.7, losses
   probs = model.predict(x[:4], verbose=0)
   np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+  logits = models.logits_model(model).predict(x[:4], verbose=0)
+  np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), probs, atol=1e-6)
   quantized = tfmot.quantization.keras.quantize_model(model)
   assert quantized(x[:2]).shape == (2, 2)
+  q_logits = models.logits_model(quantized)(x[:2])
+  np.testing.assert_allclose(tf.nn.softmax(q_logits).numpy(), quantized(x[:2]).numpy(), atol=1e-6)
 
 
 def test_edge_cnn_is_small_and_parameters_scale():
@@ -31,6 +35,20 @@ def test_edge_cnn_is_small_and_parameters_scale():
   assert models.build("seed_cnn").count_params() > 3_000_000
   assert models.build("seed_cnn", width=0.5).count_params() < models.build("seed_cnn").count_params()
   assert models.build("seed_cnn", dropout=0.3).get_layer("dropout").rate == 0.3
+
+
+def test_weights_load_into_the_current_layout():
+  # Runs trained before the softmax became its own layer have the same weights in the
+  # same order, so export rebuilds the current layout and copies them across.
+  old_in = keras.Input([48, 48, 1])
+  x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(old_in))
+  old = keras.Model(old_in, keras.layers.Dense(2, activation="softmax")(x))
+  new_in = keras.Input([48, 48, 1])
+  y = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(new_in))
+  new = keras.Model(new_in, keras.layers.Softmax()(keras.layers.Dense(2, name="logits")(y)))
+  new.set_weights(old.get_weights())
+  x = np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32)
+  np.testing.assert_allclose(new(x).numpy(), old(x).numpy(), atol=1e-6)
 
 
 def test_unknown_model():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import predict as edge
+from export import edge_lib as edge
 from pipeline import preprocess
 from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, write_file
 
