@@ -1,0 +1,147 @@
+"""cxr-calibrate: threshold choice on local films, the new package, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+
+from export import calibrate
+from export import calibrate_lib
+from export import edge_lib as edge
+from model import metrics
+from tests.conftest import ROOT, SAMPLE_DIR, write_file
+
+FLAGS = flags.FLAGS
+
+
+def _films(root, per_class=8, classes=("NORMAL", "PNEUMONIA")):
+  for label in classes:
+    names = sorted(os.listdir(os.path.join(SAMPLE_DIR, label)))[:per_class]
+    for name in names:
+      write_file(os.path.join(root, label.lower(), name),
+                 open(os.path.join(SAMPLE_DIR, label, name), "rb").read())
+  return str(root)
+
+
+def _model(exported):
+  return os.path.join(exported[0], "model_int8.tflite")
+
+
+def _independent_probs(model_path, films_dir):
+  lite = edge.LiteModel(model_path)
+  labels, probs = [], []
+  for label_index, label in enumerate(("normal", "pneumonia")):
+    for name in sorted(os.listdir(os.path.join(films_dir, label))):
+      data = open(os.path.join(films_dir, label, name), "rb").read()
+      probs.append(lite.probabilities(edge.preprocess(data, lite.image_size, lite.scale))[1])
+      labels.append(label_index)
+  return np.array(labels), np.array(probs, np.float64)
+
+
+@pytest.mark.parametrize("targets", [{}, {"target_specificity": 0.75},
+                                     {"target_sensitivity": 1.0}])
+def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
+  films = _films(tmp_path / "films")
+  out = tmp_path / "site"
+  record = calibrate_lib.calibrate(_model(exported), films, str(out), **targets)
+  y, p = _independent_probs(_model(exported), films)
+  want = metrics.choose_threshold(y, p, **targets)
+  assert record["threshold"] == pytest.approx(want)
+  at_new = record["measured_on_the_same_films"]["at_new"]
+  assert at_new["sensitivity"] == pytest.approx(metrics.at_threshold(y, p, want)["sensitivity"])
+  if "target_specificity" in targets:
+    assert at_new["specificity"] >= 0.75
+  if "target_sensitivity" in targets:
+    assert at_new["sensitivity"] == 1.0
+  low, high = at_new["ci95"]["specificity"]
+  assert low <= at_new["specificity"] <= high
+  # The new package: the same model bytes, the new threshold with its provenance; the
+  # predictor uses it.
+  new_model = out / "model_int8.tflite"
+  assert edge.sha256_file(str(new_model)) == edge.sha256_file(_model(exported))
+  meta = json.load(open(out / "metadata.json"))
+  assert list(meta["models"]) == ["model_int8.tflite"]
+  assert meta["models"]["model_int8.tflite"]["threshold"] == pytest.approx(want)
+  assert "cxr-calibrate" in meta["models"]["model_int8.tflite"]["threshold_source"]
+  assert meta["site_calibration"]["films"] == 16
+  assert edge.LiteModel(str(new_model)).threshold == pytest.approx(want)
+
+
+def test_original_package_is_never_altered(exported, tmp_path):
+  films = _films(tmp_path / "films")
+  before = {n: open(os.path.join(exported[0], n), "rb").read() for n in
+            ("metadata.json", "model_int8.tflite")}
+  calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"), fit_temperature=True)
+  for name, data in before.items():
+    assert open(os.path.join(exported[0], name), "rb").read() == data
+  with pytest.raises(calibrate_lib.CalibrationError, match="own folder"):
+    calibrate_lib.calibrate(_model(exported), films, exported[0])
+  with pytest.raises(calibrate_lib.CalibrationError, match="not empty"):
+    calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"))
+
+
+def test_fit_temperature_minimizes_local_log_loss(exported, tmp_path):
+  films = _films(tmp_path / "films")
+  record = calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"),
+                                   fit_temperature=True)
+  lite = edge.LiteModel(str(tmp_path / "site" / "model_int8.tflite"))
+  assert lite.temperature == pytest.approx(record["temperature"])
+  y, p = _independent_probs(str(tmp_path / "site" / "model_int8.tflite"), films)
+  y1, p1 = _independent_probs(_model(exported), films)
+  assert metrics.log_loss(y, p) <= metrics.log_loss(y1, p1) + 1e-9
+
+
+def _main(**overrides):
+  with flagsaver.flagsaver(**overrides):
+    FLAGS.mark_as_parsed()
+    calibrate.main(["cxr-calibrate"])
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("empty", "holds no class folders"),
+    ("no_films", "no labelled films"),
+    ("one_class", "films of both classes are needed to choose a threshold; found 8 NORMAL, "
+     "0 PNEUMONIA"),
+    ("unreadable", "1 film(s) could not be read (first: pneumonia/broken.jpeg: not an image)"),
+])
+def test_bad_films_are_refused_in_one_line(exported, tmp_path, setup, message):
+  films = tmp_path / "films"
+  os.makedirs(films)
+  if setup == "no_films":
+    os.makedirs(films / "NORMAL")
+    os.makedirs(films / "PNEUMONIA")
+  elif setup == "one_class":
+    _films(films, classes=("NORMAL",))
+  elif setup == "unreadable":
+    _films(films)
+    write_file(str(films / "pneumonia" / "broken.jpeg"), b"not a jpeg")
+  with pytest.raises(SystemExit) as e:
+    _main(model=_model(exported), image_dir=str(films), output_dir=str(tmp_path / "site"))
+  text = str(e.value.code)
+  assert text.startswith("cxr-calibrate: error: ") and "\n" not in text
+  assert message in text
+  assert not (tmp_path / "site").exists()
+
+
+def test_runs_without_tensorflow_and_prints_intervals(exported, tmp_path):
+  films = _films(tmp_path / "films")
+  code = ("import sys\n"
+          "for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
+          "  sys.modules[m] = None\n"
+          "from export import calibrate\n"
+          "sys.argv = ['cxr-calibrate'] + sys.argv[1:]\n"
+          "calibrate.run()\n")
+  env = dict(os.environ)
+  env.pop("TF_USE_LEGACY_KERAS", None)
+  r = subprocess.run([sys.executable, "-c", code, f"--model={_model(exported)}",
+                      f"--image_dir={films}", f"--output_dir={tmp_path / 'site'}",
+                      "--target_sensitivity=0.9"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=120, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "16 films (8 NORMAL, 8 PNEUMONIA)" in r.stdout
+  assert "new threshold" in r.stdout and "sensitivity" in r.stdout and "(" in r.stdout
+  assert (tmp_path / "site" / "metadata.json").is_file()
