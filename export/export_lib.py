@@ -201,17 +201,18 @@ def _latency(model: edge.LiteModel, image: np.ndarray, runs: int) -> Dict[str, f
 
 
 def _split_set(data_dir: str, image_size: int, split: str):
-  """(preprocessed images, labels, encoded bytes) of a split, in file order."""
-  images, labels, encoded = [], [], []
+  """(preprocessed images, labels, encoded bytes, patient ids) of a split, in file order."""
+  images, labels, encoded, patients = [], [], [], []
   for path in convert_lib.shard_paths(data_dir, split):
     for raw in tf.data.TFRecordDataset(path):
       ex = preprocess.parse_example(raw)
       encoded.append(ex[schema.KEY_ENCODED].numpy())
       labels.append(int(ex[schema.KEY_LABEL]))
+      patients.append(ex[schema.KEY_PATIENT].numpy().decode())
   ds = tf.data.Dataset.from_tensor_slices(encoded).map(
       lambda b: preprocess.preprocess_image(b, image_size), num_parallel_calls=tf.data.AUTOTUNE)
   images = np.stack(list(ds.as_numpy_iterator()))
-  return images, np.array(labels), encoded
+  return images, np.array(labels), encoded, np.array(patients)
 
 
 def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,
@@ -299,8 +300,9 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   for variant, path in files.items():
     metadata["models"][os.path.basename(path)] = {
         **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
-  val_images, val_labels, _ = _split_set(data_dir, size, "val")
-  _set_thresholds(metadata, files, val_images, val_labels, info.get("target_sensitivity"))
+  val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
+  _set_thresholds(metadata, files, val_images, val_labels,
+                  info.get("threshold_rule_name", "youden"), info.get("target_sensitivity"))
   with open(os.path.join(export_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
@@ -314,13 +316,14 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
 
 
 def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], val_images: np.ndarray,
-                    val_labels: np.ndarray, target_sensitivity: Optional[float]) -> None:
+                    val_labels: np.ndarray, rule: str,
+                    target_sensitivity: Optional[float]) -> None:
   """Gives every model in metadata["models"] the threshold it is to be used with.
 
   Post-training variants approximate the trained model, so they keep its validation
   threshold. The QAT model is a different model (fine-tuned further), and its scores
   shift: it gets a threshold chosen on the validation split with its own TFLite
-  predictions, by the rule training used.
+  predictions, by the rule training used (runs from before named rules: Youden J).
   """
   for variant, path in files.items():
     entry = metadata["models"][os.path.basename(path)]
@@ -328,7 +331,8 @@ def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], val_images:
     entry["threshold_source"] = "cxr-train (chosen on validation for the trained model)"
     if variant == "qat_int8":
       probs = edge.LiteModel(path, 1, metadata).positive_probabilities(val_images)
-      entry["threshold"] = metrics_lib.choose_threshold(val_labels, probs, target_sensitivity)
+      entry["threshold"], _ = train_lib.choose_threshold(val_labels, probs, rule,
+                                                         target_sensitivity)
       entry["threshold_source"] = ("chosen on validation for this fine-tuned model, with "
                                    "its own TFLite predictions: " + str(metadata["threshold_rule"]))
       logging.info("qat_int8: validation threshold %.4f (trained model's %.4f)",
@@ -349,7 +353,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   twice the evidence when comparing variants a few films apart.
   """
   size, threshold = metadata["input"]["size"], metadata["threshold"]
-  images, labels, encoded = _split_set(data_dir, size, "test")
+  images, labels, encoded, patients = _split_set(data_dir, size, "test")
   loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
   serve = loaded.signatures["serving_default"]
   serve_bytes = loaded.signatures["serving_bytes"]
@@ -369,7 +373,9 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
     d = metrics_lib.at_threshold(labels, probs, t)
     return {"threshold": t, "accuracy": d["accuracy"],
             "roc_auc": metrics_lib.roc_auc(labels, probs),
+            "roc_auc_ci95": list(metrics_lib.bootstrap_auc_interval(labels, probs, patients)),
             "sensitivity": d["sensitivity"], "specificity": d["specificity"],
+            "ci95": d["ci95"], "ece": metrics_lib.expected_calibration_error(labels, probs),
             # Decisions, each model at its own threshold (what devices would say).
             "agreement_with_saved_model": float(np.mean((probs >= t) == ref_pred)),
             "max_abs_delta_probability": float(np.max(np.abs(probs - ref)))}

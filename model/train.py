@@ -45,7 +45,7 @@ _AUGMENT = flags.DEFINE_list(
     "augment", list(train_lib.DEFAULT_AUGMENT),
     f"Augmentations ({', '.join(augment.AUGMENTATIONS)}) or 'none'; applied batched in the "
     "training step (on the GPU when there is one). Overrides --experiment's. The default "
-    "was chosen on the validation split (README).")
+    "was chosen on external films (README).")
 _ROTATION = flags.DEFINE_float("rotation_deg", 20.0, "Rotation range, ± degrees.",
                                lower_bound=0.0)
 _ZOOM = flags.DEFINE_float("zoom", 0.3, "Zoom range, ± fraction per axis.", lower_bound=0.0,
@@ -68,8 +68,12 @@ _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False,
 _TARGET_SENSITIVITY = flags.DEFINE_float(
     "target_sensitivity", None,
     "Choose the threshold in the highest score interval whose validation sensitivity "
-    "reaches this; default: maximum Youden J on validation (0.5 if it is among the best, "
-    "else the middle of the best interval nearest 0.5).", lower_bound=0.0, upper_bound=1.0)
+    "reaches this (overrides --threshold_rule).", lower_bound=0.0, upper_bound=1.0)
+_THRESHOLD_RULE = flags.DEFINE_enum(
+    "threshold_rule", train_lib.DEFAULT_THRESHOLD_RULE, list(train_lib.THRESHOLD_RULES),
+    "Decision threshold without --target_sensitivity: balanced = 0.5 (the operating point "
+    "of balanced class weights); youden = maximum Youden J on validation. Default chosen "
+    "on external films (README).")
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of the model's filters.",
                             lower_bound=0.05)
 _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate (default: the model's own).",
@@ -101,6 +105,7 @@ def _config() -> train_lib.TrainConfig:
                                         _CONTRAST.value, _TRANSLATION.value),
       class_weight=_CLASS_WEIGHT.value, seed=_SEED.value, strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
+      threshold_rule=_THRESHOLD_RULE.value,
       width=_WIDTH.value, dropout=_DROPOUT.value, cache=_CACHE.value,
       steps_per_epoch=_STEPS_PER_EPOCH.value, external_dir=_EXTERNAL_DIR.value)
 

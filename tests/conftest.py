@@ -67,12 +67,17 @@ def sample_records(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_model(sample_records, tmp_path_factory):
-  """A tiny seed_cnn (48 px, width 0.25) trained a few steps on the sample."""
+  """A tiny seed_cnn (48 px, width 0.25) trained a few steps on the sample.
+
+  Its threshold comes from validation (Youden J), so tests see a threshold other than
+  0.5 and the QAT model's own re-chosen one.
+  """
   from model import train_lib  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("model"))
   train_lib.train(train_lib.TrainConfig(
       data_dir=sample_records, model_dir=model_dir, model="seed_cnn", image_size=48,
-      epochs=1, batch_size=16, width=0.25, steps_per_epoch=3, verbose=0))
+      epochs=1, batch_size=16, width=0.25, steps_per_epoch=3, threshold_rule="youden",
+      verbose=0))
   return model_dir
 
 

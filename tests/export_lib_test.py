@@ -124,7 +124,7 @@ def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
   # validation predictions.
   path = os.path.join(export_dir, export_lib.tflite_name("qat_int8"))
   lite = edge.LiteModel(path)
-  images, labels, _ = export_lib._split_set(sample_records, 48, "val")
+  images, labels, _, _ = export_lib._split_set(sample_records, 48, "val")
   probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
   np.testing.assert_array_equal(lite.positive_probabilities(images), probs)
   want = metrics.choose_threshold(labels, probs)

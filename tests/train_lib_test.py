@@ -51,10 +51,11 @@ def test_presets_resolve_to_the_article_experiments():
     train_lib.experiment_config("VI")
 
 
-def test_default_augmentation_is_brightness_and_contrast():
+def test_default_augmentation_is_rotation_and_zoom():
   cfg = train_lib.TrainConfig(data_dir="d", model_dir="m").augment
-  assert cfg.names() == train_lib.DEFAULT_AUGMENT == ("brightness", "contrast")
-  assert cfg.brightness == (0.7, 1.3) and cfg.contrast == 0.2 and not cfg.geometric
+  assert cfg.names() == train_lib.DEFAULT_AUGMENT == ("rotation", "zoom")
+  assert cfg.rotation_deg == 20.0 and cfg.zoom == 0.3 and cfg.geometric
+  assert cfg.brightness == (1.0, 1.0) and not cfg.contrast
 
 
 def test_train_writes_everything(sample_records, tmp_path):
@@ -133,3 +134,28 @@ def test_external_dir_is_scored_every_epoch_and_never_trained_on(sample_records,
   assert low <= m["at_threshold"]["accuracy"] <= high
   # Training saw only the train split: the same number of steps as without external_dir.
   assert info["external_dir"] == external
+
+
+def test_threshold_rules():
+  y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+  p = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.65, 0.3, 0.7, 0.95, 0.6])
+  t, rule = train_lib.choose_threshold(y, p, "balanced")
+  assert t == 0.5 and "balanced" in rule
+  # Youden J: the rule of model/metrics.py (here its best interval is (0.4, 0.6] -> 0.5);
+  # with scores where the best interval is elsewhere, it moves off 0.5.
+  assert train_lib.choose_threshold(y, p, "youden")[0] == metrics.choose_threshold(y, p)
+  skewed = np.array([0.01, 0.02, 0.03, 0.04, 0.2, 0.3, 0.4, 0.45, 0.9, 0.95])
+  assert train_lib.choose_threshold(y, skewed, "youden")[0] == pytest.approx(0.12)
+  assert train_lib.choose_threshold(y, skewed, "balanced")[0] == 0.5
+  # A target sensitivity overrides either rule.
+  t, rule = train_lib.choose_threshold(y, p, "balanced", target_sensitivity=0.95)
+  assert t == pytest.approx(0.2) and "sensitivity >= 0.95" in rule
+  with pytest.raises(ValueError, match="unknown threshold rule"):
+    train_lib.choose_threshold(y, p, "median")
+
+
+def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=1))
+  assert info["threshold"] == 0.5 and info["threshold_rule_name"] == "balanced"
+  with pytest.raises(ValueError, match="unknown threshold rule"):
+    train_lib.train(_config(sample_records, tmp_path / "n", threshold_rule="x"))
