@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Scores groups of training runs (recipes x seeds) on an external folder, as devices would.
+
+Usage:
+  .venv/bin/python scripts/external_study.py --data_dir=/tmp/rec \
+      --external_dir=../shared/data/chest_xray/external --out=/tmp/study/external \
+      --group=rotation+zoom=/tmp/study/rz_42,/tmp/study/rz_1,/tmp/study/rz_2 \
+      --article=/tmp/study/article_0/article_baseline.json
+
+For every cxr-train directory it runs cxr-export's library for the float32 and int8
+TFLite models (no QAT; kept under --out, reused when present) and reads the export
+report's external section: each model at the threshold it ships with (cxr-train's
+--threshold_rule, re-applied to runs trained under another), through the edge runtime (export/edge_lib.py, what
+cxr-predict runs). Prints Markdown tables: one row per run and each group's mean (the
+issue's targets are means over seeds) for int8 and float32 on the external films and for
+int8 on the internal test split, the article recipe's external results, and a
+split-half evaluation of site calibration (cxr-calibrate's rule chosen on one half of
+the external films by patient, scored on the other half). Writes the same as JSON to
+--out/external_study.json.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np  # pylint: disable=wrong-import-position
+
+from export import calibrate_lib  # pylint: disable=wrong-import-position
+from export import edge_lib  # pylint: disable=wrong-import-position
+from export import export_lib  # pylint: disable=wrong-import-position
+from model import metrics  # pylint: disable=wrong-import-position
+from model import train_lib  # pylint: disable=wrong-import-position
+from pipeline import splits  # pylint: disable=wrong-import-position
+
+KEYS = ("accuracy", "sensitivity", "specificity")
+SPLIT_SEEDS = (0, 1, 2, 3, 4)
+
+
+def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
+  """Re-applies the current threshold step of cxr-train to a run trained before it.
+
+  As scripts/compare_runs.py does: runs trained under an older rule are compared on
+  equal terms. Only the threshold fields of the run's model_info.json change.
+  """
+  path = os.path.join(model_dir, train_lib.INFO_FILE)
+  with open(path, encoding="utf-8") as f:
+    info = json.load(f)
+  if info.get("threshold_rule_name") == rule or info.get("target_sensitivity") is not None:
+    return
+  model, _ = train_lib.load_model_dir(model_dir)
+  val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
+  info["threshold"], info["threshold_rule"] = train_lib.choose_threshold(
+      val["label"], val["probability"], rule)
+  info["threshold_rule_name"] = rule
+  info["val_metrics"] = metrics.summary(val["label"], val["probability"], info["threshold"],
+                                        val["patient_id"])
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2)
+
+
+def export_run(model_dir: str, data_dir: str, external_dir: str, out: str) -> Dict[str, Any]:
+  """float32 + int8 export of one run (reused if already there); its report."""
+  path = os.path.join(out, export_lib.REPORT_NAME)
+  if not os.path.isfile(path):
+    export_lib.export(model_dir, data_dir, out, qat_epochs=0, latency_runs=20,
+                      variants=("float32", "int8"), overwrite=True, external_dir=external_dir)
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _cell(e: Dict[str, Any], key: str) -> str:
+  if key == "roc_auc":
+    return metrics.format_interval(e["roc_auc"], e["roc_auc_ci95"], percent=False)
+  return metrics.format_interval(e[key], e["ci95"][key])
+
+
+def run_row(name: str, e: Dict[str, Any]) -> str:
+  return (f"| {name} | {e['threshold']:.4f} | " + " | ".join(_cell(e, k) for k in KEYS)
+          + f" | {_cell(e, 'roc_auc')} | {e['ece']:.4f} |")
+
+
+def mean_row(name: str, rows: List[Dict[str, Any]]) -> str:
+  m = {k: float(np.mean([r[k] for r in rows])) for k in KEYS + ("roc_auc", "ece")}
+  spread = {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in KEYS + ("roc_auc",)}
+  cells = [f"**{100 * m[k]:.1f}** ({100 * spread[k][0]:.1f}-{100 * spread[k][1]:.1f})"
+           for k in KEYS]
+  return (f"| **{name}** | | " + " | ".join(cells)
+          + f" | **{m['roc_auc']:.4f}** ({spread['roc_auc'][0]:.4f}-{spread['roc_auc'][1]:.4f})"
+          + f" | {m['ece']:.4f} |")
+
+
+def halves(films: calibrate_lib.LocalFilms, seed: int) -> List[np.ndarray]:
+  """Two patient-disjoint, class-stratified halves of the films (indices)."""
+  items = [splits.SplitItem(key=r, label=int(y), patient_id=p.lower(), sha256=r)
+           for r, y, p in zip(films.relpaths, films.labels, films.patients)]
+  assignment = np.array(splits.assign_splits(items, (0.5, 0.5, 0.0), seed))
+  return [np.flatnonzero(assignment == 0), np.flatnonzero(assignment == 1)]
+
+
+def split_half(model: edge_lib.LiteModel, films: calibrate_lib.LocalFilms,
+               rules: Dict[str, Dict[str, float]]) -> Dict[str, List[Dict[str, float]]]:
+  """Each rule chosen (threshold and temperature) on one half, scored on the other."""
+  out: Dict[str, List[Dict[str, float]]] = {name: [] for name in rules}
+  for seed in SPLIT_SEEDS:
+    a, b = halves(films, seed)
+    for fit, score in ((a, b), (b, a)):
+      fit_films = calibrate_lib.LocalFilms([films.relpaths[i] for i in fit], films.labels[fit],
+                                           [films.patients[i] for i in fit], films.logits[fit])
+      for name, targets in rules.items():
+        chosen = calibrate_lib.choose(model, fit_films, fit_temperature=True, **targets)
+        y = films.labels[score]
+        p = calibrate_lib.probabilities(model, films.logits[score], chosen["temperature"])
+        d = metrics.at_threshold(y, p, chosen["threshold"])
+        out[name].append({**{k: d[k] for k in KEYS},
+                          "ece": metrics.expected_calibration_error(y, p),
+                          "threshold": chosen["threshold"]})
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", required=True, help="the cxr-convert output trained on")
+  parser.add_argument("--external_dir", required=True)
+  parser.add_argument("--out", required=True, help="exports and external_study.json go here")
+  parser.add_argument("--group", action="append", default=[],
+                      help="NAME=DIR[,DIR...]: cxr-train directories of one recipe")
+  parser.add_argument("--article", default="",
+                      help="comma-separated article_baseline.json files run with --external_dir")
+  parser.add_argument("--threshold_rule", choices=train_lib.THRESHOLD_RULES,
+                      default=train_lib.DEFAULT_THRESHOLD_RULE,
+                      help="cxr-train's threshold rule, re-applied to runs trained under "
+                           "another; each rule's exports go to their own folder")
+  parser.add_argument("--calibrate_group", default=None,
+                      help="the group whose int8 models get the split-half site calibration "
+                           "(default: the first)")
+  args = parser.parse_args()
+  result: Dict[str, Any] = {"external_dir": args.external_dir, "groups": {}}
+  head = ("| run | threshold | accuracy % | sensitivity % | specificity % | ROC-AUC | ECE |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+  print(f"External films: {args.external_dir}; every model at the threshold it ships with "
+        f"(cxr-train's rule {args.threshold_rule!r}); 95% intervals (Wilson; ROC-AUC bootstrap over patients); "
+        "means with the range over seeds")
+  int8_paths: Dict[str, List[str]] = {}
+  for variant, section in (("int8", "external"), ("float32", "external"), ("int8", "test")):
+    where = ("the internal test split (same source as training)" if section == "test"
+             else "the external films")
+    print(f"\n{variant} TFLite, through the edge runtime, on {where}\n{head}")
+    for group in args.group:
+      name, _, dirs = group.partition("=")
+      if not dirs:
+        parser.error(f"--group={group!r}: expected NAME=DIR[,DIR...]")
+      rows = []
+      for d in dirs.split(","):
+        run = os.path.basename(d.rstrip("/"))
+        out = os.path.join(args.out, args.threshold_rule, f"export_{run}")
+        apply_threshold_rule(d, args.data_dir, args.threshold_rule)
+        report = export_run(d, args.data_dir, args.external_dir, out)
+        e = (report["external"] if section == "external" else report)["variants"][variant]
+        rows.append(e)
+        result["groups"].setdefault(name, {}).setdefault(f"{section}_{variant}", {})[run] = e
+        if variant == "int8" and section == "external":
+          int8_paths.setdefault(name, []).append(os.path.join(out, "model_int8.tflite"))
+        print(run_row(f"{name}: {run}", e), flush=True)
+      print(mean_row(f"{name}: mean of {len(rows)}", rows))
+  if args.article:
+    print("\nthe article's recipe (scripts/article_baseline.py), at 0.5 as the article does\n"
+          + head)
+    rows = []
+    for path in args.article.split(","):
+      with open(path, encoding="utf-8") as f:
+        r = json.load(f)
+      ext = r["external"]
+      n = ext["images"]
+      tp_tn = round(ext["accuracy"] * n)
+      e = {"threshold": 0.5, **{k: ext[k] for k in KEYS}, "roc_auc": ext["roc_auc"],
+           "roc_auc_ci95": [float("nan")] * 2, "ece": float("nan"),
+           "ci95": {"accuracy": metrics.wilson_interval(tp_tn, n)}}
+      rows.append(e)
+      print(f"| article recipe: seed {r['seed']} | 0.5 | "
+            f"{metrics.format_interval(e['accuracy'], e['ci95']['accuracy'])} | "
+            f"{100 * e['sensitivity']:.1f} | {100 * e['specificity']:.1f} | "
+            f"{e['roc_auc']:.4f} | |")
+    m = {k: float(np.mean([r[k] for r in rows])) for k in KEYS + ("roc_auc",)}
+    print(f"| **article recipe: mean of {len(rows)}** | | "
+          + " | ".join(f"**{100 * m[k]:.1f}**" for k in KEYS) + f" | **{m['roc_auc']:.4f}** | |")
+    result["article"] = rows
+  group = args.calibrate_group or (args.group[0].partition("=")[0] if args.group else None)
+  if group in int8_paths:
+    rules = {"Youden J": {}, "sensitivity >= 0.98": {"target_sensitivity": 0.98},
+             "specificity >= 0.90": {"target_specificity": 0.90}}
+    print(f"\nsite calibration, split-half ({group}, int8): threshold and temperature chosen "
+          f"on one half of the external films (by patient, stratified), scored on the other; "
+          f"{len(SPLIT_SEEDS)} splits x 2 directions x {len(int8_paths[group])} runs")
+    print("| rule | accuracy % | sensitivity % | specificity % | ECE |\n| --- | --- | --- | --- | --- |")
+    pooled: Dict[str, List[Dict[str, float]]] = {name: [] for name in rules}
+    for path in int8_paths[group]:
+      model = edge_lib.LiteModel(path)
+      films = calibrate_lib.score_films(model, args.external_dir)
+      for name, rows in split_half(model, films, rules).items():
+        pooled[name] += rows
+    for name, rows in pooled.items():
+      print(f"| {name} | " + " | ".join(
+          f"{100 * np.mean([r[k] for r in rows]):.1f} (sd {100 * np.std([r[k] for r in rows]):.1f})"
+          for k in KEYS) + f" | {np.mean([r['ece'] for r in rows]):.4f} |")
+    result["site_calibration_split_half"] = {
+        name: {k: float(np.mean([r[k] for r in rows])) for k in KEYS + ("ece",)}
+        for name, rows in pooled.items()}
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "external_study.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
