@@ -102,11 +102,13 @@ def exported(trained_model, sample_records, tmp_path_factory):
   return export_dir, report
 
 
-def require_shared():
-  if not os.path.isdir(SHARED_DIR):
-    pytest.skip(f"shared data set not found at {SHARED_DIR} (present in CI, absent in a "
+def require_shared(part: str = "train"):
+  """The shared data set's `part` folder (train/ or external/); skips where it is absent."""
+  path = os.path.join(SHARED_DIR, part)
+  if not os.path.isdir(path):
+    pytest.skip(f"shared data set not found at {path} (present in CI, absent in a "
                 "user's clone)")
-  return SHARED_DIR
+  return path
 
 
 def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -169,3 +169,14 @@ def test_file_cache(sample_records, tmp_path):
   assert any(n.startswith("val_64") for n in os.listdir(tmp_path))
   for (x1, _), (x2, _) in zip(first, _all(p.dataset)):
     np.testing.assert_array_equal(x1, x2)
+
+
+def test_external_folder_is_read_whole_with_patients():
+  from tests.conftest import require_shared  # pylint: disable=g-import-not-at-top
+  folder = dataset.load_image_folder(require_shared("external"), 64)
+  # The shared README: 117 NORMAL films of 112 patients, 195 PNEUMONIA of 89.
+  assert folder.images.shape == (312, 64, 64, 1) and folder.skipped == []
+  assert int((folder.labels == 0).sum()) == 117 and int((folder.labels == 1).sum()) == 195
+  assert len(set(folder.patients[folder.labels == 0])) == 112
+  assert len(set(folder.patients[folder.labels == 1])) == 89
+  assert 0.0 <= folder.images.min() and folder.images.max() <= 1.0
