@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# How the default augmentation was chosen, and how it compares with the source article's
-# recipe, with three seeds each (one run of either is within seed noise of the other).
+# How the previous default augmentation (brightness + contrast) was chosen on validation,
+# and how it compares with the source article's recipe on the internal test split, with
+# three seeds each. Kept to reproduce that README table; the current default was chosen
+# on external films (scripts/external_study.sh).
 #   1. edge_cnn with brightness / brightness+contrast / brightness+translation, seeds
 #      42, 1, 2, compared on the VALIDATION split (the choice: lowest mean log loss);
 #   2. the article's recipe (scripts/article_baseline.py) with seeds 0, 1, 2;
@@ -9,6 +11,7 @@
 # About 1.5 hours on 2 quiet CPU cores (9 x ~3.6 min + 3 x ~20 min).
 # Usage: scripts/seed_study.sh DATA_DIR IMAGE_ROOT OUT_DIR [EPOCHS]
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
+# Runs are scored at their validation Youden-J threshold (compare_runs.py), as then.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
@@ -39,6 +42,6 @@ for s in 0 1 2; do
 done
 echo "== choosing on validation"
 "$PY" scripts/compare_runs.py --data_dir="$DATA_DIR" --split=val "${groups[@]}"
-echo "== test split: the default (brightness,contrast) and the article's recipe"
+echo "== test split: the previous default (brightness,contrast) and the article's recipe"
 "$PY" scripts/compare_runs.py --data_dir="$DATA_DIR" --split=test "${groups[1]}" \
   --article="$(IFS=,; echo "${articles[*]}")"
