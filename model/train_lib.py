@@ -8,7 +8,7 @@ Writes to model_dir:
   history.json         the whole history, rebuilt from the CSV log
   learning_curves.png  loss and accuracy, train vs validation
   logs/                TensorBoard
-  model_info.json      model name, image size, threshold chosen on validation,
+  model_info.json      model name, image size, decision threshold and its rule,
                        validation metrics, the manifest hash of the training data, and
                        (with external_dir) the saved model's external metrics
 
