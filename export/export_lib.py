@@ -370,12 +370,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   ref_pred = ref >= threshold
 
   def row(probs: np.ndarray, t: float) -> Dict[str, Any]:
-    d = metrics_lib.at_threshold(labels, probs, t)
-    return {"threshold": t, "accuracy": d["accuracy"],
-            "roc_auc": metrics_lib.roc_auc(labels, probs),
-            "roc_auc_ci95": list(metrics_lib.bootstrap_auc_interval(labels, probs, patients)),
-            "sensitivity": d["sensitivity"], "specificity": d["specificity"],
-            "ci95": d["ci95"], "ece": metrics_lib.expected_calibration_error(labels, probs),
+    return {**_scored(labels, probs, t, patients),
             # Decisions, each model at its own threshold (what devices would say).
             "agreement_with_saved_model": float(np.mean((probs >= t) == ref_pred)),
             "max_abs_delta_probability": float(np.max(np.abs(probs - ref)))}
