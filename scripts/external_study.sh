@@ -7,6 +7,8 @@
 # ImageDataGenerator).
 # Finished runs are kept, so an interrupted study continues where it stopped.
 # One edge_cnn run takes 18-20 min on a 2-core AVX2 machine (4 min on a faster one).
+# Then the rotation+zoom runs again at the previous threshold rule, and the TTA/ensemble
+# probe on the default runs.
 # Usage: scripts/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -42,4 +44,11 @@ if [ -n "$IMAGE_ROOT" ]; then
   done
 fi
 "$PY" scripts/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external" "${groups[@]}" ${articles:+--article="$(IFS=,; echo "${articles[*]}")"}
+  --out="$OUT/external" "${groups[@]}" --calibrate_group=rotation+zoom+brightness+contrast \
+  ${articles:+--article="$(IFS=,; echo "${articles[*]}")"}
+echo "== the same runs at cxr-train's previous threshold rule (validation Youden J)"
+"$PY" scripts/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_youden" "${groups[0]}" --threshold_rule=youden
+echo "== the probe for the next lever: test-time augmentation and a seed ensemble"
+IFS=, read -r -a default_runs <<< "${groups[1]#*=}"
+"$PY" scripts/probe_tta_ensemble.py --external_dir="$EXTERNAL_DIR" "${default_runs[@]}"

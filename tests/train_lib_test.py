@@ -51,11 +51,12 @@ def test_presets_resolve_to_the_article_experiments():
     train_lib.experiment_config("VI")
 
 
-def test_default_augmentation_is_rotation_and_zoom():
+def test_default_augmentation_is_geometric_and_intensity():
   cfg = train_lib.TrainConfig(data_dir="d", model_dir="m").augment
-  assert cfg.names() == train_lib.DEFAULT_AUGMENT == ("rotation", "zoom")
+  assert cfg.names() == train_lib.DEFAULT_AUGMENT == ("rotation", "zoom", "brightness",
+                                                      "contrast")
   assert cfg.rotation_deg == 20.0 and cfg.zoom == 0.3 and cfg.geometric
-  assert cfg.brightness == (1.0, 1.0) and not cfg.contrast
+  assert cfg.brightness == (0.7, 1.3) and cfg.contrast == 0.2 and not cfg.translation
 
 
 def test_train_writes_everything(sample_records, tmp_path):
