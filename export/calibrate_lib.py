@@ -89,18 +89,6 @@ def probabilities(model: edge.LiteModel, outputs: np.ndarray,
   return edge.softmax(outputs, temperature or model.temperature)[:, 1]
 
 
-def operating_point(labels: np.ndarray, probs: np.ndarray, threshold: float,
-                    patients: List[str]) -> Dict[str, Any]:
-  """Sensitivity, specificity, accuracy with 95% intervals, ROC-AUC with its interval."""
-  d = metrics.at_threshold(labels, probs, threshold)
-  return {"threshold": threshold, **{k: d[k] for k in ("accuracy", "sensitivity",
-                                                       "specificity")},
-          "ci95": d["ci95"], "confusion_matrix": d["confusion_matrix"]["rows_true_cols_pred"],
-          "roc_auc": metrics.roc_auc(labels, probs),
-          "roc_auc_ci95": list(metrics.bootstrap_auc_interval(labels, probs, patients)),
-          "ece": metrics.expected_calibration_error(labels, probs)}
-
-
 def choose(model: edge.LiteModel, films: LocalFilms, target_sensitivity: Optional[float] = None,
            target_specificity: Optional[float] = None,
            fit_temperature: bool = False) -> Dict[str, Any]:
@@ -125,11 +113,11 @@ def choose(model: edge.LiteModel, films: LocalFilms, target_sensitivity: Optiona
     rule = f"lowest threshold with local specificity >= {target_specificity}"
   else:
     rule = "maximum Youden J on the local films"
-  before = operating_point(films.labels, probabilities(model, films.logits), model.threshold,
-                           films.patients)
+  before = metrics.operating_point(films.labels, probabilities(model, films.logits),
+                                   model.threshold, films.patients)
   return {"temperature": temperature, "threshold": threshold, "rule": rule,
           "before": before,
-          "after": operating_point(films.labels, probs, threshold, films.patients)}
+          "after": metrics.operating_point(films.labels, probs, threshold, films.patients)}
 
 
 def calibrate(model_path: str, image_dir: str, output_dir: str,

@@ -370,7 +370,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   ref_pred = ref >= threshold
 
   def row(probs: np.ndarray, t: float) -> Dict[str, Any]:
-    return {**_scored(labels, probs, t, patients),
+    return {**metrics_lib.operating_point(labels, probs, t, patients),
             # Decisions, each model at its own threshold (what devices would say).
             "agreement_with_saved_model": float(np.mean((probs >= t) == ref_pred)),
             "max_abs_delta_probability": float(np.max(np.abs(probs - ref)))}
@@ -411,16 +411,6 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   return report
 
 
-def _scored(labels: np.ndarray, probs: np.ndarray, threshold: float,
-            patients: np.ndarray) -> Dict[str, Any]:
-  s = metrics_lib.summary(labels, probs, threshold, patients)
-  d = s["at_threshold"]
-  return {"threshold": threshold, "roc_auc": s["roc_auc"], "roc_auc_ci95": s["roc_auc_ci95"],
-          "ece": s["ece"], "brier": s["brier"],
-          **{k: d[k] for k in ("accuracy", "sensitivity", "specificity")}, "ci95": d["ci95"],
-          "confusion_matrix": d["confusion_matrix"]["rows_true_cols_pred"]}
-
-
 def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any],
                     files: Dict[str, str]) -> Dict[str, Any]:
   """The SavedModel and every TFLite variant on an external labelled folder.
@@ -438,13 +428,14 @@ def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any]
   out: Dict[str, Any] = {"external_dir": external_dir, "images": int(len(folder.labels)),
                          "patients": int(len(set(folder.patients))),
                          "skipped": folder.skipped,
-                         "saved_model": _scored(folder.labels, ref, metadata["threshold"],
-                                                folder.patients),
+                         "saved_model": metrics_lib.operating_point(
+                             folder.labels, ref, metadata["threshold"], folder.patients),
                          "variants": {}}
   for variant, path in files.items():
     lite = edge.LiteModel(path, 1, metadata)
     probs = lite.positive_probabilities(folder.images)
-    out["variants"][variant] = _scored(folder.labels, probs, lite.threshold, folder.patients)
+    out["variants"][variant] = metrics_lib.operating_point(folder.labels, probs,
+                                                           lite.threshold, folder.patients)
   if "float32" in out["variants"]:
     base = out["variants"]["float32"]["roc_auc"]
     for entry in out["variants"].values():

@@ -182,6 +182,19 @@ def summary(y: np.ndarray, p: np.ndarray, threshold: float,
   }
 
 
+def operating_point(y: np.ndarray, p: np.ndarray, threshold: float,
+                    patients: Optional[Sequence] = None) -> Dict[str, object]:
+  """One model's figures at one threshold, flat: accuracy, sensitivity, specificity with
+  their Wilson intervals (`ci95`), ROC-AUC with its patient-bootstrap interval, ECE,
+  Brier, and the confusion matrix [[TN, FP], [FN, TP]]."""
+  s = summary(y, p, threshold, patients)
+  d = s["at_threshold"]
+  return {"threshold": float(threshold), "roc_auc": s["roc_auc"],
+          "roc_auc_ci95": s["roc_auc_ci95"], "ece": s["ece"], "brier": s["brier"],
+          **{k: d[k] for k in ("accuracy", "sensitivity", "specificity")}, "ci95": d["ci95"],
+          "confusion_matrix": d["confusion_matrix"]["rows_true_cols_pred"]}
+
+
 def format_interval(value: float, interval: Sequence[float], percent: bool = True) -> str:
   """'97.4 (95.1-98.6)' for a proportion, '0.9912 (0.9850-0.9961)' otherwise."""
   if percent:

@@ -156,3 +156,11 @@ def test_wilson_bounds_contain_the_estimate_at_the_extremes():
     for k in range(0, n + 1, max(1, n // 7)):
       low, high = metrics.wilson_interval(k, n)
       assert low <= k / n <= high
+
+
+def test_operating_point_is_the_summary_flattened():
+  o = metrics.operating_point(Y, P, 0.5, patients=list("aabbccddee"))
+  s = metrics.summary(Y, P, 0.5, patients=list("aabbccddee"))
+  assert o["accuracy"] == pytest.approx(0.8) and o["specificity"] == pytest.approx(0.75)
+  assert o["ci95"] == s["at_threshold"]["ci95"] and o["roc_auc_ci95"] == s["roc_auc_ci95"]
+  assert o["confusion_matrix"] == [[3, 1], [1, 5]] and o["ece"] == s["ece"]
