@@ -1,8 +1,6 @@
-"""cxr-edge export (SavedModel, TFLite) and the TensorFlow-free edge predictor.
+"""cxr-edge export: SavedModel and TFLite conversion, with the package metadata.
 
-Nothing here may import TensorFlow at package import time: `export.edge_lib`,
-`export.predict` and `export.calibrate` must run in a virtualenv that has only
-ai-edge-litert, numpy, pillow and absl-py.
+The TensorFlow-free runtime that runs the exported models lives in edge/.
 """
 import os
 

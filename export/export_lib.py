@@ -19,13 +19,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from export import edge_lib as edge
+from edge import runtime
 from model import metrics as metrics_lib
 from model import models
 from model import train_lib
 from pipeline import augment as augment_lib
 from pipeline import convert_lib
 from pipeline import dataset
+from pipeline import image_io
 from pipeline import preprocess
 from pipeline import schema
 
@@ -183,12 +184,12 @@ def describe_tflite(path: str) -> Dict[str, Any]:
   interp.allocate_tensors()
   ops = sorted({op["op_name"] for op in interp._get_ops_details()})  # pylint: disable=protected-access
   return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
-          "sha256": edge.sha256_file(path),
+          "sha256": image_io.sha256_file(path),
           "input": _io_params(interp.get_input_details()[0]),
           "output": _io_params(interp.get_output_details()[0]), "ops": ops}
 
 
-def _latency(model: edge.LiteModel, image: np.ndarray, runs: int) -> Dict[str, float]:
+def _latency(model: runtime.LiteModel, image: np.ndarray, runs: int) -> Dict[str, float]:
   for _ in range(max(3, runs // 10)):
     model.probabilities(image)
   times = []
@@ -303,7 +304,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
   _set_thresholds(metadata, files, val_images, val_labels,
                   info.get("threshold_rule_name", "youden"), info.get("target_sensitivity"))
-  with open(os.path.join(export_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
+  with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
   report = build_report(export_dir, data_dir, metadata, files, latency_runs,
@@ -330,7 +331,7 @@ def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], val_images:
     entry["threshold"] = metadata["threshold"]
     entry["threshold_source"] = "cxr-train (chosen on validation for the trained model)"
     if variant == "qat_int8":
-      probs = edge.LiteModel(path, 1, metadata).positive_probabilities(val_images)
+      probs = runtime.LiteModel(path, 1, metadata).positive_probabilities(val_images)
       entry["threshold"], _ = train_lib.choose_threshold(val_labels, probs, rule,
                                                          target_sensitivity)
       entry["threshold_source"] = ("chosen on validation for this fine-tuned model, with "
@@ -377,7 +378,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
 
   # The edge predictor's numpy/Pillow preprocessing of the encoded bytes, once: it does
   # not depend on the variant.
-  edge_images = np.stack([edge.preprocess(b, size, metadata["preprocessing"]["scale"])
+  edge_images = np.stack([runtime.preprocess(b, size, metadata["preprocessing"]["scale"])
                           for b in encoded])
   saved_bytes_pred = ref_bytes >= threshold
   report: Dict[str, Any] = {"test_images": int(len(labels)), "threshold": threshold,
@@ -386,13 +387,13 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
                                                               threshold)
   for variant, path in files.items():
     entry: Dict[str, Any] = {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
-    lite = edge.LiteModel(path, 1, metadata)
+    lite = runtime.LiteModel(path, 1, metadata)
     probs = lite.positive_probabilities(images)
     entry.update(row(probs, lite.threshold))
     entry["validation_accuracy"] = val_accuracy(lite.positive_probabilities(val_images),
                                                 lite.threshold)
     for threads in (1, 2):
-      entry[f"latency_{threads}_thread"] = _latency(edge.LiteModel(path, threads, metadata),
+      entry[f"latency_{threads}_thread"] = _latency(runtime.LiteModel(path, threads, metadata),
                                                     images[0], latency_runs)
     # The edge predictor end to end against the SavedModel's in-graph (TensorFlow)
     # preprocessing of the same bytes.
@@ -432,7 +433,7 @@ def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any]
                              folder.labels, ref, metadata["threshold"], folder.patients),
                          "variants": {}}
   for variant, path in files.items():
-    lite = edge.LiteModel(path, 1, metadata)
+    lite = runtime.LiteModel(path, 1, metadata)
     probs = lite.positive_probabilities(folder.images)
     out["variants"][variant] = metrics_lib.operating_point(folder.labels, probs,
                                                            lite.threshold, folder.patients)

@@ -35,6 +35,7 @@ from model import models
 from pipeline import augment as augment_lib
 from pipeline import convert_lib
 from pipeline import dataset
+from pipeline import image_io
 from pipeline import preprocess
 from pipeline import schema
 
@@ -197,7 +198,7 @@ def _learning_rate(config: TrainConfig):
 
 def manifest_sha256(data_dir: str) -> str:
   """sha256 of the conversion's manifest.json: identifies the training data."""
-  return convert_lib.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME))
+  return image_io.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME))
 
 
 def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

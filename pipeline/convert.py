@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from pipeline import convert_lib
+from pipeline import schema
 from pipeline import splits
 
 _INPUT_DIR = flags.DEFINE_string(
@@ -43,7 +44,7 @@ _NUM_WORKERS = flags.DEFINE_integer(
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a previous conversion in a non-empty --output_dir.")
 _MAX_PIXELS = flags.DEFINE_integer(
-    "max_pixels", 50_000_000,
+    "max_pixels", schema.MAX_PIXELS,
     "Images with more pixels are rejected as decompression bombs.", lower_bound=1)
 
 

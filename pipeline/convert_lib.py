@@ -9,7 +9,6 @@ Two passes over the files, both in parallel worker processes:
 """
 import collections
 import dataclasses
-import hashlib
 import json
 import math
 import multiprocessing
@@ -226,7 +225,7 @@ def convert(input_dir: str,
             image_size: Optional[int] = None,
             num_workers: Optional[int] = None,
             overwrite: bool = False,
-            max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> ConversionResult:
+            max_pixels: int = schema.MAX_PIXELS) -> ConversionResult:
   """Converts class folders of images into split, sharded TFRecords.
 
   Args:
@@ -357,19 +356,10 @@ def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
         writer.write(_make_example(r, encoded, h, w, c).SerializeToString(deterministic=True))
         done += 1
         progress.update(done)
-    shards.append({"file": name, "records": len(recs), "sha256": sha256_file(tmp),
+    shards.append({"file": name, "records": len(recs), "sha256": image_io.sha256_file(tmp),
                    "bytes": os.path.getsize(tmp)})
     os.replace(tmp, final)
   return shards
-
-
-def sha256_file(path: str) -> str:
-  """Hex sha256 of a file, read in chunks."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def load_manifest(data_dir: str) -> Dict[str, Any]:

@@ -12,13 +12,11 @@ from typing import Optional, Tuple, Union
 
 from PIL import Image, UnidentifiedImageError
 
-# Formats TensorFlow's decode_image (and so the input pipeline) accepts and that we
-# therefore store. Pillow calls some multi-picture JPEGs from cameras "MPO".
-_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png"}
+from pipeline import schema
+
 # Pillow mode -> channels TensorFlow decodes (channels=0) for the stored bytes.
 _JPEG_MODES = {"L": 1, "RGB": 3}
 _PNG_MODES = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4}
-DEFAULT_MAX_PIXELS = 50_000_000  # the public release's largest image has ~8.4 M.
 
 # Rejection reasons (the manifest and tests use these prefixes).
 REASON_EMPTY = "empty file"
@@ -48,7 +46,7 @@ class Rejection:
   reason: str
 
 
-def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Union[ImageInfo, Rejection]:
+def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[ImageInfo, Rejection]:
   """Hashes and fully decodes one file to decide whether it can be converted.
 
   Args:
@@ -80,7 +78,7 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
   try:
     # Our own limit replaces Pillow's global one, which only warns below 2x its value.
     with Image.open(io.BytesIO(data)) as im:
-      fmt = _FORMATS.get(im.format or "")
+      fmt = schema.IMAGE_FORMATS.get(im.format or "")
       if fmt is None:
         return Rejection(f"{REASON_FORMAT}: {im.format}")
       modes = _JPEG_MODES if fmt == "jpeg" else _PNG_MODES
@@ -158,3 +156,11 @@ def _reencode_mode(mode: str, fmt: str) -> str:
     return "RGBA"
   return mode  # LA, RGBA
 
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file, read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()

@@ -1,7 +1,7 @@
 """The one preprocessing function: record -> model input.
 
 Training, evaluation, the SavedModel signatures and TFLite calibration all call
-`preprocess_image`; the edge runtime (export/edge_lib.py) re-implements it in numpy and
+`preprocess_image`; the edge runtime (edge/runtime.py) re-implements it in numpy and
 a test proves the two agree.
 """
 from typing import Dict

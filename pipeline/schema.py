@@ -1,7 +1,7 @@
 """The one source of truth for record keys, labels, image size and scaling.
 
 Pure Python (no TensorFlow import) so the conversion workers, the TF input pipeline,
-the exporter and the TF-free edge predictor's metadata all read the same constants.
+the exporter and the TF-free edge runtime (edge/) all read the same constants.
 """
 import re
 from typing import Dict, Optional, Tuple
@@ -37,8 +37,19 @@ DEFAULT_IMAGE_SIZE = 150
 CHANNELS = 1
 SCALE = 1.0 / 255.0
 # Bilinear resize with half-pixel centres and no antialiasing: simple enough to
-# reproduce exactly in numpy for the edge runtime (export/edge_lib.py).
+# reproduce exactly in numpy for the edge runtime (edge/runtime.py).
 RESIZE_METHOD = "bilinear"
+
+# Source images: what TensorFlow's decoder (and so every runtime) accepts. Pillow's format
+# name -> the stored format; Pillow calls some multi-picture camera JPEGs "MPO".
+IMAGE_FORMATS: Dict[str, str] = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Larger images are refused before decoding (decompression bombs); the public release's
+# largest has ~8.4 M pixels.
+MAX_PIXELS = 50_000_000
+
+# The model package: metadata.json beside the .tflite files and the SavedModel.
+METADATA_NAME = "metadata.json"
 
 _PATIENT_PATTERNS = (
   re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1234_bacteria_5678.jpeg

@@ -6,6 +6,7 @@ from typing import Dict, List, Set
 from absl import logging
 
 from pipeline import convert_lib
+from pipeline import image_io
 from pipeline import schema
 
 
@@ -55,7 +56,7 @@ def verify(data_dir: str) -> Dict[str, int]:
       path = os.path.join(data_dir, shard["file"])
       if not os.path.isfile(path):
         raise VerificationError(f"shard {shard['file']} is missing")
-      if convert_lib.sha256_file(path) != shard["sha256"]:
+      if image_io.sha256_file(path) != shard["sha256"]:
         raise VerificationError(f"shard {shard['file']}: sha256 differs from the manifest")
       n = 0
       try:

@@ -10,7 +10,7 @@ Usage:
 For every cxr-train directory it runs cxr-export's library for the float32 and int8
 TFLite models (no QAT; kept under --out, reused when present) and reads the export
 report's external section: each model at the threshold it ships with (cxr-train's
---threshold_rule, re-applied to runs trained under another), through the edge runtime (export/edge_lib.py, what
+--threshold_rule, re-applied to runs trained under another), through the edge runtime (export/runtime.py, what
 cxr-predict runs). Prints Markdown tables: one row per run and each group's mean (the
 issue's targets are means over seeds) for int8 and float32 on the external films and for
 int8 on the internal test split, the article recipe's external results, and a
@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # pylint: disable=wrong-import-position
 
-from export import calibrate_lib  # pylint: disable=wrong-import-position
-from export import edge_lib  # pylint: disable=wrong-import-position
+from edge import calibrate_lib  # pylint: disable=wrong-import-position
+from edge import runtime  # pylint: disable=wrong-import-position
 from export import export_lib  # pylint: disable=wrong-import-position
 from model import metrics  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
@@ -100,7 +100,7 @@ def halves(films: calibrate_lib.LocalFilms, seed: int) -> List[np.ndarray]:
   return [np.flatnonzero(assignment == 0), np.flatnonzero(assignment == 1)]
 
 
-def split_half(model: edge_lib.LiteModel, films: calibrate_lib.LocalFilms,
+def split_half(model: runtime.LiteModel, films: calibrate_lib.LocalFilms,
                rules: Dict[str, Dict[str, float]]) -> Dict[str, List[Dict[str, float]]]:
   """Each rule chosen (threshold and temperature) on one half, scored on the other."""
   out: Dict[str, List[Dict[str, float]]] = {name: [] for name in rules}
@@ -197,7 +197,7 @@ def main() -> None:
     print("| rule | accuracy % | sensitivity % | specificity % | ECE |\n| --- | --- | --- | --- | --- |")
     pooled: Dict[str, List[Dict[str, float]]] = {name: [] for name in rules}
     for path in int8_paths[group]:
-      model = edge_lib.LiteModel(path)
+      model = runtime.LiteModel(path)
       films = calibrate_lib.score_films(model, args.external_dir)
       for name, rows in split_half(model, films, rules).items():
         pooled[name] += rows

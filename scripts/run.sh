@@ -36,7 +36,7 @@ echo "== 5/6 export SavedModel + TFLite -> $OUT_DIR/export"
 "$PY" -m export.export --model_dir="$OUT_DIR/model" --data_dir="$OUT_DIR/records" \
   --export_dir="$OUT_DIR/export" --overwrite --qat_epochs=1 --latency_runs=50 "${EXT[@]}"
 echo "== 6/6 edge predictor (int8, no TensorFlow needed) on $INPUT_DIR -> $OUT_DIR/predictions.jsonl"
-"$PY" -m export.predict --model="$OUT_DIR/export/model_int8.tflite" \
+"$PY" -m edge.predict --model="$OUT_DIR/export/model_int8.tflite" \
   --output="$OUT_DIR/predictions.jsonl" "$INPUT_DIR"
 
 echo

@@ -9,10 +9,11 @@ from absl.testing import flagsaver
 import numpy as np
 import pytest
 
-from export import calibrate
-from export import calibrate_lib
-from export import edge_lib as edge
+from edge import calibrate
+from edge import calibrate_lib
+from edge import runtime
 from model import metrics
+from pipeline import image_io
 from tests.conftest import ROOT, SAMPLE_DIR, write_file
 
 FLAGS = flags.FLAGS
@@ -32,12 +33,12 @@ def _model(exported):
 
 
 def _independent_probs(model_path, films_dir):
-  lite = edge.LiteModel(model_path)
+  lite = runtime.LiteModel(model_path)
   labels, probs = [], []
   for label_index, label in enumerate(("normal", "pneumonia")):
     for name in sorted(os.listdir(os.path.join(films_dir, label))):
       data = open(os.path.join(films_dir, label, name), "rb").read()
-      probs.append(lite.probabilities(edge.preprocess(data, lite.image_size, lite.scale))[1])
+      probs.append(lite.probabilities(runtime.preprocess(data, lite.image_size, lite.scale))[1])
       labels.append(label_index)
   return np.array(labels), np.array(probs, np.float64)
 
@@ -62,13 +63,13 @@ def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
   # The new package: the same model bytes, the new threshold with its provenance; the
   # predictor uses it.
   new_model = out / "model_int8.tflite"
-  assert edge.sha256_file(str(new_model)) == edge.sha256_file(_model(exported))
+  assert image_io.sha256_file(str(new_model)) == image_io.sha256_file(_model(exported))
   meta = json.load(open(out / "metadata.json"))
   assert list(meta["models"]) == ["model_int8.tflite"]
   assert meta["models"]["model_int8.tflite"]["threshold"] == pytest.approx(want)
   assert "cxr-calibrate" in meta["models"]["model_int8.tflite"]["threshold_source"]
   assert meta["site_calibration"]["films"] == 16
-  assert edge.LiteModel(str(new_model)).threshold == pytest.approx(want)
+  assert runtime.LiteModel(str(new_model)).threshold == pytest.approx(want)
 
 
 def test_original_package_is_never_altered(exported, tmp_path):
@@ -88,7 +89,7 @@ def test_fit_temperature_minimizes_local_log_loss(exported, tmp_path):
   films = _films(tmp_path / "films")
   record = calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"),
                                    fit_temperature=True)
-  lite = edge.LiteModel(str(tmp_path / "site" / "model_int8.tflite"))
+  lite = runtime.LiteModel(str(tmp_path / "site" / "model_int8.tflite"))
   assert lite.temperature == pytest.approx(record["temperature"])
   y, p = _independent_probs(str(tmp_path / "site" / "model_int8.tflite"), films)
   y1, p1 = _independent_probs(_model(exported), films)
@@ -132,7 +133,7 @@ def test_runs_without_tensorflow_and_prints_intervals(exported, tmp_path):
   code = ("import sys\n"
           "for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
           "  sys.modules[m] = None\n"
-          "from export import calibrate\n"
+          "from edge import calibrate\n"
           "sys.argv = ['cxr-calibrate'] + sys.argv[1:]\n"
           "calibrate.run()\n")
   env = dict(os.environ)

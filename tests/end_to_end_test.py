@@ -22,7 +22,7 @@ def test_end_to_end_on_the_sample(tmp_path):
     assert r.returncode == 0, (module, r.stderr[-3000:])
   assert "int8" in r.stdout and "saved_model" in r.stdout  # the printed report table
   assert json.load(open(os.path.join(ev, "metrics.json")))["count"] == 30
-  r = run_module("export.predict", f"--model={ex}/model_int8.tflite",
+  r = run_module("edge.predict", f"--model={ex}/model_int8.tflite",
                  os.path.join(SAMPLE_DIR, "NORMAL"))
   assert r.returncode == 0, r.stderr[-2000:]
   lines = [json.loads(l) for l in r.stdout.splitlines()]

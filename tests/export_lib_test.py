@@ -9,11 +9,12 @@ from ai_edge_litert.interpreter import Interpreter
 import tf_keras as keras
 
 from export import export_lib
-from export import edge_lib as edge
+from edge import runtime
 from model import metrics
 from model import models
 from model import train_lib
 from pipeline import convert_lib
+from pipeline import image_io
 from pipeline import preprocess
 from pipeline import schema
 from tests.conftest import SAMPLE_DIR
@@ -36,8 +37,8 @@ def test_every_variant_written_and_runs_under_litert(exported):
   for variant in export_lib.VARIANTS:
     name = export_lib.tflite_name(variant)
     assert name in names
-    assert meta["models"][name]["sha256"] == edge.sha256_file(os.path.join(export_dir, name))
-    probs = edge.LiteModel(os.path.join(export_dir, name)).probabilities(x)
+    assert meta["models"][name]["sha256"] == image_io.sha256_file(os.path.join(export_dir, name))
+    probs = runtime.LiteModel(os.path.join(export_dir, name)).probabilities(x)
     assert probs.shape == (2,) and abs(probs.sum() - 1) < 0.02, variant
     assert variant in report["variants"]
     entry = report["variants"][variant]
@@ -123,7 +124,7 @@ def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
   # The QAT threshold is the training rule applied to the QAT TFLite model's own
   # validation predictions.
   path = os.path.join(export_dir, export_lib.tflite_name("qat_int8"))
-  lite = edge.LiteModel(path)
+  lite = runtime.LiteModel(path)
   images, labels, _, _ = export_lib._split_set(sample_records, 48, "val")
   probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
   np.testing.assert_array_equal(lite.positive_probabilities(images), probs)
@@ -136,7 +137,7 @@ def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
   assert 0 <= report["saved_model"]["validation_accuracy"] <= 1
   # Exports from before per-model thresholds fall back to the top-level one.
   del meta["models"]["model_qat_int8.tflite"]["threshold"]
-  assert edge.LiteModel(path, 1, meta).threshold == meta["threshold"]
+  assert runtime.LiteModel(path, 1, meta).threshold == meta["threshold"]
 
 
 def test_external_report_scores_every_variant_with_intervals(exported):
@@ -160,18 +161,18 @@ def test_tflite_models_output_logits_and_the_edge_applies_softmax(exported):
   export_dir, _ = exported
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
   x = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
-  lite = edge.LiteModel(os.path.join(export_dir, "model_float32.tflite"))
+  lite = runtime.LiteModel(os.path.join(export_dir, "model_float32.tflite"))
   assert lite.output_kind == "logits" and lite.temperature == 1.0
   logits = lite.outputs(x)
-  np.testing.assert_allclose(lite.probabilities(x), edge.softmax(logits), atol=1e-12)
+  np.testing.assert_allclose(lite.probabilities(x), runtime.softmax(logits), atol=1e-12)
   # A temperature in the metadata divides the logits.
   entry = meta["models"]["model_float32.tflite"]
   entry["temperature"] = 2.0
-  hot = edge.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
-  np.testing.assert_allclose(hot.probabilities(x), edge.softmax(logits / 2.0), atol=1e-12)
+  hot = runtime.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
+  np.testing.assert_allclose(hot.probabilities(x), runtime.softmax(logits / 2.0), atol=1e-12)
   entry["temperature"] = 0
-  with pytest.raises(edge.ModelError, match="temperature"):
-    edge.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
+  with pytest.raises(runtime.ModelError, match="temperature"):
+    runtime.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
 
 
 def _int8_outputs(model, images):
@@ -208,7 +209,7 @@ def test_int8_ranks_like_float_where_a_softmax_output_would_tie():
   noisy = labels.copy()
   noisy[::7] = 1 - noisy[::7]  # so that the float ROC-AUC is not 1
   logits = _int8_outputs(model, images)
-  p_int8 = edge.softmax(logits)[:, 1]
+  p_int8 = runtime.softmax(logits)[:, 1]
   auc_float = metrics.roc_auc(noisy, p_float)
   assert abs(metrics.roc_auc(noisy, p_int8) - auc_float) <= 0.005
   # What a uint8 softmax output (steps of 1/256) would have given: far more ties.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import edge_lib as edge
+from edge import runtime
 from pipeline import preprocess
 from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, write_file
 
@@ -21,7 +21,7 @@ def test_resize_matches_tensorflow(shape, size):
   image = np.random.default_rng(0).random(shape, dtype=np.float32) * 255
   want = tf.image.resize(image[..., None], [size, size], method="bilinear",
                          antialias=False).numpy()[..., 0]
-  np.testing.assert_allclose(edge.resize_bilinear(image, size), want, atol=1e-3)
+  np.testing.assert_allclose(runtime.resize_bilinear(image, size), want, atol=1e-3)
 
 
 def _sample_files(n=20):
@@ -36,7 +36,7 @@ def test_preprocessing_parity_on_real_sample_images():
   for path in _sample_files():
     data = open(path, "rb").read()
     want = preprocess.preprocess_image(data, 150).numpy()
-    got = edge.preprocess(data, 150, 1 / 255)
+    got = runtime.preprocess(data, 150, 1 / 255)
     assert got.shape == want.shape == (150, 150, 1) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5, err_msg=path)
 
@@ -46,7 +46,7 @@ def test_preprocessing_parity_on_real_sample_images():
 def test_preprocessing_parity_on_other_formats(fmt, mode):
   data = image_bytes(fmt, mode, size=(97, 61), seed=4)
   want = preprocess.preprocess_image(data, 64).numpy()
-  got = edge.preprocess(data, 64, 1 / 255)
+  got = runtime.preprocess(data, 64, 1 / 255)
   # libpng's and Pillow's RGB->gray weights differ slightly: at most ~1 grey level.
   np.testing.assert_allclose(got, want, atol=1e-5 if fmt == "JPEG" else 1.5 / 255)
 
@@ -55,7 +55,7 @@ def _run_predict(*args, block_tf=True):
   code = ("import sys\n"
           + ("for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
              "  sys.modules[m] = None  # any import of them now fails\n" if block_tf else "")
-          + "from export import predict\n"
+          + "from edge import predict\n"
           "sys.argv = ['cxr-predict'] + sys.argv[1:]\n"
           "try:\n"
           "  predict.run()\n"
@@ -79,10 +79,10 @@ def test_predictor_runs_without_tensorflow_and_matches_the_report(exported, tmp_
   lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert [l["path"] for l in lines] == files
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
-  lite = edge.LiteModel(model)
+  lite = runtime.LiteModel(model)
   for line, path in zip(lines, files):
     assert set(line) == {"path", "label", "probability", "latency_ms"}
-    p = float(lite.probabilities(edge.preprocess(open(path, "rb").read(), 48, 1 / 255))[1])
+    p = float(lite.probabilities(runtime.preprocess(open(path, "rb").read(), 48, 1 / 255))[1])
     assert line["probability"] == pytest.approx(p, abs=1e-6)
     assert line["label"] == ("PNEUMONIA" if p >= meta["threshold"] else "NORMAL")
   assert "6 image(s) predicted, 0 failed" in r.stderr

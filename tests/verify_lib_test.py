@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import convert_lib
+from pipeline import image_io
 from pipeline import schema
 from pipeline import verify_lib
 from tests.conftest import run_module
@@ -38,7 +39,7 @@ def test_detects_corrupted_shard_bytes(records):
     verify_lib.verify(records)
   # Even with the hash updated, the record CRC catches the flipped byte.
   m = _manifest(records)
-  m["splits"]["train"]["shards"][0]["sha256"] = convert_lib.sha256_file(path)
+  m["splits"]["train"]["shards"][0]["sha256"] = image_io.sha256_file(path)
   _save(records, m)
   with pytest.raises(verify_lib.VerificationError, match="corrupt record"):
     verify_lib.verify(records)
@@ -65,7 +66,7 @@ def test_detects_patient_in_two_splits(records):
   ex = tf.train.Example.FromString(raws[-1])
   label = ex.features.feature[schema.KEY_TEXT].bytes_list.value[0].decode()
   val_info["records"] += 1
-  val_info["sha256"] = convert_lib.sha256_file(val)
+  val_info["sha256"] = image_io.sha256_file(val)
   pids = set()
   for r in raws:
     f = tf.train.Example.FromString(r).features.feature

@@ -12,7 +12,7 @@ model's input. Writes one JSON line per image, {"path", "label", "probability",
 "latency_ms"}, or {"path", "error"} for an image it cannot read; then a summary on
 stderr. Exit status 1 if any input failed.
 
-The runtime is export/edge_lib.py (no TensorFlow).
+The runtime is export/runtime.py (no TensorFlow).
 """
 import csv
 import json
@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from export import edge_lib
+from edge import runtime
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export, with "
                              "metadata.json beside it.")
@@ -38,8 +38,8 @@ def main(argv):
   if _OUTPUT.value and not _OUTPUT.value.endswith((".jsonl", ".csv")):
     sys.exit("cxr-predict: error: --output must end in .jsonl or .csv")
   try:
-    model = edge_lib.LiteModel(_MODEL.value, _THREADS.value)
-  except edge_lib.ModelError as e:
+    model = runtime.LiteModel(_MODEL.value, _THREADS.value)
+  except runtime.ModelError as e:
     sys.exit(f"cxr-predict: error: {e}")
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
   writer = None
@@ -48,7 +48,7 @@ def main(argv):
     writer.writeheader()
   ok, failed, latencies, counts = 0, 0, [], {label: 0 for label in model.labels}
   try:
-    for result in edge_lib.predict_paths(model, patterns):
+    for result in runtime.predict_paths(model, patterns):
       if "error" in result:
         failed += 1
       else:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 import numpy as np
 
-from export import edge_lib as edge
+from edge import runtime
 from model import metrics
 from pipeline import convert_lib
 from pipeline import image_folder
@@ -43,7 +43,7 @@ class LocalFilms:
   logits: np.ndarray  # [N, 2] for logit-output models, else probabilities
 
 
-def score_films(model: edge.LiteModel, image_dir: str) -> LocalFilms:
+def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
   """Runs the model on every labelled film below image_dir.
 
   Raises:
@@ -68,8 +68,8 @@ def score_films(model: edge.LiteModel, image_dir: str) -> LocalFilms:
     try:
       with open(item.path, "rb") as f:
         data = f.read()
-      outputs.append(model.outputs(edge.preprocess(data, model.image_size, model.scale)))
-    except (OSError, edge.ImageError) as e:
+      outputs.append(model.outputs(runtime.preprocess(data, model.image_size, model.scale)))
+    except (OSError, runtime.ImageError) as e:
       failed.append(f"{item.relpath}: {e}")
     if (i + 1) % 200 == 0:
       logging.info("scored %d/%d films", i + 1, len(items))
@@ -81,15 +81,15 @@ def score_films(model: edge.LiteModel, image_dir: str) -> LocalFilms:
                     [i.patient_id for i in items], np.stack(outputs))
 
 
-def probabilities(model: edge.LiteModel, outputs: np.ndarray,
+def probabilities(model: runtime.LiteModel, outputs: np.ndarray,
                   temperature: Optional[float] = None) -> np.ndarray:
   """PNEUMONIA probabilities of model outputs, at the model's or the given temperature."""
   if model.output_kind != "logits":
     return outputs[:, 1].astype(np.float64)
-  return edge.softmax(outputs, temperature or model.temperature)[:, 1]
+  return runtime.softmax(outputs, temperature or model.temperature)[:, 1]
 
 
-def choose(model: edge.LiteModel, films: LocalFilms, target_sensitivity: Optional[float] = None,
+def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Optional[float] = None,
            target_specificity: Optional[float] = None,
            fit_temperature: bool = False) -> Dict[str, Any]:
   """Chooses the temperature (optionally) and the threshold on the films.
@@ -141,7 +141,7 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
 
   Raises:
     CalibrationError: bad films, targets or output directory.
-    edge.ModelError: the model cannot be used.
+    runtime.ModelError: the model cannot be used.
   """
   if target_sensitivity is not None and target_specificity is not None:
     raise CalibrationError("give at most one of --target_sensitivity and --target_specificity")
@@ -151,7 +151,7 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
                            "is never altered: choose a new folder")
   if os.path.isdir(output_dir) and os.listdir(output_dir):
     raise CalibrationError(f"--output_dir {output_dir!r} is not empty")
-  model = edge.LiteModel(model_path, num_threads)
+  model = runtime.LiteModel(model_path, num_threads)
   films = score_films(model, image_dir)
   per_class = np.bincount(films.labels, minlength=schema.NUM_CLASSES)
   if per_class.min() < MIN_FILMS_PER_CLASS:
@@ -186,6 +186,6 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
   metadata["site_calibration"] = record
   os.makedirs(output_dir, exist_ok=True)
   shutil.copyfile(model_path, os.path.join(output_dir, name))
-  with open(os.path.join(output_dir, edge.METADATA_NAME), "w", encoding="utf-8") as f:
+  with open(os.path.join(output_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
   return record

@@ -2,6 +2,8 @@
 
 LiteRT + numpy + Pillow only; never TensorFlow. Used by cxr-predict and cxr-calibrate
 on the device, and by cxr-export's report (so its numbers are what a device gets).
+Constants (formats, pixel limit, metadata name) come from pipeline/schema.py, the one
+TensorFlow-free home of the project's constants.
 
 LiteModel reads metadata.json beside the model (labels, input size, preprocessing,
 quantization, threshold, temperature, the model's sha256) and refuses a missing model,
@@ -15,7 +17,6 @@ softmax(logits / temperature), computed here in float64 (the temperature is in t
 metadata: 1 unless a calibration set it).
 """
 import glob
-import hashlib
 import io
 import json
 import os
@@ -25,9 +26,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-METADATA_NAME = "metadata.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-MAX_PIXELS = 50_000_000
+from pipeline import image_io
+from pipeline import schema
+
 
 
 class ModelError(Exception):
@@ -48,9 +49,9 @@ def decode_grayscale(data: bytes) -> np.ndarray:
     raise ImageError("empty file")
   try:
     with Image.open(io.BytesIO(data)) as im:
-      if im.format not in ("JPEG", "MPO", "PNG"):
+      if im.format not in schema.IMAGE_FORMATS:
         raise ImageError(f"unsupported format: {im.format}")
-      if im.size[0] * im.size[1] > MAX_PIXELS:
+      if im.size[0] * im.size[1] > schema.MAX_PIXELS:
         raise ImageError(f"image too large: {im.size[0]}x{im.size[1]}")
       if im.format != "PNG":
         # libjpeg's own colour->luma conversion, the one TensorFlow's decoder uses.
@@ -96,19 +97,6 @@ def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
   return np.clip(resized, 0.0, 1.0)[..., None]
 
 
-def sha256_file(path: str) -> str:
-  """Hex sha256 of a file.
-
-  The same as pipeline.convert_lib.sha256_file, repeated on purpose: this module is
-  self-contained, so it can be copied onto a device with only LiteRT, numpy and Pillow.
-  """
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
   """Softmax over the last axis of logits / temperature, in float64."""
   z = np.asarray(logits, np.float64) / temperature
@@ -140,7 +128,7 @@ class LiteModel:
     if not os.path.isfile(model_path):
       raise ModelError(f"model {model_path!r} not found")
     if metadata is None:
-      meta_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), METADATA_NAME)
+      meta_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), schema.METADATA_NAME)
       if not os.path.isfile(meta_path):
         raise ModelError(f"{meta_path} not found: the model's metadata must be beside it")
       with open(meta_path, encoding="utf-8") as f:
@@ -148,9 +136,9 @@ class LiteModel:
     name = os.path.basename(model_path)
     entry = metadata.get("models", {}).get(name)
     if entry is None:
-      raise ModelError(f"{METADATA_NAME} does not describe {name}")
-    if sha256_file(model_path) != entry["sha256"]:
-      raise ModelError(f"{name}: sha256 differs from {METADATA_NAME}; the model file was "
+      raise ModelError(f"{schema.METADATA_NAME} does not describe {name}")
+    if image_io.sha256_file(model_path) != entry["sha256"]:
+      raise ModelError(f"{name}: sha256 differs from {schema.METADATA_NAME}; the model file was "
                        "changed or belongs to another export")
     self.metadata, self.entry = metadata, entry
     self.image_size = int(metadata["input"]["size"])
@@ -224,7 +212,7 @@ def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
   for pattern in patterns:
     if os.path.isdir(pattern):
       found = sorted(os.path.join(root, f) for root, _, files in os.walk(pattern)
-                     for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+                     for f in files if f.lower().endswith(schema.IMAGE_EXTENSIONS))
       if not found:
         yield pattern, "folder holds no .jpg/.jpeg/.png files"
       yield from ((p, None) for p in found)

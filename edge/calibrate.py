@@ -21,8 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
-from export import calibrate_lib
-from export import edge_lib as edge
+from edge import calibrate_lib
+from edge import runtime
 from model import metrics
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export, with its "
@@ -60,7 +60,7 @@ def main(argv):
     r = calibrate_lib.calibrate(_MODEL.value, _IMAGE_DIR.value, _OUTPUT_DIR.value,
                                 _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
                                 _FIT_TEMPERATURE.value, _THREADS.value)
-  except (calibrate_lib.CalibrationError, edge.ModelError) as e:
+  except (calibrate_lib.CalibrationError, runtime.ModelError) as e:
     sys.exit(f"cxr-calibrate: error: {e}")
   same = r["measured_on_the_same_films"]
   print(f"cxr-calibrate: {r['films']} films ({', '.join(f'{v} {k}' for k, v in r['films_per_class'].items())}), "
