@@ -35,24 +35,16 @@ def seed_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
 # Keras' default BN momentum (0.99) averages over ~100 steps; at Adam 1e-3 the weights
 # move faster than that, and validation-time statistics lagged so far that outputs were
 # miscalibrated (accuracy at 0.5 swung between epochs while ROC-AUC stayed high).
-_BN_MOMENTUM = 0.9
+BN_MOMENTUM = 0.9
 
 
-def _conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
+def conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
   # Conv (no bias) -> BN -> ReLU: the order the TFLite converter folds BN into the conv
   # and fuses the activation, so int8 inference sees a single op.
   x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                           name=f"{name}_conv")(x)
-  x = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
+  x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
   return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
-def _separable_block(x, filters: int, stride: int, name: str):
-  x = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
-                                   name=f"{name}_dw")(x)
-  x = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_dw_bn")(x)
-  x = keras.layers.ReLU(name=f"{name}_dw_relu")(x)
-  return _conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
 
 
 LOGITS_LAYER = "logits"
@@ -64,7 +56,7 @@ def _classes(x):
   return keras.layers.Softmax(name="probs")(logits)
 
 
-def _head(x, dropout: float):
+def head(x, dropout: float):
   x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
   x = keras.layers.Dropout(dropout, name="dropout")(x)
   return _classes(x)
@@ -78,7 +70,7 @@ def edge_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
              dropout: float = 0.2) -> keras.Model:
   """The compact int8 edge network: seven strided 3x3 Conv-BN-ReLU blocks, GAP, Dense.
 
-  Chosen by measurement over a depthwise-separable design (edge_dwsep_cnn): an int8
+  Chosen by measurement over a depthwise-separable design (studies/models.py): an int8
   TFLite file stores ~28 bytes of per-channel quantization data (scales, zero points,
   int32 bias) for every output channel, and a depthwise channel holds only 9 weights,
   so that design's int8 file stayed at 33% of its float32 size and gained less from
@@ -89,30 +81,13 @@ def edge_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
   inputs = keras.Input([image_size, image_size, schema.CHANNELS], name="image")
   x = inputs
   for i, (filters, stride) in enumerate(_EDGE_BLOCKS):
-    x = _conv_bn_relu(x, max(8, int(filters * width)), 3, stride, f"block{i + 1}")
-  return keras.Model(inputs, _head(x, dropout), name="edge_cnn")
+    x = conv_bn_relu(x, max(8, int(filters * width)), 3, stride, f"block{i + 1}")
+  return keras.Model(inputs, head(x, dropout), name="edge_cnn")
 
 
-# (filters, stride) of edge_dwsep_cnn's depthwise-separable blocks after the stem.
-_DWSEP_BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (256, 2))
-
-
-def edge_dwsep_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
-                   dropout: float = 0.2) -> keras.Model:
-  """MobileNet-v1-style alternative: stride-2 stem, eight depthwise-separable blocks.
-
-  ~213k parameters but 2,000+ channels; kept to reproduce the comparison that chose
-  edge_cnn (see edge_cnn's docstring and the README).
-  """
-  inputs = keras.Input([image_size, image_size, schema.CHANNELS], name="image")
-  x = _conv_bn_relu(inputs, max(8, int(16 * width)), 3, 2, "stem")
-  for i, (filters, stride) in enumerate(_DWSEP_BLOCKS):
-    x = _separable_block(x, max(8, int(filters * width)), stride, f"block{i + 1}")
-  return keras.Model(inputs, _head(x, dropout), name="edge_dwsep_cnn")
-
-
-MODELS: Dict[str, Callable[..., keras.Model]] = {
-    "seed_cnn": seed_cnn, "edge_cnn": edge_cnn, "edge_dwsep_cnn": edge_dwsep_cnn}
+# The product's networks. Study-only designs (studies/models.py) register themselves here
+# when a study runs; nothing the product ships depends on them.
+MODELS: Dict[str, Callable[..., keras.Model]] = {"seed_cnn": seed_cnn, "edge_cnn": edge_cnn}
 
 
 def logits_model(model: keras.Model) -> keras.Model:

@@ -4,7 +4,8 @@ Usage:
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/cxr_model
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/cxr_model \
       --external_dir=../shared/data/chest_xray/external
-  cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/exp5 --model=seed_cnn --experiment=V
+  cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/article --model=seed_cnn \
+      --augment=rotation,zoom --lr_schedule=constant --class_weight=none
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/m --augment=rotation,brightness \
       --target_sensitivity=0.95
 
@@ -33,8 +34,7 @@ _MODEL = flags.DEFINE_enum("model", "edge_cnn", sorted(models.MODELS),
                            "depthwise-separable network for int8 edge devices.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", schema.DEFAULT_IMAGE_SIZE,
                                    "Square model input side.", lower_bound=32)
-_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs (overrides --experiment's).",
-                               lower_bound=1)
+_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size per replica.", lower_bound=1)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.",
                                     lower_bound=0.0)
@@ -44,7 +44,7 @@ _LR_SCHEDULE = flags.DEFINE_enum(
 _AUGMENT = flags.DEFINE_list(
     "augment", list(train_lib.DEFAULT_AUGMENT),
     f"Augmentations ({', '.join(augment.AUGMENTATIONS)}) or 'none'; applied batched in the "
-    "training step (on the GPU when there is one). Overrides --experiment's. The default "
+    "training step (on the GPU when there is one). The default "
     "was chosen on external films (README).")
 _ROTATION = flags.DEFINE_float("rotation_deg", 20.0, "Rotation range, ± degrees.",
                                lower_bound=0.0)
@@ -54,10 +54,6 @@ _BRIGHTNESS = flags.DEFINE_list("brightness", ["0.7", "1.3"], "Brightness factor
 _CONTRAST = flags.DEFINE_float("contrast", 0.2, "Contrast range, ± fraction.", lower_bound=0.0)
 _TRANSLATION = flags.DEFINE_float("translation", 0.1, "Shift range, ± fraction of the size.",
                                   lower_bound=0.0)
-_EXPERIMENT = flags.DEFINE_enum(
-    "experiment", None, list(train_lib.EXPERIMENTS),
-    "Source-article presets: I none, II rotation 20°, III zoom 30%, IV brightness 70-130% "
-    "(30 epochs each), V rotation+zoom (80 epochs). Explicit --augment/--epochs win.")
 _CLASS_WEIGHT = flags.DEFINE_enum("class_weight", "balanced", ["balanced", "none"],
                                   "Weight examples inversely to class frequency.")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed of initialization, shuffling, augmentation.")
@@ -90,12 +86,6 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 
 def _config() -> train_lib.TrainConfig:
   epochs, names = _EPOCHS.value, _AUGMENT.value
-  if _EXPERIMENT.value:
-    preset = train_lib.experiment_config(_EXPERIMENT.value)
-    if not flags.FLAGS["epochs"].present:
-      epochs = preset["epochs"]
-    if not flags.FLAGS["augment"].present:
-      names = list(preset["augment"]) or ["none"]
   low, high = (float(v) for v in _BRIGHTNESS.value)
   return train_lib.TrainConfig(
       data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value, model=_MODEL.value,

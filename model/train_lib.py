@@ -56,16 +56,6 @@ DEFAULT_AUGMENT = ("rotation", "zoom", "brightness", "contrast")
 THRESHOLD_RULES = ("balanced", "youden")
 DEFAULT_THRESHOLD_RULE = "balanced"
 
-# The source article's experiments I-V: (augmentations, epochs).
-EXPERIMENTS: Dict[str, Dict[str, Any]] = {
-    "I": {"augment": (), "epochs": 30},
-    "II": {"augment": ("rotation",), "epochs": 30},
-    "III": {"augment": ("zoom",), "epochs": 30},
-    "IV": {"augment": ("brightness",), "epochs": 30},
-    "V": {"augment": ("rotation", "zoom"), "epochs": 80},
-}
-
-
 @dataclasses.dataclass
 class TrainConfig:
   """Everything a training run needs (the job fills it from flags)."""
@@ -91,17 +81,6 @@ class TrainConfig:
   steps_per_epoch: Optional[int] = None  # for smoke tests; None = whole split
   external_dir: Optional[str] = None  # scored every epoch, never trained on
   verbose: int = 2
-
-
-def experiment_config(name: str) -> Dict[str, Any]:
-  """The augmentations and epochs of a source-article experiment ("I" .. "V").
-
-  Raises:
-    ValueError: unknown experiment.
-  """
-  if name not in EXPERIMENTS:
-    raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
-  return dict(EXPERIMENTS[name])
 
 
 class PositiveAUC(keras.metrics.AUC):

@@ -8,7 +8,8 @@ Measures, in one run and in steady state: (1) this pipeline (TFRecords, cache, s
 batch, plus the batched augmentation the training step runs); (2) the source article's
 ImageDataGenerator.flow_from_directory; (3) image_dataset_from_directory with Keras
 augmentation layers; (4) the decode bound (decode + resize only). Prints a table, then as
-its last line one JSON object.
+its last line one JSON object. Whether training is input-bound (steps/s with this
+pipeline vs the same batches in memory) is a study: studies/input_bound.py.
 """
 import json
 import sys
@@ -29,12 +30,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size for every loade
                                    lower_bound=1)
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per loader, after warm-up.",
                                lower_bound=1)
-_TRAIN_MODEL = flags.DEFINE_string(
-    "train_model", "seed_cnn",
-    "Model for the input-bound check (training steps/s with the pipeline vs with the same "
-    "batches in memory); empty to skip it.")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 100, "Timed steps of the input-bound check.",
-                                    lower_bound=1)
 _ONLY = flags.DEFINE_multi_enum("only", None, _LOADERS, "Run only these loaders (repeatable).")
 
 
@@ -43,8 +38,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     result = benchmark_lib.run_all(_DATA_DIR.value, _IMAGE_DIR.value, _IMAGE_SIZE.value,
-                                   _BATCH_SIZE.value, _EPOCHS.value, _ONLY.value,
-                                   _TRAIN_MODEL.value or None, _TRAIN_STEPS.value)
+                                   _BATCH_SIZE.value, _EPOCHS.value, _ONLY.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"cxr-benchmark-input: error: {e}")
   print(f"{'loader':32s} {'images/s':>10s} {'this pipeline is':>18s}")
@@ -54,10 +48,6 @@ def main(argv):
       print(f"{key:32s} {result[f'{key}_images_per_s']:10.0f} "
             f"{(f'{ratio:.2f}x' if ratio else ''):>18s}")
   print(f"peak RSS {result['peak_rss_mb']:.0f} MB")
-  if "input_bound_ratio" in result:
-    print(f"training steps/s: {result['train_steps_per_s_pipeline']:.2f} with the pipeline, "
-          f"{result['train_steps_per_s_in_memory']:.2f} in memory "
-          f"(ratio {result['input_bound_ratio']:.3f})")
   print(json.dumps(result, sort_keys=True))
 
 

@@ -125,40 +125,6 @@ def bench_decode_bound(image_dir: str, image_size: int, batch_size: int,
   return _time_epochs(lambda: ds, epochs, 5, _count)
 
 
-def bench_input_bound(data_dir: str, model_name: str, image_size: int, batch_size: int,
-                      steps: int, seed: int = 0) -> Dict[str, float]:
-  """Training steps/s with the real pipeline vs the same batches already in memory.
-
-  Both runs use the same model, optimizer and on-device augmentation (the training
-  step's), so the ratio isolates the input pipeline: 1.0 means it is never the
-  bottleneck.
-  """
-  from model import models  # pylint: disable=g-import-not-at-top
-  from model import train_lib  # pylint: disable=g-import-not-at-top
-  config = augment_lib.AugmentConfig(rotation_deg=ROTATION_DEG, zoom=ZOOM)
-  real = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
-                              seed=seed, repeat=True, drop_remainder=True)
-  in_memory = [b for b in real.take(min(steps, 20))]
-  memory = tf.data.Dataset.from_tensor_slices(
-      tuple(tf.stack([b[i] for b in in_memory]) for i in range(2))).repeat()
-
-  def rate(ds) -> float:
-    keras.utils.set_random_seed(seed)
-    model = train_lib.AugmentingModel(models.build(model_name, image_size), config, seed)
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
-    model.fit(ds, epochs=1, steps_per_epoch=max(5, steps // 5), verbose=0)  # warm-up
-    start = time.perf_counter()
-    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    return steps / (time.perf_counter() - start)
-
-  for _ in real.take(dataset.split_size(data_dir, "train") // batch_size + 1):
-    pass  # fill the cache, as after the first epoch of training
-  memory_rate, real_rate = rate(memory), rate(real)
-  return {"train_steps_per_s_in_memory": round(memory_rate, 3),
-          "train_steps_per_s_pipeline": round(real_rate, 3),
-          "input_bound_ratio": round(real_rate / memory_rate, 3)}
-
-
 def peak_rss_mb() -> float:
   """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -166,8 +132,7 @@ def peak_rss_mb() -> float:
 
 def run_all(data_dir: str, image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZE,
             batch_size: int = 32, epochs: int = 3,
-            only: Optional[Iterable[str]] = None, train_model: Optional[str] = None,
-            train_steps: int = 100) -> Dict[str, float]:
+            only: Optional[Iterable[str]] = None) -> Dict[str, float]:
   """Runs the loaders in one process and returns the result dict the job prints.
 
   Args:
@@ -177,8 +142,6 @@ def run_all(data_dir: str, image_dir: str, image_size: int = schema.DEFAULT_IMAG
     batch_size: batch size for every loader.
     epochs: timed epochs per loader (after warm-up).
     only: subset of loader keys to run (default all).
-    train_model: if set, also run the input-bound check with this model.
-    train_steps: timed training steps of that check.
 
   Returns:
     {"<loader>_images_per_s": rate, ..., "peak_rss_mb": ..., "<loader>_images": n}.
@@ -209,9 +172,5 @@ def run_all(data_dir: str, image_dir: str, image_size: int = schema.DEFAULT_IMAG
       if f"{key}_images_per_s" in result:
         result[f"pipeline_vs_{key}"] = round(
             result["pipeline_images_per_s"] / result[f"{key}_images_per_s"], 2)
-  result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # of the loaders, before any training
-  if train_model:
-    logging.info("input-bound check: %s, %d steps, pipeline vs in memory", train_model,
-                 train_steps)
-    result.update(bench_input_bound(data_dir, train_model, image_size, batch_size, train_steps))
+  result["peak_rss_mb"] = round(peak_rss_mb(), 1)
   return result

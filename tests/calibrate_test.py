@@ -4,19 +4,14 @@ import os
 import subprocess
 import sys
 
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 
-from edge import calibrate
 from edge import calibrate_lib
 from edge import runtime
 from model import metrics
 from pipeline import image_io
-from tests.conftest import ROOT, SAMPLE_DIR, write_file
-
-FLAGS = flags.FLAGS
+from tests.conftest import ROOT, SAMPLE_DIR, run_main, write_file
 
 
 def _films(root, per_class=8, classes=("NORMAL", "PNEUMONIA")):
@@ -97,9 +92,7 @@ def test_fit_temperature_minimizes_local_log_loss(exported, tmp_path):
 
 
 def _main(**overrides):
-  with flagsaver.flagsaver(**overrides):
-    FLAGS.mark_as_parsed()
-    calibrate.main(["cxr-calibrate"])
+  run_main("edge.calibrate", **overrides)
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -1,4 +1,6 @@
 """Shared fixtures: tiny synthetic image trees, the embedded sample, the shared data."""
+import contextlib
+import importlib
 import io
 import os
 import subprocess
@@ -109,6 +111,53 @@ def require_shared(part: str = "train"):
     pytest.skip(f"shared data set not found at {path} (present in CI, absent in a "
                 "user's clone)")
   return path
+
+
+# The job modules: each defines its flags at import, as a binary does, and several share
+# flag names (--data_dir, --model, ...), so one process can hold only one job's flags.
+JOBS = ("pipeline.convert", "pipeline.verify", "pipeline.benchmark_input", "model.train",
+        "model.evaluate", "export.export", "edge.predict", "edge.calibrate")
+
+
+def job(module: str):
+  """Imports job `module` with its own flags defined, as if it were the only binary.
+
+  Flags of other job modules are removed first and the module is re-imported, so its
+  flag holders are the live ones. Call it inside the test, never at module import.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  assert module in JOBS, module
+  by_module = flags.FLAGS.flags_by_module_dict()
+  for name in JOBS:
+    for flag in list(by_module.get(name, [])):  # deleting mutates these lists
+      if flag.name in flags.FLAGS:
+        delattr(flags.FLAGS, flag.name)
+  if module in sys.modules:
+    return importlib.reload(sys.modules[module])
+  return importlib.import_module(module)
+
+
+def run_main(module: str, *args: str, **flag_values):
+  """Runs job `module`'s main() in-process with flag values set (absl's flagsaver).
+
+  Positional `args` are main's extra arguments (cxr-predict's image paths). Exits as the
+  binary would (SystemExit on error); required flags are the caller's business.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  mod = job(module)
+  with flagsaver.flagsaver(**flag_values):
+    flags.FLAGS.mark_as_parsed()
+    return mod.main([module, *args])
+
+
+@contextlib.contextmanager
+def parsed_flags(module: str, **flag_strings):
+  """Job `module`'s flags parsed from strings and validated, as on the command line."""
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  job(module)
+  with flagsaver.as_parsed(**flag_strings):
+    yield
 
 
 def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 import json
 import os
 
+from absl import flags
 import pytest
 import tensorflow as tf
 
@@ -8,7 +9,8 @@ from pipeline import convert_lib
 from pipeline import image_io
 from pipeline import schema
 from pipeline import verify_lib
-from tests.conftest import SAMPLE_DIR, image_bytes, make_tree, require_shared, run_module, write_file
+from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, parsed_flags, require_shared,
+                            run_main, write_file)
 
 
 def _records(path):
@@ -131,21 +133,21 @@ def test_image_size_reencodes_large_images(tmp_path):
 
 
 def test_job_cli_errors_are_one_line(tmp_path):
-  r = run_module("pipeline.convert", f"--input_dir={tmp_path}/missing", f"--output_dir={tmp_path}/o")
-  assert r.returncode != 0
-  assert r.stderr.strip().splitlines()[-1].startswith("cxr-convert: error: --input_dir")
-  r = run_module("pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={tmp_path}/o",
-                 "--split_ratios=0.5,0.5,0.5")
-  assert r.returncode != 0 and "sum to 1" in r.stderr
+  with pytest.raises(SystemExit) as e:
+    run_main("pipeline.convert", input_dir=f"{tmp_path}/missing", output_dir=f"{tmp_path}/o")
+  assert str(e.value.code).startswith("cxr-convert: error: --input_dir")
+  assert "\n" not in str(e.value.code)
+  with pytest.raises(flags.IllegalFlagValueError, match="sum to 1"):
+    with parsed_flags("pipeline.convert", split_ratios="0.5,0.5,0.5"):
+      pass
 
 
-def test_cli_converts_and_verifies_sample(tmp_path):
+def test_cli_converts_and_verifies_sample(tmp_path, capsys):
   out = str(tmp_path / "o")
-  r = run_module("pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={out}")
-  assert r.returncode == 0, r.stderr
-  assert "rejected 1" in r.stdout  # data/sample/README.md has no class folder
-  r = run_module("pipeline.verify", f"--tfrecord_dir={out}")
-  assert r.returncode == 0 and "OK" in r.stdout
+  run_main("pipeline.convert", input_dir=SAMPLE_DIR, output_dir=out)
+  assert "rejected 1" in capsys.readouterr().out  # data/sample/README.md has no class folder
+  run_main("pipeline.verify", tfrecord_dir=out)
+  assert "OK" in capsys.readouterr().out
   with open(os.path.join(out, schema.MANIFEST_NAME)) as f:
     m = json.load(f)
   assert m["num_written"] == 301

@@ -2,12 +2,13 @@ import csv
 import json
 import os
 
+from absl import flags
 import numpy as np
 import pytest
 
 from model import evaluate_lib
 from model import metrics
-from tests.conftest import SAMPLE_DIR, image_bytes, run_module, write_file
+from tests.conftest import SAMPLE_DIR, image_bytes, run_main, write_file
 
 
 def test_evaluate_split_matches_numpy_metrics(trained_model, sample_records, tmp_path):
@@ -38,9 +39,11 @@ def test_evaluate_image_folder_skips_bad_files(trained_model, tmp_path):
 def test_evaluate_needs_exactly_one_source(trained_model, sample_records, tmp_path):
   with pytest.raises(ValueError, match="exactly one"):
     evaluate_lib.evaluate(trained_model, str(tmp_path))
-  r = run_module("model.evaluate", f"--model_dir={trained_model}", f"--output_dir={tmp_path}",
-                 f"--data_dir={sample_records}", f"--image_dir={SAMPLE_DIR}")
-  assert r.returncode != 0 and "exactly one" in r.stderr
-  r = run_module("model.evaluate", f"--model_dir={tmp_path}/none", f"--output_dir={tmp_path}",
-                 f"--data_dir={sample_records}")
-  assert r.returncode == 1 and "not a finished cxr-train output" in r.stderr
+  with pytest.raises(flags.IllegalFlagValueError, match="exactly one"):
+    run_main("model.evaluate", model_dir=trained_model, output_dir=str(tmp_path),
+             data_dir=sample_records, image_dir=SAMPLE_DIR)
+  with pytest.raises(SystemExit) as e:
+    run_main("model.evaluate", model_dir=f"{tmp_path}/none", output_dir=str(tmp_path),
+             data_dir=sample_records)
+  assert str(e.value.code).startswith("cxr-evaluate: error:")
+  assert "not a finished cxr-train output" in str(e.value.code)

@@ -54,3 +54,17 @@ def test_weights_load_into_the_current_layout():
 def test_unknown_model():
   with pytest.raises(ValueError, match="unknown model"):
     models.build("resnet")
+
+
+def test_study_designs_are_not_in_the_product_but_register_for_a_study():
+  assert set(models.MODELS) == {"seed_cnn", "edge_cnn"}
+  from studies import models as study_models  # pylint: disable=g-import-not-at-top
+  saved = dict(models.MODELS)
+  try:
+    study_models.register()
+    model = models.build("edge_dwsep_cnn", 150)
+    assert model.count_params() == 212_802  # the README's design comparison
+    assert models.logits_model(model).output_shape == (None, 2)
+  finally:
+    models.MODELS.clear()
+    models.MODELS.update(saved)

@@ -9,7 +9,7 @@ from pipeline import convert_lib
 from pipeline import image_io
 from pipeline import schema
 from pipeline import verify_lib
-from tests.conftest import run_module
+from tests.conftest import run_main
 
 
 @pytest.fixture
@@ -88,7 +88,8 @@ def test_detects_missing_shard_and_labels(records):
 
 
 def test_cli_exit_status(records, tmp_path):
-  assert run_module("pipeline.verify", f"--tfrecord_dir={records}").returncode == 0
+  run_main("pipeline.verify", tfrecord_dir=records)  # no SystemExit: status 0
   os.remove(os.path.join(records, _manifest(records)["splits"]["test"]["shards"][0]["file"]))
-  r = run_module("pipeline.verify", f"--tfrecord_dir={records}")
-  assert r.returncode == 1 and "FAILED" in r.stderr and "missing" in r.stderr
+  with pytest.raises(SystemExit) as e:
+    run_main("pipeline.verify", tfrecord_dir=records)
+  assert str(e.value.code).startswith("cxr-verify: FAILED:") and "missing" in str(e.value.code)

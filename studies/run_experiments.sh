@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The source article's experiments I-V on our pipeline and patient-grouped split, with a
 # shorter epoch budget, each scored on the test split; then a markdown table.
-# Usage: scripts/run_experiments.sh DATA_DIR OUT_DIR [EPOCHS]
+# Usage: studies/run_experiments.sh DATA_DIR OUT_DIR [EPOCHS]
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_venv.sh"
 cd "$ROOT"
 DATA_DIR="$1"; OUT="$2"; EPOCHS="${3:-10}"
 mkdir -p "$OUT"
+# The article's experiments as augmentations (its epochs were 30, and 80 for V).
+declare -A AUGMENT=([I]=none [II]=rotation [III]=zoom [IV]=brightness [V]=rotation,zoom)
 for exp in I II III IV V; do
   if [ ! -f "$OUT/$exp/eval/metrics.json" ]; then
     rm -rf "$OUT/$exp"
     # The article's network and optimizer (constant Adam 1e-3, unweighted classes).
     "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$OUT/$exp/model" --model=seed_cnn \
-      --experiment="$exp" --epochs="$EPOCHS" --lr_schedule=constant --class_weight=none
+      --augment="${AUGMENT[$exp]}" --epochs="$EPOCHS" --lr_schedule=constant --class_weight=none
     "$PY" -m model.evaluate --model_dir="$OUT/$exp/model" --data_dir="$DATA_DIR" --split=test \
       --output_dir="$OUT/$exp/eval"
   fi

@@ -2,7 +2,7 @@
 """The source article's recipe on our patient-grouped split, for a like-for-like comparison.
 
 Usage:
-  .venv/bin/python scripts/article_baseline.py --data_dir=/tmp/cxr_records \
+  .venv/bin/python studies/article_baseline.py --data_dir=/tmp/cxr_records \
       --image_root=../shared/data/chest_xray/train --output_dir=/tmp/article --epochs=30 \
       --external_dir=../shared/data/chest_xray/external
 

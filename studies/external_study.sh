@@ -9,11 +9,11 @@
 # One edge_cnn run takes 18-20 min on a 2-core AVX2 machine (4 min on a faster one).
 # Then the rotation+zoom runs again at the previous threshold rule, and the TTA/ensemble
 # probe on the default runs.
-# Usage: scripts/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
+# Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_venv.sh"
 cd "$ROOT"
 DATA_DIR="$1"; EXTERNAL_DIR="$2"; OUT="$3"; IMAGE_ROOT="${4:-}"
 mkdir -p "$OUT"
@@ -37,18 +37,18 @@ articles=()
 if [ -n "$IMAGE_ROOT" ]; then
   for s in 0 1 2; do
     if [ ! -f "$OUT/article_$s/article_baseline.json" ]; then
-      "$PY" scripts/article_baseline.py --data_dir="$DATA_DIR" --image_root="$IMAGE_ROOT" \
+      "$PY" studies/article_baseline.py --data_dir="$DATA_DIR" --image_root="$IMAGE_ROOT" \
         --output_dir="$OUT/article_$s" --seed="$s" --external_dir="$EXTERNAL_DIR"
     fi
     articles+=("$OUT/article_$s/article_baseline.json")
   done
 fi
-"$PY" scripts/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external" "${groups[@]}" --calibrate_group=rotation+zoom+brightness+contrast \
   ${articles:+--article="$(IFS=,; echo "${articles[*]}")"}
 echo "== the same runs at cxr-train's previous threshold rule (validation Youden J)"
-"$PY" scripts/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_youden" "${groups[0]}" --threshold_rule=youden
 echo "== the probe for the next lever: test-time augmentation and a seed ensemble"
 IFS=, read -r -a default_runs <<< "${groups[1]#*=}"
-"$PY" scripts/probe_tta_ensemble.py --external_dir="$EXTERNAL_DIR" "${default_runs[@]}"
+"$PY" studies/probe_tta_ensemble.py --external_dir="$EXTERNAL_DIR" "${default_runs[@]}"

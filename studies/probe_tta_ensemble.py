@@ -3,7 +3,7 @@
 external films better?
 
 Usage:
-  .venv/bin/python scripts/probe_tta_ensemble.py \
+  .venv/bin/python studies/probe_tta_ensemble.py \
       --external_dir=../shared/data/chest_xray/external /tmp/study/rz_42 /tmp/study/rz_1
 
 For each cxr-train run (float Keras model): external ROC-AUC as is, and with the logit

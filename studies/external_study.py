@@ -2,7 +2,7 @@
 """Scores groups of training runs (recipes x seeds) on an external folder, as devices would.
 
 Usage:
-  .venv/bin/python scripts/external_study.py --data_dir=/tmp/rec \
+  .venv/bin/python studies/external_study.py --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external --out=/tmp/study/external \
       --group=rotation+zoom=/tmp/study/rz_42,/tmp/study/rz_1,/tmp/study/rz_2 \
       --article=/tmp/study/article_0/article_baseline.json
@@ -42,7 +42,7 @@ SPLIT_SEEDS = (0, 1, 2, 3, 4)
 def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
   """Re-applies the current threshold step of cxr-train to a run trained before it.
 
-  As scripts/compare_runs.py does: runs trained under an older rule are compared on
+  As studies/compare_runs.py does: runs trained under an older rule are compared on
   equal terms. Only the threshold fields of the run's model_info.json change.
   """
   path = os.path.join(model_dir, train_lib.INFO_FILE)
@@ -166,7 +166,7 @@ def main() -> None:
         print(run_row(f"{name}: {run}", e), flush=True)
       print(mean_row(f"{name}: mean of {len(rows)}", rows))
   if args.article:
-    print("\nthe article's recipe (scripts/article_baseline.py), at 0.5 as the article does\n"
+    print("\nthe article's recipe (studies/article_baseline.py), at 0.5 as the article does\n"
           + head)
     rows = []
     for path in args.article.split(","):

@@ -2,7 +2,7 @@
 """Measures cxr-convert throughput: 1 worker (baseline) vs N workers, same run.
 
 Usage:
-  .venv/bin/python scripts/benchmark_convert.py --input_dir=../shared/data/chest_xray
+  .venv/bin/python studies/benchmark_convert.py --input_dir=../shared/data/chest_xray
 
 Each configuration converts the whole input into a fresh temp dir --repeats times; the
 median wall time (TensorFlow import excluded) is reported. Last line: one JSON object.

@@ -3,17 +3,17 @@
 
 Usage:
   # choose between recipes on validation only:
-  .venv/bin/python scripts/compare_runs.py --data_dir=/tmp/rec --split=val \
+  .venv/bin/python studies/compare_runs.py --data_dir=/tmp/rec --split=val \
       --group=default=/tmp/m42,/tmp/m1,/tmp/m2 --group=contrast=/tmp/c42,/tmp/c1,/tmp/c2
   # then score the chosen one, and the article recipe's runs, on test:
-  .venv/bin/python scripts/compare_runs.py --data_dir=/tmp/rec --split=test \
+  .venv/bin/python studies/compare_runs.py --data_dir=/tmp/rec --split=test \
       --group=default=/tmp/m42,/tmp/m1,/tmp/m2 \
       --article=/tmp/article_s0/article_baseline.json,/tmp/article_s1/article_baseline.json
 
 Each cxr-train directory is scored at the threshold the current rule
 (model.metrics.choose_threshold) picks on its validation predictions, so runs trained
 before a rule change are compared on equal terms. Article-recipe results
-(scripts/article_baseline.py JSON, test split at 0.5) are listed as they are. Prints a
+(studies/article_baseline.py JSON, test split at 0.5) are listed as they are. Prints a
 Markdown table: one row per run, then each group's mean.
 """
 import argparse
