@@ -24,10 +24,10 @@ from model import metrics as metrics_lib
 from model import models
 from model import train_lib
 from pipeline import augment as augment_lib
-from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import image_io
 from pipeline import preprocess
+from pipeline import records
 from pipeline import schema
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8", "qat_int8")
@@ -87,15 +87,9 @@ def save_saved_model(model: keras.Model, image_size: int, threshold: float, path
 
 
 def calibration_images(data_dir: str, image_size: int, samples: int) -> np.ndarray:
-  """Train-split images through the eval preprocessing: never augmented, never test."""
-  ds = dataset.make_dataset(data_dir, "train", batch_size=64, image_size=image_size,
-                            training=False, cache=dataset.CACHE_NONE, deterministic=True)
-  out: List[np.ndarray] = []
-  for images, _ in ds:
-    out.append(images.numpy())
-    if sum(len(x) for x in out) >= samples:
-      break
-  return np.concatenate(out)[:samples]
+  """The first train-split images (written in a seeded random order), preprocessed as
+  for evaluation: never augmented, never test."""
+  return dataset.read_split(data_dir, "train", image_size, limit=samples).images
 
 
 def convert_tflite(model: keras.Model, variant: str, image_size: int,
@@ -203,17 +197,8 @@ def _latency(model: runtime.LiteModel, image: np.ndarray, runs: int) -> Dict[str
 
 def _split_set(data_dir: str, image_size: int, split: str):
   """(preprocessed images, labels, encoded bytes, patient ids) of a split, in file order."""
-  images, labels, encoded, patients = [], [], [], []
-  for path in convert_lib.shard_paths(data_dir, split):
-    for raw in tf.data.TFRecordDataset(path):
-      ex = preprocess.parse_example(raw)
-      encoded.append(ex[schema.KEY_ENCODED].numpy())
-      labels.append(int(ex[schema.KEY_LABEL]))
-      patients.append(ex[schema.KEY_PATIENT].numpy().decode())
-  ds = tf.data.Dataset.from_tensor_slices(encoded).map(
-      lambda b: preprocess.preprocess_image(b, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  images = np.stack(list(ds.as_numpy_iterator()))
-  return images, np.array(labels), encoded, np.array(patients)
+  r = dataset.read_split(data_dir, split, image_size, with_bytes=True)
+  return r.images, r.labels, r.encoded, r.patients
 
 
 def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,

@@ -33,10 +33,9 @@ import tf_keras as keras
 from model import metrics as metrics_lib
 from model import models
 from pipeline import augment as augment_lib
-from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import image_io
-from pipeline import preprocess
+from pipeline import records
 from pipeline import schema
 
 MODEL_FILE = "model.keras"
@@ -220,25 +219,13 @@ def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int
   Returns:
     {"probability", "label", "filename", "patient_id"} numpy arrays.
   """
-  paths = convert_lib.shard_paths(data_dir, split)
-
-  def parse(raw):
-    ex = preprocess.parse_example(raw)
-    return (preprocess.preprocess_image(ex[schema.KEY_ENCODED], image_size),
-            tf.cast(ex[schema.KEY_LABEL], tf.int32), ex[schema.KEY_FILENAME],
-            ex[schema.KEY_PATIENT])
-
-  ds = (tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-  out: Dict[str, List[np.ndarray]] = {"probability": [], "label": [], "filename": [],
-                                      "patient_id": []}
-  with dataset.naming_corrupt_shards(paths, image_size):
-    for images, labels, names, patients in ds:
-      out["probability"].append(model(images, training=False).numpy()[:, 1].astype(np.float64))
-      out["label"].append(labels.numpy())
-      out["filename"].append(np.array([n.decode() for n in names.numpy()]))
-      out["patient_id"].append(np.array([p.decode() for p in patients.numpy()]))
-  return {k: np.concatenate(v) if v else np.array([]) for k, v in out.items()}
+  split_records = dataset.read_split(data_dir, split, image_size)
+  images = split_records.images
+  probs = [model(images[i:i + batch_size], training=False).numpy()[:, 1]
+           for i in range(0, len(images), batch_size)]
+  return {"probability": np.concatenate(probs).astype(np.float64) if probs else np.array([]),
+          "label": split_records.labels, "filename": split_records.filenames,
+          "patient_id": split_records.patients}
 
 
 def read_history(log_path: str) -> Dict[str, List[float]]:
@@ -356,8 +343,8 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
                config.model, classifier.count_params(), config.data_dir, config.epochs,
                ",".join(config.augment.names()) or "none", replicas)
   start = time.monotonic()
-  with dataset.naming_corrupt_shards(convert_lib.shard_paths(config.data_dir, "train")
-                                     + convert_lib.shard_paths(config.data_dir, "val"),
+  with dataset.naming_corrupt_shards(records.shard_paths(config.data_dir, "train")
+                                     + records.shard_paths(config.data_dir, "val"),
                                      config.image_size):
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,

@@ -24,6 +24,7 @@ from pipeline import augment as augment_lib
 from pipeline import convert_lib
 from pipeline import image_folder
 from pipeline import preprocess
+from pipeline import records
 from pipeline import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -59,12 +60,12 @@ class InputPipeline:
 
 def split_size(data_dir: str, split: str) -> int:
   """Records in one split, from the manifest."""
-  return convert_lib.load_manifest(data_dir)["splits"][split]["images"]
+  return records.load_manifest(data_dir)["splits"][split]["images"]
 
 
 def class_weights(data_dir: str, split: str = "train") -> Dict[int, float]:
   """'balanced' weights n / (k * n_c) from the manifest's per-class counts."""
-  classes = convert_lib.load_manifest(data_dir)["splits"][split]["classes"]
+  classes = records.load_manifest(data_dir)["splits"][split]["classes"]
   counts = [classes[label]["images"] for label in schema.LABELS]
   total = sum(counts)
   return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
@@ -124,8 +125,8 @@ def make_pipeline(data_dir: str,
     training = split == "train"
   if cache not in (CACHE_MEMORY, CACHE_NONE) and not os.path.isdir(cache):
     raise ValueError(f"cache must be 'memory', 'none' or an existing directory, got {cache!r}")
-  manifest = convert_lib.load_manifest(data_dir)
-  paths = convert_lib.shard_paths(data_dir, split)
+  manifest = records.load_manifest(data_dir)
+  paths = records.shard_paths(data_dir, split)
   num_records = manifest["splits"][split]["images"]
   if not paths:
     raise ValueError(f"split {split!r} of {data_dir} is empty")
@@ -238,6 +239,73 @@ def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZ
   return FolderImages(images, np.array([i.label for i in items]),
                       np.array([i.relpath for i in items]),
                       np.array([i.patient_id for i in items]), skipped)
+
+
+@dataclasses.dataclass
+class SplitRecords:
+  """One split of a conversion, in file order (shards as listed, records as written).
+
+  Attributes:
+    labels: int [N].
+    filenames: str [N], relative to the conversion's --input_dir.
+    patients: str [N] patient ids.
+    images: float32 [N, S, S, 1] in [0, 1] (preprocess.preprocess_image), if asked for.
+    encoded: the stored image bytes, if asked for.
+  """
+  labels: np.ndarray
+  filenames: np.ndarray
+  patients: np.ndarray
+  images: Optional[np.ndarray] = None
+  encoded: Optional[List[bytes]] = None
+
+
+def read_split(data_dir: str, split: str, image_size: Optional[int] = None,
+               with_bytes: bool = False, limit: Optional[int] = None) -> SplitRecords:
+  """Reads a split into memory: the one reader for scoring, export and studies.
+
+  Training reads through make_pipeline (shuffled, cached, streamed); everything that
+  needs a whole split in a fixed order (evaluation, thresholds, export parity and
+  calibration, studies) reads it here.
+
+  Args:
+    data_dir: a cxr-convert output.
+    split: one of schema.SPLITS.
+    image_size: if set, also preprocess the images to this side.
+    with_bytes: also keep the encoded image bytes.
+    limit: read only the first `limit` records.
+
+  Raises:
+    FileNotFoundError: not a finished conversion, or a listed shard is missing.
+    CorruptDataError: a record cannot be read or decoded (names the shard and record).
+  """
+  paths = records.shard_paths(data_dir, split)
+
+  def parse(raw):
+    ex = preprocess.parse_example(raw)
+    out = {"label": tf.cast(ex[schema.KEY_LABEL], tf.int32),
+           "filename": ex[schema.KEY_FILENAME], "patient": ex[schema.KEY_PATIENT]}
+    if with_bytes:
+      out["encoded"] = ex[schema.KEY_ENCODED]
+    if image_size:
+      out["image"] = preprocess.preprocess_image(ex[schema.KEY_ENCODED], image_size)
+    return out
+
+  ds = tf.data.TFRecordDataset(paths)
+  if limit is not None:
+    ds = ds.take(limit)
+  ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True).batch(256).prefetch(2)
+  with naming_corrupt_shards(paths, image_size or schema.DEFAULT_IMAGE_SIZE):
+    batches = list(ds.as_numpy_iterator())
+
+  def column(key):
+    return np.concatenate([b[key] for b in batches]) if batches else np.array([])
+
+  text = lambda key: np.array([v.decode() for v in column(key)], dtype=str)
+  return SplitRecords(
+      labels=column("label").astype(np.int64), filenames=text("filename"),
+      patients=text("patient"),
+      images=column("image") if image_size else None,
+      encoded=[bytes(v) for v in column("encoded")] if with_bytes else None)
 
 
 def find_corrupt_record(paths: Sequence[str], image_size: int = schema.DEFAULT_IMAGE_SIZE) -> Optional[str]:

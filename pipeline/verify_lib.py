@@ -5,8 +5,8 @@ from typing import Dict, List, Set
 
 from absl import logging
 
-from pipeline import convert_lib
 from pipeline import image_io
+from pipeline import records
 from pipeline import schema
 
 
@@ -32,7 +32,7 @@ def verify(data_dir: str) -> Dict[str, int]:
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
-    manifest = convert_lib.load_manifest(data_dir)
+    manifest = records.load_manifest(data_dir)
   except (FileNotFoundError, ValueError) as e:
     raise VerificationError(str(e)) from None
   labels_path = os.path.join(data_dir, schema.LABELS_NAME)

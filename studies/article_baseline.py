@@ -26,29 +26,23 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
 import tf_keras as keras  # pylint: disable=wrong-import-position
 
 from model import metrics  # pylint: disable=wrong-import-position
 from model import models  # pylint: disable=wrong-import-position
-from pipeline import convert_lib  # pylint: disable=wrong-import-position
-from pipeline import preprocess  # pylint: disable=wrong-import-position
+from pipeline import dataset  # pylint: disable=wrong-import-position
 from pipeline import schema  # pylint: disable=wrong-import-position
 
 
 def link_split(data_dir: str, split: str, image_root: str, dest: str) -> int:
   """Symlinks the split's source files into dest/<LABEL>/ (flow_from_directory layout)."""
-  n = 0
-  for path in convert_lib.shard_paths(data_dir, split):
-    for raw in tf.data.TFRecordDataset(path):
-      ex = preprocess.parse_example(raw)
-      rel = ex[schema.KEY_FILENAME].numpy().decode()
-      label = ex[schema.KEY_TEXT].numpy().decode()
-      os.makedirs(os.path.join(dest, label), exist_ok=True)
-      os.symlink(os.path.abspath(os.path.join(image_root, rel)),
-                 os.path.join(dest, label, f"{n:05d}_{os.path.basename(rel)}"))
-      n += 1
-  return n
+  r = dataset.read_split(data_dir, split)
+  for n, (rel, label) in enumerate(zip(r.filenames, r.labels)):
+    folder = os.path.join(dest, schema.LABELS[label])
+    os.makedirs(folder, exist_ok=True)
+    os.symlink(os.path.abspath(os.path.join(image_root, rel)),
+               os.path.join(folder, f"{n:05d}_{os.path.basename(rel)}"))
+  return len(r.labels)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pipeline import augment
 from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import preprocess
+from pipeline import records
 from pipeline import schema
 
 SIZE = 64
@@ -20,7 +21,7 @@ def _all(ds):
 def _reference(data_dir, split):
   """Per-record image checksums decoded straight from the shards, in file order."""
   sums = []
-  for path in convert_lib.shard_paths(data_dir, split):
+  for path in records.shard_paths(data_dir, split):
     for raw in tf.data.TFRecordDataset(path):
       ex = preprocess.parse_example(raw)
       sums.append(float(tf.reduce_sum(preprocess.preprocess_image(ex[schema.KEY_ENCODED], SIZE))))
@@ -90,7 +91,7 @@ def test_pipeline_stage_augmentation_changes_and_reproduces(sample_records):
 
 def test_class_weights_added_per_example(sample_records):
   weights = dataset.class_weights(sample_records)
-  m = convert_lib.load_manifest(sample_records)["splits"]["train"]["classes"]
+  m = records.load_manifest(sample_records)["splits"]["train"]["classes"]
   n0, n1 = m["NORMAL"]["images"], m["PNEUMONIA"]["images"]
   assert weights[0] == pytest.approx((n0 + n1) / (2 * n0))
   x, y, w = _all(dataset.make_dataset(sample_records, "train", batch_size=8, image_size=SIZE,
@@ -114,7 +115,7 @@ def test_input_context_shards_without_hanging(sample_records):
 
 def _write_bad_shard(data_dir, split, good_records=3):
   """Replaces a split's first shard with good records then one undecodable image."""
-  m = convert_lib.load_manifest(data_dir)
+  m = records.load_manifest(data_dir)
   path = os.path.join(data_dir, m["splits"][split]["shards"][0]["file"])
   raws = [r.numpy() for r in tf.data.TFRecordDataset(path)][:good_records]
   bad = tf.train.Example.FromString(raws[0])
@@ -143,7 +144,7 @@ def test_corrupt_image_fails_naming_the_shard_or_is_skipped(tmp_path, image_tree
 def test_corrupt_crc_is_located(tmp_path, image_tree):
   out = str(tmp_path / "rec")
   convert_lib.convert(image_tree, out, num_workers=1)
-  path = convert_lib.shard_paths(out, "train")[0]
+  path = records.shard_paths(out, "train")[0]
   data = bytearray(open(path, "rb").read())
   data[len(data) // 2] ^= 0x55
   open(path, "wb").write(bytes(data))
@@ -180,3 +181,28 @@ def test_external_folder_is_read_whole_with_patients():
   assert len(set(folder.patients[folder.labels == 0])) == 112
   assert len(set(folder.patients[folder.labels == 1])) == 89
   assert 0.0 <= folder.images.min() and folder.images.max() <= 1.0
+
+
+def test_read_split_is_the_split_in_file_order(sample_records):
+  r = dataset.read_split(sample_records, "val", SIZE, with_bytes=True)
+  examples = [preprocess.parse_example(raw) for path in records.shard_paths(sample_records, "val")
+              for raw in tf.data.TFRecordDataset(path)]
+  assert len(r.labels) == len(examples) == dataset.split_size(sample_records, "val")
+  assert list(r.filenames) == [e[schema.KEY_FILENAME].numpy().decode() for e in examples]
+  assert list(r.labels) == [int(e[schema.KEY_LABEL]) for e in examples]
+  assert list(r.patients) == [e[schema.KEY_PATIENT].numpy().decode() for e in examples]
+  assert r.encoded[0] == examples[0][schema.KEY_ENCODED].numpy()
+  assert r.images.shape == (len(examples), SIZE, SIZE, 1) and r.images.dtype == np.float32
+  np.testing.assert_array_equal(
+      r.images[-1], preprocess.preprocess_image(examples[-1][schema.KEY_ENCODED], SIZE).numpy())
+  bare = dataset.read_split(sample_records, "val", limit=5)
+  assert bare.images is None and bare.encoded is None
+  assert list(bare.filenames) == list(r.filenames[:5])
+
+
+def test_read_split_names_a_corrupt_record(tmp_path, image_tree):
+  out = str(tmp_path / "rec")
+  convert_lib.convert(image_tree, out, num_workers=1)
+  path = _write_bad_shard(out, "val")
+  with pytest.raises(dataset.CorruptDataError, match=os.path.basename(path) + ": record 3"):
+    dataset.read_split(out, "val", SIZE)

@@ -13,9 +13,9 @@ from edge import runtime
 from model import metrics
 from model import models
 from model import train_lib
-from pipeline import convert_lib
 from pipeline import image_io
 from pipeline import preprocess
+from pipeline import records
 from pipeline import schema
 from tests.conftest import SAMPLE_DIR
 
@@ -105,7 +105,7 @@ def test_calibration_uses_unaugmented_train_images(sample_records):
   calib = export_lib.calibration_images(sample_records, 48, 20)
   assert calib.shape == (20, 48, 48, 1)
   train = []
-  for path in convert_lib.shard_paths(sample_records, "train"):
+  for path in records.shard_paths(sample_records, "train"):
     for raw in tf.data.TFRecordDataset(path):
       ex = preprocess.parse_example(raw)
       train.append(float(preprocess.preprocess_image(ex[schema.KEY_ENCODED], 48).numpy().sum()))
