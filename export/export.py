@@ -2,15 +2,16 @@ r"""cxr-export: SavedModel + quantized TFLite models, metadata and a parity repo
 
 Usage:
   cxr-export --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --export_dir=/tmp/cxr_export
-  cxr-export --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --export_dir=/tmp/e \
-      --calibration_samples=500 --qat_epochs=3 --overwrite
+  cxr-train --qat --init_from=/tmp/cxr_model --data_dir=/tmp/cxr_records --model_dir=/tmp/qat
+  cxr-export --model_dir=/tmp/cxr_model --qat_model_dir=/tmp/qat --data_dir=/tmp/cxr_records \
+      --export_dir=/tmp/e --calibration_samples=500 --overwrite
   cxr-export --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --export_dir=/tmp/e \
       --external_dir=../shared/data/chest_xray/external
 
 Writes saved_model/ (signatures serving_default: float images -> probabilities, and
 serving_bytes: encoded JPEG/PNG -> probabilities and label), model_float32.tflite,
 model_float16.tflite, model_dynamic_range.tflite, model_int8.tflite (full integer, int8
-I/O), model_qat_int8.tflite (quantization-aware fine-tuning, then full integer),
+I/O), with --qat_model_dir model_qat_int8.tflite (a cxr-train --qat run, full integer),
 labels.txt, metadata.json and export_report.json (accuracy, agreement with the
 SavedModel and latency of every variant on the test split; with --external_dir, every
 variant's metrics with 95% intervals on that folder), and prints the report. The TFLite
@@ -27,18 +28,20 @@ from pipeline import dataset
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "The model's cxr-convert output: train images calibrate int8 and feed "
-    "QAT, the test split is used only for the report.")
+    "data_dir", None, "The model's cxr-convert output: train images calibrate int8, the "
+    "test split is used only for the report.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where the models are written.")
 _CALIBRATION_SAMPLES = flags.DEFINE_integer(
     "calibration_samples", 300, "Train images (eval preprocessing, never augmented, never "
     "test) that calibrate full-integer quantization.", lower_bound=1)
-_QAT_EPOCHS = flags.DEFINE_integer("qat_epochs", 2, "Quantization-aware fine-tuning epochs.",
-                                   lower_bound=0)
+_QAT_MODEL_DIR = flags.DEFINE_string(
+    "qat_model_dir", None, "A cxr-train --qat run of --model_dir: also writes "
+    "model_qat_int8.tflite, with the threshold that run chose.")
 _LATENCY_RUNS = flags.DEFINE_integer("latency_runs", 200, "Timed single-image runs per "
                                      "variant and thread count.", lower_bound=5)
-_VARIANTS = flags.DEFINE_multi_enum("variants", list(export_lib.VARIANTS), export_lib.VARIANTS,
-                                    "TFLite variants to write (repeatable).")
+_VARIANTS = flags.DEFINE_multi_enum(
+    "variants", None, export_lib.VARIANTS, "TFLite variants to write (repeatable); default: "
+    "every post-training variant, and qat_int8 with --qat_model_dir.")
 _EXTERNAL_DIR = flags.DEFINE_string(
     "external_dir", None, "A labelled class-folder tree from another source (external "
     "validation): every variant is scored on it in the report.")
@@ -50,9 +53,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
-                               _CALIBRATION_SAMPLES.value, _QAT_EPOCHS.value,
-                               _LATENCY_RUNS.value, variants=_VARIANTS.value,
-                               overwrite=_OVERWRITE.value, external_dir=_EXTERNAL_DIR.value)
+                               _CALIBRATION_SAMPLES.value, _LATENCY_RUNS.value,
+                               variants=_VARIANTS.value, overwrite=_OVERWRITE.value,
+                               external_dir=_EXTERNAL_DIR.value,
+                               qat_model_dir=_QAT_MODEL_DIR.value)
   except (ValueError, FileNotFoundError, dataset.CorruptDataError,
           convert_lib.ConversionError) as e:
     sys.exit(f"cxr-export: error: {e}")

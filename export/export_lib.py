@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -21,9 +21,8 @@ import tf_keras as keras
 
 from edge import runtime
 from model import metrics as metrics_lib
+from model import model_dir as model_dir_lib
 from model import models
-from model import train_lib
-from pipeline import augment as augment_lib
 from pipeline import dataset
 from pipeline import image_io
 from pipeline import preprocess
@@ -31,6 +30,8 @@ from pipeline import records
 from pipeline import schema
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8", "qat_int8")
+# Converted from the float model; qat_int8 is converted from a cxr-train --qat run.
+POST_TRAINING_VARIANTS = VARIANTS[:-1]
 SAVED_MODEL_DIR = "saved_model"
 REPORT_NAME = "export_report.json"
 
@@ -131,40 +132,6 @@ def convert_tflite(model: keras.Model, variant: str, image_size: int,
   return converter.convert()
 
 
-def quantization_aware_model(model: keras.Model, data_dir: str, image_size: int, epochs: int,
-                             batch_size: int, seed: int, augment_names=(),
-                             learning_rate: float = 1e-5) -> keras.Model:
-  """Fine-tunes a tfmot quantize_model copy of `model` on the train split.
-
-  Fine-tunes the way the float model was trained (the same on-device augmentation, class
-  weights), at a small learning rate so the weights stay near the validated model while
-  the quantization ranges settle, and keeps the epoch with the best validation ROC-AUC.
-  """
-  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
-  qat = tfmot.quantization.keras.quantize_model(model)
-  if epochs <= 0:
-    return qat
-  wrapper = train_lib.AugmentingModel(
-      qat, augment_lib.config_from_names(list(augment_names) or ["none"]), seed)
-  wrapper.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[train_lib.PositiveAUC(name="auc", num_thresholds=1000)])
-  train = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
-                               seed=seed, weights=dataset.class_weights(data_dir))
-  val = dataset.make_dataset(data_dir, "val", batch_size=batch_size, image_size=image_size)
-  best = {"auc": float("-inf"), "weights": None}
-
-  class KeepBest(keras.callbacks.Callback):
-
-    def on_epoch_end(self, epoch, logs=None):
-      if logs["val_auc"] > best["auc"]:
-        best.update(auc=logs["val_auc"], weights=qat.get_weights())
-
-  wrapper.fit(train, validation_data=val, epochs=epochs, callbacks=[KeepBest()], verbose=2)
-  qat.set_weights(best["weights"])
-  logging.info("QAT: kept the epoch with validation ROC-AUC %.4f", best["auc"])
-  return qat
-
-
 def _io_params(detail: Dict[str, Any]) -> Dict[str, Any]:
   scale, zero = detail["quantization"]
   return {"dtype": np.dtype(detail["dtype"]).name, "shape": [int(d) for d in detail["shape"]],
@@ -202,9 +169,9 @@ def _split_set(data_dir: str, image_size: int, split: str):
 
 
 def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,
-           qat_epochs: int = 2, latency_runs: int = 200, batch_size: int = 32,
-           variants=VARIANTS, overwrite: bool = False,
-           external_dir: Optional[str] = None) -> Dict[str, Any]:
+           latency_runs: int = 200, variants: Optional[Sequence[str]] = None,
+           overwrite: bool = False, external_dir: Optional[str] = None,
+           qat_model_dir: Optional[str] = None) -> Dict[str, Any]:
   """Exports a cxr-train model and writes the parity report.
 
   Args:
@@ -212,32 +179,47 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     data_dir: its cxr-convert output (calibration from train, report on test).
     export_dir: output directory.
     calibration_samples: train images for int8 calibration.
-    qat_epochs: quantization-aware fine-tuning epochs (0 quantizes without fine-tuning).
     latency_runs: timed single-image invocations per variant and thread count.
-    batch_size: QAT batch size.
-    variants: which TFLite variants to write.
+    variants: which TFLite variants to write; default: every post-training variant, and
+      qat_int8 when qat_model_dir is given.
     overwrite: replace an existing non-empty export_dir.
     external_dir: a labelled class-folder tree from another source; the report scores
       every variant on it too (with 95% intervals).
+    qat_model_dir: a cxr-train --qat run of this model, converted to qat_int8 with the
+      threshold that run chose.
 
   Returns:
     The report dict (also export_report.json).
 
   Raises:
     FileNotFoundError: model_dir or data_dir incomplete.
-    ValueError: export_dir not empty without overwrite, unknown variant.
+    ValueError: export_dir not empty without overwrite, unknown variant, qat_int8 without
+      a QAT run, or a QAT run that is not one.
   """
+  if variants is None:
+    variants = POST_TRAINING_VARIANTS + (("qat_int8",) if qat_model_dir else ())
   unknown = set(variants) - set(VARIANTS)
   if unknown:
     raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
+  if "qat_int8" in variants and not qat_model_dir:
+    raise ValueError("qat_int8 is converted from a quantization-aware run: train one with "
+                     "cxr-train --qat --init_from=MODEL_DIR and pass --qat_model_dir")
+  qat_model, qat_info = None, None
+  if qat_model_dir and "qat_int8" in variants:
+    qat_model, qat_info = model_dir_lib.load_model_dir(qat_model_dir)
+    if not qat_info.get("qat"):
+      raise ValueError(f"--qat_model_dir {qat_model_dir!r} is not a cxr-train --qat run")
+    if os.path.realpath(qat_info.get("init_from") or "") != os.path.realpath(model_dir):
+      logging.warning("the QAT run %s was fine-tuned from %s, not from %s", qat_model_dir,
+                      qat_info.get("init_from"), model_dir)
   if os.path.isdir(export_dir) and os.listdir(export_dir):
     if not overwrite:
       raise ValueError(f"--export_dir {export_dir!r} is not empty; pass --overwrite")
     shutil.rmtree(export_dir)
-  model, info = train_lib.load_model_dir(model_dir)
+  model, info = model_dir_lib.load_model_dir(model_dir)
   size, threshold = info["image_size"], info["threshold"]
   temperature = float(info.get("temperature", 1.0))
-  data_sha = train_lib.manifest_sha256(data_dir)
+  data_sha = model_dir_lib.manifest_sha256(data_dir)
   if info.get("data_manifest_sha256") not in (None, data_sha):
     logging.warning("the model was trained on another conversion (manifest %s, given %s)",
                     info["data_manifest_sha256"], data_sha)
@@ -251,10 +233,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   files = {}
   for variant in variants:
     logging.info("converting %s", variant)
-    source = model
-    if variant == "qat_int8":
-      source = quantization_aware_model(model, data_dir, size, qat_epochs, batch_size,
-                                        info.get("seed", 0), info.get("augment", ()))
+    source = qat_model if variant == "qat_int8" else model
     path = os.path.join(export_dir, tflite_name(variant))
     with open(path, "wb") as f:
       f.write(convert_tflite(source, variant, size, calib))
@@ -287,8 +266,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     metadata["models"][os.path.basename(path)] = {
         **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
   val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
-  _set_thresholds(metadata, files, val_images, val_labels,
-                  info.get("threshold_rule_name", "youden"), info.get("target_sensitivity"))
+  _set_thresholds(metadata, files, qat_info)
   with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
@@ -301,26 +279,22 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   return report
 
 
-def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str], val_images: np.ndarray,
-                    val_labels: np.ndarray, rule: str,
-                    target_sensitivity: Optional[float]) -> None:
+def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str],
+                    qat_info: Optional[Dict[str, Any]]) -> None:
   """Gives every model in metadata["models"] the threshold it is to be used with.
 
   Post-training variants approximate the trained model, so they keep its validation
-  threshold. The QAT model is a different model (fine-tuned further), and its scores
-  shift: it gets a threshold chosen on the validation split with its own TFLite
-  predictions, by the rule training used (runs from before named rules: Youden J).
+  threshold. The QAT model is a different model (fine-tuned further): it keeps the
+  threshold its own run chose on validation, by the float run's rule.
   """
   for variant, path in files.items():
     entry = metadata["models"][os.path.basename(path)]
     entry["threshold"] = metadata["threshold"]
     entry["threshold_source"] = "cxr-train (chosen on validation for the trained model)"
     if variant == "qat_int8":
-      probs = runtime.LiteModel(path, 1, metadata).positive_probabilities(val_images)
-      entry["threshold"], _ = train_lib.choose_threshold(val_labels, probs, rule,
-                                                         target_sensitivity)
-      entry["threshold_source"] = ("chosen on validation for this fine-tuned model, with "
-                                   "its own TFLite predictions: " + str(metadata["threshold_rule"]))
+      entry["threshold"] = float(qat_info["threshold"])
+      entry["threshold_source"] = ("cxr-train --qat (chosen on validation for the "
+                                   "quantization-aware model): " + str(qat_info["threshold_rule"]))
       logging.info("qat_int8: validation threshold %.4f (trained model's %.4f)",
                    entry["threshold"], metadata["threshold"])
 

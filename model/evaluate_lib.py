@@ -12,6 +12,7 @@ from absl import logging
 import numpy as np
 
 from model import metrics as metrics_lib
+from model import model_dir as model_dir_lib
 from model import train_lib
 from pipeline import dataset
 from pipeline import schema
@@ -88,13 +89,13 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
   """
   if (data_dir is None) == (image_dir is None):
     raise ValueError("give exactly one of data_dir (with split) or image_dir")
-  model, info = train_lib.load_model_dir(model_dir)
+  model, info = model_dir_lib.load_model_dir(model_dir)
   image_size, threshold = info["image_size"], info["threshold"]
   skipped: List[Dict[str, str]] = []
   if data_dir is not None:
     preds = train_lib.predict_split(model, data_dir, split, image_size, batch_size)
     source = {"data_dir": data_dir, "split": split,
-              "data_manifest_sha256": train_lib.manifest_sha256(data_dir)}
+              "data_manifest_sha256": model_dir_lib.manifest_sha256(data_dir)}
   else:
     preds, skipped = predict_folder(model, image_dir, image_size, batch_size)
     source = {"image_dir": image_dir}

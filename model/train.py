@@ -8,6 +8,12 @@ Usage:
       --augment=rotation,zoom --lr_schedule=constant --class_weight=none
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/m --augment=rotation,brightness \
       --target_sensitivity=0.95
+  cxr-train --qat --init_from=/tmp/cxr_model --data_dir=/tmp/cxr_records --model_dir=/tmp/qat
+
+--qat fine-tunes a finished float run quantization-aware (for cxr-export --qat_model_dir):
+it reuses that run's recipe (model, augmentation ranges, class weights, schedule,
+threshold rule) at learning rate 1e-5 for 2 epochs unless --learning_rate/--epochs say
+otherwise, and writes its own model dir with its own validation threshold.
 
 Run the same command again after an interruption: it resumes from the last finished
 epoch. Writes model.keras, model_info.json (with the validation-chosen threshold),
@@ -80,11 +86,37 @@ _EXTERNAL_DIR = flags.DEFINE_string(
     "external_dir", None,
     "A labelled class-folder tree from another source (external validation), scored "
     "after every epoch and for the saved model; never trained on, nothing chosen on it.")
+_QAT = flags.DEFINE_bool("qat", False, "Quantization-aware fine-tuning of the float run in "
+                         "--init_from, with its recipe.")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "With --qat: the float cxr-train output "
+                                 "to fine-tune.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
                                         "Limit steps per epoch (smoke runs).", lower_bound=1)
 
 
+# Flags that make the recipe; a QAT run takes them from its float run.
+_RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
+                 "contrast", "translation", "class_weight", "seed", "batch_size",
+                 "lr_schedule", "target_sensitivity", "threshold_rule", "width", "dropout",
+                 "mixed_precision")
+
+
+def _qat_config() -> train_lib.TrainConfig:
+  given = [f"--{n}" for n in _RECIPE_FLAGS if flags.FLAGS[n].present]
+  if given:
+    raise app.UsageError(f"--qat reuses the --init_from run's recipe; drop {', '.join(given)}")
+  present = lambda name: flags.FLAGS[name].present
+  return train_lib.qat_config(
+      _INIT_FROM.value, _MODEL_DIR.value, _DATA_DIR.value,
+      epochs=_EPOCHS.value if present("epochs") else None,
+      learning_rate=_LEARNING_RATE.value if present("learning_rate") else None,
+      strategy=_STRATEGY.value, cache=_CACHE.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
+      external_dir=_EXTERNAL_DIR.value)
+
+
 def _config() -> train_lib.TrainConfig:
+  if _QAT.value:
+    return _qat_config()
   epochs, names = _EPOCHS.value, _AUGMENT.value
   low, high = (float(v) for v in _BRIGHTNESS.value)
   return train_lib.TrainConfig(
@@ -119,6 +151,9 @@ def _valid_brightness(values):
 
 
 flags.register_validator("augment", _valid_augment)
+flags.register_multi_flags_validator(
+    ["qat", "init_from"], lambda f: bool(f["qat"]) == bool(f["init_from"]),
+    message="--qat and --init_from go together")
 flags.register_validator("brightness", _valid_brightness)
 
 

@@ -1,25 +1,19 @@
 """Training: the input pipeline, on-device augmentation in the step, and what is saved.
 
-Writes to model_dir:
-  model.keras          the best epoch's model (by validation ROC-AUC), for export
-  checkpoints/         best weights (ModelCheckpoint)
-  backup/              BackupAndRestore state while training; removed when done
-  training_log.csv     one row per epoch (appended across resumes)
-  history.json         the whole history, rebuilt from the CSV log
-  learning_curves.png  loss and accuracy, train vs validation
-  logs/                TensorBoard
-  model_info.json      model name, image size, decision threshold and its rule,
-                       validation metrics, the manifest hash of the training data, and
-                       (with external_dir) the saved model's external metrics
+`train(config)` runs a few named steps: datasets, model, callbacks, fit, finalize. What
+it writes to config.model_dir is described in model/model_dir.py.
+
+Quantization-aware training is a training mode: `qat_config(float_run, ...)` reuses the
+float run's saved config (class weights, augmentation ranges, schedule, threshold rule),
+starts from its weights inside tfmot's fake-quantized copy, and fine-tunes at a small
+learning rate; the QAT run chooses its own threshold on validation like any run.
 
 With external_dir, a labelled image folder from another source is scored after every
 epoch (external_loss, external_auc, external_accuracy in the log, history, TensorBoard
 and learning curves). It is never trained on, and nothing is chosen on it here: the
 best epoch and the threshold come from the validation split.
 """
-import csv
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -31,16 +25,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from model import metrics as metrics_lib
+from model import model_dir as model_dir_lib
 from model import models
 from pipeline import augment as augment_lib
 from pipeline import dataset
-from pipeline import image_io
 from pipeline import records
 from pipeline import schema
-
-MODEL_FILE = "model.keras"
-INFO_FILE = "model_info.json"
-LOG_FILE = "training_log.csv"
 
 # Chosen on the external films, not on validation (README): geometric augmentation is
 # what carries the model to films from another source, and intensity augmentation on
@@ -79,7 +69,79 @@ class TrainConfig:
   cache: str = dataset.CACHE_MEMORY
   steps_per_epoch: Optional[int] = None  # for smoke tests; None = whole split
   external_dir: Optional[str] = None  # scored every epoch, never trained on
+  qat: bool = False  # quantization-aware fine-tuning of the float run in init_from
+  init_from: Optional[str] = None
   verbose: int = 2
+
+
+# QAT fine-tunes an already trained network: a small rate keeps the weights near the
+# validated float model while the quantization ranges settle.
+QAT_EPOCHS = 2
+QAT_LEARNING_RATE = 1e-5
+# What a QAT run takes from its float run, unchanged (the recipe).
+_RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "seed",
+                  "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity")
+
+
+def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
+  """The whole resolved config, JSON-ready (model_info.json's "config")."""
+  return dataclasses.asdict(config)
+
+
+def config_from_info(info: Dict[str, Any], **overrides) -> TrainConfig:
+  """A TrainConfig from a run's model_info, with overrides.
+
+  Runs saved before the config was serialized whole give what their model_info names
+  (augmentation ranges then were the flags' defaults).
+  """
+  saved = dict(info.get("config") or {})
+  if not saved:
+    saved = {k: info[k] for k in ("model", "image_size", "width", "dropout", "class_weight",
+                                  "seed", "batch_size", "learning_rate", "lr_schedule",
+                                  "target_sensitivity", "epochs") if k in info}
+    saved["augment"] = dataclasses.asdict(augment_lib.config_from_names(
+        list(info.get("augment") or ["none"])))
+    saved["threshold_rule"] = info.get("threshold_rule_name", "youden")
+    saved.setdefault("data_dir", "")
+    saved.setdefault("model_dir", "")
+  augment = saved.pop("augment")
+  if isinstance(augment, dict):
+    augment = augment_lib.AugmentConfig(**{**augment,
+                                           "brightness": tuple(augment["brightness"])})
+  known = {f.name for f in dataclasses.fields(TrainConfig)}
+  return TrainConfig(augment=augment, **{**{k: v for k, v in saved.items() if k in known},
+                                         **overrides})
+
+
+def qat_config(init_from: str, model_dir: str, data_dir: str, epochs: Optional[int] = None,
+               learning_rate: Optional[float] = None, **overrides) -> TrainConfig:
+  """The config of a QAT run fine-tuning the float run in `init_from`.
+
+  Args:
+    init_from: a finished float cxr-train output.
+    model_dir: the QAT run's own output directory.
+    data_dir: the conversion to fine-tune on (a warning if it is not the float run's).
+    epochs: QAT epochs (default QAT_EPOCHS).
+    learning_rate: default QAT_LEARNING_RATE, on the float run's schedule.
+    **overrides: other TrainConfig fields that are not the recipe (strategy, cache,
+      steps_per_epoch, external_dir, verbose).
+
+  Raises:
+    FileNotFoundError: init_from is not a finished run.
+    ValueError: init_from is itself a QAT run, or an override changes the recipe.
+  """
+  info = model_dir_lib.read_info(init_from)
+  if info.get("qat"):
+    raise ValueError(f"--init_from {init_from!r} is a QAT run; give the float run it came from")
+  recipe = sorted(set(overrides) & set(_RECIPE_FIELDS))
+  if recipe:
+    raise ValueError(f"a QAT run reuses the float run's {', '.join(recipe)}; do not set them")
+  if info.get("data_manifest_sha256") not in (None, model_dir_lib.manifest_sha256(data_dir)):
+    logging.warning("QAT data %s is not the conversion the float run was trained on", data_dir)
+  return config_from_info(
+      info, data_dir=data_dir, model_dir=model_dir, qat=True, init_from=init_from,
+      epochs=epochs or QAT_EPOCHS, learning_rate=learning_rate or QAT_LEARNING_RATE,
+      mixed_precision=False, **overrides)
 
 
 class PositiveAUC(keras.metrics.AUC):
@@ -174,11 +236,6 @@ def _learning_rate(config: TrainConfig):
   return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs)
 
 
-def manifest_sha256(data_dir: str) -> str:
-  """sha256 of the conversion's manifest.json: identifies the training data."""
-  return image_io.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME))
-
-
 def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
   """float64 [N] PNEUMONIA probabilities of preprocessed images [N, S, S, 1]."""
   out = [model(images[i:i + batch_size], training=False).numpy()[:, 1]
@@ -228,74 +285,21 @@ def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int
           "patient_id": split_records.patients}
 
 
-def read_history(log_path: str) -> Dict[str, List[float]]:
-  """The per-epoch history from the CSV log (complete across resumes)."""
-  if not os.path.isfile(log_path):
-    return {}
-  with open(log_path, newline="", encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
-  history: Dict[str, List[float]] = {}
-  for row in rows:
-    for k, v in row.items():
-      history.setdefault(k, []).append(float(v))
-  return history
-
-
-def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str) -> None:
-  """Loss and accuracy, train vs validation, one panel each (as the article's figures)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  epochs = [int(e) + 1 for e in history.get("epoch", [])]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key in zip(axes, ("loss", "accuracy")):
-    ax.plot(epochs, history.get(key, []), label=f"train {key}")
-    ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
-    if history.get(f"external_{key}"):
-      ax.plot(epochs, history[f"external_{key}"], label=f"external {key}")
-    ax.set_xlabel("epoch")
-    ax.set_title(key)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None
-          ) -> Dict[str, Any]:
-  """Trains, picks the threshold on validation, saves everything in config.model_dir.
-
-  Started again with the same config after an interruption, it resumes from the last
-  completed epoch and ends with config.epochs epochs in total.
-
-  Args:
-    config: the run.
-    extra_callbacks: more Keras callbacks (tests).
-
-  Returns:
-    The model_info dict (also written to model_info.json).
-
-  Raises:
-    ValueError: bad configuration (e.g. mixed precision without a GPU).
-  """
+def _check(config: TrainConfig) -> None:
   if config.threshold_rule not in THRESHOLD_RULES:
     raise ValueError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
                      f"{THRESHOLD_RULES}")
   if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
     raise ValueError("--mixed_precision needs a GPU and none is visible; float16 on a CPU "
                      "is slower, not faster. Run without it.")
-  if config.mixed_precision:
-    keras.mixed_precision.set_global_policy("mixed_float16")
-  keras.utils.set_random_seed(config.seed)
-  external = (dataset.load_image_folder(config.external_dir, config.image_size)
-              if config.external_dir else None)
-  os.makedirs(config.model_dir, exist_ok=True)
-  strategy = _strategy(config.strategy)
+  if config.qat and (config.mixed_precision or not config.init_from):
+    raise ValueError("a QAT run needs --init_from (a float run) and no --mixed_precision")
+
+
+def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy):
+  """(train, validation) datasets, distributed when there are several replicas."""
   weights = dataset.class_weights(config.data_dir) if config.class_weight == "balanced" else None
-  replicas = strategy.num_replicas_in_sync
-  global_batch = config.batch_size * replicas
+  global_batch = config.batch_size * strategy.num_replicas_in_sync
 
   def train_fn(ctx=None):
     return dataset.make_dataset(config.data_dir, "train", batch_size=global_batch,
@@ -308,14 +312,21 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
                                 image_size=config.image_size, cache=config.cache,
                                 input_context=ctx)
 
-  if replicas > 1:
-    train_ds = strategy.distribute_datasets_from_function(train_fn)
-    val_ds = strategy.distribute_datasets_from_function(val_fn)
-  else:
-    train_ds, val_ds = train_fn(), val_fn()
+  if strategy.num_replicas_in_sync > 1:
+    return (strategy.distribute_datasets_from_function(train_fn),
+            strategy.distribute_datasets_from_function(val_fn))
+  return train_fn(), val_fn()
 
+
+def _build(config: TrainConfig, strategy: tf.distribute.Strategy
+           ) -> Tuple[keras.Model, AugmentingModel]:
+  """(classifier, compiled training wrapper); QAT starts from the float run's weights."""
   with strategy.scope():
-    classifier = models.build(config.model, config.image_size, config.width, config.dropout)
+    if config.qat:
+      float_model, _ = model_dir_lib.load_model_dir(config.init_from)
+      classifier = model_dir_lib.quantize(float_model)
+    else:
+      classifier = models.build(config.model, config.image_size, config.width, config.dropout)
     model = AugmentingModel(classifier, config.augment, config.seed)
     model.compile(
         optimizer=keras.optimizers.Adam(_learning_rate(config)),
@@ -323,25 +334,37 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  PositiveAUC(name="auc", num_thresholds=1000)])
   model(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
+  return classifier, model
 
-  log_path = os.path.join(config.model_dir, LOG_FILE)
-  previous = read_history(log_path)
-  best_so_far = max(previous.get("val_auc", [float("-inf")]))
-  best_weights = os.path.join(config.model_dir, "checkpoints", "best.weights.h5")
+
+def _best_weights_path(config: TrainConfig) -> str:
+  return os.path.join(config.model_dir, "checkpoints", "best.weights.h5")
+
+
+def _callbacks(config: TrainConfig, classifier: keras.Model,
+               external: Optional[dataset.FolderImages],
+               extra: Optional[List[keras.callbacks.Callback]]) -> List[keras.callbacks.Callback]:
+  """External scoring first (later callbacks log what it adds), resume, best epoch, logs."""
+  previous = model_dir_lib.read_history(config.model_dir)
+  best_weights = _best_weights_path(config)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
-  callbacks = ([ExternalValidation(classifier, external)] if external is not None else []) + [
+  return ([ExternalValidation(classifier, external)] if external is not None else []) + [
       keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
       keras.callbacks.ModelCheckpoint(
           best_weights, monitor="val_auc", mode="max", save_best_only=True,
           save_weights_only=True,
           # After a resume, only an epoch better than every earlier one replaces it.
-          initial_value_threshold=best_so_far if previous else None),
-      keras.callbacks.CSVLogger(log_path, append=True),
+          initial_value_threshold=(max(previous.get("val_auc", [float("-inf")]))
+                                   if previous else None)),
+      keras.callbacks.CSVLogger(os.path.join(config.model_dir, model_dir_lib.LOG_FILE),
+                                append=True),
       keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
-  ] + list(extra_callbacks or [])
-  logging.info("training %s (%d params) on %s for %d epochs; augment=%s; %d replica(s)",
-               config.model, classifier.count_params(), config.data_dir, config.epochs,
-               ",".join(config.augment.names()) or "none", replicas)
+  ] + list(extra or [])
+
+
+def _fit(config: TrainConfig, model: AugmentingModel, train_ds, val_ds,
+         callbacks: List[keras.callbacks.Callback]) -> float:
+  """Trains (resuming if interrupted before); returns this run's training seconds."""
   start = time.monotonic()
   with dataset.naming_corrupt_shards(records.shard_paths(config.data_dir, "train")
                                      + records.shard_paths(config.data_dir, "val"),
@@ -349,28 +372,35 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
               verbose=config.verbose)
-  train_seconds = time.monotonic() - start
+  return time.monotonic() - start
 
-  if os.path.isfile(best_weights):
-    model.load_weights(best_weights)
+
+def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Model,
+              external: Optional[dataset.FolderImages], train_seconds: float) -> Dict[str, Any]:
+  """Best epoch's weights into a plain (float32) network, threshold, history, model_info."""
+  if os.path.isfile(_best_weights_path(config)):
+    model.load_weights(_best_weights_path(config))
   keras.mixed_precision.set_global_policy("float32")
-  export_model = models.build(config.model, config.image_size, config.width, config.dropout)
-  export_model.set_weights(classifier.get_weights())
-  export_model.save(os.path.join(config.model_dir, MODEL_FILE))
+  final = models.build(config.model, config.image_size, config.width, config.dropout)
+  if config.qat:
+    final = model_dir_lib.quantize(final)
+  final.set_weights(classifier.get_weights())
+  model_dir_lib.save_model(config.model_dir, final, config.qat)
 
-  val = predict_split(export_model, config.data_dir, "val", config.image_size)
+  val = predict_split(final, config.data_dir, "val", config.image_size)
   threshold, rule = choose_threshold(val["label"], val["probability"], config.threshold_rule,
                                      config.target_sensitivity)
-  history = read_history(log_path)
-  with open(os.path.join(config.model_dir, "history.json"), "w", encoding="utf-8") as f:
-    json.dump(history, f, indent=2)
-  plot_learning_curves(history, os.path.join(config.model_dir, "learning_curves.png"),
-                       f"{config.model}, augment: {','.join(config.augment.names()) or 'none'}")
+  history = model_dir_lib.read_history(config.model_dir)
+  model_dir_lib.write_history(
+      config.model_dir, history, f"{config.model}{' QAT' if config.qat else ''}, augment: "
+      f"{','.join(config.augment.names()) or 'none'}")
   info = {
       "model": config.model,
       "image_size": config.image_size,
       "width": config.width,
       "dropout": config.dropout,
+      "qat": config.qat,
+      "init_from": config.init_from,
       "labels": list(schema.LABELS),
       "threshold": threshold,
       "target_sensitivity": config.target_sensitivity,
@@ -384,41 +414,54 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
       "batch_size": config.batch_size,
       "learning_rate": config.learning_rate,
       "lr_schedule": config.lr_schedule,
+      "config": config_to_dict(config),
       "train_seconds_this_run": round(train_seconds, 1),
-      "data_manifest_sha256": manifest_sha256(config.data_dir),
+      "data_manifest_sha256": model_dir_lib.manifest_sha256(config.data_dir),
       "val_metrics": metrics_lib.summary(val["label"], val["probability"], threshold,
                                          val["patient_id"]),
   }
   if external is not None:
     info["external_dir"] = config.external_dir
     info["external_metrics"] = metrics_lib.summary(
-        external.labels, predict_images(export_model, external.images), threshold,
+        external.labels, predict_images(final, external.images), threshold,
         external.patients)
-  with open(os.path.join(config.model_dir, INFO_FILE), "w", encoding="utf-8") as f:
-    json.dump(info, f, indent=2)
+  model_dir_lib.write_info(config.model_dir, info)
   shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
   return info
 
 
-def load_model_dir(model_dir: str):
-  """Loads (model, model_info) from a cxr-train output directory.
+def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None
+          ) -> Dict[str, Any]:
+  """Trains, picks the threshold on validation, saves everything in config.model_dir.
 
-  The network is rebuilt in the current layout (models.build) and given the saved
-  weights, so runs saved before a layout change that kept the weights (the softmax as
-  its own layer) load as current ones.
+  Started again with the same config after an interruption, it resumes from the last
+  completed epoch and ends with config.epochs epochs in total.
+
+  Args:
+    config: the run (for QAT, from qat_config).
+    extra_callbacks: more Keras callbacks (tests).
+
+  Returns:
+    The model_info dict (also written to model_info.json).
 
   Raises:
-    FileNotFoundError: not a finished training run.
+    ValueError: bad configuration (e.g. mixed precision without a GPU).
+    FileNotFoundError: data_dir (or a QAT run's init_from) is not a finished output.
   """
-  path = os.path.join(model_dir, MODEL_FILE)
-  info_path = os.path.join(model_dir, INFO_FILE)
-  if not (os.path.isfile(path) and os.path.isfile(info_path)):
-    raise FileNotFoundError(f"{model_dir!r} has no {MODEL_FILE} and {INFO_FILE}: not a "
-                            "finished cxr-train output")
-  with open(info_path, encoding="utf-8") as f:
-    info = json.load(f)
-  saved = keras.models.load_model(path, compile=False)
-  model = models.build(info["model"], info["image_size"], info.get("width", 1.0),
-                       info.get("dropout"))
-  model.set_weights(saved.get_weights())
-  return model, info
+  _check(config)
+  if config.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+  keras.utils.set_random_seed(config.seed)
+  external = (dataset.load_image_folder(config.external_dir, config.image_size)
+              if config.external_dir else None)
+  os.makedirs(config.model_dir, exist_ok=True)
+  strategy = _strategy(config.strategy)
+  train_ds, val_ds = _datasets(config, strategy)
+  classifier, model = _build(config, strategy)
+  callbacks = _callbacks(config, classifier, external, extra_callbacks)
+  logging.info("training %s%s (%d params) on %s for %d epochs; augment=%s; %d replica(s)",
+               config.model, " (QAT)" if config.qat else "", classifier.count_params(),
+               config.data_dir, config.epochs, ",".join(config.augment.names()) or "none",
+               strategy.num_replicas_in_sync)
+  train_seconds = _fit(config, model, train_ds, val_ds, callbacks)
+  return _finalize(config, model, classifier, external, train_seconds)

@@ -32,9 +32,13 @@ if [ -n "$EXTERNAL_DIR" ]; then
   "$PY" -m model.evaluate --model_dir="$OUT_DIR/model" --image_dir="$EXTERNAL_DIR" \
     --output_dir="$OUT_DIR/eval_external"
 fi
-echo "== 5/6 export SavedModel + TFLite -> $OUT_DIR/export"
-"$PY" -m export.export --model_dir="$OUT_DIR/model" --data_dir="$OUT_DIR/records" \
-  --export_dir="$OUT_DIR/export" --overwrite --qat_epochs=1 --latency_runs=50 "${EXT[@]}"
+echo "== 5/6 quantization-aware fine-tuning -> $OUT_DIR/model_qat; export SavedModel + TFLite -> $OUT_DIR/export"
+rm -rf "$OUT_DIR/model_qat"
+"$PY" -m model.train --qat --init_from="$OUT_DIR/model" --data_dir="$OUT_DIR/records" \
+  --model_dir="$OUT_DIR/model_qat" --epochs=1
+"$PY" -m export.export --model_dir="$OUT_DIR/model" --qat_model_dir="$OUT_DIR/model_qat" \
+  --data_dir="$OUT_DIR/records" --export_dir="$OUT_DIR/export" --overwrite --latency_runs=50 \
+  "${EXT[@]}"
 echo "== 6/6 edge predictor (int8, no TensorFlow needed) on $INPUT_DIR -> $OUT_DIR/predictions.jsonl"
 "$PY" -m edge.predict --model="$OUT_DIR/export/model_int8.tflite" \
   --output="$OUT_DIR/predictions.jsonl" "$INPUT_DIR"

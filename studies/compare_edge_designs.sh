@@ -22,9 +22,9 @@ print("| --- | --- | --- | --- | --- | --- |")
 for model in ("edge_cnn", "edge_dwsep_cnn"):
   r = json.load(open(os.path.join(sys.argv[1], model, "export", "export_report.json")))["variants"]
   from studies import models as study_models
-  from model import train_lib
+  from model import model_dir as model_dir_lib
   study_models.register()
-  params = train_lib.load_model_dir(os.path.join(sys.argv[1], model, "model"))[0].count_params()
+  params = model_dir_lib.load_model_dir(os.path.join(sys.argv[1], model, "model"))[0].count_params()
   print(f"| {model} | {params:,} | {r['float32']['bytes'] / 1024:.0f} | {r['int8']['bytes'] / 1024:.0f} | "
         f"{r['int8']['size_vs_float32']:.3f} | {r['int8']['latency_p50_1_thread_vs_float32']:.3f} |")
 PY

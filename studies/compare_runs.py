@@ -27,6 +27,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # pylint: disable=wrong-import-position
 
 from model import metrics  # pylint: disable=wrong-import-position
+from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
 
@@ -35,7 +36,7 @@ COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc", "log_loss", "bri
 
 def score_run(model_dir: str, data_dir: str, split: str) -> Dict[str, float]:
   """One cxr-train run's metrics on `split` at its validation-chosen threshold."""
-  model, info = train_lib.load_model_dir(model_dir)
+  model, info = model_dir_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
   threshold = metrics.choose_threshold(val["label"], val["probability"],
                                        info.get("target_sensitivity"))

@@ -32,6 +32,7 @@ from edge import calibrate_lib  # pylint: disable=wrong-import-position
 from edge import runtime  # pylint: disable=wrong-import-position
 from export import export_lib  # pylint: disable=wrong-import-position
 from model import metrics  # pylint: disable=wrong-import-position
+from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from pipeline import splits  # pylint: disable=wrong-import-position
 
@@ -45,12 +46,12 @@ def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
   As studies/compare_runs.py does: runs trained under an older rule are compared on
   equal terms. Only the threshold fields of the run's model_info.json change.
   """
-  path = os.path.join(model_dir, train_lib.INFO_FILE)
+  path = os.path.join(model_dir, model_dir_lib.INFO_FILE)
   with open(path, encoding="utf-8") as f:
     info = json.load(f)
   if info.get("threshold_rule_name") == rule or info.get("target_sensitivity") is not None:
     return
-  model, _ = train_lib.load_model_dir(model_dir)
+  model, _ = model_dir_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
   info["threshold"], info["threshold_rule"] = train_lib.choose_threshold(
       val["label"], val["probability"], rule)

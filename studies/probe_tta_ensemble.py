@@ -22,8 +22,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
 from model import metrics  # pylint: disable=wrong-import-position
+from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import models  # pylint: disable=wrong-import-position
-from model import train_lib  # pylint: disable=wrong-import-position
 from pipeline import augment  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
 
@@ -47,7 +47,7 @@ def main() -> None:
   print("| model | ROC-AUC | accuracy % at 0.5 | sensitivity % | specificity % |\n"
         "| --- | --- | --- | --- | --- |")
   for run in args.runs:
-    model, info = train_lib.load_model_dir(run)
+    model, info = model_dir_lib.load_model_dir(run)
     if folder is None:
       folder = dataset.load_image_folder(args.external_dir, info["image_size"])
     logits = models.logits_model(model)

@@ -72,7 +72,7 @@ def trained_model(sample_records, tmp_path_factory):
   """A tiny seed_cnn (48 px, width 0.25) trained a few steps on the sample.
 
   Its threshold comes from validation (Youden J), so tests see a threshold other than
-  0.5 and the QAT model's own re-chosen one.
+  0.5, and the QAT run (same rule) its own.
   """
   from model import train_lib  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("model"))
@@ -93,14 +93,24 @@ def sample_subset(root: str, per_class: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def exported(trained_model, sample_records, tmp_path_factory):
-  """trained_model exported with every variant (short QAT, few latency runs), its report
-  scoring a 20-film external folder too."""
+def qat_model(trained_model, sample_records, tmp_path_factory):
+  """trained_model fine-tuned quantization-aware for one short epoch (cxr-train --qat)."""
+  from model import train_lib  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path_factory.mktemp("qat"))
+  train_lib.train(train_lib.qat_config(trained_model, model_dir, sample_records, epochs=1,
+                                       steps_per_epoch=3, verbose=0))
+  return model_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_model, qat_model, sample_records, tmp_path_factory):
+  """trained_model exported with every variant (qat_int8 from qat_model, few latency
+  runs), its report scoring a 20-film external folder too."""
   from export import export_lib  # pylint: disable=g-import-not-at-top
   export_dir = str(tmp_path_factory.mktemp("export") / "e")
   external = sample_subset(str(tmp_path_factory.mktemp("external")), 10)
   report = export_lib.export(trained_model, sample_records, export_dir, calibration_samples=32,
-                             qat_epochs=1, latency_runs=5, external_dir=external)
+                             latency_runs=5, external_dir=external, qat_model_dir=qat_model)
   return export_dir, report
 
 

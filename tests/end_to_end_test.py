@@ -14,7 +14,7 @@ def test_end_to_end_on_the_sample(tmp_path):
        "--steps_per_epoch=3", "--image_size=64"),
       ("model.evaluate", f"--model_dir={model}", f"--data_dir={rec}", f"--output_dir={ev}"),
       ("export.export", f"--model_dir={model}", f"--data_dir={rec}", f"--export_dir={ex}",
-       "--variants=float32", "--variants=int8", "--calibration_samples=16", "--qat_epochs=0",
+       "--variants=float32", "--variants=int8", "--calibration_samples=16",
        "--latency_runs=5"),
   ]
   for module, *args in steps:

@@ -11,8 +11,8 @@ import tf_keras as keras
 from export import export_lib
 from edge import runtime
 from model import metrics
+from model import model_dir as model_dir_lib
 from model import models
-from model import train_lib
 from pipeline import image_io
 from pipeline import preprocess
 from pipeline import records
@@ -74,7 +74,7 @@ def test_float_variants_keep_float_io(exported):
 
 
 def test_saved_model_signatures_match_keras(exported, trained_model):
-  model, info = train_lib.load_model_dir(trained_model)
+  model, info = model_dir_lib.load_model_dir(trained_model)
   loaded = tf.saved_model.load(os.path.join(exported[0], export_lib.SAVED_MODEL_DIR))
   assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
   encoded = _sample_bytes()
@@ -113,7 +113,7 @@ def test_calibration_uses_unaugmented_train_images(sample_records):
     assert np.min(np.abs(np.array(train) - image.sum())) < 1e-2
 
 
-def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
+def test_qat_model_keeps_its_runs_validation_threshold(exported, qat_model, sample_records):
   export_dir, report = exported
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
   for variant in export_lib.VARIANTS:
@@ -121,23 +121,29 @@ def test_qat_model_gets_its_own_validation_threshold(exported, sample_records):
     assert report["variants"][variant]["threshold"] == entry["threshold"]
     if variant != "qat_int8":
       assert entry["threshold"] == meta["threshold"], variant
-  # The QAT threshold is the training rule applied to the QAT TFLite model's own
-  # validation predictions.
+  qat_info = model_dir_lib.read_info(qat_model)
   path = os.path.join(export_dir, export_lib.tflite_name("qat_int8"))
   lite = runtime.LiteModel(path)
+  assert lite.threshold == meta["models"]["model_qat_int8.tflite"]["threshold"] == (
+      qat_info["threshold"])
+  # The report's validation accuracy is the QAT TFLite model's, at that threshold.
   images, labels, _, _ = export_lib._split_set(sample_records, 48, "val")
-  probs = np.array([lite.probabilities(x)[1] for x in images], dtype=np.float64)
-  np.testing.assert_array_equal(lite.positive_probabilities(images), probs)
-  want = metrics.choose_threshold(labels, probs)
-  assert meta["models"]["model_qat_int8.tflite"]["threshold"] == pytest.approx(want)
-  assert lite.threshold == pytest.approx(want)
-  # The report's validation accuracy is that model's, at that threshold.
+  probs = lite.positive_probabilities(images)
   assert report["variants"]["qat_int8"]["validation_accuracy"] == pytest.approx(
-      np.mean((probs >= want) == (labels == 1)))
+      np.mean((probs >= lite.threshold) == (labels == 1)))
   assert 0 <= report["saved_model"]["validation_accuracy"] <= 1
   # Exports from before per-model thresholds fall back to the top-level one.
   del meta["models"]["model_qat_int8.tflite"]["threshold"]
   assert runtime.LiteModel(path, 1, meta).threshold == meta["threshold"]
+
+
+def test_qat_int8_needs_a_qat_run(trained_model, sample_records, tmp_path):
+  with pytest.raises(ValueError, match="cxr-train --qat"):
+    export_lib.export(trained_model, sample_records, str(tmp_path / "e"),
+                      variants=["int8", "qat_int8"])
+  with pytest.raises(ValueError, match="not a cxr-train --qat run"):
+    export_lib.export(trained_model, sample_records, str(tmp_path / "e2"),
+                      qat_model_dir=trained_model)
 
 
 def test_external_report_scores_every_variant_with_intervals(exported):

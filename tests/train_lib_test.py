@@ -1,6 +1,7 @@
 import json
 import os
 
+from absl import app
 from absl import flags
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from model import metrics
+from model import model_dir as model_dir_lib
 from model import train_lib
 from pipeline import augment
 from pipeline import dataset
@@ -56,7 +58,7 @@ def test_train_writes_everything(sample_records, tmp_path):
   assert "backup" not in names  # removed after a finished run
   assert info["epochs"] == 3 and 0.0 <= info["threshold"] <= 1.0
   assert info["val_metrics"]["count"] == 30
-  model, loaded = train_lib.load_model_dir(str(tmp_path / "m"))
+  model, loaded = model_dir_lib.load_model_dir(str(tmp_path / "m"))
   assert loaded["threshold"] == info["threshold"] and model.output_shape == (None, 2)
   history = json.load(open(tmp_path / "m" / "history.json"))
   assert len(history["val_auc"]) == 3
@@ -73,10 +75,10 @@ def test_resume_after_interruption(sample_records, tmp_path):
   cfg = _config(sample_records, tmp_path / "m", epochs=3)
   with pytest.raises(KeyboardInterrupt):
     train_lib.train(cfg, extra_callbacks=[StopAt(epoch=1, batch=1)])
-  assert len(train_lib.read_history(str(tmp_path / "m" / train_lib.LOG_FILE))["epoch"]) == 1
+  assert len(model_dir_lib.read_history(str(tmp_path / "m"))["epoch"]) == 1
   assert os.path.isdir(tmp_path / "m" / "backup")
   info = train_lib.train(cfg)
-  history = train_lib.read_history(str(tmp_path / "m" / train_lib.LOG_FILE))
+  history = model_dir_lib.read_history(str(tmp_path / "m"))
   assert history["epoch"] == [0.0, 1.0, 2.0]  # continued at epoch 2, ended at 3
   assert info["epochs"] == 3
 
@@ -116,7 +118,7 @@ def test_external_dir_is_scored_every_epoch_and_never_trained_on(sample_records,
   header = open(tmp_path / "m" / "training_log.csv").readline()
   assert "external_auc" in header
   # The saved model's external metrics, recomputed here, with intervals.
-  model, _ = train_lib.load_model_dir(str(tmp_path / "m"))
+  model, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
   folder = dataset.load_image_folder(str(external), SIZE)
   p = train_lib.predict_images(model, folder.images)
   m = info["external_metrics"]
@@ -152,3 +154,56 @@ def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
   assert info["threshold"] == 0.5 and info["threshold_rule_name"] == "balanced"
   with pytest.raises(ValueError, match="unknown threshold rule"):
     train_lib.train(_config(sample_records, tmp_path / "n", threshold_rule="x"))
+
+
+def test_the_whole_config_is_saved_and_read_back(trained_model):
+  info = model_dir_lib.read_info(trained_model)
+  config = train_lib.config_from_info(info)
+  assert json.loads(json.dumps(train_lib.config_to_dict(config))) == info["config"]
+  assert isinstance(config.augment, augment.AugmentConfig)
+  assert config.augment.rotation_deg == 20.0 and config.augment.brightness == (0.7, 1.3)
+  assert (config.model, config.image_size, config.width, config.threshold_rule) == (
+      "seed_cnn", SIZE, 0.25, "youden")
+
+
+def test_config_of_a_run_saved_before_the_whole_config():
+  old = {"model": "edge_cnn", "image_size": 150, "augment": ["rotation", "zoom"],
+         "class_weight": "balanced", "seed": 2, "threshold_rule_name": "balanced"}
+  config = train_lib.config_from_info(old, data_dir="d", model_dir="m")
+  assert config.augment == augment.config_from_names(["rotation", "zoom"])
+  assert (config.seed, config.threshold_rule, config.data_dir) == (2, "balanced", "d")
+
+
+def test_qat_run_reuses_the_float_recipe_and_chooses_its_own_threshold(trained_model,
+                                                                       qat_model):
+  float_info = model_dir_lib.read_info(trained_model)
+  info = model_dir_lib.read_info(qat_model)
+  assert info["qat"] and info["init_from"] == trained_model
+  for key in ("model", "image_size", "width", "augment", "class_weight", "seed",
+              "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity"):
+    assert info["config"][key] == float_info["config"][key], key
+  assert info["config"]["learning_rate"] == train_lib.QAT_LEARNING_RATE
+  assert info["epochs"] == 1
+  model, _ = model_dir_lib.load_model_dir(qat_model)
+  assert any(layer.name.startswith("quant_") for layer in model.layers)
+  # Its threshold is its own validation choice by the float run's rule.
+  val = train_lib.predict_split(model, info["config"]["data_dir"], "val", SIZE)
+  want, _ = train_lib.choose_threshold(val["label"], val["probability"], "youden")
+  assert info["threshold"] == pytest.approx(want)
+
+
+def test_qat_refuses_a_changed_recipe_or_a_qat_start(trained_model, qat_model, sample_records,
+                                                     tmp_path):
+  with pytest.raises(ValueError, match="reuses the float run's augment"):
+    train_lib.qat_config(trained_model, str(tmp_path / "q"), sample_records,
+                         augment=augment.AugmentConfig())
+  with pytest.raises(ValueError, match="is a QAT run"):
+    train_lib.qat_config(qat_model, str(tmp_path / "q"), sample_records)
+  with parsed_flags("model.train", qat="true", init_from=trained_model,
+                    data_dir=sample_records, model_dir=str(tmp_path / "q"), augment="zoom"):
+    from model import train  # pylint: disable=g-import-not-at-top  (the job() re-import)
+    with pytest.raises(app.UsageError, match="drop --augment"):
+      train.main(["cxr-train"])
+  with pytest.raises(flags.IllegalFlagValueError, match="go together"):
+    with parsed_flags("model.train", qat="true"):
+      pass

@@ -1,0 +1,145 @@
+"""A cxr-train output directory: what is in it, and reading it back.
+
+  model.keras          the float run's best epoch (by validation ROC-AUC), for export
+  model_qat.weights.h5 instead of model.keras, for a quantization-aware run (--qat)
+  checkpoints/         best weights (ModelCheckpoint)
+  backup/              BackupAndRestore state while training; removed when done
+  training_log.csv     one row per epoch (appended across resumes)
+  history.json         the whole history, rebuilt from the CSV log
+  learning_curves.png  loss and accuracy, train vs validation (and external)
+  logs/                TensorBoard
+  model_info.json      the whole resolved training config, the decision threshold and
+                       its rule, validation (and external) metrics, the manifest hash
+                       of the training data
+"""
+import csv
+import json
+import os
+from typing import Any, Dict, List, Tuple
+
+import tf_keras as keras
+
+from model import models
+from pipeline import image_io
+from pipeline import schema
+
+MODEL_FILE = "model.keras"
+QAT_WEIGHTS_FILE = "model_qat.weights.h5"
+INFO_FILE = "model_info.json"
+LOG_FILE = "training_log.csv"
+HISTORY_FILE = "history.json"
+CURVES_FILE = "learning_curves.png"
+
+
+def manifest_sha256(data_dir: str) -> str:
+  """sha256 of the conversion's manifest.json: identifies the training data."""
+  return image_io.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME))
+
+
+def read_history(model_dir: str) -> Dict[str, List[float]]:
+  """The per-epoch history from the CSV log (complete across resumes); {} if none."""
+  log_path = os.path.join(model_dir, LOG_FILE)
+  if not os.path.isfile(log_path):
+    return {}
+  with open(log_path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  history: Dict[str, List[float]] = {}
+  for row in rows:
+    for k, v in row.items():
+      history.setdefault(k, []).append(float(v))
+  return history
+
+
+def write_history(model_dir: str, history: Dict[str, List[float]], title: str) -> None:
+  """history.json and learning_curves.png."""
+  with open(os.path.join(model_dir, HISTORY_FILE), "w", encoding="utf-8") as f:
+    json.dump(history, f, indent=2)
+  plot_learning_curves(history, os.path.join(model_dir, CURVES_FILE), title)
+
+
+def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str) -> None:
+  """Loss and accuracy, train vs validation, one panel each (as the article's figures)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  epochs = [int(e) + 1 for e in history.get("epoch", [])]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ("loss", "accuracy")):
+    ax.plot(epochs, history.get(key, []), label=f"train {key}")
+    ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
+    if history.get(f"external_{key}"):
+      ax.plot(epochs, history[f"external_{key}"], label=f"external {key}")
+    ax.set_xlabel("epoch")
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_info(model_dir: str, info: Dict[str, Any]) -> None:
+  with open(os.path.join(model_dir, INFO_FILE), "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2)
+
+
+def read_info(model_dir: str) -> Dict[str, Any]:
+  """model_info.json of a finished run.
+
+  Raises:
+    FileNotFoundError: not a finished cxr-train output.
+  """
+  path = os.path.join(model_dir, INFO_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{model_dir!r} has no {INFO_FILE}: not a finished cxr-train "
+                            "output")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def quantize(model: keras.Model) -> keras.Model:
+  """tfmot's quantization-aware copy of a float classifier (fake-quantized layers)."""
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  return tfmot.quantization.keras.quantize_model(model)
+
+
+def build_from_info(info: Dict[str, Any]) -> keras.Model:
+  """An untrained network in the current layout for a run's model_info (QAT or float)."""
+  model = models.build(info["model"], info["image_size"], info.get("width", 1.0),
+                       info.get("dropout"))
+  return quantize(model) if info.get("qat") else model
+
+
+def save_model(model_dir: str, model: keras.Model, qat: bool) -> None:
+  """The float model as model.keras; a QAT model as weights (tfmot layers need a scope to
+  deserialize, while rebuilding the network and loading weights needs nothing)."""
+  if qat:
+    model.save_weights(os.path.join(model_dir, QAT_WEIGHTS_FILE))
+  else:
+    model.save(os.path.join(model_dir, MODEL_FILE))
+
+
+def load_model_dir(model_dir: str) -> Tuple[keras.Model, Dict[str, Any]]:
+  """Loads (model, model_info) from a cxr-train output directory.
+
+  The network is rebuilt in the current layout (models.build) and given the saved
+  weights, so runs saved before a layout change that kept the weights (the softmax as
+  its own layer) load as current ones. A QAT run gives its quantization-aware model.
+
+  Raises:
+    FileNotFoundError: not a finished training run.
+  """
+  qat_path = os.path.join(model_dir, QAT_WEIGHTS_FILE)
+  path = os.path.join(model_dir, MODEL_FILE)
+  if not (os.path.isfile(os.path.join(model_dir, INFO_FILE))
+          and (os.path.isfile(path) or os.path.isfile(qat_path))):
+    raise FileNotFoundError(f"{model_dir!r} has no {MODEL_FILE} and {INFO_FILE}: not a "
+                            "finished cxr-train output")
+  info = read_info(model_dir)
+  model = build_from_info(info)
+  if info.get("qat"):
+    model.load_weights(qat_path)
+  else:
+    model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+  return model, info
