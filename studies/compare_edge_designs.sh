@@ -12,7 +12,7 @@ for model in edge_cnn edge_dwsep_cnn; do
   "$PY" -m studies.with_study_models model.train --data_dir="$DATA_DIR" --model_dir="$OUT/$model/model" --model="$model" \
     --epochs=1 --steps_per_epoch=20 --cache=none
   "$PY" -m studies.with_study_models export.export --model_dir="$OUT/$model/model" --data_dir="$DATA_DIR" \
-    --export_dir="$OUT/$model/export" --variants=float32 --variants=int8 --qat_epochs=0 \
+    --export_dir="$OUT/$model/export" --variants=float32 --variants=int8 \
     --latency_runs=300 > /dev/null
 done
 "$PY" - "$OUT" <<'PY'

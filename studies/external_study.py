@@ -66,7 +66,7 @@ def export_run(model_dir: str, data_dir: str, external_dir: str, out: str) -> Di
   """float32 + int8 export of one run (reused if already there); its report."""
   path = os.path.join(out, export_lib.REPORT_NAME)
   if not os.path.isfile(path):
-    export_lib.export(model_dir, data_dir, out, qat_epochs=0, latency_runs=20,
+    export_lib.export(model_dir, data_dir, out, latency_runs=20,
                       variants=("float32", "int8"), overwrite=True, external_dir=external_dir)
   with open(path, encoding="utf-8") as f:
     return json.load(f)
