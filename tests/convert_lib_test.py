@@ -153,6 +153,7 @@ def test_cli_converts_and_verifies_sample(tmp_path, capsys):
   assert m["num_written"] == 301
 
 
+@pytest.mark.slow
 def test_shared_data_split_is_stratified_within_1_5_points(tmp_path):
   shared = require_shared()
   m = convert_lib.convert(shared, str(tmp_path / "out"), num_workers=2).manifest

@@ -2,9 +2,12 @@
 import json
 import os
 
+import pytest
+
 from tests.conftest import SAMPLE_DIR, run_module
 
 
+@pytest.mark.slow
 def test_end_to_end_on_the_sample(tmp_path):
   rec, model, ev, ex = (str(tmp_path / d) for d in ("records", "model", "eval", "export"))
   steps = [

@@ -71,6 +71,7 @@ def test_augmenting_step_changes_nothing_at_inference(sample_records, tmp_path):
   np.testing.assert_allclose(wrapper(x), clf(x))
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(sample_records, tmp_path):
   cfg = _config(sample_records, tmp_path / "m", epochs=3)
   with pytest.raises(KeyboardInterrupt):
