@@ -24,6 +24,7 @@ from absl import flags
 from edge import calibrate_lib
 from edge import runtime
 from model import metrics
+from pipeline import cli
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export, with its "
                              "metadata.json beside it.")
@@ -75,8 +76,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flags_as_required(["model", "image_dir", "output_dir"])
-  app.run(main)
+  cli.run(main, __name__, required=["model", "image_dir", "output_dir"])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ model's input. Writes one JSON line per image, {"path", "label", "probability",
 "latency_ms"}, or {"path", "error"} for an image it cannot read; then a summary on
 stderr. Exit status 1 if any input failed.
 
-The runtime is export/runtime.py (no TensorFlow).
+The runtime is edge/runtime.py (no TensorFlow).
 """
 import csv
 import json
@@ -23,6 +23,7 @@ from absl import flags
 import numpy as np
 
 from edge import runtime
+from pipeline import cli
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export, with "
                              "metadata.json beside it.")
@@ -73,8 +74,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flag_as_required("model")
-  app.run(main)
+  cli.run(main, __name__, required=["model"])
 
 
 if __name__ == "__main__":

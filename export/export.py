@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 
 from export import export_lib
+from pipeline import cli
 from pipeline import convert_lib
 from pipeline import dataset
 
@@ -66,8 +67,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flags_as_required(["model_dir", "data_dir", "export_dir"])
-  app.run(main)
+  cli.run(main, __name__, required=["model_dir", "data_dir", "export_dir"])
 
 
 if __name__ == "__main__":

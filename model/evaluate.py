@@ -18,6 +18,7 @@ from absl import flags
 
 from model import evaluate_lib
 from model import metrics
+from pipeline import cli
 from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import schema
@@ -61,8 +62,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flags_as_required(["model_dir", "output_dir"])
-  app.run(main)
+  cli.run(main, __name__, required=["model_dir", "output_dir"])
 
 
 if __name__ == "__main__":

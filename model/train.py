@@ -29,6 +29,7 @@ from model import models
 from model import train_lib
 from model import metrics
 from pipeline import augment
+from pipeline import cli
 from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import schema
@@ -37,7 +38,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "A cxr-convert output director
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where the model and logs are written.")
 _MODEL = flags.DEFINE_enum("model", "edge_cnn", sorted(models.MODELS),
                            "seed_cnn: the source article's 4-block CNN; edge_cnn: compact "
-                           "depthwise-separable network for int8 edge devices.")
+                           "plain 3x3 conv network for int8 edge devices.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", schema.DEFAULT_IMAGE_SIZE,
                                    "Square model input side.", lower_bound=32)
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
@@ -188,8 +189,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flags_as_required(["data_dir", "model_dir"])
-  app.run(main)
+  cli.run(main, __name__, required=["data_dir", "model_dir"])
 
 
 if __name__ == "__main__":

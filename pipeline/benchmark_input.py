@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from pipeline import benchmark_lib
+from pipeline import cli
 from pipeline import schema
 
 _LOADERS = ("pipeline", "imagedatagenerator", "image_dataset_from_directory", "decode_bound")
@@ -53,8 +54,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flags_as_required(["data_dir", "image_dir"])
-  app.run(main)
+  cli.run(main, __name__, required=["data_dir", "image_dir"])
 
 
 if __name__ == "__main__":

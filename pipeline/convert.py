@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from pipeline import cli
 from pipeline import convert_lib
 from pipeline import schema
 from pipeline import splits
@@ -84,8 +85,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flags_as_required(["input_dir", "output_dir"])
-  app.run(main)
+  cli.run(main, __name__, required=["input_dir", "output_dir"])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
+from pipeline import cli
 from pipeline import verify_lib
 
 _TFRECORD_DIR = flags.DEFINE_string("tfrecord_dir", None, "A cxr-convert output directory.")
@@ -29,8 +30,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  flags.mark_flag_as_required("tfrecord_dir")
-  app.run(main)
+  cli.run(main, __name__, required=["tfrecord_dir"])
 
 
 if __name__ == "__main__":
