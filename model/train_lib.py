@@ -294,6 +294,14 @@ def _check(config: TrainConfig) -> None:
                      "is slower, not faster. Run without it.")
   if config.qat and (config.mixed_precision or not config.init_from):
     raise ValueError("a QAT run needs --init_from (a float run) and no --mixed_precision")
+  manifest = records.load_manifest(config.data_dir)
+  for split in ("train", "val"):
+    classes = manifest["splits"][split].get("classes", {})
+    missing = [label for label in schema.LABELS
+               if not classes.get(label, {}).get("images")]
+    if missing:
+      raise ValueError(f"the {split} split of {config.data_dir!r} has no {' or '.join(missing)} "
+                       "image: training and the threshold need both classes")
 
 
 def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy):

@@ -284,6 +284,8 @@ def convert(input_dir: str,
         records.append(Record(f.relpath, f.label, patient_id(f.relpath), result))
       progress.update(n, f", rejected {len(rejected)} so far")
     inspect_seconds = time.monotonic() - start
+    records, conflicts = _drop_conflicting_labels(records)
+    rejected += conflicts
 
     items = [splits_lib.SplitItem(r.relpath, schema.LABEL_TO_INDEX[r.label], r.patient_id,
                                   r.info.sha256) for r in records]
@@ -291,6 +293,7 @@ def convert(input_dir: str,
     by_split: Dict[str, List[Record]] = {s: [] for s in schema.SPLITS}
     for r, s in zip(records, assignment):
       by_split[schema.SPLITS[s]].append(r)
+    _check_both_classes(by_split, ratios, records)
     # Seeded order within a split, so shards mix classes and patients.
     rng = random.Random(seed)
     for s in schema.SPLITS:
@@ -331,6 +334,40 @@ def convert(input_dir: str,
   _write_atomic(os.path.join(output_dir, schema.MANIFEST_NAME),
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n")
   return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
+
+
+def _drop_conflicting_labels(records: List[Record]) -> Tuple[List[Record], List[Dict[str, str]]]:
+  """Rejects every copy of an image whose identical bytes carry different labels.
+
+  Neither label can be trusted, and keeping both would train and score one image as
+  both classes.
+  """
+  labels: Dict[str, set] = collections.defaultdict(set)
+  for r in records:
+    labels[r.info.sha256].add(r.label)
+  bad = {sha for sha, found in labels.items() if len(found) > 1}
+  rejected = [{"path": r.relpath,
+               "reason": f"{image_io.REASON_CONFLICT}: the same bytes are labelled "
+                         f"{' and '.join(sorted(labels[r.info.sha256]))}"}
+              for r in records if r.info.sha256 in bad]
+  return [r for r in records if r.info.sha256 not in bad], rejected
+
+
+def _check_both_classes(by_split: Dict[str, List[Record]], ratios: Sequence[float],
+                        records: Sequence[Record]) -> None:
+  """Every split that is asked for must hold both classes (else ROC-AUC, thresholds and
+  class weights are undefined downstream)."""
+  for split, ratio in zip(schema.SPLITS, ratios):
+    if ratio <= 0:
+      continue
+    have = collections.Counter(r.label for r in by_split[split])
+    missing = [label for label in schema.LABELS if not have[label]]
+    if missing:
+      total = collections.Counter(r.label for r in records)
+      raise ConversionError(
+          f"the {split} split would hold no {' or '.join(missing)} image: both classes are "
+          f"needed in every split (accepted: "
+          + ", ".join(f"{total[label]} {label}" for label in schema.LABELS) + ")")
 
 
 def _duplicate_groups(records: Sequence[Record]) -> int:

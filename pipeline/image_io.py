@@ -27,6 +27,7 @@ REASON_MODE = "unsupported colour mode"
 REASON_BOMB = "decompression-bomb size"
 REASON_UNKNOWN_CLASS = "unknown class folder"
 REASON_UNREADABLE = "unreadable file"
+REASON_CONFLICT = "conflicting labels"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 from absl import flags
 import pytest
@@ -29,7 +30,9 @@ def test_end_to_end_conversion_and_verify(tmp_path):
   write_file(str(tmp_path / "in" / "train" / "NORMAL" / "cut.jpeg"), image_bytes(size=(64, 64))[:300])
   write_file(str(tmp_path / "in" / "stray" / "x.jpeg"), image_bytes(seed=5))
   out = str(tmp_path / "out")
-  result = convert_lib.convert(str(tmp_path / "in"), out, num_shards=3, num_workers=2)
+  # 0.7/0.15/0.15: at 0.1 this small tree leaves the test split without a NORMAL patient.
+  result = convert_lib.convert(str(tmp_path / "in"), out, (0.7, 0.15, 0.15), num_shards=3,
+                               num_workers=2)
   m = result.manifest
 
   assert m["num_files_found"] == 10 * 4 + 2 * 4 + 1 + 4
@@ -122,7 +125,8 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, image_tree
 
 def test_image_size_reencodes_large_images(tmp_path):
   src = make_tree(str(tmp_path / "in"), patients_per_class=3, size=(64, 48))
-  m = convert_lib.convert(src, str(tmp_path / "out"), image_size=32, num_workers=1).manifest
+  m = convert_lib.convert(src, str(tmp_path / "out"), (0.4, 0.3, 0.3), image_size=32,
+                          num_workers=1).manifest  # 3 patients a class: one per split
   for shard in m["splits"]["train"]["shards"]:
     for ex in _records(os.path.join(tmp_path, "out", shard["file"])):
       f = ex.features.feature
@@ -164,3 +168,23 @@ def test_shared_data_split_is_stratified_within_1_5_points(tmp_path):
       share = m["splits"][s]["classes"][label]["images"] / total
       assert abs(share - m["split_ratios"][s]) <= 0.015, (label, s, share)
   verify_lib.verify(str(tmp_path / "out"))
+
+
+def test_identical_bytes_under_both_labels_are_rejected(tmp_path, image_tree):
+  same = image_bytes(size=(40, 32), seed=999)
+  write_file(os.path.join(image_tree, "NORMAL", "IM-9999-0001.jpeg"), same)
+  write_file(os.path.join(image_tree, "PNEUMONIA", "person999_virus_0.jpeg"), same)
+  m = convert_lib.convert(image_tree, str(tmp_path / "out"), num_workers=1).manifest
+  conflicts = sorted(r["path"] for r in m["rejected"]
+                     if r["reason"].startswith(image_io.REASON_CONFLICT))
+  assert conflicts == ["NORMAL/IM-9999-0001.jpeg", "PNEUMONIA/person999_virus_0.jpeg"]
+  assert m["num_written"] == 48  # the tree's own images, all kept
+
+
+def test_a_split_without_both_classes_is_refused(tmp_path):
+  make_tree(str(tmp_path / "in"), patients_per_class=6)
+  shutil.rmtree(tmp_path / "in" / "PNEUMONIA")
+  with pytest.raises(convert_lib.ConversionError, match="would hold no PNEUMONIA image") as e:
+    convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1)
+  assert "12 NORMAL, 0 PNEUMONIA" in str(e.value)
+  assert not os.path.exists(tmp_path / "out" / schema.MANIFEST_NAME)
