@@ -1,7 +1,8 @@
 """Evaluation of a trained model on a split of a conversion or on a class-folder tree.
 
 Writes metrics.json, predictions.csv (file, patient, label, probability, prediction),
-roc.png and confusion_matrix.png. Metrics are computed in numpy (model/metrics.py).
+roc.png, pr.png (precision-recall), calibration.png (reliability) and
+confusion_matrix.png. Metrics are computed in numpy (model/metrics.py).
 """
 import csv
 import json
@@ -42,6 +43,49 @@ def _plot_roc(y, p, threshold: float, path: str, title: str) -> None:
   ax.set_ylabel("sensitivity")
   ax.set_title(title)
   ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_pr(y, p, threshold: float, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  recall, precision = metrics_lib.pr_curve(y, p)
+  point = metrics_lib.at_threshold(y, p, threshold)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.step(recall, precision, where="post",
+          label=f"precision-recall (AP {metrics_lib.pr_auc(y, p):.4f})")
+  ax.axhline(float(np.mean(y)), color="k", ls="--", alpha=0.3, label="prevalence")
+  ax.scatter([point["sensitivity"]], [point["precision"]], color="red", zorder=3,
+             label=f"threshold {threshold:.3f}")
+  ax.set_xlabel("recall (sensitivity)")
+  ax.set_ylabel("precision")
+  ax.set_ylim(0, 1.02)
+  ax.set_title(title)
+  ax.legend(loc="lower left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_reliability(y, p, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  mean_p, rate, count = metrics_lib.reliability(y, p)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot([0, 1], [0, 1], "k--", alpha=0.3, label="perfectly calibrated")
+  ax.plot(mean_p, rate, "o-", label=f"model (ECE {metrics_lib.expected_calibration_error(y, p):.3f})")
+  for x, r, n in zip(mean_p, rate, count):
+    ax.annotate(str(n), (x, r), textcoords="offset points", xytext=(4, -10), fontsize=7)
+  ax.set_xlabel(f"predicted probability of {schema.POSITIVE_LABEL} (10 bins; films per bin)")
+  ax.set_ylabel(f"observed share of {schema.POSITIVE_LABEL}")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_title(title)
+  ax.legend(loc="upper left")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -114,6 +158,8 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
                   schema.LABELS[int(prob >= threshold)]])
   what = f"{info['model']} on {split if data_dir else os.path.basename(image_dir.rstrip('/'))}"
   _plot_roc(y, p, threshold, os.path.join(output_dir, "roc.png"), what)
+  _plot_pr(y, p, threshold, os.path.join(output_dir, "pr.png"), what)
+  _plot_reliability(y, p, os.path.join(output_dir, "calibration.png"), what)
   _plot_confusion(result["at_threshold"]["confusion_matrix"]["rows_true_cols_pred"],
                   os.path.join(output_dir, "confusion_matrix.png"),
                   f"{what}, threshold {threshold:.3f}")

@@ -47,16 +47,22 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
   return float(np.trapezoid(tpr, fpr))
 
 
-def pr_auc(y: np.ndarray, p: np.ndarray) -> float:
-  """Average precision: sum over thresholds of (recall step) x precision."""
+def pr_curve(y: np.ndarray, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """(recall, precision) at every distinct threshold, recall ascending from 0."""
   y = np.asarray(y).astype(bool)
-  if not y.any():
-    return float("nan")
   _, tpr, thresholds = roc_curve(y, p)
   p = np.asarray(p, dtype=np.float64)
   predicted = np.array([np.sum(p >= t) for t in thresholds[1:]])
   precision = (tpr[1:] * y.sum()) / predicted
-  return float(np.sum(np.diff(tpr) * precision))
+  return tpr, np.r_[1.0, precision]
+
+
+def pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+  """Average precision: sum over thresholds of (recall step) x precision."""
+  if not np.asarray(y).astype(bool).any():
+    return float("nan")
+  recall, precision = pr_curve(y, p)
+  return float(np.sum(np.diff(recall) * precision[1:]))
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> float:
@@ -71,17 +77,22 @@ def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
   return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-  """ECE of the positive-class probability over `bins` equal-width bins."""
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean probability, observed positive rate, count) of each non-empty equal-width bin."""
   y = np.asarray(y, np.float64)
   p = np.asarray(p, np.float64)
   idx = np.minimum((p * bins).astype(int), bins - 1)
-  ece = 0.0
-  for b in range(bins):
-    mask = idx == b
-    if mask.any():
-      ece += mask.mean() * abs(p[mask].mean() - y[mask].mean())
-  return float(ece)
+  used = [b for b in range(bins) if np.any(idx == b)]
+  return (np.array([p[idx == b].mean() for b in used]),
+          np.array([y[idx == b].mean() for b in used]),
+          np.array([int(np.sum(idx == b)) for b in used]))
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+  """ECE of the positive-class probability over `bins` equal-width bins."""
+  mean_p, rate, count = reliability(y, p, bins)
+  return float(np.sum(count / max(len(np.asarray(y)), 1) * np.abs(mean_p - rate)))
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> Tuple[float, float]:

@@ -6,7 +6,8 @@
   backup/              BackupAndRestore state while training; removed when done
   training_log.csv     one row per epoch (appended across resumes)
   history.json         the whole history, rebuilt from the CSV log
-  learning_curves.png  loss and accuracy, train vs validation (and external)
+  learning_curves.png  loss, accuracy and ROC-AUC per epoch (train, validation, external),
+                       the best epoch marked
   logs/                TensorBoard
   model_info.json      the whole resolved training config, the decision threshold and
                        its rule, validation (and external) metrics, the manifest hash
@@ -15,8 +16,9 @@
 import csv
 import json
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import tf_keras as keras
 
 from model import models
@@ -57,22 +59,44 @@ def write_history(model_dir: str, history: Dict[str, List[float]], title: str) -
   plot_learning_curves(history, os.path.join(model_dir, CURVES_FILE), title)
 
 
+def learning_curve_panels(history: Dict[str, List[float]]) -> List[Tuple[str, Dict[str, List[float]]]]:
+  """(panel title, {series label: values}) for loss, accuracy and ROC-AUC."""
+  panels = []
+  for key, title in (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "ROC-AUC")):
+    series = {f"{who} {title}": history[name]
+              for who, name in (("train", key), ("validation", f"val_{key}"),
+                                ("external", f"external_{key}")) if history.get(name)}
+    if series:
+      panels.append((title, series))
+  return panels
+
+
+def best_epoch(history: Dict[str, List[float]]) -> Optional[int]:
+  """The 1-based epoch with the highest validation ROC-AUC (the one model.keras keeps)."""
+  if not history.get("val_auc"):
+    return None
+  return int(np.argmax(history["val_auc"])) + 1
+
+
 def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str) -> None:
-  """Loss and accuracy, train vs validation, one panel each (as the article's figures)."""
+  """Loss, accuracy and ROC-AUC per epoch (train, validation, external), best epoch marked."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   epochs = [int(e) + 1 for e in history.get("epoch", [])]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key in zip(axes, ("loss", "accuracy")):
-    ax.plot(epochs, history.get(key, []), label=f"train {key}")
-    ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
-    if history.get(f"external_{key}"):
-      ax.plot(epochs, history[f"external_{key}"], label=f"external {key}")
+  panels = learning_curve_panels(history)
+  best = best_epoch(history)
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+  for ax, (name, series) in zip(axes[0], panels):
+    for label, values in series.items():
+      ax.plot(epochs[:len(values)], values, label=label)
+    if best:
+      ax.axvline(best, color="k", ls=":", alpha=0.6, label=f"best epoch ({best})")
     ax.set_xlabel("epoch")
-    ax.set_title(key)
+    ax.set_ylabel(name)
+    ax.set_title(name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -415,7 +415,7 @@ def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Mod
       "threshold_rule_name": config.threshold_rule,
       "threshold_rule": rule,
       "epochs": len(history.get("epoch", [])),
-      "best_epoch": int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else None,
+      "best_epoch": model_dir_lib.best_epoch(history),
       "augment": list(config.augment.names()),
       "class_weight": config.class_weight,
       "seed": config.seed,

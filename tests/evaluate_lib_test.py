@@ -23,7 +23,7 @@ def test_evaluate_split_matches_numpy_metrics(trained_model, sample_records, tmp
   assert len(decided) >= len(rows) - 2  # the CSV's 6 decimals can hide which side a tie is on
   for row in decided:
     assert row["prediction"] == ("PNEUMONIA" if float(row["probability"]) >= threshold else "NORMAL")
-  for name in ("metrics.json", "roc.png", "confusion_matrix.png"):
+  for name in ("metrics.json", "roc.png", "pr.png", "calibration.png", "confusion_matrix.png"):
     assert (tmp_path / name).stat().st_size > 0
 
 

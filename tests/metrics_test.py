@@ -164,3 +164,18 @@ def test_operating_point_is_the_summary_flattened():
   assert o["accuracy"] == pytest.approx(0.8) and o["specificity"] == pytest.approx(0.75)
   assert o["ci95"] == s["at_threshold"]["ci95"] and o["roc_auc_ci95"] == s["roc_auc_ci95"]
   assert o["confusion_matrix"] == [[3, 1], [1, 5]] and o["ece"] == s["ece"]
+
+
+def test_pr_curve_and_reliability_by_hand():
+  y = np.array([1, 0, 1, 0])
+  p = np.array([0.9, 0.8, 0.3, 0.1])
+  recall, precision = metrics.pr_curve(y, p)
+  np.testing.assert_allclose(recall, [0, 0.5, 0.5, 1.0, 1.0])
+  np.testing.assert_allclose(precision, [1.0, 1.0, 0.5, 2 / 3, 0.5])
+  assert metrics.pr_auc(y, p) == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+  mean_p, rate, count = metrics.reliability(y, p, bins=2)  # [0, .5) and [.5, 1]
+  np.testing.assert_allclose(mean_p, [0.2, 0.85])
+  np.testing.assert_allclose(rate, [0.5, 0.5])
+  np.testing.assert_array_equal(count, [2, 2])
+  assert metrics.expected_calibration_error(y, p, bins=2) == pytest.approx(
+      0.5 * 0.3 + 0.5 * 0.35)

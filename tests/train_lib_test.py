@@ -216,3 +216,14 @@ def test_training_refuses_a_split_without_both_classes(tmp_path, image_tree):
   convert_lib.convert(image_tree, out, (0.9, 0.0, 0.1), num_workers=1)  # no validation split
   with pytest.raises(ValueError, match="the val split .* has no NORMAL or PNEUMONIA image"):
     train_lib.train(_config(out, tmp_path / "m"))
+
+
+def test_learning_curves_show_roc_auc_and_the_best_epoch():
+  history = {"epoch": [0, 1, 2], "loss": [3, 2, 1], "val_loss": [3, 2, 2],
+             "accuracy": [.5, .6, .7], "val_accuracy": [.5, .6, .6],
+             "auc": [.6, .7, .8], "val_auc": [.6, .9, .8], "external_auc": [.5, .6, .7]}
+  panels = dict(model_dir_lib.learning_curve_panels(history))
+  assert list(panels) == ["loss", "accuracy", "ROC-AUC"]
+  assert panels["ROC-AUC"] == {"train ROC-AUC": [.6, .7, .8], "validation ROC-AUC": [.6, .9, .8],
+                               "external ROC-AUC": [.5, .6, .7]}
+  assert model_dir_lib.best_epoch(history) == 2
