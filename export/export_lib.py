@@ -168,6 +168,26 @@ def _split_set(data_dir: str, image_size: int, split: str):
   return r.images, r.labels, r.encoded, r.patients
 
 
+def own_artifacts() -> List[str]:
+  """Everything cxr-export writes into an export dir (and so may replace)."""
+  return ([SAVED_MODEL_DIR, schema.LABELS_NAME, schema.METADATA_NAME, REPORT_NAME]
+          + [tflite_name(v) for v in VARIANTS])
+
+
+def _remove_own_artifacts(export_dir: str) -> None:
+  """--overwrite: removes what a previous export wrote, and nothing else."""
+  kept = sorted(set(os.listdir(export_dir)) - set(own_artifacts()))
+  for name in own_artifacts():
+    path = os.path.join(export_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+  if kept:
+    logging.warning("--overwrite: kept %d file(s) cxr-export did not write in %s: %s",
+                    len(kept), export_dir, ", ".join(kept[:5]))
+
+
 def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,
            latency_runs: int = 200, variants: Optional[Sequence[str]] = None,
            overwrite: bool = False, external_dir: Optional[str] = None,
@@ -182,7 +202,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     latency_runs: timed single-image invocations per variant and thread count.
     variants: which TFLite variants to write; default: every post-training variant, and
       qat_int8 when qat_model_dir is given.
-    overwrite: replace an existing non-empty export_dir.
+    overwrite: replace a previous export in a non-empty export_dir (only the files
+      cxr-export writes are removed).
     external_dir: a labelled class-folder tree from another source; the report scores
       every variant on it too (with 95% intervals).
     qat_model_dir: a cxr-train --qat run of this model, converted to qat_int8 with the
@@ -215,7 +236,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   if os.path.isdir(export_dir) and os.listdir(export_dir):
     if not overwrite:
       raise ValueError(f"--export_dir {export_dir!r} is not empty; pass --overwrite")
-    shutil.rmtree(export_dir)
+    _remove_own_artifacts(export_dir)
   model, info = model_dir_lib.load_model_dir(model_dir)
   size, threshold = info["image_size"], info["threshold"]
   temperature = float(info.get("temperature", 1.0))
@@ -223,7 +244,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   if info.get("data_manifest_sha256") not in (None, data_sha):
     logging.warning("the model was trained on another conversion (manifest %s, given %s)",
                     info["data_manifest_sha256"], data_sha)
-  os.makedirs(export_dir)
+  os.makedirs(export_dir, exist_ok=True)
 
   logging.info("writing SavedModel")
   save_saved_model(model, size, threshold, os.path.join(export_dir, SAVED_MODEL_DIR),

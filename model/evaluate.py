@@ -33,6 +33,8 @@ _IMAGE_DIR = flags.DEFINE_string(
     "--data_dir; unreadable files are skipped and listed in metrics.json.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the reports are written.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Inference batch size.", lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier evaluation's reports "
+                               "in --output_dir.")
 
 flags.register_multi_flags_validator(
     ["data_dir", "image_dir"], lambda f: (f["data_dir"] is None) != (f["image_dir"] is None),
@@ -44,7 +46,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
-                              _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value)
+                              _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value,
+                              _OVERWRITE.value)
   except (ValueError, FileNotFoundError, convert_lib.ConversionError,
           dataset.CorruptDataError) as e:
     sys.exit(f"cxr-evaluate: error: {e}")

@@ -111,28 +111,38 @@ def _plot_confusion(matrix, path: str, title: str) -> None:
   plt.close(fig)
 
 
+REPORTS = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "calibration.png",
+           "confusion_matrix.png")
+
+
 def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
              split: str = "test", image_dir: Optional[str] = None,
-             batch_size: int = 64) -> Dict[str, Any]:
+             batch_size: int = 64, overwrite: bool = False) -> Dict[str, Any]:
   """Evaluates a cxr-train model at its saved threshold and at 0.5.
 
   Args:
     model_dir: a cxr-train output.
-    output_dir: where metrics.json, predictions.csv, roc.png, confusion_matrix.png go.
+    output_dir: where REPORTS go.
     data_dir: a cxr-convert output (with `split`); or
     split: which split of data_dir.
     image_dir: a class-folder tree instead of data_dir.
     batch_size: inference batch size.
+    overwrite: replace an earlier evaluation's reports in output_dir.
 
   Returns:
     The metrics dict written to metrics.json.
 
   Raises:
-    ValueError: neither or both of data_dir and image_dir, or no images.
+    ValueError: neither or both of data_dir and image_dir, no images, or earlier reports
+      in output_dir without overwrite.
     FileNotFoundError: model_dir or data_dir incomplete.
   """
   if (data_dir is None) == (image_dir is None):
     raise ValueError("give exactly one of data_dir (with split) or image_dir")
+  earlier = [n for n in REPORTS if os.path.exists(os.path.join(output_dir, n))]
+  if earlier and not overwrite:
+    raise ValueError(f"--output_dir {output_dir!r} already holds an evaluation "
+                     f"({', '.join(earlier)}); pass --overwrite to replace it")
   model, info = model_dir_lib.load_model_dir(model_dir)
   image_size, threshold = info["image_size"], info["threshold"]
   skipped: List[Dict[str, str]] = []

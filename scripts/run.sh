@@ -26,11 +26,11 @@ rm -rf "$OUT_DIR/model"
   --model="$MODEL" --epochs="$EPOCHS" "${EXT[@]}"
 echo "== 4/6 evaluate on the test split -> $OUT_DIR/eval"
 "$PY" -m model.evaluate --model_dir="$OUT_DIR/model" --data_dir="$OUT_DIR/records" \
-  --split=test --output_dir="$OUT_DIR/eval"
+  --split=test --output_dir="$OUT_DIR/eval" --overwrite
 if [ -n "$EXTERNAL_DIR" ]; then
   echo "== 4/6 evaluate on the external films $EXTERNAL_DIR -> $OUT_DIR/eval_external"
   "$PY" -m model.evaluate --model_dir="$OUT_DIR/model" --image_dir="$EXTERNAL_DIR" \
-    --output_dir="$OUT_DIR/eval_external"
+    --output_dir="$OUT_DIR/eval_external" --overwrite
 fi
 echo "== 5/6 quantization-aware fine-tuning -> $OUT_DIR/model_qat; export SavedModel + TFLite -> $OUT_DIR/export"
 rm -rf "$OUT_DIR/model_qat"

@@ -49,3 +49,15 @@ def test_evaluate_needs_exactly_one_source(trained_model, sample_records, tmp_pa
              data_dir=sample_records)
   assert str(e.value.code).startswith("cxr-evaluate: error:")
   assert "not a finished cxr-train output" in str(e.value.code)
+
+
+def test_an_earlier_evaluation_is_replaced_only_with_overwrite(trained_model, sample_records,
+                                                               tmp_path):
+  evaluate_lib.evaluate(trained_model, str(tmp_path), data_dir=sample_records, split="val")
+  before = open(tmp_path / "metrics.json").read()
+  with pytest.raises(ValueError, match="already holds an evaluation"):
+    evaluate_lib.evaluate(trained_model, str(tmp_path), data_dir=sample_records, split="test")
+  assert open(tmp_path / "metrics.json").read() == before
+  r = evaluate_lib.evaluate(trained_model, str(tmp_path), data_dir=sample_records,
+                            split="test", overwrite=True)
+  assert json.load(open(tmp_path / "metrics.json"))["split"] == r["split"] == "test"

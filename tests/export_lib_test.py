@@ -221,3 +221,20 @@ def test_int8_ranks_like_float_where_a_softmax_output_would_tie():
   # What a uint8 softmax output (steps of 1/256) would have given: far more ties.
   p_softmax_q = np.round(p_float * 256) / 256
   assert len(np.unique(p_int8)) > 2 * len(np.unique(p_softmax_q))
+
+
+def test_overwrite_replaces_only_what_export_wrote(trained_model, sample_records, tmp_path):
+  out = tmp_path / "e"
+  export_lib.export(trained_model, sample_records, str(out), calibration_samples=16,
+                    latency_runs=5, variants=["float32"])
+  (out / "notes.txt").write_text("mine")
+  (out / "model_int8.tflite").write_bytes(b"stale")  # a name export owns
+  with pytest.raises(ValueError, match="pass --overwrite"):
+    export_lib.export(trained_model, sample_records, str(out), variants=["float32"])
+  export_lib.export(trained_model, sample_records, str(out), calibration_samples=16,
+                    latency_runs=5, variants=["float32"], overwrite=True)
+  assert (out / "notes.txt").read_text() == "mine"
+  assert not (out / "model_int8.tflite").exists()
+  assert sorted(os.listdir(out)) == sorted(["notes.txt", "saved_model", "model_float32.tflite",
+                                            "labels.txt", "metadata.json",
+                                            "export_report.json"])
