@@ -76,7 +76,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model", "image_dir", "output_dir"])
+  cli.run(main, __name__, required=["model", "image_dir", "output_dir"], prog="cxr-calibrate")
 
 
 if __name__ == "__main__":

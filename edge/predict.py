@@ -16,6 +16,7 @@ The runtime is edge/runtime.py (no TensorFlow).
 """
 import csv
 import json
+import os
 import sys
 
 from absl import app
@@ -38,6 +39,9 @@ def main(argv):
     raise app.UsageError("give at least one image file, folder or glob")
   if _OUTPUT.value and not _OUTPUT.value.endswith((".jsonl", ".csv")):
     sys.exit("cxr-predict: error: --output must end in .jsonl or .csv")
+  out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
+  if _OUTPUT.value and not os.path.isdir(out_dir):
+    sys.exit(f"cxr-predict: error: --output's folder {out_dir} does not exist")
   try:
     model = runtime.LiteModel(_MODEL.value, _THREADS.value)
   except runtime.ModelError as e:
@@ -74,7 +78,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model"])
+  cli.run(main, __name__, required=["model"], prog="cxr-predict")
 
 
 if __name__ == "__main__":

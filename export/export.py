@@ -67,7 +67,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model_dir", "data_dir", "export_dir"])
+  cli.run(main, __name__, required=["model_dir", "data_dir", "export_dir"], prog="cxr-export")
 
 
 if __name__ == "__main__":

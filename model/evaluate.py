@@ -66,7 +66,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model_dir", "output_dir"])
+  cli.run(main, __name__, required=["model_dir", "output_dir"], prog="cxr-evaluate")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["data_dir", "model_dir"])
+  cli.run(main, __name__, required=["data_dir", "model_dir"], prog="cxr-train")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["data_dir", "image_dir"])
+  cli.run(main, __name__, required=["data_dir", "image_dir"], prog="cxr-benchmark-input")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,19 @@ from absl import flags
 _HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml"}
 
 
-def run(main: Callable, job_module: str, required: Sequence[str] = ()) -> None:
+def run(main: Callable, job_module: str, required: Sequence[str] = (),
+        prog: str = "cxr-edge") -> None:
   """Runs a job's `main` under absl, as its console script.
+
+  Ctrl-C ends it with "PROG: interrupted" and status 130, and an operating-system error
+  the job did not handle (an unwritable or missing output folder, a full disk) with one
+  line and status 1, instead of a traceback.
 
   Args:
     main: the job's main(argv).
     job_module: the job module's __name__ (its flags and docstring are the help).
     required: flags the job cannot run without.
+    prog: the command's name in those messages.
   """
   for name in required:
     flag = flags.FLAGS[name]
@@ -35,6 +41,12 @@ def run(main: Callable, job_module: str, required: Sequence[str] = ()) -> None:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   try:
     app.run(main)
+  except KeyboardInterrupt:
+    sys.stderr.write(f"\n{prog}: interrupted\n")
+    sys.exit(130)
+  except OSError as e:
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    sys.exit(f"{prog}: error: {e.strerror or e}{where}")
   except SystemExit as e:
     # absl exits 1 after printing asked-for help; asking for help is not a failure.
     if e.code == 1 and set(sys.argv[1:]) & _HELP_FLAGS:

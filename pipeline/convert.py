@@ -85,7 +85,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["input_dir", "output_dir"])
+  cli.run(main, __name__, required=["input_dir", "output_dir"], prog="cxr-convert")
 
 
 if __name__ == "__main__":

@@ -74,17 +74,21 @@ class ConversionResult:
             f"in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)")
 
 
-def scan_input(input_dir: str) -> List[SourceFile]:
+def scan_input(input_dir: str, flag: str = "--input_dir") -> List[SourceFile]:
   """Lists every file below input_dir with the class of its nearest class folder.
 
   Hidden files and folders (".DS_Store", ".git") are listed too: every file found
   is accounted for, so they are rejected with a reason rather than silently skipped.
 
+  Args:
+    input_dir: the folder to search.
+    flag: the command-line flag that named it, for error messages.
+
   Raises:
     ConversionError: input_dir is missing or no folder below it is a class folder.
   """
   if not os.path.isdir(input_dir):
-    raise ConversionError(f"--input_dir {input_dir!r} is not a directory")
+    raise ConversionError(f"{flag} {input_dir!r} is not a directory")
   found: List[SourceFile] = []
   any_class_dir = False
   for root, dirs, files in os.walk(input_dir):
@@ -101,7 +105,7 @@ def scan_input(input_dir: str) -> List[SourceFile]:
       found.append(SourceFile("/".join(parts + [name]), label))
   if not any_class_dir:
     raise ConversionError(
-        f"--input_dir {input_dir!r} holds no class folders (expected sub-folders named "
+        f"{flag} {input_dir!r} holds no class folders (expected sub-folders named "
         f"{' / '.join(schema.LABELS)}, any case, at any depth)")
   return found
 

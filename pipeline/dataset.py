@@ -351,6 +351,6 @@ def naming_corrupt_shards(paths: Sequence[str],
     where = find_corrupt_record(paths, image_size)
     if where is None:
       raise
-    raise CorruptDataError(f"corrupt input: {where} (run with skip_corrupt to skip such "
-                           "records)") from e
+    raise CorruptDataError(f"corrupt input: {where} (cxr-verify lists every problem; "
+                           "convert the images again)") from e
 

@@ -39,7 +39,7 @@ def list_labelled_images(image_dir: str,
   """
   items: List[LabelledImage] = []
   skipped: List[Dict[str, str]] = []
-  for f in convert_lib.scan_input(image_dir):
+  for f in convert_lib.scan_input(image_dir, flag="--image_dir"):
     path = os.path.join(image_dir, f.relpath)
     if f.label is None:
       skipped.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})

@@ -30,7 +30,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["tfrecord_dir"])
+  cli.run(main, __name__, required=["tfrecord_dir"], prog="cxr-verify")
 
 
 if __name__ == "__main__":

@@ -31,3 +31,20 @@ def test_help_shows_the_jobs_docstring_and_own_flags(module, usage, own_flag, re
   assert "--helpfull" in out and "--alsologtostderr" not in out  # absl's own stay hidden
   if module == "model.train":
     assert "depthwise-separable" not in out
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ("raise KeyboardInterrupt", 130, "cxr-fake: interrupted"),
+    ("open('/nonexistent-folder/x.json', 'w')", 1,
+     "cxr-fake: error: No such file or directory: /nonexistent-folder/x.json"),
+])
+def test_interrupts_and_os_errors_end_in_one_line(body, status, message):
+  code = ("import sys\n"
+          "from pipeline import cli\n"
+          "sys.argv = ['cxr-fake']\n"
+          f"def main(argv):\n  {body}\n"
+          "cli.run(main, '__main__', prog='cxr-fake')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60, check=False)
+  assert r.returncode == status
+  assert r.stderr.strip() == message  # no traceback

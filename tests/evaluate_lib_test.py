@@ -61,3 +61,12 @@ def test_an_earlier_evaluation_is_replaced_only_with_overwrite(trained_model, sa
   r = evaluate_lib.evaluate(trained_model, str(tmp_path), data_dir=sample_records,
                             split="test", overwrite=True)
   assert json.load(open(tmp_path / "metrics.json"))["split"] == r["split"] == "test"
+
+
+def test_image_dir_without_class_folders_names_the_flag(trained_model, tmp_path):
+  os.makedirs(tmp_path / "films" / "misc")
+  with pytest.raises(SystemExit) as e:
+    run_main("model.evaluate", model_dir=trained_model, output_dir=str(tmp_path / "out"),
+             image_dir=str(tmp_path / "films"))
+  assert str(e.value.code).startswith("cxr-evaluate: error: --image_dir ")
+  assert "holds no class folders" in str(e.value.code)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from edge import runtime
 from pipeline import preprocess
-from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, write_file
+from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, run_main, write_file
 
 
 @pytest.mark.parametrize("shape, size", [((224, 224), 150), ((300, 200), 150), ((40, 64), 150),
@@ -151,3 +151,12 @@ def test_bad_models_refused_before_reading_images(exported, tmp_path):
   os.remove(dest / "metadata.json")
   r = _run_predict(f"--model={dest}/model_float32.tflite", image)
   assert r.returncode == 1 and "metadata.json not found" in r.stderr
+
+
+def test_output_in_a_missing_folder_is_refused_in_one_line(exported, tmp_path):
+  model = os.path.join(exported[0], "model_int8.tflite")
+  with pytest.raises(SystemExit) as e:
+    run_main("edge.predict", _sample_files(2)[0], model=model,
+             output=str(tmp_path / "missing" / "out.jsonl"))
+  assert str(e.value.code) == (f"cxr-predict: error: --output's folder {tmp_path / 'missing'} "
+                               "does not exist")
