@@ -134,10 +134,15 @@ def main() -> None:
                       default=train_lib.DEFAULT_THRESHOLD_RULE,
                       help="cxr-train's threshold rule, re-applied to runs trained under "
                            "another; each rule's exports go to their own folder")
+  parser.add_argument("--equalize", action="store_true",
+                      help="the runs were trained with studies/equalize.py's preprocessing")
   parser.add_argument("--calibrate_group", default=None,
                       help="the group whose int8 models get the split-half site calibration "
                            "(default: the first)")
   args = parser.parse_args()
+  if args.equalize:
+    from studies import equalize  # pylint: disable=g-import-not-at-top
+    equalize.register()
   result: Dict[str, Any] = {"external_dir": args.external_dir, "groups": {}}
   head = ("| run | threshold | accuracy % | sensitivity % | specificity % | ROC-AUC | ECE |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
