@@ -7,8 +7,9 @@
 # ImageDataGenerator).
 # Finished runs are kept, so an interrupted study continues where it stopped.
 # One edge_cnn run takes 18-20 min on a 2-core AVX2 machine (4 min on a faster one).
-# Then the rotation+zoom runs again at the previous threshold rule, and the TTA/ensemble
-# probe on the default runs.
+# Then the rotation+zoom runs again at the previous threshold rule, the TTA/ensemble
+# probe on the default runs, and the later levers that were not adopted (histogram
+# equalization over three seeds, 224-px input for 15 epochs).
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -52,3 +53,26 @@ echo "== the same runs at cxr-train's previous threshold rule (validation Youden
 echo "== the probe for the next lever: test-time augmentation and a seed ensemble"
 IFS=, read -r -a default_runs <<< "${groups[1]#*=}"
 "$PY" studies/probe_tta_ensemble.py --external_dir="$EXTERNAL_DIR" "${default_runs[@]}"
+
+echo "== later levers, not adopted: histogram equalization (3 seeds), 224-px input (seed 42)"
+heq=()
+for s in $SEEDS; do
+  d="$OUT/equalize_$s"
+  if [ ! -f "$d/model_info.json" ]; then
+    rm -rf "$d"
+    "$PY" -m studies.with_study_models --equalize model.train --data_dir="$DATA_DIR" \
+      --model_dir="$d" --seed="$s" --external_dir="$EXTERNAL_DIR"
+  fi
+  heq+=("$d")
+done
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_equalize" --equalize "--group=equalize=$(IFS=,; echo "${heq[*]}")"
+d="$OUT/size224_42"
+if [ ! -f "$d/model_info.json" ]; then
+  rm -rf "$d"
+  # 15 epochs: 224 px costs ~2.2x per epoch, and the recipe must train within 30 min.
+  "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --image_size=224 --epochs=15 \
+    --seed=42 --external_dir="$EXTERNAL_DIR"
+fi
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_224" "--group=224 px, 15 epochs=$d"
