@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded sample (or INPUT_DIR), into OUT_DIR:
 # convert -> verify -> train -> evaluate on the held-out test split (and on EXTERNAL_DIR,
-# films from another source, when given) -> export -> predict.
+# films from another source, when given) -> quantization-aware fine-tuning -> export ->
+# predict.
 # Usage: scripts/run.sh            # data/sample -> out/, a few epochs
 #        INPUT_DIR=../shared/data/chest_xray/train EXTERNAL_DIR=../shared/data/chest_xray/external \
 #          OUT_DIR=/tmp/cxr EPOCHS=30 scripts/run.sh
@@ -47,6 +48,7 @@ echo
 echo "Done. Results:"
 echo "  TFRecords + manifest:  $OUT_DIR/records"
 echo "  model + curves:        $OUT_DIR/model (model.keras, model_info.json, learning_curves.png)"
-echo "  test-split metrics:    $OUT_DIR/eval (metrics.json, predictions.csv, roc.png, confusion_matrix.png)"
+echo "  quantization-aware:    $OUT_DIR/model_qat (fine-tuned from the model, for model_qat_int8.tflite)"
+echo "  test-split metrics:    $OUT_DIR/eval (metrics.json, predictions.csv, roc.png, pr.png, calibration.png, confusion_matrix.png)"
 echo "  exported models:       $OUT_DIR/export (saved_model/, model_*.tflite, metadata.json, export_report.json)"
 echo "  edge predictions:      $OUT_DIR/predictions.jsonl"
