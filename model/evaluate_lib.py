@@ -164,7 +164,7 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
     w = csv.writer(f)
     w.writerow(["file", "patient", "label", "probability", "prediction"])
     for name, patient, label, prob in zip(preds["filename"], preds["patient_id"], y, p):
-      w.writerow([name, patient, schema.LABELS[int(label)], f"{prob:.6f}",
+      w.writerow([name, patient, schema.LABELS[int(label)], repr(float(prob)),
                   schema.LABELS[int(prob >= threshold)]])
   what = f"{info['model']} on {split if data_dir else os.path.basename(image_dir.rstrip('/'))}"
   _plot_roc(y, p, threshold, os.path.join(output_dir, "roc.png"), what)
