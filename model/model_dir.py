@@ -9,6 +9,8 @@
   learning_curves.png  loss, accuracy and ROC-AUC per epoch (train, validation, external),
                        the best epoch marked
   logs/                TensorBoard
+  run.json             written first: the run's identity (config and training data), so a
+                       rerun resumes only the same run
   model_info.json      the whole resolved training config, the decision threshold and
                        its rule, validation (and external) metrics, the manifest hash
                        of the training data
@@ -16,6 +18,7 @@
 import csv
 import json
 import os
+import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -25,6 +28,7 @@ from model import models
 from pipeline import image_io
 from pipeline import schema
 
+RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
 QAT_WEIGHTS_FILE = "model_qat.weights.h5"
 INFO_FILE = "model_info.json"
@@ -101,6 +105,40 @@ def plot_learning_curves(history: Dict[str, List[float]], path: str, title: str)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+# Everything cxr-train writes into a model dir (and so may remove with --overwrite).
+OWN_ARTIFACTS = (RUN_FILE, MODEL_FILE, QAT_WEIGHTS_FILE, INFO_FILE, LOG_FILE, HISTORY_FILE,
+                 CURVES_FILE, "checkpoints", "backup", "logs")
+
+
+def remove_run(model_dir: str) -> None:
+  """Removes what cxr-train wrote in model_dir, and nothing else."""
+  for name in OWN_ARTIFACTS:
+    path = os.path.join(model_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def read_run(model_dir: str) -> Optional[Dict[str, Any]]:
+  """run.json (the identity of the run started in model_dir), or None."""
+  path = os.path.join(model_dir, RUN_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_run(model_dir: str, identity: Dict[str, Any]) -> None:
+  with open(os.path.join(model_dir, RUN_FILE), "w", encoding="utf-8") as f:
+    json.dump(identity, f, indent=2)
+
+
+def has_artifacts(model_dir: str) -> bool:
+  return os.path.isdir(model_dir) and any(
+      os.path.exists(os.path.join(model_dir, n)) for n in OWN_ARTIFACTS)
 
 
 def write_info(model_dir: str, info: Dict[str, Any]) -> None:

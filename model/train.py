@@ -16,7 +16,8 @@ threshold rule) at learning rate 1e-5 for 2 epochs unless --learning_rate/--epoc
 otherwise, and writes its own model dir with its own validation threshold.
 
 Run the same command again after an interruption: it resumes from the last finished
-epoch. Writes model.keras, model_info.json (with the validation-chosen threshold),
+epoch; after it finished, it says so and does nothing. A --model_dir holding another run
+(other config or data) is refused unless --overwrite. Writes model.keras, model_info.json (with the validation-chosen threshold),
 history.json, training_log.csv, learning_curves.png, checkpoints/ and logs/.
 """
 import sys
@@ -91,6 +92,9 @@ _QAT = flags.DEFINE_bool("qat", False, "Quantization-aware fine-tuning of the fl
                          "--init_from, with its recipe.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "With --qat: the float cxr-train output "
                                  "to fine-tune.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Start over in a --model_dir that holds another run (removes only "
+    "the files cxr-train writes).")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
                                         "Limit steps per epoch (smoke runs).", lower_bound=1)
 
@@ -171,10 +175,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    info = train_lib.train(_config())
+    info = train_lib.train(_config(), overwrite=_OVERWRITE.value)
   except (ValueError, FileNotFoundError, dataset.CorruptDataError,
           convert_lib.ConversionError) as e:
     sys.exit(f"cxr-train: error: {e}")
+  if info.get("already_finished"):
+    print(f"cxr-train: {_MODEL_DIR.value} already holds this finished run; nothing to do "
+          "(--overwrite starts over)")
   v = info["val_metrics"]
   d = v["at_threshold"]
   line = (f"validation: ROC-AUC {v['roc_auc']:.4f}, accuracy {d['accuracy']:.4f}, "

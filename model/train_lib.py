@@ -14,6 +14,7 @@ and learning curves). It is never trained on, and nothing is chosen on it here: 
 best epoch and the threshold come from the validation split.
 """
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -438,31 +439,84 @@ def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Mod
   return info
 
 
-def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None
-          ) -> Dict[str, Any]:
+# Config fields that do not change what is trained (where it is logged, how it is fed,
+# what else is scored): a rerun may differ in them and still resume the same run.
+_NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir")
+
+
+def _identity(config: TrainConfig) -> Dict[str, Any]:
+  """What makes a run this run: its config and the training data's manifest."""
+  cfg = json.loads(json.dumps(config_to_dict(config)))
+  for key in _NOT_IDENTITY:
+    cfg.pop(key, None)
+  return {"config": cfg, "data_manifest_sha256": model_dir_lib.manifest_sha256(config.data_dir)}
+
+
+def _claim_model_dir(config: TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
+  """Makes model_dir this run's: fresh, the same run resumed, or refused.
+
+  Returns:
+    The model_info of this same run if it already finished (nothing to do), else None.
+
+  Raises:
+    ValueError: model_dir holds another run (other config or data) and not overwrite.
+  """
+  if overwrite:
+    model_dir_lib.remove_run(config.model_dir)
+  identity = _identity(config)
+  found = model_dir_lib.read_run(config.model_dir)
+  if found is None and model_dir_lib.has_artifacts(config.model_dir):
+    raise ValueError(f"--model_dir {config.model_dir!r} holds a training run this version "
+                     "cannot identify; pass --overwrite to replace it, or choose another "
+                     "--model_dir")
+  if found is not None and found != identity:
+    differ = sorted(k for k in set(found["config"]) | set(identity["config"])
+                    if found["config"].get(k) != identity["config"].get(k))
+    if found["data_manifest_sha256"] != identity["data_manifest_sha256"]:
+      differ.append("training data")
+    raise ValueError(f"--model_dir {config.model_dir!r} holds another run (it differs in "
+                     f"{', '.join(differ)}); pass --overwrite to start over, or choose "
+                     "another --model_dir")
+  os.makedirs(config.model_dir, exist_ok=True)
+  model_dir_lib.write_run(config.model_dir, identity)
+  if found is not None and os.path.isfile(os.path.join(config.model_dir,
+                                                       model_dir_lib.INFO_FILE)):
+    return model_dir_lib.read_info(config.model_dir)
+  return None
+
+
+def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
+          overwrite: bool = False) -> Dict[str, Any]:
   """Trains, picks the threshold on validation, saves everything in config.model_dir.
 
   Started again with the same config after an interruption, it resumes from the last
-  completed epoch and ends with config.epochs epochs in total.
+  completed epoch (or, if every epoch had finished, only finishes) and ends with
+  config.epochs epochs in total; started again after it finished, it does nothing.
 
   Args:
     config: the run (for QAT, from qat_config).
     extra_callbacks: more Keras callbacks (tests).
+    overwrite: replace another run found in config.model_dir (only cxr-train's files).
 
   Returns:
-    The model_info dict (also written to model_info.json).
+    The model_info dict (also written to model_info.json); with "already_finished": True
+    when the same run had finished before.
 
   Raises:
-    ValueError: bad configuration (e.g. mixed precision without a GPU).
+    ValueError: bad configuration (e.g. mixed precision without a GPU), or model_dir
+      holds another run and not overwrite.
     FileNotFoundError: data_dir (or a QAT run's init_from) is not a finished output.
   """
   _check(config)
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")
+  finished = _claim_model_dir(config, overwrite)
+  if finished is not None:
+    logging.info("%s already holds this finished run; nothing to do", config.model_dir)
+    return dict(finished, already_finished=True)
   keras.utils.set_random_seed(config.seed)
   external = (dataset.load_image_folder(config.external_dir, config.image_size)
               if config.external_dir else None)
-  os.makedirs(config.model_dir, exist_ok=True)
   strategy = _strategy(config.strategy)
   train_ds, val_ds = _datasets(config, strategy)
   classifier, model = _build(config, strategy)
@@ -471,5 +525,11 @@ def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Ca
                config.model, " (QAT)" if config.qat else "", classifier.count_params(),
                config.data_dir, config.epochs, ",".join(config.augment.names()) or "none",
                strategy.num_replicas_in_sync)
-  train_seconds = _fit(config, model, train_ds, val_ds, callbacks)
+  done = len(model_dir_lib.read_history(config.model_dir).get("epoch", []))
+  if done >= config.epochs and os.path.isfile(_best_weights_path(config)):
+    # Killed after the last epoch, before model_info.json: only the finishing steps remain.
+    logging.info("all %d epochs had finished; finishing the run", config.epochs)
+    train_seconds = 0.0
+  else:
+    train_seconds = _fit(config, model, train_ds, val_ds, callbacks)
   return _finalize(config, model, classifier, external, train_seconds)

@@ -227,3 +227,30 @@ def test_learning_curves_show_roc_auc_and_the_best_epoch():
   assert panels["ROC-AUC"] == {"train ROC-AUC": [.6, .7, .8], "validation ROC-AUC": [.6, .9, .8],
                                "external ROC-AUC": [.5, .6, .7]}
   assert model_dir_lib.best_epoch(history) == 2
+
+
+def test_a_finished_run_is_not_redone_and_another_run_is_refused(sample_records, tmp_path):
+  cfg = _config(sample_records, tmp_path / "m", epochs=2)
+  first = train_lib.train(cfg)
+  again = train_lib.train(cfg)
+  assert again["already_finished"] and again["threshold"] == first["threshold"]
+  assert model_dir_lib.read_history(str(tmp_path / "m"))["epoch"] == [0.0, 1.0]
+  with pytest.raises(ValueError, match=r"differs in seed\); pass --overwrite"):
+    train_lib.train(_config(sample_records, tmp_path / "m", epochs=2, seed=7))
+  (tmp_path / "m" / "notes.txt").write_text("mine")
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=2, seed=7),
+                         overwrite=True)
+  assert info["seed"] == 7 and "already_finished" not in info
+  assert model_dir_lib.read_history(str(tmp_path / "m"))["epoch"] == [0.0, 1.0]  # not appended
+  assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def test_killed_after_the_last_epoch_only_the_finishing_steps_run(sample_records, tmp_path):
+  cfg = _config(sample_records, tmp_path / "m", epochs=2)
+  train_lib.train(cfg)
+  for name in (model_dir_lib.INFO_FILE, model_dir_lib.MODEL_FILE):
+    os.remove(tmp_path / "m" / name)  # as if killed between fit and model_info.json
+  info = train_lib.train(cfg)
+  assert info["train_seconds_this_run"] == 0.0 and info["epochs"] == 2
+  assert model_dir_lib.read_history(str(tmp_path / "m"))["epoch"] == [0.0, 1.0]
+  assert os.path.isfile(tmp_path / "m" / model_dir_lib.MODEL_FILE)
