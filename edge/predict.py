@@ -9,8 +9,9 @@ Reads metadata.json beside the model (labels, input size, preprocessing, quantiz
 threshold, the model's sha256) and refuses, before reading any image, a missing model, a
 model whose sha256 differs from the metadata, or metadata that does not match the
 model's input. Writes one JSON line per image, {"path", "label", "probability",
-"latency_ms"}, or {"path", "error"} for an image it cannot read; then a summary on
-stderr. Exit status 1 if any input failed.
+"latency_ms"}, or {"path", "error"} for an image it cannot read; progress (images/s,
+time left) on stderr every 10 s of a long run, then a summary. Exit status 1 if any input
+failed.
 
 The runtime is edge/runtime.py (no TensorFlow).
 """
@@ -18,6 +19,7 @@ import csv
 import json
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -31,6 +33,27 @@ _MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-expo
 _OUTPUT = flags.DEFINE_string("output", None, "Write results to this .jsonl or .csv file "
                               "instead of stdout.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
+
+# A progress line on stderr at most this often (a folder of thousands of films takes
+# minutes on a small device).
+PROGRESS_SECONDS = 10.0
+
+
+class _Progress:
+  """'cxr-predict: N/TOTAL images, R/s, about S s left' on stderr, every PROGRESS_SECONDS."""
+
+  def __init__(self, total: int):
+    self.total, self.start = total, time.monotonic()
+    self.last = self.start
+
+  def update(self, done: int) -> None:
+    now = time.monotonic()
+    if now - self.last < PROGRESS_SECONDS or done >= self.total:
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    print(f"cxr-predict: {done}/{self.total} images, {rate:.1f}/s, about "
+          f"{(self.total - done) / rate:.0f} s left", file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -52,8 +75,11 @@ def main(argv):
     writer = csv.DictWriter(out, ["path", "label", "probability", "latency_ms", "error"])
     writer.writeheader()
   ok, failed, latencies, counts = 0, 0, [], {label: 0 for label in model.labels}
+  items = list(runtime.expand_paths(patterns))  # the total, for progress
+  progress = _Progress(len(items))
   try:
-    for result in runtime.predict_paths(model, patterns):
+    for done, result in enumerate(runtime.predict_expanded(model, items), 1):
+      progress.update(done)
       if "error" in result:
         failed += 1
       else:

@@ -21,7 +21,7 @@ import io
 import json
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -227,7 +227,13 @@ def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
 
 def predict_paths(model: LiteModel, patterns: List[str]) -> Iterator[Dict[str, object]]:
   """One result dict per input; a bad input gets {"path", "error"} and the run goes on."""
-  for path, error in expand_paths(patterns):
+  return predict_expanded(model, expand_paths(patterns))
+
+
+def predict_expanded(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]]
+                     ) -> Iterator[Dict[str, object]]:
+  """predict_paths over already expanded (path, error) items (see expand_paths)."""
+  for path, error in items:
     if error:
       yield {"path": path, "error": error}
       continue

@@ -6,13 +6,15 @@ import shutil
 import subprocess
 import sys
 
+from absl import flags
+from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from edge import runtime
 from pipeline import preprocess
-from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, run_main, write_file
+from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, job, run_main, write_file
 
 
 @pytest.mark.parametrize("shape, size", [((224, 224), 150), ((300, 200), 150), ((40, 64), 150),
@@ -160,3 +162,18 @@ def test_output_in_a_missing_folder_is_refused_in_one_line(exported, tmp_path):
              output=str(tmp_path / "missing" / "out.jsonl"))
   assert str(e.value.code) == (f"cxr-predict: error: --output's folder {tmp_path / 'missing'} "
                                "does not exist")
+
+
+def test_progress_with_rate_and_time_left_on_stderr(exported, monkeypatch, capsys):
+  predict = job("edge.predict")
+  monkeypatch.setattr(predict, "PROGRESS_SECONDS", 0.0)  # a line after every image
+  model = os.path.join(exported[0], "model_int8.tflite")
+  files = _sample_files(4)
+  with flagsaver.flagsaver(model=model):  # not run_main: it would re-import the module
+    flags.FLAGS.mark_as_parsed()
+    predict.main(["cxr-predict", *files])
+  captured = capsys.readouterr()
+  progress = [l for l in captured.err.splitlines() if "s left" in l]
+  assert [l.split()[1] for l in progress] == ["1/4", "2/4", "3/4"]  # not after the last
+  assert all("/s, about " in l for l in progress)
+  assert len(captured.out.splitlines()) == 4  # results stay on stdout
