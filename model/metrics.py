@@ -50,11 +50,10 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 def pr_curve(y: np.ndarray, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """(recall, precision) at every distinct threshold, recall ascending from 0."""
   y = np.asarray(y).astype(bool)
-  _, tpr, thresholds = roc_curve(y, p)
-  p = np.asarray(p, dtype=np.float64)
-  predicted = np.array([np.sum(p >= t) for t in thresholds[1:]])
-  precision = (tpr[1:] * y.sum()) / predicted
-  return tpr, np.r_[1.0, precision]
+  fpr, tpr, _ = roc_curve(y, p)
+  # Films called positive at each threshold = true + false positives there.
+  tp, fp = tpr[1:] * y.sum(), fpr[1:] * (~y).sum()
+  return tpr, np.r_[1.0, tp / (tp + fp)]
 
 
 def pr_auc(y: np.ndarray, p: np.ndarray) -> float:

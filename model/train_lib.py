@@ -278,10 +278,7 @@ def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int
     {"probability", "label", "filename", "patient_id"} numpy arrays.
   """
   split_records = dataset.read_split(data_dir, split, image_size)
-  images = split_records.images
-  probs = [model(images[i:i + batch_size], training=False).numpy()[:, 1]
-           for i in range(0, len(images), batch_size)]
-  return {"probability": np.concatenate(probs).astype(np.float64) if probs else np.array([]),
+  return {"probability": predict_images(model, split_records.images, batch_size),
           "label": split_records.labels, "filename": split_records.filenames,
           "patient_id": split_records.patients}
 
