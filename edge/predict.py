@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -35,25 +34,13 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write results to this .jsonl or .
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
-# minutes on a small device).
+# minutes on a small device); the summary ends the run.
 PROGRESS_SECONDS = 10.0
 
 
-class _Progress:
-  """'cxr-predict: N/TOTAL images, R/s, about S s left' on stderr, every PROGRESS_SECONDS."""
-
-  def __init__(self, total: int):
-    self.total, self.start = total, time.monotonic()
-    self.last = self.start
-
-  def update(self, done: int) -> None:
-    now = time.monotonic()
-    if now - self.last < PROGRESS_SECONDS or done >= self.total:
-      return
-    self.last = now
-    rate = done / max(now - self.start, 1e-9)
-    print(f"cxr-predict: {done}/{self.total} images, {rate:.1f}/s, about "
-          f"{(self.total - done) / rate:.0f} s left", file=sys.stderr, flush=True)
+def _report_progress(done: int, total: int, rate: float, left: float, _) -> None:
+  print(f"cxr-predict: {done}/{total} images, {rate:.1f}/s, about {left:.0f} s left",
+        file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -76,9 +63,9 @@ def main(argv):
     writer.writeheader()
   ok, failed, latencies, counts = 0, 0, [], {label: 0 for label in model.labels}
   items = list(runtime.expand_paths(patterns))  # the total, for progress
-  progress = _Progress(len(items))
+  progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   try:
-    for done, result in enumerate(runtime.predict_expanded(model, items), 1):
+    for done, result in enumerate(runtime.predict_paths(model, items), 1):
       progress.update(done)
       if "error" in result:
         failed += 1

@@ -225,14 +225,10 @@ def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
       yield from ((p, None) for p in matches)
 
 
-def predict_paths(model: LiteModel, patterns: List[str]) -> Iterator[Dict[str, object]]:
-  """One result dict per input; a bad input gets {"path", "error"} and the run goes on."""
-  return predict_expanded(model, expand_paths(patterns))
-
-
-def predict_expanded(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]]
-                     ) -> Iterator[Dict[str, object]]:
-  """predict_paths over already expanded (path, error) items (see expand_paths)."""
+def predict_paths(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]]
+                  ) -> Iterator[Dict[str, object]]:
+  """One result dict per expand_paths item; a bad input gets {"path", "error"} and the run
+  goes on."""
   for path, error in items:
     if error:
       yield {"path": path, "error": error}

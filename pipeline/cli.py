@@ -5,6 +5,7 @@ absl's `--help` printed only "USAGE: cxr-x [flags]". `run` shows the job's own u
 docstring and its own flags instead, required ones marked, and exits 0 as help should.
 """
 import sys
+import time
 from typing import Callable, Sequence
 
 from absl import app
@@ -52,3 +53,24 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     if e.code == 1 and set(sys.argv[1:]) & _HELP_FLAGS:
       sys.exit(0)
     raise
+
+
+class Progress:
+  """Throttled progress of a long loop: reports at most every `every_s` seconds.
+
+  `report(done, total, rate_per_s, seconds_left, extra)` is called with the counts; with
+  `at_end`, also once when done reaches total (else the caller's summary ends the run).
+  """
+
+  def __init__(self, total: int, every_s: float, report: Callable, at_end: bool = True):
+    self.total, self.every_s, self.report, self.at_end = total, every_s, report, at_end
+    self.start = self.last = time.monotonic()
+
+  def update(self, done: int, extra: str = "") -> None:
+    now = time.monotonic()
+    finished = done >= self.total
+    if (finished and not self.at_end) or (now - self.last < self.every_s and not finished):
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    self.report(done, self.total, rate, (self.total - done) / max(rate, 1e-9), extra)

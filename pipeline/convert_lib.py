@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 
+from pipeline import cli
 from pipeline import image_io
 from pipeline import schema
 from pipeline import splits as splits_lib
@@ -134,20 +135,10 @@ def _load_worker(args: Tuple[str, str, str, Optional[int]]) -> Tuple[bytes, int,
   return image_io.load_encoded(*args)
 
 
-class _Progress:
-  """Logs `done/total` with a rate at most every few seconds, and once at the end."""
-
-  def __init__(self, what: str, total: int):
-    self._what, self._total = what, total
-    self._start = self._last = time.monotonic()
-
-  def update(self, done: int, extra: str = "") -> None:
-    now = time.monotonic()
-    if now - self._last >= _PROGRESS_EVERY_S or done == self._total:
-      self._last = now
-      rate = done / max(now - self._start, 1e-9)
-      logging.info("%s %d/%d images (%.0f images/s)%s", self._what, done, self._total,
-                   rate, extra)
+def _progress(what: str, total: int) -> cli.Progress:
+  """Logs `what done/total images (rate)` at most every few seconds, and once at the end."""
+  return cli.Progress(total, _PROGRESS_EVERY_S, lambda done, total, rate, _, extra: logging.info(
+      "%s %d/%d images (%.0f images/s)%s", what, done, total, rate, extra))
 
 
 def _num_shards(split_bytes: int, split_images: int, num_shards: int, train_images: int,
@@ -278,7 +269,7 @@ def convert(input_dir: str,
   ctx = multiprocessing.get_context("spawn")
   with ctx.Pool(num_workers) as pool:
     records: List[Record] = []
-    progress = _Progress("inspected", len(candidates))
+    progress = _progress("inspected", len(candidates))
     jobs = [(os.path.join(input_dir, f.relpath), max_pixels) for f in candidates]
     results = pool.imap(_inspect_worker, jobs, chunksize=16)
     for n, (f, result) in enumerate(zip(candidates, results), 1):
@@ -383,7 +374,7 @@ def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
                   loads: Iterator[Tuple[bytes, int, int, int]]) -> List[Dict[str, Any]]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   total = sum(len(recs) for _, recs in plan)
-  progress = _Progress("wrote", total)
+  progress = _progress("wrote", total)
   done = 0
   shards = []
   for name, recs in plan:
