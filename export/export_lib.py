@@ -10,7 +10,6 @@ keep their order, and the edge runtime takes softmax(logits / temperature) in fl
 """
 import json
 import os
-import shutil
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -23,6 +22,7 @@ from edge import runtime
 from model import metrics as metrics_lib
 from model import model_dir as model_dir_lib
 from model import models
+from pipeline import cli
 from pipeline import dataset
 from pipeline import image_io
 from pipeline import preprocess
@@ -176,13 +176,7 @@ def own_artifacts() -> List[str]:
 
 def _remove_own_artifacts(export_dir: str) -> None:
   """--overwrite: removes what a previous export wrote, and nothing else."""
-  kept = sorted(set(os.listdir(export_dir)) - set(own_artifacts()))
-  for name in own_artifacts():
-    path = os.path.join(export_dir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
+  kept = cli.remove_own(export_dir, own_artifacts())
   if kept:
     logging.warning("--overwrite: kept %d file(s) cxr-export did not write in %s: %s",
                     len(kept), export_dir, ", ".join(kept[:5]))

@@ -18,13 +18,13 @@
 import csv
 import json
 import os
-import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import tf_keras as keras
 
 from model import models
+from pipeline import cli
 from pipeline import image_io
 from pipeline import schema
 
@@ -114,12 +114,7 @@ OWN_ARTIFACTS = (RUN_FILE, MODEL_FILE, QAT_WEIGHTS_FILE, INFO_FILE, LOG_FILE, HI
 
 def remove_run(model_dir: str) -> None:
   """Removes what cxr-train wrote in model_dir, and nothing else."""
-  for name in OWN_ARTIFACTS:
-    path = os.path.join(model_dir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
+  cli.remove_own(model_dir, OWN_ARTIFACTS)
 
 
 def read_run(model_dir: str) -> Optional[Dict[str, Any]]:

@@ -4,9 +4,11 @@ A console script's `__main__` is a generated wrapper with no docstring and no fl
 absl's `--help` printed only "USAGE: cxr-x [flags]". `run` shows the job's own usage
 docstring and its own flags instead, required ones marked, and exits 0 as help should.
 """
+import os
+import shutil
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence
 
 from absl import app
 from absl import flags
@@ -74,3 +76,18 @@ class Progress:
     self.last = now
     rate = done / max(now - self.start, 1e-9)
     self.report(done, self.total, rate, (self.total - done) / max(rate, 1e-9), extra)
+
+
+def remove_own(folder: str, names: Sequence[str]) -> List[str]:
+  """--overwrite: removes the entries `names` a job writes in folder, and nothing else.
+
+  Returns:
+    The other entries of folder, kept (sorted).
+  """
+  for name in names:
+    path = os.path.join(folder, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+  return sorted(set(os.listdir(folder)) - set(names)) if os.path.isdir(folder) else []
