@@ -4,6 +4,7 @@ Writes metrics.json, predictions.csv (file, patient, label, probability, predict
 roc.png, pr.png (precision-recall), calibration.png (reliability) and
 confusion_matrix.png. Metrics are computed in numpy (model/metrics.py).
 """
+import contextlib
 import csv
 import json
 import os
@@ -28,87 +29,75 @@ def predict_folder(model, image_dir: str, image_size: int,
            "patient_id": folder.patients}, folder.skipped)
 
 
-def _plot_roc(y, p, threshold: float, path: str, title: str) -> None:
+@contextlib.contextmanager
+def _figure(path: str, title: str, size=(5, 5)):
+  """A titled matplotlib axes, saved to `path` (100 dpi) and closed after the block."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=size)
+  try:
+    yield ax
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
+
+
+def _plot_roc(y, p, threshold: float, path: str, title: str) -> None:
   fpr, tpr, _ = metrics_lib.roc_curve(y, p)
   point = metrics_lib.at_threshold(y, p, threshold)
-  fig, ax = plt.subplots(figsize=(5, 5))
-  ax.plot(fpr, tpr, label=f"ROC (AUC {metrics_lib.roc_auc(y, p):.4f})")
-  ax.plot([0, 1], [0, 1], "k--", alpha=0.3)
-  ax.scatter([1 - point["specificity"]], [point["sensitivity"]], color="red", zorder=3,
-             label=f"threshold {threshold:.3f}")
-  ax.set_xlabel("1 - specificity")
-  ax.set_ylabel("sensitivity")
-  ax.set_title(title)
-  ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with _figure(path, title) as ax:
+    ax.plot(fpr, tpr, label=f"ROC (AUC {metrics_lib.roc_auc(y, p):.4f})")
+    ax.plot([0, 1], [0, 1], "k--", alpha=0.3)
+    ax.scatter([1 - point["specificity"]], [point["sensitivity"]], color="red", zorder=3,
+               label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right")
 
 
 def _plot_pr(y, p, threshold: float, path: str, title: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   recall, precision = metrics_lib.pr_curve(y, p)
   point = metrics_lib.at_threshold(y, p, threshold)
-  fig, ax = plt.subplots(figsize=(5, 5))
-  ax.step(recall, precision, where="post",
-          label=f"precision-recall (AP {metrics_lib.pr_auc(y, p):.4f})")
-  ax.axhline(float(np.mean(y)), color="k", ls="--", alpha=0.3, label="prevalence")
-  ax.scatter([point["sensitivity"]], [point["precision"]], color="red", zorder=3,
-             label=f"threshold {threshold:.3f}")
-  ax.set_xlabel("recall (sensitivity)")
-  ax.set_ylabel("precision")
-  ax.set_ylim(0, 1.02)
-  ax.set_title(title)
-  ax.legend(loc="lower left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with _figure(path, title) as ax:
+    ax.step(recall, precision, where="post",
+            label=f"precision-recall (AP {metrics_lib.pr_auc(y, p):.4f})")
+    ax.axhline(float(np.mean(y)), color="k", ls="--", alpha=0.3, label="prevalence")
+    ax.scatter([point["sensitivity"]], [point["precision"]], color="red", zorder=3,
+               label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left")
 
 
 def _plot_reliability(y, p, path: str, title: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   mean_p, rate, count = metrics_lib.reliability(y, p)
-  fig, ax = plt.subplots(figsize=(5, 5))
-  ax.plot([0, 1], [0, 1], "k--", alpha=0.3, label="perfectly calibrated")
-  ax.plot(mean_p, rate, "o-", label=f"model (ECE {metrics_lib.expected_calibration_error(y, p):.3f})")
-  for x, r, n in zip(mean_p, rate, count):
-    ax.annotate(str(n), (x, r), textcoords="offset points", xytext=(4, -10), fontsize=7)
-  ax.set_xlabel(f"predicted probability of {schema.POSITIVE_LABEL} (10 bins; films per bin)")
-  ax.set_ylabel(f"observed share of {schema.POSITIVE_LABEL}")
-  ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1)
-  ax.set_title(title)
-  ax.legend(loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with _figure(path, title) as ax:
+    ax.plot([0, 1], [0, 1], "k--", alpha=0.3, label="perfectly calibrated")
+    ax.plot(mean_p, rate, "o-", label=f"model (ECE {metrics_lib.expected_calibration_error(y, p):.3f})")
+    for x, r, n in zip(mean_p, rate, count):
+      ax.annotate(str(n), (x, r), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel(f"predicted probability of {schema.POSITIVE_LABEL} (10 bins; films per bin)")
+    ax.set_ylabel(f"observed share of {schema.POSITIVE_LABEL}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
 
 
 def _plot_confusion(matrix, path: str, title: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   m = np.array(matrix)
-  fig, ax = plt.subplots(figsize=(4.5, 4))
-  ax.imshow(m, cmap="Blues")
-  for (i, j), v in np.ndenumerate(m):
-    ax.text(j, i, str(v), ha="center", va="center",
-            color="white" if v > m.max() / 2 else "black", fontsize=14)
-  ax.set_xticks(range(len(schema.LABELS)), schema.LABELS)
-  ax.set_yticks(range(len(schema.LABELS)), schema.LABELS)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with _figure(path, title, (4.5, 4)) as ax:
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+      ax.text(j, i, str(v), ha="center", va="center",
+              color="white" if v > m.max() / 2 else "black", fontsize=14)
+    ax.set_xticks(range(len(schema.LABELS)), schema.LABELS)
+    ax.set_yticks(range(len(schema.LABELS)), schema.LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
 
 
 REPORTS = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "calibration.png",
