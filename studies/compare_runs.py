@@ -30,6 +30,7 @@ from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
+from studies import groups  # pylint: disable=wrong-import-position
 
 COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc", "log_loss", "brier", "errors")
 
@@ -86,12 +87,9 @@ def main() -> None:
   print("| run | threshold | " + " | ".join(COLUMNS) + " |")
   print("| --- " * (len(COLUMNS) + 2) + "|")
   means = []
-  for group in args.group:
-    name, _, dirs = group.partition("=")
-    if not dirs:
-      parser.error(f"--group={group!r}: expected NAME=DIR[,DIR...]")
+  for name, dirs in groups.parse(parser, args.group):
     rows = []
-    for d in dirs.split(","):
+    for d in dirs:
       rows.append(score_run(d, args.data_dir, args.split))
       print(_row(f"{name}: {os.path.basename(d.rstrip('/'))}", rows[-1]), flush=True)
     means.append((name, _mean(rows), len(rows)))

@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -35,6 +35,7 @@ from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from pipeline import splits  # pylint: disable=wrong-import-position
+from studies import groups  # pylint: disable=wrong-import-position
 
 KEYS = ("accuracy", "sensitivity", "specificity")
 SPLIT_SEEDS = (0, 1, 2, 3, 4)
@@ -150,20 +151,22 @@ def main() -> None:
         f"(cxr-train's rule {args.threshold_rule!r}); 95% intervals (Wilson; ROC-AUC bootstrap over patients); "
         "means with the range over seeds")
   int8_paths: Dict[str, List[str]] = {}
+  study = groups.parse(parser, args.group)
+  exported: Dict[str, Tuple[str, str, Dict[str, Any]]] = {}  # run dir -> (name, out, report)
+  for _, dirs in study:
+    for d in dirs:
+      run = os.path.basename(d.rstrip("/"))
+      out = os.path.join(args.out, args.threshold_rule, f"export_{run}")
+      apply_threshold_rule(d, args.data_dir, args.threshold_rule)
+      exported[d] = (run, out, export_run(d, args.data_dir, args.external_dir, out))
   for variant, section in (("int8", "external"), ("float32", "external"), ("int8", "test")):
     where = ("the internal test split (same source as training)" if section == "test"
              else "the external films")
     print(f"\n{variant} TFLite, through the edge runtime, on {where}\n{head}")
-    for group in args.group:
-      name, _, dirs = group.partition("=")
-      if not dirs:
-        parser.error(f"--group={group!r}: expected NAME=DIR[,DIR...]")
+    for name, dirs in study:
       rows = []
-      for d in dirs.split(","):
-        run = os.path.basename(d.rstrip("/"))
-        out = os.path.join(args.out, args.threshold_rule, f"export_{run}")
-        apply_threshold_rule(d, args.data_dir, args.threshold_rule)
-        report = export_run(d, args.data_dir, args.external_dir, out)
+      for d in dirs:
+        run, out, report = exported[d]
         e = (report["external"] if section == "external" else report)["variants"][variant]
         rows.append(e)
         result["groups"].setdefault(name, {}).setdefault(f"{section}_{variant}", {})[run] = e
@@ -193,7 +196,7 @@ def main() -> None:
     print(f"| **article recipe: mean of {len(rows)}** | | "
           + " | ".join(f"**{100 * m[k]:.1f}**" for k in KEYS) + f" | **{m['roc_auc']:.4f}** | |")
     result["article"] = rows
-  group = args.calibrate_group or (args.group[0].partition("=")[0] if args.group else None)
+  group = args.calibrate_group or (study[0][0] if study else None)
   if group in int8_paths:
     rules = {"Youden J": {}, "sensitivity >= 0.98": {"target_sensitivity": 0.98},
              "specificity >= 0.90": {"target_specificity": 0.90}}
