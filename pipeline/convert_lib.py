@@ -38,6 +38,9 @@ class ConversionError(Exception):
 class SourceFile:
   relpath: str  # relative to input_dir, with "/" separators
   label: Optional[str]  # None when no class folder is found above the file
+  # Why this entry cannot be read at all (an unreadable or repeated folder, a file name
+  # that is not UTF-8); relpath is then printable (escaped) rather than openable.
+  problem: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,24 +81,47 @@ class ConversionResult:
 def scan_input(input_dir: str, flag: str = "--input_dir") -> List[SourceFile]:
   """Lists every file below input_dir with the class of its nearest class folder.
 
-  Hidden files and folders (".DS_Store", ".git") are listed too: every file found
-  is accounted for, so they are rejected with a reason rather than silently skipped.
+  Every entry found is accounted for: hidden files (".DS_Store") are listed, to be
+  rejected with a reason rather than silently skipped; so are folders that cannot be
+  read and file names that are not UTF-8 (with `problem` set). Symbolic links to
+  folders are followed, each real folder once, so a link loop cannot recurse.
 
   Args:
     input_dir: the folder to search.
     flag: the command-line flag that named it, for error messages.
 
   Raises:
-    ConversionError: input_dir is missing or no folder below it is a class folder.
+    ConversionError: input_dir is missing or unreadable, or no folder below it is a
+      class folder.
   """
   if not os.path.isdir(input_dir):
     raise ConversionError(f"{flag} {input_dir!r} is not a directory")
   found: List[SourceFile] = []
   any_class_dir = False
-  for root, dirs, files in os.walk(input_dir):
-    dirs.sort()
+  seen = set()
+
+  def unreadable(error: OSError) -> None:
+    rel = os.path.relpath(error.filename, input_dir)
+    if rel == ".":
+      raise ConversionError(f"{flag} {input_dir!r} cannot be read: {error.strerror or error}")
+    found.append(SourceFile(_printable(rel.replace(os.sep, "/")) + "/", None,
+                            f"{image_io.REASON_FOLDER}: {error.strerror or error}"))
+
+  for root, dirs, files in os.walk(input_dir, onerror=unreadable, followlinks=True):
+    st = os.stat(root)
+    seen.add((st.st_dev, st.st_ino))
     rel_root = os.path.relpath(root, input_dir)
     parts = [] if rel_root == "." else rel_root.split(os.sep)
+    dirs.sort()
+    for d in list(dirs):
+      try:
+        st = os.stat(os.path.join(root, d))
+      except OSError:
+        continue  # os.walk reports it through unreadable()
+      if (st.st_dev, st.st_ino) in seen:
+        dirs.remove(d)
+        found.append(SourceFile(_printable("/".join(parts + [d])) + "/", None,
+                                image_io.REASON_LOOP))
     label = None
     for part in reversed(parts):  # the deepest class folder wins
       label = schema.class_from_dirname(part)
@@ -103,12 +129,24 @@ def scan_input(input_dir: str, flag: str = "--input_dir") -> List[SourceFile]:
         break
     any_class_dir = any_class_dir or label is not None
     for name in sorted(files):
-      found.append(SourceFile("/".join(parts + [name]), label))
+      relpath = "/".join(parts + [name])
+      printable = _printable(relpath)
+      found.append(SourceFile(printable, label) if printable == relpath
+                   else SourceFile(printable, label, image_io.REASON_NAME))
   if not any_class_dir:
     raise ConversionError(
         f"{flag} {input_dir!r} holds no class folders (expected sub-folders named "
         f"{' / '.join(schema.LABELS)}, any case, at any depth)")
   return found
+
+
+def _printable(relpath: str) -> str:
+  """relpath itself if it is valid UTF-8, else with its undecodable bytes escaped."""
+  try:
+    relpath.encode("utf-8")
+    return relpath
+  except UnicodeEncodeError:  # os.walk maps undecodable bytes to lone surrogates
+    return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def patient_id(relpath: str) -> str:
@@ -131,7 +169,7 @@ def _inspect_worker(args: Tuple[str, int]) -> Any:
   return image_io.inspect_image(path, max_pixels)
 
 
-def _load_worker(args: Tuple[str, str, str, Optional[int]]) -> Tuple[bytes, int, int, int]:
+def _load_worker(args: Tuple[str, str, str, Optional[int]]) -> Any:
   return image_io.load_encoded(*args)
 
 
@@ -260,7 +298,9 @@ def convert(input_dir: str,
   rejected: List[Dict[str, str]] = []
   candidates = []
   for f in files:
-    if f.label is None:
+    if f.problem:
+      rejected.append({"path": f.relpath, "reason": f.problem})
+    elif f.label is None:
       rejected.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
     else:
       candidates.append(f)
@@ -307,7 +347,13 @@ def convert(input_dir: str,
     ordered = [r for _, recs in plan for r in recs]
     loads = pool.imap(_load_worker, [(os.path.join(input_dir, r.relpath), r.info.sha256,
                                       r.info.format, image_size) for r in ordered], chunksize=16)
-    shards_info = _write_shards(output_dir, plan, loads)
+    shards_info, vanished = _write_shards(output_dir, plan, loads)
+  if vanished:
+    # Files that changed or disappeared after the first pass: rejected, the rest kept.
+    rejected += vanished
+    gone = {v["path"] for v in vanished}
+    records = [r for r in records if r.relpath not in gone]
+    by_split = {s: [r for r in recs if r.relpath not in gone] for s, recs in by_split.items()}
 
   manifest = {
       "format_version": MANIFEST_VERSION,
@@ -371,25 +417,33 @@ def _duplicate_groups(records: Sequence[Record]) -> int:
 
 
 def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
-                  loads: Iterator[Tuple[bytes, int, int, int]]) -> List[Dict[str, Any]]:
+                  loads: Iterator[Any]) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
+  """Writes the planned shards; returns (shard entries, rejections of the second pass)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   total = sum(len(recs) for _, recs in plan)
   progress = _progress("wrote", total)
   done = 0
   shards = []
+  vanished = []
   for name, recs in plan:
     final = os.path.join(output_dir, name)
     tmp = final + _TMP_SUFFIX
+    written = 0
     with tf.io.TFRecordWriter(tmp) as writer:
       for r in recs:
-        encoded, h, w, c = next(loads)
+        loaded = next(loads)
+        done += 1
+        progress.update(done)
+        if isinstance(loaded, image_io.Rejection):
+          logging.warning("rejecting %s: %s", r.relpath, loaded.reason)
+          vanished.append({"path": r.relpath, "reason": loaded.reason})
+          continue
+        encoded, h, w, c = loaded
         # deterministic=True: the feature map otherwise serializes in hash order,
         # which changes between processes and would break byte-identical shards.
         writer.write(_make_example(r, encoded, h, w, c).SerializeToString(deterministic=True))
-        done += 1
-        progress.update(done)
-    shards.append({"file": name, "records": len(recs), "sha256": image_io.sha256_file(tmp),
+        written += 1
+    shards.append({"file": name, "records": written, "sha256": image_io.sha256_file(tmp),
                    "bytes": os.path.getsize(tmp)})
     os.replace(tmp, final)
-  return shards
-
+  return shards, vanished

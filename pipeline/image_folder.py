@@ -32,7 +32,7 @@ def list_labelled_images(image_dir: str,
 
   Returns:
     (images, skipped): skipped is [{"path", "reason"}] for files outside a class
-    folder or (with check) unreadable.
+    folder, unreadable folders, non-UTF-8 names and (with check) unreadable files.
 
   Raises:
     convert_lib.ConversionError: image_dir is missing or holds no class folder.
@@ -41,6 +41,9 @@ def list_labelled_images(image_dir: str,
   skipped: List[Dict[str, str]] = []
   for f in convert_lib.scan_input(image_dir, flag="--image_dir"):
     path = os.path.join(image_dir, f.relpath)
+    if f.problem:
+      skipped.append({"path": f.relpath, "reason": f.problem})
+      continue
     if f.label is None:
       skipped.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
       continue

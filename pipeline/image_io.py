@@ -7,6 +7,7 @@ does not copy TensorFlow's thread pools into a forked child.
 import dataclasses
 import hashlib
 import io
+import struct
 import zlib
 from typing import Optional, Tuple, Union
 
@@ -28,6 +29,10 @@ REASON_BOMB = "decompression-bomb size"
 REASON_UNKNOWN_CLASS = "unknown class folder"
 REASON_UNREADABLE = "unreadable file"
 REASON_CONFLICT = "conflicting labels"
+REASON_CHANGED = "changed or removed during conversion"
+REASON_NAME = "file name is not valid UTF-8"
+REASON_FOLDER = "unreadable folder"
+REASON_LOOP = "folder already scanned (symbolic link)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,9 @@ def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[Image
   if not data:
     return Rejection(REASON_EMPTY)
   sha = hashlib.sha256(data).hexdigest()
+  problem = png_chunk_problem(data)
+  if problem:
+    return Rejection(f"{REASON_CORRUPT}: {problem}")
   result = _decode_check(data, max_pixels)
   if isinstance(result, Rejection):
     return result
@@ -101,29 +109,66 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
   return fmt, height, width, channels
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunk_problem(data: bytes) -> Optional[str]:
+  """What libpng (TensorFlow's PNG decoder) would refuse in a PNG's chunk structure.
+
+  Pillow decodes the pixels without checking the IDAT chunks' CRCs or looking for IEND,
+  so a damaged PNG used to convert and then stop training with "Invalid PNG data". Here
+  every critical chunk's CRC is checked and IEND must end the image, as libpng demands.
+
+  Args:
+    data: a file's bytes; anything that is not a PNG passes (None).
+
+  Returns:
+    None for a sound chunk structure, else a short description of the first problem.
+  """
+  if not data.startswith(_PNG_SIGNATURE):
+    return None
+  pos = len(_PNG_SIGNATURE)
+  while True:
+    if pos + 8 > len(data):
+      return "PNG ends without an IEND chunk"
+    length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+    end = pos + 8 + length + 4
+    if end > len(data):
+      return f"PNG chunk {kind.decode('latin-1')!r} is truncated"
+    crc = struct.unpack(">I", data[end - 4:end])[0]
+    critical = not kind[0] & 0x20  # upper-case first letter
+    if critical and zlib.crc32(data[pos + 4:end - 4]) != crc:
+      return f"PNG chunk {kind.decode('latin-1')!r} fails its CRC check"
+    if kind == b"IEND":
+      return None
+    pos = end
+
+
 def load_encoded(path: str, expected_sha256: str, fmt: str,
-                 max_side: Optional[int]) -> Tuple[bytes, int, int, int]:
+                 max_side: Optional[int]) -> Union[Tuple[bytes, int, int, int], Rejection]:
   """Reads a file accepted by inspect_image and returns the bytes to store.
 
   Args:
     path: the source file.
-    expected_sha256: its hash from the first pass; a mismatch means the file changed
-      during conversion, which would silently break determinism, so it is an error.
+    expected_sha256: its hash from the first pass; a file that changed or vanished
+      since then is rejected (its new content was never checked, and storing it would
+      silently break determinism).
     fmt: "jpeg" or "png", as inspect_image found.
     max_side: if set and the longer side exceeds it, the image is downscaled to that
       (aspect ratio kept) and re-encoded in its own format; otherwise the source bytes
       are stored unchanged.
 
   Returns:
-    (encoded bytes, height, width, channels) of what is stored.
-
-  Raises:
-    RuntimeError: the file changed since it was inspected.
+    (encoded bytes, height, width, channels) of what is stored, or a Rejection
+    (REASON_CHANGED) when the file is no longer what inspect_image accepted.
   """
-  with open(path, "rb") as f:
-    data = f.read()
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    return Rejection(f"{REASON_CHANGED}: {e.strerror or e}")
   if hashlib.sha256(data).hexdigest() != expected_sha256:
-    raise RuntimeError(f"{path} changed while it was being converted")
+    return Rejection(f"{REASON_CHANGED}: its content differs from the first pass")
   with Image.open(io.BytesIO(data)) as im:
     width, height = im.size
     if not max_side or max(width, height) <= max_side:

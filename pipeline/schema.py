@@ -70,14 +70,15 @@ def parse_patient_id(filename: str) -> Optional[str]:
     ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0007-0001.jpeg``.
 
   Returns:
-    ``person1234``, ``IM-0115``, ``NORMAL2-IM-0007`` for those examples, or None when
-    the name carries no recognisable id (the caller then treats the file as its own
-    patient).
+    ``person1234``, ``im-0115``, ``normal2-im-0007`` for those examples (lower case:
+    ``PERSON12_…`` and ``person12_…`` are one patient and must share a split), or None
+    when the name carries no recognisable id (the caller then treats the file as its
+    own patient).
   """
   for pattern in _PATIENT_PATTERNS:
     match = pattern.match(filename)
     if match:
-      return match.group(1)
+      return match.group(1).lower()
   return None
 
 

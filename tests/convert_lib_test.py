@@ -188,3 +188,90 @@ def test_a_split_without_both_classes_is_refused(tmp_path):
     convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1)
   assert "12 NORMAL, 0 PNEUMONIA" in str(e.value)
   assert not os.path.exists(tmp_path / "out" / schema.MANIFEST_NAME)
+
+
+def _reasons(manifest):
+  return {r["path"]: r["reason"] for r in manifest["rejected"]}
+
+
+def test_symlinked_folders_are_followed_once_and_loops_reported(tmp_path):
+  make_tree(str(tmp_path / "in"))
+  make_tree(str(tmp_path / "elsewhere" / "NORMAL"), patients_per_class=0)
+  write_file(str(tmp_path / "elsewhere" / "NORMAL" / "IM-0900-0001.jpeg"), image_bytes(seed=900))
+  os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "linked")
+  os.symlink(tmp_path / "in", tmp_path / "in" / "PNEUMONIA" / "loop")
+  m = convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1).manifest
+  assert m["num_written"] == 48 + 1  # the linked folder's image is converted
+  assert _reasons(m) == {"PNEUMONIA/loop/": image_io.REASON_LOOP}
+
+
+def test_unreadable_folders_are_listed_not_skipped(tmp_path, monkeypatch):
+  make_tree(str(tmp_path / "in"))
+  locked = tmp_path / "in" / "NORMAL" / "locked"
+  write_file(str(locked / "IM-0901-0001.jpeg"), image_bytes(seed=901))
+  real_scandir = os.scandir
+
+  def scandir(path="."):
+    # chmod 000 cannot lock out root (CI may run as root): fail as the kernel would.
+    if os.fspath(path) == str(locked):
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  m = convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1).manifest
+  assert _reasons(m) == {"NORMAL/locked/": f"{image_io.REASON_FOLDER}: Permission denied"}
+  assert m["num_files_found"] == 48 + 1 and m["num_written"] == 48
+
+
+def test_non_utf8_file_name_is_rejected_and_the_rest_converted(tmp_path):
+  make_tree(str(tmp_path / "in"))
+  name = os.fsencode(str(tmp_path / "in" / "NORMAL")) + b"/IM-0902-\xff\xfe.jpeg"
+  with open(name, "wb") as f:
+    f.write(image_bytes(seed=902))
+  m = convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1).manifest
+  assert _reasons(m) == {"NORMAL/IM-0902-\\xff\\xfe.jpeg": image_io.REASON_NAME}
+  assert m["num_written"] == 48
+  json.dumps(m, ensure_ascii=False).encode("utf-8")  # the manifest is valid UTF-8
+  verify_lib.verify(str(tmp_path / "out"))
+
+
+def test_patient_ids_are_case_insensitive(tmp_path):
+  make_tree(str(tmp_path / "in"))
+  for k, name in enumerate(["PERSON77_virus_0.jpeg", "person77_virus_1.jpeg",
+                            "Person77_bacteria_2.jpeg"]):
+    write_file(str(tmp_path / "in" / "PNEUMONIA" / name), image_bytes(seed=770 + k))
+  out = str(tmp_path / "out")
+  convert_lib.convert(str(tmp_path / "in"), out, num_workers=1)
+  splits = {}
+  for path in sorted(os.listdir(out)):
+    if path.endswith(schema.SHARD_SUFFIX):
+      for ex in _records(os.path.join(out, path)):
+        feats = ex.features.feature
+        patient = feats[schema.KEY_PATIENT].bytes_list.value[0].decode()
+        if patient == "person77":
+          splits.setdefault(path.split("-")[0], 0)
+          splits[path.split("-")[0]] += 1
+  assert sum(splits.values()) == 3 and len(splits) == 1, splits
+
+
+def test_a_file_removed_between_the_passes_is_rejected_and_the_run_completes(
+    tmp_path, monkeypatch):
+  make_tree(str(tmp_path / "in"))
+  victim = tmp_path / "in" / "NORMAL" / "IM-0003-0001.jpeg"
+  changed = tmp_path / "in" / "PNEUMONIA" / "person4_virus_1.jpeg"
+  real = convert_lib._drop_conflicting_labels
+
+  def between_passes(records):  # runs after the inspect pass, before the write pass
+    os.remove(victim)
+    write_file(str(changed), image_bytes(seed=12345))
+    return real(records)
+
+  monkeypatch.setattr(convert_lib, "_drop_conflicting_labels", between_passes)
+  out = str(tmp_path / "out")
+  m = convert_lib.convert(str(tmp_path / "in"), out, num_workers=1).manifest
+  reasons = _reasons(m)
+  assert set(reasons) == {"NORMAL/IM-0003-0001.jpeg", "PNEUMONIA/person4_virus_1.jpeg"}
+  assert all(r.startswith(image_io.REASON_CHANGED) for r in reasons.values())
+  assert m["num_written"] == 46
+  assert sum(m["splits"][s]["images"] for s in schema.SPLITS) == 46
+  verify_lib.verify(out)  # shard counts and class counts match what was written

@@ -1,4 +1,6 @@
 import io
+import os
+import struct
 
 import pytest
 from PIL import Image
@@ -67,7 +69,42 @@ def test_load_encoded_keeps_source_bytes_or_downscales(tmp_path):
   assert Image.open(io.BytesIO(encoded)).size == (20, 10)
 
 
-def test_load_encoded_refuses_a_changed_file(tmp_path):
+def test_load_encoded_rejects_a_changed_or_removed_file(tmp_path):
   path = write_file(str(tmp_path / "a.jpeg"), image_bytes())
-  with pytest.raises(RuntimeError, match="changed"):
-    image_io.load_encoded(path, "0" * 64, "jpeg", None)
+  changed = image_io.load_encoded(path, "0" * 64, "jpeg", None)
+  assert changed.reason.startswith(image_io.REASON_CHANGED)
+  os.remove(path)
+  removed = image_io.load_encoded(path, "0" * 64, "jpeg", None)
+  assert removed.reason.startswith(image_io.REASON_CHANGED)
+
+
+def _png_damaged(kind: str) -> bytes:
+  data = image_bytes("PNG", size=(64, 64))
+  if kind == "idat_crc":
+    at = data.index(b"IDAT")
+    length = struct.unpack(">I", data[at - 4:at])[0]
+    flipped = bytearray(data)
+    flipped[at + 4 + length] ^= 0xFF  # first byte of the IDAT chunk's CRC
+    return bytes(flipped)
+  return data[:data.index(b"IEND") - 4]  # "no_iend"
+
+
+@pytest.mark.parametrize("kind", ["idat_crc", "no_iend"])
+def test_png_that_tensorflow_refuses_is_rejected(tmp_path, kind):
+  """What converts must also train: Pillow decodes these, libpng (TF) does not."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  data = _png_damaged(kind)
+  Image.open(io.BytesIO(data)).load()  # Pillow alone would accept it
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    tf.io.decode_png(data)
+  assert _reason(tmp_path, data).startswith(image_io.REASON_CORRUPT)
+
+
+def test_png_chunk_check_passes_sound_files_and_trailing_bytes():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for mode in ("L", "RGB", "RGBA"):
+    data = image_bytes("PNG", mode)
+    assert image_io.png_chunk_problem(data) is None
+    assert image_io.png_chunk_problem(data + b"junk after IEND") is None
+    tf.io.decode_png(data + b"junk after IEND")  # libpng accepts it too
+  assert image_io.png_chunk_problem(image_bytes("JPEG")) is None  # not a PNG: not its job

@@ -6,9 +6,10 @@ from pipeline import schema
 @pytest.mark.parametrize("name, expected", [
     ("person1234_bacteria_5678.jpeg", "person1234"),
     ("person447_virus_921_1.jpeg", "person447"),
-    ("IM-0115-0001.jpeg", "IM-0115"),
-    ("IM-0429-0001-0002.jpeg", "IM-0429"),
-    ("NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0007"),
+    ("IM-0115-0001.jpeg", "im-0115"),
+    ("IM-0429-0001-0002.jpeg", "im-0429"),
+    ("NORMAL2-IM-0007-0001.jpeg", "normal2-im-0007"),
+    ("PERSON12_virus_1.jpeg", "person12"),  # one patient whatever the case
     ("normal2-im-0007-0001.jpeg", "normal2-im-0007"),
     ("scan_001.png", None),
     ("personX_bacteria.jpeg", None),
