@@ -95,6 +95,9 @@ _INIT_FROM = flags.DEFINE_string("init_from", None, "With --qat: the float cxr-t
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Start over in a --model_dir that holds another run (removes only "
     "the files cxr-train writes).")
+_NO_VERIFY = flags.DEFINE_bool(
+    "no_verify", False, "Skip the sha256 check of the train and val shards against the "
+    "manifest before training (their sizes are always checked).")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
                                         "Limit steps per epoch (smoke runs).", lower_bound=1)
 
@@ -116,7 +119,7 @@ def _qat_config() -> train_lib.TrainConfig:
       epochs=_EPOCHS.value if present("epochs") else None,
       learning_rate=_LEARNING_RATE.value if present("learning_rate") else None,
       strategy=_STRATEGY.value, cache=_CACHE.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
-      external_dir=_EXTERNAL_DIR.value)
+      external_dir=_EXTERNAL_DIR.value, verify_data=not _NO_VERIFY.value)
 
 
 def _config() -> train_lib.TrainConfig:
@@ -134,7 +137,8 @@ def _config() -> train_lib.TrainConfig:
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
       threshold_rule=_THRESHOLD_RULE.value,
       width=_WIDTH.value, dropout=_DROPOUT.value, cache=_CACHE.value,
-      steps_per_epoch=_STEPS_PER_EPOCH.value, external_dir=_EXTERNAL_DIR.value)
+      steps_per_epoch=_STEPS_PER_EPOCH.value, external_dir=_EXTERNAL_DIR.value,
+      verify_data=not _NO_VERIFY.value)
 
 
 def _valid_augment(names):

@@ -73,6 +73,7 @@ class TrainConfig:
   qat: bool = False  # quantization-aware fine-tuning of the float run in init_from
   init_from: Optional[str] = None
   verbose: int = 2
+  verify_data: bool = True  # sha256 of the shards before training (sizes always)
 
 
 # QAT fine-tunes an already trained network: a small rate keeps the weights near the
@@ -293,6 +294,7 @@ def _check(config: TrainConfig) -> None:
   if config.qat and (config.mixed_precision or not config.init_from):
     raise ValueError("a QAT run needs --init_from (a float run) and no --mixed_precision")
   manifest = records.load_manifest(config.data_dir)
+  records.check_shards(config.data_dir, ("train", "val"), hashes=config.verify_data)
   for split in ("train", "val"):
     classes = manifest["splits"][split].get("classes", {})
     missing = [label for label in schema.LABELS
@@ -438,7 +440,7 @@ def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Mod
 
 # Config fields that do not change what is trained (where it is logged, how it is fed,
 # what else is scored): a rerun may differ in them and still resume the same run.
-_NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir")
+_NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir", "verify_data")
 
 
 def _identity(config: TrainConfig) -> Dict[str, Any]:

@@ -5,8 +5,9 @@ pipeline/dataset.read_split.
 """
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
+from pipeline import image_io
 from pipeline import schema
 
 
@@ -39,3 +40,27 @@ def shard_paths(data_dir: str, split: str) -> List[str]:
     if not os.path.isfile(p):
       raise FileNotFoundError(f"shard {p} listed in the manifest is missing")
   return paths
+
+
+def check_shards(data_dir: str, splits: Sequence[str], hashes: bool = True) -> None:
+  """Checks the shards of `splits` against the manifest before they are trained on.
+
+  A 0-byte, replaced or swapped shard (train and val exchanged) still reads as valid
+  records, so training would run to the end on the wrong data. Sizes are always
+  compared (free); sha256 too unless hashes=False (about a second per GB).
+
+  Raises:
+    FileNotFoundError: no manifest, or a listed shard is missing.
+    ValueError: a shard's size or sha256 differs from the manifest (names the shard).
+  """
+  manifest = load_manifest(data_dir)
+  for split in splits:
+    for shard, path in zip(manifest["splits"][split]["shards"], shard_paths(data_dir, split)):
+      size = os.path.getsize(path)
+      if size != shard["bytes"]:
+        raise ValueError(f"shard {path} has {size} bytes, the manifest says {shard['bytes']}: "
+                         "the conversion output was altered; convert again (cxr-verify "
+                         "details it)")
+      if hashes and image_io.sha256_file(path) != shard["sha256"]:
+        raise ValueError(f"shard {path}: sha256 differs from the manifest: the conversion "
+                         "output was altered; convert again (cxr-verify details it)")

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 from absl import app
 from absl import flags
@@ -14,6 +15,7 @@ from model import model_dir as model_dir_lib
 from model import train_lib
 from pipeline import augment
 from pipeline import dataset
+from pipeline import records
 from tests.conftest import parsed_flags, run_main, sample_subset
 
 SIZE = 48
@@ -254,3 +256,12 @@ def test_killed_after_the_last_epoch_only_the_finishing_steps_run(sample_records
   assert info["train_seconds_this_run"] == 0.0 and info["epochs"] == 2
   assert model_dir_lib.read_history(str(tmp_path / "m"))["epoch"] == [0.0, 1.0]
   assert os.path.isfile(tmp_path / "m" / model_dir_lib.MODEL_FILE)
+
+
+def test_altered_shards_are_refused_before_training(sample_records, tmp_path):
+  data = str(tmp_path / "rec")
+  shutil.copytree(sample_records, data)
+  open(records.shard_paths(data, "train")[0], "wb").close()
+  with pytest.raises(ValueError, match="has 0 bytes"):
+    train_lib.train(_config(data, tmp_path / "m"))
+  assert not os.path.exists(tmp_path / "m")
