@@ -160,6 +160,11 @@ def make_pipeline(data_dir: str,
     return image, label
 
   ds = ds.map(count)
+  if not skip_corrupt and (input_context is None or input_context.num_input_pipelines == 1):
+    # The manifest knows the record count; with it Keras knows an epoch's steps from the
+    # first epoch on (exact progress, and a resumed run takes the same steps as an
+    # uninterrupted one). A wrong count fails loudly instead of training on.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_records))
   if cache == CACHE_MEMORY:
     ds = ds.cache()
   elif cache != CACHE_NONE:

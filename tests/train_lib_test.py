@@ -86,6 +86,32 @@ def test_resume_after_interruption(sample_records, tmp_path):
   assert info["epochs"] == 3
 
 
+class Steps(keras.callbacks.Callback):
+  """Test hook: the optimizer step count and the steps per epoch Keras displays."""
+
+  def on_train_begin(self, logs=None):
+    self.displayed = self.params["steps"]
+
+  def on_train_end(self, logs=None):
+    self.iterations = int(self.model.optimizer.iterations.numpy())
+
+
+@pytest.mark.slow
+def test_resume_is_step_exact_over_whole_epochs(sample_records, tmp_path):
+  # steps_per_epoch=None: whole passes over the 241 training records, 16 batches of 16.
+  whole = Steps()
+  train_lib.train(_config(sample_records, tmp_path / "a", steps_per_epoch=None),
+                  extra_callbacks=[whole])
+  assert (whole.displayed, whole.iterations) == (16, 48)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(_config(sample_records, tmp_path / "b", steps_per_epoch=None),
+                    extra_callbacks=[StopAt(epoch=1, batch=3)])
+  resumed = Steps()
+  train_lib.train(_config(sample_records, tmp_path / "b", steps_per_epoch=None),
+                  extra_callbacks=[resumed])
+  assert (resumed.displayed, resumed.iterations) == (16, 48)
+
+
 def test_mixed_precision_refused_on_cpu(sample_records, tmp_path):
   if tf.config.list_physical_devices("GPU"):
     pytest.skip("a GPU is present")
