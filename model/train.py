@@ -82,8 +82,11 @@ _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of the model's filte
                             lower_bound=0.05)
 _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate (default: the model's own).",
                               lower_bound=0.0, upper_bound=0.95)
-_CACHE = flags.DEFINE_string("cache", dataset.CACHE_MEMORY,
-                             "Decoded-image cache: 'memory', 'none', or a directory.")
+_CACHE = flags.DEFINE_string(
+    "cache", dataset.CACHE_MEMORY,
+    "Decoded-image cache: 'memory', 'none', or a directory (its files are named after the "
+    "data and the preprocessing, so a cache of other data is never read; one left "
+    "half-written by a killed run is removed).")
 _EXTERNAL_DIR = flags.DEFINE_string(
     "external_dir", None,
     "A labelled class-folder tree from another source (external validation), scored "

@@ -12,8 +12,10 @@ so each epoch differs yet a seed reproduces the run.
 """
 import contextlib
 import dataclasses
+import glob
+import hashlib
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,6 +25,7 @@ import tensorflow as tf
 from pipeline import augment as augment_lib
 from pipeline import convert_lib
 from pipeline import image_folder
+from pipeline import image_io
 from pipeline import preprocess
 from pipeline import records
 from pipeline import schema
@@ -100,7 +103,7 @@ def make_pipeline(data_dir: str,
     augment_in_pipeline: run augmentation as a batched pipeline stage (CPU) rather than
       leaving it to the training step.
     cache: "memory", "none", or a directory for a file cache (for data that does not
-      fit in memory); the file is named after split and image size.
+      fit in memory); see claim_file_cache.
     shuffle_buffer: examples in the shuffle buffer; default the whole split (at most 10k).
     seed: seeds file and example shuffling and pipeline augmentation.
     deterministic: fixed element order (slower interleave/map); with it, the same seed
@@ -168,7 +171,7 @@ def make_pipeline(data_dir: str,
   if cache == CACHE_MEMORY:
     ds = ds.cache()
   elif cache != CACHE_NONE:
-    ds = ds.cache(os.path.join(cache, f"{split}_{image_size}"))
+    ds = ds.cache(claim_file_cache(cache, data_dir, split, image_size))
   if training:
     buffer = shuffle_buffer or min(num_records, 10_000)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -196,6 +199,51 @@ def make_pipeline(data_dir: str,
       tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
       else tf.data.experimental.AutoShardPolicy.DATA)
   return InputPipeline(ds.with_options(options), num_records, paths, delivered)
+
+
+# Open lock files of the file caches this process owns (held until it exits).
+_CACHE_LOCKS: Dict[str, Any] = {}
+
+
+def claim_file_cache(cache_dir: str, data_dir: str, split: str, image_size: int) -> str:
+  """The file-cache prefix for one split in cache_dir, safe to hand to Dataset.cache.
+
+  The name carries a key of the conversion's manifest, the split, the image size and the
+  preprocessing code, so a cache filled from other data or by other preprocessing is
+  never read. This process holds an advisory lock on it while it lives; a cache left
+  half-written by a killed process (TensorFlow's lockfile still present, nobody holding
+  the lock) is deleted, so the run refills it instead of failing.
+
+  Raises:
+    ValueError: another running process is filling the same cache.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only, like file caches here
+  digest = hashlib.sha256()
+  digest.update(image_io.sha256_file(os.path.join(data_dir, schema.MANIFEST_NAME)).encode())
+  with open(preprocess.__file__, "rb") as f:
+    digest.update(f.read())
+  digest.update(f"{split}/{image_size}".encode())
+  prefix = os.path.join(cache_dir, f"{split}_{image_size}_{digest.hexdigest()[:16]}")
+  if prefix in _CACHE_LOCKS:
+    return prefix
+  lock = open(prefix + ".owner", "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    lock.close()
+    raise ValueError(f"the cache {prefix} is being filled by another running process; "
+                     "wait for it or pass another --cache directory") from None
+  lock.truncate(0)
+  lock.write(f"{os.getpid()}\n")
+  lock.flush()
+  _CACHE_LOCKS[prefix] = lock
+  stale = glob.glob(glob.escape(prefix) + "_*.lockfile")
+  if stale:
+    logging.warning("removing the half-written cache %s left by an interrupted run", prefix)
+    for path in glob.glob(glob.escape(prefix) + "[._]*"):
+      if path != prefix + ".owner":
+        os.remove(path)
+  return prefix
 
 
 def make_dataset(*args, **kwargs) -> tf.data.Dataset:

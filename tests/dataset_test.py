@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -170,6 +172,51 @@ def test_file_cache(sample_records, tmp_path):
   assert any(n.startswith("val_64") for n in os.listdir(tmp_path))
   for (x1, _), (x2, _) in zip(first, _all(p.dataset)):
     np.testing.assert_array_equal(x1, x2)
+
+
+def _labels(data_dir, cache):
+  p = dataset.make_pipeline(data_dir, "val", batch_size=64, image_size=SIZE, cache=cache,
+                            deterministic=True)
+  return np.concatenate([y for _, y in _all(p.dataset)]).tolist()
+
+
+def test_file_cache_is_keyed_by_the_data(sample_records, image_tree, tmp_path):
+  other = str(tmp_path / "other")
+  convert_lib.convert(image_tree, other, num_workers=1)
+  cache = str(tmp_path / "cache")
+  os.mkdir(cache)
+  sample_labels = _labels(sample_records, cache)
+  # The same split and image size from another conversion: its own data, not the cache's.
+  assert _labels(other, cache) == [r for r in dataset.read_split(other, "val").labels]
+  assert _labels(sample_records, cache) == sample_labels
+  assert len([n for n in os.listdir(cache) if n.endswith(".index")]) == 2
+
+
+def test_half_written_cache_of_a_killed_run_is_removed(sample_records, tmp_path):
+  prefix = dataset.claim_file_cache(str(tmp_path), sample_records, "val", SIZE)
+  dataset._CACHE_LOCKS.pop(prefix).close()  # as if its process had been killed (-9)
+  # What TensorFlow leaves behind then (names as TF 2.21 writes them).
+  for suffix in ("_0.lockfile", "_0.data-00000-of-00001.tempstate123"):
+    open(prefix + suffix, "w").close()
+  labels = _labels(sample_records, str(tmp_path))  # used to fail: lockfile exists
+  assert len(labels) == records.load_manifest(sample_records)["splits"]["val"]["images"]
+  assert not [n for n in os.listdir(tmp_path) if "lockfile" in n or "tempstate" in n]
+
+
+def test_a_cache_being_filled_by_a_live_process_is_refused(sample_records, tmp_path):
+  prefix = dataset.claim_file_cache(str(tmp_path), sample_records, "val", SIZE)
+  dataset._CACHE_LOCKS.pop(prefix).close()
+  holder = subprocess.Popen(  # another process holds the lock until its stdin closes
+      [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+       "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+       prefix + ".owner"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ValueError, match="being filled by another running process"):
+      dataset.claim_file_cache(str(tmp_path), sample_records, "val", SIZE)
+  finally:
+    holder.communicate("")
+  assert dataset.claim_file_cache(str(tmp_path), sample_records, "val", SIZE) == prefix
 
 
 def test_external_folder_is_read_whole_with_patients():
