@@ -26,6 +26,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import cli
 from pipeline import image_io
 from pipeline import schema
 
@@ -151,11 +152,14 @@ class LiteModel:
     if self.output_kind not in ("logits", "probabilities") or not self.temperature > 0:
       raise ModelError(f"{name}: metadata has output_kind {self.output_kind!r}, temperature "
                        f"{self.temperature!r}; expected logits/probabilities and T > 0")
-    try:
-      self.interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
-    except (ValueError, RuntimeError) as e:
-      raise ModelError(f"{name}: cannot load ({e})") from None
-    self.interpreter.allocate_tensors()
+    # LiteRT announces its CPU delegate on stderr ("INFO: Created TensorFlow Lite XNNPACK
+    # delegate"); load errors still arrive as the exception.
+    with cli.native_stderr_quiet(not cli.verbose()):
+      try:
+        self.interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
+      except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{name}: cannot load ({e})") from None
+      self.interpreter.allocate_tensors()
     self._in = self.interpreter.get_input_details()[0]
     self._out = self.interpreter.get_output_details()[0]
     want = [1, self.image_size, self.image_size, 1]

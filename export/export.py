@@ -17,15 +17,16 @@ SavedModel and latency of every variant on the test split; with --external_dir, 
 variant's metrics with 95% intervals on that folder), and prints the report. The TFLite
 models output logits; probabilities are softmax(logits / temperature) at the edge.
 """
+import os
 import sys
 
 from absl import app
 from absl import flags
 
-from export import export_lib
+# Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
+from export import variants as variant_names
 from pipeline import cli
-from pipeline import convert_lib
-from pipeline import dataset
+from pipeline import records
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
 _DATA_DIR = flags.DEFINE_string(
@@ -41,7 +42,7 @@ _QAT_MODEL_DIR = flags.DEFINE_string(
 _LATENCY_RUNS = flags.DEFINE_integer("latency_runs", 200, "Timed single-image runs per "
                                      "variant and thread count.", lower_bound=5)
 _VARIANTS = flags.DEFINE_multi_enum(
-    "variants", None, export_lib.VARIANTS, "TFLite variants to write (repeatable); default: "
+    "variants", None, variant_names.VARIANTS, "TFLite variants to write (repeatable); default: "
     "every post-training variant, and qat_int8 with --qat_model_dir.")
 _EXTERNAL_DIR = flags.DEFINE_string(
     "external_dir", None, "A labelled class-folder tree from another source (external "
@@ -52,6 +53,20 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:  # the cheap checks, before TensorFlow loads
+    records.load_manifest(_DATA_DIR.value)
+    for flag in ("model_dir", "qat_model_dir", "external_dir"):
+      path = flags.FLAGS[flag].value
+      if path and not os.path.isdir(path):
+        raise FileNotFoundError(f"--{flag} {path!r} is not a directory")
+  except FileNotFoundError as e:
+    sys.exit(f"cxr-export: error: {e}")
+  cli.import_tensorflow()
+  # pylint: disable=g-import-not-at-top
+  from export import export_lib
+  from pipeline import convert_lib
+  from pipeline import dataset
+  # pylint: enable=g-import-not-at-top
   try:
     report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
                                _CALIBRATION_SAMPLES.value, _LATENCY_RUNS.value,
@@ -62,7 +77,8 @@ def main(argv):
           convert_lib.ConversionError) as e:
     sys.exit(f"cxr-export: error: {e}")
   print(export_lib.format_report(report))
-  print(f"cxr-export: models, metadata.json and {export_lib.REPORT_NAME} in {_EXPORT_DIR.value}")
+  print(f"cxr-export: models, metadata.json and {variant_names.REPORT_NAME} in "
+        f"{_EXPORT_DIR.value}")
 
 
 def run():

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edge import runtime
+from export import variants as variant_names
 from model import metrics as metrics_lib
 from model import model_dir as model_dir_lib
 from model import models
@@ -29,11 +30,7 @@ from pipeline import preprocess
 from pipeline import records
 from pipeline import schema
 
-VARIANTS = ("float32", "float16", "dynamic_range", "int8", "qat_int8")
-# Converted from the float model; qat_int8 is converted from a cxr-train --qat run.
-POST_TRAINING_VARIANTS = VARIANTS[:-1]
 SAVED_MODEL_DIR = "saved_model"
-REPORT_NAME = "export_report.json"
 
 
 def tflite_name(variant: str) -> str:
@@ -100,7 +97,7 @@ def convert_tflite(model: keras.Model, variant: str, image_size: int,
   Args:
     model: the float (or, for qat_int8, the quantization-aware) Keras model; converted
       without its softmax (models.logits_model).
-    variant: one of VARIANTS.
+    variant: one of variants.VARIANTS.
     image_size: input side.
     representative: calibration images [N, S, S, 1] for int8 / qat_int8.
 
@@ -129,7 +126,8 @@ def convert_tflite(model: keras.Model, variant: str, image_size: int,
     converter.inference_output_type = tf.int8
   elif variant != "float32":
     raise ValueError(f"unknown variant {variant!r}")
-  return converter.convert()
+  with cli.native_stderr_quiet(not cli.verbose()):  # the converter's native summary lines
+    return converter.convert()
 
 
 def _io_params(detail: Dict[str, Any]) -> Dict[str, Any]:
@@ -141,8 +139,9 @@ def _io_params(detail: Dict[str, Any]) -> Dict[str, Any]:
 def describe_tflite(path: str) -> Dict[str, Any]:
   """File size, sha256, input/output quantization parameters and op names of a model."""
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  interp = Interpreter(model_path=path)
-  interp.allocate_tensors()
+  with cli.native_stderr_quiet(not cli.verbose()):  # LiteRT's delegate announcement
+    interp = Interpreter(model_path=path)
+    interp.allocate_tensors()
   ops = sorted({op["op_name"] for op in interp._get_ops_details()})  # pylint: disable=protected-access
   return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
           "sha256": image_io.sha256_file(path),
@@ -170,8 +169,8 @@ def _split_set(data_dir: str, image_size: int, split: str):
 
 def own_artifacts() -> List[str]:
   """Everything cxr-export writes into an export dir (and so may replace)."""
-  return ([SAVED_MODEL_DIR, schema.LABELS_NAME, schema.METADATA_NAME, REPORT_NAME]
-          + [tflite_name(v) for v in VARIANTS])
+  return ([SAVED_MODEL_DIR, schema.LABELS_NAME, schema.METADATA_NAME, variant_names.REPORT_NAME]
+          + [tflite_name(v) for v in variant_names.VARIANTS])
 
 
 def _remove_own_artifacts(export_dir: str) -> None:
@@ -212,10 +211,10 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
       a QAT run, or a QAT run that is not one.
   """
   if variants is None:
-    variants = POST_TRAINING_VARIANTS + (("qat_int8",) if qat_model_dir else ())
-  unknown = set(variants) - set(VARIANTS)
+    variants = variant_names.POST_TRAINING_VARIANTS + (("qat_int8",) if qat_model_dir else ())
+  unknown = set(variants) - set(variant_names.VARIANTS)
   if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
+    raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {variant_names.VARIANTS}")
   if "qat_int8" in variants and not qat_model_dir:
     raise ValueError("qat_int8 is converted from a quantization-aware run: train one with "
                      "cxr-train --qat --init_from=MODEL_DIR and pass --qat_model_dir")
@@ -240,14 +239,14 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
                     info["data_manifest_sha256"], data_sha)
   os.makedirs(export_dir, exist_ok=True)
 
-  logging.info("writing SavedModel")
+  logging.info("writing the SavedModel")
   save_saved_model(model, size, threshold, os.path.join(export_dir, SAVED_MODEL_DIR),
                    temperature)
   calib = calibration_images(data_dir, size, calibration_samples)
-  logging.info("calibration: %d train images", len(calib))
   files = {}
-  for variant in variants:
-    logging.info("converting %s", variant)
+  for k, variant in enumerate(variants, 1):
+    logging.info("converting TFLite %d/%d: %s%s", k, len(variants), variant,
+                 f" (calibrated on {len(calib)} train images)" if "int8" in variant else "")
     source = qat_model if variant == "qat_int8" else model
     path = os.path.join(export_dir, tflite_name(variant))
     with open(path, "wb") as f:
@@ -289,7 +288,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
                         val_images, val_labels)
   if external_dir:
     report["external"] = external_report(export_dir, external_dir, metadata, files)
-  with open(os.path.join(export_dir, REPORT_NAME), "w", encoding="utf-8") as f:
+  with open(os.path.join(export_dir, variant_names.REPORT_NAME), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   return report
 
@@ -376,7 +375,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
         np.mean((edge_probs >= lite.threshold) == saved_bytes_pred))
     entry["edge_predictor_max_abs_delta_vs_same_model"] = float(np.max(np.abs(edge_probs - probs)))
     report["variants"][variant] = entry
-    logging.info("%s: %s", variant, {k: v for k, v in entry.items() if k != "file"})
+    logging.debug("%s: %s", variant, {k: v for k, v in entry.items() if k != "file"})
   if "float32" in report["variants"]:
     base = report["variants"]["float32"]
     for entry in report["variants"].values():

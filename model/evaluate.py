@@ -9,19 +9,19 @@ Usage:
 Reports accuracy, precision, sensitivity, specificity, F1 and the confusion matrix at the
 threshold chosen on validation and at 0.5, plus ROC-AUC, PR-AUC, Brier score and expected
 calibration error. Accuracy, sensitivity and specificity carry 95% Wilson intervals,
-ROC-AUC a 95% bootstrap interval over patients. Writes metrics.json, predictions.csv, roc.png, pr.png, calibration.png (reliability),
-confusion_matrix.png.
+ROC-AUC a 95% bootstrap interval over patients. Writes metrics.json, predictions.csv,
+roc.png, pr.png, calibration.png (reliability), confusion_matrix.png.
 """
+import os
 import sys
 
 from absl import app
 from absl import flags
 
-from model import evaluate_lib
+# Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
 from model import metrics
 from pipeline import cli
-from pipeline import convert_lib
-from pipeline import dataset
+from pipeline import records
 from pipeline import schema
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
@@ -44,6 +44,22 @@ flags.register_multi_flags_validator(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:  # the cheap checks, before TensorFlow loads
+    if not os.path.isdir(_MODEL_DIR.value):
+      raise FileNotFoundError(f"--model_dir {_MODEL_DIR.value!r} is not a finished "
+                              "cxr-train output (no such directory)")
+    if _DATA_DIR.value:
+      records.load_manifest(_DATA_DIR.value)
+    elif not os.path.isdir(_IMAGE_DIR.value):
+      raise FileNotFoundError(f"--image_dir {_IMAGE_DIR.value!r} is not a directory")
+  except FileNotFoundError as e:
+    sys.exit(f"cxr-evaluate: error: {e}")
+  cli.import_tensorflow()
+  # pylint: disable=g-import-not-at-top
+  from model import evaluate_lib
+  from pipeline import convert_lib
+  from pipeline import dataset
+  # pylint: enable=g-import-not-at-top
   try:
     r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
                               _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value,
@@ -55,7 +71,8 @@ def main(argv):
   print(f"cxr-evaluate: {r['count']} images, {r['patients']} patients; ROC-AUC "
         f"{fmt(r['roc_auc'], r['roc_auc_ci95'], percent=False)} (95% interval, bootstrap over "
         f"patients), PR-AUC {r['pr_auc']:.4f}, Brier {r['brier']:.4f}, ECE {r['ece']:.4f}")
-  for m in (r["at_threshold"], r["at_0_5"]):
+  at = [r["at_threshold"]] + ([r["at_0_5"]] if r["at_threshold"]["threshold"] != 0.5 else [])
+  for m in at:
     print(f"  threshold {m['threshold']:.4f}: "
           + ", ".join(f"{k} {fmt(m[k], m['ci95'][k])}%"
                       for k in ("accuracy", "sensitivity", "specificity"))

@@ -6,12 +6,18 @@ starts at the first convolution) and output 2-class softmax probabilities in
 schema.LABELS order. The last Dense layer is named LOGITS_LAYER and the softmax is a
 separate layer, so `logits_model` can cut the network before it: the exported TFLite
 models output logits, which int8 quantizes without the ties a saturated softmax makes.
-"""
-from typing import Callable, Dict
 
-import tf_keras as keras
+tf_keras is imported inside the builders: the registry (MODELS) is read by cxr-train's
+flag definitions, which must not load TensorFlow before the flags and paths are checked.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Dict
 
 from pipeline import schema
+
+if TYPE_CHECKING:
+  import tf_keras as keras
 
 
 def seed_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
@@ -20,6 +26,7 @@ def seed_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
 
   Filters 32, 64, 128, 128 (times `width`), Dense 512 ReLU, Dense 2 softmax.
   """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   inputs = keras.Input([image_size, image_size, schema.CHANNELS], name="image")
   x = inputs
   for i, filters in enumerate((32, 64, 128, 128)):
@@ -39,6 +46,7 @@ BN_MOMENTUM = 0.9
 
 
 def conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   # Conv (no bias) -> BN -> ReLU: the order the TFLite converter folds BN into the conv
   # and fuses the activation, so int8 inference sees a single op.
   x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
@@ -52,11 +60,13 @@ LOGITS_LAYER = "logits"
 
 def _classes(x):
   """Dense logits, then softmax as its own layer (see logits_model)."""
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   logits = keras.layers.Dense(schema.NUM_CLASSES, name=LOGITS_LAYER)(x)
   return keras.layers.Softmax(name="probs")(logits)
 
 
 def head(x, dropout: float):
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
   x = keras.layers.Dropout(dropout, name="dropout")(x)
   return _classes(x)
@@ -78,6 +88,7 @@ def edge_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
   parameters in 592 channels at width 1). BN follows each bias-free conv so the
   converter folds it; plain ReLU fuses into the int8 conv.
   """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   inputs = keras.Input([image_size, image_size, schema.CHANNELS], name="image")
   x = inputs
   for i, (filters, stride) in enumerate(_EDGE_BLOCKS):
@@ -96,6 +107,7 @@ def logits_model(model: keras.Model) -> keras.Model:
   Works on a plain model from `build` and on its tfmot quantize_model copy (whose
   wrapped layer is named "quant_" + LOGITS_LAYER).
   """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   for name in (LOGITS_LAYER, "quant_" + LOGITS_LAYER):
     try:
       layer = model.get_layer(name)

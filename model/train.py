@@ -17,22 +17,25 @@ otherwise, and writes its own model dir with its own validation threshold.
 
 Run the same command again after an interruption: it resumes from the last finished
 epoch; after it finished, it says so and does nothing. A --model_dir holding another run
-(other config or data) is refused unless --overwrite. Writes model.keras, model_info.json (with the validation-chosen threshold),
-history.json, training_log.csv, learning_curves.png, checkpoints/ and logs/.
+(other config or data) is refused unless --overwrite. The train and val shards are
+checked against the conversion's manifest first (sizes, and sha256 unless --no_verify).
+Logs one line per epoch. Writes model.keras, model_info.json (with the
+validation-chosen threshold), history.json, training_log.csv, learning_curves.png,
+checkpoints/ and logs/. --verbosity=1 shows TensorFlow's and Keras' own output too.
 """
+import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
-from model import models
-from model import train_lib
+# Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
 from model import metrics
-from pipeline import augment
+from model import models
+from model import train_config
+from pipeline import augment_config
 from pipeline import cli
-from pipeline import convert_lib
-from pipeline import dataset
+from pipeline import records
 from pipeline import schema
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "A cxr-convert output directory.")
@@ -50,8 +53,8 @@ _LR_SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", "cosine", ["cosine", "constant"],
     "cosine: decay to 0 over the run; constant: the source article's fixed rate.")
 _AUGMENT = flags.DEFINE_list(
-    "augment", list(train_lib.DEFAULT_AUGMENT),
-    f"Augmentations ({', '.join(augment.AUGMENTATIONS)}) or 'none'; applied batched in the "
+    "augment", list(train_config.DEFAULT_AUGMENT),
+    f"Augmentations ({', '.join(augment_config.AUGMENTATIONS)}) or 'none'; applied batched in the "
     "training step (on the GPU when there is one). The default "
     "was chosen on external films (README).")
 _ROTATION = flags.DEFINE_float("rotation_deg", 20.0, "Rotation range, ± degrees.",
@@ -74,7 +77,7 @@ _TARGET_SENSITIVITY = flags.DEFINE_float(
     "Choose the threshold in the highest score interval whose validation sensitivity "
     "reaches this (overrides --threshold_rule).", lower_bound=0.0, upper_bound=1.0)
 _THRESHOLD_RULE = flags.DEFINE_enum(
-    "threshold_rule", train_lib.DEFAULT_THRESHOLD_RULE, list(train_lib.THRESHOLD_RULES),
+    "threshold_rule", train_config.DEFAULT_THRESHOLD_RULE, list(train_config.THRESHOLD_RULES),
     "Decision threshold without --target_sensitivity: balanced = 0.5 (the operating point "
     "of balanced class weights); youden = maximum Youden J on validation. Default chosen "
     "on external films (README).")
@@ -83,7 +86,7 @@ _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of the model's filte
 _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate (default: the model's own).",
                               lower_bound=0.0, upper_bound=0.95)
 _CACHE = flags.DEFINE_string(
-    "cache", dataset.CACHE_MEMORY,
+    "cache", schema.CACHE_MEMORY,
     "Decoded-image cache: 'memory', 'none', or a directory (its files are named after the "
     "data and the preprocessing, so a cache of other data is never read; one left "
     "half-written by a killed run is removed).")
@@ -112,11 +115,12 @@ _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brig
                  "mixed_precision")
 
 
-def _qat_config() -> train_lib.TrainConfig:
+def _qat_config() -> train_config.TrainConfig:
   given = [f"--{n}" for n in _RECIPE_FLAGS if flags.FLAGS[n].present]
   if given:
     raise app.UsageError(f"--qat reuses the --init_from run's recipe; drop {', '.join(given)}")
   present = lambda name: flags.FLAGS[name].present
+  from model import train_lib  # pylint: disable=g-import-not-at-top
   return train_lib.qat_config(
       _INIT_FROM.value, _MODEL_DIR.value, _DATA_DIR.value,
       epochs=_EPOCHS.value if present("epochs") else None,
@@ -125,16 +129,16 @@ def _qat_config() -> train_lib.TrainConfig:
       external_dir=_EXTERNAL_DIR.value, verify_data=not _NO_VERIFY.value)
 
 
-def _config() -> train_lib.TrainConfig:
+def _config() -> train_config.TrainConfig:
   if _QAT.value:
     return _qat_config()
   epochs, names = _EPOCHS.value, _AUGMENT.value
   low, high = (float(v) for v in _BRIGHTNESS.value)
-  return train_lib.TrainConfig(
+  return train_config.TrainConfig(
       data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value, model=_MODEL.value,
       image_size=_IMAGE_SIZE.value, epochs=epochs, batch_size=_BATCH_SIZE.value,
       learning_rate=_LEARNING_RATE.value, lr_schedule=_LR_SCHEDULE.value,
-      augment=augment.config_from_names(names, _ROTATION.value, _ZOOM.value, (low, high),
+      augment=augment_config.config_from_names(names, _ROTATION.value, _ZOOM.value, (low, high),
                                         _CONTRAST.value, _TRANSLATION.value),
       class_weight=_CLASS_WEIGHT.value, seed=_SEED.value, strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
@@ -146,7 +150,7 @@ def _config() -> train_lib.TrainConfig:
 
 def _valid_augment(names):
   try:
-    augment.config_from_names(names)
+    augment_config.config_from_names(names)
   except ValueError as e:
     raise flags.ValidationError(str(e)) from None
   return True
@@ -178,9 +182,32 @@ def _describe(name: str, m) -> str:
           + f" at threshold {d['threshold']:.4f}")
 
 
+def _check_paths() -> None:
+  """The cheap checks, before TensorFlow loads (a typo costs no 20-second wait)."""
+  records.load_manifest(_DATA_DIR.value)  # FileNotFoundError says what is wrong
+  if _INIT_FROM.value and not os.path.isdir(_INIT_FROM.value):
+    raise FileNotFoundError(f"--init_from {_INIT_FROM.value!r} is not a directory")
+  if _EXTERNAL_DIR.value and not os.path.isdir(_EXTERNAL_DIR.value):
+    raise FileNotFoundError(f"--external_dir {_EXTERNAL_DIR.value!r} is not a directory")
+  if (_CACHE.value not in (schema.CACHE_MEMORY, schema.CACHE_NONE)
+      and not os.path.isdir(_CACHE.value)):
+    raise FileNotFoundError(f"--cache {_CACHE.value!r} is not 'memory', 'none' or an "
+                            "existing directory")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    _check_paths()
+  except FileNotFoundError as e:
+    sys.exit(f"cxr-train: error: {e}")
+  cli.import_tensorflow()
+  # pylint: disable=g-import-not-at-top
+  from model import train_lib
+  from pipeline import convert_lib
+  from pipeline import dataset
+  # pylint: enable=g-import-not-at-top
   try:
     info = train_lib.train(_config(), overwrite=_OVERWRITE.value)
   except (ValueError, FileNotFoundError, dataset.CorruptDataError,
@@ -195,7 +222,6 @@ def main(argv):
           f"sensitivity {d['sensitivity']:.4f}, specificity {d['specificity']:.4f} at "
           f"threshold {info['threshold']:.4f} (best epoch {info['best_epoch']} of "
           f"{info['epochs']})")
-  logging.info("%s", line)
   print(f"cxr-train: {line}; model in {_MODEL_DIR.value}")
   if "external_metrics" in info:
     print(f"cxr-train: {_describe('external', info['external_metrics'])}")

@@ -28,95 +28,16 @@ import tf_keras as keras
 from model import metrics as metrics_lib
 from model import model_dir as model_dir_lib
 from model import models
+from model import train_config
 from pipeline import augment as augment_lib
+from pipeline import augment_config
 from pipeline import dataset
 from pipeline import records
 from pipeline import schema
 
-# Chosen on the external films, not on validation (README): geometric augmentation is
-# what carries the model to films from another source, and intensity augmentation on
-# top of it ranked them better. The TrainConfig default and cxr-train's --augment default.
-DEFAULT_AUGMENT = ("rotation", "zoom", "brightness", "contrast")
-
-# How cxr-train sets the decision threshold (without --target_sensitivity):
-#   balanced: 0.5, the operating point of a model trained with balanced class weights;
-#   youden:   maximum Youden J on the validation split (0.5 if among the best).
-# The validation split is drawn from the training distribution and nearly saturated: its
-# best-J interval is set by a handful of films and can sit far from 0.5 (README).
-THRESHOLD_RULES = ("balanced", "youden")
-DEFAULT_THRESHOLD_RULE = "balanced"
-
-@dataclasses.dataclass
-class TrainConfig:
-  """Everything a training run needs (the job fills it from flags)."""
-  data_dir: str
-  model_dir: str
-  model: str = "edge_cnn"
-  image_size: int = schema.DEFAULT_IMAGE_SIZE
-  epochs: int = 30
-  batch_size: int = 32
-  learning_rate: float = 1e-3
-  lr_schedule: str = "cosine"  # or "constant" (the source article's)
-  augment: augment_lib.AugmentConfig = dataclasses.field(
-      default_factory=lambda: augment_lib.config_from_names(DEFAULT_AUGMENT))
-  class_weight: str = "balanced"
-  seed: int = 42
-  strategy: str = "default"
-  mixed_precision: bool = False
-  target_sensitivity: Optional[float] = None
-  threshold_rule: str = DEFAULT_THRESHOLD_RULE
-  width: float = 1.0
-  dropout: Optional[float] = None
-  cache: str = dataset.CACHE_MEMORY
-  steps_per_epoch: Optional[int] = None  # for smoke tests; None = whole split
-  external_dir: Optional[str] = None  # scored every epoch, never trained on
-  qat: bool = False  # quantization-aware fine-tuning of the float run in init_from
-  init_from: Optional[str] = None
-  verbose: int = 2
-  verify_data: bool = True  # sha256 of the shards before training (sizes always)
-
-
-# QAT fine-tunes an already trained network: a small rate keeps the weights near the
-# validated float model while the quantization ranges settle.
-QAT_EPOCHS = 2
-QAT_LEARNING_RATE = 1e-5
-# What a QAT run takes from its float run, unchanged (the recipe).
-_RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "seed",
-                  "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity")
-
-
-def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
-  """The whole resolved config, JSON-ready (model_info.json's "config")."""
-  return dataclasses.asdict(config)
-
-
-def config_from_info(info: Dict[str, Any], **overrides) -> TrainConfig:
-  """A TrainConfig from a run's model_info, with overrides.
-
-  Runs saved before the config was serialized whole give what their model_info names
-  (augmentation ranges then were the flags' defaults).
-  """
-  saved = dict(info.get("config") or {})
-  if not saved:
-    saved = {k: info[k] for k in ("model", "image_size", "width", "dropout", "class_weight",
-                                  "seed", "batch_size", "learning_rate", "lr_schedule",
-                                  "target_sensitivity", "epochs") if k in info}
-    saved["augment"] = dataclasses.asdict(augment_lib.config_from_names(
-        list(info.get("augment") or ["none"])))
-    saved["threshold_rule"] = info.get("threshold_rule_name", "youden")
-    saved.setdefault("data_dir", "")
-    saved.setdefault("model_dir", "")
-  augment = saved.pop("augment")
-  if isinstance(augment, dict):
-    augment = augment_lib.AugmentConfig(**{**augment,
-                                           "brightness": tuple(augment["brightness"])})
-  known = {f.name for f in dataclasses.fields(TrainConfig)}
-  return TrainConfig(augment=augment, **{**{k: v for k, v in saved.items() if k in known},
-                                         **overrides})
-
 
 def qat_config(init_from: str, model_dir: str, data_dir: str, epochs: Optional[int] = None,
-               learning_rate: Optional[float] = None, **overrides) -> TrainConfig:
+               learning_rate: Optional[float] = None, **overrides) -> train_config.TrainConfig:
   """The config of a QAT run fine-tuning the float run in `init_from`.
 
   Args:
@@ -135,14 +56,15 @@ def qat_config(init_from: str, model_dir: str, data_dir: str, epochs: Optional[i
   info = model_dir_lib.read_info(init_from)
   if info.get("qat"):
     raise ValueError(f"--init_from {init_from!r} is a QAT run; give the float run it came from")
-  recipe = sorted(set(overrides) & set(_RECIPE_FIELDS))
+  recipe = sorted(set(overrides) & set(train_config.RECIPE_FIELDS))
   if recipe:
     raise ValueError(f"a QAT run reuses the float run's {', '.join(recipe)}; do not set them")
   if info.get("data_manifest_sha256") not in (None, model_dir_lib.manifest_sha256(data_dir)):
     logging.warning("QAT data %s is not the conversion the float run was trained on", data_dir)
-  return config_from_info(
+  return train_config.config_from_info(
       info, data_dir=data_dir, model_dir=model_dir, qat=True, init_from=init_from,
-      epochs=epochs or QAT_EPOCHS, learning_rate=learning_rate or QAT_LEARNING_RATE,
+      epochs=epochs or train_config.QAT_EPOCHS,
+      learning_rate=learning_rate or train_config.QAT_LEARNING_RATE,
       mixed_precision=False, **overrides)
 
 
@@ -160,7 +82,7 @@ class AugmentingModel(keras.Model):
   epoch sees new augmentations, and a resumed run continues the same sequence.
   """
 
-  def __init__(self, classifier: keras.Model, augment: augment_lib.AugmentConfig, seed: int,
+  def __init__(self, classifier: keras.Model, augment: augment_config.AugmentConfig, seed: int,
                **kwargs):
     super().__init__(**kwargs)
     self.classifier = classifier
@@ -187,14 +109,15 @@ class AugmentingModel(keras.Model):
     return self.compute_metrics(x, y, y_pred, sample_weight)
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str = DEFAULT_THRESHOLD_RULE,
+def choose_threshold(labels: np.ndarray, probs: np.ndarray,
+                     rule: str = train_config.DEFAULT_THRESHOLD_RULE,
                      target_sensitivity: Optional[float] = None) -> Tuple[float, str]:
   """The decision threshold for validation predictions, and a description of its rule.
 
   Args:
     labels: validation labels.
     probs: validation PNEUMONIA probabilities.
-    rule: one of THRESHOLD_RULES; ignored when target_sensitivity is given.
+    rule: one of train_config.THRESHOLD_RULES; ignored when target_sensitivity is given.
     target_sensitivity: the highest threshold whose validation sensitivity reaches this.
 
   Raises:
@@ -210,7 +133,7 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str = DEFAULT_
     return (metrics_lib.choose_threshold(labels, probs),
             "max Youden J on validation (0.5 if among the best, else the middle of the best "
             "interval nearest 0.5)")
-  raise ValueError(f"unknown threshold rule {rule!r}; choose from {THRESHOLD_RULES}")
+  raise ValueError(f"unknown threshold rule {rule!r}; choose from {train_config.THRESHOLD_RULES}")
 
 
 def _strategy(name: str) -> tf.distribute.Strategy:
@@ -223,7 +146,7 @@ def _strategy(name: str) -> tf.distribute.Strategy:
   raise ValueError(f"unknown strategy {name!r}")
 
 
-def _learning_rate(config: TrainConfig):
+def _learning_rate(config: train_config.TrainConfig):
   """A constant rate, or cosine decay to 0 over the whole run.
 
   The schedule is a function of the optimizer's step, which BackupAndRestore restores,
@@ -266,9 +189,40 @@ class ExternalValidation(keras.callbacks.Callback):
     logs["external_loss"] = metrics_lib.log_loss(y, p)
     logs["external_auc"] = metrics_lib.roc_auc(y, p)
     logs["external_accuracy"] = metrics_lib.at_threshold(y, p, 0.5)["accuracy"]
-    logging.info("epoch %d: external (%d films) loss %.4f, ROC-AUC %.4f, accuracy at 0.5 "
-                 "%.4f", epoch + 1, len(y), logs["external_loss"], logs["external_auc"],
-                 logs["external_accuracy"])
+
+
+class EpochProgress(keras.callbacks.Callback):
+  """One log line per epoch: what the best epoch is chosen on, time and time left.
+
+  Keras' own verbose=2 output is two unlogged lines an epoch; verbose=1 redraws a bar
+  every step, which fills log files.
+  """
+
+  def __init__(self, epochs: int):
+    super().__init__()
+    self._epochs = epochs
+    self._start = self._epoch_start = 0.0
+    self._done = 0
+
+  def on_train_begin(self, logs=None):
+    self._start = time.monotonic()
+    self._done = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_start = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    self._done += 1
+    now = time.monotonic()
+    left = (now - self._start) / self._done * (self._epochs - epoch - 1)
+    parts = [f"loss {logs.get('loss', float('nan')):.4f}",
+             f"val ROC-AUC {logs.get('val_auc', float('nan')):.4f}",
+             f"val loss {logs.get('val_loss', float('nan')):.4f}"]
+    if "external_auc" in logs:
+      parts.append(f"external ROC-AUC {logs['external_auc']:.4f}")
+    logging.info("epoch %d/%d: %s (%.0f s; about %.0f s left)", epoch + 1, self._epochs,
+                 ", ".join(parts), now - self._epoch_start, left)
 
 
 def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int,
@@ -284,10 +238,10 @@ def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int
           "patient_id": split_records.patients}
 
 
-def _check(config: TrainConfig) -> None:
-  if config.threshold_rule not in THRESHOLD_RULES:
+def _check(config: train_config.TrainConfig) -> None:
+  if config.threshold_rule not in train_config.THRESHOLD_RULES:
     raise ValueError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
-                     f"{THRESHOLD_RULES}")
+                     f"{train_config.THRESHOLD_RULES}")
   if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
     raise ValueError("--mixed_precision needs a GPU and none is visible; float16 on a CPU "
                      "is slower, not faster. Run without it.")
@@ -304,7 +258,7 @@ def _check(config: TrainConfig) -> None:
                        "image: training and the threshold need both classes")
 
 
-def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy):
+def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy):
   """(train, validation) datasets, distributed when there are several replicas."""
   weights = dataset.class_weights(config.data_dir) if config.class_weight == "balanced" else None
   global_batch = config.batch_size * strategy.num_replicas_in_sync
@@ -326,7 +280,7 @@ def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy):
   return train_fn(), val_fn()
 
 
-def _build(config: TrainConfig, strategy: tf.distribute.Strategy
+def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
            ) -> Tuple[keras.Model, AugmentingModel]:
   """(classifier, compiled training wrapper); QAT starts from the float run's weights."""
   with strategy.scope():
@@ -345,11 +299,11 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy
   return classifier, model
 
 
-def _best_weights_path(config: TrainConfig) -> str:
+def _best_weights_path(config: train_config.TrainConfig) -> str:
   return os.path.join(config.model_dir, "checkpoints", "best.weights.h5")
 
 
-def _callbacks(config: TrainConfig, classifier: keras.Model,
+def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                external: Optional[dataset.FolderImages],
                extra: Optional[List[keras.callbacks.Callback]]) -> List[keras.callbacks.Callback]:
   """External scoring first (later callbacks log what it adds), resume, best epoch, logs."""
@@ -357,6 +311,7 @@ def _callbacks(config: TrainConfig, classifier: keras.Model,
   best_weights = _best_weights_path(config)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
   return ([ExternalValidation(classifier, external)] if external is not None else []) + [
+      EpochProgress(config.epochs),
       keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
       keras.callbacks.ModelCheckpoint(
           best_weights, monitor="val_auc", mode="max", save_best_only=True,
@@ -370,7 +325,7 @@ def _callbacks(config: TrainConfig, classifier: keras.Model,
   ] + list(extra or [])
 
 
-def _fit(config: TrainConfig, model: AugmentingModel, train_ds, val_ds,
+def _fit(config: train_config.TrainConfig, model: AugmentingModel, train_ds, val_ds,
          callbacks: List[keras.callbacks.Callback]) -> float:
   """Trains (resuming if interrupted before); returns this run's training seconds."""
   start = time.monotonic()
@@ -383,7 +338,7 @@ def _fit(config: TrainConfig, model: AugmentingModel, train_ds, val_ds,
   return time.monotonic() - start
 
 
-def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Model,
+def _finalize(config: train_config.TrainConfig, model: AugmentingModel, classifier: keras.Model,
               external: Optional[dataset.FolderImages], train_seconds: float) -> Dict[str, Any]:
   """Best epoch's weights into a plain (float32) network, threshold, history, model_info."""
   if os.path.isfile(_best_weights_path(config)):
@@ -422,7 +377,7 @@ def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Mod
       "batch_size": config.batch_size,
       "learning_rate": config.learning_rate,
       "lr_schedule": config.lr_schedule,
-      "config": config_to_dict(config),
+      "config": train_config.config_to_dict(config),
       "train_seconds_this_run": round(train_seconds, 1),
       "data_manifest_sha256": model_dir_lib.manifest_sha256(config.data_dir),
       "val_metrics": metrics_lib.summary(val["label"], val["probability"], threshold,
@@ -443,15 +398,15 @@ def _finalize(config: TrainConfig, model: AugmentingModel, classifier: keras.Mod
 _NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir", "verify_data")
 
 
-def _identity(config: TrainConfig) -> Dict[str, Any]:
+def _identity(config: train_config.TrainConfig) -> Dict[str, Any]:
   """What makes a run this run: its config and the training data's manifest."""
-  cfg = json.loads(json.dumps(config_to_dict(config)))
+  cfg = json.loads(json.dumps(train_config.config_to_dict(config)))
   for key in _NOT_IDENTITY:
     cfg.pop(key, None)
   return {"config": cfg, "data_manifest_sha256": model_dir_lib.manifest_sha256(config.data_dir)}
 
 
-def _claim_model_dir(config: TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
+def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
   """Makes model_dir this run's: fresh, the same run resumed, or refused.
 
   Returns:
@@ -484,7 +439,8 @@ def _claim_model_dir(config: TrainConfig, overwrite: bool) -> Optional[Dict[str,
   return None
 
 
-def train(config: TrainConfig, extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
+def train(config: train_config.TrainConfig,
+          extra_callbacks: Optional[List[keras.callbacks.Callback]] = None,
           overwrite: bool = False) -> Dict[str, Any]:
   """Trains, picks the threshold on validation, saves everything in config.model_dir.
 

@@ -16,57 +16,7 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 
-AUGMENTATIONS = ("rotation", "zoom", "brightness", "contrast", "translation")
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-  """Which augmentations run and how strong; a zero/None range disables one.
-
-  Defaults are the source article's: rotation ±20°, zoom ±30%, brightness 70-130%.
-  """
-  rotation_deg: float = 0.0  # uniform in [-r, r]
-  zoom: float = 0.0  # per-axis scale uniform in [1 - z, 1 + z] (as ImageDataGenerator)
-  brightness: Tuple[float, float] = (1.0, 1.0)  # multiplicative factor range
-  contrast: float = 0.0  # factor uniform in [1 - c, 1 + c] around the image mean
-  translation: float = 0.0  # shift uniform in [-t, t] x image size, per axis
-
-  @property
-  def geometric(self) -> bool:
-    return bool(self.rotation_deg or self.zoom or self.translation)
-
-  @property
-  def enabled(self) -> bool:
-    return self.geometric or self.brightness != (1.0, 1.0) or bool(self.contrast)
-
-  def names(self) -> Tuple[str, ...]:
-    on = {"rotation": self.rotation_deg, "zoom": self.zoom,
-          "brightness": self.brightness != (1.0, 1.0), "contrast": self.contrast,
-          "translation": self.translation}
-    return tuple(n for n in AUGMENTATIONS if on[n])
-
-
-def config_from_names(names: Sequence[str], rotation_deg: float = 20.0, zoom: float = 0.3,
-                      brightness: Tuple[float, float] = (0.7, 1.3), contrast: float = 0.2,
-                      translation: float = 0.1) -> AugmentConfig:
-  """Builds a config enabling `names` (a subset of AUGMENTATIONS, or ["none"]).
-
-  Raises:
-    ValueError: an unknown name, or "none" combined with others.
-  """
-  names = [n.strip().lower() for n in names if n.strip()]
-  if names == ["none"] or not names:
-    return AugmentConfig()
-  unknown = sorted(set(names) - set(AUGMENTATIONS))
-  if unknown:
-    raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS} or none")
-  return AugmentConfig(
-      rotation_deg=rotation_deg if "rotation" in names else 0.0,
-      zoom=zoom if "zoom" in names else 0.0,
-      brightness=tuple(brightness) if "brightness" in names else (1.0, 1.0),
-      contrast=contrast if "contrast" in names else 0.0,
-      translation=translation if "translation" in names else 0.0)
-
+from pipeline import augment_config
 
 def _uniform(shape, seed, low, high):
   # Philox explicitly: the default "auto_select" picks ThreeFry under XLA, so compiled
@@ -74,7 +24,8 @@ def _uniform(shape, seed, low, high):
   return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high, alg="philox")
 
 
-def transforms(batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor, config: AugmentConfig,
+def transforms(batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+               config: augment_config.AugmentConfig,
                seeds: tf.Tensor) -> tf.Tensor:
   """Per-image [batch, 8] projective transforms (output pixel -> input pixel)."""
   ones = tf.ones([batch])
@@ -133,7 +84,7 @@ def affine_warp(images: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
 
 
 def sample_params(images: tf.Tensor, seed: tf.Tensor,
-                  config: AugmentConfig) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                  config: augment_config.AugmentConfig) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Draws per-image (transform [B,8], brightness [B,1,1,1], contrast [B,1,1,1]).
 
   Kept out of XLA: compiled stateless RNG draws other numbers than the regular kernels
@@ -154,7 +105,7 @@ def sample_params(images: tf.Tensor, seed: tf.Tensor,
 
 
 def apply_params(images: tf.Tensor, matrix: tf.Tensor, bright: tf.Tensor, contrast: tf.Tensor,
-                 config: AugmentConfig, use_op: bool = False) -> tf.Tensor:
+                 config: augment_config.AugmentConfig, use_op: bool = False) -> tf.Tensor:
   """Applies sampled parameters to float32 images in [0, 1] (the XLA-compilable part)."""
   if config.geometric:
     if use_op:
@@ -171,7 +122,7 @@ def apply_params(images: tf.Tensor, matrix: tf.Tensor, bright: tf.Tensor, contra
   return tf.clip_by_value(images, 0.0, 1.0)
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig,
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: augment_config.AugmentConfig,
                   use_op: bool = False) -> tf.Tensor:
   """Augments a batch of images in [0, 1] (uncompiled; see `compiled`).
 
@@ -197,7 +148,7 @@ def step_seed(seed: int, step: tf.Tensor) -> tf.Tensor:
   return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
 
 
-def compiled(config: AugmentConfig):
+def compiled(config: augment_config.AugmentConfig):
   """augment_batch(images, seed) for `config`, the pixel work XLA-compiled.
 
   Call it inside the training step so it runs on the accelerator. Same output as

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import augment as augment_lib
+from pipeline import augment_config
 from pipeline import dataset
 from pipeline import schema
 
@@ -57,7 +58,7 @@ def bench_pipeline(data_dir: str, image_size: int, batch_size: int, epochs: int,
   The first epoch fills the cache and is the warm-up; augmentation is the XLA-compiled
   batched op the training step calls, so its cost is included.
   """
-  config = augment_lib.AugmentConfig(rotation_deg=ROTATION_DEG, zoom=ZOOM, brightness=BRIGHTNESS)
+  config = augment_config.AugmentConfig(rotation_deg=ROTATION_DEG, zoom=ZOOM, brightness=BRIGHTNESS)
   ds = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
                             seed=seed)
   augment = augment_lib.compiled(config)

@@ -3,15 +3,27 @@
 A console script's `__main__` is a generated wrapper with no docstring and no flags, so
 absl's `--help` printed only "USAGE: cxr-x [flags]". `run` shows the job's own usage
 docstring and its own flags instead, required ones marked, and exits 0 as help should.
+
+Quiet by default: a job shows warnings and its own progress and summary, not the INFO
+lines of TensorFlow, Keras and absl nor the CUDA probing of a machine without a GPU;
+`--verbosity=1` shows everything.
 """
+import contextlib
+import logging as std_logging
 import os
 import shutil
 import sys
 import time
-from typing import Callable, List, Sequence
+from typing import Any, Callable, Iterator, List, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
+
+# Our packages: their INFO lines are the jobs' progress and stay visible when quiet.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUR_DIRS = tuple(os.path.join(_ROOT, p) + os.sep
+                  for p in ("pipeline", "model", "export", "edge", "studies"))
 
 _HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml"}
 
@@ -42,8 +54,12 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     wrapper.__doc__ = (module.__doc__ or "").replace("%", "%%")
     for flag in flags.FLAGS.get_flags_for_module(job_module):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  def quiet_main(argv):
+    _configure_logging()
+    return main(argv)
+
   try:
-    app.run(main)
+    app.run(quiet_main)
   except KeyboardInterrupt:
     sys.stderr.write(f"\n{prog}: interrupted\n")
     sys.exit(130)
@@ -55,6 +71,76 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     if e.code == 1 and set(sys.argv[1:]) & _HELP_FLAGS:
       sys.exit(0)
     raise
+
+
+def verbose() -> bool:
+  """Whether the user asked for everything (--verbosity=1 or more)."""
+  return logging.get_verbosity() >= logging.DEBUG
+
+
+class _OwnInfoOnly(std_logging.Filter):
+  """Passes warnings and errors from anywhere, INFO only from our packages."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING or verbose()
+            or record.pathname.startswith(_OUR_DIRS))
+
+
+class _ShortFormatter(std_logging.Formatter):
+  """"12:03:04 message" (and "WARNING: " or "ERROR: " before the message when it is one)."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    level = "" if record.levelno < std_logging.WARNING else f"{record.levelname}: "
+    return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
+
+
+def _configure_logging() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+    handler.addFilter(_OwnInfoOnly())
+  if not verbose():
+    # absl's prefix (level, date, microseconds, thread id, file:line) is for debugging.
+    handler.setFormatter(_ShortFormatter())
+    # TensorFlow's C++ INFO/WARNING lines; read when TensorFlow loads, so set it now.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's own Python logger prints "INFO:tensorflow:Assets written to ...".
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+
+
+@contextlib.contextmanager
+def native_stderr_quiet(enabled: bool = True) -> Iterator[None]:
+  """Discards what C/C++ code writes to file descriptor 2 inside the block.
+
+  Some native libraries print before any log level applies (CUDA probing at TensorFlow
+  import, the TFLite converter's summary). Python exceptions still propagate; only
+  their native chatter is lost, so use it around calls that are known to be noisy.
+  """
+  if not enabled:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def import_tensorflow() -> Any:
+  """Imports TensorFlow (once), without its CUDA-probing noise unless verbose()."""
+  if sys.modules.get("tensorflow") is not None:
+    return sys.modules["tensorflow"]
+  quiet = not verbose()
+  if quiet:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  with native_stderr_quiet(quiet):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices("GPU")  # a machine without CUDA says so here
+  return tf
 
 
 class Progress:

@@ -12,7 +12,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from pipeline import cli
 from pipeline import convert_lib
@@ -77,7 +76,6 @@ def main(argv):
         max_pixels=_MAX_PIXELS.value)
   except convert_lib.ConversionError as e:
     sys.exit(f"cxr-convert: error: {e}")
-  logging.info("%s", result.summary())
   print(f"cxr-convert: {result.summary()}; output in {_OUTPUT_DIR.value}")
   if result.num_written == 0:
     sys.exit("cxr-convert: error: no image could be converted (see 'rejected' in the manifest)")

@@ -23,6 +23,7 @@ from absl import logging
 import tensorflow as tf
 
 from pipeline import augment as augment_lib
+from pipeline import augment_config
 from pipeline import convert_lib
 from pipeline import image_folder
 from pipeline import image_io
@@ -31,8 +32,8 @@ from pipeline import records
 from pipeline import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-CACHE_MEMORY = "memory"
-CACHE_NONE = "none"
+CACHE_MEMORY = schema.CACHE_MEMORY
+CACHE_NONE = schema.CACHE_NONE
 
 
 class CorruptDataError(Exception):
@@ -79,7 +80,7 @@ def make_pipeline(data_dir: str,
                   batch_size: int = 32,
                   image_size: int = schema.DEFAULT_IMAGE_SIZE,
                   training: Optional[bool] = None,
-                  augment: Optional[augment_lib.AugmentConfig] = None,
+                  augment: Optional[augment_config.AugmentConfig] = None,
                   augment_in_pipeline: bool = False,
                   cache: str = CACHE_MEMORY,
                   shuffle_buffer: Optional[int] = None,

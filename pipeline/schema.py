@@ -48,6 +48,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # largest has ~8.4 M pixels.
 MAX_PIXELS = 50_000_000
 
+# Decoded-image caches of the input pipeline (else a directory for a file cache).
+CACHE_MEMORY = "memory"
+CACHE_NONE = "none"
+
 # The model package: metadata.json beside the .tflite files and the SavedModel.
 METADATA_NAME = "metadata.json"
 

@@ -5,6 +5,7 @@ from typing import Dict, List, Set
 
 from absl import logging
 
+from pipeline import cli
 from pipeline import image_io
 from pipeline import records
 from pipeline import schema
@@ -30,11 +31,11 @@ def verify(data_dir: str) -> Dict[str, int]:
   Raises:
     VerificationError: with the first problem found.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     manifest = records.load_manifest(data_dir)
   except (FileNotFoundError, ValueError) as e:
     raise VerificationError(str(e)) from None
+  tf = cli.import_tensorflow()
   labels_path = os.path.join(data_dir, schema.LABELS_NAME)
   if not os.path.isfile(labels_path):
     raise VerificationError(f"{labels_path} is missing")
@@ -91,7 +92,7 @@ def verify(data_dir: str) -> Dict[str, int]:
     counts[split] = sum(class_images.values())
     if counts[split] != info["images"] or len(patients_by_split[split]) != info["patients"]:
       raise VerificationError(f"split {split}: totals differ from the manifest")
-    logging.info("verified split %s: %d records in %d shards", split, counts[split],
+    logging.debug("verified split %s: %d records in %d shards", split, counts[split],
                  len(info["shards"]))
 
   _check_disjoint("patient", patients_by_split)

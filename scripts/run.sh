@@ -45,10 +45,5 @@ echo "== 6/6 edge predictor (int8, no TensorFlow needed) on $INPUT_DIR -> $OUT_D
   --output="$OUT_DIR/predictions.jsonl" "$INPUT_DIR"
 
 echo
-echo "Done. Results:"
-echo "  TFRecords + manifest:  $OUT_DIR/records"
-echo "  model + curves:        $OUT_DIR/model (model.keras, model_info.json, learning_curves.png)"
-echo "  quantization-aware:    $OUT_DIR/model_qat (fine-tuned from the model, for model_qat_int8.tflite)"
-echo "  test-split metrics:    $OUT_DIR/eval (metrics.json, predictions.csv, roc.png, pr.png, calibration.png, confusion_matrix.png)"
-echo "  exported models:       $OUT_DIR/export (saved_model/, model_*.tflite, metadata.json, export_report.json)"
-echo "  edge predictions:      $OUT_DIR/predictions.jsonl"
+echo "Done. In $OUT_DIR: records/ (TFRecords, manifest), model/ and model_qat/ (models, curves),"
+echo "eval/ (test-split metrics and plots), export/ (SavedModel, TFLite, report), predictions.jsonl."

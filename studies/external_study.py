@@ -31,9 +31,11 @@ import numpy as np  # pylint: disable=wrong-import-position
 from edge import calibrate_lib  # pylint: disable=wrong-import-position
 from edge import runtime  # pylint: disable=wrong-import-position
 from export import export_lib  # pylint: disable=wrong-import-position
+from export import variants as variant_names  # pylint: disable=wrong-import-position
 from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
+from model import train_config
 from pipeline import splits  # pylint: disable=wrong-import-position
 from studies import groups  # pylint: disable=wrong-import-position
 
@@ -65,7 +67,7 @@ def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
 
 def export_run(model_dir: str, data_dir: str, external_dir: str, out: str) -> Dict[str, Any]:
   """float32 + int8 export of one run (reused if already there); its report."""
-  path = os.path.join(out, export_lib.REPORT_NAME)
+  path = os.path.join(out, variant_names.REPORT_NAME)
   if not os.path.isfile(path):
     export_lib.export(model_dir, data_dir, out, latency_runs=20,
                       variants=("float32", "int8"), overwrite=True, external_dir=external_dir)
@@ -131,8 +133,8 @@ def main() -> None:
                       help="NAME=DIR[,DIR...]: cxr-train directories of one recipe")
   parser.add_argument("--article", default="",
                       help="comma-separated article_baseline.json files run with --external_dir")
-  parser.add_argument("--threshold_rule", choices=train_lib.THRESHOLD_RULES,
-                      default=train_lib.DEFAULT_THRESHOLD_RULE,
+  parser.add_argument("--threshold_rule", choices=train_config.THRESHOLD_RULES,
+                      default=train_config.DEFAULT_THRESHOLD_RULE,
                       help="cxr-train's threshold rule, re-applied to runs trained under "
                            "another; each rule's exports go to their own folder")
   parser.add_argument("--equalize", action="store_true",

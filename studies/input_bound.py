@@ -22,7 +22,7 @@ import tf_keras as keras  # pylint: disable=wrong-import-position
 
 from model import models  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
-from pipeline import augment as augment_lib  # pylint: disable=wrong-import-position
+from pipeline import augment_config  # pylint: disable=wrong-import-position
 from pipeline import benchmark_lib  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
 from pipeline import schema  # pylint: disable=wrong-import-position
@@ -31,7 +31,7 @@ from pipeline import schema  # pylint: disable=wrong-import-position
 def input_bound(data_dir: str, model_name: str, image_size: int, batch_size: int,
                 steps: int, seed: int = 0) -> Dict[str, float]:
   """Training steps/s with the real pipeline vs the same batches already in memory."""
-  config = augment_lib.AugmentConfig(rotation_deg=benchmark_lib.ROTATION_DEG,
+  config = augment_config.AugmentConfig(rotation_deg=benchmark_lib.ROTATION_DEG,
                                      zoom=benchmark_lib.ZOOM)
   real = dataset.make_dataset(data_dir, "train", batch_size=batch_size, image_size=image_size,
                               seed=seed, repeat=True, drop_remainder=True)

@@ -29,10 +29,11 @@ from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import models  # pylint: disable=wrong-import-position
 from pipeline import augment  # pylint: disable=wrong-import-position
+from pipeline import augment_config  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
 
 VARIANTS = 8
-TTA = augment.AugmentConfig(rotation_deg=10.0, zoom=0.15)
+TTA = augment_config.AugmentConfig(rotation_deg=10.0, zoom=0.15)
 
 
 def _line(name: str, y: np.ndarray, margin: np.ndarray) -> str:

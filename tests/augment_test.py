@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import augment
+from pipeline import augment_config
 
 
 def _images(seed=0, shape=(4, 30, 40, 1)):
@@ -10,17 +11,17 @@ def _images(seed=0, shape=(4, 30, 40, 1)):
 
 
 def test_config_from_names():
-  cfg = augment.config_from_names(["rotation", "zoom"])
+  cfg = augment_config.config_from_names(["rotation", "zoom"])
   assert (cfg.rotation_deg, cfg.zoom, cfg.brightness) == (20.0, 0.3, (1.0, 1.0))
   assert cfg.names() == ("rotation", "zoom")
-  assert not augment.config_from_names(["none"]).enabled
+  assert not augment_config.config_from_names(["none"]).enabled
   with pytest.raises(ValueError, match="unknown"):
-    augment.config_from_names(["flip"])
+    augment_config.config_from_names(["flip"])
 
 
 def test_disabled_config_is_identity():
   x = _images()
-  np.testing.assert_array_equal(augment.augment_batch(x, [1, 2], augment.AugmentConfig()), x)
+  np.testing.assert_array_equal(augment.augment_batch(x, [1, 2], augment_config.AugmentConfig()), x)
 
 
 def test_identity_transform_warp_is_exact():
@@ -30,7 +31,7 @@ def test_identity_transform_warp_is_exact():
 
 
 def test_xla_warp_matches_the_tf_op():
-  cfg = augment.AugmentConfig(rotation_deg=25, zoom=0.3, translation=0.1)
+  cfg = augment_config.AugmentConfig(rotation_deg=25, zoom=0.3, translation=0.1)
   x = _images(1)
   seeds = tf.random.split(tf.constant([3, 4], tf.int64), num=7, alg="philox")
   t = augment.transforms(4, 30.0, 40.0, cfg, seeds)
@@ -44,7 +45,7 @@ def test_xla_warp_matches_the_tf_op():
 
 
 def test_augmentation_changes_images_is_seeded_and_stays_in_range():
-  cfg = augment.config_from_names(["rotation", "zoom", "brightness", "contrast", "translation"])
+  cfg = augment_config.config_from_names(["rotation", "zoom", "brightness", "contrast", "translation"])
   x = _images(2)
   fn = augment.compiled(cfg)
   a = fn(x, augment.step_seed(7, 0)).numpy()
@@ -56,13 +57,13 @@ def test_augmentation_changes_images_is_seeded_and_stays_in_range():
   assert np.abs(a - c).mean() > 0.05
   assert a.min() >= 0.0 and a.max() <= 1.0
   # Each image of the batch gets its own parameters.
-  same = augment.compiled(augment.config_from_names(["brightness"]))(
+  same = augment.compiled(augment_config.config_from_names(["brightness"]))(
       tf.ones([4, 8, 8, 1]) * 0.5, augment.step_seed(7, 0)).numpy()
   assert len(np.unique(same[:, 0, 0, 0].round(5))) == 4
 
 
 def test_brightness_range_is_respected():
-  cfg = augment.AugmentConfig(brightness=(0.7, 1.3))
+  cfg = augment_config.AugmentConfig(brightness=(0.7, 1.3))
   out = augment.compiled(cfg)(tf.ones([256, 2, 2, 1]) * 0.5, augment.step_seed(0, 0)).numpy()
   factors = out[:, 0, 0, 0] / 0.5
   assert factors.min() >= 0.7 - 1e-5 and factors.max() <= 1.3 + 1e-5

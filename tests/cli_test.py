@@ -1,4 +1,5 @@
-"""Every console script's --help: the job's usage docstring and its own flags."""
+"""Every console script's --help, one-line errors, quiet logs."""
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,38 @@ def test_interrupts_and_os_errors_end_in_one_line(body, status, message):
                      timeout=60, check=False)
   assert r.returncode == status
   assert r.stderr.strip() == message  # no traceback
+
+
+def test_quiet_logging_keeps_our_info_and_everyones_warnings():
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  cli._configure_logging()  # pylint: disable=protected-access
+  keep = logging.get_absl_handler().filters[-1].filter
+
+  def record(path, level):
+    return std_logging.LogRecord("x", level, path, 1, "message", None, None)
+
+  ours = os.path.join(ROOT, "model", "train_lib.py")
+  theirs = "/usr/lib/python3/site-packages/tensorflow/python/saved_model/save.py"
+  assert keep(record(ours, std_logging.INFO))
+  assert not keep(record(theirs, std_logging.INFO))
+  assert keep(record(theirs, std_logging.WARNING))
+  old = logging.get_verbosity()
+  try:
+    logging.set_verbosity(logging.DEBUG)  # --verbosity=1: everything
+    assert keep(record(theirs, std_logging.INFO))
+  finally:
+    logging.set_verbosity(old)
+
+
+def test_native_stderr_quiet_discards_only_inside_the_block():
+  code = ("import os\n"
+          "from pipeline import cli\n"
+          "os.write(2, b'before\\n')\n"
+          "with cli.native_stderr_quiet():\n"
+          "  os.write(2, b'native chatter\\n')\n"
+          "os.write(2, b'after\\n')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60, check=False)
+  assert r.returncode == 0 and r.stderr == "before\nafter\n"

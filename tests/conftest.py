@@ -75,8 +75,9 @@ def trained_model(sample_records, tmp_path_factory):
   0.5, and the QAT run (same rule) its own.
   """
   from model import train_lib  # pylint: disable=g-import-not-at-top
+  from model import train_config  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("model"))
-  train_lib.train(train_lib.TrainConfig(
+  train_lib.train(train_config.TrainConfig(
       data_dir=sample_records, model_dir=model_dir, model="seed_cnn", image_size=48,
       epochs=1, batch_size=16, width=0.25, steps_per_epoch=3, threshold_rule="youden",
       verbose=0))
@@ -171,7 +172,7 @@ def parsed_flags(module: str, **flag_strings):
 
 
 def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-  """Runs `python -m module args` as a user would, capturing output."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  """Runs `python -m module args` as a user would (no log settings of ours), capturing output."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment
+from pipeline import augment_config
 from pipeline import convert_lib
 from pipeline import dataset
 from pipeline import preprocess
@@ -65,7 +65,7 @@ def test_training_shuffles_each_epoch_reproducibly(sample_records):
 
 
 def test_validation_is_never_augmented_or_shuffled(sample_records):
-  cfg = augment.config_from_names(["rotation", "zoom", "brightness"])
+  cfg = augment_config.config_from_names(["rotation", "zoom", "brightness"])
   kw = dict(batch_size=8, image_size=SIZE, deterministic=True)
   plain = _all(dataset.make_dataset(sample_records, "val", **kw))
   asked = _all(dataset.make_dataset(sample_records, "val", augment=cfg, augment_in_pipeline=True, **kw))
@@ -78,7 +78,7 @@ def test_validation_is_never_augmented_or_shuffled(sample_records):
 
 
 def test_pipeline_stage_augmentation_changes_and_reproduces(sample_records):
-  cfg = augment.config_from_names(["rotation", "zoom", "brightness"])
+  cfg = augment_config.config_from_names(["rotation", "zoom", "brightness"])
   kw = dict(batch_size=16, image_size=SIZE, seed=5, deterministic=True)
   plain = dataset.make_dataset(sample_records, "train", **kw)
   aug1 = dataset.make_dataset(sample_records, "train", augment=cfg, augment_in_pipeline=True, **kw)

@@ -7,6 +7,21 @@ import pytest
 from tests.conftest import SAMPLE_DIR, run_module
 
 
+# What the jobs printed before they were made quiet (issue 11 item 16): CUDA probing on
+# machines without a GPU, absl/TensorFlow/Keras INFO lines, the TFLite converter's and
+# LiteRT's native chatter, Keras' per-epoch progress lines.
+NOISE = ("cuda", "absl::InitializeLog", "Assets written", "fully_quantize", "XNNPACK",
+         "functional_saver", "signature_serialization", "fingerprint", "Epoch 1/", "/step")
+
+
+def _assert_quiet(module, r):
+  out = r.stdout + r.stderr
+  noisy = [line for line in out.splitlines() if any(n in line for n in NOISE)]
+  assert not noisy, (module, noisy[:5])
+  own = [line for line in r.stderr.splitlines() if line.strip()]
+  assert len(own) <= 12, (module, own)  # warnings, its own progress and summary
+
+
 @pytest.mark.slow
 def test_end_to_end_on_the_sample(tmp_path):
   rec, model, ev, ex = (str(tmp_path / d) for d in ("records", "model", "eval", "export"))
@@ -23,11 +38,13 @@ def test_end_to_end_on_the_sample(tmp_path):
   for module, *args in steps:
     r = run_module(module, *args)
     assert r.returncode == 0, (module, r.stderr[-3000:])
+    _assert_quiet(module, r)
   assert "int8" in r.stdout and "saved_model" in r.stdout  # the printed report table
   assert json.load(open(os.path.join(ev, "metrics.json")))["count"] == 30
   r = run_module("edge.predict", f"--model={ex}/model_int8.tflite",
                  os.path.join(SAMPLE_DIR, "NORMAL"))
   assert r.returncode == 0, r.stderr[-2000:]
+  _assert_quiet("edge.predict", r)
   lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert len(lines) == len(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL"))) == 130
   assert all(l["label"] in ("NORMAL", "PNEUMONIA") and 0 <= l["probability"] <= 1 for l in lines)

@@ -9,6 +9,7 @@ from ai_edge_litert.interpreter import Interpreter
 import tf_keras as keras
 
 from export import export_lib
+from export import variants as variant_names
 from edge import runtime
 from model import metrics
 from model import model_dir as model_dir_lib
@@ -34,7 +35,7 @@ def test_every_variant_written_and_runs_under_litert(exported):
   assert {"saved_model", "labels.txt", "metadata.json", "export_report.json"} <= names
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
   x = np.random.default_rng(0).random((48, 48, 1), dtype=np.float32)
-  for variant in export_lib.VARIANTS:
+  for variant in variant_names.VARIANTS:
     name = export_lib.tflite_name(variant)
     assert name in names
     assert meta["models"][name]["sha256"] == image_io.sha256_file(os.path.join(export_dir, name))
@@ -116,7 +117,7 @@ def test_calibration_uses_unaugmented_train_images(sample_records):
 def test_qat_model_keeps_its_runs_validation_threshold(exported, qat_model, sample_records):
   export_dir, report = exported
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
-  for variant in export_lib.VARIANTS:
+  for variant in variant_names.VARIANTS:
     entry = meta["models"][export_lib.tflite_name(variant)]
     assert report["variants"][variant]["threshold"] == entry["threshold"]
     if variant != "qat_int8":
@@ -151,7 +152,7 @@ def test_external_report_scores_every_variant_with_intervals(exported):
   ext = report["external"]
   assert ext["images"] == 20 and ext["skipped"] == []
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
-  for variant in export_lib.VARIANTS:
+  for variant in variant_names.VARIANTS:
     e = ext["variants"][variant]
     assert e["threshold"] == meta["models"][export_lib.tflite_name(variant)]["threshold"]
     for k in ("accuracy", "sensitivity", "specificity"):

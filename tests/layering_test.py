@@ -61,3 +61,28 @@ def test_every_edge_module_imports_without_tensorflow(module):
   assert r.returncode == 0, r.stderr[-2000:]
   loaded = eval(r.stdout)  # pylint: disable=eval-used
   assert module in loaded and not any(m.startswith("export") for m in loaded)
+
+
+JOBS = {"pipeline.convert": ["--input_dir=/nonexistent", "--output_dir=/tmp/x"],
+        "pipeline.verify": ["--tfrecord_dir=/nonexistent"],
+        "model.train": ["--data_dir=/nonexistent", "--model_dir=/tmp/x"],
+        "model.evaluate": ["--model_dir=/nonexistent", "--data_dir=/nonexistent",
+                           "--output_dir=/tmp/x"],
+        "export.export": ["--model_dir=/nonexistent", "--data_dir=/nonexistent",
+                          "--export_dir=/tmp/x"]}
+
+
+@pytest.mark.parametrize("module", sorted(JOBS))
+def test_argument_errors_come_before_tensorflow_loads(module):
+  """A mistyped path costs no 20-second TensorFlow import (issue 11 item 17)."""
+  code = ("import runpy, sys\n"
+          "for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
+          "  sys.modules[m] = None  # any import of them now fails\n"
+          f"sys.argv = ['cxr-x'] + {JOBS[module]!r}\n"
+          f"runpy.run_module({module!r}, run_name='__main__')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120, check=False)
+  assert r.returncode == 1, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and "nonexistent" in lines[0], r.stderr
+  assert ": error: " in lines[0] or ": FAILED: " in lines[0]  # cxr-verify fails a check

@@ -13,7 +13,9 @@ import tf_keras as keras
 from model import metrics
 from model import model_dir as model_dir_lib
 from model import train_lib
+from model import train_config
 from pipeline import augment
+from pipeline import augment_config
 from pipeline import dataset
 from pipeline import records
 from tests.conftest import parsed_flags, run_main, sample_subset
@@ -41,12 +43,12 @@ def _config(data_dir, model_dir, **kw):
   base = dict(data_dir=data_dir, model_dir=str(model_dir), model="seed_cnn", image_size=SIZE,
               epochs=3, batch_size=16, width=0.25, steps_per_epoch=4, verbose=0)
   base.update(kw)
-  return train_lib.TrainConfig(**base)
+  return train_config.TrainConfig(**base)
 
 
 def test_default_augmentation_is_geometric_and_intensity():
-  cfg = train_lib.TrainConfig(data_dir="d", model_dir="m").augment
-  assert cfg.names() == train_lib.DEFAULT_AUGMENT == ("rotation", "zoom", "brightness",
+  cfg = train_config.TrainConfig(data_dir="d", model_dir="m").augment
+  assert cfg.names() == train_config.DEFAULT_AUGMENT == ("rotation", "zoom", "brightness",
                                                       "contrast")
   assert cfg.rotation_deg == 20.0 and cfg.zoom == 0.3 and cfg.geometric
   assert cfg.brightness == (0.7, 1.3) and cfg.contrast == 0.2 and not cfg.translation
@@ -68,7 +70,7 @@ def test_train_writes_everything(sample_records, tmp_path):
 
 def test_augmenting_step_changes_nothing_at_inference(sample_records, tmp_path):
   clf = train_lib.models.build("seed_cnn", SIZE, 0.25)
-  wrapper = train_lib.AugmentingModel(clf, augment.config_from_names(["rotation"]), 0)
+  wrapper = train_lib.AugmentingModel(clf, augment_config.config_from_names(["rotation"]), 0)
   x = tf.random.uniform([2, SIZE, SIZE, 1])
   np.testing.assert_allclose(wrapper(x), clf(x))
 
@@ -187,9 +189,9 @@ def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
 
 def test_the_whole_config_is_saved_and_read_back(trained_model):
   info = model_dir_lib.read_info(trained_model)
-  config = train_lib.config_from_info(info)
-  assert json.loads(json.dumps(train_lib.config_to_dict(config))) == info["config"]
-  assert isinstance(config.augment, augment.AugmentConfig)
+  config = train_config.config_from_info(info)
+  assert json.loads(json.dumps(train_config.config_to_dict(config))) == info["config"]
+  assert isinstance(config.augment, augment_config.AugmentConfig)
   assert config.augment.rotation_deg == 20.0 and config.augment.brightness == (0.7, 1.3)
   assert (config.model, config.image_size, config.width, config.threshold_rule) == (
       "seed_cnn", SIZE, 0.25, "youden")
@@ -198,8 +200,8 @@ def test_the_whole_config_is_saved_and_read_back(trained_model):
 def test_config_of_a_run_saved_before_the_whole_config():
   old = {"model": "edge_cnn", "image_size": 150, "augment": ["rotation", "zoom"],
          "class_weight": "balanced", "seed": 2, "threshold_rule_name": "balanced"}
-  config = train_lib.config_from_info(old, data_dir="d", model_dir="m")
-  assert config.augment == augment.config_from_names(["rotation", "zoom"])
+  config = train_config.config_from_info(old, data_dir="d", model_dir="m")
+  assert config.augment == augment_config.config_from_names(["rotation", "zoom"])
   assert (config.seed, config.threshold_rule, config.data_dir) == (2, "balanced", "d")
 
 
@@ -211,7 +213,7 @@ def test_qat_run_reuses_the_float_recipe_and_chooses_its_own_threshold(trained_m
   for key in ("model", "image_size", "width", "augment", "class_weight", "seed",
               "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity"):
     assert info["config"][key] == float_info["config"][key], key
-  assert info["config"]["learning_rate"] == train_lib.QAT_LEARNING_RATE
+  assert info["config"]["learning_rate"] == train_config.QAT_LEARNING_RATE
   assert info["epochs"] == 1
   model, _ = model_dir_lib.load_model_dir(qat_model)
   assert any(layer.name.startswith("quant_") for layer in model.layers)
@@ -225,7 +227,7 @@ def test_qat_refuses_a_changed_recipe_or_a_qat_start(trained_model, qat_model, s
                                                      tmp_path):
   with pytest.raises(ValueError, match="reuses the float run's augment"):
     train_lib.qat_config(trained_model, str(tmp_path / "q"), sample_records,
-                         augment=augment.AugmentConfig())
+                         augment=augment_config.AugmentConfig())
   with pytest.raises(ValueError, match="is a QAT run"):
     train_lib.qat_config(qat_model, str(tmp_path / "q"), sample_records)
   with parsed_flags("model.train", qat="true", init_from=trained_model,
@@ -291,3 +293,12 @@ def test_altered_shards_are_refused_before_training(sample_records, tmp_path):
   with pytest.raises(ValueError, match="has 0 bytes"):
     train_lib.train(_config(data, tmp_path / "m"))
   assert not os.path.exists(tmp_path / "m")
+
+
+def test_one_progress_line_per_epoch(sample_records, tmp_path, caplog):
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(std_logging.INFO, logger="absl"):
+    train_lib.train(_config(sample_records, tmp_path / "m", epochs=2))
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+  assert [l.split(":")[0] for l in lines] == ["epoch 1/2", "epoch 2/2"]
+  assert all("val ROC-AUC" in l and "left)" in l for l in lines)

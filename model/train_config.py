@@ -1,0 +1,91 @@
+"""A training run's configuration: what cxr-train's flags fill and model_info.json keeps.
+
+TensorFlow-free, so the job checks its flags and paths before TensorFlow loads; the
+training itself is model/train_lib.py.
+"""
+import dataclasses
+from typing import Any, Dict, Optional
+
+from pipeline import augment_config
+from pipeline import schema
+
+# Chosen on the external films, not on validation (README): geometric augmentation is
+# what carries the model to films from another source, and intensity augmentation on
+# top of it ranked them better. The TrainConfig default and cxr-train's --augment default.
+DEFAULT_AUGMENT = ("rotation", "zoom", "brightness", "contrast")
+
+# How cxr-train sets the decision threshold (without --target_sensitivity):
+#   balanced: 0.5, the operating point of a model trained with balanced class weights;
+#   youden:   maximum Youden J on the validation split (0.5 if among the best).
+# The validation split is drawn from the training distribution and nearly saturated: its
+# best-J interval is set by a handful of films and can sit far from 0.5 (README).
+THRESHOLD_RULES = ("balanced", "youden")
+DEFAULT_THRESHOLD_RULE = "balanced"
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run needs (the job fills it from flags)."""
+  data_dir: str
+  model_dir: str
+  model: str = "edge_cnn"
+  image_size: int = schema.DEFAULT_IMAGE_SIZE
+  epochs: int = 30
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  lr_schedule: str = "cosine"  # or "constant" (the source article's)
+  augment: augment_config.AugmentConfig = dataclasses.field(
+      default_factory=lambda: augment_config.config_from_names(DEFAULT_AUGMENT))
+  class_weight: str = "balanced"
+  seed: int = 42
+  strategy: str = "default"
+  mixed_precision: bool = False
+  target_sensitivity: Optional[float] = None
+  threshold_rule: str = DEFAULT_THRESHOLD_RULE
+  width: float = 1.0
+  dropout: Optional[float] = None
+  cache: str = schema.CACHE_MEMORY
+  steps_per_epoch: Optional[int] = None  # for smoke tests; None = whole split
+  external_dir: Optional[str] = None  # scored every epoch, never trained on
+  qat: bool = False  # quantization-aware fine-tuning of the float run in init_from
+  init_from: Optional[str] = None
+  verbose: int = 0  # Keras' own progress output; EpochProgress logs one line an epoch
+  verify_data: bool = True  # sha256 of the shards before training (sizes always)
+
+
+# QAT fine-tunes an already trained network: a small rate keeps the weights near the
+# validated float model while the quantization ranges settle.
+QAT_EPOCHS = 2
+QAT_LEARNING_RATE = 1e-5
+# What a QAT run takes from its float run, unchanged (the recipe).
+RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "seed",
+                  "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity")
+
+
+def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
+  """The whole resolved config, JSON-ready (model_info.json's "config")."""
+  return dataclasses.asdict(config)
+
+
+def config_from_info(info: Dict[str, Any], **overrides) -> TrainConfig:
+  """A TrainConfig from a run's model_info, with overrides.
+
+  Runs saved before the config was serialized whole give what their model_info names
+  (augmentation ranges then were the flags' defaults).
+  """
+  saved = dict(info.get("config") or {})
+  if not saved:
+    saved = {k: info[k] for k in ("model", "image_size", "width", "dropout", "class_weight",
+                                  "seed", "batch_size", "learning_rate", "lr_schedule",
+                                  "target_sensitivity", "epochs") if k in info}
+    saved["augment"] = dataclasses.asdict(augment_config.config_from_names(
+        list(info.get("augment") or ["none"])))
+    saved["threshold_rule"] = info.get("threshold_rule_name", "youden")
+    saved.setdefault("data_dir", "")
+    saved.setdefault("model_dir", "")
+  augment = saved.pop("augment")
+  if isinstance(augment, dict):
+    augment = augment_config.AugmentConfig(**{**augment,
+                                           "brightness": tuple(augment["brightness"])})
+  known = {f.name for f in dataclasses.fields(TrainConfig)}
+  return TrainConfig(augment=augment, **{**{k: v for k, v in saved.items() if k in known},
+                                         **overrides})
