@@ -67,6 +67,9 @@ _TRANSLATION = flags.DEFINE_float("translation", 0.1, "Shift range, ± fraction 
                                   lower_bound=0.0)
 _CLASS_WEIGHT = flags.DEFINE_enum("class_weight", "balanced", ["balanced", "none"],
                                   "Weight examples inversely to class frequency.")
+_MIXUP = flags.DEFINE_float(
+    "mixup", 0.0, "mixup in the training step: each image blended with another, the loss "
+    "with both labels; the Beta(alpha, alpha) parameter, 0 = off.", lower_bound=0.0)
 _SEED = flags.DEFINE_integer("seed", 42, "Seed of initialization, shuffling, augmentation.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
@@ -110,7 +113,7 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 
 # Flags that make the recipe; a QAT run takes them from its float run.
 _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
-                 "contrast", "translation", "class_weight", "seed", "batch_size",
+                 "contrast", "translation", "class_weight", "mixup", "seed", "batch_size",
                  "lr_schedule", "target_sensitivity", "threshold_rule", "width", "dropout",
                  "mixed_precision")
 
@@ -138,9 +141,11 @@ def _config() -> train_config.TrainConfig:
       data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value, model=_MODEL.value,
       image_size=_IMAGE_SIZE.value, epochs=epochs, batch_size=_BATCH_SIZE.value,
       learning_rate=_LEARNING_RATE.value, lr_schedule=_LR_SCHEDULE.value,
-      augment=augment_config.config_from_names(names, _ROTATION.value, _ZOOM.value, (low, high),
-                                        _CONTRAST.value, _TRANSLATION.value),
-      class_weight=_CLASS_WEIGHT.value, seed=_SEED.value, strategy=_STRATEGY.value,
+      augment=augment_config.config_from_names(names, _ROTATION.value, _ZOOM.value,
+                                               (low, high), _CONTRAST.value,
+                                               _TRANSLATION.value),
+      class_weight=_CLASS_WEIGHT.value, mixup=_MIXUP.value, seed=_SEED.value,
+      strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
       threshold_rule=_THRESHOLD_RULE.value,
       width=_WIDTH.value, dropout=_DROPOUT.value, cache=_CACHE.value,

@@ -36,6 +36,7 @@ class TrainConfig:
   augment: augment_config.AugmentConfig = dataclasses.field(
       default_factory=lambda: augment_config.config_from_names(DEFAULT_AUGMENT))
   class_weight: str = "balanced"
+  mixup: float = 0.0  # Beta(alpha, alpha) of mixup in the training step; 0 = off
   seed: int = 42
   strategy: str = "default"
   mixed_precision: bool = False
@@ -57,8 +58,8 @@ class TrainConfig:
 QAT_EPOCHS = 2
 QAT_LEARNING_RATE = 1e-5
 # What a QAT run takes from its float run, unchanged (the recipe).
-RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "seed",
-                  "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity")
+RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "mixup",
+                 "seed", "batch_size", "lr_schedule", "threshold_rule", "target_sensitivity")
 
 
 def config_to_dict(config: TrainConfig) -> Dict[str, Any]:

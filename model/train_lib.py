@@ -83,11 +83,12 @@ class AugmentingModel(keras.Model):
   """
 
   def __init__(self, classifier: keras.Model, augment: augment_config.AugmentConfig, seed: int,
-               **kwargs):
+               mixup: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     self.classifier = classifier
     self.augment_config = augment
     self.seed = seed
+    self.mixup = mixup
     self._augment = augment_lib.compiled(augment)
 
   def call(self, inputs, training=False):
@@ -99,12 +100,22 @@ class AugmentingModel(keras.Model):
 
   def train_step(self, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    seed = augment_lib.step_seed(self.seed, self.optimizer.iterations)
     if self.augment_config.enabled:
-      x = tf.cast(self._augment(x, augment_lib.step_seed(self.seed, self.optimizer.iterations)),
-                  x.dtype)
+      x = tf.cast(self._augment(x, seed), x.dtype)
+    x_seen, y_loss, w_loss = x, y, sample_weight
+    if self.mixup > 0:
+      x_seen, lam = augment_lib.mixup(x, tf.random.experimental.stateless_fold_in(seed, 1),
+                                      self.mixup)
+      w = tf.ones_like(lam) if sample_weight is None else tf.cast(sample_weight, lam.dtype)
+      # Cross-entropy is linear in the target: a blend of two labels is the two losses
+      # weighted lam and 1 - lam. Doubled: the mean runs over the 2B concatenated terms.
+      y_loss = tf.concat([y, tf.reverse(y, [0])], 0)
+      w_loss = 2.0 * tf.concat([lam * w, (1.0 - lam) * tf.reverse(w, [0])], 0)
     with tf.GradientTape() as tape:
-      y_pred = self(x, training=True)
-      loss = self.compute_loss(x, y, y_pred, sample_weight)
+      y_pred = self(x_seen, training=True)
+      pred_loss = y_pred if self.mixup <= 0 else tf.concat([y_pred, y_pred], 0)
+      loss = self.compute_loss(x_seen, y_loss, pred_loss, w_loss)
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
     return self.compute_metrics(x, y, y_pred, sample_weight)
 
@@ -289,7 +300,7 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
       classifier = model_dir_lib.quantize(float_model)
     else:
       classifier = models.build(config.model, config.image_size, config.width, config.dropout)
-    model = AugmentingModel(classifier, config.augment, config.seed)
+    model = AugmentingModel(classifier, config.augment, config.seed, config.mixup)
     model.compile(
         optimizer=keras.optimizers.Adam(_learning_rate(config)),
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -372,6 +383,7 @@ def _finalize(config: train_config.TrainConfig, model: AugmentingModel, classifi
       "epochs": len(history.get("epoch", [])),
       "best_epoch": model_dir_lib.best_epoch(history),
       "augment": list(config.augment.names()),
+      "mixup": config.mixup,
       "class_weight": config.class_weight,
       "seed": config.seed,
       "batch_size": config.batch_size,

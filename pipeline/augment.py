@@ -143,6 +143,32 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: augment_config.Aug
   return apply_params(images, *sample_params(images, seed, config), config, use_op=use_op)
 
 
+def mixup(images: tf.Tensor, seed: tf.Tensor, alpha: float) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Blends each image with its partner in the reversed batch (mixup, Zhang et al. 2018).
+
+  Image i becomes lam_i * x_i + (1 - lam_i) * x_{B-1-i}, lam_i = max(u, 1 - u) with
+  u ~ Beta(alpha, alpha), so each blend is dominated by its own image. The batches come
+  shuffled, so the reversed batch is a random pairing without another random draw.
+
+  Args:
+    images: float [B, H, W, C].
+    seed: int shape-[2] stateless seed.
+    alpha: Beta parameter (> 0); small values blend little.
+
+  Returns:
+    (blended images, lam [B] float32). The loss weighs label i by lam_i and the
+    partner's label by 1 - lam_i.
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+  batch = tf.shape(images)[:1]
+  g1 = tf.random.stateless_gamma(batch, seeds[0], alpha)
+  g2 = tf.random.stateless_gamma(batch, seeds[1], alpha)
+  u = g1 / tf.maximum(g1 + g2, 1e-12)
+  lam = tf.maximum(u, 1.0 - u)
+  lam_images = tf.cast(tf.reshape(lam, [-1, 1, 1, 1]), images.dtype)
+  return lam_images * images + (1 - lam_images) * tf.reverse(images, [0]), lam
+
+
 def step_seed(seed: int, step: tf.Tensor) -> tf.Tensor:
   """The stateless seed of one training step: (run seed, global step)."""
   return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])

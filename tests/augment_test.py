@@ -68,3 +68,19 @@ def test_brightness_range_is_respected():
   factors = out[:, 0, 0, 0] / 0.5
   assert factors.min() >= 0.7 - 1e-5 and factors.max() <= 1.3 + 1e-5
   assert factors.min() < 0.75 and factors.max() > 1.25  # spans the range
+
+
+def test_mixup_blends_each_image_with_its_reversed_partner_seeded():
+  images = tf.random.stateless_uniform([6, 8, 8, 1], [1, 2])
+  seed = tf.constant([7, 3], tf.int64)
+  mixed, lam = augment.mixup(images, seed, 0.4)
+  again, lam_again = augment.mixup(images, seed, 0.4)
+  np.testing.assert_array_equal(mixed, again)
+  np.testing.assert_array_equal(lam, lam_again)
+  lam = lam.numpy()
+  assert lam.shape == (6,) and np.all(lam >= 0.5) and np.all(lam <= 1.0)
+  assert len(set(np.round(lam, 6))) > 1  # one draw per image
+  want = lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[::-1]
+  np.testing.assert_allclose(mixed, want, rtol=1e-6)
+  other, _ = augment.mixup(images, tf.constant([7, 4], tf.int64), 0.4)
+  assert not np.allclose(mixed, other)

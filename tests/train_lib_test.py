@@ -302,3 +302,28 @@ def test_one_progress_line_per_epoch(sample_records, tmp_path, caplog):
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
   assert [l.split(":")[0] for l in lines] == ["epoch 1/2", "epoch 2/2"]
   assert all("val ROC-AUC" in l and "left)" in l for l in lines)
+
+
+def test_mixup_trains_and_is_part_of_the_recipe(sample_records, tmp_path):
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=1, mixup=0.4))
+  assert info["mixup"] == 0.4 and info["config"]["mixup"] == 0.4
+  history = model_dir_lib.read_history(str(tmp_path / "m"))
+  assert np.isfinite(history["loss"]).all()
+  qat = train_lib.qat_config(str(tmp_path / "m"), str(tmp_path / "q"), sample_records)
+  assert qat.mixup == 0.4  # a QAT run keeps its float run's recipe
+
+
+def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
+  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)  # no BN: train = infer
+  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, 0.4)
+  model.compile(optimizer=keras.optimizers.SGD(0.0),
+                loss=keras.losses.SparseCategoricalCrossentropy())
+  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
+  y = tf.constant([0, 1, 1, 0])
+  w = tf.constant([1.0, 2.0, 2.0, 1.0])
+  loss = float(model.train_on_batch(x, y, sample_weight=w))
+  seed = tf.random.experimental.stateless_fold_in(augment.step_seed(0, 0), 1)
+  mixed, lam = augment.mixup(x, seed, 0.4)
+  ce = lambda labels: keras.losses.sparse_categorical_crossentropy(labels, clf(mixed)).numpy()
+  want = np.mean(lam * w * ce(y) + (1 - lam) * w[::-1] * ce(y[::-1]))
+  assert loss == pytest.approx(float(want), rel=1e-4)
