@@ -4,6 +4,13 @@ Usage:
   pip install ".[edge]"
   cxr-predict --model=export/model_int8.tflite scans/*.jpeg more_scans/
   cxr-predict --model=export/model_int8.tflite --output=results.csv --threads=2 scan.png
+  cxr-predict --model=export/model_int8.tflite study/IM0001.dcm dicom_folder/
+
+Films: 8-bit JPEG/PNG as they are; DICOM (single-frame grayscale CR/DX radiographs, any
+transfer syntax pydicom, python-gdcm and pylibjpeg-openjpeg decode), 16-bit PNG and TIFF
+windowed to 8 bits as cxr-convert stores them (modality LUT, VOI LUT or window, else the
+stored range; MONOCHROME1 inverted). A folder is read whole (hidden files aside): files
+with a film extension or none are predicted, others listed as {"path", "skipped"}.
 
 Reads metadata.json beside the model (labels, input size, preprocessing, quantization,
 threshold, the model's sha256) and refuses, before reading any image, a missing model, a
@@ -59,9 +66,10 @@ def main(argv):
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
   writer = None
   if _OUTPUT.value and _OUTPUT.value.endswith(".csv"):
-    writer = csv.DictWriter(out, ["path", "label", "probability", "latency_ms", "error"])
+    writer = csv.DictWriter(out, ["path", "label", "probability", "latency_ms", "error",
+                                  "skipped"])
     writer.writeheader()
-  ok, failed, latencies, counts = 0, 0, [], {label: 0 for label in model.labels}
+  ok, failed, skipped, latencies, counts = 0, 0, 0, [], {label: 0 for label in model.labels}
   items = list(runtime.expand_paths(patterns))  # the total, for progress
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   try:
@@ -69,6 +77,8 @@ def main(argv):
       progress.update(done)
       if "error" in result:
         failed += 1
+      elif "skipped" in result:
+        skipped += 1
       else:
         ok += 1
         latencies.append(result["latency_ms"])
@@ -80,7 +90,8 @@ def main(argv):
   finally:
     if out is not sys.stdout:
       out.close()
-  summary = (f"cxr-predict: {ok} image(s) predicted, {failed} failed; "
+  summary = (f"cxr-predict: {ok} image(s) predicted, {failed} failed"
+             + (f", {skipped} skipped (not films)" if skipped else "") + "; "
              + ", ".join(f"{k} {v}" for k, v in counts.items()))
   if latencies:
     summary += f"; latency p50 {np.percentile(latencies, 50):.2f} ms"

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import cli
+from pipeline import film
 from pipeline import image_io
 from pipeline import schema
 
@@ -92,7 +93,19 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
-  """Encoded bytes -> float32 [image_size, image_size, 1] in [0, 1] (training's preprocessing)."""
+  """A file's bytes -> float32 [image_size, image_size, 1] in [0, 1] (training's preprocessing).
+
+  DICOM, TIFF and 16-bit PNG are first windowed to 8 bits by pipeline/film.py, as
+  cxr-convert stores them.
+
+  Raises:
+    ImageError: unreadable, or not a film the model can take (the reason says why).
+  """
+  if film.needs_windowing(data):
+    try:
+      data = film.read_film(data, schema.MAX_PIXELS).encoded
+    except film.FilmError as e:
+      raise ImageError(str(e)) from None
   gray = decode_grayscale(data).astype(np.float32)
   resized = resize_bilinear(gray, image_size) * np.float32(scale)
   return np.clip(resized, 0.0, 1.0)[..., None]
@@ -211,15 +224,28 @@ class LiteModel:
             "latency_ms": round(latency, 3)}
 
 
+# expand_paths' error for a file of a folder that is not a film (notes.txt): reported,
+# not a failure.
+SKIPPED = "skipped: "
+
+
 def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
-  """Files, folders (recursively, image extensions only) and globs -> (path, error)."""
+  """Files, folders (recursively) and globs -> (path, error).
+
+  A folder yields every file in it but hidden ones (".DS_Store"): films by extension
+  (schema.FILM_EXTENSIONS) and files without an extension (DICOM often has none) are
+  read; anything else gets an error line, so every file is accounted for.
+  """
   for pattern in patterns:
     if os.path.isdir(pattern):
       found = sorted(os.path.join(root, f) for root, _, files in os.walk(pattern)
-                     for f in files if f.lower().endswith(schema.IMAGE_EXTENSIONS))
+                     for f in files if not f.startswith("."))
       if not found:
-        yield pattern, "folder holds no .jpg/.jpeg/.png files"
-      yield from ((p, None) for p in found)
+        yield pattern, "folder holds no files"
+      for p in found:
+        ext = os.path.splitext(p)[1].lower()
+        yield p, (None if not ext or ext in schema.FILM_EXTENSIONS else
+                  f"{SKIPPED}{ext} is not a film extension ({' '.join(schema.FILM_EXTENSIONS)})")
     elif os.path.isfile(pattern):
       yield pattern, None
     else:
@@ -231,9 +257,12 @@ def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
 
 def predict_paths(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]]
                   ) -> Iterator[Dict[str, object]]:
-  """One result dict per expand_paths item; a bad input gets {"path", "error"} and the run
-  goes on."""
+  """One result dict per expand_paths item; a bad input gets {"path", "error"}, a file that
+  is not a film {"path", "skipped"}, and the run goes on."""
   for path, error in items:
+    if error and error.startswith(SKIPPED):
+      yield {"path": path, "skipped": error[len(SKIPPED):]}
+      continue
     if error:
       yield {"path": path, "error": error}
       continue

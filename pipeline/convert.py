@@ -5,6 +5,13 @@ Usage:
   python -m pipeline.convert --input_dir=data/sample --output_dir=out/records \
       --split_ratios=0.8,0.1,0.1 --seed=42 --num_shards=8 --overwrite
 
+  cxr-convert --input_dir=/data/clinic --output_dir=/tmp/clinic_records \
+      --metadata_csv=/data/clinic/films.csv --patient_id_salt="$SITE_SECRET"
+
+Reads 8-bit JPEG and PNG as they are, and DICOM radiographs, 16-bit PNG and TIFF windowed
+to 8 bits (stored as lossless PNG; the record keeps the source format). Patient ids come
+from --metadata_csv, DICOM PatientID tags (both stored only as a salted hash) or the public
+release's file names; fewer than 90% recognised is warned about and noted in the manifest.
 Writes train-/val-/test-NNNNN-of-NNNNN.tfrecord, labels.txt and, last, manifest.json.
 Check a finished conversion with cxr-verify.
 """
@@ -43,6 +50,16 @@ _NUM_WORKERS = flags.DEFINE_integer(
     lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a previous conversion in a non-empty --output_dir.")
+_METADATA_CSV = flags.DEFINE_string(
+    "metadata_csv", None,
+    "A CSV with columns path (relative to --input_dir), patient_id, label (and optionally "
+    "others, e.g. study_date): each file's patient and class, instead of file names and "
+    "class folders. Files it does not list are rejected. Patient ids are stored hashed.")
+_PATIENT_ID_SALT = flags.DEFINE_string(
+    "patient_id_salt", None,
+    "Secret key of the hash under which patient ids from --metadata_csv or DICOM "
+    "PatientID tags are stored; default: a random one, not stored (the ids cannot be "
+    "traced back, and another conversion hashes them differently).")
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", schema.MAX_PIXELS,
     "Images with more pixels are rejected as decompression bombs.", lower_bound=1)
@@ -73,7 +90,9 @@ def main(argv):
         image_size=_IMAGE_SIZE.value,
         num_workers=_NUM_WORKERS.value,
         overwrite=_OVERWRITE.value,
-        max_pixels=_MAX_PIXELS.value)
+        max_pixels=_MAX_PIXELS.value,
+        metadata_csv=_METADATA_CSV.value,
+        patient_id_salt=_PATIENT_ID_SALT.value)
   except convert_lib.ConversionError as e:
     sys.exit(f"cxr-convert: error: {e}")
   print(f"cxr-convert: {result.summary()}; output in {_OUTPUT_DIR.value}")

@@ -8,13 +8,17 @@ Two passes over the files, both in parallel worker processes:
    written last, so an interrupted run never leaves a directory that looks complete.
 """
 import collections
+import csv
 import dataclasses
+import hashlib
+import hmac
 import json
 import math
 import multiprocessing
 import os
 import platform
 import random
+import secrets
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -25,7 +29,11 @@ from pipeline import image_io
 from pipeline import schema
 from pipeline import splits as splits_lib
 
-MANIFEST_VERSION = 1
+# 2: records carry image/source_format; DICOM input; patient-id sources in the manifest.
+MANIFEST_VERSION = 2
+# Below this share of files with a recognised patient id, the patient-grouped split is
+# close to an image-level one (a patient's films may straddle splits): warn.
+MIN_RECOGNISED_PATIENTS = 0.9
 _TMP_SUFFIX = ".incomplete"
 _PROGRESS_EVERY_S = 5.0
 
@@ -78,7 +86,8 @@ class ConversionResult:
             f"in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)")
 
 
-def scan_input(input_dir: str, flag: str = "--input_dir") -> List[SourceFile]:
+def scan_input(input_dir: str, flag: str = "--input_dir",
+               listed: Optional[Dict[str, Tuple[str, str]]] = None) -> List[SourceFile]:
   """Lists every file below input_dir with the class of its nearest class folder.
 
   Every entry found is accounted for: hidden files (".DS_Store") are listed, to be
@@ -89,10 +98,13 @@ def scan_input(input_dir: str, flag: str = "--input_dir") -> List[SourceFile]:
   Args:
     input_dir: the folder to search.
     flag: the command-line flag that named it, for error messages.
+    listed: read_metadata_csv's {relpath: (patient, label)}: labels come from it, not
+      from class folders; a file it does not list, or a listed file not found, is
+      reported with `problem` set.
 
   Raises:
-    ConversionError: input_dir is missing or unreadable, or no folder below it is a
-      class folder.
+    ConversionError: input_dir is missing or unreadable, or (without `listed`) no folder
+      below it is a class folder.
   """
   if not os.path.isdir(input_dir):
     raise ConversionError(f"{flag} {input_dir!r} is not a directory")
@@ -131,8 +143,18 @@ def scan_input(input_dir: str, flag: str = "--input_dir") -> List[SourceFile]:
     for name in sorted(files):
       relpath = "/".join(parts + [name])
       printable = _printable(relpath)
-      found.append(SourceFile(printable, label) if printable == relpath
-                   else SourceFile(printable, label, image_io.REASON_NAME))
+      if printable != relpath:
+        found.append(SourceFile(printable, label, image_io.REASON_NAME))
+      elif listed is not None:
+        found.append(SourceFile(relpath, listed[relpath][1]) if relpath in listed
+                     else SourceFile(relpath, None, image_io.REASON_NOT_LISTED))
+      else:
+        found.append(SourceFile(relpath, label))
+  if listed is not None:
+    seen_paths = {f.relpath for f in found}
+    found += [SourceFile(rel, None, image_io.REASON_LISTED_MISSING)
+              for rel in sorted(set(listed) - seen_paths)]
+    return found
   if not any_class_dir:
     raise ConversionError(
         f"{flag} {input_dir!r} holds no class folders (expected sub-folders named "
@@ -149,11 +171,65 @@ def _printable(relpath: str) -> str:
     return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def patient_id(relpath: str) -> str:
-  """The patient of a file, from its name; a name with no recognisable id is its own."""
-  name = relpath.rsplit("/", 1)[-1]
-  # A name with no recognisable id is its own patient: its path is unique.
-  return schema.parse_patient_id(name) or os.path.splitext(relpath)[0]
+# Where a patient id came from (the manifest counts them).
+ID_FROM_CSV, ID_FROM_DICOM, ID_FROM_NAME, ID_NONE = ("metadata_csv", "dicom_patient_id",
+                                                     "file_name", "none")
+
+
+def patient_id(relpath: str, dicom_tag: Optional[str] = None, listed: Optional[str] = None,
+               salt: str = "") -> Tuple[str, str]:
+  """The patient of a file and where that came from.
+
+  In order: the id given for it in --metadata_csv, its DICOM PatientID tag (both stored
+  only as a salted hash: they are often hospital record numbers), the public release's
+  file-name pattern (person1234_…, IM-0115-…; lower-cased so ids compare
+  case-insensitively); else the file is its own patient (its path is unique).
+
+  Returns:
+    (patient id, one of ID_FROM_CSV, ID_FROM_DICOM, ID_FROM_NAME, ID_NONE).
+  """
+  for given, source in ((listed, ID_FROM_CSV), (dicom_tag, ID_FROM_DICOM)):
+    if given and given.strip():
+      key = given.strip().lower().encode("utf-8")
+      digest = hmac.new(salt.encode("utf-8"), key, hashlib.sha256).hexdigest()[:20]
+      return f"h-{digest}", source
+  parsed = schema.parse_patient_id(relpath.rsplit("/", 1)[-1])
+  if parsed:
+    return parsed, ID_FROM_NAME
+  return os.path.splitext(relpath)[0], ID_NONE
+
+
+def read_metadata_csv(path: str) -> Dict[str, Tuple[str, str]]:
+  """--metadata_csv: {relpath: (patient_id, label)} from columns path, patient_id, label.
+
+  Paths are relative to --input_dir ("/" separators); labels are class names, any case.
+  Other columns (e.g. study_date) are allowed and ignored.
+
+  Raises:
+    ConversionError: unreadable file, missing columns, unknown label, repeated path.
+  """
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      rows = list(csv.DictReader(f))
+      columns = set(rows[0]) if rows else set()
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise ConversionError(f"--metadata_csv {path!r} cannot be read: {e}") from None
+  missing = {"path", "patient_id", "label"} - columns
+  if missing:
+    raise ConversionError(f"--metadata_csv {path!r} lacks column(s) {', '.join(sorted(missing))} "
+                          "(needs path, patient_id, label)")
+  listed: Dict[str, Tuple[str, str]] = {}
+  for line, row in enumerate(rows, 2):
+    label = (row["label"] or "").strip().upper()
+    if label not in schema.LABEL_TO_INDEX:
+      raise ConversionError(f"--metadata_csv line {line}: label {row['label']!r} is not one of "
+                            f"{', '.join(schema.LABELS)}")
+    rel = (row["path"] or "").strip().replace("\\", "/")
+    rel = rel[2:] if rel.startswith("./") else rel
+    if rel in listed:
+      raise ConversionError(f"--metadata_csv line {line}: {rel!r} is listed twice")
+    listed[rel] = ((row["patient_id"] or "").strip(), label)
+  return listed
 
 
 def _tool_versions() -> Dict[str, str]:
@@ -236,6 +312,7 @@ def _make_example(record: Record, encoded: bytes, height: int, width: int, chann
       schema.KEY_FILENAME: b(record.relpath),
       schema.KEY_PATIENT: b(record.patient_id),
       schema.KEY_SHA256: b(record.info.sha256),
+      schema.KEY_SOURCE_FORMAT: b(record.info.source_format or record.info.format),
   }))
 
 
@@ -258,7 +335,9 @@ def convert(input_dir: str,
             image_size: Optional[int] = None,
             num_workers: Optional[int] = None,
             overwrite: bool = False,
-            max_pixels: int = schema.MAX_PIXELS) -> ConversionResult:
+            max_pixels: int = schema.MAX_PIXELS,
+            metadata_csv: Optional[str] = None,
+            patient_id_salt: Optional[str] = None) -> ConversionResult:
   """Converts class folders of images into split, sharded TFRecords.
 
   Args:
@@ -275,6 +354,11 @@ def convert(input_dir: str,
     num_workers: worker processes; None uses every CPU.
     overwrite: replace a previous conversion in a non-empty output_dir.
     max_pixels: larger images are rejected as decompression bombs.
+    metadata_csv: a CSV (path, patient_id, label) giving each file's patient and class
+      instead of file names and class folders; files it does not list are rejected.
+    patient_id_salt: key of the hash that stores patient ids taken from --metadata_csv
+      or DICOM PatientID tags; None draws a random one (not stored), so those ids cannot
+      be traced back, nor reproduced by another conversion.
 
   Returns:
     A ConversionResult whose manifest was also written to output_dir.
@@ -286,8 +370,10 @@ def convert(input_dir: str,
   ratios = tuple(float(r) for r in split_ratios)
   splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   start = time.monotonic()
-  files = scan_input(input_dir)
+  listed = read_metadata_csv(metadata_csv) if metadata_csv else None
+  files = scan_input(input_dir, listed=listed)
   _prepare_output(output_dir, overwrite)
+  salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
   # TensorFlow is imported lazily (spawned workers import this module and must stay
   # light), after the folders are checked, and off the clock, so the reported rate is
   # the conversion's own.
@@ -309,6 +395,7 @@ def convert(input_dir: str,
       candidates.append(f)
 
   # spawn, not fork: the parent may already have TensorFlow's threads running.
+  id_sources: collections.Counter = collections.Counter()
   ctx = multiprocessing.get_context("spawn")
   with ctx.Pool(num_workers) as pool:
     records: List[Record] = []
@@ -319,7 +406,10 @@ def convert(input_dir: str,
       if isinstance(result, image_io.Rejection):
         rejected.append({"path": f.relpath, "reason": result.reason})
       else:
-        records.append(Record(f.relpath, f.label, patient_id(f.relpath), result))
+        patient, source = patient_id(f.relpath, result.patient_tag,
+                                     listed[f.relpath][0] if listed else None, salt)
+        id_sources[source] += 1
+        records.append(Record(f.relpath, f.label, patient, result))
       progress.update(n, f", rejected {len(rejected)} so far")
     inspect_seconds = time.monotonic() - start
     records, conflicts = _drop_conflicting_labels(records)
@@ -368,6 +458,9 @@ def convert(input_dir: str,
       "num_written": len(records),
       "splits": {},
       "duplicate_groups": _duplicate_groups(records),
+      "source_formats": dict(sorted(collections.Counter(
+          r.info.source_format or r.info.format for r in records).items())),
+      "patient_ids": _patient_id_summary(id_sources, patient_id_salt is not None),
       "rejected": rejected,
       "tools": _tool_versions(),
   }
@@ -378,6 +471,24 @@ def convert(input_dir: str,
   _write_atomic(os.path.join(output_dir, schema.MANIFEST_NAME),
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n")
   return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
+
+
+def _patient_id_summary(sources: collections.Counter, salt_given: bool) -> Dict[str, Any]:
+  """Where the accepted files' patient ids came from, and a warning when too few have one."""
+  total = sum(sources.values())
+  summary: Dict[str, Any] = {"sources": {k: sources[k] for k in (ID_FROM_CSV, ID_FROM_DICOM,
+                                                                  ID_FROM_NAME, ID_NONE)}}
+  if sources[ID_FROM_CSV] or sources[ID_FROM_DICOM]:
+    summary["hashed"] = ("salted HMAC-SHA256; salt given (--patient_id_salt)" if salt_given
+                         else "salted HMAC-SHA256; random salt, not stored")
+  recognised = total - sources[ID_NONE]
+  if total and recognised < MIN_RECOGNISED_PATIENTS * total:
+    summary["warning"] = (
+        f"only {recognised} of {total} files have a recognisable patient id: the split "
+        "is close to image-level, so one patient's films can land in train and test; "
+        "give ids with --metadata_csv (columns path, patient_id, label)")
+    logging.warning("%s", summary["warning"])
+  return summary
 
 
 def _drop_conflicting_labels(records: List[Record]) -> Tuple[List[Record], List[Dict[str, str]]]:

@@ -25,6 +25,7 @@ import tensorflow as tf
 from pipeline import augment as augment_lib
 from pipeline import augment_config
 from pipeline import convert_lib
+from pipeline import film
 from pipeline import image_folder
 from pipeline import image_io
 from pipeline import preprocess
@@ -286,13 +287,25 @@ def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZ
   if not items:
     raise ValueError(f"no readable labelled images in {image_dir!r}")
   ds = (tf.data.Dataset.from_tensor_slices([i.path for i in items])
-        .map(lambda p: preprocess.preprocess_image(tf.io.read_file(p), image_size),
+        .map(lambda p: preprocess.preprocess_image(_readable_bytes(p), image_size),
              num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(64))
   images = np.concatenate(list(ds.as_numpy_iterator()))
   return FolderImages(images, np.array([i.label for i in items]),
                       np.array([i.relpath for i in items]),
                       np.array([i.patient_id for i in items]), skipped)
+
+
+def _readable_bytes(path: tf.Tensor) -> tf.Tensor:
+  """A file's bytes, with DICOM/TIFF/16-bit PNG windowed to 8 bits (pipeline/film.py)."""
+
+  def read(p):
+    with open(p.decode("utf-8", "surrogateescape"), "rb") as f:
+      data = f.read()
+    return film.read_film(data).encoded if film.needs_windowing(data) else data
+
+  data = tf.numpy_function(read, [path], tf.string, stateful=False)
+  return tf.reshape(data, [])
 
 
 @dataclasses.dataclass

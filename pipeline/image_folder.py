@@ -7,11 +7,17 @@ device); class folders and patient ids follow cxr-convert's rules.
 """
 import dataclasses
 import os
+import secrets
 from typing import Dict, List, Tuple
 
 from pipeline import convert_lib
 from pipeline import image_io
 from pipeline import schema
+
+
+# DICOM PatientID tags only group a folder's films by patient here (bootstrap intervals);
+# reports show their hash under this per-process salt, never the tag itself.
+_SALT = secrets.token_hex(16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +53,13 @@ def list_labelled_images(image_dir: str,
     if f.label is None:
       skipped.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
       continue
+    tag = None
     if check:
       result = image_io.inspect_image(path)
       if isinstance(result, image_io.Rejection):
         skipped.append({"path": f.relpath, "reason": result.reason})
         continue
+      tag = result.patient_tag
     items.append(LabelledImage(path, f.relpath, schema.LABEL_TO_INDEX[f.label],
-                               convert_lib.patient_id(f.relpath)))
+                               convert_lib.patient_id(f.relpath, tag, salt=_SALT)[0]))
   return items, skipped

@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import film
 from pipeline import schema
 
 # Pillow mode -> channels TensorFlow decodes (channels=0) for the stored bytes.
@@ -33,6 +34,8 @@ REASON_CHANGED = "changed or removed during conversion"
 REASON_NAME = "file name is not valid UTF-8"
 REASON_FOLDER = "unreadable folder"
 REASON_LOOP = "folder already scanned (symbolic link)"
+REASON_NOT_LISTED = "not listed in --metadata_csv"
+REASON_LISTED_MISSING = "listed in --metadata_csv but not found"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +43,12 @@ class ImageInfo:
   """What the first pass learns about one accepted source file."""
   sha256: str
   size_bytes: int
-  format: str  # "jpeg" or "png"
+  format: str  # what is stored: "jpeg" or "png"
   height: int
   width: int
   channels: int
+  source_format: str = ""  # "dicom", "png16", "tiff" when windowed to 8 bits; else format
+  patient_tag: Optional[str] = None  # DICOM PatientID, to be hashed, never stored in clear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +66,9 @@ def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[Image
       crafted file cannot exhaust memory.
 
   Returns:
-    An ImageInfo for a readable JPEG/PNG in a supported mode, else a Rejection whose
-    reason starts with one of the REASON_* constants.
+    An ImageInfo for a readable 8-bit JPEG/PNG in a supported mode, or for a DICOM,
+    TIFF or high-bit-depth PNG that pipeline/film.py windows to 8 bits; else a Rejection
+    whose reason starts with one of the REASON_* constants (or film's).
   """
   try:
     with open(path, "rb") as f:
@@ -75,11 +81,20 @@ def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[Image
   problem = png_chunk_problem(data)
   if problem:
     return Rejection(f"{REASON_CORRUPT}: {problem}")
+  if film.needs_windowing(data):
+    try:
+      f = film.read_film(data, max_pixels)
+    except film.FilmError as e:
+      return Rejection(str(e))
+    return ImageInfo(sha256=sha, size_bytes=len(data), format="png", height=f.height,
+                     width=f.width, channels=1, source_format=f.source_format,
+                     patient_tag=f.patient_id)
   result = _decode_check(data, max_pixels)
   if isinstance(result, Rejection):
     return result
   fmt, height, width, channels = result
-  return ImageInfo(sha256=sha, size_bytes=len(data), format=fmt, height=height, width=width, channels=channels)
+  return ImageInfo(sha256=sha, size_bytes=len(data), format=fmt, height=height, width=width,
+                   channels=channels, source_format=fmt)
 
 
 def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, int], Rejection]:
@@ -169,6 +184,8 @@ def load_encoded(path: str, expected_sha256: str, fmt: str,
     return Rejection(f"{REASON_CHANGED}: {e.strerror or e}")
   if hashlib.sha256(data).hexdigest() != expected_sha256:
     return Rejection(f"{REASON_CHANGED}: its content differs from the first pass")
+  if film.needs_windowing(data):  # stored as the lossless 8-bit PNG of the windowed film
+    data = film.read_film(data).encoded  # its size was checked by inspect_image
   with Image.open(io.BytesIO(data)) as im:
     width, height = im.size
     if not max_side or max(width, height) <= max_side:

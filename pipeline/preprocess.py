@@ -11,7 +11,8 @@ import tensorflow as tf
 from pipeline import schema
 
 _FEATURES = {
-    **{k: tf.io.FixedLenFeature([], tf.string) for k in schema.BYTES_KEYS},
+    **{k: tf.io.FixedLenFeature([], tf.string, default_value="" if k == schema.KEY_SOURCE_FORMAT
+                                else None) for k in schema.BYTES_KEYS},
     **{k: tf.io.FixedLenFeature([], tf.int64) for k in schema.INT_KEYS},
 }
 

@@ -23,7 +23,11 @@ KEY_TEXT = "image/class/text"
 KEY_FILENAME = "image/filename"
 KEY_PATIENT = "image/patient_id"
 KEY_SHA256 = "image/sha256"
-BYTES_KEYS = (KEY_ENCODED, KEY_FORMAT, KEY_TEXT, KEY_FILENAME, KEY_PATIENT, KEY_SHA256)
+# The file's own format when it was windowed to the stored 8-bit PNG (dicom, png16, tiff);
+# else the stored format. Records of conversions before it was added read as "".
+KEY_SOURCE_FORMAT = "image/source_format"
+BYTES_KEYS = (KEY_ENCODED, KEY_FORMAT, KEY_TEXT, KEY_FILENAME, KEY_PATIENT, KEY_SHA256,
+              KEY_SOURCE_FORMAT)
 INT_KEYS = (KEY_HEIGHT, KEY_WIDTH, KEY_CHANNELS, KEY_LABEL)
 ALL_KEYS = tuple(sorted(BYTES_KEYS + INT_KEYS))
 
@@ -44,6 +48,9 @@ RESIZE_METHOD = "bilinear"
 # name -> the stored format; Pillow calls some multi-picture camera JPEGs "MPO".
 IMAGE_FORMATS: Dict[str, str] = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What cxr-predict reads from a folder: the above and, windowed to 8 bits by
+# pipeline/film.py, DICOM (also files without an extension: see edge/runtime.py) and TIFF.
+FILM_EXTENSIONS = IMAGE_EXTENSIONS + (".dcm", ".dicom", ".tif", ".tiff")
 # Larger images are refused before decoding (decompression bombs); the public release's
 # largest has ~8.4 M pixels.
 MAX_PIXELS = 50_000_000

@@ -44,6 +44,9 @@ def verify(data_dir: str) -> Dict[str, int]:
   if labels != list(schema.LABELS) or manifest["labels"] != schema.LABEL_TO_INDEX:
     raise VerificationError(f"label map {labels} / {manifest['labels']} is not {schema.LABELS}")
 
+  # Format 1 (before DICOM input) had no source-format key.
+  expected_keys = schema.ALL_KEYS if manifest.get("format_version", 1) >= 2 else tuple(
+      k for k in schema.ALL_KEYS if k != schema.KEY_SOURCE_FORMAT)
   patients_by_split: Dict[str, Set[str]] = {}
   shas_by_split: Dict[str, Set[str]] = {}
   counts = {}
@@ -65,9 +68,9 @@ def verify(data_dir: str) -> Dict[str, int]:
           example = tf.train.Example.FromString(raw.numpy())
           feats = example.features.feature
           keys = sorted(feats.keys())
-          if tuple(keys) != schema.ALL_KEYS:
+          if tuple(keys) != expected_keys:
             raise VerificationError(f"shard {shard['file']} record {n}: keys {keys} differ "
-                                    f"from {list(schema.ALL_KEYS)}")
+                                    f"from {list(expected_keys)}")
           label = feats[schema.KEY_LABEL].int64_list.value[0]
           text = feats[schema.KEY_TEXT].bytes_list.value[0].decode()
           if label not in range(schema.NUM_CLASSES) or schema.LABELS[label] != text:

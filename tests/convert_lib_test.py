@@ -275,3 +275,81 @@ def test_a_file_removed_between_the_passes_is_rejected_and_the_run_completes(
   assert m["num_written"] == 46
   assert sum(m["splits"][s]["images"] for s in schema.SPLITS) == 46
   verify_lib.verify(out)  # shard counts and class counts match what was written
+
+
+def _dicom_tree(root, patients=12, films_each=2):
+  """Clinic-style names (no release pattern); PatientID tags, in varying case."""
+  from tests.conftest import dicom_bytes, film_pixels  # pylint: disable=g-import-not-at-top
+  n = 0
+  for label in ("NORMAL", "PNEUMONIA"):
+    for p in range(patients):
+      for k in range(films_each):
+        n += 1
+        tag = f"MRN{label[0]}{p:03d}"
+        write_file(os.path.join(root, label, f"ACC{n:06d}.dcm"),
+                   dicom_bytes(film_pixels(n, (40, 32)), patient_id=tag.lower() if k else tag))
+  return root
+
+
+def test_dicom_films_convert_with_hashed_patient_ids(tmp_path):
+  src = _dicom_tree(str(tmp_path / "in"))
+  out = str(tmp_path / "out")
+  m = convert_lib.convert(src, out, num_workers=1, patient_id_salt="site-secret").manifest
+  assert m["num_written"] == 48 and m["source_formats"] == {"dicom": 48}
+  assert m["patient_ids"]["sources"]["dicom_patient_id"] == 48
+  assert "warning" not in m["patient_ids"]
+  by_patient = {}
+  raw = b""
+  for name in sorted(os.listdir(out)):
+    if name.endswith(schema.SHARD_SUFFIX):
+      raw += open(os.path.join(out, name), "rb").read()
+      for ex in _records(os.path.join(out, name)):
+        f = ex.features.feature
+        assert f[schema.KEY_SOURCE_FORMAT].bytes_list.value[0] == b"dicom"
+        assert f[schema.KEY_FORMAT].bytes_list.value[0] == b"png"
+        patient = f[schema.KEY_PATIENT].bytes_list.value[0].decode()
+        by_patient.setdefault(patient, set()).add(name.split("-")[0])
+  assert len(by_patient) == 24 and all(p.startswith("h-") for p in by_patient)
+  assert all(len(splits) == 1 for splits in by_patient.values())  # MRN and mrn: one patient
+  assert b"MRN" not in raw.upper() and b"PAT" not in raw  # never stored in clear
+  verify_lib.verify(out)
+  again = convert_lib.convert(src, str(tmp_path / "again"), num_workers=1,
+                              patient_id_salt="site-secret")
+  assert again.manifest["splits"] == m["splits"]  # the same salt reproduces the output
+
+
+def test_few_recognisable_patient_ids_warn_and_are_recorded(tmp_path, caplog):
+  src = tmp_path / "own"
+  for k in range(24):  # names a clinic would use: no release pattern, no DICOM tag
+    for label in ("normal", "pneumonia"):
+      write_file(str(src / label / f"ACC1{k:05d}.jpg"), image_bytes(seed=k * 2 + (label > "o")))
+  m = convert_lib.convert(str(src), str(tmp_path / "out"), num_workers=1).manifest
+  assert m["patient_ids"]["sources"]["none"] == 48
+  assert "only 0 of 48 files have a recognisable patient id" in m["patient_ids"]["warning"]
+  assert any("recognisable patient id" in r.getMessage() for r in caplog.records)
+
+
+def test_metadata_csv_gives_patients_and_labels(tmp_path):
+  flat = tmp_path / "flat"  # no class folders: the CSV says what each file is
+  rows = ["path,patient_id,label,study_date"]
+  for k in range(48):
+    write_file(str(flat / f"img{k:03d}.jpg"), image_bytes(seed=500 + k))
+    label = "normal" if (k // 2) % 2 else "PNEUMONIA"  # any case
+    rows.append(f"img{k:03d}.jpg,MRN{k // 2:04d},{label},2024-01-0{k % 9 + 1}")
+  write_file(str(flat / "unlisted.jpg"), image_bytes(seed=999))
+  rows.append("gone.jpg,MRN9999,NORMAL,")
+  csv_path = write_file(str(tmp_path / "films.csv"), ("\n".join(rows) + "\n").encode())
+  m = convert_lib.convert(str(flat), str(tmp_path / "out"), num_workers=1,
+                          metadata_csv=csv_path).manifest
+  assert _reasons(m) == {"unlisted.jpg": image_io.REASON_NOT_LISTED,
+                         "gone.jpg": image_io.REASON_LISTED_MISSING}
+  assert m["num_written"] == 48 and m["patient_ids"]["sources"]["metadata_csv"] == 48
+  assert sum(m["splits"][s]["patients"] for s in schema.SPLITS) == 24  # two films each
+  for split in schema.SPLITS:
+    assert m["splits"][split]["classes"]["NORMAL"]["images"] > 0
+  bad = write_file(str(tmp_path / "bad.csv"), b"path,patient_id,label\nimg000.jpg,1,COVID\n")
+  with pytest.raises(convert_lib.ConversionError, match="line 2: label 'COVID'"):
+    convert_lib.convert(str(flat), str(tmp_path / "o2"), metadata_csv=bad)
+  short = write_file(str(tmp_path / "short.csv"), b"path,label\nimg000.jpg,NORMAL\n")
+  with pytest.raises(convert_lib.ConversionError, match="lacks column"):
+    convert_lib.convert(str(flat), str(tmp_path / "o3"), metadata_csv=short)

@@ -253,3 +253,20 @@ def test_read_split_names_a_corrupt_record(tmp_path, image_tree):
   path = _write_bad_shard(out, "val")
   with pytest.raises(dataset.CorruptDataError, match=os.path.basename(path) + ": record 3"):
     dataset.read_split(out, "val", SIZE)
+
+
+def test_image_folder_reads_dicom_as_its_jpeg(tmp_path):
+  """cxr-evaluate --image_dir and external scoring: a DICOM film is its JPEG's pixels."""
+  from edge import runtime  # pylint: disable=g-import-not-at-top
+  from tests.conftest import SAMPLE_DIR, dicom_bytes, write_file  # pylint: disable=g-import-not-at-top
+  for label in ("NORMAL", "PNEUMONIA"):
+    name = sorted(os.listdir(os.path.join(SAMPLE_DIR, label)))[0]
+    data = open(os.path.join(SAMPLE_DIR, label, name), "rb").read()
+    write_file(str(tmp_path / "jpeg" / label / name), data)
+    write_file(str(tmp_path / "dicom" / label / (name + ".dcm")),
+               dicom_bytes(runtime.decode_grayscale(data), patient_id=f"{label}-1"))
+  jpeg = dataset.load_image_folder(str(tmp_path / "jpeg"), SIZE)
+  dicom = dataset.load_image_folder(str(tmp_path / "dicom"), SIZE)
+  np.testing.assert_array_equal(jpeg.labels, dicom.labels)
+  np.testing.assert_allclose(jpeg.images, dicom.images, atol=1e-6)
+  assert all(p.startswith("h-") for p in dicom.patients)  # the tag, hashed

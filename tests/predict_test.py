@@ -1,5 +1,6 @@
 """The edge predictor: TF parity, no TensorFlow import, bad images and bad models."""
 import csv
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ from absl import flags
 from absl.testing import flagsaver
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 from edge import runtime
@@ -124,8 +126,11 @@ def test_csv_output_and_folder_input(exported, tmp_path):
   out = tmp_path / "r.csv"
   r = _run_predict(f"--model={model}", f"--output={out}", str(folder))
   assert r.returncode == 0, r.stderr[-2000:]
+  assert "4 image(s) predicted, 0 failed, 1 skipped (not films)" in r.stderr
   rows = list(csv.DictReader(open(out)))
-  assert len(rows) == 4 and all(row["label"] in ("NORMAL", "PNEUMONIA") for row in rows)
+  films = [row for row in rows if not row["skipped"]]
+  assert len(films) == 4 and all(row["label"] in ("NORMAL", "PNEUMONIA") for row in films)
+  assert [row["path"] for row in rows if row["skipped"]] == [str(folder / "notes.txt")]
 
 
 def _copy_export(exported, tmp_path):
@@ -177,3 +182,47 @@ def test_progress_with_rate_and_time_left_on_stderr(exported, monkeypatch, capsy
   assert [l.split()[1] for l in progress] == ["1/4", "2/4", "3/4"]  # not after the last
   assert all("/s, about " in l for l in progress)
   assert len(captured.out.splitlines()) == 4  # results stay on stdout
+
+
+def _film_variants(jpeg_path):
+  """The film of a JPEG as a clinic might hold it: DICOM 8/12-bit, MONOCHROME1/2, with and
+  without a VOI window covering the data, and as a 12-bit-in-16 PNG."""
+  from tests.conftest import dicom_bytes  # pylint: disable=g-import-not-at-top
+  v = runtime.decode_grayscale(open(jpeg_path, "rb").read())
+  twelve = np.round(v.astype(np.float64) * 4095 / 255).astype(np.uint16)
+  png16 = io.BytesIO()
+  Image.fromarray(twelve).save(png16, format="PNG")
+  return {
+      "dicom8.dcm": dicom_bytes(v),
+      "dicom12_mono1.dcm": dicom_bytes(4095 - twelve, bits=12, photometric="MONOCHROME1"),
+      "dicom12_window": dicom_bytes(twelve, bits=12, window=(2048, 4096)),  # no extension
+      "film16.png": png16.getvalue(),
+  }
+
+
+def test_dicom_and_16_bit_films_predict_like_their_jpeg(exported, tmp_path):
+  model_path = os.path.join(exported[0], "model_int8.tflite")
+  model = runtime.LiteModel(model_path)
+  for jpeg in _sample_files(4):
+    want = model.predict_bytes(open(jpeg, "rb").read())
+    for name, data in _film_variants(jpeg).items():
+      got = model.predict_bytes(data)
+      assert got["label"] == want["label"], (jpeg, name)
+      tolerance = 1e-9 if name == "dicom8.dcm" else 0.02  # 12-bit round trip: +-1 grey level
+      assert abs(got["probability"] - want["probability"]) <= tolerance, (jpeg, name)
+
+
+def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(exported, tmp_path):
+  from pydicom.data import get_testdata_file  # pylint: disable=g-import-not-at-top
+  model = os.path.join(exported[0], "model_int8.tflite")
+  folder = tmp_path / "study"
+  for name, data in _film_variants(_sample_files(2)[0]).items():
+    write_file(str(folder / name), data)
+  write_file(str(folder / "ct.dcm"), open(get_testdata_file("CT_small.dcm", download=False),
+                                          "rb").read())
+  r = _run_predict(f"--model={model}", str(folder))
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
+  assert set(lines) == {"dicom8.dcm", "dicom12_mono1.dcm", "dicom12_window", "film16.png",
+                        "ct.dcm"}
+  assert lines["ct.dcm"]["error"].startswith("DICOM modality is not a radiograph: CT")
+  assert "4 image(s) predicted, 1 failed" in r.stderr and r.returncode == 1

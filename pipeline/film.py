@@ -1,0 +1,231 @@
+"""Films that are not 8-bit JPEG/PNG: DICOM, 16-bit (or 12-bit-in-16) PNG, and TIFF.
+
+Clinics store radiographs as DICOM, often 12 bits stored in 16, and export them as 16-bit
+PNG or TIFF. TensorFlow's decoders and the model take 8-bit grayscale; decoding a 16-bit
+file to 8 bits keeps the high byte, so 12-bit data comes out nearly black. Here such a
+film becomes an 8-bit image the way a radiology viewer displays it:
+
+  stored values -> modality LUT (rescale slope/intercept, or its LUT) -> VOI LUT, or the
+  window centre/width, or else the full stored range -> MONOCHROME1 inverted -> 0..255
+
+`window_to_uint8` is the one windowing function; every path (cxr-convert, cxr-evaluate
+--image_dir, training's external scoring and the TensorFlow-free edge predictor) calls
+`read_film`, which returns a lossless 8-bit PNG of the windowed image, so the rest of
+the preprocessing is the one already shared and parity-tested. 8-bit JPEG and PNG pass
+through unchanged (`needs_windowing` is False for them).
+
+TensorFlow-free: numpy, Pillow, and pydicom (imported only for DICOM; python-gdcm and
+pylibjpeg-openjpeg add the JPEG-LS and JPEG 2000 transfer syntaxes).
+"""
+import dataclasses
+import io
+import logging as std_logging
+import warnings
+from typing import Any, Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Rejection reasons (prefixes; image_io's reasons cover the 8-bit formats).
+REASON_DICOM_NO_PIXELS = "DICOM without pixel data"
+REASON_DICOM_MODALITY = "DICOM modality is not a radiograph"
+REASON_DICOM_FRAMES = "multi-frame DICOM"
+REASON_DICOM_COLOUR = "colour DICOM"
+REASON_DICOM_UNREADABLE = "unreadable DICOM"
+REASON_DICOM_DECODE = "DICOM pixel data cannot be decoded"
+REASON_HIGH_BIT_MODE = "unsupported high-bit-depth image"
+
+# Projection radiography (computed, digital, radiographic) and "other", which secondary
+# captures of radiographs often carry. CT, MR, US... are not chest films.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT")
+
+
+class FilmError(Exception):
+  """A file that is not a usable film; str(e) starts with one of the REASON_* prefixes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Film:
+  """A film ready for the shared preprocessing.
+
+  Attributes:
+    encoded: lossless 8-bit grayscale PNG of the windowed image.
+    source_format: "dicom", "png16" (16-bit PNG) or "tiff".
+    height, width: pixels.
+    patient_id: the DICOM PatientID tag, if any (never stored in clear: see cxr-convert).
+  """
+  encoded: bytes
+  source_format: str
+  height: int
+  width: int
+  patient_id: Optional[str] = None
+
+
+def is_dicom(data: bytes) -> bool:
+  """DICOM Part 10 files carry "DICM" after a 128-byte preamble."""
+  return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def needs_windowing(data: bytes) -> bool:
+  """True for DICOM, TIFF and high-bit-depth PNG: what read_film must turn into 8 bits."""
+  if is_dicom(data):
+    return True
+  try:
+    with Image.open(io.BytesIO(data)) as im:  # header only
+      return im.format == "TIFF" or (im.format == "PNG" and im.mode.startswith("I"))
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    return False
+
+
+def window_to_uint8(values: np.ndarray, low: float, high: float,
+                    invert: bool = False) -> np.ndarray:
+  """Maps [low, high] linearly onto 0..255 (clipped, rounded), then inverts if asked.
+
+  DICOM's linear window (PS3.3 C.11.2.1.2) with centre c and width w is low =
+  c - 0.5 - (w - 1) / 2, high = c - 0.5 + (w - 1) / 2 (see `window_bounds`).
+
+  Args:
+    values: pixel values after the modality LUT (any real dtype).
+    low, high: the values shown as black and white (before inversion); high > low.
+    invert: MONOCHROME1 (low values are white).
+
+  Returns:
+    uint8 array of the same shape.
+  """
+  if not high > low:
+    raise ValueError(f"empty window [{low}, {high}]")
+  scaled = (np.asarray(values, np.float64) - low) * (255.0 / (high - low))
+  out = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+  return 255 - out if invert else out
+
+
+def window_bounds(center: float, width: float) -> Tuple[float, float]:
+  """(low, high) of DICOM's linear window with this centre and width."""
+  return center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+
+
+def read_film(data: bytes, max_pixels: Optional[int] = None) -> Film:
+  """A DICOM, TIFF or high-bit-depth PNG file -> its windowed 8-bit Film.
+
+  Args:
+    data: the file's bytes.
+    max_pixels: larger films are refused before their pixels are decoded (None: any).
+
+  Raises:
+    FilmError: not a single-frame grayscale radiograph, or undecodable; the message
+      starts with a REASON_* prefix.
+  """
+  if is_dicom(data):
+    pixels, patient_id = _dicom_pixels(data, max_pixels)
+    return _film(pixels, "dicom", patient_id)
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      if max_pixels and im.size[0] * im.size[1] > max_pixels:
+        raise FilmError(f"decompression-bomb size: {im.size[0]}x{im.size[1]} exceeds "
+                        f"{max_pixels} pixels")
+      source = "tiff" if im.format == "TIFF" else "png16"
+      if getattr(im, "n_frames", 1) > 1:
+        raise FilmError(f"{REASON_HIGH_BIT_MODE}: {im.n_frames} frames")
+      im.load()
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(im).astype(np.int64)
+        low, high = _stored_range(values, None)
+        return _film(window_to_uint8(values, low, high), source)
+      if im.mode in ("L", "RGB", "P", "LA", "RGBA", "1"):  # 8-bit TIFF: as Pillow shows it
+        return _film(np.asarray(im.convert("L"), np.uint8), source)
+      raise FilmError(f"{REASON_HIGH_BIT_MODE}: {im.format} mode {im.mode}")
+  except UnidentifiedImageError:
+    raise FilmError("not an image") from None
+  except Image.DecompressionBombError as e:
+    raise FilmError(f"decompression-bomb size: {e}") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise FilmError(f"truncated or corrupt image: {e}") from None
+
+
+def _film(pixels: np.ndarray, source: str, patient_id: Optional[str] = None) -> Film:
+  out = io.BytesIO()
+  Image.fromarray(pixels, "L").save(out, format="PNG", compress_level=1)
+  return Film(out.getvalue(), source, int(pixels.shape[0]), int(pixels.shape[1]), patient_id)
+
+
+def _stored_range(values: np.ndarray, bits_stored: Optional[int],
+                  signed: bool = False) -> Tuple[int, int]:
+  """The range the stored values can take: from BitsStored, else the smallest bit depth
+  (at least 8) that holds the data (12-bit-in-16 PNG -> 0..4095)."""
+  if bits_stored is None:
+    bits_stored = max(8, int(max(int(values.max()), 1)).bit_length())
+  if signed:
+    return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+  return 0, (1 << bits_stored) - 1
+
+
+def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, Optional[str]]:
+  """Windowed uint8 pixels and PatientID of a single-frame grayscale DICOM radiograph."""
+  # pylint: disable=g-import-not-at-top
+  import pydicom
+  from pydicom import pixels as dicom_pixels
+  # pylint: enable=g-import-not-at-top
+  # pydicom logs each decoder plugin's failure as an ERROR before it raises; the
+  # FilmError below carries the reason, once.
+  std_logging.getLogger("pydicom").setLevel(std_logging.CRITICAL)
+  try:
+    with warnings.catch_warnings():  # pydicom warns as it reads what it can: reasons below
+      warnings.simplefilter("ignore")
+      ds = pydicom.dcmread(io.BytesIO(data))
+  except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
+    raise FilmError(f"{REASON_DICOM_UNREADABLE}: {type(e).__name__}: {e}") from None
+  syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+  if syntax is None:  # pydicom reads what it can; a Part 10 file always names its syntax
+    raise FilmError(f"{REASON_DICOM_UNREADABLE}: no transfer syntax in its file meta "
+                    "(truncated, or not a DICOM Part 10 file)")
+  if "PixelData" not in ds:
+    raise FilmError(f"{REASON_DICOM_NO_PIXELS} ({ds.get('SOPClassUID', 'unknown SOP class')})")
+  modality = str(ds.get("Modality", "")).upper()
+  if modality not in RADIOGRAPH_MODALITIES:
+    raise FilmError(f"{REASON_DICOM_MODALITY}: {modality or 'none'} (accepted: "
+                    f"{', '.join(RADIOGRAPH_MODALITIES)})")
+  frames = int(ds.get("NumberOfFrames", 1) or 1)
+  if frames > 1:
+    raise FilmError(f"{REASON_DICOM_FRAMES}: {frames} frames")
+  photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+  if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1",
+                                                                   "MONOCHROME2"):
+    raise FilmError(f"{REASON_DICOM_COLOUR}: {photometric or 'unknown'} with "
+                    f"{ds.get('SamplesPerPixel', '?')} samples per pixel")
+  rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+  if max_pixels and rows * cols > max_pixels:
+    raise FilmError(f"decompression-bomb size: {cols}x{rows} exceeds {max_pixels} pixels")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      stored = ds.pixel_array
+  except Exception as e:  # pylint: disable=broad-except  # decoder plugins raise many kinds
+    raise FilmError(f"{REASON_DICOM_DECODE} ({getattr(syntax, 'name', syntax)}): "
+                    f"{str(e).splitlines()[0][:200]}") from None
+  if stored.ndim != 2:
+    raise FilmError(f"{REASON_DICOM_FRAMES}: pixel array of shape {stored.shape}")
+  values = _window(stored, ds, dicom_pixels)
+  patient = ds.get("PatientID")
+  return values, (str(patient).strip() or None) if patient is not None else None
+
+
+def _window(stored: np.ndarray, ds: Any, dicom_pixels: Any) -> np.ndarray:
+  """Modality LUT, then VOI LUT / window / full stored range, then MONOCHROME1."""
+  invert = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1"
+  values = dicom_pixels.apply_modality_lut(stored, ds)
+  if "VOILUTSequence" in ds:
+    # A non-linear VOI LUT: pydicom applies it; its output spans 0 .. 2^bits - 1.
+    lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    values = dicom_pixels.apply_voi_lut(values, ds, prefer_lut=True)
+    return window_to_uint8(values, 0, (1 << lut_bits) - 1, invert)
+  if "WindowCenter" in ds and "WindowWidth" in ds:
+    # Several windows may be given (a MultiValue): the first is the default view.
+    center = float(np.atleast_1d(np.asarray(ds.WindowCenter, np.float64))[0])
+    width = float(np.atleast_1d(np.asarray(ds.WindowWidth, np.float64))[0])
+    if width >= 1:
+      return window_to_uint8(values, *window_bounds(center, width), invert)
+  bits = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
+  low, high = _stored_range(stored, bits, signed=int(ds.get("PixelRepresentation", 0)) == 1)
+  ends = dicom_pixels.apply_modality_lut(np.array([low, high]), ds).astype(np.float64)
+  return window_to_uint8(values, float(ends.min()), float(ends.max()), invert)
+
