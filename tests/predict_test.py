@@ -226,3 +226,22 @@ def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(exported, tmp_path)
                         "ct.dcm"}
   assert lines["ct.dcm"]["error"].startswith("DICOM modality is not a radiograph: CT")
   assert "4 image(s) predicted, 1 failed" in r.stderr and r.returncode == 1
+
+
+@pytest.mark.slow
+def test_dicom_parity_script_on_a_few_films(exported, tmp_path):
+  folder = tmp_path / "films"
+  for path in _sample_files(2):
+    write_file(str(folder / os.path.basename(os.path.dirname(path)) / os.path.basename(path)),
+               open(path, "rb").read())
+  out = tmp_path / "parity.json"
+  r = subprocess.run([sys.executable, "scripts/dicom_parity.py",
+                      f"--model={exported[0]}/model_int8.tflite", f"--image_dir={folder}",
+                      f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                     check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  variants = json.load(open(out))["variants"]
+  assert len(variants) == 9
+  for v in variants:
+    assert v["films"] == 2 and v["same_decision"] == 2, v
+    assert v["max_abs_delta"] <= 0.02, v
