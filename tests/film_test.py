@@ -187,3 +187,15 @@ def test_inspect_image_accepts_a_dicom_as_a_windowed_png(tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored))), film_pixels())
   rejected = image_io.inspect_image(write_file(str(tmp_path / "ct.dcm"), _bundled("CT_small.dcm")))
   assert rejected.reason.startswith(film.REASON_DICOM_MODALITY)
+
+
+def test_tiff_that_is_not_one_grayscale_film_is_rejected():
+  out = io.BytesIO()
+  Image.fromarray(np.zeros((8, 8), np.float32)).save(out, format="TIFF")  # mode F
+  with pytest.raises(film.FilmError, match=film.REASON_HIGH_BIT_MODE + ": TIFF mode F"):
+    film.read_film(out.getvalue())
+  pages = io.BytesIO()
+  first = Image.fromarray(film_pixels())
+  first.save(pages, format="TIFF", save_all=True, append_images=[Image.fromarray(film_pixels(1))])
+  with pytest.raises(film.FilmError, match=film.REASON_HIGH_BIT_MODE + ": 2 frames"):
+    film.read_film(pages.getvalue())
