@@ -11,14 +11,15 @@ evaluation measures by how much.
 """
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
-import shutil
 from typing import Any, Dict, List, Optional
 
 from absl import logging
 import numpy as np
 
+from edge import package
 from edge import runtime
 from model import metrics
 from pipeline import convert_lib
@@ -176,16 +177,21 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
       "measured_on_the_same_films": {"at_previous": chosen["before"],
                                      "at_new": chosen["after"]},
   }
-  metadata = json.loads(json.dumps(model.metadata))
-  entry = metadata["models"][name]
-  metadata["models"] = {name: entry}
+  metadata = {k: v for k, v in json.loads(json.dumps(model.metadata)).items() if k != "models"}
+  entry = {k: v for k, v in json.loads(json.dumps(model.entry)).items()
+           if k not in ("file", "bytes", "sha256")}
   entry["threshold"] = chosen["threshold"]
   entry["temperature"] = chosen["temperature"]
   entry["threshold_source"] = (f"cxr-calibrate on {record['films']} local films "
                                f"({record['date']}): {chosen['rule']}")
   metadata["site_calibration"] = record
+  with open(model_path, "rb") as f:  # the same graph and weights, new embedded metadata
+    data = package.embed(f.read(), {"format": 1, "package": metadata, "model": entry})
   os.makedirs(output_dir, exist_ok=True)
-  shutil.copyfile(model_path, os.path.join(output_dir, name))
+  with open(os.path.join(output_dir, name), "wb") as f:
+    f.write(data)
+  metadata["models"] = {name: dict(entry, file=name, bytes=len(data),
+                                   sha256=hashlib.sha256(data).hexdigest())}
   with open(os.path.join(output_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
   return record

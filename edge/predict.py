@@ -12,13 +12,15 @@ windowed to 8 bits as cxr-convert stores them (modality LUT, VOI LUT or window, 
 stored range; MONOCHROME1 inverted). A folder is read whole (hidden files aside): files
 with a film extension or none are predicted, others listed as {"path", "skipped"}.
 
-Reads metadata.json beside the model (labels, input size, preprocessing, quantization,
-threshold, the model's sha256) and refuses, before reading any image, a missing model, a
-model whose sha256 differs from the metadata, or metadata that does not match the
-model's input. Writes one JSON line per image, {"path", "label", "probability",
-"latency_ms"}, or {"path", "error"} for an image it cannot read; progress (images/s,
-time left) on stderr every 10 s of a long run, then a summary. Exit status 1 if any input
-failed.
+The .tflite carries its own metadata (labels, input size, preprocessing, threshold and
+its provenance, temperature, training data; edge/package.py), so it is the whole
+package; a metadata.json beside it is optional and must agree with it. Before reading
+any image it refuses, in one line, a missing or corrupt model, edited embedded metadata,
+a disagreeing or unreadable metadata.json, or metadata that does not fit the model.
+Writes one JSON line per image, {"path", "label", "p_pneumonia", "threshold",
+"model_sha256", "latency_ms"} (label is PNEUMONIA iff p_pneumonia >= threshold), or
+{"path", "error"} for an image it cannot read; progress (images/s, time left) on stderr
+every 10 s of a long run, then a summary. Exit status 1 if any input failed.
 
 The runtime is edge/runtime.py (no TensorFlow).
 """
@@ -34,10 +36,12 @@ import numpy as np
 from edge import runtime
 from pipeline import cli
 
-_MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export, with "
-                             "metadata.json beside it.")
+_MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export (its "
+                             "metadata is embedded; a metadata.json beside it must agree).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write results to this .jsonl or .csv file "
                               "instead of stdout.")
+_FORMAT = flags.DEFINE_enum("format", None, ["jsonl", "csv"],
+                            "Output format; default: --output's extension, else jsonl.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
@@ -56,6 +60,10 @@ def main(argv):
     raise app.UsageError("give at least one image file, folder or glob")
   if _OUTPUT.value and not _OUTPUT.value.endswith((".jsonl", ".csv")):
     sys.exit("cxr-predict: error: --output must end in .jsonl or .csv")
+  fmt = _FORMAT.value or ("csv" if (_OUTPUT.value or "").endswith(".csv") else "jsonl")
+  if _OUTPUT.value and not _OUTPUT.value.endswith("." + fmt):
+    sys.exit(f"cxr-predict: error: --format={fmt} but --output ends in "
+             f"{os.path.splitext(_OUTPUT.value)[1]}")
   out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
   if _OUTPUT.value and not os.path.isdir(out_dir):
     sys.exit(f"cxr-predict: error: --output's folder {out_dir} does not exist")
@@ -65,9 +73,9 @@ def main(argv):
     sys.exit(f"cxr-predict: error: {e}")
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
   writer = None
-  if _OUTPUT.value and _OUTPUT.value.endswith(".csv"):
-    writer = csv.DictWriter(out, ["path", "label", "probability", "latency_ms", "error",
-                                  "skipped"])
+  if fmt == "csv":
+    writer = csv.DictWriter(out, ["path", "label", "p_pneumonia", "threshold", "model_sha256",
+                                  "latency_ms", "error", "skipped"])
     writer.writeheader()
   ok, failed, skipped, latencies, counts = 0, 0, 0, [], {label: 0 for label in model.labels}
   items = list(runtime.expand_paths(patterns))  # the total, for progress

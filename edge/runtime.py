@@ -17,6 +17,7 @@ softmax(logits / temperature), computed here in float64 (the temperature is in t
 metadata: 1 unless a calibration set it).
 """
 import glob
+import hashlib
 import io
 import json
 import os
@@ -26,9 +27,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from edge import package
 from pipeline import cli
 from pipeline import film
-from pipeline import image_io
 from pipeline import schema
 
 
@@ -131,37 +132,62 @@ class LiteModel:
     """Loads and checks a model.
 
     Args:
-      model_path: a .tflite file with metadata.json beside it (unless `metadata`).
+      model_path: a .tflite file exported by cxr-export: its metadata is embedded in it
+        (edge/package.py); metadata.json beside it is optional and, if present, must
+        agree. Models from before embedding need metadata.json.
       num_threads: interpreter threads.
-      metadata: the metadata dict, if not read from beside the model.
+      metadata: the metadata.json dict, if not read from beside the model.
 
     Raises:
-      ModelError: missing model or metadata, sha256 mismatch, or input mismatch.
+      ModelError: a missing or corrupt model, unusable metadata, an embedded/sidecar
+        disagreement, or a model that does not match its metadata (one line each).
     """
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(model_path):
-      raise ModelError(f"model {model_path!r} not found")
-    if metadata is None:
-      meta_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), schema.METADATA_NAME)
-      if not os.path.isfile(meta_path):
-        raise ModelError(f"{meta_path} not found: the model's metadata must be beside it")
-      with open(meta_path, encoding="utf-8") as f:
-        metadata = json.load(f)
     name = os.path.basename(model_path)
-    entry = metadata.get("models", {}).get(name)
-    if entry is None:
-      raise ModelError(f"{schema.METADATA_NAME} does not describe {name}")
-    if image_io.sha256_file(model_path) != entry["sha256"]:
-      raise ModelError(f"{name}: sha256 differs from {schema.METADATA_NAME}; the model file was "
-                       "changed or belongs to another export")
-    self.metadata, self.entry = metadata, entry
-    self.image_size = int(metadata["input"]["size"])
-    self.scale = float(metadata["preprocessing"]["scale"])
-    self.labels: List[str] = list(metadata["labels"])
-    # Per model: a QAT model carries its own validation threshold (older exports: one).
-    self.threshold = float(entry.get("threshold", metadata["threshold"]))
-    self.output_kind = entry.get("output_kind", "probabilities")
-    self.temperature = float(entry.get("temperature", 1.0))
+    try:
+      with open(model_path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise ModelError(f"model {model_path!r} cannot be read: {e.strerror or e}") from None
+    try:
+      embedded = package.read(data)
+    except package.PackageError as e:
+      raise ModelError(f"{name}: {e}") from None
+    sidecar = metadata if metadata is not None else _read_sidecar(model_path)
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+      if embedded is not None:
+        metadata, entry = embedded["package"], embedded["model"]
+        if sidecar is not None:
+          _check_sidecar(name, sha, sidecar, metadata, entry)
+      else:  # exported before metadata was embedded: the sidecar is all there is
+        if sidecar is None:
+          raise ModelError(f"{name} has no embedded metadata and no {schema.METADATA_NAME} "
+                           "beside it: export it again with cxr-export")
+        metadata, entry = sidecar, sidecar.get("models", {}).get(name)
+        if entry is None:
+          raise ModelError(f"{schema.METADATA_NAME} does not describe {name}")
+        if sha != entry["sha256"]:
+          raise ModelError(f"{name}: sha256 differs from {schema.METADATA_NAME}; the model "
+                           "file was changed or belongs to another export")
+      self.sha256 = sha
+      self.metadata, self.entry = metadata, entry
+      self.image_size = int(metadata["input"]["size"])
+      self.scale = float(metadata["preprocessing"]["scale"])
+      self.labels: List[str] = list(metadata["labels"])
+      # Per model: a QAT model carries its own validation threshold (older exports: one).
+      self.threshold = float(entry.get("threshold", metadata.get("threshold")))
+      self.output_kind = entry.get("output_kind", "probabilities")
+      self.temperature = float(entry.get("temperature", 1.0))
+      want_dtype = entry["input"]["dtype"]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise ModelError(f"{name}: its metadata lacks or mangles a field ({type(e).__name__}: "
+                       f"{e})") from None
+    if (len(self.labels) != schema.NUM_CLASSES or self.scale <= 0 or self.image_size < 8
+        or not 0.0 < self.threshold < 1.0):
+      raise ModelError(f"{name}: metadata out of range (labels {self.labels}, scale "
+                       f"{self.scale}, input size {self.image_size}, threshold "
+                       f"{self.threshold}): refusing to make decisions with it")
     if self.output_kind not in ("logits", "probabilities") or not self.temperature > 0:
       raise ModelError(f"{name}: metadata has output_kind {self.output_kind!r}, temperature "
                        f"{self.temperature!r}; expected logits/probabilities and T > 0")
@@ -169,7 +195,7 @@ class LiteModel:
     # delegate"); load errors still arrive as the exception.
     with cli.native_stderr_quiet(not cli.verbose()):
       try:
-        self.interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
+        self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
       except (ValueError, RuntimeError) as e:
         raise ModelError(f"{name}: cannot load ({e})") from None
       self.interpreter.allocate_tensors()
@@ -179,9 +205,9 @@ class LiteModel:
     if list(self._in["shape"]) != want:
       raise ModelError(f"{name}: input shape {list(self._in['shape'])} does not match the "
                        f"metadata's {want}")
-    if np.dtype(self._in["dtype"]).name != entry["input"]["dtype"]:
+    if np.dtype(self._in["dtype"]).name != want_dtype:
       raise ModelError(f"{name}: input dtype {np.dtype(self._in['dtype']).name} does not "
-                       f"match the metadata's {entry['input']['dtype']}")
+                       f"match the metadata's {want_dtype}")
 
   def _quantize(self, x: np.ndarray) -> np.ndarray:
     dtype = self._in["dtype"]
@@ -215,13 +241,65 @@ class LiteModel:
     return np.array([self.probabilities(x)[1] for x in images], dtype=np.float64)
 
   def predict_bytes(self, data: bytes) -> Dict[str, object]:
-    """Encoded image -> {"label", "probability", "latency_ms"} (latency: preprocess + invoke)."""
+    """A film's bytes -> its prediction record (latency: preprocess + invoke).
+
+    Returns:
+      {"label", "p_pneumonia" (the positive class's probability), "threshold" (label is
+      PNEUMONIA iff p_pneumonia >= threshold), "model_sha256", "latency_ms"}.
+    """
     start = time.perf_counter()
     probs = self.probabilities(preprocess(data, self.image_size, self.scale))
     latency = (time.perf_counter() - start) * 1000
     p = float(probs[1])
-    return {"label": self.labels[int(p >= self.threshold)], "probability": round(p, 6),
+    return {"label": self.labels[int(p >= self.threshold)], "p_pneumonia": round(p, 6),
+            "threshold": self.threshold, "model_sha256": self.sha256,
             "latency_ms": round(latency, 3)}
+
+
+def _read_sidecar(model_path: str) -> Optional[Dict]:
+  """metadata.json beside the model, or None if there is none."""
+  path = os.path.join(os.path.dirname(os.path.abspath(model_path)), schema.METADATA_NAME)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise ModelError(f"{path} is not readable JSON ({type(e).__name__}: {e}); delete it to "
+                     "use the model's embedded metadata, or export again") from None
+  if not isinstance(data, dict):
+    raise ModelError(f"{path} is not a metadata object")
+  return data
+
+
+# What decides a prediction: a sidecar that says otherwise than the model is refused.
+_DECISIVE = (("labels", lambda m, e: list(m["labels"])),
+             ("input size", lambda m, e: int(m["input"]["size"])),
+             ("preprocessing scale", lambda m, e: float(m["preprocessing"]["scale"])),
+             ("threshold", lambda m, e: float(e.get("threshold", m.get("threshold")))),
+             ("temperature", lambda m, e: float(e.get("temperature", 1.0))),
+             ("output kind", lambda m, e: e.get("output_kind", "probabilities")))
+
+
+def _check_sidecar(name: str, sha: str, sidecar: Dict, metadata: Dict, entry: Dict) -> None:
+  """A metadata.json kept beside an embedded-metadata model must describe this very file
+  and agree with it on everything that decides a prediction."""
+  side_entry = sidecar.get("models", {}).get(name)
+  if side_entry is None:
+    raise ModelError(f"{schema.METADATA_NAME} beside {name} does not describe it: remove it "
+                     "(the model carries its own metadata) or restore the export's")
+  if side_entry.get("sha256") != sha:
+    raise ModelError(f"{name}: sha256 differs from {schema.METADATA_NAME}; the model file was "
+                     "changed or belongs to another export")
+  for what, get in _DECISIVE:
+    try:
+      side, own = get(sidecar, side_entry), get(metadata, entry)
+    except (KeyError, TypeError, ValueError) as e:
+      raise ModelError(f"{schema.METADATA_NAME} beside {name} lacks or mangles {what} "
+                       f"({type(e).__name__})") from None
+    if side != own:
+      raise ModelError(f"{schema.METADATA_NAME} beside {name} says {what} {side!r}, the "
+                       f"model's embedded metadata {own!r}: refusing both")
 
 
 # expand_paths' error for a file of a folder that is not a film (notes.txt): reported,

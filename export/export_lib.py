@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from edge import package
 from edge import runtime
 from export import variants as variant_names
 from model import metrics as metrics_lib
@@ -281,6 +282,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
         **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
   val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
   _set_thresholds(metadata, files, qat_info)
+  for path in files.values():
+    embed_metadata(path, metadata)
   with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
@@ -291,6 +294,30 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   with open(os.path.join(export_dir, variant_names.REPORT_NAME), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   return report
+
+
+# Entry fields that describe the file itself; the file cannot contain its own hash.
+_FILE_FIELDS = ("file", "bytes", "sha256")
+
+
+def embedded_fields(metadata: Dict[str, Any], name: str) -> Dict[str, Any]:
+  """What the model file `name` carries about itself (edge/package.py): the package's
+  fields and its own entry, without the fields that describe the file."""
+  return {"format": 1,
+          "package": {k: v for k, v in metadata.items() if k != "models"},
+          "model": {k: v for k, v in metadata["models"][name].items()
+                    if k not in _FILE_FIELDS}}
+
+
+def embed_metadata(path: str, metadata: Dict[str, Any]) -> None:
+  """Writes the model's metadata into the .tflite at `path`, then records the file's
+  final size and sha256 in metadata["models"] (the optional metadata.json)."""
+  name = os.path.basename(path)
+  with open(path, "rb") as f:
+    data = package.embed(f.read(), embedded_fields(metadata, name))
+  with open(path, "wb") as f:
+    f.write(data)
+  metadata["models"][name].update(bytes=len(data), sha256=image_io.sha256_file(path))
 
 
 def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str],

@@ -99,7 +99,7 @@ def main() -> None:
       got = _predict(args.model, folder, os.path.join(tmp, f"v{k}.jsonl"))
       keys = sorted(reference)
       same = sum(got[key]["label"] == reference[key]["label"] for key in keys)
-      delta = np.array([abs(got[key]["probability"] - reference[key]["probability"])
+      delta = np.array([abs(got[key]["p_pneumonia"] - reference[key]["p_pneumonia"])
                         for key in keys])
       results.append({"variant": name, "films": len(keys), "same_decision": same,
                       "max_abs_delta": float(delta.max()), "mean_abs_delta": float(delta.mean())})

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edge import calibrate_lib
+from edge import package
 from edge import runtime
 from model import metrics
 from pipeline import image_io
@@ -55,16 +56,31 @@ def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
     assert at_new["sensitivity"] == 1.0
   low, high = at_new["ci95"]["specificity"]
   assert low <= at_new["specificity"] <= high
-  # The new package: the same model bytes, the new threshold with its provenance; the
-  # predictor uses it.
+  # The new package: the same graph and weights, the new threshold with its provenance
+  # embedded in the file (and in the optional metadata.json); the predictor uses it.
   new_model = out / "model_int8.tflite"
-  assert image_io.sha256_file(str(new_model)) == image_io.sha256_file(_model(exported))
+  new_data, old_data = new_model.read_bytes(), open(_model(exported), "rb").read()
+  assert package.read(new_data)["model"]["threshold"] == pytest.approx(want)
+  assert package.read(new_data)["package"]["site_calibration"]["films"] == 16
+  assert _weights(new_data) == _weights(old_data)
   meta = json.load(open(out / "metadata.json"))
+  assert meta["models"]["model_int8.tflite"]["sha256"] == image_io.sha256_file(str(new_model))
   assert list(meta["models"]) == ["model_int8.tflite"]
   assert meta["models"]["model_int8.tflite"]["threshold"] == pytest.approx(want)
   assert "cxr-calibrate" in meta["models"]["model_int8.tflite"]["threshold_source"]
   assert meta["site_calibration"]["films"] == 16
   assert runtime.LiteModel(str(new_model)).threshold == pytest.approx(want)
+  os.remove(out / "metadata.json")  # the file alone carries it
+  assert runtime.LiteModel(str(new_model)).threshold == pytest.approx(want)
+
+
+def _weights(data: bytes):
+  """The model's buffers other than the embedded metadata."""
+  from ai_edge_litert import schema_py_generated as fb  # pylint: disable=g-import-not-at-top
+  m = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+  ours = {e.buffer for e in m.metadata or [] if e.name in (b"cxr_edge", "cxr_edge")}
+  return [None if b.data is None else bytes(b.data) for i, b in enumerate(m.buffers)
+          if i not in ours]
 
 
 def test_original_package_is_never_altered(exported, tmp_path):

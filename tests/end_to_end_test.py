@@ -47,4 +47,4 @@ def test_end_to_end_on_the_sample(tmp_path):
   _assert_quiet("edge.predict", r)
   lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert len(lines) == len(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL"))) == 130
-  assert all(l["label"] in ("NORMAL", "PNEUMONIA") and 0 <= l["probability"] <= 1 for l in lines)
+  assert all(l["label"] in ("NORMAL", "PNEUMONIA") and 0 <= l["p_pneumonia"] <= 1 for l in lines)

@@ -1,5 +1,6 @@
 """The edge predictor: TF parity, no TensorFlow import, bad images and bad models."""
 import csv
+import hashlib
 import io
 import json
 import os
@@ -84,11 +85,15 @@ def test_predictor_runs_without_tensorflow_and_matches_the_report(exported, tmp_
   assert [l["path"] for l in lines] == files
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
   lite = runtime.LiteModel(model)
+  sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
   for line, path in zip(lines, files):
-    assert set(line) == {"path", "label", "probability", "latency_ms"}
+    assert set(line) == {"path", "label", "p_pneumonia", "threshold", "model_sha256",
+                         "latency_ms"}
     p = float(lite.probabilities(runtime.preprocess(open(path, "rb").read(), 48, 1 / 255))[1])
-    assert line["probability"] == pytest.approx(p, abs=1e-6)
-    assert line["label"] == ("PNEUMONIA" if p >= meta["threshold"] else "NORMAL")
+    assert line["p_pneumonia"] == pytest.approx(p, abs=1e-6)
+    assert line["threshold"] == meta["models"]["model_int8.tflite"]["threshold"]
+    assert line["label"] == ("PNEUMONIA" if p >= line["threshold"] else "NORMAL")
+    assert line["model_sha256"] == sha == meta["models"]["model_int8.tflite"]["sha256"]
   assert "6 image(s) predicted, 0 failed" in r.stderr
 
 
@@ -139,25 +144,77 @@ def _copy_export(exported, tmp_path):
   return dest
 
 
-def test_bad_models_refused_before_reading_images(exported, tmp_path):
+def _refused(model, image, message):
+  r = _run_predict(f"--model={model}", image)
+  assert r.returncode == 1 and not r.stdout, r.stderr[-2000:]
+  errors = [l for l in r.stderr.splitlines() if l.startswith("cxr-predict: error:")]
+  assert len(errors) == 1 and message in errors[0], r.stderr[-2000:]  # one line, no traceback
+  assert "Traceback" not in r.stderr
+
+
+def test_the_model_file_is_the_package_and_tampering_is_refused(exported, tmp_path):
   dest = _copy_export(exported, tmp_path)
   image = _sample_files(2)[0]
-  r = _run_predict(f"--model={dest}/nope.tflite", image)
-  assert r.returncode == 1 and "cxr-predict: error: model" in r.stderr and not r.stdout
-  # A model that is not the one the metadata describes.
-  with open(dest / "model_int8.tflite", "ab") as f:
-    f.write(b"\0")
-  r = _run_predict(f"--model={dest}/model_int8.tflite", image)
-  assert r.returncode == 1 and "sha256 differs" in r.stderr and not r.stdout
-  # Metadata that does not match the model's input shape.
-  meta = json.load(open(dest / "metadata.json"))
-  meta["input"]["size"] = 64
-  json.dump(meta, open(dest / "metadata.json", "w"))
-  r = _run_predict(f"--model={dest}/model_float32.tflite", image)
-  assert r.returncode == 1 and "does not match" in r.stderr and not r.stdout
+  model = dest / "model_int8.tflite"
+  sidecar = json.load(open(dest / "metadata.json"))
+  _refused(dest / "nope.tflite", image, "cannot be read")
+  # The sidecar may go: the .tflite carries everything.
   os.remove(dest / "metadata.json")
-  r = _run_predict(f"--model={dest}/model_float32.tflite", image)
-  assert r.returncode == 1 and "metadata.json not found" in r.stderr
+  r = _run_predict(f"--model={model}", image)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout)["threshold"] == sidecar["models"]["model_int8.tflite"]["threshold"]
+  # A sidecar that disagrees on anything that decides a prediction is refused.
+  for what, edit in [("labels", lambda m: m.update(labels=m["labels"][::-1])),
+                     ("threshold", lambda m: m["models"]["model_int8.tflite"].update(threshold=0.0)),
+                     ("preprocessing scale", lambda m: m["preprocessing"].update(scale=1.0)),
+                     ("input size", lambda m: m["input"].update(size=64))]:
+    bad = json.loads(json.dumps(sidecar))
+    edit(bad)
+    json.dump(bad, open(dest / "metadata.json", "w"))
+    _refused(model, image, f"says {what}")
+  (dest / "metadata.json").write_text("{not json")
+  _refused(model, image, "is not readable JSON")
+  json.dump({"labels": ["NORMAL", "PNEUMONIA"]}, open(dest / "metadata.json", "w"))
+  _refused(model, image, "does not describe it")
+  json.dump(sidecar, open(dest / "metadata.json", "w"))
+  # The model file changed after export: its sha256 no longer matches the sidecar's.
+  data = model.read_bytes()
+  model.write_bytes(data + b"\0")
+  _refused(model, image, "sha256 differs")
+  os.remove(dest / "metadata.json")
+  # An embedded field edited in place (a hex editor's threshold 0.5 -> 0.0).
+  at = data.index(b'"threshold": ')
+  edited = bytearray(data)
+  edited[at + 13] = ord("0") if data[at + 13] != ord("0") else ord("1")
+  model.write_bytes(bytes(edited))
+  _refused(model, image, "fails the integrity check")
+  model.write_bytes(b"not a model at all")
+  _refused(model, image, "not a TFLite model")
+
+
+def test_a_model_without_embedded_metadata_needs_its_sidecar(exported, tmp_path):
+  """Exports from before the metadata was embedded: the sidecar is all there is."""
+  from ai_edge_litert import schema_py_generated as fb  # pylint: disable=g-import-not-at-top
+  import flatbuffers  # pylint: disable=g-import-not-at-top
+  dest = _copy_export(exported, tmp_path)
+  image = _sample_files(2)[0]
+  model = dest / "model_float32.tflite"
+  m = fb.ModelT.InitFromPackedBuf(bytearray(model.read_bytes()), 0)
+  m.metadata = [e for e in m.metadata if e.name not in (b"cxr_edge", "cxr_edge")]
+  builder = flatbuffers.Builder(1 << 20)
+  builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+  model.write_bytes(bytes(builder.Output()))
+  sidecar = json.load(open(dest / "metadata.json"))
+  sidecar["models"]["model_float32.tflite"]["sha256"] = hashlib.sha256(
+      model.read_bytes()).hexdigest()
+  json.dump(sidecar, open(dest / "metadata.json", "w"))
+  r = _run_predict(f"--model={model}", image)
+  assert r.returncode == 0, r.stderr[-2000:]
+  sidecar["input"]["size"] = 64  # the old check: metadata that does not fit the model
+  json.dump(sidecar, open(dest / "metadata.json", "w"))
+  _refused(model, image, "does not match")
+  os.remove(dest / "metadata.json")
+  _refused(model, image, "has no embedded metadata")
 
 
 def test_output_in_a_missing_folder_is_refused_in_one_line(exported, tmp_path):
@@ -209,7 +266,7 @@ def test_dicom_and_16_bit_films_predict_like_their_jpeg(exported, tmp_path):
       got = model.predict_bytes(data)
       assert got["label"] == want["label"], (jpeg, name)
       tolerance = 1e-9 if name == "dicom8.dcm" else 0.02  # 12-bit round trip: +-1 grey level
-      assert abs(got["probability"] - want["probability"]) <= tolerance, (jpeg, name)
+      assert abs(got["p_pneumonia"] - want["p_pneumonia"]) <= tolerance, (jpeg, name)
 
 
 def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(exported, tmp_path):
@@ -245,3 +302,13 @@ def test_dicom_parity_script_on_a_few_films(exported, tmp_path):
   for v in variants:
     assert v["films"] == 2 and v["same_decision"] == 2, v
     assert v["max_abs_delta"] <= 0.02, v
+
+
+def test_csv_on_stdout_with_format(exported):
+  model = os.path.join(exported[0], "model_int8.tflite")
+  r = _run_predict(f"--model={model}", "--format=csv", *_sample_files(2))
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = list(csv.DictReader(io.StringIO(r.stdout)))
+  assert len(rows) == 2 and {"p_pneumonia", "threshold", "model_sha256"} <= set(rows[0])
+  r = _run_predict(f"--model={model}", "--format=csv", "--output=x.jsonl", *_sample_files(2))
+  assert r.returncode == 1 and "--format=csv but --output ends in .jsonl" in r.stderr

@@ -1,0 +1,122 @@
+"""Metadata embedded in the .tflite file itself, read and written without TensorFlow.
+
+A TFLite flatbuffer has a `metadata` list of (name, buffer index) entries. cxr-export puts
+one entry, METADATA_KEY, holding JSON: what a runtime needs to use the model right
+(labels, threshold and where it came from, preprocessing, input, output kind,
+temperature) and what it was made from (training data manifest, versions). The file's
+sha256 then covers all of it, so the .tflite alone is the model package; metadata.json
+beside it, if kept, must agree with it (edge/runtime.py checks).
+
+The JSON carries an `integrity` digest over its own fields and the model's other
+buffers (the weights): a field edited in the file, or metadata moved onto other
+weights, is refused. It guards against accidents and naive edits, not against someone
+who recomputes the digest (that would need a signature and a key).
+
+Uses the flatbuffer schema that ai-edge-litert ships and the flatbuffers package it
+depends on.
+"""
+import hashlib
+import json
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+METADATA_KEY = "cxr_edge"
+_IDENTIFIER = b"TFL3"
+
+
+class PackageError(Exception):
+  """The model file or its embedded metadata cannot be used; the message says why."""
+
+
+def _schema():
+  from ai_edge_litert import schema_py_generated  # pylint: disable=g-import-not-at-top
+  return schema_py_generated
+
+
+def _parse(data: bytes):
+  if len(data) < 8 or data[4:8] != _IDENTIFIER:
+    raise PackageError("not a TFLite model (no TFL3 identifier)")
+  try:
+    return _schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
+  except Exception as e:  # pylint: disable=broad-except  # flatbuffers raises many kinds
+    raise PackageError(f"corrupt TFLite flatbuffer: {type(e).__name__}: {e}") from None
+
+
+def _pack(model) -> bytes:
+  import flatbuffers  # pylint: disable=g-import-not-at-top
+  builder = flatbuffers.Builder(1 << 20)
+  builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
+  return bytes(builder.Output())
+
+
+def _ours(model) -> Optional[int]:
+  """Index in model.metadata of our entry, or None."""
+  for i, entry in enumerate(model.metadata or []):
+    name = entry.name.decode("utf-8") if isinstance(entry.name, bytes) else entry.name
+    if name == METADATA_KEY:
+      return i
+  return None
+
+
+def _weights_digest(model, skip: Optional[int]) -> str:
+  h = hashlib.sha256()
+  for i, buffer in enumerate(model.buffers or []):
+    if i != skip and buffer.data is not None:
+      h.update(np.asarray(buffer.data, np.uint8).tobytes())
+  return h.hexdigest()
+
+
+def _digest(fields: Dict[str, Any], weights: str) -> str:
+  canonical = json.dumps({k: v for k, v in fields.items() if k != "integrity"},
+                         sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256((canonical + weights).encode("utf-8")).hexdigest()
+
+
+def embed(data: bytes, fields: Dict[str, Any]) -> bytes:
+  """Returns the model with `fields` (JSON-serializable) as its embedded metadata.
+
+  An earlier embedded entry is replaced (cxr-calibrate's new package); the model's
+  graph and weights are unchanged.
+  """
+  schema = _schema()
+  model = _parse(data)
+  index = _ours(model)
+  model.buffers = model.buffers or []
+  model.metadata = model.metadata or []
+  if index is None:
+    buffer_index = len(model.buffers)
+    model.buffers.append(schema.BufferT())
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = buffer_index
+    model.metadata.append(entry)
+  else:
+    buffer_index = model.metadata[index].buffer
+  fields = dict(fields, integrity=_digest(fields, _weights_digest(model, buffer_index)))
+  model.buffers[buffer_index].data = np.frombuffer(
+      json.dumps(fields, sort_keys=True).encode("utf-8"), np.uint8)
+  return _pack(model)
+
+
+def read(data: bytes) -> Optional[Dict[str, Any]]:
+  """The embedded metadata of a model, or None for a model that has none (older exports).
+
+  Raises:
+    PackageError: not a TFLite model, unreadable metadata, or a failed integrity check.
+  """
+  model = _parse(data)
+  index = _ours(model)
+  if index is None:
+    return None
+  buffer_index = model.metadata[index].buffer
+  try:
+    raw = np.asarray(model.buffers[buffer_index].data, np.uint8).tobytes()
+    fields = json.loads(raw.decode("utf-8"))
+  except (IndexError, TypeError, ValueError) as e:
+    raise PackageError(f"its embedded metadata is unreadable ({type(e).__name__})") from None
+  if not isinstance(fields, dict) or fields.get("integrity") != _digest(
+      fields, _weights_digest(model, buffer_index)):
+    raise PackageError("its embedded metadata fails the integrity check (edited, or moved "
+                       "from another model)")
+  return fields

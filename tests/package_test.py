@@ -1,0 +1,54 @@
+"""edge/package.py: metadata embedded in the .tflite, without TensorFlow."""
+import os
+
+import numpy as np
+import pytest
+
+from edge import package
+
+
+def _run(data: bytes, x: np.ndarray) -> np.ndarray:
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  it = Interpreter(model_content=data)
+  it.allocate_tensors()
+  it.set_tensor(it.get_input_details()[0]["index"], x)
+  it.invoke()
+  return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def test_embed_read_replace_and_the_model_still_computes_the_same(exported):
+  with open(os.path.join(exported[0], "model_float32.tflite"), "rb") as f:
+    exported_data = f.read()
+  assert package.read(exported_data)["model"]["output_kind"] == "logits"  # cxr-export's
+  once = package.embed(exported_data, {"threshold": 0.25, "labels": ["A", "B"]})
+  assert package.read(once) == {"threshold": 0.25, "labels": ["A", "B"],
+                                "integrity": package.read(once)["integrity"]}
+  twice = package.embed(once, {"threshold": 0.75})  # replaced, not appended
+  assert package.read(twice)["threshold"] == 0.75 and "labels" not in package.read(twice)
+  assert abs(len(twice) - len(once)) < 64
+  x = np.random.default_rng(0).random((1, 48, 48, 1), dtype=np.float32)
+  np.testing.assert_array_equal(_run(exported_data, x), _run(twice, x))
+
+
+def test_metadata_moved_onto_other_weights_is_refused(exported):
+  with open(os.path.join(exported[0], "model_float32.tflite"), "rb") as f:
+    float_data = f.read()
+  with open(os.path.join(exported[0], "model_int8.tflite"), "rb") as f:
+    int8_data = f.read()
+  from ai_edge_litert import schema_py_generated as fb  # pylint: disable=g-import-not-at-top
+  import flatbuffers  # pylint: disable=g-import-not-at-top
+  # Graft the float model's embedded metadata buffer onto the int8 model.
+  donor = fb.ModelT.InitFromPackedBuf(bytearray(float_data), 0)
+  target = fb.ModelT.InitFromPackedBuf(bytearray(int8_data), 0)
+  theirs = next(e.buffer for e in donor.metadata if e.name in (b"cxr_edge", "cxr_edge"))
+  ours = next(e.buffer for e in target.metadata if e.name in (b"cxr_edge", "cxr_edge"))
+  target.buffers[ours].data = donor.buffers[theirs].data
+  builder = flatbuffers.Builder(1 << 20)
+  builder.Finish(target.Pack(builder), file_identifier=b"TFL3")
+  with pytest.raises(package.PackageError, match="integrity"):
+    package.read(bytes(builder.Output()))
+
+
+def test_not_a_model():
+  with pytest.raises(package.PackageError, match="not a TFLite model"):
+    package.read(b"PK\x03\x04 a zip file")
