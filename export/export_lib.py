@@ -20,6 +20,7 @@ import tf_keras as keras
 
 from edge import package
 from edge import runtime
+from export import model_card
 from export import variants as variant_names
 from model import metrics as metrics_lib
 from model import model_dir as model_dir_lib
@@ -32,6 +33,9 @@ from pipeline import records
 from pipeline import schema
 
 SAVED_MODEL_DIR = "saved_model"
+# TensorFlow Serving loads the highest numbered version under the base directory; a new
+# export is version 1 of its own base (copy it to <base>/<n+1> to roll it out).
+SAVED_MODEL_VERSION = 1
 
 
 def tflite_name(variant: str) -> str:
@@ -39,9 +43,14 @@ def tflite_name(variant: str) -> str:
 
 
 class ServingModule(tf.Module):
-  """The SavedModel: float images -> probabilities, and encoded bytes -> probabilities + label.
+  """The SavedModel, laid out for TensorFlow Serving.
 
-  Probabilities are softmax(logits / temperature), as the edge runtime computes them.
+  serving_default takes encoded JPEG/PNG films (tf.string [N]: batchable, and REST's
+  {"b64": ...} since the input's name ends in _bytes), preprocesses them in-graph with
+  the function training used, and returns p_pneumonia, label and threshold per film.
+  serving_images takes float32 [N, S, S, 1] already in [0, 1] and refuses other ranges
+  (unscaled 0-255 pixels would otherwise all read as PNEUMONIA). Probabilities are
+  softmax(logits / temperature), as the edge runtime computes them.
   """
 
   def __init__(self, model: keras.Model, image_size: int, threshold: float,
@@ -52,37 +61,46 @@ class ServingModule(tf.Module):
     self.threshold = tf.constant(threshold, tf.float32)
     self.temperature = tf.constant(temperature, tf.float32)
     self.labels = tf.constant(list(schema.LABELS))
+    self.serve_images = tf.function(self._serve_images, input_signature=[tf.TensorSpec(
+        [None, image_size, image_size, schema.CHANNELS], tf.float32, name="images")])
+    self.serve_bytes = tf.function(self._serve_bytes, input_signature=[
+        tf.TensorSpec([None], tf.string, name="image_bytes")])
 
   def _probabilities(self, images):
     return tf.nn.softmax(self.model(images, training=False) / self.temperature)
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="images")])
-  def serve_images(self, images):
+  def _serve_images(self, images):
     """float32 [N, S, S, 1] in [0, 1] -> {"probabilities": [N, 2]}."""
-    return {"probabilities": self._probabilities(images)}
+    checks = [tf.debugging.assert_greater_equal(images, 0.0, message="images must be in [0, 1]"),
+              tf.debugging.assert_less_equal(images, 1.0, message=(
+                  "images must be in [0, 1] (pixels / 255); send encoded films to "
+                  "serving_default instead"))]
+    with tf.control_dependencies(checks):
+      return {"probabilities": self._probabilities(tf.identity(images))}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-  def serve_bytes(self, image_bytes):
-    """Encoded JPEG/PNG [N] -> probabilities, PNEUMONIA probability, label index and name.
-
-    Decodes and preprocesses in-graph with pipeline.preprocess.preprocess_image, the
-    function training used.
-    """
+  def _serve_bytes(self, image_bytes):
+    """Encoded JPEG/PNG [N] -> p_pneumonia, label, threshold (each [N]) and probabilities."""
     images = tf.map_fn(lambda b: preprocess.preprocess_image(b, self.image_size), image_bytes,
                        fn_output_signature=tf.TensorSpec(
                            [self.image_size, self.image_size, schema.CHANNELS], tf.float32))
     probs = self._probabilities(images)
-    index = tf.cast(probs[:, 1] >= self.threshold, tf.int32)
-    return {"probabilities": probs, "probability": probs[:, 1], "label_index": index,
-            "label": tf.gather(self.labels, index)}
+    p = probs[:, 1]
+    index = tf.cast(p >= self.threshold, tf.int32)
+    return {"p_pneumonia": p, "label": tf.gather(self.labels, index),
+            "threshold": tf.fill(tf.shape(p), self.threshold), "probabilities": probs}
+
+
+def saved_model_path(export_dir: str) -> str:
+  """<export_dir>/saved_model/<version>/: the base/version layout TensorFlow Serving loads."""
+  return os.path.join(export_dir, SAVED_MODEL_DIR, str(SAVED_MODEL_VERSION))
 
 
 def save_saved_model(model: keras.Model, image_size: int, threshold: float, path: str,
                      temperature: float = 1.0) -> None:
-  """Writes the SavedModel with signatures serving_default and serving_bytes."""
+  """Writes the SavedModel with signatures serving_default (bytes) and serving_images."""
   module = ServingModule(model, image_size, threshold, temperature)
   tf.saved_model.save(module, path, signatures={
-      "serving_default": module.serve_images, "serving_bytes": module.serve_bytes})
+      "serving_default": module.serve_bytes, "serving_images": module.serve_images})
 
 
 def calibration_images(data_dir: str, image_size: int, samples: int) -> np.ndarray:
@@ -170,7 +188,8 @@ def _split_set(data_dir: str, image_size: int, split: str):
 
 def own_artifacts() -> List[str]:
   """Everything cxr-export writes into an export dir (and so may replace)."""
-  return ([SAVED_MODEL_DIR, schema.LABELS_NAME, schema.METADATA_NAME, variant_names.REPORT_NAME]
+  return ([SAVED_MODEL_DIR, schema.LABELS_NAME, schema.METADATA_NAME, variant_names.REPORT_NAME,
+           model_card.CARD_NAME, model_card.CARD_JSON]
           + [tflite_name(v) for v in variant_names.VARIANTS])
 
 
@@ -241,8 +260,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   os.makedirs(export_dir, exist_ok=True)
 
   logging.info("writing the SavedModel")
-  save_saved_model(model, size, threshold, os.path.join(export_dir, SAVED_MODEL_DIR),
-                   temperature)
+  save_saved_model(model, size, threshold, saved_model_path(export_dir), temperature)
   calib = calibration_images(data_dir, size, calibration_samples)
   files = {}
   for k, variant in enumerate(variants, 1):
@@ -293,6 +311,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     report["external"] = external_report(export_dir, external_dir, metadata, files)
   with open(os.path.join(export_dir, variant_names.REPORT_NAME), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
+  model_card.write(export_dir, metadata, report, info, records.load_manifest(data_dir))
   return report
 
 
@@ -355,9 +374,9 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   """
   size, threshold = metadata["input"]["size"], metadata["threshold"]
   images, labels, encoded, patients = _split_set(data_dir, size, "test")
-  loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
-  serve = loaded.signatures["serving_default"]
-  serve_bytes = loaded.signatures["serving_bytes"]
+  loaded = tf.saved_model.load(saved_model_path(export_dir))
+  serve = loaded.signatures["serving_images"]
+  serve_bytes = loaded.signatures["serving_default"]
 
   def saved_model_probs(x: np.ndarray) -> np.ndarray:
     return _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy()[:, 1], x)
@@ -367,7 +386,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
 
   ref = saved_model_probs(images)
   ref_bytes = _in_batches(
-      lambda b: serve_bytes(image_bytes=tf.constant(b))["probability"].numpy(), encoded)
+      lambda b: serve_bytes(image_bytes=tf.constant(b))["p_pneumonia"].numpy(), encoded)
   ref_pred = ref >= threshold
 
   def row(probs: np.ndarray, t: float) -> Dict[str, Any]:
@@ -422,8 +441,8 @@ def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any]
   """
   size = metadata["input"]["size"]
   folder = dataset.load_image_folder(external_dir, size)
-  loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_DIR))
-  serve = loaded.signatures["serving_default"]
+  loaded = tf.saved_model.load(saved_model_path(export_dir))
+  serve = loaded.signatures["serving_images"]
   ref = _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy()[:, 1],
                     folder.images)
   out: Dict[str, Any] = {"external_dir": external_dir, "images": int(len(folder.labels)),

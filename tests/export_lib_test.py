@@ -10,6 +10,7 @@ import tf_keras as keras
 
 from export import export_lib
 from export import variants as variant_names
+from edge import package
 from edge import runtime
 from model import metrics
 from model import model_dir as model_dir_lib
@@ -76,17 +77,28 @@ def test_float_variants_keep_float_io(exported):
 
 def test_saved_model_signatures_match_keras(exported, trained_model):
   model, info = model_dir_lib.load_model_dir(trained_model)
-  loaded = tf.saved_model.load(os.path.join(exported[0], export_lib.SAVED_MODEL_DIR))
-  assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+  # TensorFlow Serving's layout: <base>/<version>/saved_model.pb.
+  path = export_lib.saved_model_path(exported[0])
+  assert path == os.path.join(exported[0], "saved_model", "1")
+  assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+  loaded = tf.saved_model.load(path)
+  assert set(loaded.signatures) == {"serving_default", "serving_images"}
   encoded = _sample_bytes()
   images = np.stack([preprocess.preprocess_image(b, 48).numpy() for b in encoded])
   want = model(images, training=False).numpy()
-  got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+  serve_images = loaded.signatures["serving_images"]
+  assert serve_images.structured_input_signature[1]["images"].shape.as_list() == [None, 48, 48, 1]
+  got = serve_images(images=tf.constant(images))["probabilities"].numpy()
   np.testing.assert_allclose(got, want, atol=1e-5)
-  out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
-  np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+  # The default signature takes the encoded films (batchable; REST {"b64": ...}).
+  out = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+  np.testing.assert_allclose(out["p_pneumonia"].numpy(), want[:, 1], atol=1e-5)
   labels = [schema.LABELS[int(p >= info["threshold"])] for p in want[:, 1]]
   assert [l.decode() for l in out["label"].numpy()] == labels
+  np.testing.assert_allclose(out["threshold"].numpy(), [info["threshold"]] * len(encoded))
+  # Unscaled 0-255 pixels are refused, not read as PNEUMONIA.
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"in \[0, 1\]"):
+    serve_images(images=tf.constant(images * 255.0))
 
 
 def test_float32_tflite_matches_saved_model(exported):
@@ -133,9 +145,11 @@ def test_qat_model_keeps_its_runs_validation_threshold(exported, qat_model, samp
   assert report["variants"]["qat_int8"]["validation_accuracy"] == pytest.approx(
       np.mean((probs >= lite.threshold) == (labels == 1)))
   assert 0 <= report["saved_model"]["validation_accuracy"] <= 1
-  # Exports from before per-model thresholds fall back to the top-level one.
+  # A metadata.json that lost the per-model threshold (so says the top-level one) now
+  # disagrees with what the file itself carries: refused.
   del meta["models"]["model_qat_int8.tflite"]["threshold"]
-  assert runtime.LiteModel(path, 1, meta).threshold == meta["threshold"]
+  with pytest.raises(runtime.ModelError, match="says threshold"):
+    runtime.LiteModel(path, 1, meta)
 
 
 def test_qat_int8_needs_a_qat_run(trained_model, sample_records, tmp_path):
@@ -164,7 +178,7 @@ def test_external_report_scores_every_variant_with_intervals(exported):
   assert "external:" in export_lib.format_report(report)
 
 
-def test_tflite_models_output_logits_and_the_edge_applies_softmax(exported):
+def test_tflite_models_output_logits_and_the_edge_applies_softmax(exported, tmp_path):
   export_dir, _ = exported
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
   x = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
@@ -172,13 +186,24 @@ def test_tflite_models_output_logits_and_the_edge_applies_softmax(exported):
   assert lite.output_kind == "logits" and lite.temperature == 1.0
   logits = lite.outputs(x)
   np.testing.assert_allclose(lite.probabilities(x), runtime.softmax(logits), atol=1e-12)
-  # A temperature in the metadata divides the logits.
-  entry = meta["models"]["model_float32.tflite"]
-  entry["temperature"] = 2.0
-  hot = runtime.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
-  np.testing.assert_allclose(hot.probabilities(x), runtime.softmax(logits / 2.0), atol=1e-12)
-  entry["temperature"] = 0
-  with pytest.raises(runtime.ModelError, match="temperature"):
+  # A temperature in the (embedded) metadata divides the logits, as cxr-calibrate sets it.
+  data = open(os.path.join(export_dir, "model_float32.tflite"), "rb").read()
+  fields = package.read(data)
+  hot_path = os.path.join(str(tmp_path), "model_float32.tflite")
+  for temperature in (2.0, 0):
+    fields["model"]["temperature"] = temperature
+    with open(hot_path, "wb") as f:
+      f.write(package.embed(data, {k: v for k, v in fields.items() if k != "integrity"}))
+    if temperature:
+      hot = runtime.LiteModel(hot_path)
+      np.testing.assert_allclose(hot.probabilities(x), runtime.softmax(logits / 2.0),
+                                 atol=1e-12)
+    else:
+      with pytest.raises(runtime.ModelError, match="temperature"):
+        runtime.LiteModel(hot_path)
+  # ... and a metadata.json that says another temperature than the file is refused.
+  meta["models"]["model_float32.tflite"]["temperature"] = 2.0
+  with pytest.raises(runtime.ModelError, match="says temperature 2.0"):
     runtime.LiteModel(os.path.join(export_dir, "model_float32.tflite"), 1, meta)
 
 
@@ -238,4 +263,22 @@ def test_overwrite_replaces_only_what_export_wrote(trained_model, sample_records
   assert not (out / "model_int8.tflite").exists()
   assert sorted(os.listdir(out)) == sorted(["notes.txt", "saved_model", "model_float32.tflite",
                                             "labels.txt", "metadata.json",
-                                            "export_report.json"])
+                                            "export_report.json", "MODEL_CARD.md",
+                                            "model_card.json"])
+
+
+def test_model_card_is_written_from_the_measured_results(exported):
+  export_dir, report = exported
+  card = json.load(open(os.path.join(export_dir, "model_card.json")))
+  text = open(os.path.join(export_dir, "MODEL_CARD.md")).read()
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  assert "not a standalone diagnosis" in card["intended_use"].lower()
+  assert card["internal_test"]["models"]["int8"]["accuracy"] == report["variants"]["int8"][
+      "accuracy"]
+  for name, entry in meta["models"].items():  # every file, with its hash
+    assert card["files"][name]["sha256"] == entry["sha256"] and entry["sha256"] in text
+  int8 = report["variants"]["int8"]
+  low, high = int8["ci95"]["accuracy"]
+  assert f"| int8 | {int8['threshold']:.4f} | {100 * int8['accuracy']:.1f}% " \
+         f"({100 * low:.1f}-{100 * high:.1f})" in text
+  assert "## Known failure modes and limits" in text and "Kermany" in text

@@ -1,0 +1,142 @@
+"""The model card cxr-export writes beside the models: MODEL_CARD.md and model_card.json.
+
+Every figure comes from what the export measured (its report) and what training and
+conversion recorded (model_info.json, the conversion's manifest); nothing is typed in by
+hand, so the card cannot drift from the models it describes. TensorFlow-free.
+"""
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+CARD_NAME = "MODEL_CARD.md"
+CARD_JSON = "model_card.json"
+
+INTENDED_USE = (
+    "Decision support for reading paediatric chest radiographs (frontal view) for "
+    "pneumonia: a second reader that flags films for attention. Not a standalone "
+    "diagnosis, not for adults, lateral views, CT or other findings; every decision it "
+    "informs stays with a clinician.")
+
+FAILURE_MODES = (
+    "Trained on one centre's paediatric films (the source describes children aged one "
+    "to five at Guangzhou Women and Children's Medical Center): films from other "
+    "machines, hospitals, ages or positioning can score differently, and a model's "
+    "internal-split figures overstate how it does on them (the external validation "
+    "above, where present, and the README). Measure on your own films first "
+    "(cxr-evaluate --image_dir) and set the operating point on them (cxr-calibrate).",
+    "Images that are not chest radiographs (photographs, blank or inverted images, other "
+    "body parts) still receive a score: the model cannot tell that it is out of scope.",
+    "Labels are pneumonia vs normal only; bacterial and viral pneumonia are pooled, and "
+    "other abnormalities are not modelled.",
+    "The int8 models' probabilities are coarser than float32's (quantized logits); their "
+    "decisions agree with the SavedModel's on the rates the report shows.",
+)
+
+
+def _pct(m: Dict[str, Any], key: str) -> str:
+  low, high = m["ci95"][key]
+  return f"{100 * m[key]:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def _auc(m: Dict[str, Any]) -> str:
+  low, high = m["roc_auc_ci95"]
+  return f"{m['roc_auc']:.4f} ({low:.4f}-{high:.4f})"
+
+
+def _table(rows: Dict[str, Dict[str, Any]]) -> List[str]:
+  lines = ["| model | threshold | accuracy | sensitivity | specificity | ROC-AUC | ECE |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name, m in rows.items():
+    lines.append(f"| {name} | {m['threshold']:.4f} | {_pct(m, 'accuracy')} | "
+                 f"{_pct(m, 'sensitivity')} | {_pct(m, 'specificity')} | {_auc(m)} | "
+                 f"{m['ece']:.4f} |")
+  return lines
+
+
+def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any],
+          manifest: Dict[str, Any]) -> Dict[str, Any]:
+  """The card's content (model_card.json) from the export's own records."""
+  train = manifest["splits"]["train"]
+  evaluated = {"saved_model (float32)": report["saved_model"], **report["variants"]}
+  card: Dict[str, Any] = {
+      "model": metadata.get("model"),
+      "intended_use": INTENDED_USE,
+      "training_data": {
+          "source": metadata.get("credit"),
+          "population": "paediatric, one centre; frontal chest radiographs",
+          "manifest_sha256": metadata.get("data_manifest_sha256"),
+          "train_images_per_class": {k: v["images"] for k, v in train["classes"].items()},
+          "train_patients": train["patients"],
+          "split": "by patient, stratified by class, seeded (cxr-convert)",
+          "source_formats": manifest.get("source_formats"),
+      },
+      "training": {k: info.get(k) for k in ("augment", "epochs", "best_epoch", "seed",
+                                            "class_weight", "threshold_rule")},
+      "decision_threshold": {"value": metadata.get("threshold"),
+                             "rule": metadata.get("threshold_rule")},
+      "internal_test": {"images": report["test_images"],
+                        "note": "held-out split of the training source",
+                        "models": evaluated},
+      "failure_modes": list(FAILURE_MODES),
+      "files": {name: {"sha256": e["sha256"], "bytes": e["bytes"],
+                       "threshold": e.get("threshold")}
+                for name, e in metadata["models"].items()},
+      "versions": manifest.get("tools"),
+  }
+  external = report.get("external")
+  if external:
+    card["external_validation"] = {
+        "folder": external["external_dir"], "images": external["images"],
+        "patients": external["patients"],
+        "note": "films from another acquisition than training; nothing was trained on them",
+        "models": {"saved_model (float32)": external["saved_model"], **external["variants"]}}
+  return card
+
+
+def markdown(card: Dict[str, Any]) -> str:
+  """MODEL_CARD.md for a card from `build`."""
+  data = card["training_data"]
+  lines = [f"# Model card: {card['model']} (cxr-edge)", "",
+           "## Intended use", "", card["intended_use"], "",
+           "## Training data", "",
+           f"- Source: {data['source']}",
+           f"- Population: {data['population']}",
+           f"- Training split: {data['train_patients']} patients; images per class "
+           + ", ".join(f"{k} {v}" for k, v in data["train_images_per_class"].items()),
+           f"- Split: {data['split']}; conversion manifest sha256 {data['manifest_sha256']}",
+           "",
+           "## Decision threshold", "",
+           f"{card['decision_threshold']['value']} (rule: {card['decision_threshold']['rule']}). "
+           "Each file's own threshold is in the Files table and embedded in the file.", ""]
+  if "external_validation" in card:
+    ext = card["external_validation"]
+    lines += ["## External validation", "",
+              f"{ext['images']} films ({ext['patients']} patients) from "
+              f"`{ext['folder']}`: {ext['note']}. 95% intervals: Wilson for proportions, "
+              "bootstrap over patients for ROC-AUC; ECE over 10 bins.", ""]
+    lines += _table(ext["models"]) + [""]
+  test = card["internal_test"]
+  lines += ["## Internal test split", "",
+            f"{test['images']} images, {test['note']}; same intervals.", ""]
+  lines += _table(test["models"]) + [""]
+  lines += ["## Known failure modes and limits", ""]
+  lines += [f"- {m}" for m in card["failure_modes"]] + [""]
+  lines += ["## Files", "", "| file | bytes | sha256 | threshold |", "| --- | --- | --- | --- |"]
+  for name, f in card["files"].items():
+    lines.append(f"| {name} | {f['bytes']} | `{f['sha256']}` | {f['threshold']} |")
+  lines += ["", "## Versions", "",
+            ", ".join(f"{k} {v}" for k, v in (card["versions"] or {}).items()), ""]
+  return "\n".join(lines)
+
+
+def write(export_dir: str, metadata: Dict[str, Any], report: Dict[str, Any],
+          info: Dict[str, Any], manifest: Dict[str, Any]) -> Optional[str]:
+  """Writes MODEL_CARD.md and model_card.json into export_dir; returns the .md path."""
+  card = build(metadata, report, info, manifest)
+  with open(os.path.join(export_dir, CARD_JSON), "w", encoding="utf-8") as f:
+    json.dump(card, f, indent=2)
+  path = os.path.join(export_dir, CARD_NAME)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(markdown(card))
+  return path
+
