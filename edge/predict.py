@@ -18,7 +18,9 @@ package; a metadata.json beside it is optional and must agree with it. Before re
 any image it refuses, in one line, a missing or corrupt model, edited embedded metadata,
 a disagreeing or unreadable metadata.json, or metadata that does not fit the model.
 Writes one JSON line per image, {"path", "label", "p_pneumonia", "threshold",
-"model_sha256", "latency_ms"} (label is PNEUMONIA iff p_pneumonia >= threshold), or
+"model_sha256", "warning", "latency_ms"} (label is PNEUMONIA iff p_pneumonia >=
+threshold; warning: why the input does not look like a chest radiograph, by a cheap
+check in pipeline/guard.py, or null; --strict refuses such inputs instead), or
 {"path", "error"} for an image it cannot read; progress (images/s, time left) on stderr
 every 10 s of a long run, then a summary. Exit status 1 if any input failed.
 
@@ -42,6 +44,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write results to this .jsonl or .
                               "instead of stdout.")
 _FORMAT = flags.DEFINE_enum("format", None, ["jsonl", "csv"],
                             "Output format; default: --output's extension, else jsonl.")
+_STRICT = flags.DEFINE_bool(
+    "strict", False, "Refuse (an error line) inputs the plausibility guard flags as not "
+    "looking like a chest radiograph, instead of predicting them with a warning.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
@@ -75,13 +80,14 @@ def main(argv):
   writer = None
   if fmt == "csv":
     writer = csv.DictWriter(out, ["path", "label", "p_pneumonia", "threshold", "model_sha256",
-                                  "latency_ms", "error", "skipped"])
+                                  "warning", "latency_ms", "error", "skipped"])
     writer.writeheader()
-  ok, failed, skipped, latencies, counts = 0, 0, 0, [], {label: 0 for label in model.labels}
+  ok, failed, skipped, warned = 0, 0, 0, 0
+  latencies, counts = [], {label: 0 for label in model.labels}
   items = list(runtime.expand_paths(patterns))  # the total, for progress
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   try:
-    for done, result in enumerate(runtime.predict_paths(model, items), 1):
+    for done, result in enumerate(runtime.predict_paths(model, items, _STRICT.value), 1):
       progress.update(done)
       if "error" in result:
         failed += 1
@@ -89,6 +95,7 @@ def main(argv):
         skipped += 1
       else:
         ok += 1
+        warned += bool(result["warning"])
         latencies.append(result["latency_ms"])
         counts[result["label"]] += 1
       if writer:
@@ -98,7 +105,9 @@ def main(argv):
   finally:
     if out is not sys.stdout:
       out.close()
-  summary = (f"cxr-predict: {ok} image(s) predicted, {failed} failed"
+  summary = (f"cxr-predict: {ok} image(s) predicted"
+             + (f" ({warned} with a warning: not like a chest radiograph)" if warned else "")
+             + f", {failed} failed"
              + (f", {skipped} skipped (not films)" if skipped else "") + "; "
              + ", ".join(f"{k} {v}" for k, v in counts.items()))
   if latencies:

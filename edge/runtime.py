@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from edge import package
 from pipeline import cli
 from pipeline import film
+from pipeline import guard
 from pipeline import schema
 
 
@@ -93,23 +94,35 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
   return top + (bottom - top) * wy[:, None]
 
 
+def model_bytes(data: bytes) -> bytes:
+  """A file's bytes as the model's preprocessing takes them: DICOM, TIFF and 16-bit PNG
+  windowed to an 8-bit PNG by pipeline/film.py (as cxr-convert stores them), others as
+  they are.
+
+  Raises:
+    ImageError: not a film the model can take (the reason says why).
+  """
+  if film.needs_windowing(data):
+    try:
+      return film.read_film(data, schema.MAX_PIXELS).encoded
+    except film.FilmError as e:
+      raise ImageError(str(e)) from None
+  return data
+
+
+def preprocess_gray(gray: np.ndarray, image_size: int, scale: float) -> np.ndarray:
+  """uint8 [H, W] -> float32 [image_size, image_size, 1] in [0, 1]."""
+  resized = resize_bilinear(gray.astype(np.float32), image_size) * np.float32(scale)
+  return np.clip(resized, 0.0, 1.0)[..., None]
+
+
 def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
   """A file's bytes -> float32 [image_size, image_size, 1] in [0, 1] (training's preprocessing).
-
-  DICOM, TIFF and 16-bit PNG are first windowed to 8 bits by pipeline/film.py, as
-  cxr-convert stores them.
 
   Raises:
     ImageError: unreadable, or not a film the model can take (the reason says why).
   """
-  if film.needs_windowing(data):
-    try:
-      data = film.read_film(data, schema.MAX_PIXELS).encoded
-    except film.FilmError as e:
-      raise ImageError(str(e)) from None
-  gray = decode_grayscale(data).astype(np.float32)
-  resized = resize_bilinear(gray, image_size) * np.float32(scale)
-  return np.clip(resized, 0.0, 1.0)[..., None]
+  return preprocess_gray(decode_grayscale(model_bytes(data)), image_size, scale)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -240,19 +253,33 @@ class LiteModel:
     """float32 [N, S, S, 1] -> float64 [N] PNEUMONIA probabilities, one invoke per image."""
     return np.array([self.probabilities(x)[1] for x in images], dtype=np.float64)
 
-  def predict_bytes(self, data: bytes) -> Dict[str, object]:
-    """A film's bytes -> its prediction record (latency: preprocess + invoke).
+  def predict_bytes(self, data: bytes, strict: bool = False) -> Dict[str, object]:
+    """A film's bytes -> its prediction record (latency: preprocess, guard and invoke).
+
+    Args:
+      data: the file's bytes.
+      strict: an input the plausibility guard (pipeline/guard.py) flags is refused
+        (ImageError) instead of predicted with a warning.
 
     Returns:
       {"label", "p_pneumonia" (the positive class's probability), "threshold" (label is
-      PNEUMONIA iff p_pneumonia >= threshold), "model_sha256", "latency_ms"}.
+      PNEUMONIA iff p_pneumonia >= threshold), "model_sha256", "warning" (None, or why the
+      input does not look like a chest radiograph), "latency_ms"}.
+
+    Raises:
+      ImageError: unreadable input, or (strict) an implausible one.
     """
     start = time.perf_counter()
-    probs = self.probabilities(preprocess(data, self.image_size, self.scale))
+    data = model_bytes(data)
+    gray = decode_grayscale(data)
+    warning = guard.check(gray, guard.chroma(data), resize_bilinear)
+    if warning and strict:
+      raise ImageError(f"rejected (--strict): {warning}")
+    probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))
     latency = (time.perf_counter() - start) * 1000
     p = float(probs[1])
     return {"label": self.labels[int(p >= self.threshold)], "p_pneumonia": round(p, 6),
-            "threshold": self.threshold, "model_sha256": self.sha256,
+            "threshold": self.threshold, "model_sha256": self.sha256, "warning": warning,
             "latency_ms": round(latency, 3)}
 
 
@@ -333,8 +360,8 @@ def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
       yield from ((p, None) for p in matches)
 
 
-def predict_paths(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]]
-                  ) -> Iterator[Dict[str, object]]:
+def predict_paths(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]],
+                  strict: bool = False) -> Iterator[Dict[str, object]]:
   """One result dict per expand_paths item; a bad input gets {"path", "error"}, a file that
   is not a film {"path", "skipped"}, and the run goes on."""
   for path, error in items:
@@ -347,6 +374,6 @@ def predict_paths(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]]
     try:
       with open(path, "rb") as f:
         data = f.read()
-      yield {"path": path, **model.predict_bytes(data)}
+      yield {"path": path, **model.predict_bytes(data, strict)}
     except (OSError, ImageError) as e:
       yield {"path": path, "error": str(e) if isinstance(e, ImageError) else f"unreadable: {e}"}

@@ -88,7 +88,8 @@ def test_predictor_runs_without_tensorflow_and_matches_the_report(exported, tmp_
   sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
   for line, path in zip(lines, files):
     assert set(line) == {"path", "label", "p_pneumonia", "threshold", "model_sha256",
-                         "latency_ms"}
+                         "warning", "latency_ms"}
+    assert line["warning"] is None  # real films: nothing implausible
     p = float(lite.probabilities(runtime.preprocess(open(path, "rb").read(), 48, 1 / 255))[1])
     assert line["p_pneumonia"] == pytest.approx(p, abs=1e-6)
     assert line["threshold"] == meta["models"]["model_int8.tflite"]["threshold"]
@@ -312,3 +313,25 @@ def test_csv_on_stdout_with_format(exported):
   assert len(rows) == 2 and {"p_pneumonia", "threshold", "model_sha256"} <= set(rows[0])
   r = _run_predict(f"--model={model}", "--format=csv", "--output=x.jsonl", *_sample_files(2))
   assert r.returncode == 1 and "--format=csv but --output ends in .jsonl" in r.stderr
+
+
+def test_implausible_inputs_get_a_warning_or_with_strict_an_error(exported, tmp_path):
+  model = os.path.join(exported[0], "model_int8.tflite")
+  film = _sample_files(2)[0]
+  black = write_file(str(tmp_path / "black.png"), _png(np.zeros((64, 64), np.uint8)))
+  r = _run_predict(f"--model={model}", film, black)
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
+  assert r.returncode == 0 and lines[os.path.basename(film)]["warning"] is None
+  assert lines["black.png"]["warning"].startswith("near-constant image")
+  assert "label" in lines["black.png"]  # still predicted, but flagged
+  assert "2 image(s) predicted (1 with a warning" in r.stderr
+  r = _run_predict(f"--model={model}", "--strict", film, black)
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
+  assert r.returncode == 1 and lines["black.png"]["error"].startswith("rejected (--strict)")
+  assert "label" in lines[os.path.basename(film)]
+
+
+def _png(array) -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(array).save(out, format="PNG")
+  return out.getvalue()
