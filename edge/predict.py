@@ -30,13 +30,16 @@ import csv
 import json
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from edge import explain
 from edge import runtime
 from pipeline import cli
+from pipeline import overlay
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export (its "
                              "metadata is embedded; a metadata.json beside it must agree).")
@@ -47,6 +50,10 @@ _FORMAT = flags.DEFINE_enum("format", None, ["jsonl", "csv"],
 _STRICT = flags.DEFINE_bool(
     "strict", False, "Refuse (an error line) inputs the plausibility guard flags as not "
     "looking like a chest radiograph, instead of predicting them with a warning.")
+_EXPLAIN = flags.DEFINE_string(
+    "explain", None, "Write an occlusion-sensitivity overlay per predicted film into this "
+    "folder (<name>.occlusion.png), computed with the model itself: about 200 invokes a "
+    "film. It shows what the model used, not a diagnostic localisation.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
@@ -57,6 +64,24 @@ PROGRESS_SECONDS = 10.0
 def _report_progress(done: int, total: int, rate: float, left: float, _) -> None:
   print(f"cxr-predict: {done}/{total} images, {rate:.1f}/s, about {left:.0f} s left",
         file=sys.stderr, flush=True)
+
+
+def _explain(model: runtime.LiteModel, result: dict, folder: str, index: int) -> dict:
+  """Writes the occlusion overlay of one predicted film; returns the record's additions."""
+  start = time.perf_counter()
+  with open(result["path"], "rb") as f:
+    data = runtime.model_bytes(f.read())
+  gray = runtime.decode_grayscale(data)
+  heat = explain.occlusion_map(model, runtime.preprocess_gray(gray, model.image_size,
+                                                              model.scale))
+  caption = (f"{result['label']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
+             f"{result['threshold']:.3f})\nocclusion sensitivity, deployed model: "
+             f"{overlay.NOT_A_LOCALISATION}")
+  name = f"{index:05d}_{os.path.splitext(os.path.basename(result['path']))[0]}.occlusion.png"
+  path = os.path.join(folder, name)
+  with open(path, "wb") as f:
+    f.write(overlay.heat_overlay(gray, heat, caption))
+  return {"explanation": path, "explain_ms": round((time.perf_counter() - start) * 1000, 1)}
 
 
 def main(argv):
@@ -80,10 +105,13 @@ def main(argv):
   writer = None
   if fmt == "csv":
     writer = csv.DictWriter(out, ["path", "label", "p_pneumonia", "threshold", "model_sha256",
-                                  "warning", "latency_ms", "error", "skipped"])
+                                  "warning", "latency_ms", "explanation", "explain_ms",
+                                  "error", "skipped"])
     writer.writeheader()
   ok, failed, skipped, warned = 0, 0, 0, 0
-  latencies, counts = [], {label: 0 for label in model.labels}
+  latencies, explain_ms, counts = [], [], {label: 0 for label in model.labels}
+  if _EXPLAIN.value:
+    os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   try:
@@ -97,6 +125,9 @@ def main(argv):
         ok += 1
         warned += bool(result["warning"])
         latencies.append(result["latency_ms"])
+        if _EXPLAIN.value:
+          result.update(_explain(model, result, _EXPLAIN.value, done))
+          explain_ms.append(result["explain_ms"])
         counts[result["label"]] += 1
       if writer:
         writer.writerow(result)
@@ -112,6 +143,9 @@ def main(argv):
              + ", ".join(f"{k} {v}" for k, v in counts.items()))
   if latencies:
     summary += f"; latency p50 {np.percentile(latencies, 50):.2f} ms"
+  if explain_ms:
+    summary += (f"; {len(explain_ms)} explanation(s) in {_EXPLAIN.value}, "
+                f"{np.median(explain_ms) / 1000:.1f} s each (median)")
   print(summary, file=sys.stderr)
   if failed:
     sys.exit(1)

@@ -10,7 +10,8 @@ Reports accuracy, precision, sensitivity, specificity, F1 and the confusion matr
 threshold chosen on validation and at 0.5, plus ROC-AUC, PR-AUC, Brier score and expected
 calibration error. Accuracy, sensitivity and specificity carry 95% Wilson intervals,
 ROC-AUC a 95% bootstrap interval over patients. Writes metrics.json, predictions.csv,
-roc.png, pr.png, calibration.png (reliability), confusion_matrix.png.
+roc.png, pr.png, calibration.png (reliability), confusion_matrix.png; with --explain=N,
+Grad-CAM overlays in explanations/ (what the model used, not a diagnostic localisation).
 """
 import os
 import sys
@@ -35,6 +36,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the reports are wri
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Inference batch size.", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier evaluation's reports "
                                "in --output_dir.")
+_EXPLAIN = flags.DEFINE_integer(
+    "explain", 0, "Write Grad-CAM overlays (explanations/) for the N most confident errors "
+    "and the N most confident correct films of each class; 0: none.", lower_bound=0)
 
 flags.register_multi_flags_validator(
     ["data_dir", "image_dir"], lambda f: (f["data_dir"] is None) != (f["image_dir"] is None),
@@ -63,7 +67,7 @@ def main(argv):
   try:
     r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
                               _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value,
-                              _OVERWRITE.value)
+                              _OVERWRITE.value, _EXPLAIN.value)
   except (ValueError, FileNotFoundError, convert_lib.ConversionError,
           dataset.CorruptDataError) as e:
     sys.exit(f"cxr-evaluate: error: {e}")
@@ -78,6 +82,10 @@ def main(argv):
                       for k in ("accuracy", "sensitivity", "specificity"))
           + f" (95% Wilson intervals), precision {m['precision']:.4f}, F1 {m['f1']:.4f}, "
           f"confusion [[TN FP] [FN TP]] {m['confusion_matrix']['rows_true_cols_pred']}")
+  if "explanations" in r:
+    e = r["explanations"]
+    print(f"  {len(e['films'])} Grad-CAM overlays in {e['folder']} "
+          f"({e['seconds_per_film']:.2f} s each; not a diagnostic localisation)")
   print(f"  reports in {_OUTPUT_DIR.value}")
 
 

@@ -8,6 +8,8 @@ import contextlib
 import csv
 import json
 import os
+import shutil
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
@@ -101,12 +103,77 @@ def _plot_confusion(matrix, path: str, title: str) -> None:
 
 
 REPORTS = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "calibration.png",
-           "confusion_matrix.png")
+           "confusion_matrix.png", "explanations")
+
+
+def grad_cam(model, images: np.ndarray, threshold: float) -> np.ndarray:
+  """Grad-CAM maps [N, h, w] >= 0 of the last convolutional features, for the decided class.
+
+  The target is the logit margin (PNEUMONIA minus NORMAL), signed toward the class each
+  film was assigned at `threshold`, so a map shows what supported that decision.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  from model import models  # pylint: disable=g-import-not-at-top
+  conv = next(layer for layer in reversed(model.layers)
+              if len(getattr(layer, "output_shape", ()) or ()) == 4)
+  logits = model.get_layer(models.LOGITS_LAYER).output
+  probe = keras.Model(model.inputs, [conv.output, logits])
+  x = tf.constant(images, tf.float32)
+  with tf.GradientTape() as tape:
+    features, out = probe(x, training=False)
+    margin = out[:, 1] - out[:, 0]
+    # p = sigmoid(margin) >= threshold  <=>  margin >= logit(threshold)
+    cut = float(np.log(threshold / (1 - threshold)))
+    sign = tf.where(margin >= cut, 1.0, -1.0)
+    target = tf.reduce_sum(tf.stop_gradient(sign) * margin)
+  grads = tape.gradient(target, features)
+  weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+  return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+
+
+def choose_films_to_explain(y: np.ndarray, p: np.ndarray, threshold: float,
+                            n: int) -> List[Tuple[str, int]]:
+  """The n most confident errors, then the n most confident correct films of each class."""
+  pred = (p >= threshold).astype(int)
+  confidence = np.abs(p - threshold)
+  chosen = []
+  errors = np.flatnonzero(pred != y)
+  chosen += [("error", int(i)) for i in errors[np.argsort(-confidence[errors], kind="stable")][:n]]
+  for c, label in enumerate(schema.LABELS):
+    right = np.flatnonzero((pred == y) & (y == c))
+    chosen += [(f"correct_{label.lower()}", int(i))
+               for i in right[np.argsort(-confidence[right], kind="stable")][:n]]
+  return chosen
+
+
+def _write_explanations(model, images: np.ndarray, preds: Dict[str, np.ndarray],
+                        threshold: float, n: int, folder: str) -> Dict[str, Any]:
+  from pipeline import overlay  # pylint: disable=g-import-not-at-top
+  y, p = preds["label"], preds["probability"]
+  chosen = choose_films_to_explain(y, p, threshold, n)
+  os.makedirs(folder, exist_ok=True)
+  start = time.perf_counter()
+  films = []
+  for k, (category, i) in enumerate(chosen):
+    heat = grad_cam(model, images[i:i + 1], threshold)[0]
+    decided = schema.LABELS[int(p[i] >= threshold)]
+    caption = (f"{schema.LABELS[int(y[i])]} film, predicted {decided} (p_pneumonia "
+               f"{p[i]:.3f})\nGrad-CAM, float model: {overlay.NOT_A_LOCALISATION}")
+    stem = os.path.splitext(os.path.basename(str(preds["filename"][i])))[0]
+    name = f"{category}_{k:02d}_{stem}.png"
+    with open(os.path.join(folder, name), "wb") as f:
+      f.write(overlay.heat_overlay(images[i][..., 0], heat, caption))
+    films.append({"file": str(preds["filename"][i]), "category": category, "png": name})
+  seconds = time.perf_counter() - start
+  return {"folder": folder, "films": films,
+          "seconds_per_film": round(seconds / max(1, len(films)), 3)}
 
 
 def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
              split: str = "test", image_dir: Optional[str] = None,
-             batch_size: int = 64, overwrite: bool = False) -> Dict[str, Any]:
+             batch_size: int = 64, overwrite: bool = False,
+             explain: int = 0) -> Dict[str, Any]:
   """Evaluates a cxr-train model at its saved threshold and at 0.5.
 
   Args:
@@ -117,6 +184,8 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
     image_dir: a class-folder tree instead of data_dir.
     batch_size: inference batch size.
     overwrite: replace an earlier evaluation's reports in output_dir.
+    explain: write Grad-CAM overlays (explanations/) for the `explain` most confident
+      errors and the `explain` most confident correct films of each class.
 
   Returns:
     The metrics dict written to metrics.json.
@@ -147,6 +216,12 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
             "patients": int(len(set(preds["patient_id"]))), "skipped": skipped,
             **metrics_lib.summary(y, p, threshold, preds["patient_id"])}
   os.makedirs(output_dir, exist_ok=True)
+  shutil.rmtree(os.path.join(output_dir, "explanations"), ignore_errors=True)  # ours, if any
+  if explain > 0:
+    images = (dataset.read_split(data_dir, split, image_size).images if data_dir is not None
+              else dataset.load_image_folder(image_dir, image_size).images)
+    result["explanations"] = _write_explanations(
+        model, images, preds, threshold, explain, os.path.join(output_dir, "explanations"))
   with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
   with open(os.path.join(output_dir, "predictions.csv"), "w", newline="", encoding="utf-8") as f:

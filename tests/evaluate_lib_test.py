@@ -4,10 +4,13 @@ import os
 
 from absl import flags
 import numpy as np
+from PIL import Image
 import pytest
 
 from model import evaluate_lib
 from model import metrics
+from model import model_dir as model_dir_lib
+from pipeline import dataset
 from tests.conftest import SAMPLE_DIR, image_bytes, run_main, write_file
 
 
@@ -68,3 +71,33 @@ def test_image_dir_without_class_folders_names_the_flag(trained_model, tmp_path)
              image_dir=str(tmp_path / "films"))
   assert str(e.value.code).startswith("cxr-evaluate: error: --image_dir ")
   assert "holds no class folders" in str(e.value.code)
+
+
+def test_explain_writes_grad_cam_overlays_for_errors_and_correct_films(trained_model,
+                                                                       sample_records, tmp_path):
+  out = tmp_path / "ev"
+  r = evaluate_lib.evaluate(trained_model, str(out), data_dir=sample_records, explain=1)
+  films = r["explanations"]["films"]
+  categories = [f["category"] for f in films]
+  assert set(categories) <= {"error", "correct_normal", "correct_pneumonia"}
+  assert categories.count("correct_normal") <= 1 and categories.count("error") <= 1
+  assert len(films) >= 2  # the tiny model gets some films right in each class it predicts
+  for f in films:
+    with Image.open(out / "explanations" / f["png"]) as im:
+      assert im.format == "PNG" and im.size[0] == 320
+  assert r["explanations"]["seconds_per_film"] > 0
+  json.load(open(out / "metrics.json"))["explanations"]  # recorded
+
+
+def test_choose_films_to_explain_hand_computed():
+  y = np.array([0, 0, 1, 1, 1, 0])
+  p = np.array([0.9, 0.1, 0.8, 0.3, 0.99, 0.4])  # errors: 0 (conf .4), 3 (conf .2)
+  chosen = evaluate_lib.choose_films_to_explain(y, p, 0.5, 1)
+  assert chosen == [("error", 0), ("correct_normal", 1), ("correct_pneumonia", 4)]
+
+
+def test_grad_cam_is_non_negative_and_follows_the_decision(trained_model, sample_records):
+  model, info = model_dir_lib.load_model_dir(trained_model)
+  images = dataset.read_split(sample_records, "val", info["image_size"]).images[:4]
+  maps = evaluate_lib.grad_cam(model, images, info["threshold"])
+  assert maps.shape[0] == 4 and maps.ndim == 3 and (maps >= 0).all()

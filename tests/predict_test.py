@@ -335,3 +335,18 @@ def _png(array) -> bytes:
   out = io.BytesIO()
   Image.fromarray(array).save(out, format="PNG")
   return out.getvalue()
+
+
+def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp_path):
+  from edge import explain  # pylint: disable=g-import-not-at-top
+  model_path = os.path.join(exported[0], "model_int8.tflite")
+  lite = runtime.LiteModel(model_path)
+  film = _sample_files(2)[1]
+  heat = explain.occlusion_map(lite, runtime.preprocess(open(film, "rb").read(), 48, 1 / 255))
+  assert heat.shape == (15, 15) and (heat >= 0).all()  # 6-px squares every 3 px on 48 px
+  r = _run_predict(f"--model={model_path}", f"--explain={tmp_path / 'why'}", film)
+  assert r.returncode == 0, r.stderr[-2000:]
+  line = json.loads(r.stdout)
+  with Image.open(line["explanation"]) as im:
+    assert im.format == "PNG"
+  assert line["explain_ms"] > 0 and "1 explanation(s)" in r.stderr
