@@ -114,6 +114,7 @@ def main(argv):
     os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
+  interrupted = False
   try:
     for done, result in enumerate(runtime.predict_paths(model, items, _STRICT.value), 1):
       progress.update(done)
@@ -133,10 +134,13 @@ def main(argv):
         writer.writerow(result)
       else:
         out.write(json.dumps(result) + "\n")
+  except KeyboardInterrupt:
+    interrupted = True  # Ctrl-C: what was predicted is written; say so and how much
   finally:
     if out is not sys.stdout:
       out.close()
-  summary = (f"cxr-predict: {ok} image(s) predicted"
+  summary = ("cxr-predict: " + (f"interrupted after {ok + failed + skipped} of {len(items)}: "
+                                if interrupted else "") + f"{ok} image(s) predicted"
              + (f" ({warned} with a warning: not like a chest radiograph)" if warned else "")
              + f", {failed} failed"
              + (f", {skipped} skipped (not films)" if skipped else "") + "; "
@@ -147,6 +151,8 @@ def main(argv):
     summary += (f"; {len(explain_ms)} explanation(s) in {_EXPLAIN.value}, "
                 f"{np.median(explain_ms) / 1000:.1f} s each (median)")
   print(summary, file=sys.stderr)
+  if interrupted:
+    sys.exit(130)
   if failed:
     sys.exit(1)
 

@@ -350,3 +350,26 @@ def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp
   with Image.open(line["explanation"]) as im:
     assert im.format == "PNG"
   assert line["explain_ms"] > 0 and "1 explanation(s)" in r.stderr
+
+
+def test_ctrl_c_prints_the_summary_so_far_and_exits_130(exported, tmp_path, monkeypatch, capsys):
+  predict = job("edge.predict")
+  model = os.path.join(exported[0], "model_int8.tflite")
+  real = runtime.LiteModel.predict_bytes
+  calls = []
+
+  def interrupt_at_third(self, data, strict=False):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real(self, data, strict)
+
+  monkeypatch.setattr(runtime.LiteModel, "predict_bytes", interrupt_at_third)
+  out = tmp_path / "r.jsonl"
+  with flagsaver.flagsaver(model=model, output=str(out)):
+    flags.FLAGS.mark_as_parsed()
+    with pytest.raises(SystemExit) as e:
+      predict.main(["cxr-predict", *_sample_files(6)])
+  assert e.value.code == 130
+  assert "cxr-predict: interrupted after 2 of 6: 2 image(s) predicted" in capsys.readouterr().err
+  assert len(out.read_text().splitlines()) == 2  # what was done is kept
