@@ -157,18 +157,20 @@ def _strategy(name: str) -> tf.distribute.Strategy:
   raise ValueError(f"unknown strategy {name!r}")
 
 
-def _learning_rate(config: train_config.TrainConfig):
+def learning_rate(config: train_config.TrainConfig, replicas: int = 1):
   """A constant rate, or cosine decay to 0 over the whole run.
 
   The schedule is a function of the optimizer's step, which BackupAndRestore restores,
-  so a resumed run continues on the same curve.
+  so a resumed run continues on the same curve. One step consumes the global batch
+  (batch_size per replica x replicas), so an epoch has that many fewer steps with more
+  replicas; sized with the per-replica batch, the decay would never finish.
   """
   if config.lr_schedule == "constant":
     return config.learning_rate
   if config.lr_schedule != "cosine":
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
   steps = config.steps_per_epoch or -(-dataset.split_size(config.data_dir, "train")
-                                      // config.batch_size)
+                                      // (config.batch_size * replicas))
   return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs)
 
 
@@ -302,7 +304,7 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
       classifier = models.build(config.model, config.image_size, config.width, config.dropout)
     model = AugmentingModel(classifier, config.augment, config.seed, config.mixup)
     model.compile(
-        optimizer=keras.optimizers.Adam(_learning_rate(config)),
+        optimizer=keras.optimizers.Adam(learning_rate(config, strategy.num_replicas_in_sync)),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  PositiveAUC(name="auc", num_thresholds=1000)])

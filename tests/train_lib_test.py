@@ -327,3 +327,10 @@ def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
   ce = lambda labels: keras.losses.sparse_categorical_crossentropy(labels, clf(mixed)).numpy()
   want = np.mean(lam * w * ce(y) + (1 - lam) * w[::-1] * ce(y[::-1]))
   assert loss == pytest.approx(float(want), rel=1e-4)
+
+
+def test_cosine_schedule_counts_global_batches(sample_records, tmp_path):
+  cfg = _config(sample_records, tmp_path / "m", steps_per_epoch=None, epochs=3, batch_size=16)
+  # 241 training records: 16 steps an epoch at one replica, 8 at two (global batch 32).
+  assert train_lib.learning_rate(cfg, 1).decay_steps == 16 * 3
+  assert train_lib.learning_rate(cfg, 2).decay_steps == 8 * 3
