@@ -218,6 +218,10 @@ def main(argv):
   except (ValueError, FileNotFoundError, dataset.CorruptDataError,
           convert_lib.ConversionError) as e:
     sys.exit(f"cxr-train: error: {e}")
+  if info.get("chief") is False:
+    print("cxr-train: this worker is done; the chief worker writes the run to "
+          f"{_MODEL_DIR.value}")
+    return
   if info.get("already_finished"):
     print(f"cxr-train: {_MODEL_DIR.value} already holds this finished run; nothing to do "
           "(--overwrite starts over)")

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -169,9 +170,21 @@ def learning_rate(config: train_config.TrainConfig, replicas: int = 1):
     return config.learning_rate
   if config.lr_schedule != "cosine":
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
-  steps = config.steps_per_epoch or -(-dataset.split_size(config.data_dir, "train")
-                                      // (config.batch_size * replicas))
+  steps = steps_per_epoch(config, "train", replicas)
   return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs)
+
+
+def steps_per_epoch(config: train_config.TrainConfig, split: str, replicas: int = 1) -> int:
+  """Steps of one pass over a split at the global batch (batch_size x replicas).
+
+  One replica ends an epoch at the end of the data (the last batch partial); several
+  replicas read a repeated dataset for a fixed number of whole global batches, since
+  every worker must take the same number of steps.
+  """
+  if split == "train" and config.steps_per_epoch:
+    return config.steps_per_epoch
+  n, batch = dataset.split_size(config.data_dir, split), config.batch_size * replicas
+  return -(-n // batch) if replicas == 1 else max(1, n // batch)
 
 
 def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -272,25 +285,28 @@ def _check(config: train_config.TrainConfig) -> None:
 
 
 def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy):
-  """(train, validation) datasets, distributed when there are several replicas."""
+  """(train, validation, train steps, validation steps), distributed with several replicas."""
   weights = dataset.class_weights(config.data_dir) if config.class_weight == "balanced" else None
-  global_batch = config.batch_size * strategy.num_replicas_in_sync
+  replicas = strategy.num_replicas_in_sync
+  global_batch = config.batch_size * replicas
+  distributed = replicas > 1
 
   def train_fn(ctx=None):
     return dataset.make_dataset(config.data_dir, "train", batch_size=global_batch,
                                 image_size=config.image_size, seed=config.seed,
                                 cache=config.cache, weights=weights, input_context=ctx,
-                                repeat=config.steps_per_epoch is not None)
+                                repeat=distributed or config.steps_per_epoch is not None)
 
   def val_fn(ctx=None):
     return dataset.make_dataset(config.data_dir, "val", batch_size=global_batch,
                                 image_size=config.image_size, cache=config.cache,
-                                input_context=ctx)
+                                input_context=ctx, repeat=distributed)
 
-  if strategy.num_replicas_in_sync > 1:
+  if distributed:
     return (strategy.distribute_datasets_from_function(train_fn),
-            strategy.distribute_datasets_from_function(val_fn))
-  return train_fn(), val_fn()
+            strategy.distribute_datasets_from_function(val_fn),
+            steps_per_epoch(config, "train", replicas), steps_per_epoch(config, "val", replicas))
+  return train_fn(), val_fn(), config.steps_per_epoch, None
 
 
 def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
@@ -318,14 +334,15 @@ def _best_weights_path(config: train_config.TrainConfig) -> str:
 
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                external: Optional[dataset.FolderImages],
-               extra: Optional[List[keras.callbacks.Callback]]) -> List[keras.callbacks.Callback]:
+               extra: Optional[List[keras.callbacks.Callback]],
+               backup_dir: Optional[str] = None) -> List[keras.callbacks.Callback]:
   """External scoring first (later callbacks log what it adds), resume, best epoch, logs."""
   previous = model_dir_lib.read_history(config.model_dir)
   best_weights = _best_weights_path(config)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
   return ([ExternalValidation(classifier, external)] if external is not None else []) + [
       EpochProgress(config.epochs),
-      keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
+      keras.callbacks.BackupAndRestore(backup_dir or os.path.join(config.model_dir, "backup")),
       keras.callbacks.ModelCheckpoint(
           best_weights, monitor="val_auc", mode="max", save_best_only=True,
           save_weights_only=True,
@@ -338,15 +355,16 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   ] + list(extra or [])
 
 
-def _fit(config: train_config.TrainConfig, model: AugmentingModel, train_ds, val_ds,
+def _fit(config: train_config.TrainConfig, model: AugmentingModel, datasets,
          callbacks: List[keras.callbacks.Callback]) -> float:
   """Trains (resuming if interrupted before); returns this run's training seconds."""
   start = time.monotonic()
   with dataset.naming_corrupt_shards(records.shard_paths(config.data_dir, "train")
                                      + records.shard_paths(config.data_dir, "val"),
                                      config.image_size):
+    train_ds, val_ds, train_steps, val_steps = datasets
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-              steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
+              steps_per_epoch=train_steps, validation_steps=val_steps, callbacks=callbacks,
               verbose=config.verbose)
   return time.monotonic() - start
 
@@ -354,13 +372,19 @@ def _fit(config: train_config.TrainConfig, model: AugmentingModel, train_ds, val
 def _finalize(config: train_config.TrainConfig, model: AugmentingModel, classifier: keras.Model,
               external: Optional[dataset.FolderImages], train_seconds: float) -> Dict[str, Any]:
   """Best epoch's weights into a plain (float32) network, threshold, history, model_info."""
-  if os.path.isfile(_best_weights_path(config)):
-    model.load_weights(_best_weights_path(config))
+  del model  # the best epoch is read back into a fresh copy, outside any strategy
   keras.mixed_precision.set_global_policy("float32")
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
     final = model_dir_lib.quantize(final)
-  final.set_weights(classifier.get_weights())
+  if os.path.isfile(_best_weights_path(config)):
+    # The checkpoint is the training wrapper's; a plain wrapper around `final` reads it
+    # (loading into the distributed one fails under a multi-worker strategy).
+    holder = AugmentingModel(final, augment_config.config_from_names(["none"]), config.seed)
+    holder(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
+    holder.load_weights(_best_weights_path(config))
+  else:
+    final.set_weights(classifier.get_weights())
   model_dir_lib.save_model(config.model_dir, final, config.qat)
 
   val = predict_split(final, config.data_dir, "val", config.image_size)
@@ -479,17 +503,47 @@ def train(config: train_config.TrainConfig,
   _check(config)
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")
+  # Before any other TensorFlow op: a multi-worker strategy configures the runtime.
+  strategy = _strategy(config.strategy)
+  backup_dir = os.path.join(config.model_dir, "backup")  # shared by every worker
+  if not _is_chief(strategy):
+    # Only the chief writes the run; another worker's artifacts go to a scratch folder
+    # that it removes (BackupAndRestore still reads the shared backup to resume).
+    scratch = tempfile.mkdtemp(prefix="cxr-train-worker-")
+    try:
+      info = _train(dataclasses.replace(config, model_dir=scratch), strategy, backup_dir,
+                    extra_callbacks)
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+    return dict(info, chief=False)
   finished = _claim_model_dir(config, overwrite)
   if finished is not None:
     logging.info("%s already holds this finished run; nothing to do", config.model_dir)
     return dict(finished, already_finished=True)
+  return _train(config, strategy, backup_dir, extra_callbacks)
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """The chief task of a multi-worker cluster (worker 0 when there is no chief), or any
+  single-process run."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  if not spec:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in spec
+
+
+def _train(config: train_config.TrainConfig, strategy: tf.distribute.Strategy,
+           backup_dir: str, extra_callbacks) -> Dict[str, Any]:
+  """train() once model_dir is settled: datasets, model, callbacks, fit, finalize."""
   keras.utils.set_random_seed(config.seed)
   external = (dataset.load_image_folder(config.external_dir, config.image_size)
               if config.external_dir else None)
-  strategy = _strategy(config.strategy)
-  train_ds, val_ds = _datasets(config, strategy)
+  datasets = _datasets(config, strategy)
   classifier, model = _build(config, strategy)
-  callbacks = _callbacks(config, classifier, external, extra_callbacks)
+  callbacks = _callbacks(config, classifier, external, extra_callbacks, backup_dir)
   logging.info("training %s%s (%d params) on %s for %d epochs; augment=%s; %d replica(s)",
                config.model, " (QAT)" if config.qat else "", classifier.count_params(),
                config.data_dir, config.epochs, ",".join(config.augment.names()) or "none",
@@ -500,5 +554,5 @@ def train(config: train_config.TrainConfig,
     logging.info("all %d epochs had finished; finishing the run", config.epochs)
     train_seconds = 0.0
   else:
-    train_seconds = _fit(config, model, train_ds, val_ds, callbacks)
+    train_seconds = _fit(config, model, datasets, callbacks)
   return _finalize(config, model, classifier, external, train_seconds)

@@ -116,8 +116,8 @@ def make_pipeline(data_dir: str,
     skip_corrupt: skip records that fail to read or decode (logged, and counted by
       InputPipeline.skipped()) instead of failing.
     input_context: from tf.distribute's distribute_datasets_from_function; shards the
-      input per worker (by file when there are enough files, else by record, so it
-      cannot hang with fewer shards than workers).
+      input per worker (by file when there are at least two shards per worker, else by
+      record, so it cannot hang with fewer shards than workers).
 
   Returns:
     An InputPipeline.
@@ -142,10 +142,15 @@ def make_pipeline(data_dir: str,
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
   by_record_shard = None
   if input_context is not None and input_context.num_input_pipelines > 1:
-    if len(paths) >= input_context.num_input_pipelines:
-      files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    workers = input_context.num_input_pipelines
+    # By file when every worker gets at least two shards (balanced enough); else by
+    # record, which never leaves a worker without data.
+    if len(paths) >= 2 * workers:
+      files = files.shard(workers, input_context.input_pipeline_id)
     else:
       by_record_shard = input_context
+    logging.info("%s split: %d shards for %d workers: sharded by %s", split, len(paths),
+                 workers, "file" if by_record_shard is None else "record")
   ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
                         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   if by_record_shard is not None:

@@ -331,6 +331,8 @@ def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
 
 def test_cosine_schedule_counts_global_batches(sample_records, tmp_path):
   cfg = _config(sample_records, tmp_path / "m", steps_per_epoch=None, epochs=3, batch_size=16)
-  # 241 training records: 16 steps an epoch at one replica, 8 at two (global batch 32).
+  # 241 training records: 16 steps an epoch at one replica (the last batch partial); at
+  # two, 7 whole global batches of 32 (every worker must take the same steps).
   assert train_lib.learning_rate(cfg, 1).decay_steps == 16 * 3
-  assert train_lib.learning_rate(cfg, 2).decay_steps == 8 * 3
+  assert train_lib.learning_rate(cfg, 2).decay_steps == 7 * 3
+  assert train_lib.steps_per_epoch(cfg, "val", 2) == 1  # 30 records
