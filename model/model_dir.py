@@ -49,8 +49,12 @@ def read_history(model_dir: str) -> Dict[str, List[float]]:
     return {}
   with open(log_path, newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
+  # A run killed after an epoch's row was logged but before its backup was saved runs
+  # that epoch again when resumed: the later row is the epoch that counts.
+  by_epoch = {int(float(row["epoch"])): row for row in rows
+              if row.get("epoch") not in (None, "")}
   history: Dict[str, List[float]] = {}
-  for row in rows:
+  for _, row in sorted(by_epoch.items()):
     for k, v in row.items():
       history.setdefault(k, []).append(float(v))
   return history

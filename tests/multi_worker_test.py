@@ -47,3 +47,4 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(sample_records, tmp
   assert {"model.keras", "model_info.json", "history.json"} <= set(os.listdir(model_dir))
   assert json.load(open(model_dir / "model_info.json"))["epochs"] == 2
   assert os.listdir(tmp_path / "tmp1") == []  # the other worker's scratch is gone
+

@@ -336,3 +336,12 @@ def test_cosine_schedule_counts_global_batches(sample_records, tmp_path):
   assert train_lib.learning_rate(cfg, 1).decay_steps == 16 * 3
   assert train_lib.learning_rate(cfg, 2).decay_steps == 7 * 3
   assert train_lib.steps_per_epoch(cfg, "val", 2) == 1  # 30 records
+
+
+def test_an_epoch_run_again_after_a_kill_counts_once(tmp_path):
+  # Killed after epoch 1's row was logged but before its backup: the resumed run logs
+  # epoch 1 again; the later row counts.
+  (tmp_path / model_dir_lib.LOG_FILE).write_text(
+      "epoch,loss\n0,0.9\n1,0.8\n1,0.7\n2,0.6\n")
+  assert model_dir_lib.read_history(str(tmp_path)) == {"epoch": [0.0, 1.0, 2.0],
+                                                        "loss": [0.9, 0.7, 0.6]}
