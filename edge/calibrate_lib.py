@@ -177,16 +177,16 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
       "measured_on_the_same_films": {"at_previous": chosen["before"],
                                      "at_new": chosen["after"]},
   }
-  metadata = {k: v for k, v in json.loads(json.dumps(model.metadata)).items() if k != "models"}
-  entry = {k: v for k, v in json.loads(json.dumps(model.entry)).items()
-           if k not in ("file", "bytes", "sha256")}
+  fields = package.model_fields(json.loads(json.dumps(model.metadata)),
+                                json.loads(json.dumps(model.entry)))
+  metadata, entry = fields["package"], fields["model"]
   entry["threshold"] = chosen["threshold"]
   entry["temperature"] = chosen["temperature"]
   entry["threshold_source"] = (f"cxr-calibrate on {record['films']} local films "
                                f"({record['date']}): {chosen['rule']}")
   metadata["site_calibration"] = record
   with open(model_path, "rb") as f:  # the same graph and weights, new embedded metadata
-    data = package.embed(f.read(), {"format": 1, "package": metadata, "model": entry})
+    data = package.embed(f.read(), fields)
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, name), "wb") as f:
     f.write(data)

@@ -73,6 +73,18 @@ def _digest(fields: Dict[str, Any], weights: str) -> str:
   return hashlib.sha256((canonical + weights).encode("utf-8")).hexdigest()
 
 
+# Entry fields that describe the file itself; the file cannot contain its own hash.
+FILE_FIELDS = ("file", "bytes", "sha256")
+
+
+def model_fields(package: Dict[str, Any], entry: Dict[str, Any]) -> Dict[str, Any]:
+  """What a model file carries about itself: the package's fields (metadata.json without
+  "models") and the model's own entry without the fields that describe the file."""
+  return {"format": 1,
+          "package": {k: v for k, v in package.items() if k != "models"},
+          "model": {k: v for k, v in entry.items() if k not in FILE_FIELDS}}
+
+
 def embed(data: bytes, fields: Dict[str, Any]) -> bytes:
   """Returns the model with `fields` (JSON-serializable) as its embedded metadata.
 

@@ -102,12 +102,10 @@ def model_bytes(data: bytes) -> bytes:
   Raises:
     ImageError: not a film the model can take (the reason says why).
   """
-  if film.needs_windowing(data):
-    try:
-      return film.read_film(data, schema.MAX_PIXELS).encoded
-    except film.FilmError as e:
-      raise ImageError(str(e)) from None
-  return data
+  try:
+    return film.as_8bit(data, schema.MAX_PIXELS)
+  except film.FilmError as e:
+    raise ImageError(str(e)) from None
 
 
 def preprocess_gray(gray: np.ndarray, image_size: int, scale: float) -> np.ndarray:

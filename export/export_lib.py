@@ -8,6 +8,7 @@ The TFLite models output logits, not softmax probabilities: an int8 softmax outp
 saturates at 255/256, so confident films tie and ranking (ROC-AUC) suffers; int8 logits
 keep their order, and the edge runtime takes softmax(logits / temperature) in float.
 """
+import hashlib
 import json
 import os
 import time
@@ -315,28 +316,16 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   return report
 
 
-# Entry fields that describe the file itself; the file cannot contain its own hash.
-_FILE_FIELDS = ("file", "bytes", "sha256")
-
-
-def embedded_fields(metadata: Dict[str, Any], name: str) -> Dict[str, Any]:
-  """What the model file `name` carries about itself (edge/package.py): the package's
-  fields and its own entry, without the fields that describe the file."""
-  return {"format": 1,
-          "package": {k: v for k, v in metadata.items() if k != "models"},
-          "model": {k: v for k, v in metadata["models"][name].items()
-                    if k not in _FILE_FIELDS}}
-
-
 def embed_metadata(path: str, metadata: Dict[str, Any]) -> None:
-  """Writes the model's metadata into the .tflite at `path`, then records the file's
-  final size and sha256 in metadata["models"] (the optional metadata.json)."""
+  """Writes the model's metadata into the .tflite at `path` (edge/package.py), then
+  records the file's final size and sha256 in metadata["models"] (the optional
+  metadata.json)."""
   name = os.path.basename(path)
   with open(path, "rb") as f:
-    data = package.embed(f.read(), embedded_fields(metadata, name))
+    data = package.embed(f.read(), package.model_fields(metadata, metadata["models"][name]))
   with open(path, "wb") as f:
     f.write(data)
-  metadata["models"][name].update(bytes=len(data), sha256=image_io.sha256_file(path))
+  metadata["models"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str],

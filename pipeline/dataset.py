@@ -307,7 +307,7 @@ def _readable_bytes(path: tf.Tensor) -> tf.Tensor:
   def read(p):
     with open(p.decode("utf-8", "surrogateescape"), "rb") as f:
       data = f.read()
-    return film.read_film(data).encoded if film.needs_windowing(data) else data
+    return film.as_8bit(data)
 
   data = tf.numpy_function(read, [path], tf.string, stateful=False)
   return tf.reshape(data, [])

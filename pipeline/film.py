@@ -143,6 +143,16 @@ def read_film(data: bytes, max_pixels: Optional[int] = None) -> Film:
     raise FilmError(f"truncated or corrupt image: {e}") from None
 
 
+def as_8bit(data: bytes, max_pixels: Optional[int] = None) -> bytes:
+  """A file's bytes as the shared preprocessing takes them: DICOM, TIFF and 16-bit PNG
+  windowed to an 8-bit PNG (read_film), 8-bit JPEG/PNG unchanged.
+
+  Raises:
+    FilmError: a film that needs windowing but cannot be read.
+  """
+  return read_film(data, max_pixels).encoded if needs_windowing(data) else data
+
+
 def _film(pixels: np.ndarray, source: str, patient_id: Optional[str] = None) -> Film:
   out = io.BytesIO()
   Image.fromarray(pixels, "L").save(out, format="PNG", compress_level=1)

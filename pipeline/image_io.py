@@ -184,8 +184,7 @@ def load_encoded(path: str, expected_sha256: str, fmt: str,
     return Rejection(f"{REASON_CHANGED}: {e.strerror or e}")
   if hashlib.sha256(data).hexdigest() != expected_sha256:
     return Rejection(f"{REASON_CHANGED}: its content differs from the first pass")
-  if film.needs_windowing(data):  # stored as the lossless 8-bit PNG of the windowed film
-    data = film.read_film(data).encoded  # its size was checked by inspect_image
+  data = film.as_8bit(data)  # DICOM etc. stored as the windowed 8-bit PNG; size checked
   with Image.open(io.BytesIO(data)) as im:
     width, height = im.size
     if not max_side or max(width, height) <= max_side:
