@@ -8,14 +8,15 @@ Usage:
   cxr-export --model_dir=/tmp/cxr_model --data_dir=/tmp/cxr_records --export_dir=/tmp/e \
       --external_dir=../shared/data/chest_xray/external
 
-Writes saved_model/ (signatures serving_default: float images -> probabilities, and
-serving_bytes: encoded JPEG/PNG -> probabilities and label), model_float32.tflite,
-model_float16.tflite, model_dynamic_range.tflite, model_int8.tflite (full integer, int8
-I/O), with --qat_model_dir model_qat_int8.tflite (a cxr-train --qat run, full integer),
-labels.txt, metadata.json and export_report.json (accuracy, agreement with the
-SavedModel and latency of every variant on the test split; with --external_dir, every
-variant's metrics with 95% intervals on that folder), and prints the report. The TFLite
-models output logits; probabilities are softmax(logits / temperature) at the edge.
+Writes saved_model/1/ (TensorFlow Serving's layout; signatures serving_default: encoded
+JPEG/PNG -> p_pneumonia, label, threshold; serving_images: float images in [0, 1] ->
+probabilities), model_float32.tflite, model_float16.tflite, model_dynamic_range.tflite,
+model_int8.tflite (full integer, int8 I/O), with --qat_model_dir model_qat_int8.tflite (a
+cxr-train --qat run, full integer), each with its metadata embedded; labels.txt,
+metadata.json, export_report.json (accuracy, agreement with the SavedModel and latency of
+every variant on the test split; with --external_dir, every variant's metrics with 95%
+intervals on that folder), MODEL_CARD.md and model_card.json, and prints the report. The
+TFLite models output logits; probabilities are softmax(logits / temperature) at the edge.
 """
 import os
 import sys

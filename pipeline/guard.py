@@ -2,7 +2,7 @@
 
 The classifier scores anything it is given: a blank image, noise or a photograph gets a
 confident PNEUMONIA as readily as a film. Before a prediction is trusted, a few numpy
-measurements on the decoded film (no model, about a millisecond) flag what no chest
+measurements on the decoded film (no model, a millisecond or two) flag what no chest
 radiograph looks like:
 
 - near-constant: the 1st-99th percentile range of the grey levels is tiny (blank,
