@@ -255,8 +255,9 @@ def _progress(what: str, total: int) -> cli.Progress:
       "%s %d/%d images (%.0f images/s)%s", what, done, total, rate, extra))
 
 
-def _num_shards(split_bytes: int, split_images: int, num_shards: int, train_images: int,
+def shard_count(split_bytes: int, split_images: int, num_shards: int, train_images: int,
                 shard_size_mb: float) -> int:
+  """Shards of one split: --num_shards scaled by its size against train's, or by bytes."""
   if split_images == 0:
     return 0
   if num_shards > 0:
@@ -267,7 +268,12 @@ def _num_shards(split_bytes: int, split_images: int, num_shards: int, train_imag
   return max(1, min(n, split_images))
 
 
-def _prepare_output(output_dir: str, overwrite: bool) -> None:
+def prepare_output(output_dir: str, overwrite: bool) -> None:
+  """Creates output_dir, or empties a previous conversion's files from it if overwrite.
+
+  Raises:
+    ConversionError: output_dir is a file, or not empty and overwrite is False.
+  """
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise ConversionError(f"--output_dir {output_dir!r} exists and is not a directory")
   os.makedirs(output_dir, exist_ok=True)
@@ -289,6 +295,22 @@ def _write_atomic(path: str, text: str) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def write_index(output_dir: str, manifest: Dict[str, Any]) -> None:
+  """Writes labels.txt and then manifest.json, the mark of a complete conversion."""
+  _write_atomic(os.path.join(output_dir, schema.LABELS_NAME), "".join(l + "\n" for l in schema.LABELS))
+  _write_atomic(os.path.join(output_dir, schema.MANIFEST_NAME),
+                json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def serialize_example(record: Record, encoded: bytes, height: int, width: int,
+                      channels: int) -> bytes:
+  """The TFRecord payload of one image (the same bytes from every converter)."""
+  # deterministic=True: the feature map otherwise serializes in hash order, which
+  # changes between processes and would break byte-identical shards.
+  return _make_example(record, encoded, height, width, channels).SerializeToString(
+      deterministic=True)
 
 
 def _make_example(record: Record, encoded: bytes, height: int, width: int, channels: int):
@@ -372,7 +394,7 @@ def convert(input_dir: str,
   start = time.monotonic()
   listed = read_metadata_csv(metadata_csv) if metadata_csv else None
   files = scan_input(input_dir, listed=listed)
-  _prepare_output(output_dir, overwrite)
+  prepare_output(output_dir, overwrite)
   salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
   # TensorFlow is imported lazily (spawned workers import this module and must stay
   # light), after the folders are checked, and off the clock, so the reported rate is
@@ -384,16 +406,7 @@ def convert(input_dir: str,
   logging.info("found %d files in %s; inspecting with %d workers", len(files), input_dir,
                num_workers)
 
-  rejected: List[Dict[str, str]] = []
-  candidates = []
-  for f in files:
-    if f.problem:
-      rejected.append({"path": f.relpath, "reason": f.problem})
-    elif f.label is None:
-      rejected.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
-    else:
-      candidates.append(f)
-
+  candidates, rejected = triage(files)
   # spawn, not fork: the parent may already have TensorFlow's threads running.
   id_sources: collections.Counter = collections.Counter()
   ctx = multiprocessing.get_context("spawn")
@@ -406,33 +419,20 @@ def convert(input_dir: str,
       if isinstance(result, image_io.Rejection):
         rejected.append({"path": f.relpath, "reason": result.reason})
       else:
-        patient, source = patient_id(f.relpath, result.patient_tag,
-                                     listed[f.relpath][0] if listed else None, salt)
+        record, source = make_record(f, result, listed[f.relpath][0] if listed else None,
+                                     salt)
         id_sources[source] += 1
-        records.append(Record(f.relpath, f.label, patient, result))
+        records.append(record)
       progress.update(n, f", rejected {len(rejected)} so far")
     inspect_seconds = time.monotonic() - start
-    records, conflicts = _drop_conflicting_labels(records)
+    by_split, conflicts = plan_splits(records, ratios, seed)
     rejected += conflicts
-
-    items = [splits_lib.SplitItem(r.relpath, schema.LABEL_TO_INDEX[r.label], r.patient_id,
-                                  r.info.sha256) for r in records]
-    assignment = splits_lib.assign_splits(items, ratios, seed)
-    by_split: Dict[str, List[Record]] = {s: [] for s in schema.SPLITS}
-    for r, s in zip(records, assignment):
-      by_split[schema.SPLITS[s]].append(r)
-    _check_both_classes(by_split, ratios, records)
-    # Seeded order within a split, so shards mix classes and patients.
-    rng = random.Random(seed)
-    for s in schema.SPLITS:
-      by_split[s].sort(key=lambda r: r.relpath)
-      rng.shuffle(by_split[s])
 
     plan: List[Tuple[str, List[Record]]] = []
     train_images = len(by_split["train"])
     for s in schema.SPLITS:
       recs = by_split[s]
-      n = _num_shards(sum(r.info.size_bytes for r in recs), len(recs), num_shards,
+      n = shard_count(sum(r.info.size_bytes for r in recs), len(recs), num_shards,
                       train_images, shard_size_mb)
       for k in range(n):
         plan.append((schema.shard_name(s, k, n), recs[k * len(recs) // n:(k + 1) * len(recs) // n]))
@@ -441,36 +441,99 @@ def convert(input_dir: str,
     loads = pool.imap(_load_worker, [(os.path.join(input_dir, r.relpath), r.info.sha256,
                                       r.info.format, image_size) for r in ordered], chunksize=16)
     shards_info, vanished = _write_shards(output_dir, plan, loads)
-  if vanished:
-    # Files that changed or disappeared after the first pass: rejected, the rest kept.
-    rejected += vanished
-    gone = {v["path"] for v in vanished}
-    records = [r for r in records if r.relpath not in gone]
-    by_split = {s: [r for r in recs if r.relpath not in gone] for s, recs in by_split.items()}
+  # Files that changed or disappeared after the first pass: rejected, the rest kept.
+  rejected += vanished
+  gone = {v["path"] for v in vanished}
+  by_split = {s: [r for r in recs if r.relpath not in gone] for s, recs in by_split.items()}
+  manifest = build_manifest(
+      num_files_found=len(files), by_split=by_split, shards=shards_info, rejected=rejected,
+      id_sources=id_sources, salt_given=patient_id_salt is not None, ratios=ratios,
+      seed=seed, image_size=image_size)
+  write_index(output_dir, manifest)
+  return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
 
+
+def triage(files: Sequence[SourceFile]) -> Tuple[List[SourceFile], List[Dict[str, str]]]:
+  """Splits scanned files into those to inspect and rejections known from the scan."""
+  rejected: List[Dict[str, str]] = []
+  candidates = []
+  for f in files:
+    if f.problem:
+      rejected.append({"path": f.relpath, "reason": f.problem})
+    elif f.label is None:
+      rejected.append({"path": f.relpath, "reason": image_io.REASON_UNKNOWN_CLASS})
+    else:
+      candidates.append(f)
+  return candidates, rejected
+
+
+def make_record(f: SourceFile, info: image_io.ImageInfo, listed_patient: Optional[str],
+                salt: str) -> Tuple[Record, str]:
+  """The Record of an accepted file and where its patient id came from (ID_FROM_*).
+
+  listed_patient is the file's patient id in --metadata_csv, if one was given.
+  """
+  patient, source = patient_id(f.relpath, info.patient_tag, listed_patient, salt)
+  return Record(f.relpath, f.label, patient, info), source
+
+
+def plan_splits(records: Sequence[Record], ratios: Sequence[float],
+                seed: int) -> Tuple[Dict[str, List[Record]], List[Dict[str, str]]]:
+  """The split of every accepted record, each split in its seeded record order.
+
+  Depends only on the set of records, not their order, so every converter (local or
+  Beam) that inspects the same files gets the same answer.
+
+  Returns:
+    ({split name: records in shard order}, rejections of identical images whose labels
+    conflict).
+
+  Raises:
+    ConversionError: a split with a non-zero ratio would miss a class.
+  """
+  records = sorted(records, key=lambda r: r.relpath)
+  records, conflicts = _drop_conflicting_labels(records)
+  items = [splits_lib.SplitItem(r.relpath, schema.LABEL_TO_INDEX[r.label], r.patient_id,
+                                r.info.sha256) for r in records]
+  assignment = splits_lib.assign_splits(items, ratios, seed)
+  by_split: Dict[str, List[Record]] = {s: [] for s in schema.SPLITS}
+  for r, s in zip(records, assignment):
+    by_split[schema.SPLITS[s]].append(r)
+  _check_both_classes(by_split, ratios, records)
+  # Seeded order within a split, so shards mix classes and patients.
+  rng = random.Random(seed)
+  for s in schema.SPLITS:
+    rng.shuffle(by_split[s])
+  return by_split, conflicts
+
+
+def build_manifest(num_files_found: int, by_split: Dict[str, Sequence[Record]],
+                   shards: Sequence[Dict[str, Any]], rejected: Sequence[Dict[str, str]],
+                   id_sources: collections.Counter, salt_given: bool,
+                   ratios: Sequence[float], seed: int,
+                   image_size: Optional[int]) -> Dict[str, Any]:
+  """manifest.json of a conversion (both converters write exactly this)."""
+  records = [r for s in schema.SPLITS for r in by_split[s]]
   manifest = {
       "format_version": MANIFEST_VERSION,
       "seed": seed,
       "split_ratios": dict(zip(schema.SPLITS, ratios)),
       "image_size": image_size,
       "labels": dict(schema.LABEL_TO_INDEX),
-      "num_files_found": len(files),
+      "num_files_found": num_files_found,
       "num_written": len(records),
       "splits": {},
       "duplicate_groups": _duplicate_groups(records),
       "source_formats": dict(sorted(collections.Counter(
           r.info.source_format or r.info.format for r in records).items())),
-      "patient_ids": _patient_id_summary(id_sources, patient_id_salt is not None),
-      "rejected": rejected,
+      "patient_ids": _patient_id_summary(id_sources, salt_given),
+      "rejected": list(rejected),
       "tools": _tool_versions(),
   }
   for s in schema.SPLITS:
     manifest["splits"][s] = _split_stats(by_split[s])
-    manifest["splits"][s]["shards"] = [x for x in shards_info if x["file"].startswith(s + "-")]
-  _write_atomic(os.path.join(output_dir, schema.LABELS_NAME), "".join(l + "\n" for l in schema.LABELS))
-  _write_atomic(os.path.join(output_dir, schema.MANIFEST_NAME),
-                json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-  return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
+    manifest["splits"][s]["shards"] = [x for x in shards if x["file"].startswith(s + "-")]
+  return manifest
 
 
 def _patient_id_summary(sources: collections.Counter, salt_given: bool) -> Dict[str, Any]:
@@ -553,9 +616,7 @@ def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
           vanished.append({"path": r.relpath, "reason": loaded.reason})
           continue
         encoded, h, w, c = loaded
-        # deterministic=True: the feature map otherwise serializes in hash order,
-        # which changes between processes and would break byte-identical shards.
-        writer.write(_make_example(r, encoded, h, w, c).SerializeToString(deterministic=True))
+        writer.write(serialize_example(r, encoded, h, w, c))
         written += 1
     shards.append({"file": name, "records": written, "sha256": image_io.sha256_file(tmp),
                    "bytes": os.path.getsize(tmp)})
