@@ -29,7 +29,7 @@ _HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--he
 
 
 def run(main: Callable, job_module: str, required: Sequence[str] = (),
-        prog: str = "cxr-edge") -> None:
+        prog: str = "cxr-edge", pass_unknown: bool = False) -> None:
   """Runs a job's `main` under absl, as its console script.
 
   Ctrl-C ends it with "PROG: interrupted" and status 130, and an operating-system error
@@ -41,6 +41,8 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     job_module: the job module's __name__ (its flags and docstring are the help).
     required: flags the job cannot run without.
     prog: the command's name in those messages.
+    pass_unknown: flags the job does not define reach main's argv (for a job that hands
+      them on, e.g. to Beam) instead of being refused by absl; main must check them.
   """
   for name in required:
     flag = flags.FLAGS[name]
@@ -59,7 +61,10 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     return main(argv)
 
   try:
-    app.run(quiet_main)
+    if pass_unknown:
+      app.run(quiet_main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
+    else:
+      app.run(quiet_main)
   except KeyboardInterrupt:
     sys.stderr.write(f"\n{prog}: interrupted\n")
     sys.exit(130)
@@ -78,12 +83,19 @@ def verbose() -> bool:
   return logging.get_verbosity() >= logging.DEBUG
 
 
+# Third-party warnings about features we do not use (Beam's optional BigQuery client).
+_IRRELEVANT_WARNINGS = ("apitools not found",)
+
+
 class _OwnInfoOnly(std_logging.Filter):
   """Passes warnings and errors from anywhere, INFO only from our packages."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING or verbose()
-            or record.pathname.startswith(_OUR_DIRS))
+    if verbose():
+      return True
+    if record.levelno >= std_logging.WARNING:
+      return not record.getMessage().startswith(_IRRELEVANT_WARNINGS)
+    return record.pathname.startswith(_OUR_DIRS)
 
 
 class _ShortFormatter(std_logging.Formatter):
@@ -105,6 +117,8 @@ def _configure_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's own Python logger prints "INFO:tensorflow:Assets written to ...".
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    # Beam relays its SDK workers' start-up warnings; a failure still raises here.
+    std_logging.getLogger("apache_beam").setLevel(std_logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -128,6 +142,33 @@ def native_stderr_quiet(enabled: bool = True) -> Iterator[None]:
     os.dup2(saved, 2)
     os.close(saved)
     os.close(devnull)
+
+
+@contextlib.contextmanager
+def child_stderr_quiet(enabled: bool = True) -> Iterator[None]:
+  """Processes started inside the block print nothing to stderr; this one still does.
+
+  For jobs that start worker processes (a Beam runner's SDK workers) whose start-up
+  and shutdown chatter would bury the job's own lines. Their errors still reach this
+  process: the runner raises them here.
+  """
+  if not enabled:
+    yield
+    return
+  sys.stderr.flush()
+  ours = os.fdopen(os.dup(2), "w", buffering=1)
+  handler = logging.get_absl_handler().python_handler
+  saved_stream, saved_stderr = handler.stream, sys.stderr
+  sys.stderr = ours
+  if saved_stream is saved_stderr:
+    handler.stream = ours
+  with native_stderr_quiet():  # fd 2, which children inherit
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      handler.stream, sys.stderr = saved_stream, saved_stderr
+      ours.close()
 
 
 def import_tensorflow() -> Any:

@@ -8,12 +8,19 @@ Usage:
   cxr-convert --input_dir=/data/clinic --output_dir=/tmp/clinic_records \
       --metadata_csv=/data/clinic/films.csv --patient_id_salt="$SITE_SECRET"
 
+  # On Apache Beam (pip install -e ".[beam]"): here with 2 worker processes, or on a
+  # cluster runner with its own pipeline options after ours.
+  cxr-convert --runner=beam --num_workers=2 --input_dir=... --output_dir=...
+  cxr-convert --runner=beam --beam_runner=FlinkRunner --flink_master=host:8081 \
+      --environment_type=LOOPBACK --input_dir=/nfs/films --output_dir=/nfs/records
+
 Reads 8-bit JPEG and PNG as they are, and DICOM radiographs, 16-bit PNG and TIFF windowed
 to 8 bits (stored as lossless PNG; the record keeps the source format). Patient ids come
 from --metadata_csv, DICOM PatientID tags (both stored only as a salted hash) or the public
-release's file names; fewer than 90% recognised is warned about and noted in the manifest.
+release's file names; fewer than nine in ten recognised is warned about and noted in the manifest.
 Writes train-/val-/test-NNNNN-of-NNNNN.tfrecord, labels.txt and, last, manifest.json.
-Check a finished conversion with cxr-verify.
+Check a finished conversion with cxr-verify. Both runners write the same records to the
+same splits; Beam's order within shards differs from run to run.
 """
 import sys
 
@@ -60,6 +67,16 @@ _PATIENT_ID_SALT = flags.DEFINE_string(
     "Secret key of the hash under which patient ids from --metadata_csv or DICOM "
     "PatientID tags are stored; default: a random one, not stored (the ids cannot be "
     "traced back, and another conversion hashes them differently).")
+_RUNNER = flags.DEFINE_enum(
+    "runner", "local", ["local", "beam"],
+    "local: worker processes on this machine. beam: an Apache Beam pipeline (needs the "
+    "'beam' extra), on --beam_runner; flags cxr-convert does not define are passed to "
+    "Beam as pipeline options.")
+_BEAM_RUNNER = flags.DEFINE_string(
+    "beam_runner", "FnApiRunner",
+    "With --runner=beam: FnApiRunner (this machine, --num_workers processes), "
+    "DataflowRunner, FlinkRunner, SparkRunner, or any Beam runner name. DirectRunner "
+    "first tries to download the Prism runner, which fails offline.")
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", schema.MAX_PIXELS,
     "Images with more pixels are rejected as decompression bombs.", lower_bound=1)
@@ -77,22 +94,35 @@ flags.register_validator("split_ratios", _valid_ratios)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  extra = argv[1:]
+  if extra and _RUNNER.value != "beam":
+    raise app.UsageError(f"unknown flag(s) or arguments: {' '.join(extra)}")
+  if _RUNNER.value == "beam":
+    try:
+      from pipeline import convert_beam  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      sys.exit(f"cxr-convert: error: --runner=beam needs Apache Beam ({e.name} is missing): "
+               "pip install -e \".[beam]\"")
+    convert, runner_args = convert_beam.convert, {"beam_runner": _BEAM_RUNNER.value,
+                                                  "beam_args": extra}
+  else:
+    convert, runner_args = convert_lib.convert, {}
   try:
-    result = convert_lib.convert(
-        input_dir=_INPUT_DIR.value,
-        output_dir=_OUTPUT_DIR.value,
-        split_ratios=splits.parse_ratios(_SPLIT_RATIOS.value),
-        seed=_SEED.value,
-        num_shards=_NUM_SHARDS.value,
-        shard_size_mb=_SHARD_SIZE_MB.value,
-        image_size=_IMAGE_SIZE.value,
-        num_workers=_NUM_WORKERS.value,
-        overwrite=_OVERWRITE.value,
-        max_pixels=_MAX_PIXELS.value,
-        metadata_csv=_METADATA_CSV.value,
-        patient_id_salt=_PATIENT_ID_SALT.value)
+    with cli.child_stderr_quiet(_RUNNER.value == "beam" and not cli.verbose()):
+      result = convert(
+          input_dir=_INPUT_DIR.value,
+          output_dir=_OUTPUT_DIR.value,
+          split_ratios=splits.parse_ratios(_SPLIT_RATIOS.value),
+          seed=_SEED.value,
+          num_shards=_NUM_SHARDS.value,
+          shard_size_mb=_SHARD_SIZE_MB.value,
+          image_size=_IMAGE_SIZE.value,
+          num_workers=_NUM_WORKERS.value,
+          overwrite=_OVERWRITE.value,
+          max_pixels=_MAX_PIXELS.value,
+          metadata_csv=_METADATA_CSV.value,
+          patient_id_salt=_PATIENT_ID_SALT.value,
+          **runner_args)
   except convert_lib.ConversionError as e:
     sys.exit(f"cxr-convert: error: {e}")
   print(f"cxr-convert: {result.summary()}; output in {_OUTPUT_DIR.value}")
@@ -102,7 +132,8 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["input_dir", "output_dir"], prog="cxr-convert")
+  cli.run(main, __name__, required=["input_dir", "output_dir"], prog="cxr-convert",
+          pass_unknown=True)
 
 
 if __name__ == "__main__":

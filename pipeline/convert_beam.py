@@ -1,0 +1,275 @@
+"""Conversion on Apache Beam: convert_lib's output, from as many machines as a runner has.
+
+The same steps and the same functions as the local converter, as a Beam pipeline:
+
+1. the driver lists the input (convert_lib.scan_input) and rejects what the listing
+   already condemns (unreadable folders, files outside class folders);
+2. workers hash and fully decode every file in parallel (image_io.inspect_image); bad
+   files go to a side output of rejections with their reasons;
+3. one global combine gathers every accepted file's metadata (about 200 bytes a film,
+   never the image) and computes the patient-grouped, class-stratified split with
+   convert_lib.plan_splits: the same function as the local converter, so the same seed
+   and input give the same assignment; identical images are grouped into one split and
+   those whose labels conflict are rejected, as locally;
+4. workers re-read each accepted file (a file changed since step 2 is rejected) and
+   serialize its tf.train.Example with convert_lib.serialize_example; WriteToTFRecord
+   writes each split's shards;
+5. last, once every shard is final, one step hashes the shards and writes labels.txt and
+   manifest.json: an interrupted pipeline leaves no manifest, so nothing reads it.
+
+The records of each split are those of the local converter, byte for byte; their order
+within and across shards differs (Beam assigns records to shards as they arrive), so
+shard bytes differ between runs and runners. Compare conversions by their record sets
+(cxr-verify checks each one on its own).
+
+Input and output are paths every worker opens directly: a local disk for the local
+runners, a shared filesystem (NFS, a gcsfuse or S3 mount) on a cluster.
+"""
+import collections
+import os
+import re
+import secrets
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.options import pipeline_options
+
+from pipeline import convert_lib
+from pipeline import image_io
+from pipeline import schema
+from pipeline import splits as splits_lib
+
+# Runners that execute on this machine. DirectRunner first tries Prism, which downloads a
+# binary (and fails offline); FnApiRunner runs here and needs nothing else.
+DEFAULT_RUNNER = "FnApiRunner"
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
+_TAG_REJECTED = "rejected"
+
+
+def unknown_beam_options(args: Sequence[str]) -> List[str]:
+  """Those of args that no Beam pipeline option (of any runner) understands.
+
+  Beam itself only logs and drops them, so a mistyped option would silently not apply.
+  """
+  parsers = []
+  pipeline_options.PipelineOptions(list(args)).get_all_options(add_extra_args_fn=parsers.append)
+  _, unknown = parsers[0].parse_known_args(list(args))
+  return [a for a in unknown if a.startswith("-")]
+
+
+def pipeline_options_for(beam_runner: str, beam_args: Sequence[str],
+                         num_workers: Optional[int]) -> pipeline_options.PipelineOptions:
+  """The Beam options of a conversion: the runner, its workers, then the user's own.
+
+  On this machine's runners, num_workers worker processes (default: all CPUs) run in
+  multi-processing mode; on a cluster runner, num_workers (if given) is its worker count.
+
+  Raises:
+    convert_lib.ConversionError: an option no Beam runner knows.
+  """
+  unknown = unknown_beam_options(beam_args)
+  if unknown:
+    raise convert_lib.ConversionError(
+        f"unknown flag(s) {' '.join(unknown)}: neither cxr-convert's nor a Beam "
+        "pipeline option (see cxr-convert --helpfull, and Beam's pipeline options)")
+  args = [f"--runner={beam_runner}"]
+  given = {a.split("=", 1)[0] for a in beam_args}
+  if beam_runner in LOCAL_RUNNERS:
+    if "--direct_num_workers" not in given:
+      args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 1}")
+    if "--direct_running_mode" not in given:
+      args.append("--direct_running_mode=multi_processing")
+  elif num_workers and "--num_workers" not in given:
+    args.append(f"--num_workers={num_workers}")
+  # Workers import our packages: they must be installed there too (see README).
+  return pipeline_options.PipelineOptions(args + list(beam_args))
+
+
+class _Inspect(beam.DoFn):
+  """(SourceFile, listed patient) -> (Record, id source), or a rejection."""
+
+  def __init__(self, input_dir: str, max_pixels: int, salt: str):
+    self.input_dir, self.max_pixels, self.salt = input_dir, max_pixels, salt
+    self.inspected = beam.metrics.Metrics.counter("cxr_convert", "inspected")
+    self.rejected = beam.metrics.Metrics.counter("cxr_convert", "rejected")
+
+  def process(self, element):
+    f, listed_patient = element
+    result = image_io.inspect_image(os.path.join(self.input_dir, f.relpath), self.max_pixels)
+    self.inspected.inc()
+    if isinstance(result, image_io.Rejection):
+      self.rejected.inc()
+      yield beam.pvalue.TaggedOutput(_TAG_REJECTED, {"path": f.relpath, "reason": result.reason})
+    else:
+      yield convert_lib.make_record(f, result, listed_patient, self.salt)
+
+
+def _plan(inspected, ratios: Sequence[float],
+          seed: int) -> Dict[str, Any]:
+  """The global step: every accepted file's split (convert_lib.plan_splits)."""
+  by_split, conflicts = convert_lib.plan_splits([r for r, _ in inspected], ratios, seed)
+  return {"by_split": by_split, "conflicts": conflicts,
+          "id_sources": collections.Counter(source for _, source in inspected)}
+
+
+class _Load(beam.DoFn):
+  """(split, Record) -> (split, serialized example), or a rejection if the file changed."""
+
+  def __init__(self, input_dir: str, image_size: Optional[int]):
+    self.input_dir, self.image_size = input_dir, image_size
+    self.written = beam.metrics.Metrics.counter("cxr_convert", "written")
+
+  def process(self, element):
+    split, r = element
+    loaded = image_io.load_encoded(os.path.join(self.input_dir, r.relpath), r.info.sha256,
+                                   r.info.format, self.image_size)
+    if isinstance(loaded, image_io.Rejection):
+      yield beam.pvalue.TaggedOutput(_TAG_REJECTED, {"path": r.relpath, "reason": loaded.reason})
+      return
+    self.written.inc()
+    yield split, convert_lib.serialize_example(r, *loaded)
+
+
+def _shard_entry(path: str) -> Dict[str, Any]:
+  from pipeline import records  # pylint: disable=g-import-not-at-top
+  return {"file": os.path.basename(path), "records": records.count_records(path),
+          "sha256": image_io.sha256_file(path), "bytes": os.path.getsize(path)}
+
+
+def _write_index(_, output_dir: str, plan: Dict[str, Any], shards: List[Dict[str, Any]],
+                 rejected: List[Dict[str, str]], num_files_found: int, salt_given: bool,
+                 ratios: Sequence[float], seed: int, image_size: Optional[int]) -> int:
+  gone = {r["path"] for r in rejected}
+  by_split = {s: [r for r in recs if r.relpath not in gone] for s, recs in plan["by_split"].items()}
+  manifest = convert_lib.build_manifest(
+      num_files_found=num_files_found, by_split=by_split,
+      shards=sorted(shards, key=lambda x: x["file"]),
+      rejected=sorted(rejected + plan["conflicts"], key=lambda x: (x["path"], x["reason"])),
+      id_sources=plan["id_sources"], salt_given=salt_given, ratios=ratios, seed=seed,
+      image_size=image_size)
+  convert_lib.write_index(output_dir, manifest)
+  return manifest["num_written"]
+
+
+def planned_shards(candidates: Sequence[convert_lib.SourceFile], input_dir: str,
+                   ratios: Sequence[float], num_shards: int,
+                   shard_size_mb: float) -> Dict[str, int]:
+  """Shards per split, fixed before the pipeline runs (WriteToTFRecord needs a number).
+
+  Estimated from the listed files and the split ratios, as convert_lib.shard_count would
+  size the split from its accepted images; rejections make a split's shards a little
+  smaller than planned, never more numerous than its files.
+  """
+  total_bytes = 0
+  if num_shards == 0:
+    for f in candidates:
+      try:
+        total_bytes += os.path.getsize(os.path.join(input_dir, f.relpath))
+      except OSError:
+        pass  # inspection rejects it with the reason
+  train_images = round(ratios[0] * len(candidates))
+  return {s: convert_lib.shard_count(round(r * total_bytes), round(r * len(candidates)),
+                                     num_shards, train_images, shard_size_mb)
+          for s, r in zip(schema.SPLITS, ratios)}
+
+
+def convert(input_dir: str,
+            output_dir: str,
+            split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+            seed: int = 42,
+            num_shards: int = 0,
+            shard_size_mb: float = 16.0,
+            image_size: Optional[int] = None,
+            num_workers: Optional[int] = None,
+            overwrite: bool = False,
+            max_pixels: int = schema.MAX_PIXELS,
+            metadata_csv: Optional[str] = None,
+            patient_id_salt: Optional[str] = None,
+            beam_runner: str = DEFAULT_RUNNER,
+            beam_args: Sequence[str] = ()) -> convert_lib.ConversionResult:
+  """convert_lib.convert on Apache Beam; the same arguments, plus the runner's.
+
+  Args:
+    input_dir, output_dir, split_ratios, seed, num_shards, shard_size_mb, image_size,
+    overwrite, max_pixels, metadata_csv, patient_id_salt: as convert_lib.convert.
+    num_workers: worker processes of a local runner (default: all CPUs), or the worker
+      count passed to a cluster runner (default: the runner's).
+    beam_runner: a Beam runner name, e.g. FnApiRunner (here), DataflowRunner,
+      FlinkRunner, SparkRunner.
+    beam_args: further Beam pipeline options ("--project=…", "--flink_master=…").
+
+  Returns:
+    A ConversionResult whose manifest was also written to output_dir (inspect_seconds
+    is not measured separately: the steps overlap).
+
+  Raises:
+    convert_lib.ConversionError: unusable input or output, an unknown Beam option, or a
+      split that would miss a class.
+    ValueError: invalid ratios.
+  """
+  ratios = tuple(float(r) for r in split_ratios)
+  splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
+  options = pipeline_options_for(beam_runner, beam_args, num_workers)
+  start = time.monotonic()
+  listed = convert_lib.read_metadata_csv(metadata_csv) if metadata_csv else None
+  files = convert_lib.scan_input(input_dir, listed=listed)
+  convert_lib.prepare_output(output_dir, overwrite)
+  salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
+  candidates, scan_rejected = convert_lib.triage(files)
+  shards = planned_shards(candidates, input_dir, ratios, num_shards, shard_size_mb)
+  logging.info("found %d files in %s; converting on Beam (%s)", len(files), input_dir,
+               beam_runner)
+
+  pipeline = beam.Pipeline(options=options)
+  inspected = (
+      pipeline
+      | "List" >> beam.Create([(f, listed[f.relpath][0] if listed else None) for f in candidates])
+      | "Spread" >> beam.Reshuffle()
+      | "Inspect" >> beam.ParDo(_Inspect(input_dir, max_pixels, salt)).with_outputs(
+          _TAG_REJECTED, main="records"))
+  plan = (inspected.records
+          | "Gather" >> beam.combiners.ToList()
+          | "Split" >> beam.Map(_plan, ratios, seed))
+  loaded = (
+      plan
+      | "Assign" >> beam.FlatMap(lambda p: [(s, r) for s in schema.SPLITS for r in p["by_split"][s]])
+      | "Spread again" >> beam.Reshuffle()
+      | "Load" >> beam.ParDo(_Load(input_dir, image_size)).with_outputs(_TAG_REJECTED,
+                                                                         main="examples"))
+  written = []
+  for split in schema.SPLITS:
+    if ratios[schema.SPLITS.index(split)] <= 0:
+      continue
+    written.append(
+        loaded.examples
+        | f"Only {split}" >> beam.Filter(lambda e, s=split: e[0] == s)
+        | f"Payload {split}" >> beam.Values()
+        | f"Write {split}" >> beam.io.WriteToTFRecord(
+            os.path.join(output_dir, split), file_name_suffix=schema.SHARD_SUFFIX,
+            num_shards=shards[split], shard_name_template="-SSSSS-of-NNNNN"))
+  shard_entries = (written | "Shards" >> beam.Flatten()
+                   | "Hash shards" >> beam.Map(_shard_entry))
+  rejected = ((pipeline | "Scan rejections" >> beam.Create(scan_rejected),
+               inspected[_TAG_REJECTED], loaded[_TAG_REJECTED])
+              | "Rejections" >> beam.Flatten())
+  _ = (pipeline
+       | "Once" >> beam.Create([None])
+       | "Manifest" >> beam.Map(
+           _write_index, output_dir=output_dir, plan=beam.pvalue.AsSingleton(plan),
+           shards=beam.pvalue.AsList(shard_entries), rejected=beam.pvalue.AsList(rejected),
+           num_files_found=len(files), salt_given=patient_id_salt is not None,
+           ratios=ratios, seed=seed, image_size=image_size))
+  try:
+    pipeline.run().wait_until_finish()
+  except Exception as e:  # pylint: disable=broad-except
+    # Runners wrap a worker's exception in their own; ours carries the message to show.
+    found = re.search(r"ConversionError: (.+?)(?:\s*\[while running|\n|$)", str(e))
+    if found:
+      raise convert_lib.ConversionError(found.group(1)) from None
+    raise
+  from pipeline import records  # pylint: disable=g-import-not-at-top
+  manifest = records.load_manifest(output_dir)
+  seconds = time.monotonic() - start
+  return convert_lib.ConversionResult(manifest, seconds, float("nan"))

@@ -1,0 +1,145 @@
+"""The Beam converter against the local one: same records per split, same rejections."""
+import collections
+import hashlib
+import os
+import shutil
+
+from absl import app
+import pytest
+import tensorflow as tf
+
+from pipeline import convert_lib
+from pipeline import records
+from pipeline import schema
+from pipeline import verify_lib
+from tests.conftest import SAMPLE_DIR, image_bytes, run_main, run_module, write_file
+
+beam = pytest.importorskip(
+    "apache_beam", reason="Apache Beam is not installed (pip install -e '.[beam]'); "
+    "scripts/test.sh installs it")
+from pipeline import convert_beam  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _record_hashes(data_dir):
+  """{split: sorted sha256 of every serialized record}, whatever the shards."""
+  out = {}
+  for split in schema.SPLITS:
+    paths = [os.path.join(data_dir, n) for n in sorted(os.listdir(data_dir))
+             if n.startswith(split + "-")]
+    out[split] = sorted(hashlib.sha256(r.numpy()).hexdigest()
+                        for r in tf.data.TFRecordDataset(paths))
+  return out
+
+
+def _sample_with_bad_files(root):
+  """The embedded sample plus one file of each kind the converters reject."""
+  shutil.copytree(SAMPLE_DIR, root)
+  normal = sorted(os.listdir(os.path.join(root, "NORMAL")))
+  write_file(os.path.join(root, "NORMAL", "empty.jpeg"), b"")
+  write_file(os.path.join(root, "NORMAL", "notes.txt"), b"not an image")
+  write_file(os.path.join(root, "NORMAL", "cut.jpeg"), image_bytes(size=(64, 64))[:300])
+  write_file(os.path.join(root, "stray", "x.jpeg"), image_bytes(seed=5))
+  # The same bytes under both labels: every copy rejected, by both converters.
+  shutil.copy(os.path.join(root, "NORMAL", normal[0]),
+              os.path.join(root, "PNEUMONIA", "person9999_copy.jpeg"))
+  return root
+
+
+@pytest.mark.slow
+def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
+  src = _sample_with_bad_files(str(tmp_path / "in"))
+  local = convert_lib.convert(src, str(tmp_path / "local"), seed=7, num_shards=3,
+                              num_workers=2, patient_id_salt="s")
+  # The command line, with two worker processes as a cluster would run it
+  # (FnApiRunner, multi-processing; the mode passed through as a Beam option).
+  run = run_module("pipeline.convert", "--runner=beam", "--num_workers=2",
+                   "--direct_running_mode=multi_processing", f"--input_dir={src}",
+                   f"--output_dir={tmp_path / 'beam'}", "--seed=7", "--num_shards=3",
+                   "--patient_id_salt=s")
+  assert run.returncode == 0, run.stderr
+  assert "cxr-convert: wrote 300 images" in run.stdout
+  # Quiet: our lines only, none of the SDK workers' start-up and shutdown chatter.
+  assert len(run.stderr.splitlines()) <= 3, run.stderr
+  beamed = convert_lib.ConversionResult(records.load_manifest(str(tmp_path / "beam")), 0, 0)
+
+  hashes = _record_hashes(str(tmp_path / "beam"))
+  assert hashes == _record_hashes(str(tmp_path / "local"))
+  assert [len(hashes[s]) for s in schema.SPLITS] == [
+      local.manifest["splits"][s]["images"] for s in schema.SPLITS]
+  key = lambda r: (r["path"], r["reason"])
+  assert sorted(beamed.manifest["rejected"], key=key) == sorted(local.manifest["rejected"], key=key)
+  reasons = collections.Counter(r["reason"].split(":")[0] for r in beamed.manifest["rejected"])
+  assert reasons == {"empty file": 1, "not an image": 1, "truncated or corrupt image": 1,
+                     "unknown class folder": 2, "conflicting labels": 2}  # + the sample's README
+  # The manifests agree except where shards are concerned.
+  for name in ("num_written", "num_files_found", "duplicate_groups", "source_formats",
+               "patient_ids", "split_ratios", "seed"):
+    assert beamed.manifest[name] == local.manifest[name], name
+  for s in schema.SPLITS:
+    strip = lambda m: {k: v for k, v in m["splits"][s].items() if k != "shards"}
+    assert strip(beamed.manifest) == strip(local.manifest)
+    assert len(beamed.manifest["splits"][s]["shards"]) == len(local.manifest["splits"][s]["shards"])
+
+  for d in ("local", "beam"):
+    counts = verify_lib.verify(str(tmp_path / d))
+    assert counts == {s: local.manifest["splits"][s]["images"] for s in schema.SPLITS}
+  # Training reads it: the one split reader parses every record.
+  from pipeline import dataset  # pylint: disable=g-import-not-at-top
+  read = dataset.read_split(str(tmp_path / "beam"), "train")
+  assert len(read.labels) == local.manifest["splits"]["train"]["images"]
+  assert not os.path.exists(os.path.join(str(tmp_path / "beam"), "beam-temp"))
+  assert not [n for n in os.listdir(str(tmp_path / "beam")) if n.startswith("beam-temp")]
+
+
+def test_count_records_reads_the_framing(tmp_path):
+  path = str(tmp_path / "x.tfrecord")
+  with tf.io.TFRecordWriter(path) as w:
+    for n in (0, 5, 70000):
+      w.write(b"x" * n)
+  assert records.count_records(path) == 3
+  with open(path, "rb") as f:
+    data = f.read()
+  write_file(path, data[:-3])
+  with pytest.raises(ValueError, match="truncated record after 2 records"):
+    records.count_records(path)
+
+
+def test_planned_shards_follow_the_local_rule():
+  files = [convert_lib.SourceFile(f"NORMAL/{i}.jpeg", "NORMAL") for i in range(100)]
+  assert convert_beam.planned_shards(files, "/nowhere", (0.8, 0.1, 0.1), 8, 16) == {
+      "train": 8, "val": 1, "test": 1}
+  assert convert_beam.planned_shards(files, "/nowhere", (0.5, 0.5, 0.0), 4, 16) == {
+      "train": 4, "val": 4, "test": 0}
+
+
+def test_unknown_beam_options_are_refused_not_dropped():
+  assert convert_beam.unknown_beam_options(["--project=p", "--projec=p"]) == ["--projec=p"]
+  with pytest.raises(convert_lib.ConversionError, match="--projec=p"):
+    convert_beam.pipeline_options_for("FnApiRunner", ["--projec=p"], 2)
+  options = convert_beam.pipeline_options_for("FnApiRunner", [], 3).get_all_options()
+  assert options["direct_num_workers"] == 3
+  assert options["direct_running_mode"] == "multi_processing"
+  assert convert_beam.pipeline_options_for("DataflowRunner", [], 5).get_all_options()[
+      "num_workers"] == 5
+
+
+def test_job_refuses_flags_nobody_knows(tmp_path):
+  out = str(tmp_path / "out")
+  with pytest.raises(app.UsageError, match="unknown flag.* --projec=p"):
+    run_main("pipeline.convert", "--projec=p", input_dir=SAMPLE_DIR, output_dir=out)
+  with pytest.raises(SystemExit, match=r"unknown flag\(s\) --projec=p: neither"):
+    run_main("pipeline.convert", "--projec=p", input_dir=SAMPLE_DIR, output_dir=out,
+             runner="beam")
+  assert not os.path.exists(os.path.join(out, schema.MANIFEST_NAME))
+
+
+def test_a_split_without_both_classes_fails_with_the_reason(tmp_path):
+  root = str(tmp_path / "in")
+  for i in range(3):
+    write_file(os.path.join(root, "NORMAL", f"IM-{i:04d}-0001.jpeg"), image_bytes(seed=i))
+    write_file(os.path.join(root, "PNEUMONIA", f"person{i}_virus_1.jpeg"),
+               image_bytes(seed=10 + i))
+  with pytest.raises(convert_lib.ConversionError, match="would hold no"):
+    convert_beam.convert(root, str(tmp_path / "out"), (0.8, 0.1, 0.1), num_workers=1,
+                         beam_args=["--direct_running_mode=in_memory"])
+  assert not os.path.exists(os.path.join(str(tmp_path / "out"), schema.MANIFEST_NAME))
