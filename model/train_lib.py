@@ -335,9 +335,15 @@ def _best_weights_path(config: train_config.TrainConfig) -> str:
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                external: Optional[dataset.FolderImages],
                extra: Optional[List[keras.callbacks.Callback]],
-               backup_dir: Optional[str] = None) -> List[keras.callbacks.Callback]:
-  """External scoring first (later callbacks log what it adds), resume, best epoch, logs."""
-  previous = model_dir_lib.read_history(config.model_dir)
+               backup_dir: Optional[str] = None,
+               run_dir: Optional[str] = None) -> List[keras.callbacks.Callback]:
+  """External scoring first (later callbacks log what it adds), resume, best epoch, logs.
+
+  run_dir is the run's model_dir (the chief's), whose history every worker reads: a
+  worker that decided differently whether an epoch is the best so far would save
+  weights when the others do not, and the workers' collective ops would part ways.
+  """
+  previous = model_dir_lib.read_history(run_dir or config.model_dir)
   best_weights = _best_weights_path(config)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
   return ([ExternalValidation(classifier, external)] if external is not None else []) + [
@@ -369,10 +375,13 @@ def _fit(config: train_config.TrainConfig, model: AugmentingModel, datasets,
   return time.monotonic() - start
 
 
-def _finalize(config: train_config.TrainConfig, model: AugmentingModel, classifier: keras.Model,
+def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
               external: Optional[dataset.FolderImages], train_seconds: float) -> Dict[str, Any]:
-  """Best epoch's weights into a plain (float32) network, threshold, history, model_info."""
-  del model  # the best epoch is read back into a fresh copy, outside any strategy
+  """Best epoch's weights into a plain (float32) network, threshold, history, model_info.
+
+  The best epoch is read back into a fresh copy, outside any strategy; `trained` (the
+  last epoch's weights) serves when no epoch was saved as best.
+  """
   keras.mixed_precision.set_global_policy("float32")
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
@@ -384,7 +393,7 @@ def _finalize(config: train_config.TrainConfig, model: AugmentingModel, classifi
     holder(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
     holder.load_weights(_best_weights_path(config))
   else:
-    final.set_weights(classifier.get_weights())
+    final.set_weights(trained)
   model_dir_lib.save_model(config.model_dir, final, config.qat)
 
   val = predict_split(final, config.data_dir, "val", config.image_size)
@@ -511,11 +520,10 @@ def train(config: train_config.TrainConfig,
     # that it removes (BackupAndRestore still reads the shared backup to resume).
     scratch = tempfile.mkdtemp(prefix="cxr-train-worker-")
     try:
-      info = _train(dataclasses.replace(config, model_dir=scratch), strategy, backup_dir,
-                    extra_callbacks)
+        return _train(dataclasses.replace(config, model_dir=scratch), strategy, backup_dir,
+                    extra_callbacks, run_dir=config.model_dir, chief=False)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
-    return dict(info, chief=False)
   finished = _claim_model_dir(config, overwrite)
   if finished is not None:
     logging.info("%s already holds this finished run; nothing to do", config.model_dir)
@@ -536,23 +544,38 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def _train(config: train_config.TrainConfig, strategy: tf.distribute.Strategy,
-           backup_dir: str, extra_callbacks) -> Dict[str, Any]:
-  """train() once model_dir is settled: datasets, model, callbacks, fit, finalize."""
+           backup_dir: str, extra_callbacks, run_dir: Optional[str] = None,
+           chief: bool = True) -> Dict[str, Any]:
+  """train() once model_dir is settled: datasets, model, callbacks, fit, finalize.
+
+  run_dir: the run's model_dir when config.model_dir is a non-chief worker's scratch;
+  every worker takes its resume decisions from the run's history there.
+  chief: False for the other workers of a cluster: they train, then stop (returning
+  {"chief": False}); only the chief finalizes.
+  """
+  run_dir = run_dir or config.model_dir
   keras.utils.set_random_seed(config.seed)
   external = (dataset.load_image_folder(config.external_dir, config.image_size)
               if config.external_dir else None)
   datasets = _datasets(config, strategy)
   classifier, model = _build(config, strategy)
-  callbacks = _callbacks(config, classifier, external, extra_callbacks, backup_dir)
+  callbacks = _callbacks(config, classifier, external, extra_callbacks, backup_dir, run_dir)
   logging.info("training %s%s (%d params) on %s for %d epochs; augment=%s; %d replica(s)",
                config.model, " (QAT)" if config.qat else "", classifier.count_params(),
                config.data_dir, config.epochs, ",".join(config.augment.names()) or "none",
                strategy.num_replicas_in_sync)
-  done = len(model_dir_lib.read_history(config.model_dir).get("epoch", []))
-  if done >= config.epochs and os.path.isfile(_best_weights_path(config)):
+  done = len(model_dir_lib.read_history(run_dir).get("epoch", []))
+  if done >= config.epochs and os.path.isfile(
+      _best_weights_path(dataclasses.replace(config, model_dir=run_dir))):
     # Killed after the last epoch, before model_info.json: only the finishing steps remain.
     logging.info("all %d epochs had finished; finishing the run", config.epochs)
     train_seconds = 0.0
   else:
     train_seconds = _fit(config, model, datasets, callbacks)
-  return _finalize(config, model, classifier, external, train_seconds)
+  # Every worker reads the trained weights, together: batch-norm statistics are
+  # synchronized on read (a collective op), so a worker reading them alone would wait
+  # for the others forever.
+  trained = classifier.get_weights()
+  if not chief:
+    return {"chief": False, "train_seconds_this_run": round(train_seconds, 1)}
+  return _finalize(config, trained, external, train_seconds)
