@@ -79,7 +79,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(sample_records, tmp
 @pytest.mark.slow
 def test_a_killed_worker_and_a_restart_resume_from_the_backup(sample_records, tmp_path):
   model_dir = tmp_path / "m"
-  epochs = 5
+  epochs = 4
   procs = _start_workers(sample_records, model_dir, tmp_path, epochs, "a")
   timer = threading.Timer(_DEADLINE_S, lambda: [p.kill() for p in procs])
   timer.start()
