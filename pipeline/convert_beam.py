@@ -22,11 +22,17 @@ within and across shards differs (Beam assigns records to shards as they arrive)
 shard bytes differ between runs and runners. Compare conversions by their record sets
 (cxr-verify checks each one on its own).
 
-Input and output are paths every worker opens directly: a local disk for the local
-runners, a shared filesystem (NFS, a gcsfuse or S3 mount) on a cluster.
+Workers read and write through Beam's FileSystems, so input and output can be local
+paths (a shared filesystem on a cluster) or object-store URLs (gs://, s3://, with the
+Beam extra for that store). A local input is listed exactly as the local converter lists
+it (convert_lib.scan_input); an object store has no folders, links or undecodable names,
+so it is listed by prefix with the same class-folder and --metadata_csv rules.
 """
 import collections
+import hashlib
+import json
 import os
+import posixpath
 import re
 import secrets
 import time
@@ -34,6 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 
 from pipeline import convert_lib
@@ -46,6 +54,79 @@ from pipeline import splits as splits_lib
 DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 _TAG_REJECTED = "rejected"
+_TMP_SUFFIX = ".incomplete"
+
+
+def is_local(path: str) -> bool:
+  """Whether path is on this machine's filesystem (not gs://, s3://, …)."""
+  return FileSystems.get_scheme(path) in (None, "file")
+
+
+def _join(base: str, relpath: str) -> str:
+  return os.path.join(base, relpath) if is_local(base) else posixpath.join(base, relpath)
+
+
+def _read(path: str) -> bytes:
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return f.read()
+
+
+def list_files(input_dir: str, listed: Optional[Dict[str, Tuple[str, str]]] = None
+               ) -> Tuple[List[convert_lib.SourceFile], Dict[str, int]]:
+  """Every file below input_dir and its size: (SourceFiles as scan_input gives, sizes).
+
+  Raises:
+    convert_lib.ConversionError: as scan_input: missing input, no class folders.
+  """
+  if is_local(input_dir):
+    files = convert_lib.scan_input(input_dir, listed=listed)
+    return files, {}
+  prefix = input_dir.rstrip("/") + "/"
+  try:
+    found = FileSystems.match([prefix + "**"])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    # Each store raises its own errors (BeamIOError, its client's); the message says why.
+    raise convert_lib.ConversionError(f"--input_dir {input_dir!r} cannot be listed: {e}") from None
+  if not found:
+    raise convert_lib.ConversionError(f"--input_dir {input_dir!r} holds no files")
+  files, sizes, any_class_dir = [], {}, False
+  for meta in sorted(found, key=lambda m: m.path):
+    relpath = meta.path[len(prefix):]
+    if not relpath or relpath.endswith("/"):
+      continue  # a folder marker object
+    label = convert_lib.class_of(relpath.split("/")[:-1])
+    any_class_dir = any_class_dir or label is not None
+    files.append(convert_lib.source_file(relpath, label, listed))
+    sizes[relpath] = meta.size_in_bytes
+  return convert_lib.finish_listing(files, listed, any_class_dir, input_dir,
+                                    "--input_dir"), sizes
+
+
+def prepare_output(output_dir: str, overwrite: bool) -> None:
+  """convert_lib.prepare_output, for object stores too (manifest removed first)."""
+  if is_local(output_dir):
+    convert_lib.prepare_output(output_dir, overwrite)
+    return
+  prefix = output_dir.rstrip("/") + "/"
+  existing = [m.path for m in FileSystems.match([prefix + "*"])[0].metadata_list]
+  if existing and not overwrite:
+    raise convert_lib.ConversionError(
+        f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
+        "pass --overwrite to replace a previous conversion")
+  names = {p[len(prefix):]: p for p in existing}
+  ours = [names[n] for n in names if n == schema.MANIFEST_NAME] + [
+      p for n, p in names.items() if n.endswith((schema.SHARD_SUFFIX, _TMP_SUFFIX))
+      or n == schema.LABELS_NAME]
+  if ours:
+    FileSystems.delete(ours)
+
+
+def _write_text(path: str, text: str) -> None:
+  """Writes under a temporary name, then renames (atomic on a local filesystem)."""
+  tmp = path + _TMP_SUFFIX
+  with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    f.write(text.encode("utf-8"))
+  FileSystems.rename([tmp], [path])
 
 
 def unknown_beam_options(args: Sequence[str]) -> List[str]:
@@ -97,7 +178,12 @@ class _Inspect(beam.DoFn):
 
   def process(self, element):
     f, listed_patient = element
-    result = image_io.inspect_image(os.path.join(self.input_dir, f.relpath), self.max_pixels)
+    try:
+      data = _read(_join(self.input_dir, f.relpath))
+    except OSError as e:  # Beam's BeamIOError is an OSError
+      result = image_io.Rejection(f"{image_io.REASON_UNREADABLE}: {e}")
+    else:
+      result = image_io.inspect_data(data, self.max_pixels)
     self.inspected.inc()
     if isinstance(result, image_io.Rejection):
       self.rejected.inc()
@@ -123,8 +209,12 @@ class _Load(beam.DoFn):
 
   def process(self, element):
     split, r = element
-    loaded = image_io.load_encoded(os.path.join(self.input_dir, r.relpath), r.info.sha256,
-                                   r.info.format, self.image_size)
+    try:
+      data = _read(_join(self.input_dir, r.relpath))
+    except OSError as e:
+      loaded = image_io.Rejection(f"{image_io.REASON_CHANGED}: {e}")
+    else:
+      loaded = image_io.encoded_from_data(data, r.info.sha256, r.info.format, self.image_size)
     if isinstance(loaded, image_io.Rejection):
       yield beam.pvalue.TaggedOutput(_TAG_REJECTED, {"path": r.relpath, "reason": loaded.reason})
       return
@@ -132,10 +222,37 @@ class _Load(beam.DoFn):
     yield split, convert_lib.serialize_example(r, *loaded)
 
 
-def _shard_entry(path: str) -> Dict[str, Any]:
-  from pipeline import records  # pylint: disable=g-import-not-at-top
-  return {"file": os.path.basename(path), "records": records.count_records(path),
-          "sha256": image_io.sha256_file(path), "bytes": os.path.getsize(path)}
+def shard_entry(path: str) -> Dict[str, Any]:
+  """A shard's manifest entry (records, sha256, bytes), from one streamed read.
+
+  Each TFRecord is a little-endian uint64 length, a 4-byte CRC of it, the data and a
+  4-byte CRC of the data; the records are counted from that framing (cxr-verify checks
+  the CRCs and parses every record).
+
+  Raises:
+    ValueError: the file ends inside a record.
+  """
+  digest, size, count = hashlib.sha256(), 0, 0
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    while True:
+      header = f.read(12)
+      if not header:
+        break
+      remaining = (int.from_bytes(header[:8], "little") + 4) if len(header) == 12 else -1
+      digest.update(header)
+      size += len(header)
+      while remaining > 0:
+        chunk = f.read(min(remaining, 1 << 20))
+        if not chunk:
+          break
+        digest.update(chunk)
+        size += len(chunk)
+        remaining -= len(chunk)
+      if remaining != 0:
+        raise ValueError(f"{path}: truncated record after {count} records")
+      count += 1
+  return {"file": posixpath.basename(path), "records": count, "sha256": digest.hexdigest(),
+          "bytes": size}
 
 
 def _write_index(_, output_dir: str, plan: Dict[str, Any], shards: List[Dict[str, Any]],
@@ -149,22 +266,29 @@ def _write_index(_, output_dir: str, plan: Dict[str, Any], shards: List[Dict[str
       rejected=sorted(rejected + plan["conflicts"], key=lambda x: (x["path"], x["reason"])),
       id_sources=plan["id_sources"], salt_given=salt_given, ratios=ratios, seed=seed,
       image_size=image_size)
-  convert_lib.write_index(output_dir, manifest)
+  # As convert_lib.write_index, through FileSystems: labels.txt, then the manifest.
+  _write_text(_join(output_dir, schema.LABELS_NAME), "".join(l + "\n" for l in schema.LABELS))
+  _write_text(_join(output_dir, schema.MANIFEST_NAME),
+              json.dumps(manifest, indent=2, sort_keys=True) + "\n")
   return manifest["num_written"]
 
 
 def planned_shards(candidates: Sequence[convert_lib.SourceFile], input_dir: str,
-                   ratios: Sequence[float], num_shards: int,
-                   shard_size_mb: float) -> Dict[str, int]:
+                   ratios: Sequence[float], num_shards: int, shard_size_mb: float,
+                   sizes: Optional[Dict[str, int]] = None) -> Dict[str, int]:
   """Shards per split, fixed before the pipeline runs (WriteToTFRecord needs a number).
 
   Estimated from the listed files and the split ratios, as convert_lib.shard_count would
   size the split from its accepted images; rejections make a split's shards a little
-  smaller than planned, never more numerous than its files.
+  smaller than planned, never more numerous than its files. sizes: file sizes known
+  from the listing (object stores); local files are looked up.
   """
   total_bytes = 0
   if num_shards == 0:
     for f in candidates:
+      if sizes and f.relpath in sizes:
+        total_bytes += sizes[f.relpath]
+        continue
       try:
         total_bytes += os.path.getsize(os.path.join(input_dir, f.relpath))
       except OSError:
@@ -214,11 +338,11 @@ def convert(input_dir: str,
   options = pipeline_options_for(beam_runner, beam_args, num_workers)
   start = time.monotonic()
   listed = convert_lib.read_metadata_csv(metadata_csv) if metadata_csv else None
-  files = convert_lib.scan_input(input_dir, listed=listed)
-  convert_lib.prepare_output(output_dir, overwrite)
+  files, sizes = list_files(input_dir, listed)
+  prepare_output(output_dir, overwrite)
   salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
   candidates, scan_rejected = convert_lib.triage(files)
-  shards = planned_shards(candidates, input_dir, ratios, num_shards, shard_size_mb)
+  shards = planned_shards(candidates, input_dir, ratios, num_shards, shard_size_mb, sizes)
   logging.info("found %d files in %s; converting on Beam (%s)", len(files), input_dir,
                beam_runner)
 
@@ -247,10 +371,10 @@ def convert(input_dir: str,
         | f"Only {split}" >> beam.Filter(lambda e, s=split: e[0] == s)
         | f"Payload {split}" >> beam.Values()
         | f"Write {split}" >> beam.io.WriteToTFRecord(
-            os.path.join(output_dir, split), file_name_suffix=schema.SHARD_SUFFIX,
+            _join(output_dir, split), file_name_suffix=schema.SHARD_SUFFIX,
             num_shards=shards[split], shard_name_template="-SSSSS-of-NNNNN"))
   shard_entries = (written | "Shards" >> beam.Flatten()
-                   | "Hash shards" >> beam.Map(_shard_entry))
+                   | "Hash shards" >> beam.Map(shard_entry))
   rejected = ((pipeline | "Scan rejections" >> beam.Create(scan_rejected),
                inspected[_TAG_REJECTED], loaded[_TAG_REJECTED])
               | "Rejections" >> beam.Flatten())
@@ -269,7 +393,6 @@ def convert(input_dir: str,
     if found:
       raise convert_lib.ConversionError(found.group(1)) from None
     raise
-  from pipeline import records  # pylint: disable=g-import-not-at-top
-  manifest = records.load_manifest(output_dir)
+  manifest = json.loads(_read(_join(output_dir, schema.MANIFEST_NAME)))
   seconds = time.monotonic() - start
   return convert_lib.ConversionResult(manifest, seconds, float("nan"))

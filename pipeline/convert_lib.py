@@ -134,27 +134,44 @@ def scan_input(input_dir: str, flag: str = "--input_dir",
         dirs.remove(d)
         found.append(SourceFile(_printable("/".join(parts + [d])) + "/", None,
                                 image_io.REASON_LOOP))
-    label = None
-    for part in reversed(parts):  # the deepest class folder wins
-      label = schema.class_from_dirname(part)
-      if label:
-        break
+    label = class_of(parts)
     any_class_dir = any_class_dir or label is not None
     for name in sorted(files):
       relpath = "/".join(parts + [name])
       printable = _printable(relpath)
       if printable != relpath:
         found.append(SourceFile(printable, label, image_io.REASON_NAME))
-      elif listed is not None:
-        found.append(SourceFile(relpath, listed[relpath][1]) if relpath in listed
-                     else SourceFile(relpath, None, image_io.REASON_NOT_LISTED))
       else:
-        found.append(SourceFile(relpath, label))
+        found.append(source_file(relpath, label, listed))
+  return finish_listing(found, listed, any_class_dir, input_dir, flag)
+
+
+def class_of(folders: Sequence[str]) -> Optional[str]:
+  """The class of a file below `folders` (outermost first): the deepest class folder's."""
+  for part in reversed(folders):
+    label = schema.class_from_dirname(part)
+    if label:
+      return label
+  return None
+
+
+def source_file(relpath: str, label: Optional[str],
+                listed: Optional[Dict[str, Tuple[str, str]]]) -> SourceFile:
+  """A listed file: its class folder's label, or its --metadata_csv row's if given."""
+  if listed is None:
+    return SourceFile(relpath, label)
+  if relpath in listed:
+    return SourceFile(relpath, listed[relpath][1])
+  return SourceFile(relpath, None, image_io.REASON_NOT_LISTED)
+
+
+def finish_listing(found: List[SourceFile], listed: Optional[Dict[str, Tuple[str, str]]],
+                   any_class_dir: bool, input_dir: str, flag: str) -> List[SourceFile]:
+  """Adds --metadata_csv rows whose file was not found; refuses a tree without classes."""
   if listed is not None:
     seen_paths = {f.relpath for f in found}
-    found += [SourceFile(rel, None, image_io.REASON_LISTED_MISSING)
-              for rel in sorted(set(listed) - seen_paths)]
-    return found
+    return found + [SourceFile(rel, None, image_io.REASON_LISTED_MISSING)
+                    for rel in sorted(set(listed) - seen_paths)]
   if not any_class_dir:
     raise ConversionError(
         f"{flag} {input_dir!r} holds no class folders (expected sub-folders named "

@@ -75,6 +75,11 @@ def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[Image
       data = f.read()
   except OSError as e:
     return Rejection(f"{REASON_UNREADABLE}: {e.strerror or e}")
+  return inspect_data(data, max_pixels)
+
+
+def inspect_data(data: bytes, max_pixels: int = schema.MAX_PIXELS) -> Union[ImageInfo, Rejection]:
+  """inspect_image on a file's bytes, however they were read (a Beam worker's FileSystems)."""
   if not data:
     return Rejection(REASON_EMPTY)
   sha = hashlib.sha256(data).hexdigest()
@@ -182,6 +187,12 @@ def load_encoded(path: str, expected_sha256: str, fmt: str,
       data = f.read()
   except OSError as e:
     return Rejection(f"{REASON_CHANGED}: {e.strerror or e}")
+  return encoded_from_data(data, expected_sha256, fmt, max_side)
+
+
+def encoded_from_data(data: bytes, expected_sha256: str, fmt: str, max_side: Optional[int]
+                      ) -> Union[Tuple[bytes, int, int, int], Rejection]:
+  """load_encoded on a file's bytes, however they were read."""
   if hashlib.sha256(data).hexdigest() != expected_sha256:
     return Rejection(f"{REASON_CHANGED}: its content differs from the first pass")
   data = film.as_8bit(data)  # DICOM etc. stored as the windowed 8-bit PNG; size checked

@@ -65,28 +65,3 @@ def check_shards(data_dir: str, splits: Sequence[str], hashes: bool = True) -> N
         raise ValueError(f"shard {path}: sha256 differs from the manifest: the conversion "
                          "output was altered; convert again (cxr-verify details it)")
 
-
-def count_records(path: str) -> int:
-  """Records in a TFRecord file, from its framing alone (no TensorFlow, no CRC check).
-
-  Each record is a little-endian uint64 length, a 4-byte CRC of it, the data and a
-  4-byte CRC of the data. cxr-verify checks the CRCs and parses every record.
-
-  Raises:
-    ValueError: the file ends inside a record.
-  """
-  count = 0
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    while True:
-      header = f.read(8)
-      if not header:
-        return count
-      if len(header) < 8:
-        raise ValueError(f"{path}: truncated record header after {count} records")
-      length = int.from_bytes(header, "little")
-      end = f.tell() + 4 + length + 4
-      if end > size:
-        raise ValueError(f"{path}: truncated record after {count} records")
-      f.seek(end)
-      count += 1

@@ -3,16 +3,17 @@ import collections
 import hashlib
 import os
 import shutil
+from unittest import mock
 
 from absl import app
 import pytest
 import tensorflow as tf
 
 from pipeline import convert_lib
-from pipeline import records
 from pipeline import schema
 from pipeline import verify_lib
-from tests.conftest import SAMPLE_DIR, image_bytes, run_main, run_module, write_file
+from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, run_main, run_module,
+                            write_file)
 
 beam = pytest.importorskip(
     "apache_beam", reason="Apache Beam is not installed (pip install -e '.[beam]'); "
@@ -60,6 +61,7 @@ def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
   assert "cxr-convert: wrote 300 images" in run.stdout
   # Quiet: our lines only, none of the SDK workers' start-up and shutdown chatter.
   assert len(run.stderr.splitlines()) <= 3, run.stderr
+  from pipeline import records  # pylint: disable=g-import-not-at-top
   beamed = convert_lib.ConversionResult(records.load_manifest(str(tmp_path / "beam")), 0, 0)
 
   hashes = _record_hashes(str(tmp_path / "beam"))
@@ -91,17 +93,56 @@ def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
   assert not [n for n in os.listdir(str(tmp_path / "beam")) if n.startswith("beam-temp")]
 
 
-def test_count_records_reads_the_framing(tmp_path):
-  path = str(tmp_path / "x.tfrecord")
+def test_shard_entry_counts_and_hashes_in_one_read(tmp_path):
+  path = str(tmp_path / "train-00000-of-00001.tfrecord")
   with tf.io.TFRecordWriter(path) as w:
-    for n in (0, 5, 70000):
+    for n in (0, 5, 3_000_000):  # the last spans several read chunks
       w.write(b"x" * n)
-  assert records.count_records(path) == 3
   with open(path, "rb") as f:
     data = f.read()
+  assert convert_beam.shard_entry(path) == {
+      "file": "train-00000-of-00001.tfrecord", "records": 3,
+      "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
   write_file(path, data[:-3])
   with pytest.raises(ValueError, match="truncated record after 2 records"):
-    records.count_records(path)
+    convert_beam.shard_entry(path)
+
+
+def test_object_store_listing_follows_the_local_rules(tmp_path):
+  """The prefix listing used for gs:// and s3://, exercised on a local folder."""
+  root = str(tmp_path / "in")
+  write_file(os.path.join(root, "a", "NORMAL", "IM-0001-0001.jpeg"), b"1")
+  write_file(os.path.join(root, "PNEUMONIA", "x", "person1_virus_1.jpeg"), b"22")
+  write_file(os.path.join(root, "stray.jpeg"), b"333")
+  by_path = lambda files: sorted(files, key=lambda f: f.relpath)
+  with mock.patch.object(convert_beam, "is_local", lambda path: False):
+    files, sizes = convert_beam.list_files(root)
+    assert by_path(files) == by_path(convert_lib.scan_input(root))
+    assert sizes == {"PNEUMONIA/x/person1_virus_1.jpeg": 2, "a/NORMAL/IM-0001-0001.jpeg": 1,
+                     "stray.jpeg": 3}
+    listed = {"stray.jpeg": ("p1", "NORMAL"), "gone.jpeg": ("p2", "PNEUMONIA")}
+    assert by_path(convert_beam.list_files(root, listed)[0]) == by_path(
+        convert_lib.scan_input(root, listed=listed))
+    with pytest.raises(convert_lib.ConversionError, match="holds no files"):
+      convert_beam.list_files(str(tmp_path / "empty"))
+
+
+def test_object_store_code_path_converts_like_the_local_one(tmp_path):
+  """The whole pipeline with every path treated as an object store's (in one process)."""
+  src = make_tree(str(tmp_path / "in"), patients_per_class=6)
+  write_file(str(tmp_path / "in" / "NORMAL" / "empty.jpeg"), b"")
+  local = convert_lib.convert(src, str(tmp_path / "local"), (0.5, 0.25, 0.25), num_shards=2,
+                              num_workers=1)
+  out = str(tmp_path / "remote")
+  with mock.patch.object(convert_beam, "is_local", lambda path: False):
+    beamed = convert_beam.convert(src, out, (0.5, 0.25, 0.25), num_shards=2, num_workers=1,
+                                  beam_args=["--direct_running_mode=in_memory"])
+    with pytest.raises(convert_lib.ConversionError, match="not empty"):
+      convert_beam.prepare_output(out, overwrite=False)
+  assert _record_hashes(out) == _record_hashes(str(tmp_path / "local"))
+  assert beamed.manifest["rejected"] == local.manifest["rejected"]
+  assert verify_lib.verify(out) == verify_lib.verify(str(tmp_path / "local"))
+  assert not [n for n in os.listdir(out) if n.endswith(".incomplete")]
 
 
 def test_planned_shards_follow_the_local_rule():
