@@ -9,7 +9,8 @@
 # One edge_cnn run takes 18-20 min on a 2-core AVX2 machine (4 min on a faster one).
 # Then the rotation+zoom runs again at the previous threshold rule, the TTA/ensemble
 # probe on the default runs, and the later levers that were not adopted (histogram
-# equalization over three seeds, 224-px input for 15 epochs, mixup on seed 42).
+# equalization over three seeds, 224-px input for 15 epochs, mixup on seed 42, translation
+# over three seeds).
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -85,3 +86,16 @@ if [ ! -f "$d/model_info.json" ]; then
 fi
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_mixup" "--group=mixup 0.2=$d"
+echo "== + translation (shift ±10%) on the default augmentation, 3 seeds (the equalization rule)"
+trans=()
+for s in $SEEDS; do
+  d="$OUT/translation_$s"
+  if [ ! -f "$d/model_info.json" ]; then
+    rm -rf "$d"
+    "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --seed="$s" \
+      --augment=rotation,zoom,brightness,contrast,translation --external_dir="$EXTERNAL_DIR"
+  fi
+  trans+=("$d")
+done
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_translation" "--group=+ translation=$(IFS=,; echo "${trans[*]}")"
