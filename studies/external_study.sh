@@ -10,7 +10,7 @@
 # Then the rotation+zoom runs again at the previous threshold rule, the TTA/ensemble
 # probe on the default runs, and the later levers that were not adopted (histogram
 # equalization over three seeds, 224-px input for 15 epochs, mixup on seed 42, translation
-# on seeds 42 and 1).
+# on seeds 42 and 1), and the previous default (seed 42) for the README's first comparison.
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -100,3 +100,12 @@ for s in 42 1; do
 done
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_translation" "--group=+ translation=$(IFS=,; echo "${trans[*]}")"
+echo "== the previous default (brightness + contrast, threshold by validation Youden J), seed 42"
+d="$OUT/previous_default_42"
+if [ ! -f "$d/model_info.json" ]; then
+  rm -rf "$d"
+  "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment=brightness,contrast \
+    --threshold_rule=youden --seed=42 --external_dir="$EXTERNAL_DIR"
+fi
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_previous" --threshold_rule=youden "--group=previous default=$d"
