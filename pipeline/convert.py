@@ -12,7 +12,10 @@ Usage:
   # cluster runner with its own pipeline options after ours.
   cxr-convert --runner=beam --num_workers=2 --input_dir=... --output_dir=...
   cxr-convert --runner=beam --beam_runner=FlinkRunner --flink_master=host:8081 \
-      --environment_type=LOOPBACK --input_dir=/nfs/films --output_dir=/nfs/records
+      --environment_type=DOCKER --environment_config=registry.local/cxr-edge-beam:0.1 \
+      --input_dir=/nfs/films --output_dir=/nfs/records
+  cxr-convert --runner=beam --beam_runner=DataflowRunner --project=P --region=R \
+      --temp_location=gs://B/tmp --input_dir=gs://B/films --output_dir=gs://B/records
 
 Reads 8-bit JPEG and PNG as they are, and DICOM radiographs, 16-bit PNG and TIFF windowed
 to 8 bits (stored as lossless PNG; the record keeps the source format). Patient ids come
