@@ -328,8 +328,8 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
   return classifier, model
 
 
-def _best_weights_path(config: train_config.TrainConfig) -> str:
-  return os.path.join(config.model_dir, "checkpoints", "best.weights.h5")
+def _best_weights_path(model_dir: str) -> str:
+  return os.path.join(model_dir, "checkpoints", "best.weights.h5")
 
 
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
@@ -344,7 +344,7 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   weights when the others do not, and the workers' collective ops would part ways.
   """
   previous = model_dir_lib.read_history(run_dir or config.model_dir)
-  best_weights = _best_weights_path(config)
+  best_weights = _best_weights_path(config.model_dir)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
   return ([ExternalValidation(classifier, external)] if external is not None else []) + [
       EpochProgress(config.epochs),
@@ -386,12 +386,12 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
     final = model_dir_lib.quantize(final)
-  if os.path.isfile(_best_weights_path(config)):
+  if os.path.isfile(_best_weights_path(config.model_dir)):
     # The checkpoint is the training wrapper's; a plain wrapper around `final` reads it
     # (loading into the distributed one fails under a multi-worker strategy).
     holder = AugmentingModel(final, augment_config.config_from_names(["none"]), config.seed)
     holder(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
-    holder.load_weights(_best_weights_path(config))
+    holder.load_weights(_best_weights_path(config.model_dir))
   else:
     final.set_weights(trained)
   model_dir_lib.save_model(config.model_dir, final, config.qat)
@@ -565,8 +565,7 @@ def _train(config: train_config.TrainConfig, strategy: tf.distribute.Strategy,
                config.data_dir, config.epochs, ",".join(config.augment.names()) or "none",
                strategy.num_replicas_in_sync)
   done = len(model_dir_lib.read_history(run_dir).get("epoch", []))
-  if done >= config.epochs and os.path.isfile(
-      _best_weights_path(dataclasses.replace(config, model_dir=run_dir))):
+  if done >= config.epochs and os.path.isfile(_best_weights_path(run_dir)):
     # Killed after the last epoch, before model_info.json: only the finishing steps remain.
     logging.info("all %d epochs had finished; finishing the run", config.epochs)
     train_seconds = 0.0

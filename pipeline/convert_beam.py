@@ -54,7 +54,6 @@ from pipeline import splits as splits_lib
 DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 _TAG_REJECTED = "rejected"
-_TMP_SUFFIX = ".incomplete"
 
 
 def is_local(path: str) -> bool:
@@ -113,17 +112,14 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
     raise convert_lib.ConversionError(
         f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
         "pass --overwrite to replace a previous conversion")
-  names = {p[len(prefix):]: p for p in existing}
-  ours = [names[n] for n in names if n == schema.MANIFEST_NAME] + [
-      p for n, p in names.items() if n.endswith((schema.SHARD_SUFFIX, _TMP_SUFFIX))
-      or n == schema.LABELS_NAME]
+  ours = convert_lib.own_files([p[len(prefix):] for p in existing])
   if ours:
-    FileSystems.delete(ours)
+    FileSystems.delete([prefix + n for n in ours])
 
 
 def _write_text(path: str, text: str) -> None:
   """Writes under a temporary name, then renames (atomic on a local filesystem)."""
-  tmp = path + _TMP_SUFFIX
+  tmp = path + convert_lib.TMP_SUFFIX
   with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     f.write(text.encode("utf-8"))
   FileSystems.rename([tmp], [path])
@@ -266,10 +262,8 @@ def _write_index(_, output_dir: str, plan: Dict[str, Any], shards: List[Dict[str
       rejected=sorted(rejected + plan["conflicts"], key=lambda x: (x["path"], x["reason"])),
       id_sources=plan["id_sources"], salt_given=salt_given, ratios=ratios, seed=seed,
       image_size=image_size)
-  # As convert_lib.write_index, through FileSystems: labels.txt, then the manifest.
-  _write_text(_join(output_dir, schema.LABELS_NAME), "".join(l + "\n" for l in schema.LABELS))
-  _write_text(_join(output_dir, schema.MANIFEST_NAME),
-              json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+  for name, text in convert_lib.index_files(manifest):  # write_index, through FileSystems
+    _write_text(_join(output_dir, name), text)
   return manifest["num_written"]
 
 

@@ -34,7 +34,7 @@ MANIFEST_VERSION = 2
 # Below this share of files with a recognised patient id, the patient-grouped split is
 # close to an image-level one (a patient's films may straddle splits): warn.
 MIN_RECOGNISED_PATIENTS = 0.9
-_TMP_SUFFIX = ".incomplete"
+TMP_SUFFIX = ".incomplete"  # a file being written; renamed when complete
 _PROGRESS_EVERY_S = 5.0
 
 
@@ -299,26 +299,35 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
     raise ConversionError(
         f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
         "pass --overwrite to replace a previous conversion")
-  # Remove the manifest first: from now on the directory must not look complete.
-  ours = [n for n in existing if n == schema.MANIFEST_NAME] + [
-      n for n in existing if n.endswith((schema.SHARD_SUFFIX, _TMP_SUFFIX))
+  cli.remove_own(output_dir, own_files(existing))
+
+
+def own_files(names: Sequence[str]) -> List[str]:
+  """Of an output folder's entries, those a conversion writes, the manifest first: it is
+  removed first, so that from then on the folder does not look complete."""
+  return [n for n in names if n == schema.MANIFEST_NAME] + [
+      n for n in names if n.endswith((schema.SHARD_SUFFIX, TMP_SUFFIX))
       or n == schema.LABELS_NAME]
-  for name in ours:
-    os.remove(os.path.join(output_dir, name))
 
 
 def _write_atomic(path: str, text: str) -> None:
-  tmp = path + _TMP_SUFFIX
+  tmp = path + TMP_SUFFIX
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, path)
 
 
+def index_files(manifest: Dict[str, Any]) -> List[Tuple[str, str]]:
+  """(name, text) of labels.txt and manifest.json, in the order they are written: the
+  manifest last, as the mark of a complete conversion."""
+  return [(schema.LABELS_NAME, "".join(l + "\n" for l in schema.LABELS)),
+          (schema.MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")]
+
+
 def write_index(output_dir: str, manifest: Dict[str, Any]) -> None:
-  """Writes labels.txt and then manifest.json, the mark of a complete conversion."""
-  _write_atomic(os.path.join(output_dir, schema.LABELS_NAME), "".join(l + "\n" for l in schema.LABELS))
-  _write_atomic(os.path.join(output_dir, schema.MANIFEST_NAME),
-                json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+  """Writes labels.txt and then manifest.json (index_files)."""
+  for name, text in index_files(manifest):
+    _write_atomic(os.path.join(output_dir, name), text)
 
 
 def serialize_example(record: Record, encoded: bytes, height: int, width: int,
@@ -621,7 +630,7 @@ def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
   vanished = []
   for name, recs in plan:
     final = os.path.join(output_dir, name)
-    tmp = final + _TMP_SUFFIX
+    tmp = final + TMP_SUFFIX
     written = 0
     with tf.io.TFRecordWriter(tmp) as writer:
       for r in recs:
