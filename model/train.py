@@ -70,6 +70,10 @@ _CLASS_WEIGHT = flags.DEFINE_enum("class_weight", "balanced", ["balanced", "none
 _MIXUP = flags.DEFINE_float(
     "mixup", 0.0, "mixup in the training step: each image blended with another, the loss "
     "with both labels; the Beta(alpha, alpha) parameter, 0 = off.", lower_bound=0.0)
+_EMA_MOMENTUM = flags.DEFINE_float(
+    "ema_momentum", 0.0, "Exponential moving average of the weights, momentum per step "
+    "(e.g. 0.999), 0 = off: validation, external scoring, the best epoch and the saved "
+    "model use the averaged weights.", lower_bound=0.0, upper_bound=1.0)
 _SEED = flags.DEFINE_integer("seed", 42, "Seed of initialization, shuffling, augmentation.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
@@ -113,9 +117,9 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 
 # Flags that make the recipe; a QAT run takes them from its float run.
 _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
-                 "contrast", "translation", "class_weight", "mixup", "seed", "batch_size",
-                 "lr_schedule", "target_sensitivity", "threshold_rule", "width", "dropout",
-                 "mixed_precision")
+                 "contrast", "translation", "class_weight", "mixup", "ema_momentum", "seed",
+                 "batch_size", "lr_schedule", "target_sensitivity", "threshold_rule", "width",
+                 "dropout", "mixed_precision")
 
 
 def _qat_config() -> train_config.TrainConfig:
@@ -144,7 +148,8 @@ def _config() -> train_config.TrainConfig:
       augment=augment_config.config_from_names(names, _ROTATION.value, _ZOOM.value,
                                                (low, high), _CONTRAST.value,
                                                _TRANSLATION.value),
-      class_weight=_CLASS_WEIGHT.value, mixup=_MIXUP.value, seed=_SEED.value,
+      class_weight=_CLASS_WEIGHT.value, mixup=_MIXUP.value,
+      ema_momentum=_EMA_MOMENTUM.value, seed=_SEED.value,
       strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
       threshold_rule=_THRESHOLD_RULE.value,

@@ -121,6 +121,63 @@ class AugmentingModel(keras.Model):
     return self.compute_metrics(x, y, y_pred, sample_weight)
 
 
+class AveragedWeights:
+  """Puts the optimizer's moving average of the weights into the model, and back.
+
+  With ema_momentum, the network that is validated, scored on external films,
+  checkpointed as the best epoch and saved is the averaged one, while the training steps
+  and the resume backup keep the raw weights. The two callbacks `swap_in` and
+  `swap_out` sit around the callbacks that read the weights (see _callbacks); swapping
+  is idempotent, so each end may be reached twice.
+  """
+
+  def __init__(self):
+    self._pairs = None
+    self.averaged = False
+    self.swap_in = _Swap(self, True)
+    self.swap_out = _Swap(self, False)
+
+  def _pairs_of(self, model: keras.Model):
+    # The averages are the optimizer's own variables (tf_keras use_ema), built with its
+    # slots at the first step and saved and restored with them by BackupAndRestore.
+    opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+    if self._pairs is None:
+      averages = opt._model_variables_moving_average  # pylint: disable=protected-access
+      index = opt._index_dict  # pylint: disable=protected-access
+      self._pairs = [(v, averages[index[opt._var_key(v)]])  # pylint: disable=protected-access
+                     for v in model.trainable_variables]
+    return self._pairs
+
+  def set(self, model: keras.Model, averaged: bool) -> None:
+    """Model variables hold the averaged (True) or the raw (False) weights."""
+    if averaged == self.averaged:
+      return
+    for var, average in self._pairs_of(model):
+      held = var.numpy()
+      var.assign(average)
+      average.assign(held)
+    self.averaged = averaged
+
+
+class _Swap(keras.callbacks.Callback):
+  """One end of AveragedWeights: before validation and the epoch's end, or after."""
+
+  def __init__(self, weights: AveragedWeights, averaged: bool):
+    super().__init__()
+    self._weights, self._averaged = weights, averaged
+
+  def on_test_begin(self, logs=None):
+    if self._averaged:
+      self._weights.set(self.model, True)
+
+  def on_test_end(self, logs=None):
+    if not self._averaged:
+      self._weights.set(self.model, False)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._weights.set(self.model, self._averaged)
+
+
 def choose_threshold(labels: np.ndarray, probs: np.ndarray,
                      rule: str = train_config.DEFAULT_THRESHOLD_RULE,
                      target_sensitivity: Optional[float] = None) -> Tuple[float, str]:
@@ -319,8 +376,12 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
     else:
       classifier = models.build(config.model, config.image_size, config.width, config.dropout)
     model = AugmentingModel(classifier, config.augment, config.seed, config.mixup)
+    # With ema_momentum the optimizer also keeps the weights' moving average (and fit
+    # ends by writing it into the model).
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(config, strategy.num_replicas_in_sync)),
+        optimizer=keras.optimizers.Adam(learning_rate(config, strategy.num_replicas_in_sync),
+                                        use_ema=config.ema_momentum > 0,
+                                        ema_momentum=config.ema_momentum or 0.99),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  PositiveAUC(name="auc", num_thresholds=1000)])
@@ -337,7 +398,10 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                extra: Optional[List[keras.callbacks.Callback]],
                backup_dir: Optional[str] = None,
                run_dir: Optional[str] = None) -> List[keras.callbacks.Callback]:
-  """External scoring first (later callbacks log what it adds), resume, best epoch, logs.
+  """Resume, external scoring (later callbacks log what it adds), best epoch, logs.
+
+  The resume backup comes first, holding the raw weights; with ema_momentum the averaged
+  ones are swapped in for validation, external scoring and the best-epoch checkpoint.
 
   run_dir is the run's model_dir (the chief's), whose history every worker reads: a
   worker that decided differently whether an epoch is the best so far would save
@@ -346,15 +410,19 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   previous = model_dir_lib.read_history(run_dir or config.model_dir)
   best_weights = _best_weights_path(config.model_dir)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
-  return ([ExternalValidation(classifier, external)] if external is not None else []) + [
-      EpochProgress(config.epochs),
+  averaged = AveragedWeights() if config.ema_momentum > 0 else None
+  return [
       keras.callbacks.BackupAndRestore(backup_dir or os.path.join(config.model_dir, "backup")),
+  ] + ([averaged.swap_in] if averaged else []) + (
+      [ExternalValidation(classifier, external)] if external is not None else []) + [
+      EpochProgress(config.epochs),
       keras.callbacks.ModelCheckpoint(
           best_weights, monitor="val_auc", mode="max", save_best_only=True,
           save_weights_only=True,
           # After a resume, only an epoch better than every earlier one replaces it.
           initial_value_threshold=(max(previous.get("val_auc", [float("-inf")]))
                                    if previous else None)),
+  ] + ([averaged.swap_out] if averaged else []) + [
       keras.callbacks.CSVLogger(os.path.join(config.model_dir, model_dir_lib.LOG_FILE),
                                 append=True),
       keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
@@ -419,6 +487,7 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "best_epoch": model_dir_lib.best_epoch(history),
       "augment": list(config.augment.names()),
       "mixup": config.mixup,
+      "ema_momentum": config.ema_momentum,
       "class_weight": config.class_weight,
       "seed": config.seed,
       "batch_size": config.batch_size,
@@ -466,6 +535,12 @@ def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optio
     model_dir_lib.remove_run(config.model_dir)
   identity = _identity(config)
   found = model_dir_lib.read_run(config.model_dir)
+  if found is not None:
+    # A run written before a config field existed ran with that field's default.
+    defaults = {f.name: f.default for f in dataclasses.fields(train_config.TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    found = dict(found, config={**{k: v for k, v in defaults.items()
+                                   if k in identity["config"]}, **found["config"]})
   if found is None and model_dir_lib.has_artifacts(config.model_dir):
     raise ValueError(f"--model_dir {config.model_dir!r} holds a training run this version "
                      "cannot identify; pass --overwrite to replace it, or choose another "

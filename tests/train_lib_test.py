@@ -345,3 +345,60 @@ def test_an_epoch_run_again_after_a_kill_counts_once(tmp_path):
       "epoch,loss\n0,0.9\n1,0.8\n1,0.7\n2,0.6\n")
   assert model_dir_lib.read_history(str(tmp_path)) == {"epoch": [0.0, 1.0, 2.0],
                                                         "loss": [0.9, 0.7, 0.6]}
+
+
+class TrainableWeights(keras.callbacks.Callback):
+  """Test hook: the model's trainable weights at the start and at each epoch's end."""
+
+  def on_train_begin(self, logs=None):
+    self.start = [w.numpy() for w in self.model.trainable_weights]
+    self.epoch_ends = []
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.epoch_ends.append([w.numpy() for w in self.model.trainable_weights])
+
+
+def _same(a, b):
+  return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_ema_saves_the_averaged_weights_while_training_moves_the_raw_ones(sample_records,
+                                                                          tmp_path):
+  # Momentum 1: the average never leaves the initial weights, so the averaged network
+  # is known exactly; the raw weights that training moves must not be what is saved.
+  seen = TrainableWeights()
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=2, ema_momentum=1.0),
+                         extra_callbacks=[seen])
+  assert info["ema_momentum"] == 1.0 and info["config"]["ema_momentum"] == 1.0
+  saved, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
+  assert _same([w.numpy() for w in saved.trainable_weights], seen.start)
+  # Later callbacks see the raw weights again after each epoch, and they moved.
+  assert not _same(seen.epoch_ends[-1], seen.start)
+  # Validation scored the averaged (initial) network: the same AUC both epochs.
+  history = model_dir_lib.read_history(str(tmp_path / "m"))
+  assert history["val_auc"][0] == pytest.approx(history["val_auc"][1], abs=1e-6)
+
+
+def test_ema_averages_are_resumed_from_the_backup(sample_records, tmp_path):
+  # Killed in epoch 2 and resumed: had the averages restarted from the restored raw
+  # weights, the saved (momentum 1) network would be those, not the initial weights.
+  seen = TrainableWeights()
+  cfg = _config(sample_records, tmp_path / "m", epochs=2, ema_momentum=1.0)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(cfg, extra_callbacks=[seen, StopAt(epoch=1, batch=1)])
+  resumed = TrainableWeights()
+  train_lib.train(cfg, extra_callbacks=[resumed])
+  assert not _same(resumed.start, seen.start)  # the raw weights had moved
+  saved, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
+  assert _same([w.numpy() for w in saved.trainable_weights], seen.start)
+
+
+def test_a_run_from_before_a_config_field_resumes_with_its_default(sample_records, tmp_path):
+  cfg = _config(sample_records, tmp_path / "m", epochs=1)
+  train_lib.train(cfg)
+  run = model_dir_lib.read_run(str(tmp_path / "m"))
+  del run["config"]["ema_momentum"]  # written before the field existed
+  model_dir_lib.write_run(str(tmp_path / "m"), run)
+  assert train_lib.train(cfg)["already_finished"]
+  with pytest.raises(ValueError, match="ema_momentum"):
+    train_lib.train(_config(sample_records, tmp_path / "m", epochs=1, ema_momentum=0.5))
