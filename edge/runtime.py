@@ -18,14 +18,12 @@ metadata: 1 unless a calibration set it).
 """
 import glob
 import hashlib
-import io
 import json
 import os
 import time
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from edge import package
 from pipeline import cli
@@ -52,11 +50,12 @@ def decode_grayscale(data: bytes) -> np.ndarray:
   if not data:
     raise ImageError("empty file")
   try:
-    with Image.open(io.BytesIO(data)) as im:
+    with film.opened_image(data) as im:
       if im.format not in schema.IMAGE_FORMATS:
         raise ImageError(f"unsupported format: {im.format}")
       if im.size[0] * im.size[1] > schema.MAX_PIXELS:
-        raise ImageError(f"image too large: {im.size[0]}x{im.size[1]}")
+        raise ImageError(f"{film.REASON_BOMB}: {im.size[0]}x{im.size[1]} exceeds "
+                         f"{schema.MAX_PIXELS} pixels")
       if im.format != "PNG":
         # libjpeg's own colour->luma conversion, the one TensorFlow's decoder uses.
         im.draft("L", im.size)
@@ -65,12 +64,8 @@ def decode_grayscale(data: bytes) -> np.ndarray:
       if im.mode == "P":
         im = im.convert("RGBA")
       return np.asarray(im.convert("L"), dtype=np.uint8)
-  except UnidentifiedImageError:
-    raise ImageError("not an image") from None
-  except Image.DecompressionBombError as e:
-    raise ImageError(f"image too large: {e}") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ImageError(f"truncated or corrupt image: {e}") from None
+  except film.UnreadableImage as e:
+    raise ImageError(str(e)) from None
 
 
 def _resize_axis(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

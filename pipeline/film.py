@@ -17,12 +17,14 @@ through unchanged (`needs_windowing` is False for them).
 TensorFlow-free: numpy, Pillow, and pydicom (imported only for DICOM; python-gdcm and
 pylibjpeg-openjpeg add the JPEG-LS and JPEG 2000 transfer syntaxes).
 """
+import contextlib
 import dataclasses
 import hashlib
 import io
 import logging as std_logging
 import warnings
-from typing import Any, Optional, Tuple
+import zlib
+from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -35,6 +37,11 @@ REASON_DICOM_COLOUR = "colour DICOM"
 REASON_DICOM_UNREADABLE = "unreadable DICOM"
 REASON_DICOM_DECODE = "DICOM pixel data cannot be decoded"
 REASON_HIGH_BIT_MODE = "unsupported high-bit-depth image"
+# Why Pillow could not read a file (opened_image): the same words in cxr-convert's
+# rejections, cxr-evaluate's skips and the edge predictor's errors.
+REASON_NOT_IMAGE = "not an image"
+REASON_BOMB = "decompression-bomb size"
+REASON_CORRUPT = "truncated or corrupt image"
 
 # Projection radiography (computed, digital, radiographic) and "other", which secondary
 # captures of radiographs often carry. CT, MR, US... are not chest films.
@@ -43,6 +50,28 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT")
 
 class FilmError(Exception):
   """A file that is not a usable film; str(e) starts with one of the REASON_* prefixes."""
+
+
+class UnreadableImage(Exception):
+  """Pillow cannot read the bytes; str(e) starts with REASON_NOT_IMAGE, _BOMB or _CORRUPT."""
+
+
+@contextlib.contextmanager
+def opened_image(data: bytes) -> Iterator[Image.Image]:
+  """Image.open on bytes, its many failure exceptions turned into one UnreadableImage.
+
+  Covers what fails inside the block too (a full decode raises there on truncated data);
+  other exceptions the block raises pass through unchanged.
+  """
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      yield im
+  except UnidentifiedImageError:
+    raise UnreadableImage(REASON_NOT_IMAGE) from None
+  except Image.DecompressionBombError as e:
+    raise UnreadableImage(f"{REASON_BOMB}: {e}") from None
+  except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+    raise UnreadableImage(f"{REASON_CORRUPT}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +101,9 @@ def needs_windowing(data: bytes) -> bool:
   if is_dicom(data):
     return True
   try:
-    with Image.open(io.BytesIO(data)) as im:  # header only
+    with opened_image(data) as im:  # header only
       return im.format == "TIFF" or (im.format == "PNG" and im.mode.startswith("I"))
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+  except UnreadableImage:
     return False
 
 
@@ -120,9 +149,9 @@ def read_film(data: bytes, max_pixels: Optional[int] = None) -> Film:
     pixels, patient_id = _dicom_pixels(data, max_pixels)
     return _film(pixels, "dicom", patient_id)
   try:
-    with Image.open(io.BytesIO(data)) as im:
+    with opened_image(data) as im:
       if max_pixels and im.size[0] * im.size[1] > max_pixels:
-        raise FilmError(f"decompression-bomb size: {im.size[0]}x{im.size[1]} exceeds "
+        raise FilmError(f"{REASON_BOMB}: {im.size[0]}x{im.size[1]} exceeds "
                         f"{max_pixels} pixels")
       source = "tiff" if im.format == "TIFF" else "png16"
       if getattr(im, "n_frames", 1) > 1:
@@ -135,12 +164,8 @@ def read_film(data: bytes, max_pixels: Optional[int] = None) -> Film:
       if im.mode in ("L", "RGB", "P", "LA", "RGBA", "1"):  # 8-bit TIFF: as Pillow shows it
         return _film(np.asarray(im.convert("L"), np.uint8), source)
       raise FilmError(f"{REASON_HIGH_BIT_MODE}: {im.format} mode {im.mode}")
-  except UnidentifiedImageError:
-    raise FilmError("not an image") from None
-  except Image.DecompressionBombError as e:
-    raise FilmError(f"decompression-bomb size: {e}") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise FilmError(f"truncated or corrupt image: {e}") from None
+  except UnreadableImage as e:
+    raise FilmError(str(e)) from None
 
 
 def as_8bit(data: bytes, max_pixels: Optional[int] = None) -> bytes:

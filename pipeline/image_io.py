@@ -11,7 +11,7 @@ import struct
 import zlib
 from typing import Optional, Tuple, Union
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pipeline import film
 from pipeline import schema
@@ -22,11 +22,11 @@ _PNG_MODES = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "P": 3, "R
 
 # Rejection reasons (the manifest and tests use these prefixes).
 REASON_EMPTY = "empty file"
-REASON_NOT_IMAGE = "not an image"
-REASON_CORRUPT = "truncated or corrupt image"
+REASON_NOT_IMAGE = film.REASON_NOT_IMAGE
+REASON_CORRUPT = film.REASON_CORRUPT
 REASON_FORMAT = "unsupported format"
 REASON_MODE = "unsupported colour mode"
-REASON_BOMB = "decompression-bomb size"
+REASON_BOMB = film.REASON_BOMB
 REASON_UNKNOWN_CLASS = "unknown class folder"
 REASON_UNREADABLE = "unreadable file"
 REASON_CONFLICT = "conflicting labels"
@@ -106,7 +106,7 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
   """Returns (format, height, width, channels) of fully decodable bytes, or a Rejection."""
   try:
     # Our own limit replaces Pillow's global one, which only warns below 2x its value.
-    with Image.open(io.BytesIO(data)) as im:
+    with film.opened_image(data) as im:
       fmt = schema.IMAGE_FORMATS.get(im.format or "")
       if fmt is None:
         return Rejection(f"{REASON_FORMAT}: {im.format}")
@@ -120,12 +120,8 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
       if im.mode == "P" and "transparency" in im.info:
         channels = 4
       im.load()  # Full decode: raises on truncated or corrupt data.
-  except UnidentifiedImageError:
-    return Rejection(REASON_NOT_IMAGE)
-  except Image.DecompressionBombError as e:
-    return Rejection(f"{REASON_BOMB}: {e}")
-  except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
-    return Rejection(f"{REASON_CORRUPT}: {e}")
+  except film.UnreadableImage as e:
+    return Rejection(str(e))
   return fmt, height, width, channels
 
 

@@ -199,3 +199,30 @@ def test_tiff_that_is_not_one_grayscale_film_is_rejected():
   first.save(pages, format="TIFF", save_all=True, append_images=[Image.fromarray(film_pixels(1))])
   with pytest.raises(film.FilmError, match=film.REASON_HIGH_BIT_MODE + ": 2 frames"):
     film.read_film(pages.getvalue())
+
+
+def _jpeg_bytes() -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(np.full((32, 32), 128, np.uint8), "L").save(out, format="JPEG")
+  return out.getvalue()
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"hello, not an image\n" * 10, film.REASON_NOT_IMAGE),
+    (_jpeg_bytes()[:200], film.REASON_CORRUPT),
+])
+def test_one_reason_for_an_unreadable_image_in_every_reader(data, reason):
+  from edge import runtime  # pylint: disable=g-import-not-at-top
+  with pytest.raises(film.UnreadableImage, match=f"^{reason}"):
+    with film.opened_image(data) as im:
+      im.load()
+  rejection = image_io.inspect_data(data)
+  assert isinstance(rejection, image_io.Rejection) and rejection.reason.startswith(reason)
+  with pytest.raises(runtime.ImageError, match=f"^{reason}"):
+    runtime.decode_grayscale(data)
+
+
+def test_opened_image_lets_the_blocks_own_errors_through():
+  with pytest.raises(film.FilmError, match="^mine$"):
+    with film.opened_image(_jpeg_bytes()):
+      raise film.FilmError("mine")
