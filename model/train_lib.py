@@ -398,10 +398,13 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                extra: Optional[List[keras.callbacks.Callback]],
                backup_dir: Optional[str] = None,
                run_dir: Optional[str] = None) -> List[keras.callbacks.Callback]:
-  """Resume, external scoring (later callbacks log what it adds), best epoch, logs.
+  """External scoring (later callbacks log what it adds), best epoch, history, resume.
 
-  The resume backup comes first, holding the raw weights; with ema_momentum the averaged
-  ones are swapped in for validation, external scoring and the best-epoch checkpoint.
+  The history row is written before the resume backup: killed between the two, the
+  epoch is trained again and its row counted once (read_history), whereas a backup
+  ahead of its row would lose the row. With ema_momentum the averaged weights are
+  swapped in for validation, external scoring and the best-epoch checkpoint, and out
+  before the backup, which holds the raw weights (the averages are optimizer state).
 
   run_dir is the run's model_dir (the chief's), whose history every worker reads: a
   worker that decided differently whether an epoch is the best so far would save
@@ -411,9 +414,7 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   best_weights = _best_weights_path(config.model_dir)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
   averaged = AveragedWeights() if config.ema_momentum > 0 else None
-  return [
-      keras.callbacks.BackupAndRestore(backup_dir or os.path.join(config.model_dir, "backup")),
-  ] + ([averaged.swap_in] if averaged else []) + (
+  return ([averaged.swap_in] if averaged else []) + (
       [ExternalValidation(classifier, external)] if external is not None else []) + [
       EpochProgress(config.epochs),
       keras.callbacks.ModelCheckpoint(
@@ -425,6 +426,7 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   ] + ([averaged.swap_out] if averaged else []) + [
       keras.callbacks.CSVLogger(os.path.join(config.model_dir, model_dir_lib.LOG_FILE),
                                 append=True),
+      keras.callbacks.BackupAndRestore(backup_dir or os.path.join(config.model_dir, "backup")),
       keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
   ] + list(extra or [])
 

@@ -402,3 +402,15 @@ def test_a_run_from_before_a_config_field_resumes_with_its_default(sample_record
   assert train_lib.train(cfg)["already_finished"]
   with pytest.raises(ValueError, match="ema_momentum"):
     train_lib.train(_config(sample_records, tmp_path / "m", epochs=1, ema_momentum=0.5))
+
+
+def test_the_history_row_is_written_before_the_resume_backup(sample_records, tmp_path):
+  # Killed between the two, the epoch is trained again and its row counted once; the
+  # other way round the backup would skip an epoch whose row was never written.
+  kinds = [type(c) for c in train_lib._callbacks(  # pylint: disable=protected-access
+      _config(sample_records, tmp_path / "m", ema_momentum=0.9), keras.Sequential(), None,
+      None)]
+  assert kinds.index(keras.callbacks.CSVLogger) < kinds.index(keras.callbacks.BackupAndRestore)
+  # The averaged weights are swapped out again before the backup saves the raw ones.
+  swaps = [i for i, k in enumerate(kinds) if k is train_lib._Swap]  # pylint: disable=protected-access
+  assert len(swaps) == 2 and swaps[1] < kinds.index(keras.callbacks.BackupAndRestore)
