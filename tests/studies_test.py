@@ -23,3 +23,17 @@ def test_equalization_is_bit_identical_in_tensorflow_and_numpy():
   np.testing.assert_array_equal(equalize.equalize_np(flat), flat)
   np.testing.assert_array_equal(equalize.equalize_tf(tf.constant(flat[..., None])).numpy()[..., 0],
                                 flat)
+
+
+def test_operating_points_best_threshold_hand_computed():
+  from studies import operating_points  # pylint: disable=g-import-not-at-top
+  y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+  p = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.6, 0.8, 0.9])
+  # >= 0.4: every PNEUMONIA and the NORMAL at 0.7 called positive -> 7/8 correct.
+  best = operating_points.best(y, p)
+  assert best == {"accuracy": 0.875, "sensitivity": 1.0, "specificity": 0.75, "threshold": 0.4}
+  # Specificity 1 needs >= 0.8 (above the NORMAL at 0.7): 2 PNEUMONIA missed, 6/8.
+  assert operating_points.best(y, p, 0.0, 1.0) == {
+      "accuracy": 0.75, "sensitivity": 0.5, "specificity": 1.0, "threshold": 0.8}
+  # Both floors at 1 cannot hold together here.
+  assert operating_points.best(y, p, 1.0, 1.0) is None
