@@ -140,8 +140,8 @@ class AveragedWeights:
   def _pairs_of(self, model: keras.Model):
     # The averages are the optimizer's own variables (tf_keras use_ema), built with its
     # slots at the first step and saved and restored with them by BackupAndRestore.
-    opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
     if self._pairs is None:
+      opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
       averages = opt._model_variables_moving_average  # pylint: disable=protected-access
       index = opt._index_dict  # pylint: disable=protected-access
       self._pairs = [(v, averages[index[opt._var_key(v)]])  # pylint: disable=protected-access
@@ -381,7 +381,7 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(config, strategy.num_replicas_in_sync),
                                         use_ema=config.ema_momentum > 0,
-                                        ema_momentum=config.ema_momentum or 0.99),
+                                        ema_momentum=config.ema_momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  PositiveAUC(name="auc", num_thresholds=1000)])
