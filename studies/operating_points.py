@@ -7,7 +7,7 @@ Usage:
       /tmp/study/external/balanced/export_rotation+zoom+brightness+contrast_42/model_int8.tflite
 
 For each TFLite model, through the edge runtime as cxr-predict runs it: accuracy,
-sensitivity and specificity at the threshold it ships with, then at the best threshold
+sensitivity and specificity (95% Wilson intervals) at the threshold it ships with, then at the best threshold
 chosen on these same films (an oracle: it sees the labels it is scored on, so it is an
 upper bound for any threshold rule), both under the targets' sensitivity and specificity
 floors and without them. If even the oracle misses a target, no threshold rule can meet
@@ -31,7 +31,7 @@ KEYS = ("accuracy", "sensitivity", "specificity")
 def at(labels: np.ndarray, p: np.ndarray, threshold: float) -> Dict[str, float]:
   """Accuracy, sensitivity, specificity of p >= threshold."""
   d = metrics.at_threshold(labels, p, threshold)
-  return {k: d[k] for k in KEYS}
+  return dict({k: d[k] for k in KEYS}, ci95=d["ci95"])
 
 
 def best(labels: np.ndarray, p: np.ndarray, min_sensitivity: float = 0.0,
@@ -50,7 +50,7 @@ def best(labels: np.ndarray, p: np.ndarray, min_sensitivity: float = 0.0,
 def _cells(d: Optional[Dict[str, float]]) -> str:
   if d is None:
     return "none | | |"
-  return " | ".join(f"{100 * d[k]:.1f}" for k in KEYS) + (
+  return " | ".join(metrics.format_interval(d[k], d["ci95"][k]) for k in KEYS) + (
       f" | {d['threshold']:.4f}" if "threshold" in d else " |")
 
 
