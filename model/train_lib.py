@@ -84,12 +84,13 @@ class AugmentingModel(keras.Model):
   """
 
   def __init__(self, classifier: keras.Model, augment: augment_config.AugmentConfig, seed: int,
-               mixup: float = 0.0, **kwargs):
+               mixup: float = 0.0, label_smoothing: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     self.classifier = classifier
     self.augment_config = augment
     self.seed = seed
     self.mixup = mixup
+    self.label_smoothing = label_smoothing
     self._augment = augment_lib.compiled(augment)
 
   def call(self, inputs, training=False):
@@ -104,21 +105,42 @@ class AugmentingModel(keras.Model):
     seed = augment_lib.step_seed(self.seed, self.optimizer.iterations)
     if self.augment_config.enabled:
       x = tf.cast(self._augment(x, seed), x.dtype)
-    x_seen, y_loss, w_loss = x, y, sample_weight
+    x_seen, lam = x, None
     if self.mixup > 0:
       x_seen, lam = augment_lib.mixup(x, tf.random.experimental.stateless_fold_in(seed, 1),
                                       self.mixup)
-      w = tf.ones_like(lam) if sample_weight is None else tf.cast(sample_weight, lam.dtype)
-      # Cross-entropy is linear in the target: a blend of two labels is the two losses
-      # weighted lam and 1 - lam. Doubled: the mean runs over the 2B concatenated terms.
-      y_loss = tf.concat([y, tf.reverse(y, [0])], 0)
-      w_loss = 2.0 * tf.concat([lam * w, (1.0 - lam) * tf.reverse(w, [0])], 0)
     with tf.GradientTape() as tape:
       y_pred = self(x_seen, training=True)
-      pred_loss = y_pred if self.mixup <= 0 else tf.concat([y_pred, y_pred], 0)
+      y_loss, w_loss, pred_loss = y, sample_weight, y_pred
+      if self.mixup > 0:  # each image's target: lam of its label, 1 - lam of its partner's
+        w = _weights(w_loss, y_loss)
+        y_loss, w_loss, pred_loss = _blended_targets(
+            y_loss, w, pred_loss, tf.reverse(y_loss, [0]), tf.reverse(w, [0]), lam)
+      if self.label_smoothing > 0:  # of two classes: 1 - e/2 on the label, e/2 on the other
+        w = _weights(w_loss, y_loss)
+        y_loss, w_loss, pred_loss = _blended_targets(
+            y_loss, w, pred_loss, 1 - y_loss, w, 1.0 - self.label_smoothing / 2)
       loss = self.compute_loss(x_seen, y_loss, pred_loss, w_loss)
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
     return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+def _weights(sample_weight: Optional[tf.Tensor], y: tf.Tensor) -> tf.Tensor:
+  """The per-example loss weights, ones when there are none."""
+  if sample_weight is None:
+    return tf.ones(tf.shape(y)[:1], tf.float32)
+  return tf.cast(sample_weight, tf.float32)
+
+
+def _blended_targets(y, w, y_pred, y_other, w_other, lam):
+  """(labels, weights, predictions) whose mean loss is that of a blended target.
+
+  Cross-entropy is linear in the target, so the target lam * y + (1 - lam) * y_other is
+  the two losses weighted lam and 1 - lam: each prediction is paired with both labels.
+  Doubled: the loss's mean runs over the 2B concatenated terms.
+  """
+  return (tf.concat([y, y_other], 0), 2.0 * tf.concat([lam * w, (1.0 - lam) * w_other], 0),
+          tf.concat([y_pred, y_pred], 0))
 
 
 class AveragedWeights:
@@ -375,7 +397,8 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
       classifier = model_dir_lib.quantize(float_model)
     else:
       classifier = models.build(config.model, config.image_size, config.width, config.dropout)
-    model = AugmentingModel(classifier, config.augment, config.seed, config.mixup)
+    model = AugmentingModel(classifier, config.augment, config.seed, config.mixup,
+                            config.label_smoothing)
     # With ema_momentum the optimizer also keeps the weights' moving average (and fit
     # ends by writing it into the model).
     model.compile(
@@ -489,6 +512,7 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "best_epoch": model_dir_lib.best_epoch(history),
       "augment": list(config.augment.names()),
       "mixup": config.mixup,
+      "label_smoothing": config.label_smoothing,
       "ema_momentum": config.ema_momentum,
       "class_weight": config.class_weight,
       "seed": config.seed,

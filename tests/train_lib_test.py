@@ -329,6 +329,49 @@ def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
   assert loss == pytest.approx(float(want), rel=1e-4)
 
 
+def test_label_smoothing_loss_is_keras_smoothed_cross_entropy():
+  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)  # no BN: train = infer
+  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0,
+                                    label_smoothing=0.2)
+  model.compile(optimizer=keras.optimizers.SGD(0.0),
+                loss=keras.losses.SparseCategoricalCrossentropy())
+  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
+  y = tf.constant([0, 1, 1, 0])
+  w = tf.constant([1.0, 2.0, 2.0, 1.0])
+  loss = float(model.train_on_batch(x, y, sample_weight=w))
+  # An independent reference: Keras' own smoothing of one-hot targets (also 0.9 / 0.1).
+  smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=0.2)
+  want = float(smoothed(tf.one_hot(y, 2), clf(x), sample_weight=w))
+  assert loss == pytest.approx(want, rel=1e-4)
+  unsmoothed = float(keras.losses.SparseCategoricalCrossentropy()(y, clf(x), sample_weight=w))
+  assert abs(want - unsmoothed) > 1e-3  # the case can tell smoothing from none
+
+
+def test_label_smoothing_applies_to_mixup_blended_targets():
+  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)
+  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, 0.4,
+                                    label_smoothing=0.2)
+  model.compile(optimizer=keras.optimizers.SGD(0.0),
+                loss=keras.losses.SparseCategoricalCrossentropy())
+  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
+  y = tf.constant([0, 1, 1, 0])
+  loss = float(model.train_on_batch(x, y))
+  seed = tf.random.experimental.stateless_fold_in(augment.step_seed(0, 0), 1)
+  mixed, lam = augment.mixup(x, seed, 0.4)
+  target = (lam[:, None] * tf.one_hot(y, 2) + (1 - lam[:, None]) * tf.one_hot(y[::-1], 2))
+  target = target * 0.8 + 0.1
+  want = float(keras.losses.categorical_crossentropy(target, clf(mixed)).numpy().mean())
+  assert loss == pytest.approx(want, rel=1e-4)
+
+
+def test_label_smoothing_is_part_of_the_recipe(sample_records, tmp_path):
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=1,
+                                 label_smoothing=0.1))
+  assert info["label_smoothing"] == 0.1 and info["config"]["label_smoothing"] == 0.1
+  qat = train_lib.qat_config(str(tmp_path / "m"), str(tmp_path / "q"), sample_records)
+  assert qat.label_smoothing == 0.1
+
+
 def test_cosine_schedule_counts_global_batches(sample_records, tmp_path):
   cfg = _config(sample_records, tmp_path / "m", steps_per_epoch=None, epochs=3, batch_size=16)
   # 241 training records: 16 steps an epoch at one replica (the last batch partial); at
