@@ -74,6 +74,10 @@ _LABEL_SMOOTHING = flags.DEFINE_float(
     "label_smoothing", 0.0, "Label smoothing e: the loss's target is 1 - e/2 for the label "
     "and e/2 for the other class instead of 1 and 0; 0 = off.", lower_bound=0.0,
     upper_bound=0.99)
+_WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", 0.0, "Decoupled (AdamW) weight decay of the convolution and dense "
+    "kernels: each step shrinks them by weight_decay x the learning rate (batch-norm "
+    "parameters and biases are not decayed); 0 = off.", lower_bound=0.0)
 _EMA_MOMENTUM = flags.DEFINE_float(
     "ema_momentum", 0.0, "Exponential moving average of the weights, momentum per step "
     "(e.g. 0.999), 0 = off: validation, external scoring, the best epoch and the saved "
@@ -122,7 +126,7 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 # Flags that make the recipe; a QAT run takes them from its float run.
 _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
                  "contrast", "translation", "class_weight", "mixup", "label_smoothing",
-                 "ema_momentum", "seed", "batch_size", "lr_schedule", "target_sensitivity",
+                 "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule", "target_sensitivity",
                  "threshold_rule", "width",
                  "dropout", "mixed_precision")
 
@@ -154,7 +158,7 @@ def _config() -> train_config.TrainConfig:
                                                (low, high), _CONTRAST.value,
                                                _TRANSLATION.value),
       class_weight=_CLASS_WEIGHT.value, mixup=_MIXUP.value,
-      label_smoothing=_LABEL_SMOOTHING.value,
+      label_smoothing=_LABEL_SMOOTHING.value, weight_decay=_WEIGHT_DECAY.value,
       ema_momentum=_EMA_MOMENTUM.value, seed=_SEED.value,
       strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,

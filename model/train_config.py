@@ -38,6 +38,8 @@ class TrainConfig:
   class_weight: str = "balanced"
   mixup: float = 0.0  # Beta(alpha, alpha) of mixup in the training step; 0 = off
   label_smoothing: float = 0.0  # target (1 - e/2, e/2) instead of (1, 0); 0 = off
+  # Decoupled (AdamW) weight decay of the kernels, per step times the learning rate; 0 = off.
+  weight_decay: float = 0.0
   # Exponential moving average of the weights, per step; 0 = off. When on, validation,
   # external scoring, the best epoch and the saved model use the averaged weights.
   ema_momentum: float = 0.0
@@ -63,7 +65,7 @@ QAT_EPOCHS = 2
 QAT_LEARNING_RATE = 1e-5
 # What a QAT run takes from its float run, unchanged (the recipe).
 RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "mixup",
-                 "label_smoothing", "ema_momentum", "seed", "batch_size", "lr_schedule",
+                 "label_smoothing", "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule",
                  "threshold_rule", "target_sensitivity")
 
 

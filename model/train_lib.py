@@ -388,6 +388,11 @@ def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
   return train_fn(), val_fn(), config.steps_per_epoch, None
 
 
+# Variable-name patterns --weight_decay leaves alone (batch norm as models.conv_bn_relu
+# names it, and every bias).
+NOT_DECAYED = ("_bn/", "bias")
+
+
 def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
            ) -> Tuple[keras.Model, AugmentingModel]:
   """(classifier, compiled training wrapper); QAT starts from the float run's weights."""
@@ -401,10 +406,15 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
                             config.label_smoothing)
     # With ema_momentum the optimizer also keeps the weights' moving average (and fit
     # ends by writing it into the model).
+    optimizer = keras.optimizers.Adam(learning_rate(config, strategy.num_replicas_in_sync),
+                                      weight_decay=config.weight_decay or None,
+                                      use_ema=config.ema_momentum > 0,
+                                      ema_momentum=config.ema_momentum)
+    # Decay only what sets capacity: batch norm's scale and shift and the biases are
+    # offsets and scales the following layers depend on, as in the usual AdamW practice.
+    optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(config, strategy.num_replicas_in_sync),
-                                        use_ema=config.ema_momentum > 0,
-                                        ema_momentum=config.ema_momentum),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  PositiveAUC(name="auc", num_thresholds=1000)])
@@ -513,6 +523,7 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "augment": list(config.augment.names()),
       "mixup": config.mixup,
       "label_smoothing": config.label_smoothing,
+      "weight_decay": config.weight_decay,
       "ema_momentum": config.ema_momentum,
       "class_weight": config.class_weight,
       "seed": config.seed,

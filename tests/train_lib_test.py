@@ -372,6 +372,36 @@ def test_label_smoothing_is_part_of_the_recipe(sample_records, tmp_path):
   assert qat.label_smoothing == 0.1
 
 
+def test_weight_decay_shrinks_kernels_by_lr_times_decay_and_spares_bn_and_biases(tmp_path):
+  strategy = tf.distribute.get_strategy()
+  built = {}
+  for wd in (0.0, 0.5):
+    cfg = _config("unused", tmp_path / "m", model="edge_cnn", augment=augment_config
+                  .config_from_names(["none"]), dropout=0.0, weight_decay=wd)
+    built[wd] = train_lib._build(cfg, strategy)  # pylint: disable=protected-access
+  (plain_clf, plain), (decayed_clf, decayed) = built[0.0], built[0.5]
+  decayed_clf.set_weights(plain_clf.get_weights())
+  start = {v.name: v.numpy() for v in plain_clf.weights}
+  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
+  y = tf.constant([0, 1, 1, 0])
+  plain.train_on_batch(x, y)
+  decayed.train_on_batch(x, y)
+  # Same gradients (same weights, same batch): the runs differ by the decay alone, applied
+  # at the first step's learning rate (1e-3) to the kernels and to nothing else.
+  after = {v.name: v.numpy() for v in decayed_clf.trainable_weights}
+  checked = set()
+  for v in plain_clf.trainable_weights:
+    diff = after[v.name] - v.numpy()
+    if any(p in v.name for p in train_lib.NOT_DECAYED):
+      np.testing.assert_allclose(diff, 0.0, atol=1e-7)
+      checked.add("spared")
+    else:
+      np.testing.assert_allclose(diff, -1e-3 * 0.5 * start[v.name], atol=1e-7)
+      checked.add("decayed")
+  assert checked == {"spared", "decayed"}
+  assert any("_bn/gamma" in v.name for v in plain_clf.trainable_weights)
+
+
 def test_cosine_schedule_counts_global_batches(sample_records, tmp_path):
   cfg = _config(sample_records, tmp_path / "m", steps_per_epoch=None, epochs=3, batch_size=16)
   # 241 training records: 16 steps an epoch at one replica (the last batch partial); at
