@@ -75,9 +75,10 @@ _LABEL_SMOOTHING = flags.DEFINE_float(
     "and e/2 for the other class instead of 1 and 0; 0 = off.", lower_bound=0.0,
     upper_bound=0.99)
 _WEIGHT_DECAY = flags.DEFINE_float(
-    "weight_decay", 0.0, "Decoupled (AdamW) weight decay of the convolution and dense "
-    "kernels: each step shrinks them by weight_decay x the learning rate (batch-norm "
-    "parameters and biases are not decayed); 0 = off.", lower_bound=0.0)
+    "weight_decay", train_config.DEFAULT_WEIGHT_DECAY, "Decoupled (AdamW) weight decay of "
+    "the convolution and dense kernels: each step shrinks them by weight_decay x the "
+    "learning rate (batch-norm parameters and biases are not decayed); 0 = off. The "
+    "default was chosen on external films (README).", lower_bound=0.0)
 _EMA_MOMENTUM = flags.DEFINE_float(
     "ema_momentum", 0.0, "Exponential moving average of the weights, momentum per step "
     "(e.g. 0.999), 0 = off: validation, external scoring, the best epoch and the saved "

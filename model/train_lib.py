@@ -573,11 +573,10 @@ def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optio
   identity = _identity(config)
   found = model_dir_lib.read_run(config.model_dir)
   if found is not None:
-    # A run written before a config field existed ran with that field's default.
-    defaults = {f.name: f.default for f in dataclasses.fields(train_config.TrainConfig)
-                if f.default is not dataclasses.MISSING}
-    found = dict(found, config={**{k: v for k, v in defaults.items()
-                                   if k in identity["config"]}, **found["config"]})
+    # A run written before a config field existed ran as that field's absence means.
+    filled = train_config.complete_saved(found["config"])
+    found = dict(found, config={k: v for k, v in filled.items()
+                                if k in identity["config"] or k in found["config"]})
   if found is None and model_dir_lib.has_artifacts(config.model_dir):
     raise ValueError(f"--model_dir {config.model_dir!r} holds a training run this version "
                      "cannot identify; pass --overwrite to replace it, or choose another "

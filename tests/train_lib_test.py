@@ -477,6 +477,26 @@ def test_a_run_from_before_a_config_field_resumes_with_its_default(sample_record
     train_lib.train(_config(sample_records, tmp_path / "m", epochs=1, ema_momentum=0.5))
 
 
+def test_a_run_from_before_weight_decay_resumes_and_fine_tunes_without_it(sample_records,
+                                                                        tmp_path):
+  # Weight decay's default is on, but a run saved before the field existed trained
+  # without it: resuming it must not turn decay on, nor must its QAT fine-tuning.
+  cfg = _config(sample_records, tmp_path / "m", epochs=1, weight_decay=0.0)
+  train_lib.train(cfg)
+  run = model_dir_lib.read_run(str(tmp_path / "m"))
+  del run["config"]["weight_decay"]
+  model_dir_lib.write_run(str(tmp_path / "m"), run)
+  info = model_dir_lib.read_info(str(tmp_path / "m"))
+  del info["config"]["weight_decay"]
+  model_dir_lib.write_info(str(tmp_path / "m"), info)
+  assert train_lib.train(cfg)["already_finished"]
+  with pytest.raises(ValueError, match="weight_decay"):
+    train_lib.train(_config(sample_records, tmp_path / "m", epochs=1))  # today's default
+  assert train_lib.qat_config(str(tmp_path / "m"), str(tmp_path / "q"),
+                              sample_records).weight_decay == 0.0
+  assert train_config.TrainConfig(data_dir="d", model_dir="m").weight_decay > 0
+
+
 def test_the_history_row_is_written_before_the_resume_backup(sample_records, tmp_path):
   # Killed between the two, the epoch is trained again and its row counted once; the
   # other way round the backup would skip an epoch whose row was never written.
