@@ -127,9 +127,8 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 # Flags that make the recipe; a QAT run takes them from its float run.
 _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
                  "contrast", "translation", "class_weight", "mixup", "label_smoothing",
-                 "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule", "target_sensitivity",
-                 "threshold_rule", "width",
-                 "dropout", "mixed_precision")
+                 "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule",
+                 "target_sensitivity", "threshold_rule", "width", "dropout", "mixed_precision")
 
 
 def _qat_config() -> train_config.TrainConfig:

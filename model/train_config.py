@@ -27,6 +27,7 @@ DEFAULT_THRESHOLD_RULE = "balanced"
 # for batch 32, ~4,200 films and 30 epochs. The TrainConfig and --weight_decay default.
 DEFAULT_WEIGHT_DECAY = 0.5
 
+
 @dataclasses.dataclass
 class TrainConfig:
   """Everything a training run needs (the job fills it from flags)."""
@@ -70,8 +71,8 @@ QAT_EPOCHS = 2
 QAT_LEARNING_RATE = 1e-5
 # What a QAT run takes from its float run, unchanged (the recipe).
 RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "mixup",
-                 "label_smoothing", "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule",
-                 "threshold_rule", "target_sensitivity")
+                 "label_smoothing", "weight_decay", "ema_momentum", "seed", "batch_size",
+                 "lr_schedule", "threshold_rule", "target_sensitivity")
 
 
 def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
