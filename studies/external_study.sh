@@ -117,7 +117,7 @@ for prefix in rotation+zoom+brightness+contrast default; do
   for s in $SEEDS; do
     int8+=("$OUT/external/balanced/export_${prefix}_$s/model_int8.tflite")
   done
-  "$PY" studies/operating_points.py --external_dir="$EXTERNAL_DIR" "${int8[@]}"
+  "$PY" studies/operating_points.py --at_prevalence --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 done
 echo "== the previous default (brightness + contrast, threshold by validation Youden J), seed 42"
 d="$OUT/previous_default_42"

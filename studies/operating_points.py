@@ -12,6 +12,10 @@ chosen on these same films (an oracle: it sees the labels it is scored on, so it
 upper bound for any threshold rule), both under the targets' sensitivity and specificity
 floors and without them. If even the oracle misses a target, no threshold rule can meet
 it for that model: the ranking (ROC-AUC) has to improve.
+
+With --at_prevalence, also the threshold a site could set from its prevalence alone,
+without labelled films: 1 - prevalence (see prevalence_threshold), here with the
+prevalence of these films (so it uses their class balance, though no single label).
 """
 import argparse
 import os
@@ -47,6 +51,19 @@ def best(labels: np.ndarray, p: np.ndarray, min_sensitivity: float = 0.0,
   return found
 
 
+def prevalence_threshold(prevalence: float) -> float:
+  """The most accurate threshold at a site's prevalence, for balanced-prior outputs.
+
+  A model trained with balanced class weights outputs p, the posterior under equal class
+  priors. Bayes' rule moves its odds by the site's prior odds: PNEUMONIA is the more
+  likely class when p / (1 - p) * prevalence / (1 - prevalence) >= 1, that is when
+  p >= 1 - prevalence.
+  """
+  if not 0.0 < prevalence < 1.0:
+    raise ValueError(f"prevalence must be strictly between 0 and 1, not {prevalence}")
+  return 1.0 - prevalence
+
+
 def _cells(d: Optional[Dict[str, float]]) -> str:
   if d is None:
     return "none | | |"
@@ -59,10 +76,12 @@ def main() -> None:
   parser.add_argument("--external_dir", required=True)
   parser.add_argument("--min_sensitivity", type=float, default=0.97)
   parser.add_argument("--min_specificity", type=float, default=0.88)
+  parser.add_argument("--at_prevalence", action="store_true",
+                      help="also score each model at 1 - the films' prevalence")
   parser.add_argument("models", nargs="+", help="TFLite files")
   args = parser.parse_args()
   rows: List[str] = []
-  shipped, bounded, wrong, outputs = [], [], [], []
+  shipped, bounded, wrong, outputs, by_prevalence = [], [], [], [], []
   for path in args.models:
     model = runtime.LiteModel(path)
     films = calibrate_lib.score_films(model, args.external_dir)
@@ -78,6 +97,10 @@ def main() -> None:
     rows += [f"| {name} | {metrics.roc_auc(y, p):.4f} | shipped | {_cells(here)} |",
              f"| | | best within the floors | {_cells(within)} |",
              f"| | | best, no floors | {_cells(best(y, p))} |"]
+    if args.at_prevalence:
+      t = prevalence_threshold(float(np.mean(y)))
+      by_prevalence.append(at(y, p, t))
+      rows.append(f"| | | 1 - prevalence | {_cells(dict(by_prevalence[-1], threshold=t))} |")
   if len(args.models) > 1:
     # The models' mean output (logit margin, or probability for older models): does
     # averaging away the seed-to-seed differences rank better?
@@ -96,6 +119,9 @@ def main() -> None:
   mean = lambda ds, k: 100 * float(np.mean([d[k] for d in ds]))
   print("mean over the models at their shipped thresholds: " + ", ".join(
       f"{k} {mean(shipped, k):.1f}%" for k in KEYS))
+  if by_prevalence:
+    print("mean at 1 - the films' prevalence: " + ", ".join(
+        f"{k} {mean(by_prevalence, k):.1f}%" for k in KEYS))
   if all(d is not None for d in bounded):
     print("mean at the best thresholds within the floors: " + ", ".join(
         f"{k} {mean(bounded, k):.1f}%" for k in KEYS))
