@@ -7,8 +7,8 @@ Usage:
       /tmp/study/external/balanced/export_rotation+zoom+brightness+contrast_42/model_int8.tflite
 
 For each TFLite model, through the edge runtime as cxr-predict runs it: accuracy,
-sensitivity and specificity (95% Wilson intervals) at the threshold it ships with, then at the best threshold
-chosen on these same films (an oracle: it sees the labels it is scored on, so it is an
+sensitivity and specificity (95% Wilson intervals) at the threshold it ships with, then
+at the best threshold chosen on these same films (an oracle: it sees the labels it is scored on, so it is an
 upper bound for any threshold rule), both under the targets' sensitivity and specificity
 floors and without them. If even the oracle misses a target, no threshold rule can meet
 it for that model: the ranking (ROC-AUC) has to improve.

@@ -313,14 +313,26 @@ def test_mixup_trains_and_is_part_of_the_recipe(sample_records, tmp_path):
   assert qat.mixup == 0.4  # a QAT run keeps its float run's recipe
 
 
-def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
-  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)  # no BN: train = infer
-  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, 0.4)
+def _loss_probe(mixup=0.0, label_smoothing=0.0):
+  """(classifier, wrapper) whose train step only reports its loss: SGD at rate 0, no
+  augmentation, seed_cnn without dropout (no BN either: training = inference)."""
+  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)
+  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, mixup,
+                                    label_smoothing)
   model.compile(optimizer=keras.optimizers.SGD(0.0),
                 loss=keras.losses.SparseCategoricalCrossentropy())
-  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
-  y = tf.constant([0, 1, 1, 0])
-  w = tf.constant([1.0, 2.0, 2.0, 1.0])
+  return clf, model
+
+
+def _loss_batch():
+  """(images, labels, weights): two films of each class, class-weighted."""
+  return (tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1]), tf.constant([0, 1, 1, 0]),
+          tf.constant([1.0, 2.0, 2.0, 1.0]))
+
+
+def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
+  clf, model = _loss_probe(mixup=0.4)
+  x, y, w = _loss_batch()
   loss = float(model.train_on_batch(x, y, sample_weight=w))
   seed = tf.random.experimental.stateless_fold_in(augment.step_seed(0, 0), 1)
   mixed, lam = augment.mixup(x, seed, 0.4)
@@ -330,14 +342,8 @@ def test_mixup_loss_is_the_lam_weighted_pair_of_losses():
 
 
 def test_label_smoothing_loss_is_keras_smoothed_cross_entropy():
-  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)  # no BN: train = infer
-  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0,
-                                    label_smoothing=0.2)
-  model.compile(optimizer=keras.optimizers.SGD(0.0),
-                loss=keras.losses.SparseCategoricalCrossentropy())
-  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
-  y = tf.constant([0, 1, 1, 0])
-  w = tf.constant([1.0, 2.0, 2.0, 1.0])
+  clf, model = _loss_probe(label_smoothing=0.2)
+  x, y, w = _loss_batch()
   loss = float(model.train_on_batch(x, y, sample_weight=w))
   # An independent reference: Keras' own smoothing of one-hot targets (also 0.9 / 0.1).
   smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=0.2)
@@ -348,13 +354,8 @@ def test_label_smoothing_loss_is_keras_smoothed_cross_entropy():
 
 
 def test_label_smoothing_applies_to_mixup_blended_targets():
-  clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)
-  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, 0.4,
-                                    label_smoothing=0.2)
-  model.compile(optimizer=keras.optimizers.SGD(0.0),
-                loss=keras.losses.SparseCategoricalCrossentropy())
-  x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], [0, 1])
-  y = tf.constant([0, 1, 1, 0])
+  clf, model = _loss_probe(mixup=0.4, label_smoothing=0.2)
+  x, y, _ = _loss_batch()
   loss = float(model.train_on_batch(x, y))
   seed = tf.random.experimental.stateless_fold_in(augment.step_seed(0, 0), 1)
   mixed, lam = augment.mixup(x, seed, 0.4)
