@@ -249,6 +249,29 @@ def fit_temperature(y: np.ndarray, margin: np.ndarray, low: float = 0.05,
   return float(math.exp((a + b) / 2))
 
 
+def prevalence_threshold(prevalence: float, output_prior: float = 0.5) -> float:
+  """The most accurate threshold where PNEUMONIA has the given prevalence.
+
+  A model's probability p is a posterior under the class prior it was trained to: 0.5
+  with balanced class weights (output_prior), else its training share. Bayes' rule moves
+  the odds by the ratio of the two priors' odds, so PNEUMONIA is the more likely class
+  at the site when p / (1 - p) >= [(1 - prevalence) / prevalence] *
+  [output_prior / (1 - output_prior)] = r, that is when p >= r / (1 + r); with
+  output_prior 0.5 that is p >= 1 - prevalence. Needs no labelled film, only the
+  prevalence, and assumes calibrated probabilities.
+
+  Raises:
+    ValueError: a prior not strictly between 0 and 1.
+  """
+  for name, value in (("prevalence", prevalence), ("output_prior", output_prior)):
+    if not 0.0 < value < 1.0:
+      raise ValueError(f"{name} must be strictly between 0 and 1, not {value}")
+  if output_prior == 0.5:
+    return 1.0 - prevalence  # exact in floating point, as written in the docs
+  r = (1.0 - prevalence) / prevalence * output_prior / (1.0 - output_prior)
+  return r / (1.0 + r)
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray,
                      target_sensitivity: Optional[float] = None,
                      target_specificity: Optional[float] = None) -> float:

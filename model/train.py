@@ -94,9 +94,14 @@ _TARGET_SENSITIVITY = flags.DEFINE_float(
     "reaches this (overrides --threshold_rule).", lower_bound=0.0, upper_bound=1.0)
 _THRESHOLD_RULE = flags.DEFINE_enum(
     "threshold_rule", train_config.DEFAULT_THRESHOLD_RULE, list(train_config.THRESHOLD_RULES),
-    "Decision threshold without --target_sensitivity: balanced = 0.5 (the operating point "
-    "of balanced class weights); youden = maximum Youden J on validation. Default chosen "
-    "on external films (README).")
+    "Decision threshold without --target_sensitivity: prevalence = the most accurate one "
+    "where PNEUMONIA has --prevalence (Bayes' rule on the model's class prior; 1 - "
+    "prevalence with balanced class weights); balanced = 0.5; youden = maximum Youden J "
+    "on validation. Default chosen on external films (README).")
+_PREVALENCE = flags.DEFINE_float(
+    "prevalence", train_config.DEFAULT_PREVALENCE,
+    "With --threshold_rule=prevalence: the share of PNEUMONIA among the films the model "
+    "will see. The default is the release's separately acquired test films' (README).")
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of the model's filters.",
                             lower_bound=0.05)
 _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate (default: the model's own).",
@@ -128,7 +133,8 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
                  "contrast", "translation", "class_weight", "mixup", "label_smoothing",
                  "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule",
-                 "target_sensitivity", "threshold_rule", "width", "dropout", "mixed_precision")
+                 "target_sensitivity", "threshold_rule", "prevalence", "width", "dropout",
+                 "mixed_precision")
 
 
 def _qat_config() -> train_config.TrainConfig:
@@ -162,7 +168,7 @@ def _config() -> train_config.TrainConfig:
       ema_momentum=_EMA_MOMENTUM.value, seed=_SEED.value,
       strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
-      threshold_rule=_THRESHOLD_RULE.value,
+      threshold_rule=_THRESHOLD_RULE.value, prevalence=_PREVALENCE.value,
       width=_WIDTH.value, dropout=_DROPOUT.value, cache=_CACHE.value,
       steps_per_epoch=_STEPS_PER_EPOCH.value, external_dir=_EXTERNAL_DIR.value,
       verify_data=not _NO_VERIFY.value)
@@ -191,6 +197,8 @@ flags.register_multi_flags_validator(
     ["qat", "init_from"], lambda f: bool(f["qat"]) == bool(f["init_from"]),
     message="--qat and --init_from go together")
 flags.register_validator("brightness", _valid_brightness)
+flags.register_validator("prevalence", lambda v: 0.0 < v < 1.0,
+                         message="--prevalence must be strictly between 0 and 1")
 
 
 def _describe(name: str, m) -> str:

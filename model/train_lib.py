@@ -202,7 +202,9 @@ class _Swap(keras.callbacks.Callback):
 
 def choose_threshold(labels: np.ndarray, probs: np.ndarray,
                      rule: str = train_config.DEFAULT_THRESHOLD_RULE,
-                     target_sensitivity: Optional[float] = None) -> Tuple[float, str]:
+                     target_sensitivity: Optional[float] = None,
+                     prevalence: float = train_config.DEFAULT_PREVALENCE,
+                     output_prior: float = 0.5) -> Tuple[float, str]:
   """The decision threshold for validation predictions, and a description of its rule.
 
   Args:
@@ -210,14 +212,21 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray,
     probs: validation PNEUMONIA probabilities.
     rule: one of train_config.THRESHOLD_RULES; ignored when target_sensitivity is given.
     target_sensitivity: the highest threshold whose validation sensitivity reaches this.
+    prevalence: for the prevalence rule, the share of PNEUMONIA where the model is used.
+    output_prior: the PNEUMONIA share the model's probabilities assume
+      (pipeline/dataset.py output_prior).
 
   Raises:
-    ValueError: unknown rule.
+    ValueError: unknown rule, or a share not strictly between 0 and 1.
   """
   if target_sensitivity is not None:
     return (metrics_lib.choose_threshold(labels, probs, target_sensitivity),
             f"middle of the highest interval with validation sensitivity >= "
             f"{target_sensitivity}")
+  if rule == "prevalence":
+    return (metrics_lib.prevalence_threshold(prevalence, output_prior),
+            f"the most accurate threshold at PNEUMONIA prevalence {prevalence:g} (Bayes' rule "
+            f"on the model's class prior {output_prior:.4g}; no film chose it)")
   if rule == "balanced":
     return 0.5, "0.5: the balanced operating point (balanced class weights in training)"
   if rule == "youden":
@@ -347,6 +356,8 @@ def _check(config: train_config.TrainConfig) -> None:
   if config.threshold_rule not in train_config.THRESHOLD_RULES:
     raise ValueError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
                      f"{train_config.THRESHOLD_RULES}")
+  if not 0.0 < config.prevalence < 1.0:
+    raise ValueError(f"prevalence must be strictly between 0 and 1, not {config.prevalence}")
   if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
     raise ValueError("--mixed_precision needs a GPU and none is visible; float16 on a CPU "
                      "is slower, not faster. Run without it.")
@@ -500,8 +511,9 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   model_dir_lib.save_model(config.model_dir, final, config.qat)
 
   val = predict_split(final, config.data_dir, "val", config.image_size)
+  prior = dataset.output_prior(config.data_dir, config.class_weight)
   threshold, rule = choose_threshold(val["label"], val["probability"], config.threshold_rule,
-                                     config.target_sensitivity)
+                                     config.target_sensitivity, config.prevalence, prior)
   history = model_dir_lib.read_history(config.model_dir)
   model_dir_lib.write_history(
       config.model_dir, history, f"{config.model}{' QAT' if config.qat else ''}, augment: "
@@ -518,6 +530,8 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "target_sensitivity": config.target_sensitivity,
       "threshold_rule_name": config.threshold_rule,
       "threshold_rule": rule,
+      "prevalence": config.prevalence,
+      "output_prior": prior,
       "epochs": len(history.get("epoch", [])),
       "best_epoch": model_dir_lib.best_epoch(history),
       "augment": list(config.augment.names()),

@@ -68,12 +68,28 @@ def split_size(data_dir: str, split: str) -> int:
   return records.load_manifest(data_dir)["splits"][split]["images"]
 
 
+def _class_counts(data_dir: str, split: str) -> List[int]:
+  classes = records.load_manifest(data_dir)["splits"][split]["classes"]
+  return [classes[label]["images"] for label in schema.LABELS]
+
+
 def class_weights(data_dir: str, split: str = "train") -> Dict[int, float]:
   """'balanced' weights n / (k * n_c) from the manifest's per-class counts."""
-  classes = records.load_manifest(data_dir)["splits"][split]["classes"]
-  counts = [classes[label]["images"] for label in schema.LABELS]
+  counts = _class_counts(data_dir, split)
   total = sum(counts)
   return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def output_prior(data_dir: str, class_weight: str) -> float:
+  """The PNEUMONIA share a model's probabilities assume (the prior it was trained to).
+
+  Balanced class weights make both classes weigh the same: 0.5. Without them, the
+  train split's own share.
+  """
+  if class_weight == "balanced":
+    return 0.5
+  counts = _class_counts(data_dir, "train")
+  return counts[schema.LABELS.index(schema.POSITIVE_LABEL)] / sum(counts)
 
 
 def make_pipeline(data_dir: str,

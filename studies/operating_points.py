@@ -14,7 +14,7 @@ floors and without them. If even the oracle misses a target, no threshold rule c
 it for that model: the ranking (ROC-AUC) has to improve.
 
 With --at_prevalence, also the threshold a site could set from its prevalence alone,
-without labelled films: 1 - prevalence (see prevalence_threshold), here with the
+without labelled films: 1 - prevalence (model.metrics.prevalence_threshold), here with the
 prevalence of these films (so it uses their class balance, though no single label).
 """
 import argparse
@@ -51,19 +51,6 @@ def best(labels: np.ndarray, p: np.ndarray, min_sensitivity: float = 0.0,
   return found
 
 
-def prevalence_threshold(prevalence: float) -> float:
-  """The most accurate threshold at a site's prevalence, for balanced-prior outputs.
-
-  A model trained with balanced class weights outputs p, the posterior under equal class
-  priors. Bayes' rule moves its odds by the site's prior odds: PNEUMONIA is the more
-  likely class when p / (1 - p) * prevalence / (1 - prevalence) >= 1, that is when
-  p >= 1 - prevalence.
-  """
-  if not 0.0 < prevalence < 1.0:
-    raise ValueError(f"prevalence must be strictly between 0 and 1, not {prevalence}")
-  return 1.0 - prevalence
-
-
 def _cells(d: Optional[Dict[str, float]]) -> str:
   if d is None:
     return "none | | |"
@@ -98,7 +85,7 @@ def main() -> None:
              f"| | | best within the floors | {_cells(within)} |",
              f"| | | best, no floors | {_cells(best(y, p))} |"]
     if args.at_prevalence:
-      t = prevalence_threshold(float(np.mean(y)))
+      t = metrics.prevalence_threshold(float(np.mean(y)))
       by_prevalence.append(at(y, p, t))
       rows.append(f"| | | 1 - prevalence | {_cells(dict(by_prevalence[-1], threshold=t))} |")
   if len(args.models) > 1:

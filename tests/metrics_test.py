@@ -81,6 +81,24 @@ def test_summary_keys():
   assert s["at_threshold"]["threshold"] == 0.6 and s["at_0_5"]["threshold"] == 0.5
 
 
+def test_prevalence_threshold_is_the_bayes_decision_at_the_site_prior():
+  assert metrics.prevalence_threshold(0.5) == 0.5  # equal priors: no shift
+  assert metrics.prevalence_threshold(0.625) == 0.375
+  # A model trained to the site's own prior needs no shift either.
+  assert metrics.prevalence_threshold(0.74, output_prior=0.74) == pytest.approx(0.5)
+  for prior in (0.5, 0.3, 0.74):
+    for prevalence in (0.2, 0.625, 0.9):
+      t = metrics.prevalence_threshold(prevalence, prior)
+      for p in np.linspace(0.01, 0.99, 99):
+        # p's odds over the prior's odds, times the site's odds: the site posterior odds.
+        site_odds = p / (1 - p) / (prior / (1 - prior)) * prevalence / (1 - prevalence)
+        if abs(site_odds - 1) > 1e-9:  # away from the tie itself
+          assert (p >= t) == (site_odds >= 1), (prior, prevalence, p)
+  for bad in ({"prevalence": 1.0}, {"prevalence": 0.0}, {"prevalence": 0.5, "output_prior": 1.0}):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+      metrics.prevalence_threshold(**bad)
+
+
 def test_choose_threshold_target_specificity():
   # Negatives 0.1, 0.35, 0.4, 0.8. Specificity >= 0.75 allows one false positive (0.8):
   # the lowest such interval is (0.4, 0.6] -> 0.5. Specificity 1 needs t above 0.8:

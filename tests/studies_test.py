@@ -40,16 +40,3 @@ def test_operating_points_best_threshold_hand_computed():
   assert strict == {"accuracy": 0.75, "sensitivity": 0.5, "specificity": 1.0, "threshold": 0.8}
   # Both floors at 1 cannot hold together here.
   assert operating_points.best(y, p, 1.0, 1.0) is None
-
-
-def test_prevalence_threshold_is_the_bayes_decision_at_the_site_prior():
-  from studies import operating_points  # pylint: disable=g-import-not-at-top
-  assert operating_points.prevalence_threshold(0.5) == 0.5  # equal priors: no shift
-  for prevalence in (0.2, 0.625, 0.9):
-    t = operating_points.prevalence_threshold(prevalence)
-    for p in np.linspace(0.01, 0.99, 99):
-      site_odds = p / (1 - p) * prevalence / (1 - prevalence)
-      if abs(site_odds - 1) > 1e-9:  # away from the tie itself
-        assert (p >= t) == (site_odds >= 1), (prevalence, p)
-  with pytest.raises(ValueError, match="between 0 and 1"):
-    operating_points.prevalence_threshold(1.0)

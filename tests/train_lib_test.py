@@ -176,15 +176,27 @@ def test_threshold_rules():
   # A target sensitivity overrides either rule.
   t, rule = train_lib.choose_threshold(y, p, "balanced", target_sensitivity=0.95)
   assert t == pytest.approx(0.2) and "sensitivity >= 0.95" in rule
+  # The prevalence rule: Bayes' rule on the model's prior, whatever the scores.
+  t, rule = train_lib.choose_threshold(y, skewed, "prevalence", prevalence=0.625)
+  assert t == 0.375 and "prevalence 0.625" in rule and "no film" in rule
+  assert train_lib.choose_threshold(y, p, "prevalence", prevalence=0.5)[0] == 0.5
+  t, _ = train_lib.choose_threshold(y, p, "prevalence", prevalence=0.625, output_prior=0.74)
+  assert t == pytest.approx(metrics.prevalence_threshold(0.625, 0.74)) and t > 0.5
   with pytest.raises(ValueError, match="unknown threshold rule"):
     train_lib.choose_threshold(y, p, "median")
 
 
 def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
   info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=1))
-  assert info["threshold"] == 0.5 and info["threshold_rule_name"] == "balanced"
+  assert info["threshold_rule_name"] == "prevalence" == train_config.DEFAULT_THRESHOLD_RULE
+  assert info["prevalence"] == train_config.DEFAULT_PREVALENCE
+  assert info["output_prior"] == 0.5  # balanced class weights
+  assert info["threshold"] == pytest.approx(1 - train_config.DEFAULT_PREVALENCE)
+  assert info["val_metrics"]["at_threshold"]["threshold"] == info["threshold"]
   with pytest.raises(ValueError, match="unknown threshold rule"):
     train_lib.train(_config(sample_records, tmp_path / "n", threshold_rule="x"))
+  with pytest.raises(ValueError, match="prevalence must be strictly between 0 and 1"):
+    train_lib.train(_config(sample_records, tmp_path / "n", prevalence=1.0))
 
 
 def test_the_whole_config_is_saved_and_read_back(trained_model):
