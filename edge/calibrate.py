@@ -1,20 +1,29 @@
-r"""cxr-calibrate: choose a model's operating threshold on a clinic's own labelled films.
+r"""cxr-calibrate: set a model's operating threshold for a clinic: on its own labelled
+films, or from its share of PNEUMONIA.
 
 Usage:
   cxr-calibrate --model=/tmp/cxr_export/model_int8.tflite --image_dir=local_films/ \
       --output_dir=/tmp/site_model
   cxr-calibrate --model=/tmp/cxr_export/model_int8.tflite --image_dir=local_films/ \
       --target_sensitivity=0.98 --fit_temperature --output_dir=/tmp/site_model
+  cxr-calibrate --model=/tmp/cxr_export/model_int8.tflite --prevalence=0.3 \
+      --output_dir=/tmp/site_model
 
 TensorFlow-free (LiteRT, numpy, Pillow): it runs on the device. --image_dir holds the
-clinic's films in NORMAL/ and PNEUMONIA/ folders (any depth, any case). The threshold is
-chosen by maximum Youden J, or as the most specific one keeping --target_sensitivity, or
-the most sensitive one keeping --target_specificity; --fit_temperature also refits the
-probability scale on the films. Prints the sensitivity and specificity at the old and
-new thresholds with 95% intervals (measured on the same films, so slightly optimistic),
-and writes --output_dir/<model>.tflite (an unchanged copy) with a metadata.json that
-holds the new threshold and its provenance; cxr-predict --model=that copy uses it. The
-original package is never altered.
+clinic's films in NORMAL/ and PNEUMONIA/ folders (any depth, any case). On those films
+the threshold is chosen by maximum Youden J, or as the most specific one keeping
+--target_sensitivity, or the most sensitive one keeping --target_specificity;
+--fit_temperature also refits the probability scale on the films. Prints the
+sensitivity and specificity at the old and new thresholds with 95% intervals (measured
+on the same films, so slightly optimistic).
+
+--prevalence=P instead sets the most accurate threshold where a share P of the films
+the model will see shows PNEUMONIA (Bayes' rule on the class prior the model was trained
+to; no labelled film needed). With --image_dir as well, the films only measure it.
+
+Writes --output_dir/<model>.tflite (an unchanged copy of the model) with a metadata.json
+that holds the new threshold and its provenance; cxr-predict --model=that copy uses it.
+The original package is never altered.
 """
 import sys
 
@@ -29,7 +38,8 @@ from pipeline import cli
 _MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export, with its "
                              "metadata.json beside it.")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "The clinic's labelled films: NORMAL/ "
-                                 "and PNEUMONIA/ folders (any depth).")
+                                 "and PNEUMONIA/ folders (any depth). Required unless "
+                                 "--prevalence is given.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The new model package (must not exist "
                                   "or be empty).")
 _TARGET_SENSITIVITY = flags.DEFINE_float(
@@ -38,6 +48,9 @@ _TARGET_SENSITIVITY = flags.DEFINE_float(
 _TARGET_SPECIFICITY = flags.DEFINE_float(
     "target_specificity", None, "Most sensitive threshold whose local specificity reaches "
     "this.", lower_bound=0.0, upper_bound=1.0)
+_PREVALENCE = flags.DEFINE_float(
+    "prevalence", None, "Set the threshold from the local share of PNEUMONIA (0 to 1, "
+    "exclusive) instead of choosing it on films.")
 _FIT_TEMPERATURE = flags.DEFINE_bool("fit_temperature", False, "Refit the softmax "
                                      "temperature on the films (calibrated probabilities).")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
@@ -46,6 +59,20 @@ flags.register_multi_flags_validator(
     ["target_sensitivity", "target_specificity"],
     lambda f: f["target_sensitivity"] is None or f["target_specificity"] is None,
     message="give at most one of --target_sensitivity and --target_specificity")
+flags.register_multi_flags_validator(
+    ["prevalence", "target_sensitivity", "target_specificity"],
+    lambda f: f["prevalence"] is None or (f["target_sensitivity"] is None
+                                          and f["target_specificity"] is None),
+    message="--prevalence sets the threshold itself: give it or a target, not both")
+flags.register_multi_flags_validator(
+    ["prevalence", "image_dir"], lambda f: f["prevalence"] is not None or bool(f["image_dir"]),
+    message="give --image_dir (labelled local films) or --prevalence (the local share of "
+            "PNEUMONIA)")
+flags.register_multi_flags_validator(
+    ["fit_temperature", "image_dir"], lambda f: not f["fit_temperature"] or bool(f["image_dir"]),
+    message="--fit_temperature needs labelled films (--image_dir)")
+flags.register_validator("prevalence", lambda v: v is None or 0.0 < v < 1.0,
+                         message="--prevalence must be strictly between 0 and 1")
 
 
 def _line(name: str, m) -> str:
@@ -60,23 +87,34 @@ def main(argv):
   try:
     r = calibrate_lib.calibrate(_MODEL.value, _IMAGE_DIR.value, _OUTPUT_DIR.value,
                                 _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
-                                _FIT_TEMPERATURE.value, _THREADS.value)
+                                _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value)
   except (calibrate_lib.CalibrationError, runtime.ModelError) as e:
     sys.exit(f"cxr-calibrate: error: {e}")
-  same = r["measured_on_the_same_films"]
-  print(f"cxr-calibrate: {r['films']} films ({', '.join(f'{v} {k}' for k, v in r['films_per_class'].items())}), "
-        f"{r['patients']} patients; rule: {r['rule']}; ROC-AUC "
-        f"{metrics.format_interval(same['at_new']['roc_auc'], same['at_new']['roc_auc_ci95'], percent=False)}")
-  print(_line("previous", same["at_previous"]))
-  print(_line("new", same["at_new"]) + f"; temperature {r['temperature']:.3f}")
-  print("  (95% intervals, measured on the films the threshold was chosen on: expect a "
-        "little less on new films)")
+  measured = r["measured"]
+  if measured is None:
+    print(f"cxr-calibrate: rule: {r['rule']}; threshold {r['previous']['threshold']:.4f} -> "
+          f"{r['threshold']:.4f}; no labelled films given, so nothing measured: check it "
+          "on local films when you have them (--image_dir)")
+  else:
+    new = measured["at_new"]
+    counts = ", ".join(f"{v} {k}" for k, v in r["films_per_class"].items())
+    auc = metrics.format_interval(new["roc_auc"], new["roc_auc_ci95"], percent=False)
+    print(f"cxr-calibrate: {r['films']} films ({counts}), {r['patients']} patients; rule: "
+          f"{r['rule']}; ROC-AUC {auc}")
+    print(_line("previous", measured["at_previous"]))
+    print(_line("new", new) + f"; temperature {r['temperature']:.3f}")
+    if r["chosen_on_the_films"]:
+      print("  (95% intervals, measured on the films the threshold was chosen on: expect a "
+            "little less on new films)")
+    else:
+      print("  (95% intervals on these films; the threshold was not chosen on them, only "
+            "from --prevalence)")
   print(f"cxr-calibrate: new package in {_OUTPUT_DIR.value}; the original is unchanged")
 
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model", "image_dir", "output_dir"], prog="cxr-calibrate")
+  cli.run(main, __name__, required=["model", "output_dir"], prog="cxr-calibrate")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""Site calibration: a clinic's own labelled films choose the operating threshold.
+"""Site calibration: a clinic's own films, or its share of PNEUMONIA, set the threshold.
 
 TensorFlow-free (LiteRT, numpy, Pillow), so it runs on the device that will predict.
 The model file is copied byte for byte into a new package whose metadata carries the
-new threshold (and, if asked, a temperature refitted on the same films) with its
-provenance; the original package is never altered.
+new threshold (and, if asked, a temperature refitted on the films) with its provenance;
+the original package is never altered.
 
-The expected sensitivity and specificity it reports are measured on the same films the
-threshold was chosen on, so they are optimistic by a little; the README's split-half
-evaluation measures by how much.
+Two ways to choose:
+  - on labelled local films (a rule such as a target sensitivity). The sensitivity and
+    specificity it reports are measured on the films the threshold was chosen on, so
+    they are optimistic by a little; the README's split-half evaluation measures by how
+    much.
+  - from the local prevalence alone (Bayes' rule on the class prior the model's
+    probabilities assume; model/metrics.py prevalence_threshold): no labelled film is
+    needed; labelled films, if given, only measure it (and may refit the temperature).
 """
 import dataclasses
 import datetime
@@ -90,6 +95,31 @@ def probabilities(model: runtime.LiteModel, outputs: np.ndarray,
   return runtime.softmax(outputs, temperature or model.temperature)[:, 1]
 
 
+def _temperature(model: runtime.LiteModel, films: Optional[LocalFilms],
+                 fit_temperature: bool) -> float:
+  """The model's temperature, or one refitted on the films."""
+  if not fit_temperature:
+    return model.temperature
+  if films is None:
+    raise CalibrationError("--fit_temperature needs labelled films (--image_dir)")
+  if model.output_kind != "logits":
+    raise CalibrationError("this model outputs probabilities, not logits: re-export it "
+                           "with this version to refit its temperature")
+  return metrics.fit_temperature(films.labels, films.logits[:, 1] - films.logits[:, 0])
+
+
+def _measured(model: runtime.LiteModel, films: Optional[LocalFilms], temperature: float,
+              threshold: float) -> Dict[str, Any]:
+  """The operating points on the films at the model's own and the new settings."""
+  if films is None:
+    return {"before": None, "after": None}
+  return {"before": metrics.operating_point(films.labels, probabilities(model, films.logits),
+                                            model.threshold, films.patients),
+          "after": metrics.operating_point(films.labels,
+                                           probabilities(model, films.logits, temperature),
+                                           threshold, films.patients)}
+
+
 def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Optional[float] = None,
            target_specificity: Optional[float] = None,
            fit_temperature: bool = False) -> Dict[str, Any]:
@@ -99,12 +129,7 @@ def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Opti
     {"temperature", "threshold", "rule", "before": operating point at the model's own
     threshold and temperature, "after": at the chosen ones}.
   """
-  temperature = model.temperature
-  if fit_temperature:
-    if model.output_kind != "logits":
-      raise CalibrationError("this model outputs probabilities, not logits: re-export it "
-                             "with this version to refit its temperature")
-    temperature = metrics.fit_temperature(films.labels, films.logits[:, 1] - films.logits[:, 0])
+  temperature = _temperature(model, films, fit_temperature)
   probs = probabilities(model, films.logits, temperature)
   threshold = metrics.choose_threshold(films.labels, probs, target_sensitivity,
                                        target_specificity)
@@ -114,28 +139,55 @@ def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Opti
     rule = f"lowest threshold with local specificity >= {target_specificity}"
   else:
     rule = "maximum Youden J on the local films"
-  before = metrics.operating_point(films.labels, probabilities(model, films.logits),
-                                   model.threshold, films.patients)
   return {"temperature": temperature, "threshold": threshold, "rule": rule,
-          "before": before,
-          "after": metrics.operating_point(films.labels, probs, threshold, films.patients)}
+          **_measured(model, films, temperature, threshold)}
 
 
-def calibrate(model_path: str, image_dir: str, output_dir: str,
+def at_prevalence(model: runtime.LiteModel, prevalence: float,
+                  films: Optional[LocalFilms] = None,
+                  fit_temperature: bool = False) -> Dict[str, Any]:
+  """The threshold for a site's prevalence; films, if given, only measure it.
+
+  Returns:
+    As choose(); "before" and "after" are None without films.
+
+  Raises:
+    CalibrationError: a prevalence not strictly between 0 and 1, or a package that does
+      not record its class prior.
+  """
+  if not 0.0 < prevalence < 1.0:
+    raise CalibrationError(f"--prevalence must be strictly between 0 and 1, not {prevalence}")
+  prior = model.metadata.get("output_prior")
+  if prior is None:
+    raise CalibrationError("this package does not record the class prior its probabilities "
+                           "assume (it predates --prevalence): re-export it with this "
+                           "version")
+  temperature = _temperature(model, films, fit_temperature)
+  threshold = metrics.prevalence_threshold(prevalence, float(prior))
+  rule = (f"the most accurate threshold at local PNEUMONIA prevalence {prevalence:g} "
+          f"(Bayes' rule on the model's class prior {float(prior):g})")
+  return {"temperature": temperature, "threshold": threshold, "rule": rule,
+          **_measured(model, films, temperature, threshold)}
+
+
+def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
               target_sensitivity: Optional[float] = None,
               target_specificity: Optional[float] = None, fit_temperature: bool = False,
-              num_threads: int = 1) -> Dict[str, Any]:
-  """Chooses a site threshold on local films and writes a new model package.
+              num_threads: int = 1, prevalence: Optional[float] = None) -> Dict[str, Any]:
+  """Sets a site threshold and writes a new model package.
 
   Args:
     model_path: an exported .tflite with its metadata.json beside it.
-    image_dir: the clinic's labelled films (NORMAL/, PNEUMONIA/ at any depth).
+    image_dir: the clinic's labelled films (NORMAL/, PNEUMONIA/ at any depth); may be None
+      with prevalence.
     output_dir: the new package (model + metadata.json); must not exist or be empty,
       and must not be the model's own folder.
     target_sensitivity: choose the most specific threshold keeping this sensitivity.
     target_specificity: choose the most sensitive threshold keeping this specificity.
     fit_temperature: refit the softmax temperature on the films first.
     num_threads: interpreter threads.
+    prevalence: set the threshold from the local share of PNEUMONIA instead (the films,
+      if any, then only measure it).
 
   Returns:
     The calibration record (also in the new metadata under "site_calibration").
@@ -146,6 +198,12 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
   """
   if target_sensitivity is not None and target_specificity is not None:
     raise CalibrationError("give at most one of --target_sensitivity and --target_specificity")
+  if prevalence is not None and (target_sensitivity, target_specificity) != (None, None):
+    raise CalibrationError("--prevalence sets the threshold itself: give it or a target, "
+                           "not both")
+  if prevalence is None and not image_dir:
+    raise CalibrationError("give --image_dir (labelled local films) or --prevalence (the "
+                           "local share of PNEUMONIA)")
   model_dir = os.path.dirname(os.path.abspath(model_path))
   if os.path.abspath(output_dir) == model_dir:
     raise CalibrationError("--output_dir is the model's own folder; the original package "
@@ -153,37 +211,43 @@ def calibrate(model_path: str, image_dir: str, output_dir: str,
   if os.path.isdir(output_dir) and os.listdir(output_dir):
     raise CalibrationError(f"--output_dir {output_dir!r} is not empty")
   model = runtime.LiteModel(model_path, num_threads)
-  films = score_films(model, image_dir)
-  per_class = np.bincount(films.labels, minlength=schema.NUM_CLASSES)
-  if per_class.min() < MIN_FILMS_PER_CLASS:
+  films = score_films(model, image_dir) if image_dir else None
+  per_class = (np.bincount(films.labels, minlength=schema.NUM_CLASSES) if films is not None
+               else np.zeros(schema.NUM_CLASSES, int))
+  if films is not None and per_class.min() < MIN_FILMS_PER_CLASS:
     logging.warning("only %s films per class (%s): the intervals below are wide; %d or more "
                     "of each class are advised", per_class.tolist(), ", ".join(schema.LABELS),
                     MIN_FILMS_PER_CLASS)
-  chosen = choose(model, films, target_sensitivity, target_specificity, fit_temperature)
+  if prevalence is not None:
+    chosen = at_prevalence(model, prevalence, films, fit_temperature)
+  else:
+    chosen = choose(model, films, target_sensitivity, target_specificity, fit_temperature)
   name = os.path.basename(model_path)
   record = {
       "tool": "cxr-calibrate",
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "image_dir": os.path.abspath(image_dir),
-      "films": int(len(films.labels)),
+      "image_dir": os.path.abspath(image_dir) if image_dir else None,
+      "films": int(per_class.sum()),
       "films_per_class": dict(zip(schema.LABELS, per_class.tolist())),
-      "patients": len(set(films.patients)),
+      "patients": len(set(films.patients)) if films is not None else 0,
+      "prevalence": prevalence,
       "rule": chosen["rule"],
+      "chosen_on_the_films": prevalence is None,
       "temperature_refitted": fit_temperature,
       "previous": {"threshold": model.threshold, "temperature": model.temperature,
                    "threshold_source": model.entry.get("threshold_source")},
       "threshold": chosen["threshold"],
       "temperature": chosen["temperature"],
-      "measured_on_the_same_films": {"at_previous": chosen["before"],
-                                     "at_new": chosen["after"]},
+      "measured": (None if films is None
+                   else {"at_previous": chosen["before"], "at_new": chosen["after"]}),
   }
   fields = package.model_fields(json.loads(json.dumps(model.metadata)),
                                 json.loads(json.dumps(model.entry)))
   metadata, entry = fields["package"], fields["model"]
   entry["threshold"] = chosen["threshold"]
   entry["temperature"] = chosen["temperature"]
-  entry["threshold_source"] = (f"cxr-calibrate on {record['films']} local films "
-                               f"({record['date']}): {chosen['rule']}")
+  on_films = f" on {record['films']} local films" if films is not None else ""
+  entry["threshold_source"] = f"cxr-calibrate{on_films} ({record['date']}): {chosen['rule']}"
   metadata["site_calibration"] = record
   with open(model_path, "rb") as f:  # the same graph and weights, new embedded metadata
     data = package.embed(f.read(), fields)

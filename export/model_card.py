@@ -108,7 +108,10 @@ def markdown(card: Dict[str, Any]) -> str:
            "",
            "## Decision threshold", "",
            f"{card['decision_threshold']['value']} (rule: {card['decision_threshold']['rule']}). "
-           "Each file's own threshold is in the Files table and embedded in the file.", ""]
+           "Each file's own threshold is in the Files table and embedded in the file. "
+           "A site sets its own with `cxr-calibrate`: from its share of PNEUMONIA "
+           "(`--prevalence`, no labelled films needed) or on its labelled films "
+           "(`--image_dir`).", ""]
   if "external_validation" in card:
     ext = card["external_validation"]
     lines += ["## External validation", "",

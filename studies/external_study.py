@@ -36,6 +36,7 @@ from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from model import train_config
+from pipeline import dataset  # pylint: disable=wrong-import-position
 from pipeline import splits  # pylint: disable=wrong-import-position
 from studies import groups  # pylint: disable=wrong-import-position
 
@@ -52,13 +53,17 @@ def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
   path = os.path.join(model_dir, model_dir_lib.INFO_FILE)
   with open(path, encoding="utf-8") as f:
     info = json.load(f)
-  if info.get("threshold_rule_name") == rule or info.get("target_sensitivity") is not None:
+  prevalence = train_config.DEFAULT_PREVALENCE
+  if info.get("target_sensitivity") is not None or (
+      info.get("threshold_rule_name") == rule
+      and (rule != "prevalence" or info.get("prevalence") == prevalence)):
     return
   model, _ = model_dir_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
+  prior = dataset.output_prior(data_dir, info.get("class_weight", "balanced"))
   info["threshold"], info["threshold_rule"] = train_lib.choose_threshold(
-      val["label"], val["probability"], rule)
-  info["threshold_rule_name"] = rule
+      val["label"], val["probability"], rule, prevalence=prevalence, output_prior=prior)
+  info.update(threshold_rule_name=rule, prevalence=prevalence, output_prior=prior)
   info["val_metrics"] = metrics.summary(val["label"], val["probability"], info["threshold"],
                                         val["patient_id"])
   with open(path, "w", encoding="utf-8") as f:

@@ -14,8 +14,9 @@ floors and without them. If even the oracle misses a target, no threshold rule c
 it for that model: the ranking (ROC-AUC) has to improve.
 
 With --at_prevalence, also the threshold a site could set from its prevalence alone,
-without labelled films: 1 - prevalence (model.metrics.prevalence_threshold), here with the
-prevalence of these films (so it uses their class balance, though no single label).
+without labelled films (model.metrics.prevalence_threshold; 1 - prevalence for balanced
+class weights), here with the prevalence of these films (so it uses their class balance,
+though no single label).
 """
 import argparse
 import os
@@ -64,7 +65,7 @@ def main() -> None:
   parser.add_argument("--min_sensitivity", type=float, default=0.97)
   parser.add_argument("--min_specificity", type=float, default=0.88)
   parser.add_argument("--at_prevalence", action="store_true",
-                      help="also score each model at 1 - the films' prevalence")
+                      help="also score each model at the films' prevalence (Bayes' rule)")
   parser.add_argument("models", nargs="+", help="TFLite files")
   args = parser.parse_args()
   rows: List[str] = []
@@ -85,9 +86,11 @@ def main() -> None:
              f"| | | best within the floors | {_cells(within)} |",
              f"| | | best, no floors | {_cells(best(y, p))} |"]
     if args.at_prevalence:
-      t = metrics.prevalence_threshold(float(np.mean(y)))
+      t = metrics.prevalence_threshold(float(np.mean(y)),
+                                       float(model.metadata.get("output_prior", 0.5)))
       by_prevalence.append(at(y, p, t))
-      rows.append(f"| | | 1 - prevalence | {_cells(dict(by_prevalence[-1], threshold=t))} |")
+      rows.append(f"| | | at the films' prevalence | "
+                  f"{_cells(dict(by_prevalence[-1], threshold=t))} |")
   if len(args.models) > 1:
     # The models' mean output (logit margin, or probability for older models): does
     # averaging away the seed-to-seed differences rank better?
@@ -107,7 +110,7 @@ def main() -> None:
   print("mean over the models at their shipped thresholds: " + ", ".join(
       f"{k} {mean(shipped, k):.1f}%" for k in KEYS))
   if by_prevalence:
-    print("mean at 1 - the films' prevalence: " + ", ".join(
+    print("mean at the films' prevalence: " + ", ".join(
         f"{k} {mean(by_prevalence, k):.1f}%" for k in KEYS))
   if all(d is not None for d in bounded):
     print("mean at the best thresholds within the floors: " + ", ".join(

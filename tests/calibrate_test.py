@@ -1,6 +1,7 @@
 """cxr-calibrate: threshold choice on local films, the new package, and bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ from edge import package
 from edge import runtime
 from model import metrics
 from pipeline import image_io
-from tests.conftest import ROOT, SAMPLE_DIR, run_main, write_file
+from tests.conftest import (ROOT, SAMPLE_DIR, parsed_flags, run_main, run_module,
+                            write_file)
 
 
 def _films(root, per_class=8, classes=("NORMAL", "PNEUMONIA")):
@@ -48,7 +50,8 @@ def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
   y, p = _independent_probs(_model(exported), films)
   want = metrics.choose_threshold(y, p, **targets)
   assert record["threshold"] == pytest.approx(want)
-  at_new = record["measured_on_the_same_films"]["at_new"]
+  assert record["chosen_on_the_films"] and record["prevalence"] is None
+  at_new = record["measured"]["at_new"]
   assert at_new["sensitivity"] == pytest.approx(metrics.at_threshold(y, p, want)["sensitivity"])
   if "target_specificity" in targets:
     assert at_new["specificity"] >= 0.75
@@ -94,6 +97,74 @@ def test_original_package_is_never_altered(exported, tmp_path):
     calibrate_lib.calibrate(_model(exported), films, exported[0])
   with pytest.raises(calibrate_lib.CalibrationError, match="not empty"):
     calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"))
+
+
+def test_prevalence_sets_the_bayes_threshold_without_films(exported, tmp_path, capsys):
+  out = tmp_path / "site"
+  assert json.load(open(os.path.join(exported[0], "metadata.json")))["output_prior"] == 0.5
+  _main(model=_model(exported), prevalence=0.3, output_dir=str(out))
+  # Balanced class weights: 1 - prevalence, embedded in the file with its provenance.
+  lite = runtime.LiteModel(str(out / "model_int8.tflite"))
+  assert lite.threshold == pytest.approx(0.7)
+  record = lite.metadata["site_calibration"]
+  assert record["films"] == 0 and record["measured"] is None and record["prevalence"] == 0.3
+  assert not record["chosen_on_the_films"]
+  assert "prevalence 0.3" in lite.entry["threshold_source"]
+  assert _weights((out / "model_int8.tflite").read_bytes()) == _weights(
+      open(_model(exported), "rb").read())
+  text = capsys.readouterr().out
+  assert "-> 0.7000" in text and "nothing measured" in text
+
+
+def test_prevalence_with_films_only_measures_there(exported, tmp_path):
+  films = _films(tmp_path / "films")
+  record = calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"),
+                                   prevalence=0.8)
+  assert record["threshold"] == pytest.approx(0.2) and not record["chosen_on_the_films"]
+  y, p = _independent_probs(_model(exported), films)
+  want = metrics.at_threshold(y, p, 0.2)
+  at_new = record["measured"]["at_new"]
+  assert (at_new["sensitivity"], at_new["specificity"]) == pytest.approx(
+      (want["sensitivity"], want["specificity"]))
+
+
+def test_prevalence_needs_a_package_that_records_its_class_prior(exported, tmp_path):
+  fields = package.read(open(_model(exported), "rb").read())
+  del fields["package"]["output_prior"]
+  fields.pop("integrity", None)
+  old = tmp_path / "old" / "model_int8.tflite"
+  os.makedirs(old.parent)
+  old.write_bytes(package.embed(open(_model(exported), "rb").read(), fields))
+  with pytest.raises(SystemExit) as e:
+    _main(model=str(old), prevalence=0.3, output_dir=str(tmp_path / "site"))
+  assert str(e.value.code) == (
+      "cxr-calibrate: error: this package does not record the class prior its probabilities "
+      "assume (it predates --prevalence): re-export it with this version")
+  assert not (tmp_path / "site").exists()
+
+
+def test_neither_films_nor_prevalence_is_refused_on_the_command_line(tmp_path):
+  # Only a whole command line runs every validator (flagsaver checks the flags it sets).
+  r = run_module("edge.calibrate", "--model=m.tflite", f"--output_dir={tmp_path / 'o'}",
+                 timeout=120)
+  assert r.returncode == 1
+  assert ("give --image_dir (labelled local films) or --prevalence (the local share of "
+          "PNEUMONIA)") in r.stderr
+  assert not (tmp_path / "o").exists()
+  with pytest.raises(calibrate_lib.CalibrationError, match="give --image_dir"):
+    calibrate_lib.calibrate("m.tflite", None, str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("flag_strings, message", [
+    ({"image_dir": ""}, "give --image_dir (labelled local films) or --prevalence"),
+    ({"prevalence": "0.3", "target_sensitivity": "0.9"}, "give it or a target, not both"),
+    ({"prevalence": "1"}, "strictly between 0 and 1"),
+    ({"prevalence": "0.3", "fit_temperature": "true"}, "needs labelled films"),
+])
+def test_contradictory_or_missing_choice_flags_are_refused(flag_strings, message):
+  with pytest.raises(Exception, match=re.escape(message)):
+    with parsed_flags("edge.calibrate", model="m.tflite", output_dir="o", **flag_strings):
+      pass
 
 
 def test_fit_temperature_minimizes_local_log_loss(exported, tmp_path):
