@@ -8,8 +8,9 @@
 # Finished runs are kept, so an interrupted study continues where it stopped.
 # One edge_cnn run takes about 20-22 min on a 2-core AVX2 machine (4 min on a faster one).
 # The recipes in order: rotation+zoom, + brightness+contrast (both without weight decay,
-# as they were measured), and the default (+ weight decay 0.5). Then the rotation+zoom
-# runs again at the previous threshold rule, the TTA/ensemble probe, and the later
+# as they were measured), and the default (+ weight decay 0.5), at the default threshold
+# rule (prevalence 0.625). Then the same runs at 0.5 (the previous rule), the
+# rotation+zoom runs at the rule before that, the TTA/ensemble probe, and the later
 # levers that were not adopted, each on the recipe before weight decay (histogram
 # equalization over three seeds, 224-px input for 15 epochs, mixup on seed 42, translation
 # on seeds 42 and 1, EMA of the weights on seeds 42 and 1, stronger rotation and zoom over
@@ -65,7 +66,10 @@ fi
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external" "${groups[@]}" --calibrate_group=default \
   ${articles:+--article="$(IFS=,; echo "${articles[*]}")"}
-echo "== the same runs at cxr-train's previous threshold rule (validation Youden J)"
+echo "== the same runs at 0.5 (cxr-train's previous threshold rule, --threshold_rule=balanced)"
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external" "${groups[@]}" --calibrate_group=default --threshold_rule=balanced
+echo "== the rotation+zoom runs at the rule before that (validation Youden J)"
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_youden" "${groups[0]}" --threshold_rule=youden
 echo "== the probe for the next lever (before weight decay): test-time augmentation and a"
@@ -84,15 +88,17 @@ for s in $SEEDS; do
   heq+=("$d")
 done
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_equalize" --equalize "--group=equalize=$(IFS=,; echo "${heq[*]}")"
+  --out="$OUT/external_equalize" --equalize --threshold_rule=balanced \
+  "--group=equalize=$(IFS=,; echo "${heq[*]}")"
 # lever NAME PREFIX SEEDS LABEL FLAGS...: the recipe before weight decay plus FLAGS, one
-# run per seed (train_runs), scored as one group into $OUT/external_NAME.
+# run per seed (train_runs), scored as one group into $OUT/external_NAME at 0.5 (the
+# threshold rule the levers were compared at).
 lever() {
   local name="$1" prefix="$2" seeds="$3" label="$4"
   shift 4
   train_runs "$prefix" "$seeds" "${BEFORE_WD[@]}" "$@"
   "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-    --out="$OUT/external_$name" "--group=$label=$(joined "${RUNS[@]}")"
+    --out="$OUT/external_$name" --threshold_rule=balanced "--group=$label=$(joined "${RUNS[@]}")"
 }
 # 15 epochs: 224 px costs ~2.2x per epoch, and the recipe must train within 30 min.
 lever 224 size224 42 "224 px, 15 epochs" --image_size=224 --epochs=15
