@@ -143,6 +143,20 @@ def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Opti
           **_measured(model, films, temperature, threshold)}
 
 
+def output_prior(model: runtime.LiteModel) -> float:
+  """The PNEUMONIA share the model's probabilities assume, as its package records it.
+
+  Raises:
+    CalibrationError: a package exported before the field existed.
+  """
+  prior = model.metadata.get("output_prior")
+  if prior is None:
+    raise CalibrationError("this package does not record the class prior its probabilities "
+                           "assume (it predates --prevalence): re-export it with this "
+                           "version")
+  return float(prior)
+
+
 def at_prevalence(model: runtime.LiteModel, prevalence: float,
                   films: Optional[LocalFilms] = None,
                   fit_temperature: bool = False) -> Dict[str, Any]:
@@ -157,15 +171,11 @@ def at_prevalence(model: runtime.LiteModel, prevalence: float,
   """
   if not 0.0 < prevalence < 1.0:
     raise CalibrationError(f"--prevalence must be strictly between 0 and 1, not {prevalence}")
-  prior = model.metadata.get("output_prior")
-  if prior is None:
-    raise CalibrationError("this package does not record the class prior its probabilities "
-                           "assume (it predates --prevalence): re-export it with this "
-                           "version")
+  prior = output_prior(model)
   temperature = _temperature(model, films, fit_temperature)
-  threshold = metrics.prevalence_threshold(prevalence, float(prior))
+  threshold = metrics.prevalence_threshold(prevalence, prior)
   rule = (f"the most accurate threshold at local PNEUMONIA prevalence {prevalence:g} "
-          f"(Bayes' rule on the model's class prior {float(prior):g})")
+          f"(Bayes' rule on the model's class prior {prior:g})")
   return {"temperature": temperature, "threshold": threshold, "rule": rule,
           **_measured(model, films, temperature, threshold)}
 
@@ -211,6 +221,8 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
   if os.path.isdir(output_dir) and os.listdir(output_dir):
     raise CalibrationError(f"--output_dir {output_dir!r} is not empty")
   model = runtime.LiteModel(model_path, num_threads)
+  if prevalence is not None:
+    output_prior(model)  # refuse an old package before scoring any film
   films = score_films(model, image_dir) if image_dir else None
   per_class = (np.bincount(films.labels, minlength=schema.NUM_CLASSES) if films is not None
                else np.zeros(schema.NUM_CLASSES, int))

@@ -135,8 +135,11 @@ def test_prevalence_needs_a_package_that_records_its_class_prior(exported, tmp_p
   old = tmp_path / "old" / "model_int8.tflite"
   os.makedirs(old.parent)
   old.write_bytes(package.embed(open(_model(exported), "rb").read(), fields))
+  films = tmp_path / "films"
+  os.makedirs(films / "NORMAL")  # refused before the films are read (these would fail)
   with pytest.raises(SystemExit) as e:
-    _main(model=str(old), prevalence=0.3, output_dir=str(tmp_path / "site"))
+    _main(model=str(old), prevalence=0.3, image_dir=str(films),
+          output_dir=str(tmp_path / "site"))
   assert str(e.value.code) == (
       "cxr-calibrate: error: this package does not record the class prior its probabilities "
       "assume (it predates --prevalence): re-export it with this version")
