@@ -15,7 +15,8 @@
 # equalization over three seeds, 224-px input for 15 epochs, mixup on seed 42, translation
 # on seeds 42 and 1, EMA of the weights on seeds 42 and 1, stronger rotation and zoom over
 # three seeds, label smoothing on seeds 42 and 1), the threshold/ensemble bound before
-# weight decay and for the default, and the previous default (seed 42) for the README's
+# weight decay and for the default, sites with other shares of PNEUMONIA (the shipped
+# threshold vs cxr-calibrate --prevalence), and the previous default (seed 42) for the README's
 # first comparison.
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
@@ -125,6 +126,12 @@ for prefix in rotation+zoom+brightness+contrast default; do
   done
   "$PY" studies/operating_points.py --at_prevalence --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 done
+echo "== sites with another share of PNEUMONIA: the shipped threshold vs cxr-calibrate --prevalence"
+int8=()
+for s in $SEEDS; do
+  int8+=("$OUT/external/prevalence/export_default_$s/model_int8.tflite")
+done
+"$PY" studies/site_prevalence.py --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 echo "== the previous default (brightness + contrast, threshold by validation Youden J), seed 42"
 d="$OUT/previous_default_42"
 if [ ! -f "$d/model_info.json" ]; then

@@ -40,3 +40,14 @@ def test_operating_points_best_threshold_hand_computed():
   assert strict == {"accuracy": 0.75, "sensitivity": 0.5, "specificity": 1.0, "threshold": 0.8}
   # Both floors at 1 cannot hold together here.
   assert operating_points.best(y, p, 1.0, 1.0) is None
+
+
+def test_site_accuracy_reweights_the_films_to_the_site_share():
+  from studies import site_prevalence  # pylint: disable=g-import-not-at-top
+  # 4 NORMAL (1 wrong at 0.5), 2 PNEUMONIA (1 wrong): sensitivity 0.5, specificity 0.75.
+  y = np.array([0, 0, 0, 0, 1, 1])
+  p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.9])
+  assert site_prevalence.site_accuracy(y, p, 0.5, 0.5) == pytest.approx(0.625)
+  assert site_prevalence.site_accuracy(y, p, 0.5, 0.2) == pytest.approx(0.2 * 0.5 + 0.8 * 0.75)
+  # At the films' own share it is their plain accuracy (4 of 6 right).
+  assert site_prevalence.site_accuracy(y, p, 0.5, 2 / 6) == pytest.approx(4 / 6)
