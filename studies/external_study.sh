@@ -29,6 +29,8 @@ mkdir -p "$OUT"
 SEEDS="42 1 2"
 # train_runs PREFIX SEEDS FLAGS...: trains $OUT/PREFIX_<seed> for each seed with
 # cxr-train's defaults plus FLAGS (a finished run is kept); RUNS holds the run folders.
+# TRAIN is the trainer ($PY's arguments before the flags).
+TRAIN=(-m model.train)
 train_runs() {
   local prefix="$1" seeds="$2" s d
   shift 2
@@ -37,7 +39,7 @@ train_runs() {
     d="$OUT/${prefix}_$s"
     if [ ! -f "$d/model_info.json" ]; then
       rm -rf "$d"
-      "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --seed="$s" \
+      "$PY" "${TRAIN[@]}" --data_dir="$DATA_DIR" --model_dir="$d" --seed="$s" \
         --external_dir="$EXTERNAL_DIR" "$@"
     fi
     RUNS+=("$d")
@@ -78,19 +80,12 @@ echo "   seed ensemble of the rotation+zoom+brightness+contrast runs"
 "$PY" studies/probe_tta_ensemble.py --external_dir="$EXTERNAL_DIR" "${previous_runs[@]}"
 
 echo "== later levers, not adopted: histogram equalization (3 seeds), 224-px input (seed 42)"
-heq=()
-for s in $SEEDS; do
-  d="$OUT/equalize_$s"
-  if [ ! -f "$d/model_info.json" ]; then
-    rm -rf "$d"
-    "$PY" -m studies.with_study_models --equalize model.train --data_dir="$DATA_DIR" \
-      --model_dir="$d" --seed="$s" --external_dir="$EXTERNAL_DIR" "${BEFORE_WD[@]}"
-  fi
-  heq+=("$d")
-done
+TRAIN=(-m studies.with_study_models --equalize model.train)
+train_runs equalize "$SEEDS" "${BEFORE_WD[@]}"
+TRAIN=(-m model.train)
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_equalize" --equalize --threshold_rule=balanced \
-  "--group=equalize=$(IFS=,; echo "${heq[*]}")"
+  "--group=equalize=$(joined "${RUNS[@]}")"
 # lever NAME PREFIX SEEDS LABEL FLAGS...: the recipe before weight decay plus FLAGS, one
 # run per seed (train_runs), scored as one group into $OUT/external_NAME at 0.5 (the
 # threshold rule the levers were compared at).
