@@ -181,7 +181,7 @@ class LiteModel:
       self.image_size = int(metadata["input"]["size"])
       self.scale = float(metadata["preprocessing"]["scale"])
       self.labels: List[str] = list(metadata["labels"])
-      # Per model: a QAT model carries its own validation threshold (older exports: one).
+      # Per model: a QAT model carries its own run's threshold (older exports: one).
       self.threshold = float(entry.get("threshold", metadata.get("threshold")))
       self.output_kind = entry.get("output_kind", "probabilities")
       self.temperature = float(entry.get("temperature", 1.0))

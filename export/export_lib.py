@@ -337,19 +337,19 @@ def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str],
                     qat_info: Optional[Dict[str, Any]]) -> None:
   """Gives every model in metadata["models"] the threshold it is to be used with.
 
-  Post-training variants approximate the trained model, so they keep its validation
-  threshold. The QAT model is a different model (fine-tuned further): it keeps the
-  threshold its own run chose on validation, by the float run's rule.
+  Post-training variants approximate the trained model, so they keep its threshold. The
+  QAT model is a different model (fine-tuned further): it keeps the threshold its own
+  run set, by the float run's rule (the same value where the rule ignores the scores).
   """
   for variant, path in files.items():
     entry = metadata["models"][os.path.basename(path)]
     entry["threshold"] = metadata["threshold"]
-    entry["threshold_source"] = "cxr-train (chosen on validation for the trained model)"
+    entry["threshold_source"] = f"cxr-train, for the trained model: {metadata['threshold_rule']}"
     if variant == "qat_int8":
       entry["threshold"] = float(qat_info["threshold"])
-      entry["threshold_source"] = ("cxr-train --qat (chosen on validation for the "
-                                   "quantization-aware model): " + str(qat_info["threshold_rule"]))
-      logging.info("qat_int8: validation threshold %.4f (trained model's %.4f)",
+      entry["threshold_source"] = ("cxr-train --qat, for the quantization-aware model by the "
+                                   f"float run's rule: {qat_info['threshold_rule']}")
+      logging.info("qat_int8: its own run's threshold %.4f (trained model's %.4f)",
                    entry["threshold"], metadata["threshold"])
 
 
@@ -478,7 +478,7 @@ def format_report(report: Dict[str, Any]) -> str:
         f"{e['latency_1_thread']['p50_ms']:8.3f} {e['latency_1_thread']['p95_ms']:8.3f} "
         f"{e['latency_2_thread']['p50_ms']:8.3f} {e['latency_2_thread']['p95_ms']:8.3f} "
         f"{100 * e['edge_predictor_agreement_with_saved_model_bytes']:11.2f}")
-  lines.append("thr = the model's decision threshold (QAT: re-chosen on validation); val acc = "
+  lines.append("thr = the model's decision threshold (QAT: its own run's, same rule); val acc = "
                "accuracy on the validation split, every other column on the test split; "
                "latency in ms per single image (invoke only); agree% = decisions equal to the "
                "SavedModel's; edge agree% = cxr-predict's numpy preprocessing + this model vs "

@@ -7,7 +7,7 @@ Usage:
       --output_dir=/tmp/cxr_eval_official
 
 Reports accuracy, precision, sensitivity, specificity, F1 and the confusion matrix at the
-threshold chosen on validation and at 0.5, plus ROC-AUC, PR-AUC, Brier score and expected
+run's saved threshold (set by its threshold rule) and at 0.5, plus ROC-AUC, PR-AUC, Brier score and expected
 calibration error. Accuracy, sensitivity and specificity carry 95% Wilson intervals,
 ROC-AUC a 95% bootstrap interval over patients. Writes metrics.json, predictions.csv,
 roc.png, pr.png, calibration.png (reliability), confusion_matrix.png; with --explain=N,

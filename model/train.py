@@ -13,14 +13,14 @@ Usage:
 --qat fine-tunes a finished float run quantization-aware (for cxr-export --qat_model_dir):
 it reuses that run's recipe (model, augmentation ranges, class weights, schedule,
 threshold rule) at learning rate 1e-5 for 2 epochs unless --learning_rate/--epochs say
-otherwise, and writes its own model dir with its own validation threshold.
+otherwise, and writes its own model dir with its own threshold by that rule.
 
 Run the same command again after an interruption: it resumes from the last finished
 epoch; after it finished, it says so and does nothing. A --model_dir holding another run
 (other config or data) is refused unless --overwrite. The train and val shards are
 checked against the conversion's manifest first (sizes, and sha256 unless --no_verify).
-Logs one line per epoch. Writes model.keras, model_info.json (with the
-validation-chosen threshold), history.json, training_log.csv, learning_curves.png,
+Logs one line per epoch. Writes model.keras, model_info.json (with the threshold
+and its rule), history.json, training_log.csv, learning_curves.png,
 checkpoints/ and logs/. --verbosity=1 shows TensorFlow's and Keras' own output too.
 """
 import os

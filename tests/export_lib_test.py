@@ -279,6 +279,9 @@ def test_model_card_is_written_from_the_measured_results(exported):
       "accuracy"]
   for name, entry in meta["models"].items():  # every file, with its hash
     assert card["files"][name]["sha256"] == entry["sha256"] and entry["sha256"] in text
+  # Each file says where its threshold came from: the training run's rule.
+  assert meta["threshold_rule"] in meta["models"]["model_int8.tflite"]["threshold_source"]
+  assert meta["output_prior"] == 0.5  # balanced class weights
   int8 = report["variants"]["int8"]
   low, high = int8["ci95"]["accuracy"]
   assert f"| int8 | {int8['threshold']:.4f} | {100 * int8['accuracy']:.1f}% " \
