@@ -280,11 +280,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
       "positive_label": schema.POSITIVE_LABEL,
       "threshold": threshold,
       "threshold_rule": info.get("threshold_rule"),
-      # The class prior the probabilities assume, for cxr-calibrate --prevalence (runs
-      # that predate the field: from their class weights and the training data).
-      "output_prior": float(info.get("output_prior")
-                            or dataset.output_prior(data_dir, info.get("class_weight",
-                                                                       "balanced"))),
+      # The class prior the probabilities assume, for cxr-calibrate --prevalence.
+      "output_prior": model_dir_lib.output_prior(info, data_dir),
       "input": {"size": size, "layout": "NHWC", "shape": [1, size, size, schema.CHANNELS],
                 "channels": schema.CHANNELS},
       "preprocessing": {

@@ -25,6 +25,7 @@ import tf_keras as keras
 
 from model import models
 from pipeline import cli
+from pipeline import dataset
 from pipeline import image_io
 from pipeline import schema
 
@@ -157,6 +158,14 @@ def read_info(model_dir: str) -> Dict[str, Any]:
                             "output")
   with open(path, encoding="utf-8") as f:
     return json.load(f)
+
+
+def output_prior(info: Dict[str, Any], data_dir: str) -> float:
+  """The PNEUMONIA share a run's probabilities assume: as its model_info records it, or,
+  for a run saved before the field, from its class weights (pipeline/dataset.py)."""
+  if info.get("output_prior") is not None:
+    return float(info["output_prior"])
+  return dataset.output_prior(data_dir, info.get("class_weight", "balanced"))
 
 
 def quantize(model: keras.Model) -> keras.Model:

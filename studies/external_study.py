@@ -36,7 +36,6 @@ from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from model import train_config
-from pipeline import dataset  # pylint: disable=wrong-import-position
 from pipeline import splits  # pylint: disable=wrong-import-position
 from studies import groups  # pylint: disable=wrong-import-position
 
@@ -60,7 +59,7 @@ def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
     return
   model, _ = model_dir_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
-  prior = dataset.output_prior(data_dir, info.get("class_weight", "balanced"))
+  prior = model_dir_lib.output_prior(info, data_dir)
   info["threshold"], info["threshold_rule"] = train_lib.choose_threshold(
       val["label"], val["probability"], rule, prevalence=prevalence, output_prior=prior)
   info.update(threshold_rule_name=rule, prevalence=prevalence, output_prior=prior)

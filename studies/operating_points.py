@@ -86,8 +86,7 @@ def main() -> None:
              f"| | | best within the floors | {_cells(within)} |",
              f"| | | best, no floors | {_cells(best(y, p))} |"]
     if args.at_prevalence:
-      t = metrics.prevalence_threshold(float(np.mean(y)),
-                                       float(model.metadata.get("output_prior", 0.5)))
+      t = metrics.prevalence_threshold(float(np.mean(y)), calibrate_lib.output_prior(model))
       by_prevalence.append(at(y, p, t))
       rows.append(f"| | | at the films' prevalence | "
                   f"{_cells(dict(by_prevalence[-1], threshold=t))} |")

@@ -199,6 +199,15 @@ def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
     train_lib.train(_config(sample_records, tmp_path / "n", prevalence=1.0))
 
 
+def test_output_prior_of_a_run_as_recorded_or_from_its_class_weights(sample_records):
+  assert model_dir_lib.output_prior({"output_prior": 0.5, "class_weight": "none"},
+                                    sample_records) == 0.5
+  # Saved before the field: from the class weights it trained with.
+  assert model_dir_lib.output_prior({"class_weight": "none"}, sample_records) == (
+      dataset.output_prior(sample_records, "none"))
+  assert model_dir_lib.output_prior({}, sample_records) == 0.5
+
+
 def test_the_whole_config_is_saved_and_read_back(trained_model):
   info = model_dir_lib.read_info(trained_model)
   config = train_config.config_from_info(info)
