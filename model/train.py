@@ -9,6 +9,7 @@ Usage:
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/m --augment=rotation,brightness \
       --target_sensitivity=0.95
   cxr-train --qat --init_from=/tmp/cxr_model --data_dir=/tmp/cxr_records --model_dir=/tmp/qat
+  cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/again --seed=7 --deterministic
 
 --qat fine-tunes a finished float run quantization-aware (for cxr-export --qat_model_dir):
 it reuses that run's recipe (model, augmentation ranges, class weights, schedule,
@@ -19,6 +20,9 @@ Run the same command again after an interruption: it resumes from the last finis
 epoch; after it finished, it says so and does nothing. A --model_dir holding another run
 (other config or data) is refused unless --overwrite. The train and val shards are
 checked against the conversion's manifest first (sizes, and sha256 unless --no_verify).
+By default a rerun of a seed is a new draw of the recipe (parallel input and kernels
+reorder examples and float sums, for speed); with --deterministic the same command on
+the same machine repeats an uninterrupted run bit for bit.
 Logs one line per epoch. Writes model.keras, model_info.json (with the threshold
 and its rule), history.json, training_log.csv, learning_curves.png,
 checkpoints/ and logs/. --verbosity=1 shows TensorFlow's and Keras' own output too.
@@ -125,6 +129,10 @@ _OVERWRITE = flags.DEFINE_bool(
 _NO_VERIFY = flags.DEFINE_bool(
     "no_verify", False, "Skip the sha256 check of the train and val shards against the "
     "manifest before training (their sizes are always checked).")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", False, "Reproducible training: the same command on the same machine "
+    "(same data, TensorFlow and thread count) repeats the run bit for bit, if it is not "
+    "interrupted; slower. Without it, reruns of a seed are new draws of the recipe.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
                                         "Limit steps per epoch (smoke runs).", lower_bound=1)
 
@@ -148,7 +156,8 @@ def _qat_config() -> train_config.TrainConfig:
       epochs=_EPOCHS.value if present("epochs") else None,
       learning_rate=_LEARNING_RATE.value if present("learning_rate") else None,
       strategy=_STRATEGY.value, cache=_CACHE.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
-      external_dir=_EXTERNAL_DIR.value, verify_data=not _NO_VERIFY.value)
+      external_dir=_EXTERNAL_DIR.value, verify_data=not _NO_VERIFY.value,
+      deterministic=_DETERMINISTIC.value)
 
 
 def _config() -> train_config.TrainConfig:
@@ -171,7 +180,7 @@ def _config() -> train_config.TrainConfig:
       threshold_rule=_THRESHOLD_RULE.value, prevalence=_PREVALENCE.value,
       width=_WIDTH.value, dropout=_DROPOUT.value, cache=_CACHE.value,
       steps_per_epoch=_STEPS_PER_EPOCH.value, external_dir=_EXTERNAL_DIR.value,
-      verify_data=not _NO_VERIFY.value)
+      verify_data=not _NO_VERIFY.value, deterministic=_DETERMINISTIC.value)
 
 
 def _valid_augment(names):

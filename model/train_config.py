@@ -74,6 +74,9 @@ class TrainConfig:
   init_from: Optional[str] = None
   verbose: int = 0  # Keras' own progress output; EpochProgress logs one line an epoch
   verify_data: bool = True  # sha256 of the shards before training (sizes always)
+  # TensorFlow op determinism and ordered input: a rerun of the same config on the same
+  # machine repeats the run bit for bit (process-wide, as TensorFlow's switch is).
+  deterministic: bool = False
 
 
 # QAT fine-tunes an already trained network: a small rate keeps the weights near the

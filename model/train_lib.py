@@ -385,6 +385,7 @@ def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
     return dataset.make_dataset(config.data_dir, "train", batch_size=global_batch,
                                 image_size=config.image_size, seed=config.seed,
                                 cache=config.cache, weights=weights, input_context=ctx,
+                                deterministic=config.deterministic,
                                 repeat=distributed or config.steps_per_epoch is not None)
 
   def val_fn(ctx=None):
@@ -562,7 +563,8 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
 
 # Config fields that do not change what is trained (where it is logged, how it is fed,
 # what else is scored): a rerun may differ in them and still resume the same run.
-_NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir", "verify_data")
+_NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir", "verify_data",
+                 "deterministic")
 
 
 def _identity(config: train_config.TrainConfig) -> Dict[str, Any]:
@@ -637,6 +639,10 @@ def train(config: train_config.TrainConfig,
   _check(config)
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")
+  if config.deterministic:
+    # Without it, multi-threaded kernels and tf.data's parallel stages may reorder
+    # float sums and examples, so reruns of a seed differ from the first step on.
+    tf.config.experimental.enable_op_determinism()
   # Before any other TensorFlow op: a multi-worker strategy configures the runtime.
   strategy = _strategy(config.strategy)
   backup_dir = os.path.join(config.model_dir, "backup")  # shared by every worker

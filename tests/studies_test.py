@@ -8,6 +8,7 @@ import tensorflow as tf
 from edge import runtime
 from pipeline import preprocess
 from studies import equalize
+from studies import same_weights
 from tests.conftest import SAMPLE_DIR
 
 
@@ -51,3 +52,12 @@ def test_site_accuracy_reweights_the_films_to_the_site_share():
   assert site_prevalence.site_accuracy(y, p, 0.5, 0.2) == pytest.approx(0.2 * 0.5 + 0.8 * 0.75)
   # At the films' own share it is their plain accuracy (4 of 6 right).
   assert site_prevalence.site_accuracy(y, p, 0.5, 2 / 6) == pytest.approx(4 / 6)
+
+
+def test_same_weights_largest_difference():
+  a = [np.array([[1.0, 2.0]], np.float32), np.array([0.5], np.float32)]
+  assert same_weights.largest_difference(a, [w.copy() for w in a]) == 0.0
+  b = [np.array([[1.0, 2.25]], np.float32), np.array([0.0], np.float32)]
+  assert same_weights.largest_difference(a, b) == 0.5
+  assert same_weights.largest_difference(a, a[:1]) == float("inf")
+  assert same_weights.largest_difference(a, [a[0].T, a[1]]) == float("inf")

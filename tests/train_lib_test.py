@@ -7,6 +7,7 @@ from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config  # disable_op_determinism
 
 import tf_keras as keras
 
@@ -529,3 +530,22 @@ def test_the_history_row_is_written_before_the_resume_backup(sample_records, tmp
   # The averaged weights are swapped out again before the backup saves the raw ones.
   swaps = [i for i, k in enumerate(kinds) if k is train_lib._Swap]  # pylint: disable=protected-access
   assert len(swaps) == 2 and swaps[1] < kinds.index(keras.callbacks.BackupAndRestore)
+
+
+def test_deterministic_reruns_repeat_the_run_bit_for_bit(sample_records, tmp_path):
+  flag_values = dict(data_dir=sample_records, epochs=2, steps_per_epoch=3, image_size=SIZE,
+                     width=0.25, batch_size=16, deterministic=True)
+  try:
+    for name in ("a", "b"):
+      _train_main(model_dir=str(tmp_path / name), **flag_values)
+  finally:
+    # TensorFlow's switch is process-wide: leave the other tests as they were.
+    tf_framework_config.disable_op_determinism()
+  (a, info_a), (b, info_b) = (model_dir_lib.load_model_dir(str(tmp_path / n)) for n in "ab")
+  assert info_a["config"]["deterministic"] is True
+  assert _same([w.numpy() for w in a.weights], [w.numpy() for w in b.weights])
+  assert (model_dir_lib.read_history(str(tmp_path / "a"))["loss"]
+          == model_dir_lib.read_history(str(tmp_path / "b"))["loss"])
+  # How the run was executed is not what it is: without the flag it is the same run.
+  cfg = train_config.config_from_info(info_a, deterministic=False)
+  assert train_lib.train(cfg)["already_finished"]
