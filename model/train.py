@@ -244,12 +244,20 @@ def main(argv):
   from model import train_lib
   from pipeline import convert_lib
   from pipeline import dataset
+  import tensorflow as tf
   # pylint: enable=g-import-not-at-top
   try:
     info = train_lib.train(_config(), overwrite=_OVERWRITE.value)
   except (ValueError, FileNotFoundError, dataset.CorruptDataError,
           convert_lib.ConversionError) as e:
     sys.exit(f"cxr-train: error: {e}")
+  except tf.errors.UnimplementedError as e:
+    if not _DETERMINISTIC.value:
+      raise
+    # Op determinism stops at an op with no deterministic kernel on this device (GPU).
+    reason = (e.message.strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+    sys.exit(f"cxr-train: error: --deterministic: {reason}; run without --deterministic "
+             "on this device")
   if info.get("chief") is False:
     print("cxr-train: this worker is done; the chief worker writes the run to "
           f"{_MODEL_DIR.value}")

@@ -549,3 +549,22 @@ def test_deterministic_reruns_repeat_the_run_bit_for_bit(sample_records, tmp_pat
   # How the run was executed is not what it is: without the flag it is the same run.
   cfg = train_config.config_from_info(info_a, deterministic=False)
   assert train_lib.train(cfg)["already_finished"]
+
+
+def test_deterministic_without_a_deterministic_kernel_is_a_one_line_error(sample_records,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+  # On a GPU, op determinism stops at an op that has no deterministic kernel there.
+  def no_kernel(*unused_args, **unused_kwargs):
+    raise tf.errors.UnimplementedError(
+        None, None, "A deterministic GPU implementation of Foo is not currently available.\n"
+        "\t [[node Foo]]")
+
+  monkeypatch.setattr(train_lib, "train", no_kernel)
+  with pytest.raises(SystemExit) as e:
+    _train_main(data_dir=sample_records, model_dir=str(tmp_path / "m"), deterministic=True)
+  assert str(e.value.code) == (
+      "cxr-train: error: --deterministic: A deterministic GPU implementation of Foo is not "
+      "currently available; run without --deterministic on this device")
+  with pytest.raises(tf.errors.UnimplementedError):  # not ours to explain without the flag
+    _train_main(data_dir=sample_records, model_dir=str(tmp_path / "m"))
