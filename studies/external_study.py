@@ -19,6 +19,7 @@ the external films by patient, scored on the other half). Writes the same as JSO
 --out/external_study.json.
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -36,6 +37,8 @@ from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import train_lib  # pylint: disable=wrong-import-position
 from model import train_config
+from pipeline import convert_lib  # pylint: disable=wrong-import-position
+from pipeline import schema  # pylint: disable=wrong-import-position
 from pipeline import splits  # pylint: disable=wrong-import-position
 from studies import groups  # pylint: disable=wrong-import-position
 
@@ -98,6 +101,32 @@ def mean_row(name: str, rows: List[Dict[str, Any]]) -> str:
   return (f"| **{name}** | | " + " | ".join(cells)
           + f" | **{m['roc_auc']:.4f}** ({spread['roc_auc'][0]:.4f}-{spread['roc_auc'][1]:.4f})"
           + f" | {m['ece']:.4f} |")
+
+
+def article_run(path: str) -> Tuple[int, Dict[str, Any]]:
+  """(seed, external figures at 0.5) of a studies/article_baseline.py run.
+
+  From the predictions.csv beside its JSON, so that its rows carry the same intervals as
+  ours (patients from the file names, by cxr-convert's rule) and its ECE.
+
+  Raises:
+    ValueError: the predictions do not reproduce the JSON's external accuracy (a
+      predictions file from another run).
+  """
+  with open(path, encoding="utf-8") as f:
+    result = json.load(f)
+  y, p, patients = [], [], []
+  with open(os.path.join(os.path.dirname(path), "predictions.csv"), encoding="utf-8") as f:
+    for row in csv.DictReader(f):
+      if row["set"] == "external":
+        y.append(schema.LABEL_TO_INDEX[row["label"]])
+        p.append(float(row["probability"]))
+        patients.append(convert_lib.patient_id(row["file"])[0])
+  e = metrics.operating_point(np.array(y), np.array(p), 0.5, patients)
+  if abs(e["accuracy"] - result["external"]["accuracy"]) > 1e-9:
+    raise ValueError(f"{path}: its predictions.csv gives external accuracy {e['accuracy']:.4f}, "
+                     f"its JSON {result['external']['accuracy']:.4f}")
+  return int(result["seed"]), e
 
 
 def halves(films: calibrate_lib.LocalFilms, seed: int) -> List[np.ndarray]:
@@ -185,22 +214,10 @@ def main() -> None:
           + head)
     rows = []
     for path in args.article.split(","):
-      with open(path, encoding="utf-8") as f:
-        r = json.load(f)
-      ext = r["external"]
-      n = ext["images"]
-      tp_tn = round(ext["accuracy"] * n)
-      e = {"threshold": 0.5, **{k: ext[k] for k in KEYS}, "roc_auc": ext["roc_auc"],
-           "roc_auc_ci95": [float("nan")] * 2, "ece": float("nan"),
-           "ci95": {"accuracy": metrics.wilson_interval(tp_tn, n)}}
+      seed, e = article_run(path)
       rows.append(e)
-      print(f"| article recipe: seed {r['seed']} | 0.5 | "
-            f"{metrics.format_interval(e['accuracy'], e['ci95']['accuracy'])} | "
-            f"{100 * e['sensitivity']:.1f} | {100 * e['specificity']:.1f} | "
-            f"{e['roc_auc']:.4f} | |")
-    m = {k: float(np.mean([r[k] for r in rows])) for k in KEYS + ("roc_auc",)}
-    print(f"| **article recipe: mean of {len(rows)}** | | "
-          + " | ".join(f"**{100 * m[k]:.1f}**" for k in KEYS) + f" | **{m['roc_auc']:.4f}** | |")
+      print(run_row(f"article recipe: seed {seed}", e), flush=True)
+    print(mean_row(f"article recipe: mean of {len(rows)}", rows))
     result["article"] = rows
   group = args.calibrate_group or (study[0][0] if study else None)
   if group in int8_paths:

@@ -1,4 +1,5 @@
 """Study helpers that README figures depend on (studies/ is not installed)."""
+import json
 import os
 
 import numpy as np
@@ -6,8 +7,10 @@ import pytest
 import tensorflow as tf
 
 from edge import runtime
+from model import metrics
 from pipeline import preprocess
 from studies import equalize
+from studies import external_study
 from studies import same_weights
 from tests.conftest import SAMPLE_DIR
 
@@ -61,3 +64,24 @@ def test_same_weights_largest_difference():
   assert same_weights.largest_difference(a, b) == 0.5
   assert same_weights.largest_difference(a, a[:1]) == float("inf")
   assert same_weights.largest_difference(a, [a[0].T, a[1]]) == float("inf")
+
+
+def test_article_run_scores_its_predictions_at_one_half_by_patient(tmp_path):
+  rows = [("test", "NORMAL/IM-0001-0001.jpeg", "NORMAL", 0.9),  # not the external set
+          ("external", "NORMAL/IM-0001-0001.jpeg", "NORMAL", 0.2),
+          ("external", "NORMAL/IM-0002-0001.jpeg", "NORMAL", 0.6),  # a false positive
+          ("external", "PNEUMONIA/person1_virus_1.jpeg", "PNEUMONIA", 0.7),
+          ("external", "PNEUMONIA/person1_virus_2.jpeg", "PNEUMONIA", 0.4),  # missed
+          ("external", "PNEUMONIA/person2_bacteria_3.jpeg", "PNEUMONIA", 0.5)]  # 0.5 counts
+  with open(tmp_path / "predictions.csv", "w", encoding="utf-8") as f:
+    f.write("set,file,label,probability\n" + "".join(f"{','.join(map(str, r))}\n" for r in rows))
+  result = {"seed": 3, "external": {"accuracy": 3 / 5}}
+  (tmp_path / "article_baseline.json").write_text(json.dumps(result))
+  seed, e = external_study.article_run(str(tmp_path / "article_baseline.json"))
+  assert seed == 3 and e["threshold"] == 0.5
+  assert (e["accuracy"], e["sensitivity"], e["specificity"]) == (3 / 5, 2 / 3, 1 / 2)
+  assert e["ci95"]["accuracy"] == pytest.approx(metrics.wilson_interval(3, 5))
+  result["external"]["accuracy"] = 4 / 5  # predictions of another run
+  (tmp_path / "article_baseline.json").write_text(json.dumps(result))
+  with pytest.raises(ValueError, match="gives external accuracy 0.6000, its JSON 0.8000"):
+    external_study.article_run(str(tmp_path / "article_baseline.json"))
