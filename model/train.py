@@ -87,6 +87,11 @@ _EMA_MOMENTUM = flags.DEFINE_float(
     "ema_momentum", 0.0, "Exponential moving average of the weights, momentum per step "
     "(e.g. 0.999), 0 = off: validation, external scoring, the best epoch and the saved "
     "model use the averaged weights.", lower_bound=0.0, upper_bound=1.0)
+_KEEP_EPOCH = flags.DEFINE_enum(
+    "keep_epoch", train_config.DEFAULT_KEEP_EPOCH, list(train_config.KEEP_EPOCHS),
+    "Which epoch's weights the run keeps: best = the highest validation ROC-AUC; last = "
+    "the final epoch (where the cosine schedule has decayed to zero). Both are saved in "
+    "checkpoints/.")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed of initialization, shuffling, augmentation.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
@@ -132,7 +137,8 @@ _NO_VERIFY = flags.DEFINE_bool(
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Reproducible training: the same command on the same machine "
     "(same data, TensorFlow and thread count) repeats the run bit for bit, if it is not "
-    "interrupted; slower. Without it, reruns of a seed are new draws of the recipe.")
+    "interrupted (TensorFlow op determinism and ordered input; may be slower, on a GPU "
+    "especially). Without it, reruns of a seed are new draws of the recipe.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
                                         "Limit steps per epoch (smoke runs).", lower_bound=1)
 
@@ -140,9 +146,9 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None,
 # Flags that make the recipe; a QAT run takes them from its float run.
 _RECIPE_FLAGS = ("model", "image_size", "augment", "rotation_deg", "zoom", "brightness",
                  "contrast", "translation", "class_weight", "mixup", "label_smoothing",
-                 "weight_decay", "ema_momentum", "seed", "batch_size", "lr_schedule",
-                 "target_sensitivity", "threshold_rule", "prevalence", "width", "dropout",
-                 "mixed_precision")
+                 "weight_decay", "ema_momentum", "keep_epoch", "seed", "batch_size",
+                 "lr_schedule", "target_sensitivity", "threshold_rule", "prevalence", "width",
+                 "dropout", "mixed_precision")
 
 
 def _qat_config() -> train_config.TrainConfig:
@@ -174,7 +180,7 @@ def _config() -> train_config.TrainConfig:
                                                _TRANSLATION.value),
       class_weight=_CLASS_WEIGHT.value, mixup=_MIXUP.value,
       label_smoothing=_LABEL_SMOOTHING.value, weight_decay=_WEIGHT_DECAY.value,
-      ema_momentum=_EMA_MOMENTUM.value, seed=_SEED.value,
+      ema_momentum=_EMA_MOMENTUM.value, keep_epoch=_KEEP_EPOCH.value, seed=_SEED.value,
       strategy=_STRATEGY.value,
       mixed_precision=_MIXED_PRECISION.value, target_sensitivity=_TARGET_SENSITIVITY.value,
       threshold_rule=_THRESHOLD_RULE.value, prevalence=_PREVALENCE.value,
@@ -269,11 +275,17 @@ def main(argv):
   d = v["at_threshold"]
   line = (f"validation: ROC-AUC {v['roc_auc']:.4f}, accuracy {d['accuracy']:.4f}, "
           f"sensitivity {d['sensitivity']:.4f}, specificity {d['specificity']:.4f} at "
-          f"threshold {info['threshold']:.4f} (best epoch {info['best_epoch']} of "
-          f"{info['epochs']})")
+          f"threshold {info['threshold']:.4f} ({_kept(info)})")
   print(f"cxr-train: {line}; model in {_MODEL_DIR.value}")
   if "external_metrics" in info:
     print(f"cxr-train: {_describe('external', info['external_metrics'])}")
+
+
+def _kept(info) -> str:
+  if info.get("keep_epoch") == "last":
+    return (f"last epoch, {info['kept_epoch']} of {info['epochs']}; best by validation "
+            f"was {info['best_epoch']}")
+  return f"best epoch {info['best_epoch']} of {info['epochs']}"
 
 
 def run():

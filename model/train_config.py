@@ -24,6 +24,10 @@ DEFAULT_AUGMENT = ("rotation", "zoom", "brightness", "contrast")
 # The validation split is drawn from the training distribution and nearly saturated: its
 # best-J interval is set by a handful of films and can sit far from 0.5 (README).
 THRESHOLD_RULES = ("prevalence", "balanced", "youden")
+# Which epoch's weights a run keeps: the one with the best validation ROC-AUC, or the
+# last (where a schedule that decays to zero has settled).
+KEEP_EPOCHS = ("best", "last")
+DEFAULT_KEEP_EPOCH = "best"
 DEFAULT_THRESHOLD_RULE = "prevalence"
 
 # The PNEUMONIA share the default threshold assumes: that of the release's separately
@@ -59,6 +63,7 @@ class TrainConfig:
   # Exponential moving average of the weights, per step; 0 = off. When on, validation,
   # external scoring, the best epoch and the saved model use the averaged weights.
   ema_momentum: float = 0.0
+  keep_epoch: str = DEFAULT_KEEP_EPOCH  # one of KEEP_EPOCHS
   seed: int = 42
   strategy: str = "default"
   mixed_precision: bool = False
@@ -85,8 +90,9 @@ QAT_EPOCHS = 2
 QAT_LEARNING_RATE = 1e-5
 # What a QAT run takes from its float run, unchanged (the recipe).
 RECIPE_FIELDS = ("model", "image_size", "width", "dropout", "augment", "class_weight", "mixup",
-                 "label_smoothing", "weight_decay", "ema_momentum", "seed", "batch_size",
-                 "lr_schedule", "threshold_rule", "prevalence", "target_sensitivity")
+                 "label_smoothing", "weight_decay", "ema_momentum", "keep_epoch", "seed",
+                 "batch_size", "lr_schedule", "threshold_rule", "prevalence",
+                 "target_sensitivity")
 
 
 def config_to_dict(config: TrainConfig) -> Dict[str, Any]:

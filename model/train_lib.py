@@ -356,6 +356,9 @@ def _check(config: train_config.TrainConfig) -> None:
   if config.threshold_rule not in train_config.THRESHOLD_RULES:
     raise ValueError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
                      f"{train_config.THRESHOLD_RULES}")
+  if config.keep_epoch not in train_config.KEEP_EPOCHS:
+    raise ValueError(f"unknown keep_epoch {config.keep_epoch!r}; choose from "
+                     f"{train_config.KEEP_EPOCHS}")
   if not 0.0 < config.prevalence < 1.0:
     raise ValueError(f"prevalence must be strictly between 0 and 1, not {config.prevalence}")
   if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
@@ -438,6 +441,10 @@ def _best_weights_path(model_dir: str) -> str:
   return os.path.join(model_dir, "checkpoints", "best.weights.h5")
 
 
+def _last_weights_path(model_dir: str) -> str:
+  return os.path.join(model_dir, "checkpoints", "last.weights.h5")
+
+
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                external: Optional[dataset.FolderImages],
                extra: Optional[List[keras.callbacks.Callback]],
@@ -468,6 +475,9 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
           # After a resume, only an epoch better than every earlier one replaces it.
           initial_value_threshold=(max(previous.get("val_auc", [float("-inf")]))
                                    if previous else None)),
+      # Both are kept whichever keep_epoch is, so a run's other choice can be studied.
+      keras.callbacks.ModelCheckpoint(_last_weights_path(config.model_dir),
+                                      save_weights_only=True),
   ] + ([averaged.swap_out] if averaged else []) + [
       keras.callbacks.CSVLogger(os.path.join(config.model_dir, model_dir_lib.LOG_FILE),
                                 append=True),
@@ -492,21 +502,24 @@ def _fit(config: train_config.TrainConfig, model: AugmentingModel, datasets,
 
 def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
               external: Optional[dataset.FolderImages], train_seconds: float) -> Dict[str, Any]:
-  """Best epoch's weights into a plain (float32) network, threshold, history, model_info.
+  """The kept epoch's weights into a plain (float32) network, threshold, history, info.
 
-  The best epoch is read back into a fresh copy, outside any strategy; `trained` (the
-  last epoch's weights) serves when no epoch was saved as best.
+  The kept epoch (config.keep_epoch: best by validation ROC-AUC, or last) is read back
+  into a fresh copy, outside any strategy; `trained` (the last epoch's weights) serves
+  when no checkpoint was saved.
   """
   keras.mixed_precision.set_global_policy("float32")
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
     final = model_dir_lib.quantize(final)
-  if os.path.isfile(_best_weights_path(config.model_dir)):
+  kept = (_last_weights_path if config.keep_epoch == "last" else _best_weights_path)(
+      config.model_dir)
+  if os.path.isfile(kept):
     # The checkpoint is the training wrapper's; a plain wrapper around `final` reads it
     # (loading into the distributed one fails under a multi-worker strategy).
     holder = AugmentingModel(final, augment_config.config_from_names(["none"]), config.seed)
     holder(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
-    holder.load_weights(_best_weights_path(config.model_dir))
+    holder.load_weights(kept)
   else:
     final.set_weights(trained)
   model_dir_lib.save_model(config.model_dir, final, config.qat)
@@ -535,6 +548,9 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "output_prior": prior,
       "epochs": len(history.get("epoch", [])),
       "best_epoch": model_dir_lib.best_epoch(history),
+      "keep_epoch": config.keep_epoch,
+      "kept_epoch": (len(history.get("epoch", [])) if config.keep_epoch == "last"
+                     else model_dir_lib.best_epoch(history)),
       "augment": list(config.augment.names()),
       "mixup": config.mixup,
       "label_smoothing": config.label_smoothing,

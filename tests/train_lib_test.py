@@ -568,3 +568,27 @@ def test_deterministic_without_a_deterministic_kernel_is_a_one_line_error(sample
       "currently available; run without --deterministic on this device")
   with pytest.raises(tf.errors.UnimplementedError):  # not ours to explain without the flag
     _train_main(data_dir=sample_records, model_dir=str(tmp_path / "m"))
+
+
+def test_keep_epoch_last_saves_the_final_weights_and_both_are_checkpointed(sample_records,
+                                                                          tmp_path):
+  seen = TrainableWeights()
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=3, keep_epoch="last"),
+                         extra_callbacks=[seen])
+  assert info["keep_epoch"] == "last" and info["kept_epoch"] == 3
+  saved, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
+  assert _same([w.numpy() for w in saved.trainable_weights], seen.epoch_ends[-1])
+  assert {"best.weights.h5", "last.weights.h5"} <= set(os.listdir(tmp_path / "m" / "checkpoints"))
+  # The default keeps the best validation epoch, which is not always the last.
+  best = train_lib.train(_config(sample_records, tmp_path / "b", epochs=3))
+  assert best["keep_epoch"] == "best" and best["kept_epoch"] == best["best_epoch"]
+  with pytest.raises(ValueError, match="unknown keep_epoch 'first'"):
+    train_lib.train(_config(sample_records, tmp_path / "x", keep_epoch="first"))
+
+
+def test_cli_keep_epoch_last_says_which_epoch_it_kept(sample_records, tmp_path, capsys):
+  _train_main(data_dir=sample_records, model_dir=str(tmp_path / "m"), keep_epoch="last",
+              epochs=2, steps_per_epoch=2, image_size=SIZE, width=0.25)
+  out = capsys.readouterr().out
+  assert "(last epoch, 2 of 2; best by validation was " in out
+  assert json.load(open(tmp_path / "m" / "model_info.json"))["config"]["keep_epoch"] == "last"
