@@ -445,6 +445,12 @@ def _last_weights_path(model_dir: str) -> str:
   return os.path.join(model_dir, "checkpoints", "last.weights.h5")
 
 
+def _kept_weights_path(config: train_config.TrainConfig) -> str:
+  """The checkpoint of the epoch config.keep_epoch keeps."""
+  path = _last_weights_path if config.keep_epoch == "last" else _best_weights_path
+  return path(config.model_dir)
+
+
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
                external: Optional[dataset.FolderImages],
                extra: Optional[List[keras.callbacks.Callback]],
@@ -512,8 +518,7 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
     final = model_dir_lib.quantize(final)
-  kept = (_last_weights_path if config.keep_epoch == "last" else _best_weights_path)(
-      config.model_dir)
+  kept = _kept_weights_path(config)
   if os.path.isfile(kept):
     # The checkpoint is the training wrapper's; a plain wrapper around `final` reads it
     # (loading into the distributed one fails under a multi-worker strategy).
@@ -578,9 +583,10 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
 
 
 # Config fields that do not change what is trained (where it is logged, how it is fed,
-# what else is scored): a rerun may differ in them and still resume the same run.
+# what else is scored, which epoch is kept): a rerun may differ in them and still resume
+# the same run.
 _NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir", "verify_data",
-                 "deterministic")
+                 "deterministic", "keep_epoch")
 
 
 def _identity(config: train_config.TrainConfig) -> Dict[str, Any]:
@@ -594,11 +600,14 @@ def _identity(config: train_config.TrainConfig) -> Dict[str, Any]:
 def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
   """Makes model_dir this run's: fresh, the same run resumed, or refused.
 
+  A finished run asked to keep its other epoch (keep_epoch) is finished again with it.
+
   Returns:
     The model_info of this same run if it already finished (nothing to do), else None.
 
   Raises:
-    ValueError: model_dir holds another run (other config or data) and not overwrite.
+    ValueError: model_dir holds another run (other config or data) and not overwrite, or
+      a finished run lacks the checkpoint of the epoch asked to be kept.
   """
   if overwrite:
     model_dir_lib.remove_run(config.model_dir)
@@ -623,9 +632,20 @@ def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optio
                      "another --model_dir")
   os.makedirs(config.model_dir, exist_ok=True)
   model_dir_lib.write_run(config.model_dir, identity)
-  if found is not None and os.path.isfile(os.path.join(config.model_dir,
-                                                       model_dir_lib.INFO_FILE)):
-    return model_dir_lib.read_info(config.model_dir)
+  if found is None or not os.path.isfile(os.path.join(config.model_dir,
+                                                      model_dir_lib.INFO_FILE)):
+    return None
+  info = model_dir_lib.read_info(config.model_dir)
+  kept = info.get("keep_epoch", train_config.DEFAULT_KEEP_EPOCH)
+  if kept == config.keep_epoch:
+    return info
+  # Finished with the other epoch kept: only the finishing steps run again.
+  if not os.path.isfile(_kept_weights_path(config)):
+    raise ValueError(f"--model_dir {config.model_dir!r} is a finished run without the "
+                     f"{config.keep_epoch} epoch's weights (trained before cxr-train kept "
+                     f"both); it can keep only its {kept} epoch")
+  logging.info("%s is a finished run: keeping its %s epoch instead of its %s, no training",
+               config.model_dir, config.keep_epoch, kept)
   return None
 
 

@@ -592,3 +592,23 @@ def test_cli_keep_epoch_last_says_which_epoch_it_kept(sample_records, tmp_path, 
   out = capsys.readouterr().out
   assert "(last epoch, 2 of 2; best by validation was " in out
   assert json.load(open(tmp_path / "m" / "model_info.json"))["config"]["keep_epoch"] == "last"
+
+
+def test_a_finished_run_keeps_its_other_epoch_without_training(sample_records, tmp_path):
+  seen = TrainableWeights()
+  first = train_lib.train(_config(sample_records, tmp_path / "m", epochs=3),
+                          extra_callbacks=[seen])
+  again = TrainableWeights()
+  info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=3, keep_epoch="last"),
+                         extra_callbacks=[again])
+  assert not hasattr(again, "start")  # no training started
+  assert not info.get("already_finished") and info["kept_epoch"] == 3
+  assert info["best_epoch"] == first["best_epoch"]
+  saved, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
+  assert _same([w.numpy() for w in saved.trainable_weights], seen.epoch_ends[-1])
+  assert train_lib.train(_config(sample_records, tmp_path / "m", epochs=3,
+                                 keep_epoch="last"))["already_finished"]
+  # A run from before both epochs were kept cannot keep the one it lacks.
+  os.remove(tmp_path / "m" / "checkpoints" / "best.weights.h5")
+  with pytest.raises(ValueError, match="without the best epoch's weights"):
+    train_lib.train(_config(sample_records, tmp_path / "m", epochs=3))
