@@ -50,16 +50,21 @@ class InputPipeline:
       weights, (images, labels, weights float32 [B]).
     num_records: records of the split according to the manifest.
     shards: the shard paths read.
-    delivered: records that parsed and decoded, counted before the cache (so, with a
-      cache, during the first epoch only); with skip_corrupt, skipped() is the rest.
+    delivered: with skip_corrupt, records that parsed and decoded, counted before the
+      cache (so, with a cache, during the first epoch only); skipped() is the rest.
+      None without skip_corrupt: a corrupt record then fails the pipeline, nothing is
+      skipped, and no stateful op is needed (under TensorFlow's op determinism one
+      would make every parallel map of the pipeline sequential).
   """
   dataset: tf.data.Dataset
   num_records: int
   shards: List[str]
-  delivered: tf.Variable
+  delivered: Optional[tf.Variable]
 
   def skipped(self) -> int:
     """Corrupt records skipped in the first (cached) epoch; valid once it has run."""
+    if self.delivered is None:
+      return 0
     return max(0, self.num_records - int(self.delivered.numpy()))
 
 
@@ -151,7 +156,7 @@ def make_pipeline(data_dir: str,
   num_records = manifest["splits"][split]["images"]
   if not paths:
     raise ValueError(f"split {split!r} of {data_dir} is empty")
-  delivered = tf.Variable(0, dtype=tf.int64, trainable=False, name="delivered")
+  delivered = None
 
   files = tf.data.Dataset.from_tensor_slices(paths)
   if training:
@@ -180,12 +185,13 @@ def make_pipeline(data_dir: str,
   ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   if skip_corrupt:
     ds = ds.ignore_errors(log_warning=True)
+    delivered = tf.Variable(0, dtype=tf.int64, trainable=False, name="delivered")
 
-  def count(image, label):
-    delivered.assign_add(1)
-    return image, label
+    def count(image, label):
+      delivered.assign_add(1)
+      return image, label
 
-  ds = ds.map(count)
+    ds = ds.map(count)
   if not skip_corrupt and (input_context is None or input_context.num_input_pipelines == 1):
     # The manifest knows the record count; with it Keras knows an epoch's steps from the
     # first epoch on (exact progress, and a resumed run takes the same steps as an
