@@ -174,7 +174,7 @@ def main() -> None:
                       help="the runs were trained with studies/equalize.py's preprocessing")
   parser.add_argument("--calibrate_group", default=None,
                       help="the group whose int8 models get the split-half site calibration "
-                           "(default: the first)")
+                           "(default: the first; 'none': no split-half)")
   args = parser.parse_args()
   if args.equalize:
     from studies import equalize  # pylint: disable=g-import-not-at-top

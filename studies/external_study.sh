@@ -16,8 +16,9 @@
 # on seeds 42 and 1, EMA of the weights on seeds 42 and 1, stronger rotation and zoom over
 # three seeds, label smoothing on seeds 42 and 1), the threshold/ensemble bound before
 # weight decay and for the default, sites with other shares of PNEUMONIA (the shipped
-# threshold vs cxr-calibrate --prevalence), and the previous default (seed 42) for the README's
-# first comparison.
+# threshold vs cxr-calibrate --prevalence), the previous default (seed 42) for the README's
+# first comparison, and which epoch to keep (best by validation or last), paired on three
+# deterministic default runs (seeds 3, 4, 5).
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -136,3 +137,21 @@ if [ ! -f "$d/model_info.json" ]; then
 fi
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_previous" --threshold_rule=youden "--group=previous default=$d"
+echo "== which epoch to keep: best by validation (the default) or the last, paired on three"
+echo "   deterministic default runs (seeds 3, 4, 5), each finished again on a copy with"
+echo "   --keep_epoch=last (no training: both epochs' weights are checkpointed)"
+train_runs default_det "3 4 5" --deterministic
+best_runs=("${RUNS[@]}")
+last_runs=()
+for d in "${best_runs[@]}"; do
+  if ! grep -qs '"keep_epoch": "last"' "${d}_last/model_info.json"; then
+    rm -rf "${d}_last"
+    cp -r "$d" "${d}_last"
+    "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="${d}_last" --seed="${d##*_}" \
+      --external_dir="$EXTERNAL_DIR" --deterministic --keep_epoch=last
+  fi
+  last_runs+=("${d}_last")
+done
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_keep_epoch" "--group=best epoch=$(joined "${best_runs[@]}")" \
+  "--group=last epoch=$(joined "${last_runs[@]}")" --calibrate_group=none
