@@ -91,7 +91,7 @@ _KEEP_EPOCH = flags.DEFINE_enum(
     "keep_epoch", train_config.DEFAULT_KEEP_EPOCH, list(train_config.KEEP_EPOCHS),
     "Which epoch's weights the run keeps: best = the highest validation ROC-AUC; last = "
     "the final epoch (where the cosine schedule has decayed to zero). Both are saved in "
-    "checkpoints/.")
+    "checkpoints/. The default was chosen on external films (README).")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed of initialization, shuffling, augmentation.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -582,9 +583,9 @@ def test_keep_epoch_last_saves_the_final_weights_and_both_are_checkpointed(sampl
   saved, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
   assert _same([w.numpy() for w in saved.trainable_weights], seen.epoch_ends[-1])
   assert {"best.weights.h5", "last.weights.h5"} <= set(os.listdir(tmp_path / "m" / "checkpoints"))
-  # The default keeps the best validation epoch, which is not always the last.
-  best = train_lib.train(_config(sample_records, tmp_path / "b", epochs=3))
+  best = train_lib.train(_config(sample_records, tmp_path / "b", epochs=3, keep_epoch="best"))
   assert best["keep_epoch"] == "best" and best["kept_epoch"] == best["best_epoch"]
+  assert train_config.TrainConfig(data_dir="d", model_dir="m").keep_epoch == "last"
   with pytest.raises(ValueError, match="unknown keep_epoch 'first'"):
     train_lib.train(_config(sample_records, tmp_path / "x", keep_epoch="first"))
 
@@ -599,7 +600,7 @@ def test_cli_keep_epoch_last_says_which_epoch_it_kept(sample_records, tmp_path, 
 
 def test_a_finished_run_keeps_its_other_epoch_without_training(sample_records, tmp_path):
   seen = TrainableWeights()
-  first = train_lib.train(_config(sample_records, tmp_path / "m", epochs=3),
+  first = train_lib.train(_config(sample_records, tmp_path / "m", epochs=3, keep_epoch="best"),
                           extra_callbacks=[seen])
   again = TrainableWeights()
   info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=3, keep_epoch="last"),
@@ -614,4 +615,23 @@ def test_a_finished_run_keeps_its_other_epoch_without_training(sample_records, t
   # A run from before both epochs were kept cannot keep the one it lacks.
   os.remove(tmp_path / "m" / "checkpoints" / "best.weights.h5")
   with pytest.raises(ValueError, match="without the best epoch's weights"):
-    train_lib.train(_config(sample_records, tmp_path / "m", epochs=3))
+    train_lib.train(_config(sample_records, tmp_path / "m", epochs=3, keep_epoch="best"))
+
+
+def test_a_run_from_before_keep_epoch_kept_its_best_epoch(sample_records, tmp_path):
+  # The default is now the last epoch; a run saved before the field kept its best, and
+  # run again with today's default it is finished, not re-finished (it has no last).
+  cfg = _config(sample_records, tmp_path / "m", epochs=2, keep_epoch="best")
+  train_lib.train(cfg)
+  os.remove(tmp_path / "m" / "checkpoints" / "last.weights.h5")
+  for read, write in ((model_dir_lib.read_run, model_dir_lib.write_run),
+                      (model_dir_lib.read_info, model_dir_lib.write_info)):
+    saved = read(str(tmp_path / "m"))
+    saved["config"].pop("keep_epoch", None)
+    saved.pop("keep_epoch", None)
+    write(str(tmp_path / "m"), saved)
+  assert train_lib.train(cfg)["already_finished"]
+  assert train_lib.qat_config(str(tmp_path / "m"), str(tmp_path / "q"),
+                              sample_records).keep_epoch == "best"
+  with pytest.raises(ValueError, match="without the last epoch's weights"):
+    train_lib.train(dataclasses.replace(cfg, keep_epoch="last"))
