@@ -445,10 +445,9 @@ def _last_weights_path(model_dir: str) -> str:
   return os.path.join(model_dir, "checkpoints", "last.weights.h5")
 
 
-def _kept_weights_path(config: train_config.TrainConfig) -> str:
-  """The checkpoint of the epoch config.keep_epoch keeps."""
-  path = _last_weights_path if config.keep_epoch == "last" else _best_weights_path
-  return path(config.model_dir)
+def _kept_weights_path(model_dir: str, keep_epoch: str) -> str:
+  """The checkpoint of the epoch keep_epoch keeps."""
+  return (_last_weights_path if keep_epoch == "last" else _best_weights_path)(model_dir)
 
 
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
@@ -518,7 +517,7 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
     final = model_dir_lib.quantize(final)
-  kept = _kept_weights_path(config)
+  kept = _kept_weights_path(config.model_dir, config.keep_epoch)
   if os.path.isfile(kept):
     # The checkpoint is the training wrapper's; a plain wrapper around `final` reads it
     # (loading into the distributed one fails under a multi-worker strategy).
@@ -534,6 +533,7 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   threshold, rule = choose_threshold(val["label"], val["probability"], config.threshold_rule,
                                      config.target_sensitivity, config.prevalence, prior)
   history = model_dir_lib.read_history(config.model_dir)
+  epochs, best = len(history.get("epoch", [])), model_dir_lib.best_epoch(history)
   model_dir_lib.write_history(
       config.model_dir, history, f"{config.model}{' QAT' if config.qat else ''}, augment: "
       f"{','.join(config.augment.names()) or 'none'}")
@@ -551,11 +551,10 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "threshold_rule": rule,
       "prevalence": config.prevalence,
       "output_prior": prior,
-      "epochs": len(history.get("epoch", [])),
-      "best_epoch": model_dir_lib.best_epoch(history),
+      "epochs": epochs,
+      "best_epoch": best,
       "keep_epoch": config.keep_epoch,
-      "kept_epoch": (len(history.get("epoch", [])) if config.keep_epoch == "last"
-                     else model_dir_lib.best_epoch(history)),
+      "kept_epoch": epochs if config.keep_epoch == "last" else best,
       "augment": list(config.augment.names()),
       "mixup": config.mixup,
       "label_smoothing": config.label_smoothing,
@@ -606,8 +605,7 @@ def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optio
     The model_info of this same run if it already finished (nothing to do), else None.
 
   Raises:
-    ValueError: model_dir holds another run (other config or data) and not overwrite, or
-      a finished run lacks the checkpoint of the epoch asked to be kept.
+    ValueError: model_dir holds another run (other config or data) and not overwrite.
   """
   if overwrite:
     model_dir_lib.remove_run(config.model_dir)
@@ -639,11 +637,7 @@ def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optio
   kept = info.get("keep_epoch", train_config.KEEP_EPOCH_BEFORE_THE_FIELD)
   if kept == config.keep_epoch:
     return info
-  # Finished with the other epoch kept: only the finishing steps run again.
-  if not os.path.isfile(_kept_weights_path(config)):
-    raise ValueError(f"--model_dir {config.model_dir!r} is a finished run without the "
-                     f"{config.keep_epoch} epoch's weights (trained before cxr-train kept "
-                     f"both); it can keep only its {kept} epoch")
+  # Finished with the other epoch kept: only the finishing steps run again (_train).
   logging.info("%s is a finished run: keeping its %s epoch instead of its %s, no training",
                config.model_dir, config.keep_epoch, kept)
   return None
@@ -732,8 +726,14 @@ def _train(config: train_config.TrainConfig, strategy: tf.distribute.Strategy,
                config.data_dir, config.epochs, ",".join(config.augment.names()) or "none",
                strategy.num_replicas_in_sync)
   done = len(model_dir_lib.read_history(run_dir).get("epoch", []))
-  if done >= config.epochs and os.path.isfile(_best_weights_path(run_dir)):
-    # Killed after the last epoch, before model_info.json: only the finishing steps remain.
+  if done >= config.epochs:
+    # Killed after the last epoch, before model_info.json, or finished with the other
+    # epoch kept: only the finishing steps remain, and they read the kept epoch's weights
+    # (without them they would save an untrained network).
+    if not os.path.isfile(_kept_weights_path(run_dir, config.keep_epoch)):
+      raise ValueError(f"--model_dir {run_dir!r} has all {config.epochs} epochs trained, "
+                       f"without the {config.keep_epoch} epoch's weights (a run trained "
+                       "before cxr-train kept both has only its best epoch's)")
     logging.info("all %d epochs had finished; finishing the run", config.epochs)
     train_seconds = 0.0
   else:

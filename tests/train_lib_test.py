@@ -635,3 +635,18 @@ def test_a_run_from_before_keep_epoch_kept_its_best_epoch(sample_records, tmp_pa
                               sample_records).keep_epoch == "best"
   with pytest.raises(ValueError, match="without the last epoch's weights"):
     train_lib.train(dataclasses.replace(cfg, keep_epoch="last"))
+
+
+def test_killed_after_the_last_epoch_without_the_kept_weights_is_refused(sample_records,
+                                                                        tmp_path):
+  # A run from before both epochs were kept, killed before model_info.json, then run
+  # with today's default: finishing would otherwise save an untrained network.
+  cfg = _config(sample_records, tmp_path / "m", epochs=2, keep_epoch="best")
+  train_lib.train(cfg)
+  for name in (model_dir_lib.INFO_FILE, model_dir_lib.MODEL_FILE,
+               os.path.join("checkpoints", "last.weights.h5")):
+    os.remove(tmp_path / "m" / name)
+  with pytest.raises(ValueError, match="without the last epoch's weights"):
+    train_lib.train(dataclasses.replace(cfg, keep_epoch="last"))
+  assert not os.path.isfile(tmp_path / "m" / model_dir_lib.MODEL_FILE)
+  assert train_lib.train(cfg)["best_epoch"] in (1, 2)  # its best epoch it can keep
