@@ -30,8 +30,6 @@ THRESHOLD_RULES = ("prevalence", "balanced", "youden")
 # was chosen on external films by a rule written before its runs (README).
 KEEP_EPOCHS = ("best", "last")
 DEFAULT_KEEP_EPOCH = "last"
-# What runs saved before the field kept.
-KEEP_EPOCH_BEFORE_THE_FIELD = "best"
 DEFAULT_THRESHOLD_RULE = "prevalence"
 
 # The PNEUMONIA share the default threshold assumes: that of the release's separately
@@ -106,7 +104,7 @@ def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
 
 # A run saved before a field existed ran without it. Where "without" is not the field's
 # default today, this is the value that reproduces what the run did.
-BEFORE_THE_FIELD = {"weight_decay": 0.0, "keep_epoch": KEEP_EPOCH_BEFORE_THE_FIELD}
+BEFORE_THE_FIELD = {"weight_decay": 0.0, "keep_epoch": "best"}
 
 
 def complete_saved(saved: Dict[str, Any]) -> Dict[str, Any]:

@@ -634,7 +634,7 @@ def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optio
                                                       model_dir_lib.INFO_FILE)):
     return None
   info = model_dir_lib.read_info(config.model_dir)
-  kept = info.get("keep_epoch", train_config.KEEP_EPOCH_BEFORE_THE_FIELD)
+  kept = train_config.config_from_info(info).keep_epoch  # a run before the field: best
   if kept == config.keep_epoch:
     return info
   # Finished with the other epoch kept: only the finishing steps run again (_train).
