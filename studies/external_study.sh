@@ -82,7 +82,8 @@ echo "== the rotation+zoom runs at the rule before that (validation Youden J)"
   --out="$OUT/external_youden" "${groups[0]}" --threshold_rule=youden
 echo "== the probe for the next lever (before weight decay): test-time augmentation and a"
 echo "   seed ensemble of the rotation+zoom+brightness+contrast runs"
-"$PY" studies/probe_tta_ensemble.py --external_dir="$EXTERNAL_DIR" "${previous_runs[@]}"
+"$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  "${previous_runs[@]}"
 
 echo "== later levers, not adopted: histogram equalization (3 seeds), 224-px input (seed 42)"
 TRAIN=(-m studies.with_study_models --equalize model.train)

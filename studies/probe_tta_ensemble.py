@@ -7,6 +7,9 @@ Usage:
       --external_dir=../shared/data/chest_xray/external /tmp/study/rz_42 /tmp/study/rz_1
   .venv/bin/python studies/probe_tta_ensemble.py --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external /tmp/study/rz_42 /tmp/study/rz_1
+  .venv/bin/python studies/probe_tta_ensemble.py --data_dir=/tmp/rec \
+      --external_dir=../shared/data/chest_xray/external --exports=/tmp/study/external \
+      /tmp/study/default_det_3 /tmp/study/default_det_4 /tmp/study/default_det_5
 
 For each cxr-train run (float Keras model): external ROC-AUC as is, and with the logit
 margin averaged over the film and 8 seeded random variants (rotation +-10 deg, zoom
@@ -15,22 +18,33 @@ ensemble). Accuracy, sensitivity and specificity at 0.5 are printed too: augment
 variants shift the scores, so a product version would need its own threshold. With
 --data_dir, one candidate rule: subtract the mean shift (TTA margin minus plain margin)
 measured on the validation split, so the external films choose nothing.
+
+With --exports (and --data_dir), the same for the shipped model: each run's int8 TFLite
+(exported as studies/external_study.py does, kept under --exports) through the edge
+runtime, fed the same warped films, re-centred by its own validation shift, at the run's
+shipped threshold and temperature, with 95% intervals and ECE; then the means over the
+runs, the ensembles, and the interpreter time of the TTA scoring against the plain one.
 """
 import argparse
 import os
 import sys
+import time
+from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
+from edge import runtime  # pylint: disable=wrong-import-position
+from export import export_lib  # pylint: disable=wrong-import-position
 from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import models  # pylint: disable=wrong-import-position
 from pipeline import augment  # pylint: disable=wrong-import-position
 from pipeline import augment_config  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
+from studies import external_study  # pylint: disable=wrong-import-position
 
 VARIANTS = 8
 TTA = augment_config.AugmentConfig(rotation_deg=10.0, zoom=0.15)
@@ -42,14 +56,83 @@ def _line(name: str, y: np.ndarray, margin: np.ndarray) -> str:
       f"{100 * d[k]:.1f}" for k in ("accuracy", "sensitivity", "specificity")) + " |")
 
 
+def views(images: np.ndarray) -> List[np.ndarray]:
+  """The film and its VARIANTS seeded warped copies (the same warps for every model)."""
+  return [images] + [augment.augment_batch(tf.constant(images), tf.constant([7, k], tf.int64),
+                                           TTA).numpy() for k in range(VARIANTS)]
+
+
+def lite_margin(lite: runtime.LiteModel, images: np.ndarray) -> np.ndarray:
+  """Logit margins (PNEUMONIA - NORMAL) of a logits-output TFLite model, one invoke a film."""
+  out = np.array([lite.outputs(x) for x in images])
+  return out[:, 1] - out[:, 0]
+
+
+def _int8_section(args, runs: List[str], folder, external_views, val_views) -> None:
+  """The int8 TFLite models through the edge runtime, plain and with re-centred TTA."""
+  y, patients = folder.labels, folder.patients
+  rows: Dict[str, List[Tuple[str, Dict]]] = {"plain": [], "tta": []}
+  margins: Dict[str, List[np.ndarray]] = {"plain": [], "tta": []}
+  seconds = {"plain": 0.0, "tta": 0.0}
+  thresholds, temperatures = [], []
+  for run in runs:
+    name = os.path.basename(run.rstrip("/"))
+    out = os.path.join(args.exports, name)
+    external_study.export_run(run, args.data_dir, args.external_dir, out)
+    lite = runtime.LiteModel(os.path.join(out, export_lib.tflite_name("int8")))
+    if lite.output_kind != "logits":
+      raise SystemExit(f"{name}: its int8 model outputs {lite.output_kind}, not logits")
+    start = time.perf_counter()
+    plain = lite_margin(lite, external_views[0])
+    seconds["plain"] += time.perf_counter() - start
+    start = time.perf_counter()
+    tta = np.mean([lite_margin(lite, v) for v in external_views], axis=0)
+    seconds["tta"] += time.perf_counter() - start
+    shift = float(np.mean(np.mean([lite_margin(lite, v) for v in val_views], axis=0)
+                          - lite_margin(lite, val_views[0])))
+    t = lite.temperature
+    thresholds.append(lite.threshold)
+    temperatures.append(t)
+    for kind, m in (("plain", plain), ("tta", tta - shift)):
+      margins[kind].append(m)
+      rows[kind].append((f"{name}" + ("" if kind == "plain" else
+                                      f", TTA x{VARIANTS + 1} - validation shift {shift:.3f}"),
+                         metrics.operating_point(y, metrics.sigmoid(m / t), lite.threshold,
+                                                 patients)))
+  print("\nint8 TFLite via the edge runtime, at each run's shipped threshold:\n")
+  print("| run | threshold | accuracy % | sensitivity % | specificity % | ROC-AUC | ECE |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |")
+  for kind in ("plain", "tta"):
+    for name, e in rows[kind]:
+      print(external_study.run_row(name, e))
+    label = "plain" if kind == "plain" else f"TTA x{VARIANTS + 1}, re-centred"
+    print(external_study.mean_row(f"{label}: mean of {len(runs)}", [e for _, e in rows[kind]]))
+  if len(runs) > 1:
+    t, threshold = float(np.mean(temperatures)), float(np.mean(thresholds))
+    for kind in ("plain", "tta"):
+      e = metrics.operating_point(y, metrics.sigmoid(np.mean(margins[kind], axis=0) / t),
+                                  threshold, patients)
+      print(external_study.run_row(f"ensemble of {len(runs)} ({kind}; a candidate only "
+                                   f"with {len(runs)}x the training)", e))
+  print(f"\nint8 interpreter time on the {len(y)} external films, summed over the runs: "
+        f"plain {seconds['plain']:.1f} s, TTA {seconds['tta']:.1f} s "
+        f"({seconds['tta'] / seconds['plain']:.1f}x; {VARIANTS + 1} invocations a film)")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--external_dir", required=True)
   parser.add_argument("--data_dir", default=None,
                       help="the runs' conversion: re-centre TTA by its validation shift")
+  parser.add_argument("--exports", default=None,
+                      help="also score each run's int8 TFLite (exported here) via the edge "
+                           "runtime at its shipped threshold; needs --data_dir")
   parser.add_argument("runs", nargs="+", help="cxr-train directories")
   args = parser.parse_args()
+  if args.exports and not args.data_dir:
+    parser.error("--exports needs --data_dir (export calibration and the validation shift)")
   folder, val = None, None
+  external_views, val_views = None, None
   plain, tta, centred = [], [], []
   print("| model | ROC-AUC | accuracy % at 0.5 | sensitivity % | specificity % |\n"
         "| --- | --- | --- | --- | --- |")
@@ -57,27 +140,25 @@ def main() -> None:
     model, info = model_dir_lib.load_model_dir(run)
     if folder is None:
       folder = dataset.load_image_folder(args.external_dir, info["image_size"])
+      external_views = views(folder.images)
       if args.data_dir:
         val = dataset.read_split(args.data_dir, "val", info["image_size"])
+        val_views = views(val.images)
     logits = models.logits_model(model)
 
     def margin(images):
       out = np.concatenate([logits(images[i:i + 64]).numpy() for i in range(0, len(images), 64)])
       return out[:, 1] - out[:, 0]
 
-    def tta_margin(images):
-      return np.mean([margin(images)] + [
-          margin(augment.augment_batch(tf.constant(images), tf.constant([7, k], tf.int64),
-                                       TTA).numpy()) for k in range(VARIANTS)], axis=0)
-
     m = margin(folder.images)
     plain.append(m)
-    tta.append(tta_margin(folder.images))
+    tta.append(np.mean([margin(v) for v in external_views], axis=0))
     name = os.path.basename(run.rstrip("/"))
     print(_line(name, folder.labels, m))
     print(_line(f"{name}, TTA x{VARIANTS + 1}", folder.labels, tta[-1]))
     if val is not None:
-      shift = float(np.mean(tta_margin(val.images) - margin(val.images)))
+      shift = float(np.mean(np.mean([margin(v) for v in val_views], axis=0)
+                            - margin(val.images)))
       centred.append(tta[-1] - shift)
       print(_line(f"{name}, TTA x{VARIANTS + 1} - validation shift {shift:.3f}",
                   folder.labels, centred[-1]))
@@ -91,6 +172,8 @@ def main() -> None:
           f"{np.mean([metrics.roc_auc(folder.labels, c) for c in centred]):.4f} | "
           + " | ".join(f"{100 * np.mean([d[k] for d in means]):.1f}"
                        for k in ("accuracy", "sensitivity", "specificity")) + " |")
+  if args.exports:
+    _int8_section(args, args.runs, folder, external_views, val_views)
 
 
 if __name__ == "__main__":
