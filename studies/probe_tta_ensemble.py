@@ -21,9 +21,11 @@ measured on the validation split, so the external films choose nothing.
 
 With --exports (and --data_dir), the same for the shipped model: each run's int8 TFLite
 (exported as studies/external_study.py does, kept under --exports) through the edge
-runtime, fed the same warped films, re-centred by its own validation shift, at the run's
-shipped threshold and temperature, with 95% intervals and ECE; then the means over the
-runs, the ensembles, and the interpreter time of the TTA scoring against the plain one.
+runtime, fed warped films, re-centred by its own validation shift, at the run's shipped
+threshold and temperature, with 95% intervals and ECE; then the means over the runs, the
+ensembles, and the interpreter time of the TTA scoring against the plain one. Here copy k
+warps every film the same way (one warp drawn from seed [7, k]), as a product would ship
+fixed warps rather than random numbers on the device.
 """
 import argparse
 import os
@@ -56,10 +58,23 @@ def _line(name: str, y: np.ndarray, margin: np.ndarray) -> str:
       f"{100 * d[k]:.1f}" for k in ("accuracy", "sensitivity", "specificity")) + " |")
 
 
-def views(images: np.ndarray) -> List[np.ndarray]:
-  """The film and its VARIANTS seeded warped copies (the same warps for every model)."""
-  return [images] + [augment.augment_batch(tf.constant(images), tf.constant([7, k], tf.int64),
-                                           TTA).numpy() for k in range(VARIANTS)]
+def views(images: np.ndarray, per_film: bool = True) -> List[np.ndarray]:
+  """The films and VARIANTS seeded warped copies of them (the same for every model).
+
+  per_film: each film gets its own random warp in each copy (the probe's first form);
+  otherwise copy k applies one warp, drawn from the same seed, to every film: the form a
+  product can ship (fixed warps, no random numbers on the device).
+  """
+  out = [images]
+  for k in range(VARIANTS):
+    seed = tf.constant([7, k], tf.int64)
+    if per_film:
+      out.append(augment.augment_batch(tf.constant(images), seed, TTA).numpy())
+      continue
+    matrix, one, _ = augment.sample_params(tf.constant(images[:1]), seed, TTA)
+    out.append(augment.apply_params(tf.constant(images), tf.tile(matrix, [len(images), 1]),
+                                    one, one, TTA).numpy())
+  return out
 
 
 def lite_margin(lite: runtime.LiteModel, images: np.ndarray) -> np.ndarray:
@@ -68,8 +83,11 @@ def lite_margin(lite: runtime.LiteModel, images: np.ndarray) -> np.ndarray:
   return out[:, 1] - out[:, 0]
 
 
-def _int8_section(args, runs: List[str], folder, external_views, val_views) -> None:
-  """The int8 TFLite models through the edge runtime, plain and with re-centred TTA."""
+def _int8_section(args, runs: List[str], folder, val) -> None:
+  """The int8 TFLite models through the edge runtime, plain and with re-centred TTA
+  (fixed warps: views(per_film=False))."""
+  external_views = views(folder.images, per_film=False)
+  val_views = views(val.images, per_film=False)
   y, patients = folder.labels, folder.patients
   rows: Dict[str, List[Tuple[str, Dict]]] = {"plain": [], "tta": []}
   margins: Dict[str, List[np.ndarray]] = {"plain": [], "tta": []}
@@ -173,7 +191,7 @@ def main() -> None:
           + " | ".join(f"{100 * np.mean([d[k] for d in means]):.1f}"
                        for k in ("accuracy", "sensitivity", "specificity")) + " |")
   if args.exports:
-    _int8_section(args, args.runs, folder, external_views, val_views)
+    _int8_section(args, args.runs, folder, val)
 
 
 if __name__ == "__main__":
