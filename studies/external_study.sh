@@ -20,7 +20,8 @@
 # threshold vs cxr-calibrate --prevalence), the previous default (seed 42) for the README's
 # first comparison, which epoch to keep (best by validation or last), paired on three
 # deterministic default runs (seeds 3, 4, 5), and weight decay 1.0 paired with those runs
-# (not adopted).
+# (not adopted), test-time augmentation on those runs (int8, fixed warps), and the default
+# over three more deterministic seeds (6, 7, 8) and all six.
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -167,3 +168,15 @@ train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_weight_decay_1" "--group=default=$(joined "${last_runs[@]}")" \
   "--group=weight decay 1.0=$(joined "${RUNS[@]}")" --calibrate_group=none
+echo "== test-time augmentation on the default's three deterministic runs above: int8 via the"
+echo "   edge runtime, fixed warps, re-centred by its validation shift (not adopted unless"
+echo "   its rule held: README)"
+"$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --exports="$OUT/external_keep_epoch" "${last_runs[@]}"
+echo "== the default over three more deterministic seeds (6, 7, 8; trained with the default"
+echo "   --keep_epoch=last), and over all six"
+train_runs default_det "6 7 8" --deterministic
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_keep_epoch" "--group=default, seeds 3-5=$(joined "${last_runs[@]}")" \
+  "--group=default, seeds 6-8=$(joined "${RUNS[@]}")" \
+  "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${RUNS[@]}")" --calibrate_group=none

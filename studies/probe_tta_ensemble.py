@@ -20,7 +20,7 @@ variants shift the scores, so a product version would need its own threshold. Wi
 measured on the validation split, so the external films choose nothing.
 
 With --exports (and --data_dir), the same for the shipped model: each run's int8 TFLite
-(exported as studies/external_study.py does, kept under --exports) through the edge
+(an external_study.py --out directory: its export is reused or made there) through the edge
 runtime, fed warped films, re-centred by its own validation shift, at the run's shipped
 threshold and temperature, with 95% intervals and ECE; then the means over the runs, the
 ensembles, and the interpreter time of the TTA scoring against the plain one. Here copy k
@@ -43,6 +43,7 @@ from export import export_lib  # pylint: disable=wrong-import-position
 from model import metrics  # pylint: disable=wrong-import-position
 from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
 from model import models  # pylint: disable=wrong-import-position
+from model import train_config  # pylint: disable=wrong-import-position
 from pipeline import augment  # pylint: disable=wrong-import-position
 from pipeline import augment_config  # pylint: disable=wrong-import-position
 from pipeline import dataset  # pylint: disable=wrong-import-position
@@ -95,7 +96,7 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
   thresholds, temperatures = [], []
   for run in runs:
     name = os.path.basename(run.rstrip("/"))
-    out = os.path.join(args.exports, name)
+    out = os.path.join(args.exports, train_config.DEFAULT_THRESHOLD_RULE, f"export_{name}")
     external_study.export_run(run, args.data_dir, args.external_dir, out)
     lite = runtime.LiteModel(os.path.join(out, export_lib.tflite_name("int8")))
     if lite.output_kind != "logits":
@@ -143,8 +144,9 @@ def main() -> None:
   parser.add_argument("--data_dir", default=None,
                       help="the runs' conversion: re-centre TTA by its validation shift")
   parser.add_argument("--exports", default=None,
-                      help="also score each run's int8 TFLite (exported here) via the edge "
-                           "runtime at its shipped threshold; needs --data_dir")
+                      help="an external_study.py --out directory: also score each run's int8 "
+                           "TFLite (its export there, made if missing) via the edge runtime "
+                           "at its shipped threshold; needs --data_dir")
   parser.add_argument("runs", nargs="+", help="cxr-train directories")
   args = parser.parse_args()
   if args.exports and not args.data_dir:
