@@ -85,3 +85,19 @@ def test_article_run_scores_its_predictions_at_one_half_by_patient(tmp_path):
   (tmp_path / "article_baseline.json").write_text(json.dumps(result))
   with pytest.raises(ValueError, match="gives external accuracy 0.6000, its JSON 0.8000"):
     external_study.article_run(str(tmp_path / "article_baseline.json"))
+
+
+def test_tta_views_fixed_warps_treat_every_film_alike():
+  from studies import probe_tta_ensemble as probe  # pylint: disable=g-import-not-at-top
+  film = np.random.default_rng(0).random((1, 24, 24, 1), dtype=np.float32)
+  films = np.concatenate([film, film])
+  fixed = probe.views(films, per_film=False)
+  per_film = probe.views(films)
+  assert len(fixed) == len(per_film) == probe.VARIANTS + 1
+  np.testing.assert_array_equal(fixed[0], films)  # the film itself comes first
+  for k in range(1, probe.VARIANTS + 1):
+    np.testing.assert_array_equal(fixed[k][0], fixed[k][1])  # one warp for every film
+    assert not np.array_equal(fixed[k], films)  # and it is a warp
+    assert not np.array_equal(per_film[k][0], per_film[k][1])  # a warp of its own per film
+  assert not np.array_equal(fixed[1], fixed[2])  # each copy draws its own warp
+  assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in fixed)
