@@ -78,9 +78,14 @@ def views(images: np.ndarray, per_film: bool = True) -> List[np.ndarray]:
   return out
 
 
+def lite_outputs(lite: runtime.LiteModel, images: np.ndarray) -> np.ndarray:
+  """Dequantized logits [N, 2] of a logits-output TFLite model, one invoke a film."""
+  return np.array([lite.outputs(x) for x in images], np.float64)
+
+
 def lite_margin(lite: runtime.LiteModel, images: np.ndarray) -> np.ndarray:
-  """Logit margins (PNEUMONIA - NORMAL) of a logits-output TFLite model, one invoke a film."""
-  out = np.array([lite.outputs(x) for x in images])
+  """Logit margins (PNEUMONIA - NORMAL), in float64."""
+  out = lite_outputs(lite, images)
   return out[:, 1] - out[:, 0]
 
 
@@ -102,8 +107,9 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
     if lite.output_kind != "logits":
       raise SystemExit(f"{name}: its int8 model outputs {lite.output_kind}, not logits")
     start = time.perf_counter()
-    plain = lite_margin(lite, external_views[0])
+    out = lite_outputs(lite, external_views[0])
     seconds["plain"] += time.perf_counter() - start
+    plain = out[:, 1] - out[:, 0]
     start = time.perf_counter()
     tta = np.mean([lite_margin(lite, v) for v in external_views], axis=0)
     seconds["tta"] += time.perf_counter() - start
@@ -112,12 +118,14 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
     t = lite.temperature
     thresholds.append(lite.threshold)
     temperatures.append(t)
-    for kind, m in (("plain", plain), ("tta", tta - shift)):
+    # The plain row takes the probabilities as the runtime does (softmax), so that it
+    # repeats external_study.py's row to the digit; TTA has only margins.
+    for kind, m, p in (("plain", plain, runtime.softmax(out, t)[:, 1]),
+                       ("tta", tta - shift, metrics.sigmoid((tta - shift) / t))):
       margins[kind].append(m)
       rows[kind].append((f"{name}" + ("" if kind == "plain" else
                                       f", TTA x{VARIANTS + 1} - validation shift {shift:.3f}"),
-                         metrics.operating_point(y, metrics.sigmoid(m / t), lite.threshold,
-                                                 patients)))
+                         metrics.operating_point(y, p, lite.threshold, patients)))
   print("\nint8 TFLite via the edge runtime, at each run's shipped threshold:\n")
   print("| run | threshold | accuracy % | sensitivity % | specificity % | ROC-AUC | ECE |\n"
         "| --- | --- | --- | --- | --- | --- | --- |")
