@@ -101,9 +101,10 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
   thresholds, temperatures = [], []
   for run in runs:
     name = os.path.basename(run.rstrip("/"))
-    out = os.path.join(args.exports, train_config.DEFAULT_THRESHOLD_RULE, f"export_{name}")
-    external_study.export_run(run, args.data_dir, args.external_dir, out)
-    lite = runtime.LiteModel(os.path.join(out, export_lib.tflite_name("int8")))
+    export_dir = os.path.join(args.exports, train_config.DEFAULT_THRESHOLD_RULE,
+                              f"export_{name}")
+    external_study.export_run(run, args.data_dir, args.external_dir, export_dir)
+    lite = runtime.LiteModel(os.path.join(export_dir, export_lib.tflite_name("int8")))
     if lite.output_kind != "logits":
       raise SystemExit(f"{name}: its int8 model outputs {lite.output_kind}, not logits")
     start = time.perf_counter()
