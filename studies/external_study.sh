@@ -176,7 +176,20 @@ echo "   its rule held: README)"
 echo "== the default over three more deterministic seeds (6, 7, 8; trained with the default"
 echo "   --keep_epoch=last), and over all six"
 train_runs default_det "6 7 8" --deterministic
+default_later=("${RUNS[@]}")
 "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --out="$OUT/external_keep_epoch" "--group=default, seeds 3-5=$(joined "${last_runs[@]}")" \
   "--group=default, seeds 6-8=$(joined "${RUNS[@]}")" \
   "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${RUNS[@]}")" --calibrate_group=none
+echo "== weight decay 1.0 again, on the three further seeds (6, 7, 8), paired with the"
+echo "   default's runs just above; its rule (README) is on all six pairs together"
+train_runs wd1_det "6 7 8" --deterministic --weight_decay=1.0
+wd1_later=("${RUNS[@]}")
+train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_weight_decay_1" \
+  "--group=default, seeds 6-8=$(joined "${default_later[@]}")" \
+  "--group=weight decay 1.0, seeds 6-8=$(joined "${wd1_later[@]}")" \
+  "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${default_later[@]}")" \
+  "--group=weight decay 1.0, seeds 3-8=$(joined "${RUNS[@]}" "${wd1_later[@]}")" \
+  --calibrate_group=none
