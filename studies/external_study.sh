@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The external-validation study behind the default recipe (README, "Films from another
-# source"): each recipe trained with three seeds, every run exported (float32, int8)
+# source"; every table in docs/external_study.md): each recipe trained with three seeds, every run exported (float32, int8)
 # and scored on the external films at the threshold it ships with, then the split-half
 # evaluation of site calibration. With IMAGE_ROOT, the source article's recipe is run
 # with seeds 0, 1, 2 as well and scored on the same films (slow: seed_cnn fed by
@@ -21,7 +21,8 @@
 # first comparison, which epoch to keep (best by validation or last), paired on three
 # deterministic default runs (seeds 3, 4, 5), and weight decay 1.0 paired with those runs
 # (not adopted), test-time augmentation on those runs (int8, fixed warps), and the default
-# over three more deterministic seeds (6, 7, 8) and all six.
+# over three more deterministic seeds (6, 7, 8) and all six, and weight decay 1.0 paired
+# with those three as well (its six pairs).
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -170,7 +171,7 @@ train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
   "--group=weight decay 1.0=$(joined "${RUNS[@]}")" --calibrate_group=none
 echo "== test-time augmentation on the default's three deterministic runs above: int8 via the"
 echo "   edge runtime, fixed warps, re-centred by its validation shift (not adopted unless"
-echo "   its rule held: README)"
+echo "   its rule held: docs/external_study.md)"
 "$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --exports="$OUT/external_keep_epoch" "${last_runs[@]}"
 echo "== the default over three more deterministic seeds (6, 7, 8; trained with the default"
@@ -182,7 +183,7 @@ default_later=("${RUNS[@]}")
   "--group=default, seeds 6-8=$(joined "${RUNS[@]}")" \
   "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${RUNS[@]}")" --calibrate_group=none
 echo "== weight decay 1.0 again, on the three further seeds (6, 7, 8), paired with the"
-echo "   default's runs just above; its rule (README) is on all six pairs together"
+echo "   default's runs just above; its rule (docs/external_study.md) is on all six pairs"
 train_runs wd1_det "6 7 8" --deterministic --weight_decay=1.0
 wd1_later=("${RUNS[@]}")
 train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
