@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The external-validation study behind the default recipe (README, "Films from another
-# source"; every table in docs/external_study.md): each recipe trained with three seeds, every run exported (float32, int8)
-# and scored on the external films at the threshold it ships with, then the split-half
+# source"; every table in docs/external_study.md): each recipe trained with three seeds,
+# every run exported (float32, int8) and scored on the external films at the threshold it ships with, then the split-half
 # evaluation of site calibration. With IMAGE_ROOT, the source article's recipe is run
 # with seeds 0, 1, 2 as well and scored on the same films (slow: seed_cnn fed by
 # ImageDataGenerator).
