@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # The external-validation study behind the default recipe (README, "Films from another
 # source"; every table in docs/external_study.md): each recipe trained with three seeds,
-# every run exported (float32, int8) and scored on the external films at the threshold it ships with, then the split-half
-# evaluation of site calibration. With IMAGE_ROOT, the source article's recipe is run
-# with seeds 0, 1, 2 as well and scored on the same films (slow: seed_cnn fed by
-# ImageDataGenerator).
+# every run exported (float32, int8) and scored on the external films at the threshold it
+# ships with, then the split-half evaluation of site calibration. With IMAGE_ROOT, the
+# source article's recipe is run with seeds 0, 1, 2 as well and scored on the same films
+# (slow: seed_cnn fed by ImageDataGenerator).
 # Finished runs are kept, so an interrupted study continues where it stopped.
 # One edge_cnn run takes about 20-22 min on a 2-core AVX2 machine (4 min on a faster one).
 # The recipes in order: rotation+zoom, + brightness+contrast (both without weight decay,
 # as they were measured), and + weight decay 0.5 (all three keeping the best validation
-# epoch, as every run did before the default kept the last), at the default threshold
-# rule (prevalence 0.625). Then the same runs at 0.5 (the previous rule), the
-# rotation+zoom runs at the rule before that, the TTA/ensemble probe, and the later
-# levers that were not adopted, each on the recipe before weight decay (histogram
-# equalization over three seeds, 224-px input for 15 epochs, mixup on seed 42, translation
-# on seeds 42 and 1, EMA of the weights on seeds 42 and 1, stronger rotation and zoom over
-# three seeds, label smoothing on seeds 42 and 1), the threshold/ensemble bound before
-# weight decay and for the default, sites with other shares of PNEUMONIA (the shipped
-# threshold vs cxr-calibrate --prevalence), the previous default (seed 42) for the README's
-# first comparison, which epoch to keep (best by validation or last), paired on three
+# epoch, as every run did before the default kept the last), at the default threshold rule
+# (prevalence 0.625). Then the same runs at 0.5 (the previous rule), the rotation+zoom
+# runs at the rule before that, the TTA/ensemble probe, and the later levers that were not
+# adopted, each on the recipe before weight decay (histogram equalization over three
+# seeds, 224-px input for 15 epochs, mixup on seed 42, translation on seeds 42 and 1, EMA
+# of the weights on seeds 42 and 1, stronger rotation and zoom over three seeds, label
+# smoothing on seeds 42 and 1), the threshold/ensemble bound before weight decay and for
+# the default, sites with other shares of PNEUMONIA (the shipped threshold vs
+# cxr-calibrate --prevalence), the previous default (seed 42) for the README's first
+# comparison, which epoch to keep (best by validation or last), paired on three
 # deterministic default runs (seeds 3, 4, 5), and weight decay 1.0 paired with those runs
 # (not adopted), test-time augmentation on those runs (int8, fixed warps), and the default
 # over three more deterministic seeds (6, 7, 8) and all six, and weight decay 1.0 paired
