@@ -21,8 +21,8 @@
 # comparison, which epoch to keep (best by validation or last), paired on three
 # deterministic default runs (seeds 3, 4, 5), and weight decay 1.0 paired with those runs
 # (not adopted), test-time augmentation on those runs (int8, fixed warps), and the default
-# over three more deterministic seeds (6, 7, 8) and all six, and weight decay 1.0 paired
-# with those three as well (its six pairs).
+# over three more deterministic seeds (6, 7, 8) and all six, weight decay 1.0 paired
+# with those three as well (its six pairs), and a one-seed probe of 224-px input.
 # Usage: studies/external_study.sh DATA_DIR EXTERNAL_DIR OUT_DIR [IMAGE_ROOT]
 #   DATA_DIR: cxr-convert output of the training images only (never the external films)
 #   IMAGE_ROOT: the --input_dir DATA_DIR was converted from (the article's loader reads JPEGs)
@@ -193,4 +193,14 @@ train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
   "--group=weight decay 1.0, seeds 6-8=$(joined "${wd1_later[@]}")" \
   "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${default_later[@]}")" \
   "--group=weight decay 1.0, seeds 3-8=$(joined "${RUNS[@]}" "${wd1_later[@]}")" \
+  --calibrate_group=none
+echo "== input resolution, a probe on one seed: 224 px (the films' own size) for 30 epochs"
+echo "   (about 2x the time per epoch, over the 30-minute budget) and for 20 epochs (within"
+echo "   it), paired with the default's seed 3"
+train_runs res224_det "3" --deterministic --image_size=224
+res224=("${RUNS[@]}")
+train_runs res224e20_det "3" --deterministic --image_size=224 --epochs=20
+"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  --out="$OUT/external_resolution" "--group=default=${last_runs[0]}" \
+  "--group=224 px, 30 epochs=${res224[0]}" "--group=224 px, 20 epochs=${RUNS[0]}" \
   --calibrate_group=none
