@@ -83,6 +83,11 @@ def lite_outputs(lite: runtime.LiteModel, images: np.ndarray) -> np.ndarray:
   return np.array([lite.outputs(x) for x in images], np.float64)
 
 
+def margin_of(logits: np.ndarray) -> np.ndarray:
+  """Logit margins (PNEUMONIA - NORMAL) of [N, 2] logits."""
+  return logits[:, 1] - logits[:, 0]
+
+
 def plain_and_tta(margin: Callable[[np.ndarray], np.ndarray],
                   film_views: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
   """(margins of the films, margins averaged over all views), each view scored once."""
@@ -116,13 +121,10 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
     seconds["plain"] += took[0]
     seconds["tta"] += sum(took)
     out = outs[0]
-    plain, tta = plain_and_tta(lambda o: o[:, 1] - o[:, 0], outs)
-
-    def lite_margin(images):
-      o = lite_outputs(lite, images)
-      return o[:, 1] - o[:, 0]
-
-    val_plain, val_tta = plain_and_tta(lite_margin, val_views)
+    plain, tta = plain_and_tta(margin_of, outs)
+    val_plain, val_tta = plain_and_tta(
+        lambda images: margin_of(lite_outputs(lite, images)),  # pylint: disable=cell-var-from-loop
+        val_views)
     shift = float(np.mean(val_tta - val_plain))
     t = lite.temperature
     thresholds.append(lite.threshold)
@@ -185,7 +187,7 @@ def main() -> None:
 
     def margin(images):
       out = np.concatenate([logits(images[i:i + 64]).numpy() for i in range(0, len(images), 64)])
-      return out[:, 1] - out[:, 0]
+      return margin_of(out)
 
     m, m_tta = plain_and_tta(margin, external_views)
     plain.append(m)
