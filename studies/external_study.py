@@ -4,13 +4,16 @@
 Usage:
   .venv/bin/python studies/external_study.py --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external --out=/tmp/study/external \
+      --exports=/tmp/study/exports \
       --group=rotation+zoom=/tmp/study/rz_42,/tmp/study/rz_1,/tmp/study/rz_2 \
       --article=/tmp/study/article_0/article_baseline.json
 
 For every cxr-train directory it runs cxr-export's library for the float32 and int8
-TFLite models (no QAT; kept under --out, reused when present) and reads the export
-report's external section: each model at the threshold it ships with (cxr-train's
---threshold_rule, re-applied to runs trained under another), through the edge runtime (export/runtime.py, what
+TFLite models (no QAT) and reads the export report's external section. Exports are kept
+under --exports (default --out), in a folder per threshold rule and run name, and reused
+when present, so invocations that share --exports export each run once. Each model is
+scored at the threshold it ships with (cxr-train's --threshold_rule, re-applied to runs
+trained under another), through the edge runtime (export/runtime.py, what
 cxr-predict runs). Prints Markdown tables: one row per run and each group's mean (the
 issue's targets are means over seeds) for int8 and float32 on the external films and for
 int8 on the internal test split, the article recipe's external results, and a
@@ -161,7 +164,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", required=True, help="the cxr-convert output trained on")
   parser.add_argument("--external_dir", required=True)
-  parser.add_argument("--out", required=True, help="exports and external_study.json go here")
+  parser.add_argument("--out", required=True, help="external_study.json goes here")
+  parser.add_argument("--exports", default=None,
+                      help="the exports' cache, shared by invocations (default: --out); "
+                           "run names must be unique within it")
   parser.add_argument("--group", action="append", default=[],
                       help="NAME=DIR[,DIR...]: cxr-train directories of one recipe")
   parser.add_argument("--article", default="",
@@ -187,13 +193,16 @@ def main() -> None:
         "means with the range over seeds")
   int8_paths: Dict[str, List[str]] = {}
   study = groups.parse(parser, args.group)
-  exported: Dict[str, Tuple[str, str, Dict[str, Any]]] = {}  # run dir -> (name, out, report)
-  for _, dirs in study:
-    for d in dirs:
-      run = os.path.basename(d.rstrip("/"))
-      out = os.path.join(args.out, args.threshold_rule, f"export_{run}")
-      apply_threshold_rule(d, args.data_dir, args.threshold_rule)
-      exported[d] = (run, out, export_run(d, args.data_dir, args.external_dir, out))
+  exported: Dict[str, Tuple[str, Dict[str, Any]]] = {}  # run name -> (export dir, report)
+  names: Dict[str, str] = {}  # run name -> run dir, checked before any export
+  for d in (d for _, dirs in study for d in dirs):
+    run = os.path.basename(d.rstrip("/"))
+    if os.path.realpath(names.setdefault(run, d)) != os.path.realpath(d):
+      parser.error(f"{names[run]} and {d} share the name {run!r}, their exports' folder")
+  for run, d in names.items():
+    out = os.path.join(args.exports or args.out, args.threshold_rule, f"export_{run}")
+    apply_threshold_rule(d, args.data_dir, args.threshold_rule)
+    exported[run] = (out, export_run(d, args.data_dir, args.external_dir, out))
   for variant, section in (("int8", "external"), ("float32", "external"), ("int8", "test")):
     where = ("the internal test split (same source as training)" if section == "test"
              else "the external films")
@@ -201,7 +210,8 @@ def main() -> None:
     for name, dirs in study:
       rows = []
       for d in dirs:
-        run, out, report = exported[d]
+        run = os.path.basename(d.rstrip("/"))
+        out, report = exported[run]
         e = (report["external"] if section == "external" else report)["variants"][variant]
         rows.append(e)
         result["groups"].setdefault(name, {}).setdefault(f"{section}_{variant}", {})[run] = e

@@ -52,6 +52,14 @@ train_runs() {
   done
 }
 joined() { (IFS=,; echo "$*"); }
+# score NAME ARGS...: studies/external_study.py with ARGS; its JSON goes to $OUT/NAME and
+# every export to one cache, $OUT/exports (a run is exported once per threshold rule).
+score() {
+  local name="$1"
+  shift
+  "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+    --exports="$OUT/exports" --out="$OUT/$name" "$@"
+}
 # Every recipe measured before weight decay joined the default is reproduced without it,
 # and every run before the default kept the last epoch keeps the best one, as they did.
 BEFORE_LAST=(--keep_epoch=best)
@@ -74,15 +82,12 @@ if [ -n "$IMAGE_ROOT" ]; then
     articles+=("$OUT/article_$s/article_baseline.json")
   done
 fi
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external" "${groups[@]}" --calibrate_group=default \
+score external "${groups[@]}" --calibrate_group=default \
   ${articles:+--article="$(IFS=,; echo "${articles[*]}")"}
 echo "== the same runs at 0.5 (cxr-train's previous threshold rule, --threshold_rule=balanced)"
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external" "${groups[@]}" --calibrate_group=default --threshold_rule=balanced
+score external_balanced "${groups[@]}" --calibrate_group=default --threshold_rule=balanced
 echo "== the rotation+zoom runs at the rule before that (validation Youden J)"
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_youden" "${groups[0]}" --threshold_rule=youden
+score external_youden "${groups[0]}" --threshold_rule=youden
 echo "== the probe for the next lever (before weight decay): test-time augmentation and a"
 echo "   seed ensemble of the rotation+zoom+brightness+contrast runs"
 "$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
@@ -92,18 +97,16 @@ echo "== later levers, not adopted: histogram equalization (3 seeds), 224-px inp
 TRAIN=(-m studies.with_study_models --equalize model.train)
 train_runs equalize "$SEEDS" "${BEFORE_WD[@]}"
 TRAIN=(-m model.train)
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_equalize" --equalize --threshold_rule=balanced \
+score external_equalize --equalize --threshold_rule=balanced \
   "--group=equalize=$(joined "${RUNS[@]}")"
 # lever NAME PREFIX SEEDS LABEL FLAGS...: the recipe before weight decay plus FLAGS, one
-# run per seed (train_runs), scored as one group into $OUT/external_NAME at 0.5 (the
+# run per seed (train_runs), scored as one group (score external_NAME) at 0.5 (the
 # threshold rule the levers were compared at).
 lever() {
   local name="$1" prefix="$2" seeds="$3" label="$4"
   shift 4
   train_runs "$prefix" "$seeds" "${BEFORE_WD[@]}" "$@"
-  "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-    --out="$OUT/external_$name" --threshold_rule=balanced "--group=$label=$(joined "${RUNS[@]}")"
+  score external_$name --threshold_rule=balanced "--group=$label=$(joined "${RUNS[@]}")"
 }
 # 15 epochs: 224 px costs ~2.2x per epoch, and the recipe must train within 30 min.
 lever 224 size224 42 "224 px, 15 epochs" --image_size=224 --epochs=15
@@ -126,14 +129,14 @@ echo "   thresholds are chosen on the external films themselves); before weight 
 for prefix in rotation+zoom+brightness+contrast default; do
   int8=()
   for s in $SEEDS; do
-    int8+=("$OUT/external/balanced/export_${prefix}_$s/model_int8.tflite")
+    int8+=("$OUT/exports/balanced/export_${prefix}_$s/model_int8.tflite")
   done
   "$PY" studies/operating_points.py --at_prevalence --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 done
 echo "== sites with another share of PNEUMONIA: the shipped threshold vs cxr-calibrate --prevalence"
 int8=()
 for s in $SEEDS; do
-  int8+=("$OUT/external/prevalence/export_default_$s/model_int8.tflite")
+  int8+=("$OUT/exports/prevalence/export_default_$s/model_int8.tflite")
 done
 "$PY" studies/site_prevalence.py --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 echo "== the previous default (brightness + contrast, threshold by validation Youden J), seed 42"
@@ -143,8 +146,7 @@ if [ ! -f "$d/model_info.json" ]; then
   "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment=brightness,contrast \
     --threshold_rule=youden --seed=42 --external_dir="$EXTERNAL_DIR" "${BEFORE_WD[@]}"
 fi
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_previous" --threshold_rule=youden "--group=previous default=$d"
+score external_previous --threshold_rule=youden "--group=previous default=$d"
 echo "== which epoch to keep: best by validation (the default before) or the last (the"
 echo "   default since), paired on three deterministic runs (seeds 3, 4, 5), each finished"
 echo "   again on a copy with --keep_epoch=last (no training: both epochs' weights are kept)"
@@ -160,27 +162,24 @@ for d in "${best_runs[@]}"; do
   fi
   last_runs+=("${d}_last")
 done
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_keep_epoch" "--group=best epoch=$(joined "${best_runs[@]}")" \
+score external_keep_epoch "--group=best epoch=$(joined "${best_runs[@]}")" \
   "--group=last epoch=$(joined "${last_runs[@]}")" --calibrate_group=none
 echo "== weight decay 1.0 (twice the default's 0.5), not adopted: paired with the default's"
 echo "   last-epoch runs above (same seeds 3, 4, 5, deterministic: same initial weights and"
 echo "   data order), its ROC-AUC gain fell short of the rule's +0.003"
 train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_weight_decay_1" "--group=default=$(joined "${last_runs[@]}")" \
+score external_weight_decay_1 "--group=default=$(joined "${last_runs[@]}")" \
   "--group=weight decay 1.0=$(joined "${RUNS[@]}")" --calibrate_group=none
 echo "== test-time augmentation on the default's three deterministic runs above: int8 via the"
 echo "   edge runtime, fixed warps, re-centred by its validation shift (not adopted unless"
 echo "   its rule held: docs/external_study.md)"
 "$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --exports="$OUT/external_keep_epoch" "${last_runs[@]}"
+  --exports="$OUT/exports" "${last_runs[@]}"
 echo "== the default over three more deterministic seeds (6, 7, 8; trained with the default"
 echo "   --keep_epoch=last), and over all six"
 train_runs default_det "6 7 8" --deterministic
 default_later=("${RUNS[@]}")
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_keep_epoch" "--group=default, seeds 3-5=$(joined "${last_runs[@]}")" \
+score external_seeds_3_8 "--group=default, seeds 3-5=$(joined "${last_runs[@]}")" \
   "--group=default, seeds 6-8=$(joined "${RUNS[@]}")" \
   "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${RUNS[@]}")" --calibrate_group=none
 echo "== weight decay 1.0 again, on the three further seeds (6, 7, 8), paired with the"
@@ -188,8 +187,7 @@ echo "   default's runs just above; its rule (docs/external_study.md) is on all 
 train_runs wd1_det "6 7 8" --deterministic --weight_decay=1.0
 wd1_later=("${RUNS[@]}")
 train_runs wd1_det "3 4 5" --deterministic --weight_decay=1.0
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_weight_decay_1" \
+score external_weight_decay_1_seeds_3_8 \
   "--group=default, seeds 6-8=$(joined "${default_later[@]}")" \
   "--group=weight decay 1.0, seeds 6-8=$(joined "${wd1_later[@]}")" \
   "--group=default, seeds 3-8=$(joined "${last_runs[@]}" "${default_later[@]}")" \
@@ -201,13 +199,11 @@ echo "   it), paired with the default's seed 3"
 train_runs res224_det "3" --deterministic --image_size=224
 res224=("${RUNS[@]}")
 train_runs res224e20_det "3" --deterministic --image_size=224 --epochs=20
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_resolution" "--group=default=${last_runs[0]}" \
+score external_resolution_probe "--group=default=${last_runs[0]}" \
   "--group=224 px, 30 epochs=${res224[0]}" "--group=224 px, 20 epochs=${RUNS[0]}" \
   --calibrate_group=none
 echo "== next: 224 px for 22 epochs (within the budget), seeds 3, 4, 5, paired with the"
 echo "   default's runs; its rule (docs/external_study.md) was written before its runs"
 train_runs res224e22_det "3 4 5" --deterministic --image_size=224 --epochs=22
-"$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
-  --out="$OUT/external_resolution" "--group=default=$(joined "${last_runs[@]}")" \
+score external_resolution "--group=default=$(joined "${last_runs[@]}")" \
   "--group=224 px, 22 epochs=$(joined "${RUNS[@]}")" --calibrate_group=none

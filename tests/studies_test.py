@@ -101,3 +101,32 @@ def test_tta_views_fixed_warps_treat_every_film_alike():
     assert not np.array_equal(per_film[k][0], per_film[k][1])  # a warp of its own per film
   assert not np.array_equal(fixed[1], fixed[2])  # each copy draws its own warp
   assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in fixed)
+
+
+def test_external_study_shares_one_export_cache_and_refuses_clashing_run_names(
+    tmp_path, monkeypatch, capsys):
+  e = {"threshold": 0.375, "accuracy": 0.9, "sensitivity": 1.0, "specificity": 0.8,
+       "ci95": {k: (0.8, 0.95) for k in ("accuracy", "sensitivity", "specificity")},
+       "roc_auc": 0.98, "roc_auc_ci95": (0.97, 0.99), "ece": 0.02}
+  report = {"variants": {"int8": e}, "external": {"variants": {"int8": e, "float32": e}}}
+  exported = []
+  monkeypatch.setattr(external_study, "apply_threshold_rule", lambda *args: None)
+  monkeypatch.setattr(external_study, "export_run",
+                      lambda d, data, ext, out: exported.append(out) or report)
+  common = ["external_study.py", "--data_dir=rec", "--external_dir=ext",
+            f"--exports={tmp_path / 'exports'}", "--calibrate_group=none"]
+  monkeypatch.setattr("sys.argv", common + [f"--out={tmp_path / 'a'}",
+                                            f"--group=x={tmp_path / 'runs' / 'r_1'}"])
+  external_study.main()
+  assert exported == [str(tmp_path / "exports" / "prevalence" / "export_r_1")]
+  result = json.loads((tmp_path / "a" / "external_study.json").read_text())
+  assert result["groups"]["x"]["external_int8"]["r_1"]["accuracy"] == 0.9
+  assert not (tmp_path / "a" / "prevalence").exists()  # no exports beside the JSON
+  # Two runs of one name would share (and overwrite) one cached export.
+  monkeypatch.setattr("sys.argv", common + [
+      f"--out={tmp_path / 'b'}", f"--group=x={tmp_path / 'runs' / 'r_1'}",
+      f"--group=y={tmp_path / 'other' / 'r_1'}"])
+  with pytest.raises(SystemExit):
+    external_study.main()
+  assert "share the name 'r_1'" in capsys.readouterr().err
+  assert len(exported) == 1 and not (tmp_path / "b").exists()
