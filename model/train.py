@@ -49,7 +49,8 @@ _MODEL = flags.DEFINE_enum("model", "edge_cnn", sorted(models.MODELS),
                            "plain 3x3 conv network for int8 edge devices.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", schema.DEFAULT_IMAGE_SIZE,
                                    "Square model input side.", lower_bound=32)
-_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
+_EPOCHS = flags.DEFINE_integer("epochs", train_config.DEFAULT_EPOCHS, "Training epochs.",
+                               lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size per replica.", lower_bound=1)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.",
                                     lower_bound=0.0)

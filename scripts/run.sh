@@ -5,7 +5,7 @@
 # predict.
 # Usage: scripts/run.sh            # data/sample -> out/, a few epochs
 #        INPUT_DIR=../shared/data/chest_xray/train EXTERNAL_DIR=../shared/data/chest_xray/external \
-#          OUT_DIR=/tmp/cxr EPOCHS=30 scripts/run.sh
+#          OUT_DIR=/tmp/cxr EPOCHS=40 scripts/run.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 INPUT_DIR="${INPUT_DIR:-data/sample}"
