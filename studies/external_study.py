@@ -85,6 +85,11 @@ def export_run(model_dir: str, data_dir: str, external_dir: str, out: str) -> Di
     return json.load(f)
 
 
+def run_name(model_dir: str) -> str:
+  """A run's name: its folder's, which names its exports' folder too."""
+  return os.path.basename(model_dir.rstrip("/"))
+
+
 def _cell(e: Dict[str, Any], key: str) -> str:
   if key == "roc_auc":
     return metrics.format_interval(e["roc_auc"], e["roc_auc_ci95"], percent=False)
@@ -196,7 +201,7 @@ def main() -> None:
   exported: Dict[str, Tuple[str, Dict[str, Any]]] = {}  # run name -> (export dir, report)
   names: Dict[str, str] = {}  # run name -> run dir, checked before any export
   for d in (d for _, dirs in study for d in dirs):
-    run = os.path.basename(d.rstrip("/"))
+    run = run_name(d)
     if os.path.realpath(names.setdefault(run, d)) != os.path.realpath(d):
       parser.error(f"{names[run]} and {d} share the name {run!r}, their exports' folder")
   for run, d in names.items():
@@ -210,7 +215,7 @@ def main() -> None:
     for name, dirs in study:
       rows = []
       for d in dirs:
-        run = os.path.basename(d.rstrip("/"))
+        run = run_name(d)
         out, report = exported[run]
         e = (report["external"] if section == "external" else report)["variants"][variant]
         rows.append(e)
