@@ -90,6 +90,11 @@ def run_name(model_dir: str) -> str:
   return os.path.basename(model_dir.rstrip("/"))
 
 
+def export_dir(exports: str, rule: str, model_dir: str) -> str:
+  """Where a run's export at a threshold rule lives in an exports cache."""
+  return os.path.join(exports, rule, f"export_{run_name(model_dir)}")
+
+
 def _cell(e: Dict[str, Any], key: str) -> str:
   if key == "roc_auc":
     return metrics.format_interval(e["roc_auc"], e["roc_auc_ci95"], percent=False)
@@ -205,7 +210,7 @@ def main() -> None:
     if os.path.realpath(names.setdefault(run, d)) != os.path.realpath(d):
       parser.error(f"{names[run]} and {d} share the name {run!r}, their exports' folder")
   for run, d in names.items():
-    out = os.path.join(args.exports or args.out, args.threshold_rule, f"export_{run}")
+    out = export_dir(args.exports or args.out, args.threshold_rule, d)
     apply_threshold_rule(d, args.data_dir, args.threshold_rule)
     exported[run] = (out, export_run(d, args.data_dir, args.external_dir, out))
   for variant, section in (("int8", "external"), ("float32", "external"), ("int8", "test")):

@@ -37,10 +37,12 @@ mkdir -p "$OUT"
 SEEDS="42 1 2"
 # train_runs PREFIX SEEDS FLAGS...: trains $OUT/PREFIX_<seed> for each seed with
 # cxr-train's defaults plus FLAGS (a finished run is kept); RUNS holds the run folders.
-# Every recipe before the 40-epoch default trained 30 epochs (FLAGS can say otherwise:
-# cxr-train takes a repeated flag's last value).
+# Every recipe before the 40-epoch default trained 30 epochs: BEFORE_40 pins that for
+# train_runs and the two trainings outside it (FLAGS can say otherwise: cxr-train takes a
+# repeated flag's last value).
 # TRAIN is the trainer ($PY's arguments before the flags).
 TRAIN=(-m model.train)
+BEFORE_40=(--epochs=30)
 train_runs() {
   local prefix="$1" seeds="$2" s d
   shift 2
@@ -50,7 +52,7 @@ train_runs() {
     if [ ! -f "$d/model_info.json" ]; then
       rm -rf "$d"
       "$PY" "${TRAIN[@]}" --data_dir="$DATA_DIR" --model_dir="$d" --seed="$s" \
-        --external_dir="$EXTERNAL_DIR" --epochs=30 "$@"
+        --external_dir="$EXTERNAL_DIR" "${BEFORE_40[@]}" "$@"
     fi
     RUNS+=("$d")
   done
@@ -148,7 +150,8 @@ d="$OUT/previous_default_42"
 if [ ! -f "$d/model_info.json" ]; then
   rm -rf "$d"
   "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment=brightness,contrast \
-    --threshold_rule=youden --seed=42 --external_dir="$EXTERNAL_DIR" --epochs=30 "${BEFORE_WD[@]}"
+    --threshold_rule=youden --seed=42 --external_dir="$EXTERNAL_DIR" "${BEFORE_40[@]}" \
+    "${BEFORE_WD[@]}"
 fi
 score external_previous --threshold_rule=youden "--group=previous default=$d"
 echo "== which epoch to keep: best by validation (the default before) or the last (the"
@@ -162,7 +165,7 @@ for d in "${best_runs[@]}"; do
     rm -rf "${d}_last"
     cp -r "$d" "${d}_last"
     "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="${d}_last" --seed="${d##*_}" \
-      --external_dir="$EXTERNAL_DIR" --deterministic --keep_epoch=last --epochs=30
+      --external_dir="$EXTERNAL_DIR" --deterministic --keep_epoch=last "${BEFORE_40[@]}"
   fi
   last_runs+=("${d}_last")
 done

@@ -106,11 +106,10 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
   seconds = {"plain": 0.0, "tta": 0.0}
   thresholds, temperatures = [], []
   for run in runs:
-    name = os.path.basename(run.rstrip("/"))
-    export_dir = os.path.join(args.exports, train_config.DEFAULT_THRESHOLD_RULE,
-                              f"export_{name}")
-    external_study.export_run(run, args.data_dir, args.external_dir, export_dir)
-    lite = runtime.LiteModel(os.path.join(export_dir, export_lib.tflite_name("int8")))
+    name = external_study.run_name(run)
+    cached = external_study.export_dir(args.exports, train_config.DEFAULT_THRESHOLD_RULE, run)
+    external_study.export_run(run, args.data_dir, args.external_dir, cached)
+    lite = runtime.LiteModel(os.path.join(cached, export_lib.tflite_name("int8")))
     if lite.output_kind != "logits":
       raise SystemExit(f"{name}: its int8 model outputs {lite.output_kind}, not logits")
     outs, took = [], []
@@ -192,7 +191,7 @@ def main() -> None:
     m, m_tta = plain_and_tta(margin, external_views)
     plain.append(m)
     tta.append(m_tta)
-    name = os.path.basename(run.rstrip("/"))
+    name = external_study.run_name(run)
     print(_line(name, folder.labels, m))
     print(_line(f"{name}, TTA x{VARIANTS + 1}", folder.labels, tta[-1]))
     if val is not None:
