@@ -25,15 +25,13 @@ Writes --output_dir/<model>.tflite (an unchanged copy of the model) with a metad
 that holds the new threshold and its provenance; cxr-predict --model=that copy uses it.
 The original package is never altered.
 """
-import sys
 
 from absl import app
 from absl import flags
 
-from edge import calibrate_lib
-from edge import runtime
-from model import metrics
-from pipeline import cli
+from cxr_edge.core import cli
+from cxr_edge.core import metrics
+from cxr_edge.edge import calibrate_lib
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export, with its "
                              "metadata.json beside it.")
@@ -84,12 +82,9 @@ def _line(name: str, m) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    r = calibrate_lib.calibrate(_MODEL.value, _IMAGE_DIR.value, _OUTPUT_DIR.value,
-                                _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
-                                _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value)
-  except (calibrate_lib.CalibrationError, runtime.ModelError) as e:
-    sys.exit(f"cxr-calibrate: error: {e}")
+  r = calibrate_lib.calibrate(_MODEL.value, _IMAGE_DIR.value, _OUTPUT_DIR.value,
+                              _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
+                              _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value)
   measured = r["measured"]
   if measured is None:
     print(f"cxr-calibrate: rule: {r['rule']}; threshold {r['previous']['threshold']:.4f} -> "

@@ -24,20 +24,17 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 import numpy as np
 
-from edge import package
-from edge import runtime
-from model import metrics
-from pipeline import convert_lib
-from pipeline import image_folder
-from pipeline import schema
+from cxr_edge.core import errors
+from cxr_edge.core import folders
+from cxr_edge.core import metrics
+from cxr_edge.core import schema
+from cxr_edge.core.errors import CalibrationError
+from cxr_edge.edge import package
+from cxr_edge.edge import runtime
 
 # Fewer films than this in a class make the intervals too wide to act on; calibrating
 # still works, with a warning.
 MIN_FILMS_PER_CLASS = 50
-
-
-class CalibrationError(Exception):
-  """The films or the output cannot be used; nothing was written."""
 
 
 @dataclasses.dataclass
@@ -56,8 +53,8 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
     CalibrationError: no labelled films, a class missing, or unreadable films.
   """
   try:
-    items, skipped = image_folder.list_labelled_images(image_dir, check=False)
-  except convert_lib.ConversionError as e:  # not a folder, or no class folders
+    items, skipped = folders.list_labelled_images(image_dir, check=False)
+  except errors.ConversionError as e:  # not a folder, or no class folders
     raise CalibrationError(str(e)) from None
   items_by_class = [sum(i.label == k for i in items) for k in range(schema.NUM_CLASSES)]
   if not items:
@@ -149,7 +146,7 @@ def output_prior(model: runtime.LiteModel) -> float:
   Raises:
     CalibrationError: a package exported before the field existed.
   """
-  prior = model.metadata.get("output_prior")
+  prior = model.info.output_prior
   if prior is None:
     raise CalibrationError("this package does not record the class prior its probabilities "
                            "assume (it predates --prevalence): re-export it with this "

@@ -8,7 +8,7 @@ probability, that region supported the decision. It costs one invoke per positio
 """
 import numpy as np
 
-from edge import runtime
+from cxr_edge.edge import runtime
 
 
 def occlusion_map(model: runtime.LiteModel, image: np.ndarray, patch: int = 0,

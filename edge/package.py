@@ -20,13 +20,10 @@ import json
 from typing import Any, Dict, Optional
 
 import numpy as np
+from cxr_edge.core.errors import PackageError
 
 METADATA_KEY = "cxr_edge"
 _IDENTIFIER = b"TFL3"
-
-
-class PackageError(Exception):
-  """The model file or its embedded metadata cannot be used; the message says why."""
 
 
 def _schema():

@@ -5,6 +5,7 @@ Usage:
   cxr-predict --model=export/model_int8.tflite scans/*.jpeg more_scans/
   cxr-predict --model=export/model_int8.tflite --output=results.csv --threads=2 scan.png
   cxr-predict --model=export/model_int8.tflite study/IM0001.dcm dicom_folder/
+  cxr-predict --model=export/model_int8.tflite --info    # what the package is, for whom
 
 Films: 8-bit JPEG/PNG as they are; DICOM (single-frame grayscale CR/DX radiographs, any
 transfer syntax pydicom, python-gdcm and pylibjpeg-openjpeg decode), 16-bit PNG and TIFF
@@ -17,10 +18,10 @@ its provenance, temperature, training data; edge/package.py), so it is the whole
 package; a metadata.json beside it is optional and must agree with it. Before reading
 any image it refuses, in one line, a missing or corrupt model, edited embedded metadata,
 a disagreeing or unreadable metadata.json, or metadata that does not fit the model.
-Writes one JSON line per image, {"path", "label", "p_pneumonia", "threshold",
-"model_sha256", "warning", "latency_ms"} (label is PNEUMONIA iff p_pneumonia >=
+Writes one JSON line per image, {"path", "prediction", "p_pneumonia", "threshold",
+"model_sha256", "warning", "latency_ms"} (prediction is PNEUMONIA iff p_pneumonia >=
 threshold; warning: why the input does not look like a chest radiograph, by a cheap
-check in pipeline/guard.py, or null; --strict refuses such inputs instead), or
+check in core/guard.py, or null; --strict refuses such inputs instead), or
 {"path", "error"} for an image it cannot read; progress (images/s, time left) on stderr
 every 10 s of a long run, then a summary. Exit status 1 if any input failed.
 
@@ -36,10 +37,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from edge import explain
-from edge import runtime
-from pipeline import cli
-from pipeline import overlay
+from cxr_edge.core import cli
+from cxr_edge.core import errors
+from cxr_edge.core import overlay
+from cxr_edge.edge import explain
+from cxr_edge.edge import runtime
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export (its "
                              "metadata is embedded; a metadata.json beside it must agree).")
@@ -55,6 +57,9 @@ _EXPLAIN = flags.DEFINE_string(
     "folder (<name>.occlusion.png), computed with the model itself: about 200 invokes a "
     "film. It shows what the model used, not a diagnostic localisation.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
+_INFO = flags.DEFINE_bool(
+    "info", False, "Print what the model package is (network, version, threshold and its "
+    "source, site calibration, training data) and its intended use, then exit.")
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
 # minutes on a small device); the summary ends the run.
@@ -74,7 +79,7 @@ def _explain(model: runtime.LiteModel, result: dict, folder: str, index: int) ->
   gray = runtime.decode_grayscale(data)
   heat = explain.occlusion_map(model, runtime.preprocess_gray(gray, model.image_size,
                                                               model.scale))
-  caption = (f"{result['label']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
+  caption = (f"{result['prediction']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
              f"{result['threshold']:.3f})\nocclusion sensitivity, deployed model: "
              f"{overlay.NOT_A_LOCALISATION}")
   name = f"{index:05d}_{os.path.splitext(os.path.basename(result['path']))[0]}.occlusion.png"
@@ -86,25 +91,28 @@ def _explain(model: runtime.LiteModel, result: dict, folder: str, index: int) ->
 
 def main(argv):
   patterns = argv[1:]
+  if _INFO.value:
+    if patterns:
+      raise app.UsageError("--info describes the model and reads no image")
+    model = runtime.LiteModel(_MODEL.value, _THREADS.value)
+    print(model.info.describe(model.sha256))
+    return
   if not patterns:
     raise app.UsageError("give at least one image file, folder or glob")
   if _OUTPUT.value and not _OUTPUT.value.endswith((".jsonl", ".csv")):
-    sys.exit("cxr-predict: error: --output must end in .jsonl or .csv")
+    raise errors.CxrError("--output must end in .jsonl or .csv")
   fmt = _FORMAT.value or ("csv" if (_OUTPUT.value or "").endswith(".csv") else "jsonl")
   if _OUTPUT.value and not _OUTPUT.value.endswith("." + fmt):
-    sys.exit(f"cxr-predict: error: --format={fmt} but --output ends in "
-             f"{os.path.splitext(_OUTPUT.value)[1]}")
+    raise errors.CxrError(f"--format={fmt} but --output ends in "
+                          f"{os.path.splitext(_OUTPUT.value)[1]}")
   out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
   if _OUTPUT.value and not os.path.isdir(out_dir):
-    sys.exit(f"cxr-predict: error: --output's folder {out_dir} does not exist")
-  try:
-    model = runtime.LiteModel(_MODEL.value, _THREADS.value)
-  except runtime.ModelError as e:
-    sys.exit(f"cxr-predict: error: {e}")
+    raise errors.CxrError(f"--output's folder {out_dir} does not exist")
+  model = runtime.LiteModel(_MODEL.value, _THREADS.value)
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
   writer = None
   if fmt == "csv":
-    writer = csv.DictWriter(out, ["path", "label", "p_pneumonia", "threshold", "model_sha256",
+    writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", "threshold", "model_sha256",
                                   "warning", "latency_ms", "explanation", "explain_ms",
                                   "error", "skipped"])
     writer.writeheader()
@@ -129,7 +137,7 @@ def main(argv):
         if _EXPLAIN.value:
           result.update(_explain(model, result, _EXPLAIN.value, done))
           explain_ms.append(result["explain_ms"])
-        counts[result["label"]] += 1
+        counts[result["prediction"]] += 1
       if writer:
         writer.writerow(result)
       else:

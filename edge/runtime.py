@@ -25,20 +25,14 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from edge import package
-from pipeline import cli
-from pipeline import film
-from pipeline import guard
-from pipeline import schema
+from cxr_edge.core import cli
+from cxr_edge.core import film
+from cxr_edge.core import guard
+from cxr_edge.core import package_info
+from cxr_edge.core import schema
+from cxr_edge.core.errors import ModelError, ImageError
+from cxr_edge.edge import package
 
-
-
-class ModelError(Exception):
-  """The model or its metadata cannot be used; nothing was predicted."""
-
-
-class ImageError(Exception):
-  """One input image cannot be read."""
 
 
 def decode_grayscale(data: bytes) -> np.ndarray:
@@ -176,27 +170,18 @@ class LiteModel:
         if sha != entry["sha256"]:
           raise ModelError(f"{name}: sha256 differs from {schema.METADATA_NAME}; the model "
                            "file was changed or belongs to another export")
-      self.sha256 = sha
-      self.metadata, self.entry = metadata, entry
-      self.image_size = int(metadata["input"]["size"])
-      self.scale = float(metadata["preprocessing"]["scale"])
-      self.labels: List[str] = list(metadata["labels"])
-      # Per model: a QAT model carries its own run's threshold (older exports: one).
-      self.threshold = float(entry.get("threshold", metadata.get("threshold")))
-      self.output_kind = entry.get("output_kind", "probabilities")
-      self.temperature = float(entry.get("temperature", 1.0))
-      want_dtype = entry["input"]["dtype"]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
       raise ModelError(f"{name}: its metadata lacks or mangles a field ({type(e).__name__}: "
                        f"{e})") from None
-    if (len(self.labels) != schema.NUM_CLASSES or self.scale <= 0 or self.image_size < 8
-        or not 0.0 < self.threshold < 1.0):
-      raise ModelError(f"{name}: metadata out of range (labels {self.labels}, scale "
-                       f"{self.scale}, input size {self.image_size}, threshold "
-                       f"{self.threshold}): refusing to make decisions with it")
-    if self.output_kind not in ("logits", "probabilities") or not self.temperature > 0:
-      raise ModelError(f"{name}: metadata has output_kind {self.output_kind!r}, temperature "
-                       f"{self.temperature!r}; expected logits/probabilities and T > 0")
+    self.sha256 = sha
+    self.metadata, self.entry = metadata, entry  # as stored: cxr-calibrate re-embeds them
+    self.info = package_info.ModelInfo.from_metadata(metadata, entry, name)
+    self.image_size, self.scale = self.info.image_size, self.info.scale
+    self.labels: List[str] = list(self.info.labels)
+    # Per model: a QAT model carries its own run's threshold.
+    self.threshold, self.temperature = self.info.threshold, self.info.temperature
+    self.output_kind = self.info.output_kind
+    want_dtype = self.info.input_dtype
     # LiteRT announces its CPU delegate on stderr ("INFO: Created TensorFlow Lite XNNPACK
     # delegate"); load errors still arrive as the exception.
     with cli.native_stderr_quiet(not cli.verbose()):
@@ -251,12 +236,12 @@ class LiteModel:
 
     Args:
       data: the file's bytes.
-      strict: an input the plausibility guard (pipeline/guard.py) flags is refused
+      strict: an input the plausibility guard (core/guard.py) flags is refused
         (ImageError) instead of predicted with a warning.
 
     Returns:
-      {"label", "p_pneumonia" (the positive class's probability), "threshold" (label is
-      PNEUMONIA iff p_pneumonia >= threshold), "model_sha256", "warning" (None, or why the
+      {"prediction" (the model's class: PNEUMONIA iff p_pneumonia >= threshold),
+      "p_pneumonia" (the positive class's probability), "threshold", "model_sha256", "warning" (None, or why the
       input does not look like a chest radiograph), "latency_ms"}.
 
     Raises:
@@ -271,7 +256,7 @@ class LiteModel:
     probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))
     latency = (time.perf_counter() - start) * 1000
     p = float(probs[1])
-    return {"label": self.labels[int(p >= self.threshold)], "p_pneumonia": round(p, 6),
+    return {"prediction": self.labels[int(p >= self.threshold)], "p_pneumonia": round(p, 6),
             "threshold": self.threshold, "model_sha256": self.sha256, "warning": warning,
             "latency_ms": round(latency, 3)}
 
@@ -292,15 +277,6 @@ def _read_sidecar(model_path: str) -> Optional[Dict]:
   return data
 
 
-# What decides a prediction: a sidecar that says otherwise than the model is refused.
-_DECISIVE = (("labels", lambda m, e: list(m["labels"])),
-             ("input size", lambda m, e: int(m["input"]["size"])),
-             ("preprocessing scale", lambda m, e: float(m["preprocessing"]["scale"])),
-             ("threshold", lambda m, e: float(e.get("threshold", m.get("threshold")))),
-             ("temperature", lambda m, e: float(e.get("temperature", 1.0))),
-             ("output kind", lambda m, e: e.get("output_kind", "probabilities")))
-
-
 def _check_sidecar(name: str, sha: str, sidecar: Dict, metadata: Dict, entry: Dict) -> None:
   """A metadata.json kept beside an embedded-metadata model must describe this very file
   and agree with it on everything that decides a prediction."""
@@ -311,12 +287,13 @@ def _check_sidecar(name: str, sha: str, sidecar: Dict, metadata: Dict, entry: Di
   if side_entry.get("sha256") != sha:
     raise ModelError(f"{name}: sha256 differs from {schema.METADATA_NAME}; the model file was "
                      "changed or belongs to another export")
-  for what, get in _DECISIVE:
-    try:
-      side, own = get(sidecar, side_entry), get(metadata, entry)
-    except (KeyError, TypeError, ValueError) as e:
-      raise ModelError(f"{schema.METADATA_NAME} beside {name} lacks or mangles {what} "
-                       f"({type(e).__name__})") from None
+  # What decides a prediction: a sidecar that says otherwise than the model is refused.
+  try:
+    side_info = package_info.ModelInfo.from_metadata(sidecar, side_entry, name, check=False)
+  except package_info.PackageError as e:
+    raise ModelError(f"{schema.METADATA_NAME} beside {name}: {e}") from None
+  own_info = package_info.ModelInfo.from_metadata(metadata, entry, name, check=False)
+  for (what, side), (_, own) in zip(side_info.decisive(), own_info.decisive()):
     if side != own:
       raise ModelError(f"{schema.METADATA_NAME} beside {name} says {what} {side!r}, the "
                        f"model's embedded metadata {own!r}: refusing both")

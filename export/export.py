@@ -25,9 +25,9 @@ from absl import app
 from absl import flags
 
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
-from export import variants as variant_names
-from pipeline import cli
-from pipeline import records
+from cxr_edge.core import cli
+from cxr_edge.export import variants as variant_names
+from cxr_edge.pipeline import records
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
 _DATA_DIR = flags.DEFINE_string(
@@ -64,9 +64,7 @@ def main(argv):
     sys.exit(f"cxr-export: error: {e}")
   cli.import_tensorflow()
   # pylint: disable=g-import-not-at-top
-  from export import export_lib
-  from pipeline import convert_lib
-  from pipeline import dataset
+  from cxr_edge.export import export_lib
   # pylint: enable=g-import-not-at-top
   try:
     report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
@@ -74,8 +72,7 @@ def main(argv):
                                variants=_VARIANTS.value, overwrite=_OVERWRITE.value,
                                external_dir=_EXTERNAL_DIR.value,
                                qat_model_dir=_QAT_MODEL_DIR.value)
-  except (ValueError, FileNotFoundError, dataset.CorruptDataError,
-          convert_lib.ConversionError) as e:
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f"cxr-export: error: {e}")
   print(export_lib.format_report(report))
   print(f"cxr-export: models, metadata.json and {variant_names.REPORT_NAME} in "

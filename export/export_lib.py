@@ -19,19 +19,20 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from edge import package
-from edge import runtime
-from export import model_card
-from export import variants as variant_names
-from model import metrics as metrics_lib
-from model import model_dir as model_dir_lib
-from model import models
-from pipeline import cli
-from pipeline import dataset
-from pipeline import image_io
-from pipeline import preprocess
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import cli
+from cxr_edge.core import image_io
+from cxr_edge.core import metrics as metrics_lib
+from cxr_edge.core import package_info
+from cxr_edge.core import schema
+from cxr_edge.edge import package
+from cxr_edge.edge import runtime
+from cxr_edge.export import model_card
+from cxr_edge.export import variants as variant_names
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import models
+from cxr_edge.pipeline import dataset
+from cxr_edge.pipeline import preprocess
+from cxr_edge.pipeline import records
 
 SAVED_MODEL_DIR = "saved_model"
 # TensorFlow Serving loads the highest numbered version under the base directory; a new
@@ -80,14 +81,14 @@ class ServingModule(tf.Module):
       return {"probabilities": self._probabilities(tf.identity(images))}
 
   def _serve_bytes(self, image_bytes):
-    """Encoded JPEG/PNG [N] -> p_pneumonia, label, threshold (each [N]) and probabilities."""
+    """Encoded JPEG/PNG [N] -> p_pneumonia, prediction, threshold (each [N]) and probabilities."""
     images = tf.map_fn(lambda b: preprocess.preprocess_image(b, self.image_size), image_bytes,
                        fn_output_signature=tf.TensorSpec(
                            [self.image_size, self.image_size, schema.CHANNELS], tf.float32))
     probs = self._probabilities(images)
     p = probs[:, 1]
     index = tf.cast(p >= self.threshold, tf.int32)
-    return {"p_pneumonia": p, "label": tf.gather(self.labels, index),
+    return {"p_pneumonia": p, "prediction": tf.gather(self.labels, index),
             "threshold": tf.fill(tf.shape(p), self.threshold), "probabilities": probs}
 
 
@@ -275,29 +276,29 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
 
   with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
     f.writelines(label + "\n" for label in schema.LABELS)
-  metadata = {
-      "labels": list(schema.LABELS),
-      "positive_label": schema.POSITIVE_LABEL,
-      "threshold": threshold,
-      "threshold_rule": info.get("threshold_rule"),
+  metadata = package_info.package_fields(
+      labels=list(schema.LABELS),
+      positive_label=schema.POSITIVE_LABEL,
+      threshold=threshold,
+      threshold_rule=info.get("threshold_rule"),
       # The class prior the probabilities assume, for cxr-calibrate --prevalence.
-      "output_prior": model_dir_lib.output_prior(info, data_dir),
-      "input": {"size": size, "layout": "NHWC", "shape": [1, size, size, schema.CHANNELS],
-                "channels": schema.CHANNELS},
-      "preprocessing": {
+      output_prior=model_dir_lib.output_prior(info, data_dir),
+      input={"size": size, "layout": "NHWC", "shape": [1, size, size, schema.CHANNELS],
+             "channels": schema.CHANNELS},
+      preprocessing={
           "decode": "grayscale; for JPEG the decoder's luma plane (libjpeg, accurate IDCT)",
           "resize": "bilinear, half-pixel centres, no antialiasing, aspect ratio not kept",
           "scale": schema.SCALE, "range": [0.0, 1.0],
           "quantize": "q = clip(round(x / scale + zero_point)) with the input's parameters"},
-      "output": "logits in label order; p = softmax(logits / temperature); PNEUMONIA if "
-                "p[1] >= threshold (temperature and threshold per model)",
-      "models": {},
-      "model": info["model"],
-      "data_manifest_sha256": data_sha,
-      "validation_metrics": info.get("val_metrics"),
-      "credit": "Trained on Kermany et al. (2018), Mendeley Data v2, "
-                "doi:10.17632/rscbjbr9sj.2, CC BY 4.0",
-  }
+      output="logits in label order; p = softmax(logits / temperature); PNEUMONIA if "
+             "p[1] >= threshold (temperature and threshold per model)",
+      models={},
+      model=info["model"],
+      data_manifest_sha256=data_sha,
+      validation_metrics=info.get("val_metrics"),
+      credit="Trained on Kermany et al. (2018), Mendeley Data v2, "
+             "doi:10.17632/rscbjbr9sj.2, CC BY 4.0",
+  )
   for variant, path in files.items():
     metadata["models"][os.path.basename(path)] = {
         **describe_tflite(path), "output_kind": "logits", "temperature": temperature}

@@ -4,18 +4,26 @@ Every figure comes from what the export measured (its report) and what training 
 conversion recorded (model_info.json, the conversion's manifest); nothing is typed in by
 hand, so the card cannot drift from the models it describes. TensorFlow-free.
 """
+import datetime
+import importlib.metadata
 import json
 import os
 from typing import Any, Dict, List, Optional
 
+from cxr_edge.core import package_info
+
 CARD_NAME = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
+LICENCE = ("cxr-edge is Apache-2.0; the model was trained on data licensed CC BY 4.0, so "
+           "credit the training data's source (below) wherever the model or its outputs "
+           "are shown.")
 
-INTENDED_USE = (
-    "Decision support for reading paediatric chest radiographs (frontal view) for "
-    "pneumonia: a second reader that flags films for attention. Not a standalone "
-    "diagnosis, not for adults, lateral views, CT or other findings; every decision it "
-    "informs stays with a clinician.")
+
+def _installed(distribution: str) -> Optional[str]:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 FAILURE_MODES = (
     "Trained on one centre's paediatric films (the source describes children aged one "
@@ -60,7 +68,10 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
   evaluated = {"saved_model (float32)": report["saved_model"], **report["variants"]}
   card: Dict[str, Any] = {
       "model": metadata.get("model"),
-      "intended_use": INTENDED_USE,
+      "date": datetime.date.today().isoformat(),
+      "model_version": (metadata.get("data_manifest_sha256") or "")[:12] or None,
+      "intended_use": metadata.get("intended_use", package_info.INTENDED_USE),
+      "licence": LICENCE,
       "training_data": {
           "source": metadata.get("credit"),
           "population": "paediatric, one centre; frontal chest radiographs",
@@ -83,7 +94,9 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
       "files": {name: {"sha256": e["sha256"], "bytes": e["bytes"],
                        "threshold": e.get("threshold")}
                 for name, e in metadata["models"].items()},
-      "versions": manifest.get("tools"),
+      "versions": {**(manifest.get("tools") or {}),
+                   "cxr-edge": metadata.get("cxr_edge_version"),
+                   "ai-edge-litert": _installed("ai-edge-litert")},
   }
   external = report.get("external")
   if external:
@@ -98,8 +111,22 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
 def markdown(card: Dict[str, Any]) -> str:
   """MODEL_CARD.md for a card from `build`."""
   data = card["training_data"]
+  int8 = next((n for n in card["files"] if n.endswith("int8.tflite")),
+              next(iter(card["files"]), "model.tflite"))
   lines = [f"# Model card: {card['model']} (cxr-edge)", "",
            "## Intended use", "", card["intended_use"], "",
+           f"Exported {card['date']} by cxr-edge {card['versions'].get('cxr-edge')}; "
+           f"model version {card['model_version']} (its training data's manifest hash).", "",
+           "## How to use", "",
+           "```bash",
+           "pip install \".[edge]\"     # the device install: LiteRT, numpy, Pillow; no TensorFlow",
+           f"cxr-predict --model={int8} --info",
+           f"cxr-predict --model={int8} films/ --output=results.jsonl",
+           f"cxr-calibrate --model={int8} --image_dir=local_films/ --output_dir=site_model/",
+           "```", "",
+           "Each result holds `prediction` (PNEUMONIA when `p_pneumonia` >= `threshold`), "
+           "`p_pneumonia`, `threshold` and `warning` (why a film does not look like a chest "
+           "radiograph, or null).", "",
            "## Training data", "",
            f"- Source: {data['source']}",
            f"- Population: {data['population']}",
@@ -130,7 +157,8 @@ def markdown(card: Dict[str, Any]) -> str:
   for name, f in card["files"].items():
     lines.append(f"| {name} | {f['bytes']} | `{f['sha256']}` | {f['threshold']} |")
   lines += ["", "## Versions", "",
-            ", ".join(f"{k} {v}" for k, v in (card["versions"] or {}).items()), ""]
+            ", ".join(f"{k} {v}" for k, v in (card["versions"] or {}).items()), "",
+            "## Licence", "", card["licence"], ""]
   return "\n".join(lines)
 
 

@@ -20,10 +20,10 @@ from absl import app
 from absl import flags
 
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
-from model import metrics
-from pipeline import cli
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import cli
+from cxr_edge.core import metrics
+from cxr_edge.core import schema
+from cxr_edge.pipeline import records
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A cxr-train output directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
@@ -60,16 +60,13 @@ def main(argv):
     sys.exit(f"cxr-evaluate: error: {e}")
   cli.import_tensorflow()
   # pylint: disable=g-import-not-at-top
-  from model import evaluate_lib
-  from pipeline import convert_lib
-  from pipeline import dataset
+  from cxr_edge.model import evaluate_lib
   # pylint: enable=g-import-not-at-top
   try:
     r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
                               _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value,
                               _OVERWRITE.value, _EXPLAIN.value)
-  except (ValueError, FileNotFoundError, convert_lib.ConversionError,
-          dataset.CorruptDataError) as e:
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f"cxr-evaluate: error: {e}")
   fmt = metrics.format_interval
   print(f"cxr-evaluate: {r['count']} images, {r['patients']} patients; ROC-AUC "

@@ -12,14 +12,13 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from absl import logging
 import numpy as np
 
-from model import metrics as metrics_lib
-from model import model_dir as model_dir_lib
-from model import train_lib
-from pipeline import dataset
-from pipeline import schema
+from cxr_edge.core import metrics as metrics_lib
+from cxr_edge.core import schema
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import train_lib
+from cxr_edge.pipeline import dataset
 
 
 def predict_folder(model, image_dir: str, image_size: int,
@@ -114,7 +113,7 @@ def grad_cam(model, images: np.ndarray, threshold: float) -> np.ndarray:
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras as keras  # pylint: disable=g-import-not-at-top
-  from model import models  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import models  # pylint: disable=g-import-not-at-top
   conv = next(layer for layer in reversed(model.layers)
               if len(getattr(layer, "output_shape", ()) or ()) == 4)
   logits = model.get_layer(models.LOGITS_LAYER).output
@@ -149,7 +148,7 @@ def choose_films_to_explain(y: np.ndarray, p: np.ndarray, threshold: float,
 
 def _write_explanations(model, images: np.ndarray, preds: Dict[str, np.ndarray],
                         threshold: float, n: int, folder: str) -> Dict[str, Any]:
-  from pipeline import overlay  # pylint: disable=g-import-not-at-top
+  from cxr_edge.core import overlay  # pylint: disable=g-import-not-at-top
   y, p = preds["label"], preds["probability"]
   chosen = choose_films_to_explain(y, p, threshold, n)
   os.makedirs(folder, exist_ok=True)

@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tf_keras as keras
 
-from model import models
-from pipeline import cli
-from pipeline import dataset
-from pipeline import image_io
-from pipeline import schema
+from cxr_edge.core import cli
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.model import models
+from cxr_edge.pipeline import dataset
 
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"

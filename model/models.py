@@ -1,7 +1,7 @@
 """The classifiers (tf_keras, so tensorflow-model-optimization can quantize them).
 
 All take float32 [N, S, S, 1] images already scaled to [0, 1] by
-pipeline.preprocess (normalization stays outside the model, so the quantized part
+cxr_edge.pipeline.preprocess (normalization stays outside the model, so the quantized part
 starts at the first convolution) and output 2-class softmax probabilities in
 schema.LABELS order. The last Dense layer is named LOGITS_LAYER and the softmax is a
 separate layer, so `logits_model` can cut the network before it: the exported TFLite
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict
 
-from pipeline import schema
+from cxr_edge.core import schema
 
 if TYPE_CHECKING:
   import tf_keras as keras

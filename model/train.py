@@ -34,13 +34,13 @@ from absl import app
 from absl import flags
 
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
-from model import metrics
-from model import models
-from model import train_config
-from pipeline import augment_config
-from pipeline import cli
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import cli
+from cxr_edge.core import metrics
+from cxr_edge.core import schema
+from cxr_edge.model import models
+from cxr_edge.model import train_config
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import records
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "A cxr-convert output directory.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where the model and logs are written.")
@@ -157,7 +157,7 @@ def _qat_config() -> train_config.TrainConfig:
   if given:
     raise app.UsageError(f"--qat reuses the --init_from run's recipe; drop {', '.join(given)}")
   present = lambda name: flags.FLAGS[name].present
-  from model import train_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import train_lib  # pylint: disable=g-import-not-at-top
   return train_lib.qat_config(
       _INIT_FROM.value, _MODEL_DIR.value, _DATA_DIR.value,
       epochs=_EPOCHS.value if present("epochs") else None,
@@ -248,15 +248,12 @@ def main(argv):
     sys.exit(f"cxr-train: error: {e}")
   cli.import_tensorflow()
   # pylint: disable=g-import-not-at-top
-  from model import train_lib
-  from pipeline import convert_lib
-  from pipeline import dataset
+  from cxr_edge.model import train_lib
   import tensorflow as tf
   # pylint: enable=g-import-not-at-top
   try:
     info = train_lib.train(_config(), overwrite=_OVERWRITE.value)
-  except (ValueError, FileNotFoundError, dataset.CorruptDataError,
-          convert_lib.ConversionError) as e:
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f"cxr-train: error: {e}")
   except tf.errors.UnimplementedError as e:
     if not _DETERMINISTIC.value:

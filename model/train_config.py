@@ -6,8 +6,8 @@ training itself is model/train_lib.py.
 import dataclasses
 from typing import Any, Dict, Optional
 
-from pipeline import augment_config
-from pipeline import schema
+from cxr_edge.core import schema
+from cxr_edge.pipeline import augment_config
 
 # Chosen on the external films, not on validation (README): geometric augmentation is
 # what carries the model to films from another source, and intensity augmentation on

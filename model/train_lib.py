@@ -26,15 +26,15 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from model import metrics as metrics_lib
-from model import model_dir as model_dir_lib
-from model import models
-from model import train_config
-from pipeline import augment as augment_lib
-from pipeline import augment_config
-from pipeline import dataset
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import metrics as metrics_lib
+from cxr_edge.core import schema
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import models
+from cxr_edge.model import train_config
+from cxr_edge.pipeline import augment as augment_lib
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import dataset
+from cxr_edge.pipeline import records
 
 
 def qat_config(init_from: str, model_dir: str, data_dir: str, epochs: Optional[int] = None,

@@ -10,13 +10,12 @@ so a batch's augmentation is a pure function of (images, seed): training derives
 seed from (run seed, global step), which makes runs reproducible, resumes exact, and
 gives every epoch new augmentations.
 """
-import dataclasses
 import math
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import tensorflow as tf
 
-from pipeline import augment_config
+from cxr_edge.pipeline import augment_config
 
 def _uniform(shape, seed, low, high):
   # Philox explicitly: the default "auto_select" picks ThreeFry under XLA, so compiled

@@ -17,9 +17,9 @@ import sys
 from absl import app
 from absl import flags
 
-from pipeline import benchmark_lib
-from pipeline import cli
-from pipeline import schema
+from cxr_edge.core import cli
+from cxr_edge.core import schema
+from cxr_edge.pipeline import benchmark_lib
 
 _LOADERS = ("pipeline", "imagedatagenerator", "image_dataset_from_directory", "decode_bound")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "A cxr-convert output directory.")

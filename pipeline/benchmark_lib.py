@@ -15,10 +15,10 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import augment as augment_lib
-from pipeline import augment_config
-from pipeline import dataset
-from pipeline import schema
+from cxr_edge.core import schema
+from cxr_edge.pipeline import augment as augment_lib
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import dataset
 
 # The source article's augmentation (experiment V plus brightness), used by every loader.
 ROTATION_DEG = 20.0

@@ -2,7 +2,7 @@ r"""cxr-convert: image folders -> patient-grouped, stratified, sharded TFRecords
 
 Usage:
   cxr-convert --input_dir=../shared/data/chest_xray --output_dir=/tmp/cxr_records
-  python -m pipeline.convert --input_dir=data/sample --output_dir=out/records \
+  python -m cxr_edge.pipeline.convert --input_dir=data/sample --output_dir=out/records \
       --split_ratios=0.8,0.1,0.1 --seed=42 --num_shards=8 --overwrite
 
   cxr-convert --input_dir=/data/clinic --output_dir=/tmp/clinic_records \
@@ -25,15 +25,15 @@ Writes train-/val-/test-NNNNN-of-NNNNN.tfrecord, labels.txt and, last, manifest.
 Check a finished conversion with cxr-verify. Both runners write the same records to the
 same splits; Beam's order within shards differs from run to run.
 """
-import sys
 
 from absl import app
 from absl import flags
 
-from pipeline import cli
-from pipeline import convert_lib
-from pipeline import schema
-from pipeline import splits
+from cxr_edge.core import cli
+from cxr_edge.core import errors
+from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_lib
+from cxr_edge.pipeline import splits
 
 _INPUT_DIR = flags.DEFINE_string(
     "input_dir", None,
@@ -102,35 +102,32 @@ def main(argv):
     raise app.UsageError(f"unknown flag(s) or arguments: {' '.join(extra)}")
   if _RUNNER.value == "beam":
     try:
-      from pipeline import convert_beam  # pylint: disable=g-import-not-at-top
+      from cxr_edge.pipeline import convert_beam  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      sys.exit(f"cxr-convert: error: --runner=beam needs Apache Beam ({e.name} is missing): "
-               "pip install -e \".[beam]\"")
+      raise errors.CxrError(f"--runner=beam needs Apache Beam ({e.name} is missing): "
+                            "pip install 'cxr-edge[beam]'") from None
     convert, runner_args = convert_beam.convert, {"beam_runner": _BEAM_RUNNER.value,
                                                   "beam_args": extra}
   else:
     convert, runner_args = convert_lib.convert, {}
-  try:
-    with cli.child_stderr_quiet(_RUNNER.value == "beam" and not cli.verbose()):
-      result = convert(
-          input_dir=_INPUT_DIR.value,
-          output_dir=_OUTPUT_DIR.value,
-          split_ratios=splits.parse_ratios(_SPLIT_RATIOS.value),
-          seed=_SEED.value,
-          num_shards=_NUM_SHARDS.value,
-          shard_size_mb=_SHARD_SIZE_MB.value,
-          image_size=_IMAGE_SIZE.value,
-          num_workers=_NUM_WORKERS.value,
-          overwrite=_OVERWRITE.value,
-          max_pixels=_MAX_PIXELS.value,
-          metadata_csv=_METADATA_CSV.value,
-          patient_id_salt=_PATIENT_ID_SALT.value,
-          **runner_args)
-  except convert_lib.ConversionError as e:
-    sys.exit(f"cxr-convert: error: {e}")
+  with cli.child_stderr_quiet(_RUNNER.value == "beam" and not cli.verbose()):
+    result = convert(
+        input_dir=_INPUT_DIR.value,
+        output_dir=_OUTPUT_DIR.value,
+        split_ratios=splits.parse_ratios(_SPLIT_RATIOS.value),
+        seed=_SEED.value,
+        num_shards=_NUM_SHARDS.value,
+        shard_size_mb=_SHARD_SIZE_MB.value,
+        image_size=_IMAGE_SIZE.value,
+        num_workers=_NUM_WORKERS.value,
+        overwrite=_OVERWRITE.value,
+        max_pixels=_MAX_PIXELS.value,
+        metadata_csv=_METADATA_CSV.value,
+        patient_id_salt=_PATIENT_ID_SALT.value,
+        **runner_args)
   print(f"cxr-convert: {result.summary()}; output in {_OUTPUT_DIR.value}")
   if result.num_written == 0:
-    sys.exit("cxr-convert: error: no image could be converted (see 'rejected' in the manifest)")
+    raise errors.CxrError("no image could be converted (see 'rejected' in the manifest)")
 
 
 def run():

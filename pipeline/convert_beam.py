@@ -2,7 +2,7 @@
 
 The same steps and the same functions as the local converter, as a Beam pipeline:
 
-1. the driver lists the input (convert_lib.scan_input) and rejects what the listing
+1. the driver lists the input (folders.scan_input) and rejects what the listing
    already condemns (unreadable folders, files outside class folders);
 2. workers hash and fully decode every file in parallel (image_io.inspect_image); bad
    files go to a side output of rejections with their reasons;
@@ -25,7 +25,7 @@ shard bytes differ between runs and runners. Compare conversions by their record
 Workers read and write through Beam's FileSystems, so input and output can be local
 paths (a shared filesystem on a cluster) or object-store URLs (gs://, s3://, with the
 Beam extra for that store). A local input is listed exactly as the local converter lists
-it (convert_lib.scan_input); an object store has no folders, links or undecodable names,
+it (folders.scan_input); an object store has no folders, links or undecodable names,
 so it is listed by prefix with the same class-folder and --metadata_csv rules.
 """
 import collections
@@ -44,10 +44,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 
-from pipeline import convert_lib
-from pipeline import image_io
-from pipeline import schema
-from pipeline import splits as splits_lib
+from cxr_edge.core import errors
+from cxr_edge.core import folders
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_lib
+from cxr_edge.pipeline import splits as splits_lib
 
 # Runners that execute on this machine. DirectRunner first tries Prism, which downloads a
 # binary (and fails offline); FnApiRunner runs here and needs nothing else.
@@ -71,33 +73,33 @@ def _read(path: str) -> bytes:
 
 
 def list_files(input_dir: str, listed: Optional[Dict[str, Tuple[str, str]]] = None
-               ) -> Tuple[List[convert_lib.SourceFile], Dict[str, int]]:
+               ) -> Tuple[List[folders.SourceFile], Dict[str, int]]:
   """Every file below input_dir and its size: (SourceFiles as scan_input gives, sizes).
 
   Raises:
-    convert_lib.ConversionError: as scan_input: missing input, no class folders.
+    errors.ConversionError: as scan_input: missing input, no class folders.
   """
   if is_local(input_dir):
-    files = convert_lib.scan_input(input_dir, listed=listed)
+    files = folders.scan_input(input_dir, listed=listed)
     return files, {}
   prefix = input_dir.rstrip("/") + "/"
   try:
     found = FileSystems.match([prefix + "**"])[0].metadata_list
   except Exception as e:  # pylint: disable=broad-except
     # Each store raises its own errors (BeamIOError, its client's); the message says why.
-    raise convert_lib.ConversionError(f"--input_dir {input_dir!r} cannot be listed: {e}") from None
+    raise errors.ConversionError(f"--input_dir {input_dir!r} cannot be listed: {e}") from None
   if not found:
-    raise convert_lib.ConversionError(f"--input_dir {input_dir!r} holds no files")
+    raise errors.ConversionError(f"--input_dir {input_dir!r} holds no files")
   files, sizes, any_class_dir = [], {}, False
   for meta in sorted(found, key=lambda m: m.path):
     relpath = meta.path[len(prefix):]
     if not relpath or relpath.endswith("/"):
       continue  # a folder marker object
-    label = convert_lib.class_of(relpath.split("/")[:-1])
+    label = folders.class_of(relpath.split("/")[:-1])
     any_class_dir = any_class_dir or label is not None
-    files.append(convert_lib.source_file(relpath, label, listed))
+    files.append(folders.source_file(relpath, label, listed))
     sizes[relpath] = meta.size_in_bytes
-  return convert_lib.finish_listing(files, listed, any_class_dir, input_dir,
+  return folders.finish_listing(files, listed, any_class_dir, input_dir,
                                     "--input_dir"), sizes
 
 
@@ -109,7 +111,7 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
   prefix = output_dir.rstrip("/") + "/"
   existing = [m.path for m in FileSystems.match([prefix + "*"])[0].metadata_list]
   if existing and not overwrite:
-    raise convert_lib.ConversionError(
+    raise errors.ConversionError(
         f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
         "pass --overwrite to replace a previous conversion")
   ours = convert_lib.own_files([p[len(prefix):] for p in existing])
@@ -144,11 +146,11 @@ def pipeline_options_for(beam_runner: str, beam_args: Sequence[str],
   multi-processing mode; on a cluster runner, num_workers (if given) is its worker count.
 
   Raises:
-    convert_lib.ConversionError: an option no Beam runner knows.
+    errors.ConversionError: an option no Beam runner knows.
   """
   unknown = unknown_beam_options(beam_args)
   if unknown:
-    raise convert_lib.ConversionError(
+    raise errors.ConversionError(
         f"unknown flag(s) {' '.join(unknown)}: neither cxr-convert's nor a Beam "
         "pipeline option (see cxr-convert --helpfull, and Beam's pipeline options)")
   args = [f"--runner={beam_runner}"]
@@ -267,7 +269,7 @@ def _write_index(_, output_dir: str, plan: Dict[str, Any], shards: List[Dict[str
   return manifest["num_written"]
 
 
-def planned_shards(candidates: Sequence[convert_lib.SourceFile], input_dir: str,
+def planned_shards(candidates: Sequence[folders.SourceFile], input_dir: str,
                    ratios: Sequence[float], num_shards: int, shard_size_mb: float,
                    sizes: Optional[Dict[str, int]] = None) -> Dict[str, int]:
   """Shards per split, fixed before the pipeline runs (WriteToTFRecord needs a number).
@@ -323,7 +325,7 @@ def convert(input_dir: str,
     is not measured separately: the steps overlap).
 
   Raises:
-    convert_lib.ConversionError: unusable input or output, an unknown Beam option, or a
+    errors.ConversionError: unusable input or output, an unknown Beam option, or a
       split that would miss a class.
     ValueError: invalid ratios.
   """
@@ -331,7 +333,7 @@ def convert(input_dir: str,
   splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   options = pipeline_options_for(beam_runner, beam_args, num_workers)
   start = time.monotonic()
-  listed = convert_lib.read_metadata_csv(metadata_csv) if metadata_csv else None
+  listed = folders.read_metadata_csv(metadata_csv) if metadata_csv else None
   files, sizes = list_files(input_dir, listed)
   prepare_output(output_dir, overwrite)
   salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
@@ -385,7 +387,7 @@ def convert(input_dir: str,
     # Runners wrap a worker's exception in their own; ours carries the message to show.
     found = re.search(r"ConversionError: (.+?)(?:\s*\[while running|\n|$)", str(e))
     if found:
-      raise convert_lib.ConversionError(found.group(1)) from None
+      raise errors.ConversionError(found.group(1)) from None
     raise
   manifest = json.loads(_read(_join(output_dir, schema.MANIFEST_NAME)))
   seconds = time.monotonic() - start

@@ -8,10 +8,7 @@ Two passes over the files, both in parallel worker processes:
    written last, so an interrupted run never leaves a directory that looks complete.
 """
 import collections
-import csv
 import dataclasses
-import hashlib
-import hmac
 import json
 import math
 import multiprocessing
@@ -24,10 +21,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 
-from pipeline import cli
-from pipeline import image_io
-from pipeline import schema
-from pipeline import splits as splits_lib
+from cxr_edge.core import cli
+from cxr_edge.core import folders
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.core.errors import ConversionError
+from cxr_edge.pipeline import splits as splits_lib
 
 # 2: records carry image/source_format; DICOM input; patient-id sources in the manifest.
 MANIFEST_VERSION = 2
@@ -37,18 +36,6 @@ MIN_RECOGNISED_PATIENTS = 0.9
 TMP_SUFFIX = ".incomplete"  # a file being written; renamed when complete
 _PROGRESS_EVERY_S = 5.0
 
-
-class ConversionError(Exception):
-  """The input or output directory cannot be used; the message says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFile:
-  relpath: str  # relative to input_dir, with "/" separators
-  label: Optional[str]  # None when no class folder is found above the file
-  # Why this entry cannot be read at all (an unreadable or repeated folder, a file name
-  # that is not UTF-8); relpath is then printable (escaped) rather than openable.
-  problem: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,169 +71,6 @@ class ConversionResult:
     counts = ", ".join(f"{s} {self.manifest['splits'][s]['images']}" for s in schema.SPLITS)
     return (f"wrote {self.num_written} images ({counts}), rejected {self.num_rejected}, "
             f"in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)")
-
-
-def scan_input(input_dir: str, flag: str = "--input_dir",
-               listed: Optional[Dict[str, Tuple[str, str]]] = None) -> List[SourceFile]:
-  """Lists every file below input_dir with the class of its nearest class folder.
-
-  Every entry found is accounted for: hidden files (".DS_Store") are listed, to be
-  rejected with a reason rather than silently skipped; so are folders that cannot be
-  read and file names that are not UTF-8 (with `problem` set). Symbolic links to
-  folders are followed, each real folder once, so a link loop cannot recurse.
-
-  Args:
-    input_dir: the folder to search.
-    flag: the command-line flag that named it, for error messages.
-    listed: read_metadata_csv's {relpath: (patient, label)}: labels come from it, not
-      from class folders; a file it does not list, or a listed file not found, is
-      reported with `problem` set.
-
-  Raises:
-    ConversionError: input_dir is missing or unreadable, or (without `listed`) no folder
-      below it is a class folder.
-  """
-  if not os.path.isdir(input_dir):
-    raise ConversionError(f"{flag} {input_dir!r} is not a directory")
-  found: List[SourceFile] = []
-  any_class_dir = False
-  seen = set()
-
-  def unreadable(error: OSError) -> None:
-    rel = os.path.relpath(error.filename, input_dir)
-    if rel == ".":
-      raise ConversionError(f"{flag} {input_dir!r} cannot be read: {error.strerror or error}")
-    found.append(SourceFile(_printable(rel.replace(os.sep, "/")) + "/", None,
-                            f"{image_io.REASON_FOLDER}: {error.strerror or error}"))
-
-  for root, dirs, files in os.walk(input_dir, onerror=unreadable, followlinks=True):
-    st = os.stat(root)
-    seen.add((st.st_dev, st.st_ino))
-    rel_root = os.path.relpath(root, input_dir)
-    parts = [] if rel_root == "." else rel_root.split(os.sep)
-    dirs.sort()
-    for d in list(dirs):
-      try:
-        st = os.stat(os.path.join(root, d))
-      except OSError:
-        continue  # os.walk reports it through unreadable()
-      if (st.st_dev, st.st_ino) in seen:
-        dirs.remove(d)
-        found.append(SourceFile(_printable("/".join(parts + [d])) + "/", None,
-                                image_io.REASON_LOOP))
-    label = class_of(parts)
-    any_class_dir = any_class_dir or label is not None
-    for name in sorted(files):
-      relpath = "/".join(parts + [name])
-      printable = _printable(relpath)
-      if printable != relpath:
-        found.append(SourceFile(printable, label, image_io.REASON_NAME))
-      else:
-        found.append(source_file(relpath, label, listed))
-  return finish_listing(found, listed, any_class_dir, input_dir, flag)
-
-
-def class_of(folders: Sequence[str]) -> Optional[str]:
-  """The class of a file below `folders` (outermost first): the deepest class folder's."""
-  for part in reversed(folders):
-    label = schema.class_from_dirname(part)
-    if label:
-      return label
-  return None
-
-
-def source_file(relpath: str, label: Optional[str],
-                listed: Optional[Dict[str, Tuple[str, str]]]) -> SourceFile:
-  """A listed file: its class folder's label, or its --metadata_csv row's if given."""
-  if listed is None:
-    return SourceFile(relpath, label)
-  if relpath in listed:
-    return SourceFile(relpath, listed[relpath][1])
-  return SourceFile(relpath, None, image_io.REASON_NOT_LISTED)
-
-
-def finish_listing(found: List[SourceFile], listed: Optional[Dict[str, Tuple[str, str]]],
-                   any_class_dir: bool, input_dir: str, flag: str) -> List[SourceFile]:
-  """Adds --metadata_csv rows whose file was not found; refuses a tree without classes."""
-  if listed is not None:
-    seen_paths = {f.relpath for f in found}
-    return found + [SourceFile(rel, None, image_io.REASON_LISTED_MISSING)
-                    for rel in sorted(set(listed) - seen_paths)]
-  if not any_class_dir:
-    raise ConversionError(
-        f"{flag} {input_dir!r} holds no class folders (expected sub-folders named "
-        f"{' / '.join(schema.LABELS)}, any case, at any depth)")
-  return found
-
-
-def _printable(relpath: str) -> str:
-  """relpath itself if it is valid UTF-8, else with its undecodable bytes escaped."""
-  try:
-    relpath.encode("utf-8")
-    return relpath
-  except UnicodeEncodeError:  # os.walk maps undecodable bytes to lone surrogates
-    return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-# Where a patient id came from (the manifest counts them).
-ID_FROM_CSV, ID_FROM_DICOM, ID_FROM_NAME, ID_NONE = ("metadata_csv", "dicom_patient_id",
-                                                     "file_name", "none")
-
-
-def patient_id(relpath: str, dicom_tag: Optional[str] = None, listed: Optional[str] = None,
-               salt: str = "") -> Tuple[str, str]:
-  """The patient of a file and where that came from.
-
-  In order: the id given for it in --metadata_csv, its DICOM PatientID tag (both stored
-  only as a salted hash: they are often hospital record numbers), the public release's
-  file-name pattern (person1234_…, IM-0115-…; lower-cased so ids compare
-  case-insensitively); else the file is its own patient (its path is unique).
-
-  Returns:
-    (patient id, one of ID_FROM_CSV, ID_FROM_DICOM, ID_FROM_NAME, ID_NONE).
-  """
-  for given, source in ((listed, ID_FROM_CSV), (dicom_tag, ID_FROM_DICOM)):
-    if given and given.strip():
-      key = given.strip().lower().encode("utf-8")
-      digest = hmac.new(salt.encode("utf-8"), key, hashlib.sha256).hexdigest()[:20]
-      return f"h-{digest}", source
-  parsed = schema.parse_patient_id(relpath.rsplit("/", 1)[-1])
-  if parsed:
-    return parsed, ID_FROM_NAME
-  return os.path.splitext(relpath)[0], ID_NONE
-
-
-def read_metadata_csv(path: str) -> Dict[str, Tuple[str, str]]:
-  """--metadata_csv: {relpath: (patient_id, label)} from columns path, patient_id, label.
-
-  Paths are relative to --input_dir ("/" separators); labels are class names, any case.
-  Other columns (e.g. study_date) are allowed and ignored.
-
-  Raises:
-    ConversionError: unreadable file, missing columns, unknown label, repeated path.
-  """
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      rows = list(csv.DictReader(f))
-      columns = set(rows[0]) if rows else set()
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise ConversionError(f"--metadata_csv {path!r} cannot be read: {e}") from None
-  missing = {"path", "patient_id", "label"} - columns
-  if missing:
-    raise ConversionError(f"--metadata_csv {path!r} lacks column(s) {', '.join(sorted(missing))} "
-                          "(needs path, patient_id, label)")
-  listed: Dict[str, Tuple[str, str]] = {}
-  for line, row in enumerate(rows, 2):
-    label = (row["label"] or "").strip().upper()
-    if label not in schema.LABEL_TO_INDEX:
-      raise ConversionError(f"--metadata_csv line {line}: label {row['label']!r} is not one of "
-                            f"{', '.join(schema.LABELS)}")
-    rel = (row["path"] or "").strip().replace("\\", "/")
-    rel = rel[2:] if rel.startswith("./") else rel
-    if rel in listed:
-      raise ConversionError(f"--metadata_csv line {line}: {rel!r} is listed twice")
-    listed[rel] = ((row["patient_id"] or "").strip(), label)
-  return listed
 
 
 def _tool_versions() -> Dict[str, str]:
@@ -418,8 +242,8 @@ def convert(input_dir: str,
   ratios = tuple(float(r) for r in split_ratios)
   splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   start = time.monotonic()
-  listed = read_metadata_csv(metadata_csv) if metadata_csv else None
-  files = scan_input(input_dir, listed=listed)
+  listed = folders.read_metadata_csv(metadata_csv) if metadata_csv else None
+  files = folders.scan_input(input_dir, listed=listed)
   prepare_output(output_dir, overwrite)
   salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
   # TensorFlow is imported lazily (spawned workers import this module and must stay
@@ -479,7 +303,7 @@ def convert(input_dir: str,
   return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
 
 
-def triage(files: Sequence[SourceFile]) -> Tuple[List[SourceFile], List[Dict[str, str]]]:
+def triage(files: Sequence[folders.SourceFile]) -> Tuple[List[folders.SourceFile], List[Dict[str, str]]]:
   """Splits scanned files into those to inspect and rejections known from the scan."""
   rejected: List[Dict[str, str]] = []
   candidates = []
@@ -493,13 +317,13 @@ def triage(files: Sequence[SourceFile]) -> Tuple[List[SourceFile], List[Dict[str
   return candidates, rejected
 
 
-def make_record(f: SourceFile, info: image_io.ImageInfo, listed_patient: Optional[str],
+def make_record(f: folders.SourceFile, info: image_io.ImageInfo, listed_patient: Optional[str],
                 salt: str) -> Tuple[Record, str]:
   """The Record of an accepted file and where its patient id came from (ID_FROM_*).
 
   listed_patient is the file's patient id in --metadata_csv, if one was given.
   """
-  patient, source = patient_id(f.relpath, info.patient_tag, listed_patient, salt)
+  patient, source = folders.patient_id(f.relpath, info.patient_tag, listed_patient, salt)
   return Record(f.relpath, f.label, patient, info), source
 
 
@@ -565,12 +389,12 @@ def build_manifest(num_files_found: int, by_split: Dict[str, Sequence[Record]],
 def _patient_id_summary(sources: collections.Counter, salt_given: bool) -> Dict[str, Any]:
   """Where the accepted files' patient ids came from, and a warning when too few have one."""
   total = sum(sources.values())
-  summary: Dict[str, Any] = {"sources": {k: sources[k] for k in (ID_FROM_CSV, ID_FROM_DICOM,
-                                                                  ID_FROM_NAME, ID_NONE)}}
-  if sources[ID_FROM_CSV] or sources[ID_FROM_DICOM]:
+  summary: Dict[str, Any] = {"sources": {k: sources[k] for k in (folders.ID_FROM_CSV, folders.ID_FROM_DICOM,
+                                                                  folders.ID_FROM_NAME, folders.ID_NONE)}}
+  if sources[folders.ID_FROM_CSV] or sources[folders.ID_FROM_DICOM]:
     summary["hashed"] = ("salted HMAC-SHA256; salt given (--patient_id_salt)" if salt_given
                          else "salted HMAC-SHA256; random salt, not stored")
-  recognised = total - sources[ID_NONE]
+  recognised = total - sources[folders.ID_NONE]
   if total and recognised < MIN_RECOGNISED_PATIENTS * total:
     summary["warning"] = (
         f"only {recognised} of {total} files have a recognisable patient id: the split "

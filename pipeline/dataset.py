@@ -22,23 +22,19 @@ import numpy as np
 from absl import logging
 import tensorflow as tf
 
-from pipeline import augment as augment_lib
-from pipeline import augment_config
-from pipeline import convert_lib
-from pipeline import film
-from pipeline import image_folder
-from pipeline import image_io
-from pipeline import preprocess
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import film
+from cxr_edge.core import folders
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.core.errors import CorruptDataError
+from cxr_edge.pipeline import augment as augment_lib
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import preprocess
+from cxr_edge.pipeline import records
 
 AUTOTUNE = tf.data.AUTOTUNE
 CACHE_MEMORY = schema.CACHE_MEMORY
 CACHE_NONE = schema.CACHE_NONE
-
-
-class CorruptDataError(Exception):
-  """A record could not be read or decoded; the message names the shard and record."""
 
 
 @dataclasses.dataclass
@@ -305,10 +301,10 @@ def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZ
   the whole folder is held in memory (a few hundred films at 150 px are ~30 MB).
 
   Raises:
-    convert_lib.ConversionError: not a class-folder tree.
+    errors.ConversionError: not a class-folder tree.
     ValueError: no readable labelled image in it.
   """
-  items, skipped = image_folder.list_labelled_images(image_dir)
+  items, skipped = folders.list_labelled_images(image_dir)
   for s in skipped:
     logging.warning("%s: skipping %s: %s", image_dir, s["path"], s["reason"])
   if not items:

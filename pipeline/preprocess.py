@@ -8,7 +8,7 @@ from typing import Dict
 
 import tensorflow as tf
 
-from pipeline import schema
+from cxr_edge.core import schema
 
 _FEATURES = {
     **{k: tf.io.FixedLenFeature([], tf.string, default_value="" if k == schema.KEY_SOURCE_FORMAT

@@ -7,8 +7,8 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
-from pipeline import image_io
-from pipeline import schema
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
 
 
 def load_manifest(data_dir: str) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ import dataclasses
 import random
 from typing import Dict, List, Sequence, Tuple
 
-from pipeline import schema
+from cxr_edge.core import schema
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@ r"""cxr-verify: check every record of a cxr-convert output against its manifest.
 
 Usage:
   cxr-verify --tfrecord_dir=/tmp/cxr_records
-  python -m pipeline.verify --tfrecord_dir=out/records
+  python -m cxr_edge.pipeline.verify --tfrecord_dir=out/records
 
 Exits 0 and prints the record counts when everything matches; otherwise exits 1 with
 the first problem found.
@@ -12,8 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
-from pipeline import cli
-from pipeline import verify_lib
+from cxr_edge.core import cli
+from cxr_edge.pipeline import verify_lib
 
 _TFRECORD_DIR = flags.DEFINE_string("tfrecord_dir", None, "A cxr-convert output directory.")
 

@@ -5,14 +5,11 @@ from typing import Dict, List, Set
 
 from absl import logging
 
-from pipeline import cli
-from pipeline import image_io
-from pipeline import records
-from pipeline import schema
-
-
-class VerificationError(Exception):
-  """The first problem found in a conversion output."""
+from cxr_edge.core import cli
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.core.errors import VerificationError
+from cxr_edge.pipeline import records
 
 
 def verify(data_dir: str) -> Dict[str, int]:

@@ -8,7 +8,7 @@ max and mean |p - p_jpeg|. 12 bits stored are round(v * 4095 / 255), so windowin
 to 8 bits can differ from v by one grey level; 8-bit variants must agree exactly.
 
 Usage (from the repository root):
-  .venv/bin/python scripts/dicom_parity.py --model=EXPORT/model_int8.tflite \
+  .venv/bin/python -m scripts.dicom_parity --model=EXPORT/model_int8.tflite \
       --image_dir=../shared/data/chest_xray/external [--out=parity.json]
 """
 import argparse
@@ -22,11 +22,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from edge import runtime  # pylint: disable=wrong-import-position
-from pipeline import film  # pylint: disable=wrong-import-position
-from pipeline import schema  # pylint: disable=wrong-import-position
+from cxr_edge.edge import runtime
+from tests import dicom_files
+from cxr_edge.core import schema
 
 
 def _twelve(v: np.ndarray) -> np.ndarray:
@@ -35,19 +34,19 @@ def _twelve(v: np.ndarray) -> np.ndarray:
 
 # name -> (file suffix, bytes from the 8-bit pixels v)
 VARIANTS = {
-    "DICOM 8-bit MONOCHROME2": (".dcm", lambda v: film.encode_dicom(v)),
-    "DICOM 8-bit MONOCHROME1": (".dcm", lambda v: film.encode_dicom(
+    "DICOM 8-bit MONOCHROME2": (".dcm", lambda v: dicom_files.encode_dicom(v)),
+    "DICOM 8-bit MONOCHROME1": (".dcm", lambda v: dicom_files.encode_dicom(
         255 - v, photometric="MONOCHROME1")),
-    "DICOM 8-bit MONOCHROME2, VOI window 128/256": (".dcm", lambda v: film.encode_dicom(
+    "DICOM 8-bit MONOCHROME2, VOI window 128/256": (".dcm", lambda v: dicom_files.encode_dicom(
         v, window=(128, 256))),
-    "DICOM 8-bit MONOCHROME1, VOI window 128/256": (".dcm", lambda v: film.encode_dicom(
+    "DICOM 8-bit MONOCHROME1, VOI window 128/256": (".dcm", lambda v: dicom_files.encode_dicom(
         255 - v, photometric="MONOCHROME1", window=(128, 256))),
-    "DICOM 12-bit MONOCHROME2": (".dcm", lambda v: film.encode_dicom(_twelve(v), bits=12)),
-    "DICOM 12-bit MONOCHROME1": (".dcm", lambda v: film.encode_dicom(
+    "DICOM 12-bit MONOCHROME2": (".dcm", lambda v: dicom_files.encode_dicom(_twelve(v), bits=12)),
+    "DICOM 12-bit MONOCHROME1": (".dcm", lambda v: dicom_files.encode_dicom(
         4095 - _twelve(v), bits=12, photometric="MONOCHROME1")),
-    "DICOM 12-bit MONOCHROME2, VOI window 2048/4096": (".dcm", lambda v: film.encode_dicom(
+    "DICOM 12-bit MONOCHROME2, VOI window 2048/4096": (".dcm", lambda v: dicom_files.encode_dicom(
         _twelve(v), bits=12, window=(2048, 4096))),
-    "DICOM 12-bit MONOCHROME1, VOI window 2048/4096": (".dcm", lambda v: film.encode_dicom(
+    "DICOM 12-bit MONOCHROME1, VOI window 2048/4096": (".dcm", lambda v: dicom_files.encode_dicom(
         4095 - _twelve(v), bits=12, photometric="MONOCHROME1", window=(2048, 4096))),
     "PNG 12 bits in 16": (".png", lambda v: _png16(_twelve(v))),
 }
@@ -62,7 +61,7 @@ def _png16(values: np.ndarray) -> bytes:
 
 
 def _predict(model: str, folder: str, output: str) -> dict:
-  r = subprocess.run([sys.executable, "-m", "edge.predict", f"--model={model}",
+  r = subprocess.run([sys.executable, "-m", "cxr_edge.edge.predict", f"--model={model}",
                       f"--output={output}", folder], cwd=ROOT, capture_output=True, text=True,
                      check=False)
   if r.returncode != 0:
@@ -98,7 +97,7 @@ def main() -> None:
           f.write(make(v))
       got = _predict(args.model, folder, os.path.join(tmp, f"v{k}.jsonl"))
       keys = sorted(reference)
-      same = sum(got[key]["label"] == reference[key]["label"] for key in keys)
+      same = sum(got[key]["prediction"] == reference[key]["prediction"] for key in keys)
       delta = np.array([abs(got[key]["p_pneumonia"] - reference[key]["p_pneumonia"])
                         for key in keys])
       results.append({"variant": name, "films": len(keys), "same_decision": same,

@@ -7,23 +7,21 @@ inverted (MONOCHROME1 read as MONOCHROME2). Prints flags per set and the guard's
 film (decode excluded: it is shared with the prediction).
 
 Usage (from the repository root):
-  .venv/bin/python scripts/guard_check.py --image_dir=../shared/data/chest_xray/train \
+  .venv/bin/python -m scripts.guard_check --image_dir=../shared/data/chest_xray/train \
       --image_dir=../shared/data/chest_xray/external
 """
 import argparse
 import collections
 import io
 import os
-import sys
 import time
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from edge import runtime  # pylint: disable=wrong-import-position
-from pipeline import guard  # pylint: disable=wrong-import-position
-from pipeline import schema  # pylint: disable=wrong-import-position
+from cxr_edge.core import guard
+from cxr_edge.core import schema
+from cxr_edge.edge import runtime
 
 
 def _jpeg(array: np.ndarray) -> bytes:

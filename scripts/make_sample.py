@@ -2,7 +2,7 @@
 """Rebuilds data/sample/: whole patients drawn, seeded, from the shared training images.
 
 Usage:
-  python3 scripts/make_sample.py --source=../shared/data/chest_xray/train --dest=data/sample
+  python3 -m scripts.make_sample --source=../shared/data/chest_xray/train --dest=data/sample
 
 Whole patients are taken so the sample keeps the data set's structure (several films
 per patient) and a patient-grouped split of it stays meaningful.
@@ -11,10 +11,8 @@ import argparse
 import os
 import random
 import shutil
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pipeline import schema  # pylint: disable=wrong-import-position
+from cxr_edge.core import schema
 
 _TARGET = {"NORMAL": 130, "PNEUMONIA": 170}
 

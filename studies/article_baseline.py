@@ -2,7 +2,7 @@
 """The source article's recipe on our patient-grouped split, for a like-for-like comparison.
 
 Usage:
-  .venv/bin/python studies/article_baseline.py --data_dir=/tmp/cxr_records \
+  .venv/bin/python -m studies.article_baseline --data_dir=/tmp/cxr_records \
       --image_root=../shared/data/chest_xray/train --output_dir=/tmp/article --epochs=30 \
       --external_dir=../shared/data/chest_xray/external
 
@@ -19,19 +19,17 @@ import argparse
 import csv
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-import numpy as np  # pylint: disable=wrong-import-position
-import tf_keras as keras  # pylint: disable=wrong-import-position
+import numpy as np
+import tf_keras as keras
 
-from model import metrics  # pylint: disable=wrong-import-position
-from model import models  # pylint: disable=wrong-import-position
-from pipeline import dataset  # pylint: disable=wrong-import-position
-from pipeline import schema  # pylint: disable=wrong-import-position
+from cxr_edge.core import metrics
+from cxr_edge.core import schema
+from cxr_edge.model import models
+from cxr_edge.pipeline import dataset
 
 
 def link_split(data_dir: str, split: str, image_root: str, dest: str) -> int:

@@ -2,8 +2,8 @@
 """Measures conversion throughput: the local converter and the Beam runner, same run.
 
 Usage:
-  .venv/bin/python studies/benchmark_convert.py --input_dir=../shared/data/chest_xray/train
-  .venv/bin/python studies/benchmark_convert.py --runners=local   # without Apache Beam
+  .venv/bin/python -m studies.benchmark_convert --input_dir=../shared/data/chest_xray/train
+  .venv/bin/python -m studies.benchmark_convert --runners=local   # without Apache Beam
 
 Each configuration (runner x 1 and --workers worker processes) converts the whole input
 into a fresh temp dir --repeats times; the median rate (files found / wall seconds,
@@ -15,16 +15,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pipeline import convert_lib  # pylint: disable=wrong-import-position
+from cxr_edge.pipeline import convert_lib
 
 
 def _convert(runner: str, input_dir: str, output_dir: str, workers: int):
   if runner == "beam":
-    from pipeline import convert_beam  # pylint: disable=g-import-not-at-top
+    from cxr_edge.pipeline import convert_beam  # pylint: disable=g-import-not-at-top
     return convert_beam.convert(input_dir, output_dir, num_workers=workers)
   return convert_lib.convert(input_dir, output_dir, num_workers=workers)
 

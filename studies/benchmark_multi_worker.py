@@ -3,7 +3,7 @@
 workers on this machine (localhost, TF_CONFIG), same run.
 
 Usage:
-  .venv/bin/python studies/benchmark_multi_worker.py --data_dir=/tmp/cxr_records
+  .venv/bin/python -m studies.benchmark_multi_worker --data_dir=/tmp/cxr_records
 
 Both train the same model for --epochs x --steps steps at --batch_size per replica (the
 two workers' global batch is twice that); each reports its training seconds
@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 def _train(args, model_dir: str, workers: int) -> float:
   """Training seconds of the chief (or the single process)."""
-  command = [sys.executable, "-m", "model.train", f"--data_dir={args.data_dir}",
+  command = [sys.executable, "-m", "cxr_edge.model.train", f"--data_dir={args.data_dir}",
              f"--model_dir={model_dir}", f"--model={args.model}",
              f"--image_size={args.image_size}", f"--epochs={args.epochs}",
              f"--steps_per_epoch={args.steps}", f"--batch_size={args.batch_size}"]

@@ -9,9 +9,9 @@ cd "$ROOT"
 DATA_DIR="$1"; OUT="$2"
 for model in edge_cnn edge_dwsep_cnn; do
   rm -rf "$OUT/$model"
-  "$PY" -m studies.with_study_models model.train --data_dir="$DATA_DIR" --model_dir="$OUT/$model/model" --model="$model" \
+  "$PY" -m studies.with_study_models cxr_edge.model.train --data_dir="$DATA_DIR" --model_dir="$OUT/$model/model" --model="$model" \
     --epochs=1 --steps_per_epoch=20 --cache=none
-  "$PY" -m studies.with_study_models export.export --model_dir="$OUT/$model/model" --data_dir="$DATA_DIR" \
+  "$PY" -m studies.with_study_models cxr_edge.export.export --model_dir="$OUT/$model/model" --data_dir="$DATA_DIR" \
     --export_dir="$OUT/$model/export" --variants=float32 --variants=int8 \
     --latency_runs=300 > /dev/null
 done
@@ -22,7 +22,7 @@ print("| --- | --- | --- | --- | --- | --- |")
 for model in ("edge_cnn", "edge_dwsep_cnn"):
   r = json.load(open(os.path.join(sys.argv[1], model, "export", "export_report.json")))["variants"]
   from studies import models as study_models
-  from model import model_dir as model_dir_lib
+  from cxr_edge.model import model_dir as model_dir_lib
   study_models.register()
   params = model_dir_lib.load_model_dir(os.path.join(sys.argv[1], model, "model"))[0].count_params()
   print(f"| {model} | {params:,} | {r['float32']['bytes'] / 1024:.0f} | {r['int8']['bytes'] / 1024:.0f} | "

@@ -3,15 +3,15 @@
 
 Usage:
   # choose between recipes on validation only:
-  .venv/bin/python studies/compare_runs.py --data_dir=/tmp/rec --split=val \
+  .venv/bin/python -m studies.compare_runs --data_dir=/tmp/rec --split=val \
       --group=default=/tmp/m42,/tmp/m1,/tmp/m2 --group=contrast=/tmp/c42,/tmp/c1,/tmp/c2
   # then score the chosen one, and the article recipe's runs, on test:
-  .venv/bin/python studies/compare_runs.py --data_dir=/tmp/rec --split=test \
+  .venv/bin/python -m studies.compare_runs --data_dir=/tmp/rec --split=test \
       --group=default=/tmp/m42,/tmp/m1,/tmp/m2 \
       --article=/tmp/article_s0/article_baseline.json,/tmp/article_s1/article_baseline.json
 
 Each cxr-train directory is scored at the threshold the current rule
-(model.metrics.choose_threshold) picks on its validation predictions, so runs trained
+(cxr_edge.core.metrics.choose_threshold) picks on its validation predictions, so runs trained
 before a rule change are compared on equal terms. Article-recipe results
 (studies/article_baseline.py JSON, test split at 0.5) are listed as they are. Prints a
 Markdown table: one row per run, then each group's mean.
@@ -19,18 +19,16 @@ Markdown table: one row per run, then each group's mean.
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from model import metrics  # pylint: disable=wrong-import-position
-from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
-from model import train_lib  # pylint: disable=wrong-import-position
-from pipeline import dataset  # pylint: disable=wrong-import-position
-from studies import groups  # pylint: disable=wrong-import-position
+from cxr_edge.core import metrics
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import train_lib
+from cxr_edge.pipeline import dataset
+from studies import groups
 
 COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc", "log_loss", "brier", "errors")
 

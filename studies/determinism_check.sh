@@ -13,8 +13,8 @@ for i in 1 2; do
   for mode in plain det; do
     extra=()
     [ "$mode" = det ] && extra=(--deterministic)
-    "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$OUT/${mode}_$i" --epochs=2 \
+    "$PY" -m cxr_edge.model.train --data_dir="$DATA_DIR" --model_dir="$OUT/${mode}_$i" --epochs=2 \
       --overwrite "${extra[@]}"
   done
 done
-"$PY" studies/same_weights.py "$OUT/det_1" "$OUT/det_2" "$OUT/plain_1" "$OUT/plain_2"
+"$PY" -m studies.same_weights "$OUT/det_1" "$OUT/det_2" "$OUT/plain_1" "$OUT/plain_2"

@@ -1,14 +1,14 @@
 """Global histogram equalization before the resize: a preprocessing variant, studied.
 
-Not the product's preprocessing. `register()` swaps it into pipeline.preprocess (training,
-evaluation, export, calibration images) and edge.runtime (the TFLite scoring) for the
+Not the product's preprocessing. `register()` swaps it into cxr_edge.pipeline.preprocess (training,
+evaluation, export, calibration images) and cxr_edge.edge.runtime (the TFLite scoring) for the
 length of a study process; both versions are integer-exact, so they agree bit for bit.
 """
 import numpy as np
 import tensorflow as tf
 
-from edge import runtime
-from pipeline import preprocess
+from cxr_edge.edge import runtime
+from cxr_edge.pipeline import preprocess
 
 
 def equalize_tf(image: tf.Tensor) -> tf.Tensor:

@@ -2,7 +2,7 @@
 """Scores groups of training runs (recipes x seeds) on an external folder, as devices would.
 
 Usage:
-  .venv/bin/python studies/external_study.py --data_dir=/tmp/rec \
+  .venv/bin/python -m studies.external_study --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external --out=/tmp/study/external \
       --exports=/tmp/study/exports \
       --group=rotation+zoom=/tmp/study/rz_42,/tmp/study/rz_1,/tmp/study/rz_2 \
@@ -25,25 +25,23 @@ import argparse
 import csv
 import json
 import os
-import sys
 from typing import Any, Dict, List, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from edge import calibrate_lib  # pylint: disable=wrong-import-position
-from edge import runtime  # pylint: disable=wrong-import-position
-from export import export_lib  # pylint: disable=wrong-import-position
-from export import variants as variant_names  # pylint: disable=wrong-import-position
-from model import metrics  # pylint: disable=wrong-import-position
-from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
-from model import train_lib  # pylint: disable=wrong-import-position
-from model import train_config
-from pipeline import convert_lib  # pylint: disable=wrong-import-position
-from pipeline import schema  # pylint: disable=wrong-import-position
-from pipeline import splits  # pylint: disable=wrong-import-position
-from studies import groups  # pylint: disable=wrong-import-position
+from cxr_edge.core import metrics
+from cxr_edge.core import schema
+from cxr_edge.edge import calibrate_lib
+from cxr_edge.edge import runtime
+from cxr_edge.export import export_lib
+from cxr_edge.export import variants as variant_names
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import train_config
+from cxr_edge.model import train_lib
+from cxr_edge.pipeline import splits
+from studies import groups
+from cxr_edge.core import folders
 
 KEYS = ("accuracy", "sensitivity", "specificity")
 SPLIT_SEEDS = (0, 1, 2, 3, 4)
@@ -134,7 +132,7 @@ def article_run(path: str) -> Tuple[int, Dict[str, Any]]:
       if row["set"] == "external":
         y.append(schema.LABEL_TO_INDEX[row["label"]])
         p.append(float(row["probability"]))
-        patients.append(convert_lib.patient_id(row["file"])[0])
+        patients.append(folders.patient_id(row["file"])[0])
   e = metrics.operating_point(np.array(y), np.array(p), 0.5, patients)
   if abs(e["accuracy"] - result["external"]["accuracy"]) > 1e-9:
     raise ValueError(f"{path}: its predictions.csv gives external accuracy {e['accuracy']:.4f}, "

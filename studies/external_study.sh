@@ -41,7 +41,7 @@ SEEDS="42 1 2"
 # train_runs and the two trainings outside it (FLAGS can say otherwise: cxr-train takes a
 # repeated flag's last value).
 # TRAIN is the trainer ($PY's arguments before the flags).
-TRAIN=(-m model.train)
+TRAIN=(-m cxr_edge.model.train)
 BEFORE_40=(--epochs=30)
 train_runs() {
   local prefix="$1" seeds="$2" s d
@@ -63,7 +63,7 @@ joined() { (IFS=,; echo "$*"); }
 score() {
   local name="$1"
   shift
-  "$PY" studies/external_study.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+  "$PY" -m studies.external_study --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
     --exports="$OUT/exports" --out="$OUT/$name" "$@"
 }
 # Every recipe measured before weight decay joined the default is reproduced without it,
@@ -82,7 +82,7 @@ articles=()
 if [ -n "$IMAGE_ROOT" ]; then
   for s in 0 1 2; do
     if [ ! -f "$OUT/article_$s/article_baseline.json" ]; then
-      "$PY" studies/article_baseline.py --data_dir="$DATA_DIR" --image_root="$IMAGE_ROOT" \
+      "$PY" -m studies.article_baseline --data_dir="$DATA_DIR" --image_root="$IMAGE_ROOT" \
         --output_dir="$OUT/article_$s" --seed="$s" --external_dir="$EXTERNAL_DIR"
     fi
     articles+=("$OUT/article_$s/article_baseline.json")
@@ -96,13 +96,13 @@ echo "== the rotation+zoom runs at the rule before that (validation Youden J)"
 score external_youden "${groups[0]}" --threshold_rule=youden
 echo "== the probe for the next lever (before weight decay): test-time augmentation and a"
 echo "   seed ensemble of the rotation+zoom+brightness+contrast runs"
-"$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+"$PY" -m studies.probe_tta_ensemble --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   "${previous_runs[@]}"
 
 echo "== later levers, not adopted: histogram equalization (3 seeds), 224-px input (seed 42)"
-TRAIN=(-m studies.with_study_models --equalize model.train)
+TRAIN=(-m studies.with_study_models --equalize cxr_edge.model.train)
 train_runs equalize "$SEEDS" "${BEFORE_WD[@]}"
-TRAIN=(-m model.train)
+TRAIN=(-m cxr_edge.model.train)
 score external_equalize --equalize --threshold_rule=balanced \
   "--group=equalize=$(joined "${RUNS[@]}")"
 # lever NAME PREFIX SEEDS LABEL FLAGS...: the recipe before weight decay plus FLAGS, one
@@ -137,19 +137,19 @@ for prefix in rotation+zoom+brightness+contrast default; do
   for s in $SEEDS; do
     int8+=("$OUT/exports/balanced/export_${prefix}_$s/model_int8.tflite")
   done
-  "$PY" studies/operating_points.py --at_prevalence --external_dir="$EXTERNAL_DIR" "${int8[@]}"
+  "$PY" -m studies.operating_points --at_prevalence --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 done
 echo "== sites with another share of PNEUMONIA: the shipped threshold vs cxr-calibrate --prevalence"
 int8=()
 for s in $SEEDS; do
   int8+=("$OUT/exports/prevalence/export_default_$s/model_int8.tflite")
 done
-"$PY" studies/site_prevalence.py --external_dir="$EXTERNAL_DIR" "${int8[@]}"
+"$PY" -m studies.site_prevalence --external_dir="$EXTERNAL_DIR" "${int8[@]}"
 echo "== the previous default (brightness + contrast, threshold by validation Youden J), seed 42"
 d="$OUT/previous_default_42"
 if [ ! -f "$d/model_info.json" ]; then
   rm -rf "$d"
-  "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment=brightness,contrast \
+  "$PY" -m cxr_edge.model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment=brightness,contrast \
     --threshold_rule=youden --seed=42 --external_dir="$EXTERNAL_DIR" "${BEFORE_40[@]}" \
     "${BEFORE_WD[@]}"
 fi
@@ -164,7 +164,7 @@ for d in "${best_runs[@]}"; do
   if ! grep -qs '"keep_epoch": "last"' "${d}_last/model_info.json"; then
     rm -rf "${d}_last"
     cp -r "$d" "${d}_last"
-    "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="${d}_last" --seed="${d##*_}" \
+    "$PY" -m cxr_edge.model.train --data_dir="$DATA_DIR" --model_dir="${d}_last" --seed="${d##*_}" \
       --external_dir="$EXTERNAL_DIR" --deterministic --keep_epoch=last "${BEFORE_40[@]}"
   fi
   last_runs+=("${d}_last")
@@ -180,7 +180,7 @@ score external_weight_decay_1 "--group=default=$(joined "${last_runs[@]}")" \
 echo "== test-time augmentation on the default's three deterministic runs above: int8 via the"
 echo "   edge runtime, fixed warps, re-centred by its validation shift (not adopted unless"
 echo "   its rule held: docs/external_study.md)"
-"$PY" studies/probe_tta_ensemble.py --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
+"$PY" -m studies.probe_tta_ensemble --data_dir="$DATA_DIR" --external_dir="$EXTERNAL_DIR" \
   --exports="$OUT/exports" "${last_runs[@]}"
 echo "== the default over three more deterministic seeds (6, 7, 8; trained with the default"
 echo "   --keep_epoch=last), and over all six"

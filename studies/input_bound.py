@@ -11,21 +11,19 @@ imports no training code.
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Dict
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-import tensorflow as tf  # pylint: disable=wrong-import-position
-import tf_keras as keras  # pylint: disable=wrong-import-position
+import tensorflow as tf
+import tf_keras as keras
 
-from model import models  # pylint: disable=wrong-import-position
-from model import train_lib  # pylint: disable=wrong-import-position
-from pipeline import augment_config  # pylint: disable=wrong-import-position
-from pipeline import benchmark_lib  # pylint: disable=wrong-import-position
-from pipeline import dataset  # pylint: disable=wrong-import-position
-from pipeline import schema  # pylint: disable=wrong-import-position
+from cxr_edge.core import schema
+from cxr_edge.model import models
+from cxr_edge.model import train_lib
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import benchmark_lib
+from cxr_edge.pipeline import dataset
 
 
 def input_bound(data_dir: str, model_name: str, image_size: int, batch_size: int,

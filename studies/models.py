@@ -1,12 +1,12 @@
 """Network designs that were compared with the product's and not chosen.
 
-`register()` adds them to model.models.MODELS for the length of a study process, so
+`register()` adds them to cxr_edge.model.models.MODELS for the length of a study process, so
 cxr-train and cxr-export can train and convert them (studies/with_study_models.py).
 """
 import tf_keras as keras
 
-from model import models
-from pipeline import schema
+from cxr_edge.core import schema
+from cxr_edge.model import models
 
 
 def _separable_block(x, filters: int, stride: int, name: str):
@@ -39,5 +39,5 @@ STUDY_MODELS = {"edge_dwsep_cnn": edge_dwsep_cnn}
 
 
 def register() -> None:
-  """Makes the study designs buildable by name (before model.train defines --model)."""
+  """Makes the study designs buildable by name (before cxr_edge.model.train defines --model)."""
   models.MODELS.update(STUDY_MODELS)

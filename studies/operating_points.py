@@ -2,7 +2,7 @@
 """A bound, not a product feature: could any threshold meet issue 9's targets together?
 
 Usage:
-  .venv/bin/python studies/operating_points.py \
+  .venv/bin/python -m studies.operating_points \
       --external_dir=../shared/data/chest_xray/external \
       /tmp/study/external/balanced/export_rotation+zoom+brightness+contrast_42/model_int8.tflite
 
@@ -14,21 +14,19 @@ floors and without them. If even the oracle misses a target, no threshold rule c
 it for that model: the ranking (ROC-AUC) has to improve.
 
 With --at_prevalence, also the threshold a site could set from its prevalence alone,
-without labelled films (model.metrics.prevalence_threshold; 1 - prevalence for balanced
+without labelled films (cxr_edge.core.metrics.prevalence_threshold; 1 - prevalence for balanced
 class weights), here with the prevalence of these films (so it uses their class balance,
 though no single label).
 """
 import argparse
 import os
-import sys
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from edge import calibrate_lib  # pylint: disable=wrong-import-position
-from edge import runtime  # pylint: disable=wrong-import-position
-from model import metrics  # pylint: disable=wrong-import-position
+from cxr_edge.core import metrics
+from cxr_edge.edge import calibrate_lib
+from cxr_edge.edge import runtime
 
 KEYS = ("accuracy", "sensitivity", "specificity")
 

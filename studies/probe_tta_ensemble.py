@@ -3,11 +3,11 @@
 external films better?
 
 Usage:
-  .venv/bin/python studies/probe_tta_ensemble.py \
+  .venv/bin/python -m studies.probe_tta_ensemble \
       --external_dir=../shared/data/chest_xray/external /tmp/study/rz_42 /tmp/study/rz_1
-  .venv/bin/python studies/probe_tta_ensemble.py --data_dir=/tmp/rec \
+  .venv/bin/python -m studies.probe_tta_ensemble --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external /tmp/study/rz_42 /tmp/study/rz_1
-  .venv/bin/python studies/probe_tta_ensemble.py --data_dir=/tmp/rec \
+  .venv/bin/python -m studies.probe_tta_ensemble --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external --exports=/tmp/study/external \
       /tmp/study/default_det_3 /tmp/study/default_det_4 /tmp/study/default_det_5
 
@@ -29,25 +29,23 @@ fixed warps rather than random numbers on the device.
 """
 import argparse
 import os
-import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-import numpy as np  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
+import numpy as np
+import tensorflow as tf
 
-from edge import runtime  # pylint: disable=wrong-import-position
-from export import export_lib  # pylint: disable=wrong-import-position
-from model import metrics  # pylint: disable=wrong-import-position
-from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
-from model import models  # pylint: disable=wrong-import-position
-from model import train_config  # pylint: disable=wrong-import-position
-from pipeline import augment  # pylint: disable=wrong-import-position
-from pipeline import augment_config  # pylint: disable=wrong-import-position
-from pipeline import dataset  # pylint: disable=wrong-import-position
-from studies import external_study  # pylint: disable=wrong-import-position
+from cxr_edge.core import metrics
+from cxr_edge.edge import runtime
+from cxr_edge.export import export_lib
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import models
+from cxr_edge.model import train_config
+from cxr_edge.pipeline import augment
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import dataset
+from studies import external_study
 
 VARIANTS = 8
 TTA = augment_config.AugmentConfig(rotation_deg=10.0, zoom=0.15)

@@ -14,10 +14,10 @@ for exp in I II III IV V; do
     rm -rf "$OUT/$exp"
     # The article's network and optimizer (constant Adam 1e-3, no weight decay, unweighted
     # classes).
-    "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$OUT/$exp/model" --model=seed_cnn \
+    "$PY" -m cxr_edge.model.train --data_dir="$DATA_DIR" --model_dir="$OUT/$exp/model" --model=seed_cnn \
       --augment="${AUGMENT[$exp]}" --epochs="$EPOCHS" --lr_schedule=constant --class_weight=none \
       --weight_decay=0
-    "$PY" -m model.evaluate --model_dir="$OUT/$exp/model" --data_dir="$DATA_DIR" --split=test \
+    "$PY" -m cxr_edge.model.evaluate --model_dir="$OUT/$exp/model" --data_dir="$DATA_DIR" --split=test \
       --output_dir="$OUT/$exp/eval"
   fi
 done

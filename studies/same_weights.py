@@ -2,7 +2,7 @@
 """Whether cxr-train runs ended with the same weights, bit for bit, and what each cost.
 
 Usage:
-  .venv/bin/python studies/same_weights.py /tmp/repro/det_1 /tmp/repro/det_2 \
+  .venv/bin/python -m studies.same_weights /tmp/repro/det_1 /tmp/repro/det_2 \
       /tmp/repro/plain_1 /tmp/repro/plain_2
 
 Runs are compared in the order given, in pairs (1st with 2nd, 3rd with 4th, ...): for
@@ -12,16 +12,14 @@ differs between identical runs (it stores the save time), hence the weights.
 """
 import argparse
 import os
-import sys
 from typing import List
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from model import model_dir as model_dir_lib  # pylint: disable=wrong-import-position
-from pipeline import cli  # pylint: disable=wrong-import-position
+from cxr_edge.core import cli
+from cxr_edge.model import model_dir as model_dir_lib
 
 
 def largest_difference(a: List[np.ndarray], b: List[np.ndarray]) -> float:

@@ -26,7 +26,7 @@ for aug in brightness brightness,contrast brightness,translation; do
     if [ ! -f "$d/model_info.json" ]; then
       rm -rf "$d"
       # --weight_decay=0: these recipes were measured before weight decay was the default.
-      "$PY" -m model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment="$aug" --seed="$s" \
+      "$PY" -m cxr_edge.model.train --data_dir="$DATA_DIR" --model_dir="$d" --augment="$aug" --seed="$s" \
         --epochs="$EPOCHS" --weight_decay=0
     fi
     dirs+=("$d")
@@ -36,13 +36,13 @@ done
 articles=()
 for s in 0 1 2; do
   if [ ! -f "$OUT/article_$s/article_baseline.json" ]; then
-    "$PY" studies/article_baseline.py --data_dir="$DATA_DIR" --image_root="$IMAGE_ROOT" \
+    "$PY" -m studies.article_baseline --data_dir="$DATA_DIR" --image_root="$IMAGE_ROOT" \
       --output_dir="$OUT/article_$s" --epochs="$EPOCHS" --seed="$s"
   fi
   articles+=("$OUT/article_$s/article_baseline.json")
 done
 echo "== choosing on validation"
-"$PY" studies/compare_runs.py --data_dir="$DATA_DIR" --split=val "${groups[@]}"
+"$PY" -m studies.compare_runs --data_dir="$DATA_DIR" --split=val "${groups[@]}"
 echo "== test split: the previous default (brightness,contrast) and the article's recipe"
-"$PY" studies/compare_runs.py --data_dir="$DATA_DIR" --split=test "${groups[1]}" \
+"$PY" -m studies.compare_runs --data_dir="$DATA_DIR" --split=test "${groups[1]}" \
   --article="$(IFS=,; echo "${articles[*]}")"

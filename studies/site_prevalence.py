@@ -2,7 +2,7 @@
 """What a site's share of PNEUMONIA does to a fixed threshold, and what --prevalence recovers.
 
 Usage:
-  .venv/bin/python studies/site_prevalence.py \
+  .venv/bin/python -m studies.site_prevalence \
       --external_dir=../shared/data/chest_xray/external --prevalences=0.1,0.3,0.5,0.625,0.8 \
       /tmp/study/external/prevalence/export_default_42/model_int8.tflite ...
 
@@ -15,16 +15,13 @@ gives that accuracy at the threshold the model ships with, at 0.5, and at the th
 uses P, not the films' labels), as means over the models with their range.
 """
 import argparse
-import os
-import sys
 from typing import Dict, List
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from edge import calibrate_lib  # pylint: disable=wrong-import-position
-from edge import runtime  # pylint: disable=wrong-import-position
-from model import metrics  # pylint: disable=wrong-import-position
+from cxr_edge.core import metrics
+from cxr_edge.edge import calibrate_lib
+from cxr_edge.edge import runtime
 
 
 def site_accuracy(labels: np.ndarray, p: np.ndarray, threshold: float,

@@ -1,10 +1,10 @@
 r"""Runs a cxr-edge job with the study-only variants: networks by name, --equalize.
 
 Usage (from the repository root):
-  .venv/bin/python -m studies.with_study_models model.train --data_dir=/tmp/rec \
+  .venv/bin/python -m studies.with_study_models cxr_edge.model.train --data_dir=/tmp/rec \
       --model_dir=/tmp/dwsep --model=edge_dwsep_cnn
-  .venv/bin/python -m studies.with_study_models export.export --model_dir=/tmp/dwsep ...
-  .venv/bin/python -m studies.with_study_models --equalize model.train --data_dir=/tmp/rec \
+  .venv/bin/python -m studies.with_study_models cxr_edge.export.export --model_dir=/tmp/dwsep ...
+  .venv/bin/python -m studies.with_study_models --equalize cxr_edge.model.train --data_dir=/tmp/rec \
       --model_dir=/tmp/heq_42 --external_dir=../shared/data/chest_xray/external
 
 --equalize (before the module): histogram equalization in every preprocessing of the

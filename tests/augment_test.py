@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment
-from pipeline import augment_config
+from cxr_edge.pipeline import augment
+from cxr_edge.pipeline import augment_config
 
 
 def _images(seed=0, shape=(4, 30, 40, 1)):

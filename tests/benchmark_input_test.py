@@ -6,7 +6,7 @@ from tests.conftest import SAMPLE_DIR, run_main
 
 
 def _main(**flag_values):
-  run_main("pipeline.benchmark_input", **flag_values)
+  run_main("cxr_edge.pipeline.benchmark_input", **flag_values)
 
 
 def test_benchmark_smoke_on_sample(sample_records, capsys):

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from edge import calibrate_lib
-from edge import package
-from edge import runtime
-from model import metrics
-from pipeline import image_io
+from cxr_edge.core import image_io
+from cxr_edge.core import metrics
+from cxr_edge.edge import calibrate_lib
+from cxr_edge.edge import package
+from cxr_edge.edge import runtime
 from tests.conftest import (ROOT, SAMPLE_DIR, parsed_flags, run_main, run_module,
                             write_file)
 
@@ -148,7 +148,7 @@ def test_prevalence_needs_a_package_that_records_its_class_prior(exported, tmp_p
 
 def test_neither_films_nor_prevalence_is_refused_on_the_command_line(tmp_path):
   # Only a whole command line runs every validator (flagsaver checks the flags it sets).
-  r = run_module("edge.calibrate", "--model=m.tflite", f"--output_dir={tmp_path / 'o'}",
+  r = run_module("cxr_edge.edge.calibrate", "--model=m.tflite", f"--output_dir={tmp_path / 'o'}",
                  timeout=120)
   assert r.returncode == 1
   assert ("give --image_dir (labelled local films) or --prevalence (the local share of "
@@ -166,7 +166,7 @@ def test_neither_films_nor_prevalence_is_refused_on_the_command_line(tmp_path):
 ])
 def test_contradictory_or_missing_choice_flags_are_refused(flag_strings, message):
   with pytest.raises(Exception, match=re.escape(message)):
-    with parsed_flags("edge.calibrate", model="m.tflite", output_dir="o", **flag_strings):
+    with parsed_flags("cxr_edge.edge.calibrate", model="m.tflite", output_dir="o", **flag_strings):
       pass
 
 
@@ -182,7 +182,7 @@ def test_fit_temperature_minimizes_local_log_loss(exported, tmp_path):
 
 
 def _main(**overrides):
-  run_main("edge.calibrate", **overrides)
+  run_main("cxr_edge.edge.calibrate", **overrides)
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -216,7 +216,7 @@ def test_runs_without_tensorflow_and_prints_intervals(exported, tmp_path):
   code = ("import sys\n"
           "for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
           "  sys.modules[m] = None\n"
-          "from edge import calibrate\n"
+          "from cxr_edge.edge import calibrate\n"
           "sys.argv = ['cxr-calibrate'] + sys.argv[1:]\n"
           "calibrate.run()\n")
   env = dict(os.environ)

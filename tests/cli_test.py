@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from cxr_edge.core.version import __version__
+from tests.conftest import JOBS, ROOT, console_script
 
 
 def _help(module, entry="run"):
@@ -18,8 +19,8 @@ def _help(module, entry="run"):
 
 
 @pytest.mark.parametrize("module, usage, own_flag, required", [
-    ("edge.predict", "cxr-predict --model=", "--threads", "--model"),
-    ("model.train", "cxr-train --data_dir=", "--init_from", "--data_dir"),
+    ("cxr_edge.edge.predict", "cxr-predict --model=", "--threads", "--model"),
+    ("cxr_edge.model.train", "cxr-train --data_dir=", "--init_from", "--data_dir"),
 ])
 def test_help_shows_the_jobs_docstring_and_own_flags(module, usage, own_flag, required):
   r = _help(module)
@@ -30,7 +31,7 @@ def test_help_shows_the_jobs_docstring_and_own_flags(module, usage, own_flag, re
   flag_block = out[out.index(f"  {required}:"):]
   assert "(required)" in flag_block.split("\n  --")[0]
   assert "--helpfull" in out and "--alsologtostderr" not in out  # absl's own stay hidden
-  if module == "model.train":
+  if module == "cxr_edge.model.train":
     assert "depthwise-separable" not in out
 
 
@@ -38,10 +39,12 @@ def test_help_shows_the_jobs_docstring_and_own_flags(module, usage, own_flag, re
     ("raise KeyboardInterrupt", 130, "cxr-fake: interrupted"),
     ("open('/nonexistent-folder/x.json', 'w')", 1,
      "cxr-fake: error: No such file or directory: /nonexistent-folder/x.json"),
+    ("from cxr_edge.core import errors; raise errors.ConversionError('--input_dir is empty')",
+     1, "cxr-fake: error: --input_dir is empty"),
 ])
 def test_interrupts_and_os_errors_end_in_one_line(body, status, message):
   code = ("import sys\n"
-          "from pipeline import cli\n"
+          "from cxr_edge.core import cli\n"
           "sys.argv = ['cxr-fake']\n"
           f"def main(argv):\n  {body}\n"
           "cli.run(main, '__main__', prog='cxr-fake')\n")
@@ -51,10 +54,27 @@ def test_interrupts_and_os_errors_end_in_one_line(body, status, message):
   assert r.stderr.strip() == message  # no traceback
 
 
+@pytest.mark.parametrize("module", JOBS)
+def test_every_job_has_version_even_without_its_required_flags(module):
+  code = (f"import sys; sys.argv = ['{console_script(module)}', '--version']\n"
+          f"from {module.rsplit('.', 1)[0]} import {module.rsplit('.', 1)[1]} as job\n"
+          "job.run()\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == f"{console_script(module)} (cxr-edge) {__version__}"
+  assert "--[no]version: print the cxr-edge version" in _help(module).stdout
+
+
+def test_the_version_has_one_home():
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  assert importlib.metadata.version("cxr-edge") == __version__
+
+
 def test_quiet_logging_keeps_our_info_and_everyones_warnings():
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  from cxr_edge.core import cli  # pylint: disable=g-import-not-at-top
   cli._configure_logging()  # pylint: disable=protected-access
   keep = logging.get_absl_handler().filters[-1].filter
 
@@ -76,7 +96,7 @@ def test_quiet_logging_keeps_our_info_and_everyones_warnings():
 
 def test_native_stderr_quiet_discards_only_inside_the_block():
   code = ("import os\n"
-          "from pipeline import cli\n"
+          "from cxr_edge.core import cli\n"
           "os.write(2, b'before\\n')\n"
           "with cli.native_stderr_quiet():\n"
           "  os.write(2, b'native chatter\\n')\n"

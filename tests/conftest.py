@@ -61,7 +61,7 @@ def image_tree(tmp_path):
 @pytest.fixture(scope="session")
 def sample_records(tmp_path_factory):
   """The embedded sample converted once per session (train has 2 shards)."""
-  from pipeline import convert_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.pipeline import convert_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("sample_records"))
   convert_lib.convert(SAMPLE_DIR, out, num_shards=2, num_workers=2, overwrite=True)
   return out
@@ -74,8 +74,8 @@ def trained_model(sample_records, tmp_path_factory):
   Its threshold comes from validation (Youden J), so tests see a threshold other than
   0.5, and the QAT run (same rule) its own.
   """
-  from model import train_lib  # pylint: disable=g-import-not-at-top
-  from model import train_config  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import train_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import train_config  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("model"))
   train_lib.train(train_config.TrainConfig(
       data_dir=sample_records, model_dir=model_dir, model="seed_cnn", image_size=48,
@@ -96,7 +96,7 @@ def sample_subset(root: str, per_class: int) -> str:
 @pytest.fixture(scope="session")
 def qat_model(trained_model, sample_records, tmp_path_factory):
   """trained_model fine-tuned quantization-aware for one short epoch (cxr-train --qat)."""
-  from model import train_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import train_lib  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("qat"))
   train_lib.train(train_lib.qat_config(trained_model, model_dir, sample_records, epochs=1,
                                        steps_per_epoch=3, verbose=0))
@@ -107,7 +107,7 @@ def qat_model(trained_model, sample_records, tmp_path_factory):
 def exported(trained_model, qat_model, sample_records, tmp_path_factory):
   """trained_model exported with every variant (qat_int8 from qat_model, few latency
   runs), its report scoring a 20-film external folder too."""
-  from export import export_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.export import export_lib  # pylint: disable=g-import-not-at-top
   export_dir = str(tmp_path_factory.mktemp("export") / "e")
   external = sample_subset(str(tmp_path_factory.mktemp("external")), 10)
   report = export_lib.export(trained_model, sample_records, export_dir, calibration_samples=32,
@@ -126,8 +126,8 @@ def require_shared(part: str = "train"):
 
 # The job modules: each defines its flags at import, as a binary does, and several share
 # flag names (--data_dir, --model, ...), so one process can hold only one job's flags.
-JOBS = ("pipeline.convert", "pipeline.verify", "pipeline.benchmark_input", "model.train",
-        "model.evaluate", "export.export", "edge.predict", "edge.calibrate")
+JOBS = ("cxr_edge.pipeline.convert", "cxr_edge.pipeline.verify", "cxr_edge.pipeline.benchmark_input", "cxr_edge.model.train",
+        "cxr_edge.model.evaluate", "cxr_edge.export.export", "cxr_edge.edge.predict", "cxr_edge.edge.calibrate")
 
 
 def job(module: str):
@@ -156,10 +156,21 @@ def run_main(module: str, *args: str, **flag_values):
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from cxr_edge.core import errors  # pylint: disable=g-import-not-at-top
   mod = job(module)
   with flagsaver.flagsaver(**flag_values):
     flags.FLAGS.mark_as_parsed()
-    return mod.main([module, *args])
+    try:
+      return mod.main([module, *args])
+    except errors.CxrError as e:  # as cli.run turns it into the binary's one line
+      raise SystemExit(f"{console_script(module)}: error: {e}") from e
+
+
+def console_script(module: str) -> str:
+  """The command a job module is installed as (setup.cfg's console_scripts)."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  return next(e.name for e in importlib.metadata.entry_points(group="console_scripts")
+              if e.value == f"{module}:run")
 
 
 @contextlib.contextmanager
@@ -179,9 +190,9 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
 
 
 def dicom_bytes(pixels: np.ndarray, **kwargs) -> bytes:
-  """A DICOM Part 10 file built with pydicom at test time (pipeline.film.encode_dicom)."""
-  from pipeline import film  # pylint: disable=g-import-not-at-top
-  return film.encode_dicom(pixels, **kwargs)
+  """A DICOM Part 10 file built with pydicom at test time (tests/dicom_files.py)."""
+  from tests import dicom_files  # pylint: disable=g-import-not-at-top
+  return dicom_files.encode_dicom(pixels, **kwargs)
 
 
 def film_pixels(seed: int = 0, size=(48, 64)) -> np.ndarray:

@@ -9,16 +9,18 @@ from absl import app
 import pytest
 import tensorflow as tf
 
-from pipeline import convert_lib
-from pipeline import schema
-from pipeline import verify_lib
+from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_lib
+from cxr_edge.pipeline import verify_lib
 from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, run_main, run_module,
                             write_file)
 
 beam = pytest.importorskip(
     "apache_beam", reason="Apache Beam is not installed (pip install -e '.[beam]'); "
     "scripts/test.sh installs it")
-from pipeline import convert_beam  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cxr_edge.core import errors
+from cxr_edge.core import folders
+from cxr_edge.pipeline import convert_beam  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _record_hashes(data_dir):
@@ -53,7 +55,7 @@ def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
                               num_workers=2, patient_id_salt="s")
   # The command line, with two worker processes as a cluster would run it
   # (FnApiRunner, multi-processing; the mode passed through as a Beam option).
-  run = run_module("pipeline.convert", "--runner=beam", "--num_workers=2",
+  run = run_module("cxr_edge.pipeline.convert", "--runner=beam", "--num_workers=2",
                    "--direct_running_mode=multi_processing", f"--input_dir={src}",
                    f"--output_dir={tmp_path / 'beam'}", "--seed=7", "--num_shards=3",
                    "--patient_id_salt=s")
@@ -61,7 +63,7 @@ def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
   assert "cxr-convert: wrote 300 images" in run.stdout
   # Quiet: our lines only, none of the SDK workers' start-up and shutdown chatter.
   assert len(run.stderr.splitlines()) <= 3, run.stderr
-  from pipeline import records  # pylint: disable=g-import-not-at-top
+  from cxr_edge.pipeline import records  # pylint: disable=g-import-not-at-top
   beamed = convert_lib.ConversionResult(records.load_manifest(str(tmp_path / "beam")), 0, 0)
 
   hashes = _record_hashes(str(tmp_path / "beam"))
@@ -86,7 +88,7 @@ def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
     counts = verify_lib.verify(str(tmp_path / d))
     assert counts == {s: local.manifest["splits"][s]["images"] for s in schema.SPLITS}
   # Training reads it: the one split reader parses every record.
-  from pipeline import dataset  # pylint: disable=g-import-not-at-top
+  from cxr_edge.pipeline import dataset  # pylint: disable=g-import-not-at-top
   read = dataset.read_split(str(tmp_path / "beam"), "train")
   assert len(read.labels) == local.manifest["splits"]["train"]["images"]
   assert not os.path.exists(os.path.join(str(tmp_path / "beam"), "beam-temp"))
@@ -117,13 +119,13 @@ def test_object_store_listing_follows_the_local_rules(tmp_path):
   by_path = lambda files: sorted(files, key=lambda f: f.relpath)
   with mock.patch.object(convert_beam, "is_local", lambda path: False):
     files, sizes = convert_beam.list_files(root)
-    assert by_path(files) == by_path(convert_lib.scan_input(root))
+    assert by_path(files) == by_path(folders.scan_input(root))
     assert sizes == {"PNEUMONIA/x/person1_virus_1.jpeg": 2, "a/NORMAL/IM-0001-0001.jpeg": 1,
                      "stray.jpeg": 3}
     listed = {"stray.jpeg": ("p1", "NORMAL"), "gone.jpeg": ("p2", "PNEUMONIA")}
     assert by_path(convert_beam.list_files(root, listed)[0]) == by_path(
-        convert_lib.scan_input(root, listed=listed))
-    with pytest.raises(convert_lib.ConversionError, match="holds no files"):
+        folders.scan_input(root, listed=listed))
+    with pytest.raises(errors.ConversionError, match="holds no files"):
       convert_beam.list_files(str(tmp_path / "empty"))
 
 
@@ -137,7 +139,7 @@ def test_object_store_code_path_converts_like_the_local_one(tmp_path):
   with mock.patch.object(convert_beam, "is_local", lambda path: False):
     beamed = convert_beam.convert(src, out, (0.5, 0.25, 0.25), num_shards=2, num_workers=1,
                                   beam_args=["--direct_running_mode=in_memory"])
-    with pytest.raises(convert_lib.ConversionError, match="not empty"):
+    with pytest.raises(errors.ConversionError, match="not empty"):
       convert_beam.prepare_output(out, overwrite=False)
   assert _record_hashes(out) == _record_hashes(str(tmp_path / "local"))
   assert beamed.manifest["rejected"] == local.manifest["rejected"]
@@ -146,7 +148,7 @@ def test_object_store_code_path_converts_like_the_local_one(tmp_path):
 
 
 def test_planned_shards_follow_the_local_rule():
-  files = [convert_lib.SourceFile(f"NORMAL/{i}.jpeg", "NORMAL") for i in range(100)]
+  files = [folders.SourceFile(f"NORMAL/{i}.jpeg", "NORMAL") for i in range(100)]
   assert convert_beam.planned_shards(files, "/nowhere", (0.8, 0.1, 0.1), 8, 16) == {
       "train": 8, "val": 1, "test": 1}
   assert convert_beam.planned_shards(files, "/nowhere", (0.5, 0.5, 0.0), 4, 16) == {
@@ -155,7 +157,7 @@ def test_planned_shards_follow_the_local_rule():
 
 def test_unknown_beam_options_are_refused_not_dropped():
   assert convert_beam.unknown_beam_options(["--project=p", "--projec=p"]) == ["--projec=p"]
-  with pytest.raises(convert_lib.ConversionError, match="--projec=p"):
+  with pytest.raises(errors.ConversionError, match="--projec=p"):
     convert_beam.pipeline_options_for("FnApiRunner", ["--projec=p"], 2)
   options = convert_beam.pipeline_options_for("FnApiRunner", [], 3).get_all_options()
   assert options["direct_num_workers"] == 3
@@ -167,9 +169,9 @@ def test_unknown_beam_options_are_refused_not_dropped():
 def test_job_refuses_flags_nobody_knows(tmp_path):
   out = str(tmp_path / "out")
   with pytest.raises(app.UsageError, match="unknown flag.* --projec=p"):
-    run_main("pipeline.convert", "--projec=p", input_dir=SAMPLE_DIR, output_dir=out)
+    run_main("cxr_edge.pipeline.convert", "--projec=p", input_dir=SAMPLE_DIR, output_dir=out)
   with pytest.raises(SystemExit, match=r"unknown flag\(s\) --projec=p: neither"):
-    run_main("pipeline.convert", "--projec=p", input_dir=SAMPLE_DIR, output_dir=out,
+    run_main("cxr_edge.pipeline.convert", "--projec=p", input_dir=SAMPLE_DIR, output_dir=out,
              runner="beam")
   assert not os.path.exists(os.path.join(out, schema.MANIFEST_NAME))
 
@@ -180,7 +182,7 @@ def test_a_split_without_both_classes_fails_with_the_reason(tmp_path):
     write_file(os.path.join(root, "NORMAL", f"IM-{i:04d}-0001.jpeg"), image_bytes(seed=i))
     write_file(os.path.join(root, "PNEUMONIA", f"person{i}_virus_1.jpeg"),
                image_bytes(seed=10 + i))
-  with pytest.raises(convert_lib.ConversionError, match="would hold no"):
+  with pytest.raises(errors.ConversionError, match="would hold no"):
     convert_beam.convert(root, str(tmp_path / "out"), (0.8, 0.1, 0.1), num_workers=1,
                          beam_args=["--direct_running_mode=in_memory"])
   assert not os.path.exists(os.path.join(str(tmp_path / "out"), schema.MANIFEST_NAME))

@@ -6,10 +6,11 @@ from absl import flags
 import pytest
 import tensorflow as tf
 
-from pipeline import convert_lib
-from pipeline import image_io
-from pipeline import schema
-from pipeline import verify_lib
+from cxr_edge.core import errors
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_lib
+from cxr_edge.pipeline import verify_lib
 from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, parsed_flags, require_shared,
                             run_main, write_file)
 
@@ -84,7 +85,7 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path, image_tree):
   out = tmp_path / "out"
   out.mkdir()
   (out / "something").write_text("x")
-  with pytest.raises(convert_lib.ConversionError, match="not empty"):
+  with pytest.raises(errors.ConversionError, match="not empty"):
     convert_lib.convert(image_tree, str(out), num_workers=1)
   # A previous conversion with more shards: stale shards must go, foreign files stay.
   (out / "train-00000-of-00009.tfrecord").write_bytes(b"stale")
@@ -95,10 +96,10 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path, image_tree):
 
 
 def test_missing_input_and_no_class_folders(tmp_path):
-  with pytest.raises(convert_lib.ConversionError, match="not a directory"):
+  with pytest.raises(errors.ConversionError, match="not a directory"):
     convert_lib.convert(str(tmp_path / "nope"), str(tmp_path / "out"))
   write_file(str(tmp_path / "flat" / "a.jpeg"), image_bytes())
-  with pytest.raises(convert_lib.ConversionError, match="no class folders"):
+  with pytest.raises(errors.ConversionError, match="no class folders"):
     convert_lib.convert(str(tmp_path / "flat"), str(tmp_path / "out"))
 
 
@@ -138,19 +139,19 @@ def test_image_size_reencodes_large_images(tmp_path):
 
 def test_job_cli_errors_are_one_line(tmp_path):
   with pytest.raises(SystemExit) as e:
-    run_main("pipeline.convert", input_dir=f"{tmp_path}/missing", output_dir=f"{tmp_path}/o")
+    run_main("cxr_edge.pipeline.convert", input_dir=f"{tmp_path}/missing", output_dir=f"{tmp_path}/o")
   assert str(e.value.code).startswith("cxr-convert: error: --input_dir")
   assert "\n" not in str(e.value.code)
   with pytest.raises(flags.IllegalFlagValueError, match="sum to 1"):
-    with parsed_flags("pipeline.convert", split_ratios="0.5,0.5,0.5"):
+    with parsed_flags("cxr_edge.pipeline.convert", split_ratios="0.5,0.5,0.5"):
       pass
 
 
 def test_cli_converts_and_verifies_sample(tmp_path, capsys):
   out = str(tmp_path / "o")
-  run_main("pipeline.convert", input_dir=SAMPLE_DIR, output_dir=out)
+  run_main("cxr_edge.pipeline.convert", input_dir=SAMPLE_DIR, output_dir=out)
   assert "rejected 1" in capsys.readouterr().out  # data/sample/README.md has no class folder
-  run_main("pipeline.verify", tfrecord_dir=out)
+  run_main("cxr_edge.pipeline.verify", tfrecord_dir=out)
   assert "OK" in capsys.readouterr().out
   with open(os.path.join(out, schema.MANIFEST_NAME)) as f:
     m = json.load(f)
@@ -184,7 +185,7 @@ def test_identical_bytes_under_both_labels_are_rejected(tmp_path, image_tree):
 def test_a_split_without_both_classes_is_refused(tmp_path):
   make_tree(str(tmp_path / "in"), patients_per_class=6)
   shutil.rmtree(tmp_path / "in" / "PNEUMONIA")
-  with pytest.raises(convert_lib.ConversionError, match="would hold no PNEUMONIA image") as e:
+  with pytest.raises(errors.ConversionError, match="would hold no PNEUMONIA image") as e:
     convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1)
   assert "12 NORMAL, 0 PNEUMONIA" in str(e.value)
   assert not os.path.exists(tmp_path / "out" / schema.MANIFEST_NAME)
@@ -348,8 +349,8 @@ def test_metadata_csv_gives_patients_and_labels(tmp_path):
   for split in schema.SPLITS:
     assert m["splits"][split]["classes"]["NORMAL"]["images"] > 0
   bad = write_file(str(tmp_path / "bad.csv"), b"path,patient_id,label\nimg000.jpg,1,COVID\n")
-  with pytest.raises(convert_lib.ConversionError, match="line 2: label 'COVID'"):
+  with pytest.raises(errors.ConversionError, match="line 2: label 'COVID'"):
     convert_lib.convert(str(flat), str(tmp_path / "o2"), metadata_csv=bad)
   short = write_file(str(tmp_path / "short.csv"), b"path,label\nimg000.jpg,NORMAL\n")
-  with pytest.raises(convert_lib.ConversionError, match="lacks column"):
+  with pytest.raises(errors.ConversionError, match="lacks column"):
     convert_lib.convert(str(flat), str(tmp_path / "o3"), metadata_csv=short)

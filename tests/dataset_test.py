@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment_config
-from pipeline import convert_lib
-from pipeline import dataset
-from pipeline import preprocess
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import schema
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import convert_lib
+from cxr_edge.pipeline import dataset
+from cxr_edge.pipeline import preprocess
+from cxr_edge.pipeline import records
 
 SIZE = 64
 
@@ -265,7 +265,7 @@ def test_read_split_names_a_corrupt_record(tmp_path, image_tree):
 
 def test_image_folder_reads_dicom_as_its_jpeg(tmp_path):
   """cxr-evaluate --image_dir and external scoring: a DICOM film is its JPEG's pixels."""
-  from edge import runtime  # pylint: disable=g-import-not-at-top
+  from cxr_edge.edge import runtime  # pylint: disable=g-import-not-at-top
   from tests.conftest import SAMPLE_DIR, dicom_bytes, write_file  # pylint: disable=g-import-not-at-top
   for label in ("NORMAL", "PNEUMONIA"):
     name = sorted(os.listdir(os.path.join(SAMPLE_DIR, label)))[0]

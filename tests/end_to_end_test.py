@@ -26,12 +26,12 @@ def _assert_quiet(module, r):
 def test_end_to_end_on_the_sample(tmp_path):
   rec, model, ev, ex = (str(tmp_path / d) for d in ("records", "model", "eval", "export"))
   steps = [
-      ("pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={rec}"),
-      ("pipeline.verify", f"--tfrecord_dir={rec}"),
-      ("model.train", f"--data_dir={rec}", f"--model_dir={model}", "--epochs=2",
+      ("cxr_edge.pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={rec}"),
+      ("cxr_edge.pipeline.verify", f"--tfrecord_dir={rec}"),
+      ("cxr_edge.model.train", f"--data_dir={rec}", f"--model_dir={model}", "--epochs=2",
        "--steps_per_epoch=3", "--image_size=64"),
-      ("model.evaluate", f"--model_dir={model}", f"--data_dir={rec}", f"--output_dir={ev}"),
-      ("export.export", f"--model_dir={model}", f"--data_dir={rec}", f"--export_dir={ex}",
+      ("cxr_edge.model.evaluate", f"--model_dir={model}", f"--data_dir={rec}", f"--output_dir={ev}"),
+      ("cxr_edge.export.export", f"--model_dir={model}", f"--data_dir={rec}", f"--export_dir={ex}",
        "--variants=float32", "--variants=int8", "--calibration_samples=16",
        "--latency_runs=5"),
   ]
@@ -41,10 +41,10 @@ def test_end_to_end_on_the_sample(tmp_path):
     _assert_quiet(module, r)
   assert "int8" in r.stdout and "saved_model" in r.stdout  # the printed report table
   assert json.load(open(os.path.join(ev, "metrics.json")))["count"] == 30
-  r = run_module("edge.predict", f"--model={ex}/model_int8.tflite",
+  r = run_module("cxr_edge.edge.predict", f"--model={ex}/model_int8.tflite",
                  os.path.join(SAMPLE_DIR, "NORMAL"))
   assert r.returncode == 0, r.stderr[-2000:]
-  _assert_quiet("edge.predict", r)
+  _assert_quiet("cxr_edge.edge.predict", r)
   lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert len(lines) == len(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL"))) == 130
-  assert all(l["label"] in ("NORMAL", "PNEUMONIA") and 0 <= l["p_pneumonia"] <= 1 for l in lines)
+  assert all(l["prediction"] in ("NORMAL", "PNEUMONIA") and 0 <= l["p_pneumonia"] <= 1 for l in lines)

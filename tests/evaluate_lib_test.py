@@ -7,10 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from model import evaluate_lib
-from model import metrics
-from model import model_dir as model_dir_lib
-from pipeline import dataset
+from cxr_edge.core import metrics
+from cxr_edge.model import evaluate_lib
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.pipeline import dataset
 from tests.conftest import SAMPLE_DIR, image_bytes, run_main, write_file
 
 
@@ -43,10 +43,10 @@ def test_evaluate_needs_exactly_one_source(trained_model, sample_records, tmp_pa
   with pytest.raises(ValueError, match="exactly one"):
     evaluate_lib.evaluate(trained_model, str(tmp_path))
   with pytest.raises(flags.IllegalFlagValueError, match="exactly one"):
-    run_main("model.evaluate", model_dir=trained_model, output_dir=str(tmp_path),
+    run_main("cxr_edge.model.evaluate", model_dir=trained_model, output_dir=str(tmp_path),
              data_dir=sample_records, image_dir=SAMPLE_DIR)
   with pytest.raises(SystemExit) as e:
-    run_main("model.evaluate", model_dir=f"{tmp_path}/none", output_dir=str(tmp_path),
+    run_main("cxr_edge.model.evaluate", model_dir=f"{tmp_path}/none", output_dir=str(tmp_path),
              data_dir=sample_records)
   assert str(e.value.code).startswith("cxr-evaluate: error:")
   assert "not a finished cxr-train output" in str(e.value.code)
@@ -67,7 +67,7 @@ def test_an_earlier_evaluation_is_replaced_only_with_overwrite(trained_model, sa
 def test_image_dir_without_class_folders_names_the_flag(trained_model, tmp_path):
   os.makedirs(tmp_path / "films" / "misc")
   with pytest.raises(SystemExit) as e:
-    run_main("model.evaluate", model_dir=trained_model, output_dir=str(tmp_path / "out"),
+    run_main("cxr_edge.model.evaluate", model_dir=trained_model, output_dir=str(tmp_path / "out"),
              image_dir=str(tmp_path / "films"))
   assert str(e.value.code).startswith("cxr-evaluate: error: --image_dir ")
   assert "holds no class folders" in str(e.value.code)

@@ -8,17 +8,19 @@ from ai_edge_litert.interpreter import Interpreter
 
 import tf_keras as keras
 
-from export import export_lib
-from export import variants as variant_names
-from edge import package
-from edge import runtime
-from model import metrics
-from model import model_dir as model_dir_lib
-from model import models
-from pipeline import image_io
-from pipeline import preprocess
-from pipeline import records
-from pipeline import schema
+from cxr_edge.core import image_io
+from cxr_edge.core import metrics
+from cxr_edge.core import package_info
+from cxr_edge.core import schema
+from cxr_edge.core.version import __version__
+from cxr_edge.edge import package
+from cxr_edge.edge import runtime
+from cxr_edge.export import export_lib
+from cxr_edge.export import variants as variant_names
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import models
+from cxr_edge.pipeline import preprocess
+from cxr_edge.pipeline import records
 from tests.conftest import SAMPLE_DIR
 
 
@@ -94,7 +96,7 @@ def test_saved_model_signatures_match_keras(exported, trained_model):
   out = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
   np.testing.assert_allclose(out["p_pneumonia"].numpy(), want[:, 1], atol=1e-5)
   labels = [schema.LABELS[int(p >= info["threshold"])] for p in want[:, 1]]
-  assert [l.decode() for l in out["label"].numpy()] == labels
+  assert [l.decode() for l in out["prediction"].numpy()] == labels
   np.testing.assert_allclose(out["threshold"].numpy(), [info["threshold"]] * len(encoded))
   # Unscaled 0-255 pixels are refused, not read as PNEUMONIA.
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"in \[0, 1\]"):
@@ -274,7 +276,11 @@ def test_model_card_is_written_from_the_measured_results(exported):
   card = json.load(open(os.path.join(export_dir, "model_card.json")))
   text = open(os.path.join(export_dir, "MODEL_CARD.md")).read()
   meta = json.load(open(os.path.join(export_dir, "metadata.json")))
-  assert "not a standalone diagnosis" in card["intended_use"].lower()
+  assert card["intended_use"] == meta["intended_use"] == package_info.INTENDED_USE
+  assert text.index("## Intended use") < text.index("## How to use") < text.index("## Files")
+  assert "cxr-predict --model=model_int8.tflite --info" in text and "## Licence" in text
+  assert card["versions"]["cxr-edge"] == __version__ and card["versions"]["ai-edge-litert"]
+  assert meta["format_version"] == package_info.FORMAT_VERSION
   assert card["internal_test"]["models"]["int8"]["accuracy"] == report["variants"]["int8"][
       "accuracy"]
   for name, entry in meta["models"].items():  # every file, with its hash

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import film
-from pipeline import image_io
+from cxr_edge.core import film
+from cxr_edge.core import image_io
 from tests.conftest import dicom_bytes, film_pixels, write_file
 
 
@@ -212,7 +212,7 @@ def _jpeg_bytes() -> bytes:
     (_jpeg_bytes()[:200], film.REASON_CORRUPT),
 ])
 def test_one_reason_for_an_unreadable_image_in_every_reader(data, reason):
-  from edge import runtime  # pylint: disable=g-import-not-at-top
+  from cxr_edge.edge import runtime  # pylint: disable=g-import-not-at-top
   with pytest.raises(film.UnreadableImage, match=f"^{reason}"):
     with film.opened_image(data) as im:
       im.load()

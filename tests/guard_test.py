@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from edge import runtime
-from pipeline import guard
+from cxr_edge.core import guard
+from cxr_edge.edge import runtime
 from tests.conftest import SAMPLE_DIR
 
 

@@ -5,7 +5,7 @@ import struct
 import pytest
 from PIL import Image
 
-from pipeline import image_io
+from cxr_edge.core import image_io
 from tests.conftest import image_bytes, write_file
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model import metrics
+from cxr_edge.core import metrics
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 P = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.65, 0.3, 0.7, 0.95, 0.6])

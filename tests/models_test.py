@@ -4,7 +4,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from model import models
+from cxr_edge.model import models
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

@@ -31,7 +31,7 @@ def _start_workers(data_dir, model_dir, tmp_path, epochs, run):
     env = dict(os.environ, TMPDIR=str(scratch), TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}))
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "model.train", f"--data_dir={data_dir}",
+        [sys.executable, "-m", "cxr_edge.model.train", f"--data_dir={data_dir}",
          f"--model_dir={model_dir}", "--model=edge_cnn", "--image_size=48", "--width=0.25",
          f"--epochs={epochs}", "--steps_per_epoch=3", "--batch_size=8",
          "--strategy=multi_worker"],

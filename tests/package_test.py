@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from edge import package
+from cxr_edge.edge import package
 
 
 def _run(data: bytes, x: np.ndarray) -> np.ndarray:

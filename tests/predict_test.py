@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 import tensorflow as tf
 
-from edge import runtime
-from pipeline import preprocess
+from cxr_edge.core import package_info
+from cxr_edge.edge import runtime
+from cxr_edge.pipeline import preprocess
 from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, job, run_main, write_file
 
 
@@ -60,7 +61,7 @@ def _run_predict(*args, block_tf=True):
   code = ("import sys\n"
           + ("for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
              "  sys.modules[m] = None  # any import of them now fails\n" if block_tf else "")
-          + "from edge import predict\n"
+          + "from cxr_edge.edge import predict\n"
           "sys.argv = ['cxr-predict'] + sys.argv[1:]\n"
           "try:\n"
           "  predict.run()\n"
@@ -72,6 +73,19 @@ def _run_predict(*args, block_tf=True):
   env.pop("TF_USE_LEGACY_KERAS", None)
   return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_info_describes_the_package_and_reads_no_image(exported):
+  model = os.path.join(exported[0], "model_int8.tflite")
+  r = _run_predict(f"--model={model}", "--info")
+  assert r.returncode == 0, r.stderr[-3000:]
+  lite = runtime.LiteModel(model)
+  assert f"sha256:       {lite.sha256}" in r.stdout
+  assert f"p_pneumonia >= {lite.threshold:.4f}" in r.stdout
+  assert "not calibrated for a site" in r.stdout
+  assert r.stdout.rstrip().endswith("Intended use: " + package_info.INTENDED_USE)
+  r = _run_predict(f"--model={model}", "--info", "film.jpeg")
+  assert r.returncode == 1 and "--info describes the model and reads no image" in r.stderr
 
 
 def test_predictor_runs_without_tensorflow_and_matches_the_report(exported, tmp_path):
@@ -87,13 +101,13 @@ def test_predictor_runs_without_tensorflow_and_matches_the_report(exported, tmp_
   lite = runtime.LiteModel(model)
   sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
   for line, path in zip(lines, files):
-    assert set(line) == {"path", "label", "p_pneumonia", "threshold", "model_sha256",
+    assert set(line) == {"path", "prediction", "p_pneumonia", "threshold", "model_sha256",
                          "warning", "latency_ms"}
     assert line["warning"] is None  # real films: nothing implausible
     p = float(lite.probabilities(runtime.preprocess(open(path, "rb").read(), 48, 1 / 255))[1])
     assert line["p_pneumonia"] == pytest.approx(p, abs=1e-6)
     assert line["threshold"] == meta["models"]["model_int8.tflite"]["threshold"]
-    assert line["label"] == ("PNEUMONIA" if p >= line["threshold"] else "NORMAL")
+    assert line["prediction"] == ("PNEUMONIA" if p >= line["threshold"] else "NORMAL")
     assert line["model_sha256"] == sha == meta["models"]["model_int8.tflite"]["sha256"]
   assert "6 image(s) predicted, 0 failed" in r.stderr
 
@@ -114,7 +128,7 @@ def test_bad_images_get_error_lines_and_nonzero_exit(exported, tmp_path):
                    str(tmp_path / "text.png"), str(tmp_path / "missing.png"))
   assert r.returncode == 1
   lines = {os.path.basename(l["path"]): l for l in map(json.loads, out.read_text().splitlines())}
-  assert "label" in lines[os.path.basename(good)]
+  assert "prediction" in lines[os.path.basename(good)]
   assert lines["empty.jpeg"]["error"] == "empty file"
   assert lines["text.png"]["error"] == "not an image"
   assert lines["cut.jpeg"]["error"].startswith("truncated or corrupt")
@@ -135,7 +149,7 @@ def test_csv_output_and_folder_input(exported, tmp_path):
   assert "4 image(s) predicted, 0 failed, 1 skipped (not films)" in r.stderr
   rows = list(csv.DictReader(open(out)))
   films = [row for row in rows if not row["skipped"]]
-  assert len(films) == 4 and all(row["label"] in ("NORMAL", "PNEUMONIA") for row in films)
+  assert len(films) == 4 and all(row["prediction"] in ("NORMAL", "PNEUMONIA") for row in films)
   assert [row["path"] for row in rows if row["skipped"]] == [str(folder / "notes.txt")]
 
 
@@ -221,14 +235,14 @@ def test_a_model_without_embedded_metadata_needs_its_sidecar(exported, tmp_path)
 def test_output_in_a_missing_folder_is_refused_in_one_line(exported, tmp_path):
   model = os.path.join(exported[0], "model_int8.tflite")
   with pytest.raises(SystemExit) as e:
-    run_main("edge.predict", _sample_files(2)[0], model=model,
+    run_main("cxr_edge.edge.predict", _sample_files(2)[0], model=model,
              output=str(tmp_path / "missing" / "out.jsonl"))
   assert str(e.value.code) == (f"cxr-predict: error: --output's folder {tmp_path / 'missing'} "
                                "does not exist")
 
 
 def test_progress_with_rate_and_time_left_on_stderr(exported, monkeypatch, capsys):
-  predict = job("edge.predict")
+  predict = job("cxr_edge.edge.predict")
   monkeypatch.setattr(predict, "PROGRESS_SECONDS", 0.0)  # a line after every image
   model = os.path.join(exported[0], "model_int8.tflite")
   files = _sample_files(4)
@@ -265,7 +279,7 @@ def test_dicom_and_16_bit_films_predict_like_their_jpeg(exported, tmp_path):
     want = model.predict_bytes(open(jpeg, "rb").read())
     for name, data in _film_variants(jpeg).items():
       got = model.predict_bytes(data)
-      assert got["label"] == want["label"], (jpeg, name)
+      assert got["prediction"] == want["prediction"], (jpeg, name)
       tolerance = 1e-9 if name == "dicom8.dcm" else 0.02  # 12-bit round trip: +-1 grey level
       assert abs(got["p_pneumonia"] - want["p_pneumonia"]) <= tolerance, (jpeg, name)
 
@@ -293,7 +307,7 @@ def test_dicom_parity_script_on_a_few_films(exported, tmp_path):
     write_file(str(folder / os.path.basename(os.path.dirname(path)) / os.path.basename(path)),
                open(path, "rb").read())
   out = tmp_path / "parity.json"
-  r = subprocess.run([sys.executable, "scripts/dicom_parity.py",
+  r = subprocess.run([sys.executable, "-m", "scripts.dicom_parity",
                       f"--model={exported[0]}/model_int8.tflite", f"--image_dir={folder}",
                       f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                      check=False)
@@ -323,12 +337,12 @@ def test_implausible_inputs_get_a_warning_or_with_strict_an_error(exported, tmp_
   lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
   assert r.returncode == 0 and lines[os.path.basename(film)]["warning"] is None
   assert lines["black.png"]["warning"].startswith("near-constant image")
-  assert "label" in lines["black.png"]  # still predicted, but flagged
+  assert "prediction" in lines["black.png"]  # still predicted, but flagged
   assert "2 image(s) predicted (1 with a warning" in r.stderr
   r = _run_predict(f"--model={model}", "--strict", film, black)
   lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
   assert r.returncode == 1 and lines["black.png"]["error"].startswith("rejected (--strict)")
-  assert "label" in lines[os.path.basename(film)]
+  assert "prediction" in lines[os.path.basename(film)]
 
 
 def _png(array) -> bytes:
@@ -338,7 +352,7 @@ def _png(array) -> bytes:
 
 
 def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp_path):
-  from edge import explain  # pylint: disable=g-import-not-at-top
+  from cxr_edge.edge import explain  # pylint: disable=g-import-not-at-top
   model_path = os.path.join(exported[0], "model_int8.tflite")
   lite = runtime.LiteModel(model_path)
   film = _sample_files(2)[1]
@@ -353,7 +367,7 @@ def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp
 
 
 def test_ctrl_c_prints_the_summary_so_far_and_exits_130(exported, tmp_path, monkeypatch, capsys):
-  predict = job("edge.predict")
+  predict = job("cxr_edge.edge.predict")
   model = os.path.join(exported[0], "model_int8.tflite")
   real = runtime.LiteModel.predict_bytes
   calls = []

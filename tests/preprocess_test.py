@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from pipeline import preprocess
+from cxr_edge.pipeline import preprocess
 from tests.conftest import image_bytes
 
 

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from pipeline import records
+from cxr_edge.pipeline import records
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline import schema
+from cxr_edge.core import schema
 
 
 @pytest.mark.parametrize("name, expected", [

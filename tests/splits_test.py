@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from pipeline import splits
+from cxr_edge.pipeline import splits
 
 
 def _items(n_patients=300, seed=0):

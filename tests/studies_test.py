@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge import runtime
-from model import metrics
-from pipeline import preprocess
+from cxr_edge.core import metrics
+from cxr_edge.edge import runtime
+from cxr_edge.pipeline import preprocess
 from studies import equalize
 from studies import external_study
 from studies import same_weights

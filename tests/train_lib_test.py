@@ -12,14 +12,14 @@ from tensorflow.python.framework import config as tf_framework_config  # disable
 
 import tf_keras as keras
 
-from model import metrics
-from model import model_dir as model_dir_lib
-from model import train_lib
-from model import train_config
-from pipeline import augment
-from pipeline import augment_config
-from pipeline import dataset
-from pipeline import records
+from cxr_edge.core import metrics
+from cxr_edge.model import model_dir as model_dir_lib
+from cxr_edge.model import train_config
+from cxr_edge.model import train_lib
+from cxr_edge.pipeline import augment
+from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import dataset
+from cxr_edge.pipeline import records
 from tests.conftest import parsed_flags, run_main, sample_subset
 
 SIZE = 48
@@ -124,7 +124,7 @@ def test_mixed_precision_refused_on_cpu(sample_records, tmp_path):
 
 
 def _train_main(**flag_values):
-  run_main("model.train", **flag_values)
+  run_main("cxr_edge.model.train", **flag_values)
 
 
 def test_cli_writes_the_flags_config_and_refuses_bad_input(sample_records, tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_cli_writes_the_flags_config_and_refuses_bad_input(sample_records, tmp_p
     _train_main(data_dir=str(tmp_path / "none"), model_dir=str(tmp_path / "m2"))
   assert str(e.value.code).startswith("cxr-train: error:") and "\n" not in str(e.value.code)
   with pytest.raises(flags.IllegalFlagValueError, match="unknown augmentation"):
-    with parsed_flags("model.train", augment="flip"):  # as on the command line
+    with parsed_flags("cxr_edge.model.train", augment="flip"):  # as on the command line
       pass
 
 
@@ -253,18 +253,18 @@ def test_qat_refuses_a_changed_recipe_or_a_qat_start(trained_model, qat_model, s
                          augment=augment_config.AugmentConfig())
   with pytest.raises(ValueError, match="is a QAT run"):
     train_lib.qat_config(qat_model, str(tmp_path / "q"), sample_records)
-  with parsed_flags("model.train", qat="true", init_from=trained_model,
+  with parsed_flags("cxr_edge.model.train", qat="true", init_from=trained_model,
                     data_dir=sample_records, model_dir=str(tmp_path / "q"), augment="zoom"):
-    from model import train  # pylint: disable=g-import-not-at-top  (the job() re-import)
+    from cxr_edge.model import train  # pylint: disable=g-import-not-at-top  (the job() re-import)
     with pytest.raises(app.UsageError, match="drop --augment"):
       train.main(["cxr-train"])
   with pytest.raises(flags.IllegalFlagValueError, match="go together"):
-    with parsed_flags("model.train", qat="true"):
+    with parsed_flags("cxr_edge.model.train", qat="true"):
       pass
 
 
 def test_training_refuses_a_split_without_both_classes(tmp_path, image_tree):
-  from pipeline import convert_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.pipeline import convert_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "rec")
   convert_lib.convert(image_tree, out, (0.9, 0.0, 0.1), num_workers=1)  # no validation split
   with pytest.raises(ValueError, match="the val split .* has no NORMAL or PNEUMONIA image"):

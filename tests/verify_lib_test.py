@@ -1,14 +1,13 @@
 import json
 import os
-import shutil
 
 import pytest
 import tensorflow as tf
 
-from pipeline import convert_lib
-from pipeline import image_io
-from pipeline import schema
-from pipeline import verify_lib
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_lib
+from cxr_edge.pipeline import verify_lib
 from tests.conftest import run_main
 
 
@@ -88,8 +87,8 @@ def test_detects_missing_shard_and_labels(records):
 
 
 def test_cli_exit_status(records, tmp_path):
-  run_main("pipeline.verify", tfrecord_dir=records)  # no SystemExit: status 0
+  run_main("cxr_edge.pipeline.verify", tfrecord_dir=records)  # no SystemExit: status 0
   os.remove(os.path.join(records, _manifest(records)["splits"]["test"]["shards"][0]["file"]))
   with pytest.raises(SystemExit) as e:
-    run_main("pipeline.verify", tfrecord_dir=records)
+    run_main("cxr_edge.pipeline.verify", tfrecord_dir=records)
   assert str(e.value.code).startswith("cxr-verify: FAILED:") and "missing" in str(e.value.code)

@@ -13,8 +13,8 @@ from typing import Optional, Tuple, Union
 
 from PIL import Image
 
-from pipeline import film
-from pipeline import schema
+from cxr_edge.core import film
+from cxr_edge.core import schema
 
 # Pillow mode -> channels TensorFlow decodes (channels=0) for the stored bytes.
 _JPEG_MODES = {"L": 1, "RGB": 3}

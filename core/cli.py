@@ -20,10 +20,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from cxr_edge.core import errors
+from cxr_edge.core.version import __version__
+
 # Our packages: their INFO lines are the jobs' progress and stay visible when quiet.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUR_DIRS = tuple(os.path.join(_ROOT, p) + os.sep
-                  for p in ("pipeline", "model", "export", "edge", "studies"))
+                  for p in ("core", "pipeline", "model", "export", "edge", "studies"))
 
 _HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml"}
 
@@ -32,9 +35,10 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
         prog: str = "cxr-edge", pass_unknown: bool = False) -> None:
   """Runs a job's `main` under absl, as its console script.
 
-  Ctrl-C ends it with "PROG: interrupted" and status 130, and an operating-system error
-  the job did not handle (an unwritable or missing output folder, a full disk) with one
-  line and status 1, instead of a traceback.
+  Ctrl-C ends it with "PROG: interrupted" and status 130; any `errors.CxrError` and an
+  operating-system error the job did not handle (an unwritable or missing output folder,
+  a full disk) end it with one line, "PROG: error: ...", and status 1, instead of a
+  traceback (`--verbosity=1` shows the traceback too). `--version` prints the version.
 
   Args:
     main: the job's main(argv).
@@ -44,6 +48,13 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     pass_unknown: flags the job does not define reach main's argv (for a job that hands
       them on, e.g. to Beam) instead of being refused by absl; main must check them.
   """
+  if "version" not in flags.FLAGS:
+    flags.DEFINE_boolean("version", False, "print the cxr-edge version and exit")
+  for shown_for in {job_module, sys.argv[0]}:  # --help shows the key flags of either
+    flags.FLAGS.register_key_flag_for_module(shown_for, flags.FLAGS["version"])
+  if "--version" in sys.argv[1:]:  # before absl, which would first ask for required flags
+    print(f"{prog} (cxr-edge) {__version__}")
+    sys.exit(0)
   for name in required:
     flag = flags.FLAGS[name]
     if "(required)" not in (flag.help or ""):
@@ -68,7 +79,13 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
   except KeyboardInterrupt:
     sys.stderr.write(f"\n{prog}: interrupted\n")
     sys.exit(130)
+  except errors.CxrError as e:
+    if verbose():
+      raise
+    sys.exit(f"{prog}: error: {e}")
   except OSError as e:
+    if verbose():
+      raise
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
     sys.exit(f"{prog}: error: {e.strerror or e}{where}")
   except SystemExit as e:
@@ -179,7 +196,13 @@ def import_tensorflow() -> Any:
   if quiet:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   with native_stderr_quiet(quiet):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError as e:  # the device install: cxr-edge[edge] has no TensorFlow
+      raise errors.CxrError(
+          f"this job needs TensorFlow, which this install lacks ({e.msg}): "
+          "pip install 'cxr-edge[train]' (the device install, cxr-edge[edge], runs only "
+          "cxr-predict and cxr-calibrate)") from None
     tf.config.list_physical_devices("GPU")  # a machine without CUDA says so here
   return tf
 

@@ -19,7 +19,6 @@ pylibjpeg-openjpeg add the JPEG-LS and JPEG 2000 transfer syntaxes).
 """
 import contextlib
 import dataclasses
-import hashlib
 import io
 import logging as std_logging
 import warnings
@@ -28,6 +27,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from cxr_edge.core.errors import FilmError, UnreadableImage
 
 # Rejection reasons (prefixes; image_io's reasons cover the 8-bit formats).
 REASON_DICOM_NO_PIXELS = "DICOM without pixel data"
@@ -46,14 +46,6 @@ REASON_CORRUPT = "truncated or corrupt image"
 # Projection radiography (computed, digital, radiographic) and "other", which secondary
 # captures of radiographs often carry. CT, MR, US... are not chest films.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT")
-
-
-class FilmError(Exception):
-  """A file that is not a usable film; str(e) starts with one of the REASON_* prefixes."""
-
-
-class UnreadableImage(Exception):
-  """Pillow cannot read the bytes; str(e) starts with REASON_NOT_IMAGE, _BOMB or _CORRUPT."""
 
 
 @contextlib.contextmanager
@@ -264,68 +256,3 @@ def _window(stored: np.ndarray, ds: Any, dicom_pixels: Any) -> np.ndarray:
   low, high = _stored_range(stored, bits, signed=int(ds.get("PixelRepresentation", 0)) == 1)
   ends = dicom_pixels.apply_modality_lut(np.array([low, high]), ds).astype(np.float64)
   return window_to_uint8(values, float(ends.min()), float(ends.max()), invert)
-
-
-def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHROME2",
-                 window=None, rescale=None, voi_lut=None, modality: str = "DX",
-                 patient_id: str = "PAT-001", syntax=None, frames: int = 1) -> bytes:
-  """Writes stored pixel values as a DICOM Part 10 file (a digital X-ray, for presentation).
-
-  For tests and the DICOM parity measurement (scripts/dicom_parity.py), and to hand a
-  JPEG film to a system that takes DICOM. Identifiers are placeholders.
-
-  Args:
-    pixels: stored values, [H, W] (or [frames, H, W]); uint8 for bits=8, else uint16.
-    bits: BitsStored (8 allocates 8 bits, more allocate 16).
-    photometric: MONOCHROME1 / MONOCHROME2 (RGB for a colour fixture: pixels [H, W, 3]).
-    window: (centre, width) or None.
-    rescale: (slope, intercept) or None.
-    voi_lut: (first_mapped, lut_bits, lut values) or None.
-    syntax: a transfer syntax UID to compress to (RLE, JPEG 2000...), None: uncompressed.
-  """
-  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import Dataset, FileMetaDataset
-  from pydicom.sequence import Sequence
-  from pydicom import uid as dicom_uid
-  # pylint: enable=g-import-not-at-top
-  ds = Dataset()
-  ds.file_meta = FileMetaDataset()
-  ds.file_meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-  ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
-  # A UUID-derived UID (the 2.25 root) from the pixels: unique per film, reproducible.
-  digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-  ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.{int(digest[:30], 16)}"
-  ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-  ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-  ds.Modality = modality
-  ds.PatientID = patient_id
-  ds.PatientName = "Anonymous"
-  colour = photometric == "RGB"
-  ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
-  ds.SamplesPerPixel = 3 if colour else 1
-  if colour:
-    ds.PlanarConfiguration = 0
-  ds.PhotometricInterpretation = photometric
-  ds.BitsAllocated = 8 if bits == 8 else 16
-  ds.BitsStored = bits
-  ds.HighBit = bits - 1
-  ds.PixelRepresentation = 0
-  if frames > 1:
-    ds.NumberOfFrames = frames
-  if window is not None:
-    ds.WindowCenter, ds.WindowWidth = window
-  if rescale is not None:
-    ds.RescaleSlope, ds.RescaleIntercept = rescale
-  if voi_lut is not None:
-    first, lut_bits, values = voi_lut
-    item = Dataset()
-    item.LUTDescriptor = [len(values), first, lut_bits]
-    item.add_new(0x00283006, "US", [int(v) for v in values])  # LUTData
-    ds.VOILUTSequence = Sequence([item])
-  ds.PixelData = np.ascontiguousarray(
-      pixels, np.uint8 if bits == 8 else np.uint16).tobytes()
-  if syntax is not None:
-    ds.compress(syntax)
-  out = io.BytesIO()
-  ds.save_as(out, enforce_file_format=True)
-  return out.getvalue()

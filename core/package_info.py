@@ -1,0 +1,159 @@
+"""The model package's metadata, typed: one reader, one upgrade path, one set of checks.
+
+A model package is a `.tflite` whose embedded metadata (edge/package.py) holds two JSON
+objects: the package's fields (labels, input, preprocessing, provenance, intended use)
+and the model's own entry (threshold, temperature, output kind, I/O quantization).
+cxr-export writes them (`new_package`), cxr-calibrate rewrites the entry, the runtime and
+the model card read them through `ModelInfo.from_metadata`, which is the only code that
+knows what older packages lack and the only code that checks the values.
+
+The integrity digest beside these fields guards against accidents and naive edits, not
+against someone who recomputes it: it is not a signature. So every field that decides a
+prediction is also checked here for what can be checked (label order, finite positive
+temperature, a threshold strictly between 0 and 1, a sane input size and scale).
+"""
+import dataclasses
+import math
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from cxr_edge.core import schema
+from cxr_edge.core.errors import PackageError
+from cxr_edge.core.version import __version__
+
+# 1: packages before this field existed (no intended use, version or format_version).
+# 2: format_version, intended_use and cxr_edge_version in the package's fields.
+FORMAT_VERSION = 2
+
+INTENDED_USE = (
+    "Second-reader triage aid for frontal chest radiographs of young children: it flags "
+    "films that may show pneumonia so that a clinician reads them first. Trained on one "
+    "paediatric centre's films (children aged one to five, Guangzhou). Not a diagnosis; "
+    "not cleared by any regulator; not for adults, lateral views, CT or any other "
+    "finding. Every decision it informs stays with a clinician; measure it on your own "
+    "films first (cxr-calibrate).")
+
+OUTPUT_KINDS = ("logits", "probabilities")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What a runtime needs to use one model file right, and what it may tell its user."""
+  name: str  # the model file's name
+  labels: Tuple[str, ...]
+  image_size: int
+  scale: float
+  threshold: float
+  threshold_source: Optional[str]
+  temperature: float
+  output_kind: str  # "logits" (cxr-export's) or "probabilities" (older exports)
+  input_dtype: str
+  output_prior: Optional[float]  # the PNEUMONIA share the probabilities assume
+  intended_use: str
+  model: Optional[str]  # the network's name (edge_cnn)
+  credit: Optional[str]
+  format_version: int
+  cxr_edge_version: Optional[str]  # the version that exported it (None before format 2)
+  site_calibration: Optional[Dict[str, Any]]
+
+  @classmethod
+  def from_metadata(cls, package: Mapping[str, Any], entry: Mapping[str, Any],
+                    name: str, check: bool = True) -> "ModelInfo":
+    """Reads, upgrades and checks a package's fields and a model's entry.
+
+    Older packages: format 1 lacks the intended use (the current text stands in), the
+    version, and may lack a per-model threshold (the package's), a temperature (1.0), an
+    output kind (probabilities) and the class prior (None: cxr-calibrate --prevalence
+    then refuses it).
+
+    Args:
+      package: the package's fields (metadata.json without "models").
+      entry: the model's own entry.
+      name: the model file's name, for messages.
+      check: refuse values out of range (`check`); False only to compare two
+        descriptions of one model before either is used.
+
+    Raises:
+      PackageError: a field missing, of the wrong type or out of range (one line).
+    """
+    try:
+      info = cls(
+          name=name,
+          labels=tuple(str(label) for label in package["labels"]),
+          image_size=int(package["input"]["size"]),
+          scale=float(package["preprocessing"]["scale"]),
+          threshold=float(entry.get("threshold", package.get("threshold"))),
+          threshold_source=entry.get("threshold_source"),
+          temperature=float(entry.get("temperature", 1.0)),
+          output_kind=str(entry.get("output_kind", "probabilities")),
+          input_dtype=str(entry["input"]["dtype"]),
+          output_prior=(None if package.get("output_prior") is None
+                        else float(package["output_prior"])),
+          intended_use=str(package.get("intended_use") or INTENDED_USE),
+          model=package.get("model"),
+          credit=package.get("credit"),
+          format_version=int(package.get("format_version", 1)),
+          cxr_edge_version=package.get("cxr_edge_version"),
+          site_calibration=package.get("site_calibration"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise PackageError(f"{name}: its metadata lacks or mangles a field "
+                         f"({type(e).__name__}: {e})") from None
+    if check:
+      info.check()
+    return info
+
+  def check(self) -> None:
+    """Refuses values no export writes (one line, naming the field)."""
+    problems = []
+    if self.labels != schema.LABELS:
+      problems.append(f"labels {list(self.labels)} (expected {list(schema.LABELS)}, in "
+                      "that order)")
+    if not 8 <= self.image_size <= 4096:
+      problems.append(f"input size {self.image_size}")
+    if not (math.isfinite(self.scale) and self.scale > 0):
+      problems.append(f"scale {self.scale}")
+    if not 0.0 < self.threshold < 1.0:
+      problems.append(f"threshold {self.threshold}")
+    if not (math.isfinite(self.temperature) and 0.01 <= self.temperature <= 100):
+      problems.append(f"temperature {self.temperature}")
+    if self.output_kind not in OUTPUT_KINDS:
+      problems.append(f"output kind {self.output_kind!r}")
+    if self.output_prior is not None and not 0.0 < self.output_prior < 1.0:
+      problems.append(f"output prior {self.output_prior}")
+    if self.format_version > FORMAT_VERSION:
+      problems.append(f"format {self.format_version}, newer than this cxr-edge reads "
+                      f"({FORMAT_VERSION}): upgrade cxr-edge")
+    if problems:
+      raise PackageError(f"{self.name}: metadata out of range ({'; '.join(problems)}): "
+                         "refusing to make decisions with it")
+
+  def decisive(self) -> List[Tuple[str, Any]]:
+    """The fields that decide a prediction, for comparing two descriptions of one model."""
+    return [("labels", list(self.labels)), ("input size", self.image_size),
+            ("preprocessing scale", self.scale), ("threshold", self.threshold),
+            ("temperature", self.temperature), ("output kind", self.output_kind)]
+
+  def describe(self, sha256: str) -> str:
+    """What `cxr-predict --info` prints: what the package is, for whom, and how it decides."""
+    calibrated = self.site_calibration
+    lines = [
+        f"model:        {self.name} ({self.model or 'unknown network'}, "
+        f"exported by cxr-edge {self.cxr_edge_version or 'before 0.2'}, "
+        f"metadata format {self.format_version})",
+        f"sha256:       {sha256}",
+        f"classes:      {', '.join(self.labels)}; prediction is {schema.POSITIVE_LABEL} when "
+        f"p_pneumonia >= {self.threshold:.4f}",
+        f"threshold:    {self.threshold:.4f} ({self.threshold_source or 'set at export'})",
+        f"input:        {self.image_size}x{self.image_size} grayscale, {self.input_dtype}",
+        "site:         " + (f"calibrated by cxr-calibrate on {calibrated.get('date')}"
+                             if calibrated else "not calibrated for a site (cxr-calibrate)"),
+        f"training data: {self.credit or 'not recorded'}",
+        "",
+        "Intended use: " + self.intended_use,
+    ]
+    return "\n".join(lines)
+
+
+def package_fields(**fields: Any) -> Dict[str, Any]:
+  """A new package's fields (cxr-export): `fields` plus the format, version and use."""
+  return {**fields, "format_version": FORMAT_VERSION, "cxr_edge_version": __version__,
+          "intended_use": INTENDED_USE}

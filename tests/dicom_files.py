@@ -1,0 +1,70 @@
+"""DICOM films written at test time, for tests and scripts/dicom_parity.py (never shipped)."""
+import hashlib
+import io
+
+import numpy as np
+
+
+def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHROME2",
+                 window=None, rescale=None, voi_lut=None, modality: str = "DX",
+                 patient_id: str = "PAT-001", syntax=None, frames: int = 1) -> bytes:
+  """Writes stored pixel values as a DICOM Part 10 file (a digital X-ray, for presentation).
+
+  For tests and the DICOM parity measurement (scripts/dicom_parity.py); not shipped.
+  Identifiers are placeholders.
+
+  Args:
+    pixels: stored values, [H, W] (or [frames, H, W]); uint8 for bits=8, else uint16.
+    bits: BitsStored (8 allocates 8 bits, more allocate 16).
+    photometric: MONOCHROME1 / MONOCHROME2 (RGB for a colour fixture: pixels [H, W, 3]).
+    window: (centre, width) or None.
+    rescale: (slope, intercept) or None.
+    voi_lut: (first_mapped, lut_bits, lut values) or None.
+    syntax: a transfer syntax UID to compress to (RLE, JPEG 2000...), None: uncompressed.
+  """
+  # pylint: disable=g-import-not-at-top
+  from pydicom.dataset import Dataset, FileMetaDataset
+  from pydicom.sequence import Sequence
+  from pydicom import uid as dicom_uid
+  # pylint: enable=g-import-not-at-top
+  ds = Dataset()
+  ds.file_meta = FileMetaDataset()
+  ds.file_meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
+  ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
+  # A UUID-derived UID (the 2.25 root) from the pixels: unique per film, reproducible.
+  digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+  ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.{int(digest[:30], 16)}"
+  ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+  ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+  ds.Modality = modality
+  ds.PatientID = patient_id
+  ds.PatientName = "Anonymous"
+  colour = photometric == "RGB"
+  ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
+  ds.SamplesPerPixel = 3 if colour else 1
+  if colour:
+    ds.PlanarConfiguration = 0
+  ds.PhotometricInterpretation = photometric
+  ds.BitsAllocated = 8 if bits == 8 else 16
+  ds.BitsStored = bits
+  ds.HighBit = bits - 1
+  ds.PixelRepresentation = 0
+  if frames > 1:
+    ds.NumberOfFrames = frames
+  if window is not None:
+    ds.WindowCenter, ds.WindowWidth = window
+  if rescale is not None:
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+  if voi_lut is not None:
+    first, lut_bits, values = voi_lut
+    item = Dataset()
+    item.LUTDescriptor = [len(values), first, lut_bits]
+    item.add_new(0x00283006, "US", [int(v) for v in values])  # LUTData
+    ds.VOILUTSequence = Sequence([item])
+  ds.PixelData = np.ascontiguousarray(
+      pixels, np.uint8 if bits == 8 else np.uint16).tobytes()
+  if syntax is not None:
+    ds.compress(syntax)
+  out = io.BytesIO()
+  ds.save_as(out, enforce_file_format=True)
+  return out.getvalue()
