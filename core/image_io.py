@@ -67,7 +67,7 @@ def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[Image
 
   Returns:
     An ImageInfo for a readable 8-bit JPEG/PNG in a supported mode, or for a DICOM,
-    TIFF or high-bit-depth PNG that pipeline/film.py windows to 8 bits; else a Rejection
+    TIFF or high-bit-depth PNG that core/film.py windows to 8 bits; else a Rejection
     whose reason starts with one of the REASON_* constants (or film's).
   """
   try:

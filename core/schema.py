@@ -49,7 +49,7 @@ RESIZE_METHOD = "bilinear"
 IMAGE_FORMATS: Dict[str, str] = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # What cxr-predict reads from a folder: the above and, windowed to 8 bits by
-# pipeline/film.py, DICOM (also files without an extension: see edge/runtime.py) and TIFF.
+# core/film.py, DICOM (also files without an extension: see edge/runtime.py) and TIFF.
 FILM_EXTENSIONS = IMAGE_EXTENSIONS + (".dcm", ".dicom", ".tif", ".tiff")
 # Larger images are refused before decoding (decompression bombs); the public release's
 # largest has ~8.4 M pixels.

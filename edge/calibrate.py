@@ -21,9 +21,10 @@ on the same films, so slightly optimistic).
 the model will see shows PNEUMONIA (Bayes' rule on the class prior the model was trained
 to; no labelled film needed). With --image_dir as well, the films only measure it.
 
-Writes --output_dir/<model>.tflite (an unchanged copy of the model) with a metadata.json
-that holds the new threshold and its provenance; cxr-predict --model=that copy uses it.
-The original package is never altered.
+Writes --output_dir/<model>.tflite: the same graph and weights with the new threshold,
+temperature and their provenance embedded (so the file and its sha256 change), and a
+metadata.json copy of its metadata; cxr-predict --model=that file uses the new
+threshold. The original package is never altered.
 """
 
 from absl import app
@@ -33,8 +34,9 @@ from cxr_edge.core import cli
 from cxr_edge.core import metrics
 from cxr_edge.edge import calibrate_lib
 
-_MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export, with its "
-                             "metadata.json beside it.")
+_MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export (its "
+                             "metadata is embedded; a metadata.json beside it, if kept, "
+                             "must agree).")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "The clinic's labelled films: NORMAL/ "
                                  "and PNEUMONIA/ folders (any depth). Required unless "
                                  "--prevalence is given.")

@@ -11,7 +11,7 @@ Two ways to choose:
     they are optimistic by a little; the README's split-half evaluation measures by how
     much.
   - from the local prevalence alone (Bayes' rule on the class prior the model's
-    probabilities assume; model/metrics.py prevalence_threshold): no labelled film is
+    probabilities assume; core/thresholds.py at_prevalence): no labelled film is
     needed; labelled films, if given, only measure it (and may refit the temperature).
 """
 import dataclasses
@@ -28,6 +28,7 @@ from cxr_edge.core import errors
 from cxr_edge.core import folders
 from cxr_edge.core import metrics
 from cxr_edge.core import schema
+from cxr_edge.core import thresholds
 from cxr_edge.core.errors import CalibrationError
 from cxr_edge.edge import package
 from cxr_edge.edge import runtime
@@ -128,7 +129,7 @@ def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Opti
   """
   temperature = _temperature(model, films, fit_temperature)
   probs = probabilities(model, films.logits, temperature)
-  threshold = metrics.choose_threshold(films.labels, probs, target_sensitivity,
+  threshold = thresholds.on_scores(films.labels, probs, target_sensitivity,
                                        target_specificity)
   if target_sensitivity is not None:
     rule = f"highest threshold with local sensitivity >= {target_sensitivity}"
@@ -140,7 +141,7 @@ def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Opti
           **_measured(model, films, temperature, threshold)}
 
 
-def output_prior(model: runtime.LiteModel) -> float:
+def package_prior(model: runtime.LiteModel) -> float:
   """The PNEUMONIA share the model's probabilities assume, as its package records it.
 
   Raises:
@@ -168,9 +169,9 @@ def at_prevalence(model: runtime.LiteModel, prevalence: float,
   """
   if not 0.0 < prevalence < 1.0:
     raise CalibrationError(f"--prevalence must be strictly between 0 and 1, not {prevalence}")
-  prior = output_prior(model)
+  prior = package_prior(model)
   temperature = _temperature(model, films, fit_temperature)
-  threshold = metrics.prevalence_threshold(prevalence, prior)
+  threshold = thresholds.at_prevalence(prevalence, prior)
   rule = (f"the most accurate threshold at local PNEUMONIA prevalence {prevalence:g} "
           f"(Bayes' rule on the model's class prior {prior:g})")
   return {"temperature": temperature, "threshold": threshold, "rule": rule,
@@ -184,7 +185,8 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
   """Sets a site threshold and writes a new model package.
 
   Args:
-    model_path: an exported .tflite with its metadata.json beside it.
+    model_path: an exported .tflite (its metadata embedded; a metadata.json beside it, if
+      kept, must agree).
     image_dir: the clinic's labelled films (NORMAL/, PNEUMONIA/ at any depth); may be None
       with prevalence.
     output_dir: the new package (model + metadata.json); must not exist or be empty,
@@ -219,7 +221,7 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
     raise CalibrationError(f"--output_dir {output_dir!r} is not empty")
   model = runtime.LiteModel(model_path, num_threads)
   if prevalence is not None:
-    output_prior(model)  # refuse an old package before scoring any film
+    package_prior(model)  # refuse an old package before scoring any film
   films = score_films(model, image_dir) if image_dir else None
   per_class = (np.bincount(films.labels, minlength=schema.NUM_CLASSES) if films is not None
                else np.zeros(schema.NUM_CLASSES, int))
@@ -257,6 +259,8 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
   entry["temperature"] = chosen["temperature"]
   on_films = f" on {record['films']} local films" if films is not None else ""
   entry["threshold_source"] = f"cxr-calibrate{on_films} ({record['date']}): {chosen['rule']}"
+  # The package-level threshold is the one model's here: one value, not two that differ.
+  metadata["threshold"], metadata["threshold_rule"] = chosen["threshold"], chosen["rule"]
   metadata["site_calibration"] = record
   with open(model_path, "rb") as f:  # the same graph and weights, new embedded metadata
     data = package.embed(f.read(), fields)

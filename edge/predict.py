@@ -75,7 +75,7 @@ def _explain(model: runtime.LiteModel, result: dict, folder: str, index: int) ->
   """Writes the occlusion overlay of one predicted film; returns the record's additions."""
   start = time.perf_counter()
   with open(result["path"], "rb") as f:
-    data = runtime.model_bytes(f.read())
+    data = runtime.film_as_8bit(f.read())
   gray = runtime.decode_grayscale(data)
   heat = explain.occlusion_map(model, runtime.preprocess_gray(gray, model.image_size,
                                                               model.scale))

@@ -2,7 +2,7 @@
 
 LiteRT + numpy + Pillow only; never TensorFlow. Used by cxr-predict and cxr-calibrate
 on the device, and by cxr-export's report (so its numbers are what a device gets).
-Constants (formats, pixel limit, metadata name) come from pipeline/schema.py, the one
+Constants (formats, pixel limit, metadata name) come from core/schema.py, the one
 TensorFlow-free home of the project's constants.
 
 LiteModel reads metadata.json beside the model (labels, input size, preprocessing,
@@ -16,6 +16,7 @@ they agree. Models exported by this version output logits; the probability is
 softmax(logits / temperature), computed here in float64 (the temperature is in the
 metadata: 1 unless a calibration set it).
 """
+import dataclasses
 import glob
 import hashlib
 import json
@@ -83,9 +84,9 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
   return top + (bottom - top) * wy[:, None]
 
 
-def model_bytes(data: bytes) -> bytes:
+def film_as_8bit(data: bytes) -> bytes:
   """A file's bytes as the model's preprocessing takes them: DICOM, TIFF and 16-bit PNG
-  windowed to an 8-bit PNG by pipeline/film.py (as cxr-convert stores them), others as
+  windowed to an 8-bit PNG by core/film.py (as cxr-convert stores them), others as
   they are.
 
   Raises:
@@ -109,7 +110,7 @@ def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
   Raises:
     ImageError: unreadable, or not a film the model can take (the reason says why).
   """
-  return preprocess_gray(decode_grayscale(model_bytes(data)), image_size, scale)
+  return preprocess_gray(decode_grayscale(film_as_8bit(data)), image_size, scale)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -248,7 +249,7 @@ class LiteModel:
       ImageError: unreadable input, or (strict) an implausible one.
     """
     start = time.perf_counter()
-    data = model_bytes(data)
+    data = film_as_8bit(data)
     gray = decode_grayscale(data)
     warning = guard.check(gray, guard.chroma(data), resize_bilinear)
     if warning and strict:
@@ -299,13 +300,16 @@ def _check_sidecar(name: str, sha: str, sidecar: Dict, metadata: Dict, entry: Di
                        f"model's embedded metadata {own!r}: refusing both")
 
 
-# expand_paths' error for a file of a folder that is not a film (notes.txt): reported,
-# not a failure.
-SKIPPED = "skipped: "
+@dataclasses.dataclass(frozen=True)
+class FoundInput:
+  """One input cxr-predict found: a file to read, or why it is not read."""
+  path: str
+  error: Optional[str] = None  # it cannot be read: a failure, the exit status is 1
+  skipped: Optional[str] = None  # a folder's file that is not a film: reported, no failure
 
 
-def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
-  """Files, folders (recursively) and globs -> (path, error).
+def expand_paths(patterns: List[str]) -> Iterator[FoundInput]:
+  """Files, folders (recursively) and globs -> FoundInput, in a stable order.
 
   A folder yields every file in it but hidden ones (".DS_Store"): films by extension
   (schema.FILM_EXTENSIONS) and files without an extension (DICOM often has none) are
@@ -316,30 +320,34 @@ def expand_paths(patterns: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
       found = sorted(os.path.join(root, f) for root, _, files in os.walk(pattern)
                      for f in files if not f.startswith("."))
       if not found:
-        yield pattern, "folder holds no files"
+        yield FoundInput(pattern, error="folder holds no files")
       for p in found:
         ext = os.path.splitext(p)[1].lower()
-        yield p, (None if not ext or ext in schema.FILM_EXTENSIONS else
-                  f"{SKIPPED}{ext} is not a film extension ({' '.join(schema.FILM_EXTENSIONS)})")
+        if not ext or ext in schema.FILM_EXTENSIONS:
+          yield FoundInput(p)
+        else:
+          yield FoundInput(p, skipped=f"{ext} is not a film extension "
+                                      f"({' '.join(schema.FILM_EXTENSIONS)})")
     elif os.path.isfile(pattern):
-      yield pattern, None
+      yield FoundInput(pattern)
     else:
       matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
       if not matches:
-        yield pattern, "no such file"
-      yield from ((p, None) for p in matches)
+        yield FoundInput(pattern, error="no such file")
+      yield from (FoundInput(p) for p in matches)
 
 
-def predict_paths(model: LiteModel, items: Iterable[Tuple[str, Optional[str]]],
+def predict_paths(model: LiteModel, items: Iterable[FoundInput],
                   strict: bool = False) -> Iterator[Dict[str, object]]:
   """One result dict per expand_paths item; a bad input gets {"path", "error"}, a file that
   is not a film {"path", "skipped"}, and the run goes on."""
-  for path, error in items:
-    if error and error.startswith(SKIPPED):
-      yield {"path": path, "skipped": error[len(SKIPPED):]}
+  for item in items:
+    path = item.path
+    if item.skipped:
+      yield {"path": path, "skipped": item.skipped}
       continue
-    if error:
-      yield {"path": path, "error": error}
+    if item.error:
+      yield {"path": path, "error": item.error}
       continue
     try:
       with open(path, "rb") as f:

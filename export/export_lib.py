@@ -282,7 +282,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
       threshold=threshold,
       threshold_rule=info.get("threshold_rule"),
       # The class prior the probabilities assume, for cxr-calibrate --prevalence.
-      output_prior=model_dir_lib.output_prior(info, data_dir),
+      output_prior=model_dir_lib.run_prior(info, data_dir),
       input={"size": size, "layout": "NHWC", "shape": [1, size, size, schema.CHANNELS],
              "channels": schema.CHANNELS},
       preprocessing={

@@ -2,7 +2,7 @@
 
 Writes metrics.json, predictions.csv (file, patient, label, probability, prediction),
 roc.png, pr.png (precision-recall), calibration.png (reliability) and
-confusion_matrix.png. Metrics are computed in numpy (model/metrics.py).
+confusion_matrix.png. Metrics are computed in numpy (core/metrics.py).
 """
 import contextlib
 import csv

@@ -160,12 +160,12 @@ def read_info(model_dir: str) -> Dict[str, Any]:
     return json.load(f)
 
 
-def output_prior(info: Dict[str, Any], data_dir: str) -> float:
+def run_prior(info: Dict[str, Any], data_dir: str) -> float:
   """The PNEUMONIA share a run's probabilities assume: as its model_info records it, or,
   for a run saved before the field, from its class weights (pipeline/dataset.py)."""
   if info.get("output_prior") is not None:
     return float(info["output_prior"])
-  return dataset.output_prior(data_dir, info.get("class_weight", "balanced"))
+  return dataset.trained_prior(data_dir, info.get("class_weight", "balanced"))
 
 
 def quantize(model: keras.Model) -> keras.Model:

@@ -37,6 +37,7 @@ from absl import flags
 from cxr_edge.core import cli
 from cxr_edge.core import metrics
 from cxr_edge.core import schema
+from cxr_edge.core import thresholds
 from cxr_edge.model import models
 from cxr_edge.model import train_config
 from cxr_edge.pipeline import augment_config
@@ -103,13 +104,13 @@ _TARGET_SENSITIVITY = flags.DEFINE_float(
     "Choose the threshold in the highest score interval whose validation sensitivity "
     "reaches this (overrides --threshold_rule).", lower_bound=0.0, upper_bound=1.0)
 _THRESHOLD_RULE = flags.DEFINE_enum(
-    "threshold_rule", train_config.DEFAULT_THRESHOLD_RULE, list(train_config.THRESHOLD_RULES),
+    "threshold_rule", thresholds.DEFAULT_RULE, list(thresholds.RULES),
     "Decision threshold without --target_sensitivity: prevalence = the most accurate one "
     "where PNEUMONIA has --prevalence (Bayes' rule on the model's class prior; 1 - "
     "prevalence with balanced class weights); balanced = 0.5; youden = maximum Youden J "
     "on validation. Default chosen on external films (README).")
 _PREVALENCE = flags.DEFINE_float(
-    "prevalence", train_config.DEFAULT_PREVALENCE,
+    "prevalence", thresholds.DEFAULT_PREVALENCE,
     "With --threshold_rule=prevalence: the share of PNEUMONIA among the films the model "
     "will see. The default is the release's separately acquired test films' (README).")
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of the model's filters.",

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Dict, Optional
 
 from cxr_edge.core import schema
+from cxr_edge.core import thresholds
 from cxr_edge.pipeline import augment_config
 
 # Chosen on the external films, not on validation (README): geometric augmentation is
@@ -14,29 +15,12 @@ from cxr_edge.pipeline import augment_config
 # top of it ranked them better. The TrainConfig default and cxr-train's --augment default.
 DEFAULT_AUGMENT = ("rotation", "zoom", "brightness", "contrast")
 
-# How cxr-train sets the decision threshold (without --target_sensitivity):
-#   prevalence: the most accurate threshold where PNEUMONIA has --prevalence (Bayes' rule
-#               on the model's prior, model/metrics.py prevalence_threshold); no film
-#               chooses it;
-#   balanced:   0.5, the operating point of a model trained with balanced class weights
-#               (the prevalence rule at prevalence 0.5);
-#   youden:     maximum Youden J on the validation split (0.5 if among the best).
-# The validation split is drawn from the training distribution and nearly saturated: its
-# best-J interval is set by a handful of films and can sit far from 0.5 (README).
-THRESHOLD_RULES = ("prevalence", "balanced", "youden")
 # Which epoch's weights a run keeps: the one with the best validation ROC-AUC, or the
 # last (where a schedule that decays to zero has settled). The validation split is
 # nearly saturated, so its best epoch is close to a draw among the late ones; the last
 # was chosen on external films by a rule written before its runs (README).
 KEEP_EPOCHS = ("best", "last")
 DEFAULT_KEEP_EPOCH = "last"
-DEFAULT_THRESHOLD_RULE = "prevalence"
-
-# The PNEUMONIA share the default threshold assumes: that of the release's separately
-# acquired test films (the external films: 195 of 312; the final test half is drawn the
-# same way), so chosen on the external films (README). A site with another share sets
-# its own with cxr-calibrate --prevalence.
-DEFAULT_PREVALENCE = 0.625
 
 # Decoupled (AdamW) weight decay, in Keras' units (per step, times the learning rate).
 # Chosen on the external films (README); 0.5 is inside the AdamW paper's normalized range
@@ -76,8 +60,8 @@ class TrainConfig:
   strategy: str = "default"
   mixed_precision: bool = False
   target_sensitivity: Optional[float] = None
-  threshold_rule: str = DEFAULT_THRESHOLD_RULE
-  prevalence: float = DEFAULT_PREVALENCE  # of PNEUMONIA, for the prevalence rule
+  threshold_rule: str = thresholds.DEFAULT_RULE
+  prevalence: float = thresholds.DEFAULT_PREVALENCE  # of PNEUMONIA, for the prevalence rule
   width: float = 1.0
   dropout: Optional[float] = None
   cache: str = schema.CACHE_MEMORY

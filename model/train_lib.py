@@ -28,6 +28,7 @@ import tf_keras as keras
 
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import schema
+from cxr_edge.core import thresholds
 from cxr_edge.model import model_dir as model_dir_lib
 from cxr_edge.model import models
 from cxr_edge.model import train_config
@@ -200,42 +201,6 @@ class _Swap(keras.callbacks.Callback):
     self._weights.set(self.model, self._averaged)
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray,
-                     rule: str = train_config.DEFAULT_THRESHOLD_RULE,
-                     target_sensitivity: Optional[float] = None,
-                     prevalence: float = train_config.DEFAULT_PREVALENCE,
-                     output_prior: float = 0.5) -> Tuple[float, str]:
-  """The decision threshold for validation predictions, and a description of its rule.
-
-  Args:
-    labels: validation labels.
-    probs: validation PNEUMONIA probabilities.
-    rule: one of train_config.THRESHOLD_RULES; ignored when target_sensitivity is given.
-    target_sensitivity: the highest threshold whose validation sensitivity reaches this.
-    prevalence: for the prevalence rule, the share of PNEUMONIA where the model is used.
-    output_prior: the PNEUMONIA share the model's probabilities assume
-      (pipeline/dataset.py output_prior).
-
-  Raises:
-    ValueError: unknown rule, or a share not strictly between 0 and 1.
-  """
-  if target_sensitivity is not None:
-    return (metrics_lib.choose_threshold(labels, probs, target_sensitivity),
-            f"middle of the highest interval with validation sensitivity >= "
-            f"{target_sensitivity}")
-  if rule == "prevalence":
-    return (metrics_lib.prevalence_threshold(prevalence, output_prior),
-            f"the most accurate threshold at PNEUMONIA prevalence {prevalence:g} (Bayes' rule "
-            f"on the model's class prior {output_prior:.4g}; no film chose it)")
-  if rule == "balanced":
-    return 0.5, "0.5: the balanced operating point (balanced class weights in training)"
-  if rule == "youden":
-    return (metrics_lib.choose_threshold(labels, probs),
-            "max Youden J on validation (0.5 if among the best, else the middle of the best "
-            "interval nearest 0.5)")
-  raise ValueError(f"unknown threshold rule {rule!r}; choose from {train_config.THRESHOLD_RULES}")
-
-
 def _strategy(name: str) -> tf.distribute.Strategy:
   if name == "default":
     return tf.distribute.get_strategy()
@@ -353,9 +318,9 @@ def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int
 
 
 def _check(config: train_config.TrainConfig) -> None:
-  if config.threshold_rule not in train_config.THRESHOLD_RULES:
+  if config.threshold_rule not in thresholds.RULES:
     raise ValueError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
-                     f"{train_config.THRESHOLD_RULES}")
+                     f"{thresholds.RULES}")
   if config.keep_epoch not in train_config.KEEP_EPOCHS:
     raise ValueError(f"unknown keep_epoch {config.keep_epoch!r}; choose from "
                      f"{train_config.KEEP_EPOCHS}")
@@ -529,8 +494,8 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   model_dir_lib.save_model(config.model_dir, final, config.qat)
 
   val = predict_split(final, config.data_dir, "val", config.image_size)
-  prior = dataset.output_prior(config.data_dir, config.class_weight)
-  threshold, rule = choose_threshold(val["label"], val["probability"], config.threshold_rule,
+  prior = dataset.trained_prior(config.data_dir, config.class_weight)
+  threshold, rule = thresholds.by_rule(val["label"], val["probability"], config.threshold_rule,
                                      config.target_sensitivity, config.prevalence, prior)
   history = model_dir_lib.read_history(config.model_dir)
   epochs, best = len(history.get("epoch", [])), model_dir_lib.best_epoch(history)

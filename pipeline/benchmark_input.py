@@ -1,8 +1,8 @@
 r"""cxr-benchmark-input: images/s of this input pipeline vs the usual Keras loaders.
 
 Usage:
-  cxr-convert --input_dir=../shared/data/chest_xray --output_dir=/tmp/cxr_records
-  cxr-benchmark-input --data_dir=/tmp/cxr_records --image_dir=../shared/data/chest_xray
+  cxr-convert --input_dir=../shared/data/chest_xray/train --output_dir=/tmp/cxr_records
+  cxr-benchmark-input --data_dir=/tmp/cxr_records --image_dir=../shared/data/chest_xray/train
 
 Measures, in one run and in steady state: (1) this pipeline (TFRecords, cache, shuffle,
 batch, plus the batched augmentation the training step runs); (2) the source article's

@@ -1,7 +1,7 @@
 r"""cxr-convert: image folders -> patient-grouped, stratified, sharded TFRecords.
 
 Usage:
-  cxr-convert --input_dir=../shared/data/chest_xray --output_dir=/tmp/cxr_records
+  cxr-convert --input_dir=../shared/data/chest_xray/train --output_dir=/tmp/cxr_records
   python -m cxr_edge.pipeline.convert --input_dir=data/sample --output_dir=out/records \
       --split_ratios=0.8,0.1,0.1 --seed=42 --num_shards=8 --overwrite
 

@@ -81,7 +81,7 @@ def class_weights(data_dir: str, split: str = "train") -> Dict[int, float]:
   return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def output_prior(data_dir: str, class_weight: str) -> float:
+def trained_prior(data_dir: str, class_weight: str) -> float:
   """The PNEUMONIA share a model's probabilities assume (the prior it was trained to).
 
   Balanced class weights make both classes weigh the same: 0.5. Without them, the
@@ -320,7 +320,7 @@ def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZ
 
 
 def _readable_bytes(path: tf.Tensor) -> tf.Tensor:
-  """A file's bytes, with DICOM/TIFF/16-bit PNG windowed to 8 bits (pipeline/film.py)."""
+  """A file's bytes, with DICOM/TIFF/16-bit PNG windowed to 8 bits (core/film.py)."""
 
   def read(p):
     with open(p.decode("utf-8", "surrogateescape"), "rb") as f:

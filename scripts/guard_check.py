@@ -1,4 +1,4 @@
-r"""Measures the plausibility guard (pipeline/guard.py): real films must never be flagged,
+r"""Measures the plausibility guard (core/guard.py): real films must never be flagged,
 things that are not chest radiographs should be.
 
 Real: every film below --image_dir (several allowed). Synthetic, made here from a seed:

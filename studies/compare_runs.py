@@ -11,7 +11,7 @@ Usage:
       --article=/tmp/article_s0/article_baseline.json,/tmp/article_s1/article_baseline.json
 
 Each cxr-train directory is scored at the threshold the current rule
-(cxr_edge.core.metrics.choose_threshold) picks on its validation predictions, so runs trained
+(cxr_edge.core.thresholds.on_scores) picks on its validation predictions, so runs trained
 before a rule change are compared on equal terms. Article-recipe results
 (studies/article_baseline.py JSON, test split at 0.5) are listed as they are. Prints a
 Markdown table: one row per run, then each group's mean.
@@ -25,6 +25,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
 
 from cxr_edge.core import metrics
+from cxr_edge.core import thresholds
 from cxr_edge.model import model_dir as model_dir_lib
 from cxr_edge.model import train_lib
 from cxr_edge.pipeline import dataset
@@ -37,7 +38,7 @@ def score_run(model_dir: str, data_dir: str, split: str) -> Dict[str, float]:
   """One cxr-train run's metrics on `split` at its validation-chosen threshold."""
   model, info = model_dir_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
-  threshold = metrics.choose_threshold(val["label"], val["probability"],
+  threshold = thresholds.on_scores(val["label"], val["probability"],
                                        info.get("target_sensitivity"))
   out = val if split == "val" else train_lib.predict_split(model, data_dir, split,
                                                            info["image_size"])

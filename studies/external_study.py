@@ -15,7 +15,7 @@ when present, so invocations that share --exports export each run once. Each mod
 scored at the threshold it ships with (cxr-train's --threshold_rule, re-applied to runs
 trained under another), through the edge runtime (export/runtime.py, what
 cxr-predict runs). Prints Markdown tables: one row per run and each group's mean (the
-issue's targets are means over seeds) for int8 and float32 on the external films and for
+targets are means over seeds) for int8 and float32 on the external films and for
 int8 on the internal test split, the article recipe's external results, and a
 split-half evaluation of site calibration (cxr-calibrate's rule chosen on one half of
 the external films by patient, scored on the other half). Writes the same as JSON to
@@ -37,11 +37,11 @@ from cxr_edge.edge import runtime
 from cxr_edge.export import export_lib
 from cxr_edge.export import variants as variant_names
 from cxr_edge.model import model_dir as model_dir_lib
-from cxr_edge.model import train_config
 from cxr_edge.model import train_lib
 from cxr_edge.pipeline import splits
 from studies import groups
 from cxr_edge.core import folders
+from cxr_edge.core import thresholds
 
 KEYS = ("accuracy", "sensitivity", "specificity")
 SPLIT_SEEDS = (0, 1, 2, 3, 4)
@@ -56,15 +56,15 @@ def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
   path = os.path.join(model_dir, model_dir_lib.INFO_FILE)
   with open(path, encoding="utf-8") as f:
     info = json.load(f)
-  prevalence = train_config.DEFAULT_PREVALENCE
+  prevalence = thresholds.DEFAULT_PREVALENCE
   if info.get("target_sensitivity") is not None or (
       info.get("threshold_rule_name") == rule
       and (rule != "prevalence" or info.get("prevalence") == prevalence)):
     return
   model, _ = model_dir_lib.load_model_dir(model_dir)
   val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
-  prior = model_dir_lib.output_prior(info, data_dir)
-  info["threshold"], info["threshold_rule"] = train_lib.choose_threshold(
+  prior = model_dir_lib.run_prior(info, data_dir)
+  info["threshold"], info["threshold_rule"] = thresholds.by_rule(
       val["label"], val["probability"], rule, prevalence=prevalence, output_prior=prior)
   info.update(threshold_rule_name=rule, prevalence=prevalence, output_prior=prior)
   info["val_metrics"] = metrics.summary(val["label"], val["probability"], info["threshold"],
@@ -180,8 +180,8 @@ def main() -> None:
                       help="NAME=DIR[,DIR...]: cxr-train directories of one recipe")
   parser.add_argument("--article", default="",
                       help="comma-separated article_baseline.json files run with --external_dir")
-  parser.add_argument("--threshold_rule", choices=train_config.THRESHOLD_RULES,
-                      default=train_config.DEFAULT_THRESHOLD_RULE,
+  parser.add_argument("--threshold_rule", choices=thresholds.RULES,
+                      default=thresholds.DEFAULT_RULE,
                       help="cxr-train's threshold rule, re-applied to runs trained under "
                            "another; each rule's exports go to their own folder")
   parser.add_argument("--equalize", action="store_true",

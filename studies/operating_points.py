@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A bound, not a product feature: could any threshold meet issue 9's targets together?
+"""A bound, not a product feature: could any threshold meet the external-validation targets together?
 
 Usage:
   .venv/bin/python -m studies.operating_points \
@@ -14,7 +14,7 @@ floors and without them. If even the oracle misses a target, no threshold rule c
 it for that model: the ranking (ROC-AUC) has to improve.
 
 With --at_prevalence, also the threshold a site could set from its prevalence alone,
-without labelled films (cxr_edge.core.metrics.prevalence_threshold; 1 - prevalence for balanced
+without labelled films (cxr_edge.core.thresholds.at_prevalence; 1 - prevalence for balanced
 class weights), here with the prevalence of these films (so it uses their class balance,
 though no single label).
 """
@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from cxr_edge.core import metrics
+from cxr_edge.core import thresholds
 from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import runtime
 
@@ -84,7 +85,7 @@ def main() -> None:
              f"| | | best within the floors | {_cells(within)} |",
              f"| | | best, no floors | {_cells(best(y, p))} |"]
     if args.at_prevalence:
-      t = metrics.prevalence_threshold(float(np.mean(y)), calibrate_lib.output_prior(model))
+      t = thresholds.at_prevalence(float(np.mean(y)), calibrate_lib.package_prior(model))
       by_prevalence.append(at(y, p, t))
       rows.append(f"| | | at the films' prevalence | "
                   f"{_cells(dict(by_prevalence[-1], threshold=t))} |")

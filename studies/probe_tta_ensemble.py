@@ -37,11 +37,11 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_edge.core import metrics
+from cxr_edge.core import thresholds
 from cxr_edge.edge import runtime
 from cxr_edge.export import export_lib
 from cxr_edge.model import model_dir as model_dir_lib
 from cxr_edge.model import models
-from cxr_edge.model import train_config
 from cxr_edge.pipeline import augment
 from cxr_edge.pipeline import augment_config
 from cxr_edge.pipeline import dataset
@@ -102,10 +102,10 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
   rows: Dict[str, List[Tuple[str, Dict]]] = {"plain": [], "tta": []}
   margins: Dict[str, List[np.ndarray]] = {"plain": [], "tta": []}
   seconds = {"plain": 0.0, "tta": 0.0}
-  thresholds, temperatures = [], []
+  run_thresholds, temperatures = [], []
   for run in runs:
     name = external_study.run_name(run)
-    cached = external_study.export_dir(args.exports, train_config.DEFAULT_THRESHOLD_RULE, run)
+    cached = external_study.export_dir(args.exports, thresholds.DEFAULT_RULE, run)
     external_study.export_run(run, args.data_dir, args.external_dir, cached)
     lite = runtime.LiteModel(os.path.join(cached, export_lib.tflite_name("int8")))
     if lite.output_kind != "logits":
@@ -124,7 +124,7 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
         val_views)
     shift = float(np.mean(val_tta - val_plain))
     t = lite.temperature
-    thresholds.append(lite.threshold)
+    run_thresholds.append(lite.threshold)
     temperatures.append(t)
     # The plain row takes the probabilities as the runtime does (softmax), so that it
     # repeats external_study.py's row to the digit; TTA has only margins.
@@ -143,7 +143,7 @@ def _int8_section(args, runs: List[str], folder, val) -> None:
     label = "plain" if kind == "plain" else f"TTA x{VARIANTS + 1}, re-centred"
     print(external_study.mean_row(f"{label}: mean of {len(runs)}", [e for _, e in rows[kind]]))
   if len(runs) > 1:
-    t, threshold = float(np.mean(temperatures)), float(np.mean(thresholds))
+    t, threshold = float(np.mean(temperatures)), float(np.mean(run_thresholds))
     for kind in ("plain", "tta"):
       e = metrics.operating_point(y, metrics.sigmoid(np.mean(margins[kind], axis=0) / t),
                                   threshold, patients)

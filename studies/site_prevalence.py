@@ -11,7 +11,7 @@ films by class (no film is dropped): sensitivity and specificity at a threshold 
 depend on P, and the site's accuracy is P x sensitivity + (1 - P) x specificity. For
 each P and each TFLite model (through the edge runtime, as cxr-predict runs it) the table
 gives that accuracy at the threshold the model ships with, at 0.5, and at the threshold
-`cxr-calibrate --prevalence=P` would set (model/metrics.py prevalence_threshold; it
+`cxr-calibrate --prevalence=P` would set (core/thresholds.py at_prevalence; it
 uses P, not the films' labels), as means over the models with their range.
 """
 import argparse
@@ -20,6 +20,7 @@ from typing import Dict, List
 import numpy as np
 
 from cxr_edge.core import metrics
+from cxr_edge.core import thresholds
 from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import runtime
 
@@ -54,7 +55,7 @@ def main() -> None:
                                      "sensitivity": [], "specificity": []}
     site_thresholds = set()
     for model, y, p in scored:
-      site = metrics.prevalence_threshold(prevalence, calibrate_lib.output_prior(model))
+      site = thresholds.at_prevalence(prevalence, calibrate_lib.package_prior(model))
       site_thresholds.add(f"{site:.3f}")
       for name, t in (("shipped", model.threshold), ("half", 0.5), ("site", site)):
         cells[name].append(100 * site_accuracy(y, p, t, prevalence))

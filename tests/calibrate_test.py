@@ -10,6 +10,7 @@ import pytest
 
 from cxr_edge.core import image_io
 from cxr_edge.core import metrics
+from cxr_edge.core import thresholds
 from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import package
 from cxr_edge.edge import runtime
@@ -48,7 +49,7 @@ def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
   out = tmp_path / "site"
   record = calibrate_lib.calibrate(_model(exported), films, str(out), **targets)
   y, p = _independent_probs(_model(exported), films)
-  want = metrics.choose_threshold(y, p, **targets)
+  want = thresholds.on_scores(y, p, **targets)
   assert record["threshold"] == pytest.approx(want)
   assert record["chosen_on_the_films"] and record["prevalence"] is None
   at_new = record["measured"]["at_new"]
@@ -70,6 +71,8 @@ def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
   assert meta["models"]["model_int8.tflite"]["sha256"] == image_io.sha256_file(str(new_model))
   assert list(meta["models"]) == ["model_int8.tflite"]
   assert meta["models"]["model_int8.tflite"]["threshold"] == pytest.approx(want)
+  assert meta["threshold"] == pytest.approx(want)  # one threshold, not the export's too
+  assert package.read(new_data)["package"]["threshold"] == pytest.approx(want)
   assert "cxr-calibrate" in meta["models"]["model_int8.tflite"]["threshold_source"]
   assert meta["site_calibration"]["films"] == 16
   assert runtime.LiteModel(str(new_model)).threshold == pytest.approx(want)

@@ -1,12 +1,13 @@
 """Every console script's --help, one-line errors, quiet logs."""
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from cxr_edge.core.version import __version__
-from tests.conftest import JOBS, ROOT, console_script
+from tests.conftest import JOBS, ROOT, console_script, job
 
 
 def _help(module, entry="run"):
@@ -64,6 +65,13 @@ def test_every_job_has_version_even_without_its_required_flags(module):
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.strip() == f"{console_script(module)} (cxr-edge) {__version__}"
   assert "--[no]version: print the cxr-edge version" in _help(module).stdout
+
+
+@pytest.mark.parametrize("module", JOBS)
+def test_no_usage_example_pools_the_external_films_into_training(module):
+  """`.../chest_xray` holds train/ and external/: converting it trains on external films."""
+  doc = job(module).__doc__
+  assert not re.search(r"--(input|image)_dir=\S*chest_xray/?(\s|$)", doc), doc
 
 
 def test_the_version_has_one_home():

@@ -105,8 +105,8 @@ def test_output_prior_is_half_under_balanced_weights_else_the_train_share(sample
   m = records.load_manifest(sample_records)["splits"]["train"]["classes"]
   n0, n1 = m["NORMAL"]["images"], m["PNEUMONIA"]["images"]
   assert n0 != n1  # so the two cases differ
-  assert dataset.output_prior(sample_records, "balanced") == 0.5
-  assert dataset.output_prior(sample_records, "none") == pytest.approx(n1 / (n0 + n1))
+  assert dataset.trained_prior(sample_records, "balanced") == 0.5
+  assert dataset.trained_prior(sample_records, "none") == pytest.approx(n1 / (n0 + n1))
 
 
 def test_input_context_shards_without_hanging(sample_records):

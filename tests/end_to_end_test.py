@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import SAMPLE_DIR, run_module
 
 
-# What the jobs printed before they were made quiet (issue 11 item 16): CUDA probing on
+# What the jobs printed before they were made quiet: CUDA probing on
 # machines without a GPU, absl/TensorFlow/Keras INFO lines, the TFLite converter's and
 # LiteRT's native chatter, Keras' per-epoch progress lines.
 NOISE = ("cuda", "absl::InitializeLog", "Assets written", "fully_quantize", "XNNPACK",

@@ -1,4 +1,4 @@
-"""pipeline/film.py: DICOM, 16-bit PNG and TIFF windowed to 8 bits; each rejection."""
+"""core/film.py: DICOM, 16-bit PNG and TIFF windowed to 8 bits; each rejection."""
 import io
 
 import numpy as np

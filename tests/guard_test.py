@@ -1,4 +1,4 @@
-"""pipeline/guard.py: real films pass, what is not a chest radiograph is flagged."""
+"""core/guard.py: real films pass, what is not a chest radiograph is flagged."""
 import io
 import os
 

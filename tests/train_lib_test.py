@@ -13,6 +13,7 @@ from tensorflow.python.framework import config as tf_framework_config  # disable
 import tf_keras as keras
 
 from cxr_edge.core import metrics
+from cxr_edge.core import thresholds
 from cxr_edge.model import model_dir as model_dir_lib
 from cxr_edge.model import train_config
 from cxr_edge.model import train_lib
@@ -164,36 +165,12 @@ def test_external_dir_is_scored_every_epoch_and_never_trained_on(sample_records,
   assert info["external_dir"] == external
 
 
-def test_threshold_rules():
-  y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
-  p = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.65, 0.3, 0.7, 0.95, 0.6])
-  t, rule = train_lib.choose_threshold(y, p, "balanced")
-  assert t == 0.5 and "balanced" in rule
-  # Youden J: the rule of model/metrics.py (here its best interval is (0.4, 0.6] -> 0.5);
-  # with scores where the best interval is elsewhere, it moves off 0.5.
-  assert train_lib.choose_threshold(y, p, "youden")[0] == metrics.choose_threshold(y, p)
-  skewed = np.array([0.01, 0.02, 0.03, 0.04, 0.2, 0.3, 0.4, 0.45, 0.9, 0.95])
-  assert train_lib.choose_threshold(y, skewed, "youden")[0] == pytest.approx(0.12)
-  assert train_lib.choose_threshold(y, skewed, "balanced")[0] == 0.5
-  # A target sensitivity overrides either rule.
-  t, rule = train_lib.choose_threshold(y, p, "balanced", target_sensitivity=0.95)
-  assert t == pytest.approx(0.2) and "sensitivity >= 0.95" in rule
-  # The prevalence rule: Bayes' rule on the model's prior, whatever the scores.
-  t, rule = train_lib.choose_threshold(y, skewed, "prevalence", prevalence=0.625)
-  assert t == 0.375 and "prevalence 0.625" in rule and "no film" in rule
-  assert train_lib.choose_threshold(y, p, "prevalence", prevalence=0.5)[0] == 0.5
-  t, _ = train_lib.choose_threshold(y, p, "prevalence", prevalence=0.625, output_prior=0.74)
-  assert t == pytest.approx(metrics.prevalence_threshold(0.625, 0.74)) and t > 0.5
-  with pytest.raises(ValueError, match="unknown threshold rule"):
-    train_lib.choose_threshold(y, p, "median")
-
-
 def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
   info = train_lib.train(_config(sample_records, tmp_path / "m", epochs=1))
-  assert info["threshold_rule_name"] == "prevalence" == train_config.DEFAULT_THRESHOLD_RULE
-  assert info["prevalence"] == train_config.DEFAULT_PREVALENCE
+  assert info["threshold_rule_name"] == "prevalence" == thresholds.DEFAULT_RULE
+  assert info["prevalence"] == thresholds.DEFAULT_PREVALENCE
   assert info["output_prior"] == 0.5  # balanced class weights
-  assert info["threshold"] == pytest.approx(1 - train_config.DEFAULT_PREVALENCE)
+  assert info["threshold"] == pytest.approx(1 - thresholds.DEFAULT_PREVALENCE)
   assert info["val_metrics"]["at_threshold"]["threshold"] == info["threshold"]
   with pytest.raises(ValueError, match="unknown threshold rule"):
     train_lib.train(_config(sample_records, tmp_path / "n", threshold_rule="x"))
@@ -202,12 +179,12 @@ def test_default_threshold_rule_is_recorded(sample_records, tmp_path):
 
 
 def test_output_prior_of_a_run_as_recorded_or_from_its_class_weights(sample_records):
-  assert model_dir_lib.output_prior({"output_prior": 0.5, "class_weight": "none"},
+  assert model_dir_lib.run_prior({"output_prior": 0.5, "class_weight": "none"},
                                     sample_records) == 0.5
   # Saved before the field: from the class weights it trained with.
-  assert model_dir_lib.output_prior({"class_weight": "none"}, sample_records) == (
-      dataset.output_prior(sample_records, "none"))
-  assert model_dir_lib.output_prior({}, sample_records) == 0.5
+  assert model_dir_lib.run_prior({"class_weight": "none"}, sample_records) == (
+      dataset.trained_prior(sample_records, "none"))
+  assert model_dir_lib.run_prior({}, sample_records) == 0.5
 
 
 def test_the_whole_config_is_saved_and_read_back(trained_model):
@@ -242,7 +219,7 @@ def test_qat_run_reuses_the_float_recipe_and_chooses_its_own_threshold(trained_m
   assert any(layer.name.startswith("quant_") for layer in model.layers)
   # Its threshold is its own validation choice by the float run's rule.
   val = train_lib.predict_split(model, info["config"]["data_dir"], "val", SIZE)
-  want, _ = train_lib.choose_threshold(val["label"], val["probability"], "youden")
+  want, _ = thresholds.by_rule(val["label"], val["probability"], "youden")
   assert info["threshold"] == pytest.approx(want)
 
 
