@@ -332,7 +332,7 @@ def _check(config: train_config.TrainConfig) -> None:
   if config.qat and (config.mixed_precision or not config.init_from):
     raise ValueError("a QAT run needs --init_from (a float run) and no --mixed_precision")
   manifest = records.load_manifest(config.data_dir)
-  records.check_shards(config.data_dir, ("train", "val"), hashes=config.verify_data)
+  records.check_shards(config.data_dir, ("train", "val"), hashes=not config.no_verify)
   for split in ("train", "val"):
     classes = manifest["splits"][split].get("classes", {})
     missing = [label for label in schema.LABELS
@@ -546,17 +546,10 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   return info
 
 
-# Config fields that do not change what is trained (where it is logged, how it is fed,
-# what else is scored, which epoch is kept): a rerun may differ in them and still resume
-# the same run.
-_NOT_IDENTITY = ("model_dir", "verbose", "cache", "strategy", "external_dir", "verify_data",
-                 "deterministic", "keep_epoch")
-
-
 def _identity(config: train_config.TrainConfig) -> Dict[str, Any]:
   """What makes a run this run: its config and the training data's manifest."""
   cfg = json.loads(json.dumps(train_config.config_to_dict(config)))
-  for key in _NOT_IDENTITY:
+  for key in train_config.NOT_IDENTITY:
     cfg.pop(key, None)
   return {"config": cfg, "data_manifest_sha256": model_dir_lib.manifest_sha256(config.data_dir)}
 

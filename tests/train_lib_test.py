@@ -51,7 +51,7 @@ def _config(data_dir, model_dir, **kw):
 
 def test_default_augmentation_is_geometric_and_intensity():
   cfg = train_config.TrainConfig(data_dir="d", model_dir="m").augment
-  assert cfg.names() == train_config.DEFAULT_AUGMENT == ("rotation", "zoom", "brightness",
+  assert cfg.names() == augment_config.DEFAULT_AUGMENT == ("rotation", "zoom", "brightness",
                                                       "contrast")
   assert cfg.rotation_deg == 20.0 and cfg.zoom == 0.3 and cfg.geometric
   assert cfg.brightness == (0.7, 1.3) and cfg.contrast == 0.2 and not cfg.translation

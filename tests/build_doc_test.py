@@ -1,0 +1,29 @@
+"""BUILD.md says what the code does: its derived flag tables match the jobs' configs."""
+import os
+import re
+
+from scripts import flag_tables
+from tests.conftest import ROOT
+
+
+def test_derived_flag_tables_match_the_configs():
+  text = open(os.path.join(ROOT, "BUILD.md"), encoding="utf-8").read()
+  for job, table in flag_tables.tables().items():
+    found = re.search(rf"<!-- flags: {re.escape(job)} -->\n(.*?)\n<!-- /flags -->", text, re.S)
+    assert found, f"BUILD.md has no flag table block for {job}"
+    assert found.group(1) == table, (f"BUILD.md's {job} flag table is stale: run "
+                                     "python -m scripts.flag_tables")
+
+
+def test_every_train_flag_is_in_the_table_with_its_default():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tests.conftest import job  # pylint: disable=g-import-not-at-top
+  train = job("cxr_edge.model.train")
+  table = flag_tables.tables()["cxr-train"]
+  for flag in flags.FLAGS.get_flags_for_module(train.__name__):
+    row = next((r for r in table.splitlines() if r.startswith(f"| `--{flag.name}` |")), None)
+    assert row, flag.name
+    if flag.default is not None and flag.name not in ("data_dir", "model_dir"):
+      shown = (",".join(flag.default) if isinstance(flag.default, list)
+               else str(flag.default))
+      assert f"`{shown}`" in row, (flag.name, row)
