@@ -71,9 +71,15 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     _configure_logging()
     return main(argv)
 
+  def parse_known(argv):
+    try:
+      return flags.FLAGS(argv, known_only=True)
+    except flags.Error as e:  # as absl's own parser reports it, but in one line
+      sys.exit(f"{prog}: error: {e}")
+
   try:
     if pass_unknown:
-      app.run(quiet_main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
+      app.run(quiet_main, flags_parser=parse_known)
     else:
       app.run(quiet_main)
   except KeyboardInterrupt:

@@ -14,7 +14,7 @@ TensorFlow-free (absl only): jobs define and check their flags before TensorFlow
 import dataclasses
 import sys
 import typing
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from absl import flags
 
@@ -26,7 +26,7 @@ REFUSED = "refused"  # not for a QAT run (passing the flag is refused)
 def option(default: Any = dataclasses.MISSING, *, help: str,  # pylint: disable=redefined-builtin
            default_factory: Any = dataclasses.MISSING, qat: Optional[str] = None,
            flag: bool = True, doc: Optional[str] = None, identity: bool = True,
-           **flag_args: Any) -> Any:
+           parse: Optional[Callable[[Any], Any]] = None, **flag_args: Any) -> Any:
   """A config field that is also a command-line flag.
 
   Args:
@@ -38,11 +38,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str,  # pylint: disable=
     doc: BUILD.md's wording where it says more than the help (default: the help).
     identity: False for an option that does not change what a run computes (where it
       writes, how it is fed): a rerun may differ in it and still be the same run.
+    parse: the flag is then text (a tuple default is written comma-separated), which this
+      turns into the field's value; its ValueError is the flag's error message.
     **flag_args: the flag's checks: `choices` (an enum; a callable is called when the
       flag is defined), `lower_bound`, `upper_bound`.
   """
   metadata = {"help": help, "qat": qat, "flag": flag, "doc": doc, "identity": identity,
-              "flag_args": flag_args}
+              "parse": parse, "flag_args": flag_args}
   if default_factory is not dataclasses.MISSING:
     return dataclasses.field(default_factory=default_factory, metadata=metadata)
   return dataclasses.field(default=default, metadata=metadata)
@@ -93,11 +95,27 @@ def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS,
       flags.DEFINE_integer(**common, **args)
     elif kind is float:
       flags.DEFINE_float(**common, **args)
+    elif f.metadata["parse"] is not None:  # a text flag the option parses
+      text = None if value is None else ",".join(str(v) for v in value)
+      flags.DEFINE_string(**dict(common, default=text), **args)
     elif kind in (tuple, list):
       flags.DEFINE_list(**dict(common, default=None if value is None else
                                [str(v) for v in value]), **args)
     else:
       flags.DEFINE_string(**common, **args)
+    if f.metadata["parse"] is not None:
+      flags.register_validator(f.name, _parses(f.name, f.metadata["parse"]),
+                               flag_values=flag_values)
+
+
+def _parses(name: str, parse: Callable[[Any], Any]) -> Callable[[Any], bool]:
+  def valid(value: Any) -> bool:
+    try:
+      parse(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+  return valid
 
 
 def _caller_module() -> str:
@@ -113,6 +131,8 @@ def from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> Dict[s
   for f in options(cls):
     if f.metadata["flag"]:
       value = flag_values[f.name].value
+      if f.metadata["parse"] is not None and value is not None:
+        value = f.metadata["parse"](value)
       values[f.name] = tuple(value) if isinstance(value, list) else value
   return values
 

@@ -27,7 +27,6 @@ Logs one line per epoch. Writes model.keras, model_info.json (with the threshold
 and its rule), history.json, training_log.csv, learning_curves.png,
 checkpoints/ and logs/. --verbosity=1 shows TensorFlow's and Keras' own output too.
 """
-import dataclasses
 import os
 import sys
 
@@ -43,21 +42,9 @@ from cxr_edge.model import train_config
 from cxr_edge.pipeline import augment_config
 from cxr_edge.pipeline import records
 
-@dataclasses.dataclass(frozen=True)
-class JobOptions:
-  """cxr-train's flags that steer the job, not the run."""
-  overwrite: bool = config_flags.option(
-      False, help="Start over in a --model_dir that holds another run (removes only the "
-      "files cxr-train writes).",
-      doc="start over in a `--model_dir` that holds another run (other config or data; "
-      "only cxr-train's files are removed). Without it such a dir is refused, the same run "
-      "is resumed, and a finished one is left as it is")
-
-
 # Every flag comes from a config's fields (core/config_flags.py): defaults, help, checks
 # and the recipe are written there once.
-OPTION_CLASSES = (train_config.TrainConfig, augment_config.AugmentOptions, JobOptions)
-for _options in OPTION_CLASSES:
+for _options in train_config.OPTION_CLASSES:
   config_flags.define_flags(_options, required=train_config.REQUIRED)
 
 
@@ -65,7 +52,7 @@ def _config() -> train_config.TrainConfig:
   """The run's config from the flags (a QAT run's from its float run's recipe)."""
   values = config_flags.from_flags(train_config.TrainConfig)
   if flags.FLAGS.qat:
-    given = [name for cls in OPTION_CLASSES for name in config_flags.present(
+    given = [name for cls in train_config.OPTION_CLASSES for name in config_flags.present(
         cls, (config_flags.RECIPE, config_flags.REFUSED))]
     if given:
       raise app.UsageError(f"--qat reuses the --init_from run's recipe; drop {', '.join(given)}")

@@ -193,6 +193,21 @@ class TrainConfig:
 REQUIRED = ("data_dir", "model_dir")
 
 
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+  """cxr-train's flags that steer the job, not the run."""
+  overwrite: bool = option(
+      False, help="Start over in a --model_dir that holds another run (removes only the "
+      "files cxr-train writes).",
+      doc="start over in a `--model_dir` that holds another run (other config or data; "
+      "only cxr-train's files are removed). Without it such a dir is refused, the same run "
+      "is resumed, and a finished one is left as it is")
+
+
+# cxr-train's flags: these classes' options, in this order.
+OPTION_CLASSES = (TrainConfig, augment_config.AugmentOptions, JobOptions)
+
+
 # QAT fine-tunes an already trained network: a small rate keeps the weights near the
 # validated float model while the quantization ranges settle.
 QAT_EPOCHS = 2

@@ -27,105 +27,36 @@ same splits; Beam's order within shards differs from run to run.
 """
 
 from absl import app
-from absl import flags
 
 from cxr_edge.core import cli
+from cxr_edge.core import config_flags
 from cxr_edge.core import errors
-from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
-from cxr_edge.pipeline import splits
 
-_INPUT_DIR = flags.DEFINE_string(
-    "input_dir", None,
-    "Folder with one sub-folder per class (NORMAL, PNEUMONIA; any case), searched "
-    "recursively, so the public release's train/val/test layout is pooled and re-split.")
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Where shards, labels.txt and manifest.json are written.")
-_SPLIT_RATIOS = flags.DEFINE_string(
-    "split_ratios", "0.8,0.1,0.1",
-    "train,val,test shares of each class's images; splits are grouped by patient.")
-_SEED = flags.DEFINE_integer("seed", 42, "Seed of the split and of the record order.")
-_NUM_SHARDS = flags.DEFINE_integer(
-    "num_shards", 0,
-    "Shards of the train split (val and test get proportionally fewer, at least 1). "
-    "0 sizes each split by --shard_size_mb.", lower_bound=0)
-_SHARD_SIZE_MB = flags.DEFINE_float(
-    "shard_size_mb", 16.0, "Target shard size when --num_shards=0.", lower_bound=0.001)
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None,
-    "If set, images whose longer side exceeds it are downscaled to it (aspect kept) "
-    "and re-encoded; by default the source bytes are stored unchanged.", lower_bound=1)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "num_workers", None, "Worker processes for reading and decoding; default: all CPUs.",
-    lower_bound=1)
-_OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Replace a previous conversion in a non-empty --output_dir.")
-_METADATA_CSV = flags.DEFINE_string(
-    "metadata_csv", None,
-    "A CSV with columns path (relative to --input_dir), patient_id, label (and optionally "
-    "others, e.g. study_date): each file's patient and class, instead of file names and "
-    "class folders. Files it does not list are rejected. Patient ids are stored hashed.")
-_PATIENT_ID_SALT = flags.DEFINE_string(
-    "patient_id_salt", None,
-    "Secret key of the hash under which patient ids from --metadata_csv or DICOM "
-    "PatientID tags are stored; default: a random one, not stored (the ids cannot be "
-    "traced back, and another conversion hashes them differently).")
-_RUNNER = flags.DEFINE_enum(
-    "runner", "local", ["local", "beam"],
-    "local: worker processes on this machine. beam: an Apache Beam pipeline (needs the "
-    "'beam' extra), on --beam_runner; flags cxr-convert does not define are passed to "
-    "Beam as pipeline options.")
-_BEAM_RUNNER = flags.DEFINE_string(
-    "beam_runner", "FnApiRunner",
-    "With --runner=beam: FnApiRunner (this machine, --num_workers processes), "
-    "DataflowRunner, FlinkRunner, SparkRunner, or any Beam runner name. DirectRunner "
-    "first tries to download the Prism runner, which fails offline.")
-_MAX_PIXELS = flags.DEFINE_integer(
-    "max_pixels", schema.MAX_PIXELS,
-    "Images with more pixels are rejected as decompression bombs.", lower_bound=1)
-
-
-def _valid_ratios(text: str) -> bool:
-  try:
-    splits.parse_ratios(text)
-  except ValueError as e:
-    raise flags.ValidationError(str(e)) from None
-  return True
-
-
-flags.register_validator("split_ratios", _valid_ratios)
+# Every flag comes from the options' fields (pipeline/convert_config.py).
+for _options in convert_config.OPTION_CLASSES:
+  config_flags.define_flags(_options, required=convert_config.REQUIRED)
 
 
 def main(argv):
   extra = argv[1:]
-  if extra and _RUNNER.value != "beam":
+  runner = convert_config.RunnerOptions(**config_flags.from_flags(convert_config.RunnerOptions))
+  if extra and runner.runner != "beam":
     raise app.UsageError(f"unknown flag(s) or arguments: {' '.join(extra)}")
-  if _RUNNER.value == "beam":
+  options = convert_config.ConvertOptions(
+      **config_flags.from_flags(convert_config.ConvertOptions))
+  if runner.runner == "beam":
     try:
       from cxr_edge.pipeline import convert_beam  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise errors.CxrError(f"--runner=beam needs Apache Beam ({e.name} is missing): "
                             "pip install 'cxr-edge[beam]'") from None
-    convert, runner_args = convert_beam.convert, {"beam_runner": _BEAM_RUNNER.value,
-                                                  "beam_args": extra}
+    with cli.child_stderr_quiet(not cli.verbose()):
+      result = convert_beam.convert(options, runner.beam_runner, extra)
   else:
-    convert, runner_args = convert_lib.convert, {}
-  with cli.child_stderr_quiet(_RUNNER.value == "beam" and not cli.verbose()):
-    result = convert(
-        input_dir=_INPUT_DIR.value,
-        output_dir=_OUTPUT_DIR.value,
-        split_ratios=splits.parse_ratios(_SPLIT_RATIOS.value),
-        seed=_SEED.value,
-        num_shards=_NUM_SHARDS.value,
-        shard_size_mb=_SHARD_SIZE_MB.value,
-        image_size=_IMAGE_SIZE.value,
-        num_workers=_NUM_WORKERS.value,
-        overwrite=_OVERWRITE.value,
-        max_pixels=_MAX_PIXELS.value,
-        metadata_csv=_METADATA_CSV.value,
-        patient_id_salt=_PATIENT_ID_SALT.value,
-        **runner_args)
-  print(f"cxr-convert: {result.summary()}; output in {_OUTPUT_DIR.value}")
+    result = convert_lib.convert(options)
+  print(f"cxr-convert: {result.summary()}; output in {options.output_dir}")
   if result.num_written == 0:
     raise errors.CxrError("no image could be converted (see 'rejected' in the manifest)")
 

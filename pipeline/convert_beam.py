@@ -48,12 +48,12 @@ from cxr_edge.core import errors
 from cxr_edge.core import folders
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 from cxr_edge.pipeline import splits as splits_lib
 
 # Runners that execute on this machine. DirectRunner first tries Prism, which downloads a
 # binary (and fails offline); FnApiRunner runs here and needs nothing else.
-DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 _TAG_REJECTED = "rejected"
 
@@ -295,27 +295,14 @@ def planned_shards(candidates: Sequence[folders.SourceFile], input_dir: str,
           for s, r in zip(schema.SPLITS, ratios)}
 
 
-def convert(input_dir: str,
-            output_dir: str,
-            split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
-            seed: int = 42,
-            num_shards: int = 0,
-            shard_size_mb: float = 16.0,
-            image_size: Optional[int] = None,
-            num_workers: Optional[int] = None,
-            overwrite: bool = False,
-            max_pixels: int = schema.MAX_PIXELS,
-            metadata_csv: Optional[str] = None,
-            patient_id_salt: Optional[str] = None,
-            beam_runner: str = DEFAULT_RUNNER,
+def convert(options: convert_config.ConvertOptions,
+            beam_runner: str = convert_config.DEFAULT_BEAM_RUNNER,
             beam_args: Sequence[str] = ()) -> convert_lib.ConversionResult:
   """convert_lib.convert on Apache Beam; the same arguments, plus the runner's.
 
   Args:
-    input_dir, output_dir, split_ratios, seed, num_shards, shard_size_mb, image_size,
-    overwrite, max_pixels, metadata_csv, patient_id_salt: as convert_lib.convert.
-    num_workers: worker processes of a local runner (default: all CPUs), or the worker
-      count passed to a cluster runner (default: the runner's).
+    options: as convert_lib.convert's; num_workers is the worker count of a local
+      runner (default: all CPUs) or passed to a cluster runner (default: the runner's).
     beam_runner: a Beam runner name, e.g. FnApiRunner (here), DataflowRunner,
       FlinkRunner, SparkRunner.
     beam_args: further Beam pipeline options ("--project=…", "--flink_master=…").
@@ -329,35 +316,37 @@ def convert(input_dir: str,
       split that would miss a class.
     ValueError: invalid ratios.
   """
-  ratios = tuple(float(r) for r in split_ratios)
+  ratios = tuple(float(r) for r in options.split_ratios)
   splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
-  options = pipeline_options_for(beam_runner, beam_args, num_workers)
+  beam_options = pipeline_options_for(beam_runner, beam_args, options.num_workers)
   start = time.monotonic()
-  listed = folders.read_metadata_csv(metadata_csv) if metadata_csv else None
-  files, sizes = list_files(input_dir, listed)
-  prepare_output(output_dir, overwrite)
-  salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
+  listed = folders.read_metadata_csv(options.metadata_csv) if options.metadata_csv else None
+  files, sizes = list_files(options.input_dir, listed)
+  prepare_output(options.output_dir, options.overwrite)
+  salt = (options.patient_id_salt if options.patient_id_salt is not None
+          else secrets.token_hex(16))
   candidates, scan_rejected = convert_lib.triage(files)
-  shards = planned_shards(candidates, input_dir, ratios, num_shards, shard_size_mb, sizes)
-  logging.info("found %d files in %s; converting on Beam (%s)", len(files), input_dir,
+  shards = planned_shards(candidates, options.input_dir, ratios, options.num_shards,
+                          options.shard_size_mb, sizes)
+  logging.info("found %d files in %s; converting on Beam (%s)", len(files), options.input_dir,
                beam_runner)
 
-  pipeline = beam.Pipeline(options=options)
+  pipeline = beam.Pipeline(options=beam_options)
   inspected = (
       pipeline
       | "List" >> beam.Create([(f, listed[f.relpath][0] if listed else None) for f in candidates])
       | "Spread" >> beam.Reshuffle()
-      | "Inspect" >> beam.ParDo(_Inspect(input_dir, max_pixels, salt)).with_outputs(
-          _TAG_REJECTED, main="records"))
+      | "Inspect" >> beam.ParDo(_Inspect(options.input_dir, options.max_pixels, salt))
+      .with_outputs(_TAG_REJECTED, main="records"))
   plan = (inspected.records
           | "Gather" >> beam.combiners.ToList()
-          | "Split" >> beam.Map(_plan, ratios, seed))
+          | "Split" >> beam.Map(_plan, ratios, options.seed))
   loaded = (
       plan
       | "Assign" >> beam.FlatMap(lambda p: [(s, r) for s in schema.SPLITS for r in p["by_split"][s]])
       | "Spread again" >> beam.Reshuffle()
-      | "Load" >> beam.ParDo(_Load(input_dir, image_size)).with_outputs(_TAG_REJECTED,
-                                                                         main="examples"))
+      | "Load" >> beam.ParDo(_Load(options.input_dir, options.image_size))
+      .with_outputs(_TAG_REJECTED, main="examples"))
   written = []
   for split in schema.SPLITS:
     if ratios[schema.SPLITS.index(split)] <= 0:
@@ -367,7 +356,7 @@ def convert(input_dir: str,
         | f"Only {split}" >> beam.Filter(lambda e, s=split: e[0] == s)
         | f"Payload {split}" >> beam.Values()
         | f"Write {split}" >> beam.io.WriteToTFRecord(
-            _join(output_dir, split), file_name_suffix=schema.SHARD_SUFFIX,
+            _join(options.output_dir, split), file_name_suffix=schema.SHARD_SUFFIX,
             num_shards=shards[split], shard_name_template="-SSSSS-of-NNNNN"))
   shard_entries = (written | "Shards" >> beam.Flatten()
                    | "Hash shards" >> beam.Map(shard_entry))
@@ -377,10 +366,10 @@ def convert(input_dir: str,
   _ = (pipeline
        | "Once" >> beam.Create([None])
        | "Manifest" >> beam.Map(
-           _write_index, output_dir=output_dir, plan=beam.pvalue.AsSingleton(plan),
+           _write_index, output_dir=options.output_dir, plan=beam.pvalue.AsSingleton(plan),
            shards=beam.pvalue.AsList(shard_entries), rejected=beam.pvalue.AsList(rejected),
-           num_files_found=len(files), salt_given=patient_id_salt is not None,
-           ratios=ratios, seed=seed, image_size=image_size))
+           num_files_found=len(files), salt_given=options.patient_id_salt is not None,
+           ratios=ratios, seed=options.seed, image_size=options.image_size))
   try:
     pipeline.run().wait_until_finish()
   except Exception as e:  # pylint: disable=broad-except
@@ -389,6 +378,6 @@ def convert(input_dir: str,
     if found:
       raise errors.ConversionError(found.group(1)) from None
     raise
-  manifest = json.loads(_read(_join(output_dir, schema.MANIFEST_NAME)))
+  manifest = json.loads(_read(_join(options.output_dir, schema.MANIFEST_NAME)))
   seconds = time.monotonic() - start
   return convert_lib.ConversionResult(manifest, seconds, float("nan"))

@@ -26,6 +26,7 @@ from cxr_edge.core import folders
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
 from cxr_edge.core.errors import ConversionError
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import splits as splits_lib
 
 # 2: records carry image/source_format; DICOM input; patient-id sources in the manifest.
@@ -198,39 +199,12 @@ def _split_stats(records: Sequence[Record]) -> Dict[str, Any]:
           "classes": classes}
 
 
-def convert(input_dir: str,
-            output_dir: str,
-            split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
-            seed: int = 42,
-            num_shards: int = 0,
-            shard_size_mb: float = 16.0,
-            image_size: Optional[int] = None,
-            num_workers: Optional[int] = None,
-            overwrite: bool = False,
-            max_pixels: int = schema.MAX_PIXELS,
-            metadata_csv: Optional[str] = None,
-            patient_id_salt: Optional[str] = None) -> ConversionResult:
+def convert(options: convert_config.ConvertOptions) -> ConversionResult:
   """Converts class folders of images into split, sharded TFRecords.
 
   Args:
-    input_dir: folder searched recursively; each file's class is its nearest ancestor
-      folder named like a label (NORMAL, PNEUMONIA; any case).
-    output_dir: where shards, labels.txt and manifest.json go.
-    split_ratios: (train, val, test) image shares; they sum to 1.
-    seed: seed of the split and of the record order in the shards.
-    num_shards: shards of the train split (val/test get proportionally fewer); 0
-      sizes every split by `shard_size_mb` instead.
-    shard_size_mb: target shard size when num_shards is 0.
-    image_size: if set, images whose longer side exceeds it are downscaled to it and
-      re-encoded; None stores the source bytes unchanged.
-    num_workers: worker processes; None uses every CPU.
-    overwrite: replace a previous conversion in a non-empty output_dir.
-    max_pixels: larger images are rejected as decompression bombs.
-    metadata_csv: a CSV (path, patient_id, label) giving each file's patient and class
-      instead of file names and class folders; files it does not list are rejected.
-    patient_id_salt: key of the hash that stores patient ids taken from --metadata_csv
-      or DICOM PatientID tags; None draws a random one (not stored), so those ids cannot
-      be traced back, nor reproduced by another conversion.
+    options: what to read and write, and how (pipeline/convert_config.py documents
+      each option).
 
   Returns:
     A ConversionResult whose manifest was also written to output_dir.
@@ -239,68 +213,92 @@ def convert(input_dir: str,
     ConversionError: unusable input_dir or output_dir.
     ValueError: invalid ratios.
   """
-  ratios = tuple(float(r) for r in split_ratios)
+  ratios = tuple(float(r) for r in options.split_ratios)
   splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   start = time.monotonic()
-  listed = folders.read_metadata_csv(metadata_csv) if metadata_csv else None
-  files = folders.scan_input(input_dir, listed=listed)
-  prepare_output(output_dir, overwrite)
-  salt = patient_id_salt if patient_id_salt is not None else secrets.token_hex(16)
+  listed = folders.read_metadata_csv(options.metadata_csv) if options.metadata_csv else None
+  files = folders.scan_input(options.input_dir, listed=listed)
+  prepare_output(options.output_dir, options.overwrite)
+  salt = (options.patient_id_salt if options.patient_id_salt is not None
+          else secrets.token_hex(16))
   # TensorFlow is imported lazily (spawned workers import this module and must stay
   # light), after the folders are checked, and off the clock, so the reported rate is
   # the conversion's own.
   before_import = time.monotonic()
   cli.import_tensorflow()
   start += time.monotonic() - before_import
-  num_workers = num_workers or os.cpu_count() or 1
-  logging.info("found %d files in %s; inspecting with %d workers", len(files), input_dir,
-               num_workers)
-
+  num_workers = options.num_workers or os.cpu_count() or 1
+  logging.info("found %d files in %s; inspecting with %d workers", len(files),
+               options.input_dir, num_workers)
   candidates, rejected = triage(files)
   # spawn, not fork: the parent may already have TensorFlow's threads running.
-  id_sources: collections.Counter = collections.Counter()
-  ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(num_workers) as pool:
-    records: List[Record] = []
-    progress = _progress("inspected", len(candidates))
-    jobs = [(os.path.join(input_dir, f.relpath), max_pixels) for f in candidates]
-    results = pool.imap(_inspect_worker, jobs, chunksize=16)
-    for n, (f, result) in enumerate(zip(candidates, results), 1):
-      if isinstance(result, image_io.Rejection):
-        rejected.append({"path": f.relpath, "reason": result.reason})
-      else:
-        record, source = make_record(f, result, listed[f.relpath][0] if listed else None,
-                                     salt)
-        id_sources[source] += 1
-        records.append(record)
-      progress.update(n, f", rejected {len(rejected)} so far")
+  with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+    records, id_sources = _inspect(pool, options, candidates, listed, salt, rejected)
     inspect_seconds = time.monotonic() - start
-    by_split, conflicts = plan_splits(records, ratios, seed)
+    by_split, conflicts = plan_splits(records, ratios, options.seed)
     rejected += conflicts
-
-    plan: List[Tuple[str, List[Record]]] = []
-    train_images = len(by_split["train"])
-    for s in schema.SPLITS:
-      recs = by_split[s]
-      n = shard_count(sum(r.info.size_bytes for r in recs), len(recs), num_shards,
-                      train_images, shard_size_mb)
-      for k in range(n):
-        plan.append((schema.shard_name(s, k, n), recs[k * len(recs) // n:(k + 1) * len(recs) // n]))
-
-    ordered = [r for _, recs in plan for r in recs]
-    loads = pool.imap(_load_worker, [(os.path.join(input_dir, r.relpath), r.info.sha256,
-                                      r.info.format, image_size) for r in ordered], chunksize=16)
-    shards_info, vanished = _write_shards(output_dir, plan, loads)
+    plan = _shard_plan(by_split, options)
+    shards_info, vanished = _write_shards(options.output_dir, plan, _loads(pool, options, plan))
   # Files that changed or disappeared after the first pass: rejected, the rest kept.
   rejected += vanished
   gone = {v["path"] for v in vanished}
   by_split = {s: [r for r in recs if r.relpath not in gone] for s, recs in by_split.items()}
   manifest = build_manifest(
       num_files_found=len(files), by_split=by_split, shards=shards_info, rejected=rejected,
-      id_sources=id_sources, salt_given=patient_id_salt is not None, ratios=ratios,
-      seed=seed, image_size=image_size)
-  write_index(output_dir, manifest)
+      id_sources=id_sources, salt_given=options.patient_id_salt is not None, ratios=ratios,
+      seed=options.seed, image_size=options.image_size)
+  write_index(options.output_dir, manifest)
   return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
+
+
+def _inspect(pool, options: convert_config.ConvertOptions,
+             candidates: Sequence[folders.SourceFile],
+             listed: Optional[Dict[str, Tuple[str, str]]], salt: str,
+             rejected: List[Dict[str, str]]) -> Tuple[List[Record], collections.Counter]:
+  """The first pass: hashes and fully decodes every candidate in the workers.
+
+  Returns:
+    (the accepted files' records, how many patient ids came from each source); the
+    rejected files are appended to `rejected` with their reasons.
+  """
+  records: List[Record] = []
+  id_sources: collections.Counter = collections.Counter()
+  progress = _progress("inspected", len(candidates))
+  jobs = [(os.path.join(options.input_dir, f.relpath), options.max_pixels) for f in candidates]
+  results = pool.imap(_inspect_worker, jobs, chunksize=16)
+  for n, (f, result) in enumerate(zip(candidates, results), 1):
+    if isinstance(result, image_io.Rejection):
+      rejected.append({"path": f.relpath, "reason": result.reason})
+    else:
+      record, source = make_record(f, result, listed[f.relpath][0] if listed else None, salt)
+      id_sources[source] += 1
+      records.append(record)
+    progress.update(n, f", rejected {len(rejected)} so far")
+  return records, id_sources
+
+
+def _shard_plan(by_split: Dict[str, List[Record]], options: convert_config.ConvertOptions
+                ) -> List[Tuple[str, List[Record]]]:
+  """(shard file name, its records) for every shard of every split, in order."""
+  plan: List[Tuple[str, List[Record]]] = []
+  train_images = len(by_split["train"])
+  for s in schema.SPLITS:
+    recs = by_split[s]
+    n = shard_count(sum(r.info.size_bytes for r in recs), len(recs), options.num_shards,
+                    train_images, options.shard_size_mb)
+    for k in range(n):
+      plan.append((schema.shard_name(s, k, n),
+                   recs[k * len(recs) // n:(k + 1) * len(recs) // n]))
+  return plan
+
+
+def _loads(pool, options: convert_config.ConvertOptions,
+           plan: Sequence[Tuple[str, List[Record]]]) -> Iterator[Any]:
+  """The second pass: each planned record's bytes, loaded (and resized) in the workers."""
+  ordered = [r for _, recs in plan for r in recs]
+  return pool.imap(_load_worker, [(os.path.join(options.input_dir, r.relpath), r.info.sha256,
+                                   r.info.format, options.image_size) for r in ordered],
+                   chunksize=16)
 
 
 def triage(files: Sequence[folders.SourceFile]) -> Tuple[List[folders.SourceFile], List[Dict[str, str]]]:

@@ -17,10 +17,14 @@ BUILD_MD = os.path.join(ROOT, "BUILD.md")
 
 def tables():
   """{job: its table}, for every job whose flags come from configs."""
-  from cxr_edge.model import train  # pylint: disable=g-import-not-at-top
+  # The configs, not the jobs: two jobs' flags cannot live in one process.
   from cxr_edge.model import train_config  # pylint: disable=g-import-not-at-top
-  return {"cxr-train": config_flags.markdown_table(train.OPTION_CLASSES,
-                                                   train_config.REQUIRED)}
+  from cxr_edge.pipeline import convert_config  # pylint: disable=g-import-not-at-top
+  return {
+      "cxr-convert": config_flags.markdown_table(convert_config.OPTION_CLASSES,
+                                                 convert_config.REQUIRED),
+      "cxr-train": config_flags.markdown_table(train_config.OPTION_CLASSES,
+                                               train_config.REQUIRED)}
 
 
 def block(job, table):

@@ -17,14 +17,17 @@ import os
 import statistics
 import tempfile
 
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 
 
 def _convert(runner: str, input_dir: str, output_dir: str, workers: int):
   if runner == "beam":
     from cxr_edge.pipeline import convert_beam  # pylint: disable=g-import-not-at-top
-    return convert_beam.convert(input_dir, output_dir, num_workers=workers)
-  return convert_lib.convert(input_dir, output_dir, num_workers=workers)
+    return convert_beam.convert(convert_config.ConvertOptions(
+        input_dir=input_dir, output_dir=output_dir, num_workers=workers))
+  return convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=input_dir, output_dir=output_dir, num_workers=workers))
 
 
 def main() -> None:

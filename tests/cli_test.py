@@ -74,6 +74,16 @@ def test_no_usage_example_pools_the_external_films_into_training(module):
   assert not re.search(r"--(input|image)_dir=\S*chest_xray/?(\s|$)", doc), doc
 
 
+def test_a_bad_flag_value_is_one_line_even_for_a_job_that_passes_unknown_flags_on():
+  r = subprocess.run([sys.executable, "-m", "cxr_edge.pipeline.convert", "--input_dir=x",
+                      "--output_dir=y", "--split_ratios=0.5,0.5,0.5"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120, check=False)
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.strip().splitlines() == [
+      "cxr-convert: error: flag --split_ratios=0.5,0.5,0.5: split ratios must be >= 0 and sum "
+      "to 1, got '0.5,0.5,0.5'"]
+
+
 def test_the_version_has_one_home():
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   assert importlib.metadata.version("cxr-edge") == __version__

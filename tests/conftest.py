@@ -61,9 +61,11 @@ def image_tree(tmp_path):
 @pytest.fixture(scope="session")
 def sample_records(tmp_path_factory):
   """The embedded sample converted once per session (train has 2 shards)."""
+  from cxr_edge.pipeline import convert_config  # pylint: disable=g-import-not-at-top
   from cxr_edge.pipeline import convert_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("sample_records"))
-  convert_lib.convert(SAMPLE_DIR, out, num_shards=2, num_workers=2, overwrite=True)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=SAMPLE_DIR, output_dir=out, num_shards=2, num_workers=2, overwrite=True))
   return out
 
 

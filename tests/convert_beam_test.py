@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 from cxr_edge.pipeline import verify_lib
 from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, run_main, run_module,
@@ -51,8 +52,9 @@ def _sample_with_bad_files(root):
 @pytest.mark.slow
 def test_beam_writes_the_local_converters_records_and_rejections(tmp_path):
   src = _sample_with_bad_files(str(tmp_path / "in"))
-  local = convert_lib.convert(src, str(tmp_path / "local"), seed=7, num_shards=3,
-                              num_workers=2, patient_id_salt="s")
+  local = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "local"), seed=7, num_shards=3, num_workers=2,
+      patient_id_salt="s"))
   # The command line, with two worker processes as a cluster would run it
   # (FnApiRunner, multi-processing; the mode passed through as a Beam option).
   run = run_module("cxr_edge.pipeline.convert", "--runner=beam", "--num_workers=2",
@@ -133,12 +135,14 @@ def test_object_store_code_path_converts_like_the_local_one(tmp_path):
   """The whole pipeline with every path treated as an object store's (in one process)."""
   src = make_tree(str(tmp_path / "in"), patients_per_class=6)
   write_file(str(tmp_path / "in" / "NORMAL" / "empty.jpeg"), b"")
-  local = convert_lib.convert(src, str(tmp_path / "local"), (0.5, 0.25, 0.25), num_shards=2,
-                              num_workers=1)
+  local = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "local"), split_ratios=(0.5, 0.25, 0.25),
+      num_shards=2, num_workers=1))
   out = str(tmp_path / "remote")
   with mock.patch.object(convert_beam, "is_local", lambda path: False):
-    beamed = convert_beam.convert(src, out, (0.5, 0.25, 0.25), num_shards=2, num_workers=1,
-                                  beam_args=["--direct_running_mode=in_memory"])
+    beamed = convert_beam.convert(convert_config.ConvertOptions(
+        input_dir=src, output_dir=out, split_ratios=(0.5, 0.25, 0.25), num_shards=2,
+        num_workers=1), beam_args=["--direct_running_mode=in_memory"])
     with pytest.raises(errors.ConversionError, match="not empty"):
       convert_beam.prepare_output(out, overwrite=False)
   assert _record_hashes(out) == _record_hashes(str(tmp_path / "local"))
@@ -183,6 +187,7 @@ def test_a_split_without_both_classes_fails_with_the_reason(tmp_path):
     write_file(os.path.join(root, "PNEUMONIA", f"person{i}_virus_1.jpeg"),
                image_bytes(seed=10 + i))
   with pytest.raises(errors.ConversionError, match="would hold no"):
-    convert_beam.convert(root, str(tmp_path / "out"), (0.8, 0.1, 0.1), num_workers=1,
-                         beam_args=["--direct_running_mode=in_memory"])
+    convert_beam.convert(convert_config.ConvertOptions(
+        input_dir=root, output_dir=str(tmp_path / "out"), split_ratios=(0.8, 0.1, 0.1),
+        num_workers=1), beam_args=["--direct_running_mode=in_memory"])
   assert not os.path.exists(os.path.join(str(tmp_path / "out"), schema.MANIFEST_NAME))

@@ -9,6 +9,7 @@ import tensorflow as tf
 from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 from cxr_edge.pipeline import verify_lib
 from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, parsed_flags, require_shared,
@@ -32,8 +33,9 @@ def test_end_to_end_conversion_and_verify(tmp_path):
   write_file(str(tmp_path / "in" / "stray" / "x.jpeg"), image_bytes(seed=5))
   out = str(tmp_path / "out")
   # 0.7/0.15/0.15: at 0.1 this small tree leaves the test split without a NORMAL patient.
-  result = convert_lib.convert(str(tmp_path / "in"), out, (0.7, 0.15, 0.15), num_shards=3,
-                               num_workers=2)
+  result = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(tmp_path / "in"), output_dir=out, split_ratios=(0.7, 0.15, 0.15),
+      num_shards=3, num_workers=2))
   m = result.manifest
 
   assert m["num_files_found"] == 10 * 4 + 2 * 4 + 1 + 4
@@ -71,9 +73,12 @@ def test_end_to_end_conversion_and_verify(tmp_path):
 
 def test_deterministic_bytes_and_seed_changes_split(tmp_path):
   src = make_tree(str(tmp_path / "in"), patients_per_class=15)
-  a = convert_lib.convert(src, str(tmp_path / "a"), seed=1, num_shards=2, num_workers=1)
-  b = convert_lib.convert(src, str(tmp_path / "b"), seed=1, num_shards=2, num_workers=2)
-  c = convert_lib.convert(src, str(tmp_path / "c"), seed=2, num_shards=2, num_workers=2)
+  a = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "a"), seed=1, num_shards=2, num_workers=1))
+  b = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "b"), seed=1, num_shards=2, num_workers=2))
+  c = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "c"), seed=2, num_shards=2, num_workers=2))
   sha = lambda r: [s["sha256"] for sp in schema.SPLITS for s in r.manifest["splits"][sp]["shards"]]
   assert sha(a) == sha(b)
   for name in os.listdir(tmp_path / "a"):
@@ -86,10 +91,12 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path, image_tree):
   out.mkdir()
   (out / "something").write_text("x")
   with pytest.raises(errors.ConversionError, match="not empty"):
-    convert_lib.convert(image_tree, str(out), num_workers=1)
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=image_tree, output_dir=str(out), num_workers=1))
   # A previous conversion with more shards: stale shards must go, foreign files stay.
   (out / "train-00000-of-00009.tfrecord").write_bytes(b"stale")
-  convert_lib.convert(image_tree, str(out), num_workers=1, overwrite=True)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=str(out), num_workers=1, overwrite=True))
   assert not (out / "train-00000-of-00009.tfrecord").exists()
   assert (out / "something").exists()
   verify_lib.verify(str(out))
@@ -97,15 +104,18 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path, image_tree):
 
 def test_missing_input_and_no_class_folders(tmp_path):
   with pytest.raises(errors.ConversionError, match="not a directory"):
-    convert_lib.convert(str(tmp_path / "nope"), str(tmp_path / "out"))
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(tmp_path / "nope"), output_dir=str(tmp_path / "out")))
   write_file(str(tmp_path / "flat" / "a.jpeg"), image_bytes())
   with pytest.raises(errors.ConversionError, match="no class folders"):
-    convert_lib.convert(str(tmp_path / "flat"), str(tmp_path / "out"))
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(tmp_path / "flat"), output_dir=str(tmp_path / "out")))
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, image_tree, monkeypatch):
   out = tmp_path / "out"
-  convert_lib.convert(image_tree, str(out), num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=str(out), num_workers=1))
   calls = {"n": 0}
   real = convert_lib._make_example  # pylint: disable=protected-access
 
@@ -117,7 +127,8 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, image_tree
 
   monkeypatch.setattr(convert_lib, "_make_example", dying)
   with pytest.raises(KeyboardInterrupt):
-    convert_lib.convert(image_tree, str(out), num_workers=1, overwrite=True)
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=image_tree, output_dir=str(out), num_workers=1, overwrite=True))
   names = os.listdir(out)
   assert schema.MANIFEST_NAME not in names  # the old manifest went first
   with pytest.raises(verify_lib.VerificationError, match="manifest"):
@@ -126,8 +137,9 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, image_tree
 
 def test_image_size_reencodes_large_images(tmp_path):
   src = make_tree(str(tmp_path / "in"), patients_per_class=3, size=(64, 48))
-  m = convert_lib.convert(src, str(tmp_path / "out"), (0.4, 0.3, 0.3), image_size=32,
-                          num_workers=1).manifest  # 3 patients a class: one per split
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "out"), split_ratios=(0.4, 0.3, 0.3),
+      image_size=32, num_workers=1)).manifest  # 3 patients a class: one per split
   for shard in m["splits"]["train"]["shards"]:
     for ex in _records(os.path.join(tmp_path, "out", shard["file"])):
       f = ex.features.feature
@@ -161,7 +173,8 @@ def test_cli_converts_and_verifies_sample(tmp_path, capsys):
 @pytest.mark.slow
 def test_shared_data_split_is_stratified_within_1_5_points(tmp_path):
   shared = require_shared()
-  m = convert_lib.convert(shared, str(tmp_path / "out"), num_workers=2).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=shared, output_dir=str(tmp_path / "out"), num_workers=2)).manifest
   assert m["num_written"] == 5216
   for label in schema.LABELS:
     total = sum(m["splits"][s]["classes"][label]["images"] for s in schema.SPLITS)
@@ -175,7 +188,8 @@ def test_identical_bytes_under_both_labels_are_rejected(tmp_path, image_tree):
   same = image_bytes(size=(40, 32), seed=999)
   write_file(os.path.join(image_tree, "NORMAL", "IM-9999-0001.jpeg"), same)
   write_file(os.path.join(image_tree, "PNEUMONIA", "person999_virus_0.jpeg"), same)
-  m = convert_lib.convert(image_tree, str(tmp_path / "out"), num_workers=1).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=str(tmp_path / "out"), num_workers=1)).manifest
   conflicts = sorted(r["path"] for r in m["rejected"]
                      if r["reason"].startswith(image_io.REASON_CONFLICT))
   assert conflicts == ["NORMAL/IM-9999-0001.jpeg", "PNEUMONIA/person999_virus_0.jpeg"]
@@ -186,7 +200,8 @@ def test_a_split_without_both_classes_is_refused(tmp_path):
   make_tree(str(tmp_path / "in"), patients_per_class=6)
   shutil.rmtree(tmp_path / "in" / "PNEUMONIA")
   with pytest.raises(errors.ConversionError, match="would hold no PNEUMONIA image") as e:
-    convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1)
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), num_workers=1))
   assert "12 NORMAL, 0 PNEUMONIA" in str(e.value)
   assert not os.path.exists(tmp_path / "out" / schema.MANIFEST_NAME)
 
@@ -201,7 +216,8 @@ def test_symlinked_folders_are_followed_once_and_loops_reported(tmp_path):
   write_file(str(tmp_path / "elsewhere" / "NORMAL" / "IM-0900-0001.jpeg"), image_bytes(seed=900))
   os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "linked")
   os.symlink(tmp_path / "in", tmp_path / "in" / "PNEUMONIA" / "loop")
-  m = convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), num_workers=1)).manifest
   assert m["num_written"] == 48 + 1  # the linked folder's image is converted
   assert _reasons(m) == {"PNEUMONIA/loop/": image_io.REASON_LOOP}
 
@@ -219,7 +235,8 @@ def test_unreadable_folders_are_listed_not_skipped(tmp_path, monkeypatch):
     return real_scandir(path)
 
   monkeypatch.setattr(os, "scandir", scandir)
-  m = convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), num_workers=1)).manifest
   assert _reasons(m) == {"NORMAL/locked/": f"{image_io.REASON_FOLDER}: Permission denied"}
   assert m["num_files_found"] == 48 + 1 and m["num_written"] == 48
 
@@ -229,7 +246,8 @@ def test_non_utf8_file_name_is_rejected_and_the_rest_converted(tmp_path):
   name = os.fsencode(str(tmp_path / "in" / "NORMAL")) + b"/IM-0902-\xff\xfe.jpeg"
   with open(name, "wb") as f:
     f.write(image_bytes(seed=902))
-  m = convert_lib.convert(str(tmp_path / "in"), str(tmp_path / "out"), num_workers=1).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), num_workers=1)).manifest
   assert _reasons(m) == {"NORMAL/IM-0902-\\xff\\xfe.jpeg": image_io.REASON_NAME}
   assert m["num_written"] == 48
   json.dumps(m, ensure_ascii=False).encode("utf-8")  # the manifest is valid UTF-8
@@ -242,7 +260,8 @@ def test_patient_ids_are_case_insensitive(tmp_path):
                             "Person77_bacteria_2.jpeg"]):
     write_file(str(tmp_path / "in" / "PNEUMONIA" / name), image_bytes(seed=770 + k))
   out = str(tmp_path / "out")
-  convert_lib.convert(str(tmp_path / "in"), out, num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(tmp_path / "in"), output_dir=out, num_workers=1))
   splits = {}
   for path in sorted(os.listdir(out)):
     if path.endswith(schema.SHARD_SUFFIX):
@@ -269,7 +288,8 @@ def test_a_file_removed_between_the_passes_is_rejected_and_the_run_completes(
 
   monkeypatch.setattr(convert_lib, "_drop_conflicting_labels", between_passes)
   out = str(tmp_path / "out")
-  m = convert_lib.convert(str(tmp_path / "in"), out, num_workers=1).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(tmp_path / "in"), output_dir=out, num_workers=1)).manifest
   reasons = _reasons(m)
   assert set(reasons) == {"NORMAL/IM-0003-0001.jpeg", "PNEUMONIA/person4_virus_1.jpeg"}
   assert all(r.startswith(image_io.REASON_CHANGED) for r in reasons.values())
@@ -295,7 +315,8 @@ def _dicom_tree(root, patients=12, films_each=2):
 def test_dicom_films_convert_with_hashed_patient_ids(tmp_path):
   src = _dicom_tree(str(tmp_path / "in"))
   out = str(tmp_path / "out")
-  m = convert_lib.convert(src, out, num_workers=1, patient_id_salt="site-secret").manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=out, num_workers=1, patient_id_salt="site-secret")).manifest
   assert m["num_written"] == 48 and m["source_formats"] == {"dicom": 48}
   assert m["patient_ids"]["sources"]["dicom_patient_id"] == 48
   assert "warning" not in m["patient_ids"]
@@ -314,8 +335,9 @@ def test_dicom_films_convert_with_hashed_patient_ids(tmp_path):
   assert all(len(splits) == 1 for splits in by_patient.values())  # MRN and mrn: one patient
   assert b"MRN" not in raw.upper() and b"PAT" not in raw  # never stored in clear
   verify_lib.verify(out)
-  again = convert_lib.convert(src, str(tmp_path / "again"), num_workers=1,
-                              patient_id_salt="site-secret")
+  again = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "again"), num_workers=1,
+      patient_id_salt="site-secret"))
   assert again.manifest["splits"] == m["splits"]  # the same salt reproduces the output
 
 
@@ -324,7 +346,8 @@ def test_few_recognisable_patient_ids_warn_and_are_recorded(tmp_path, caplog):
   for k in range(24):  # names a clinic would use: no release pattern, no DICOM tag
     for label in ("normal", "pneumonia"):
       write_file(str(src / label / f"ACC1{k:05d}.jpg"), image_bytes(seed=k * 2 + (label > "o")))
-  m = convert_lib.convert(str(src), str(tmp_path / "out"), num_workers=1).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(src), output_dir=str(tmp_path / "out"), num_workers=1)).manifest
   assert m["patient_ids"]["sources"]["none"] == 48
   assert "only 0 of 48 files have a recognisable patient id" in m["patient_ids"]["warning"]
   assert any("recognisable patient id" in r.getMessage() for r in caplog.records)
@@ -340,8 +363,9 @@ def test_metadata_csv_gives_patients_and_labels(tmp_path):
   write_file(str(flat / "unlisted.jpg"), image_bytes(seed=999))
   rows.append("gone.jpg,MRN9999,NORMAL,")
   csv_path = write_file(str(tmp_path / "films.csv"), ("\n".join(rows) + "\n").encode())
-  m = convert_lib.convert(str(flat), str(tmp_path / "out"), num_workers=1,
-                          metadata_csv=csv_path).manifest
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(flat), output_dir=str(tmp_path / "out"), num_workers=1,
+      metadata_csv=csv_path)).manifest
   assert _reasons(m) == {"unlisted.jpg": image_io.REASON_NOT_LISTED,
                          "gone.jpg": image_io.REASON_LISTED_MISSING}
   assert m["num_written"] == 48 and m["patient_ids"]["sources"]["metadata_csv"] == 48
@@ -350,7 +374,9 @@ def test_metadata_csv_gives_patients_and_labels(tmp_path):
     assert m["splits"][split]["classes"]["NORMAL"]["images"] > 0
   bad = write_file(str(tmp_path / "bad.csv"), b"path,patient_id,label\nimg000.jpg,1,COVID\n")
   with pytest.raises(errors.ConversionError, match="line 2: label 'COVID'"):
-    convert_lib.convert(str(flat), str(tmp_path / "o2"), metadata_csv=bad)
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(flat), output_dir=str(tmp_path / "o2"), metadata_csv=bad))
   short = write_file(str(tmp_path / "short.csv"), b"path,label\nimg000.jpg,NORMAL\n")
   with pytest.raises(errors.ConversionError, match="lacks column"):
-    convert_lib.convert(str(flat), str(tmp_path / "o3"), metadata_csv=short)
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(flat), output_dir=str(tmp_path / "o3"), metadata_csv=short))

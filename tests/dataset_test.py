@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from cxr_edge.core import schema
 from cxr_edge.pipeline import augment_config
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 from cxr_edge.pipeline import dataset
 from cxr_edge.pipeline import preprocess
@@ -139,7 +140,8 @@ def _write_bad_shard(data_dir, split, good_records=3):
 
 def test_corrupt_image_fails_naming_the_shard_or_is_skipped(tmp_path, image_tree):
   out = str(tmp_path / "rec")
-  convert_lib.convert(image_tree, out, num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=out, num_workers=1))
   path = _write_bad_shard(out, "val")
   p = dataset.make_pipeline(out, "val", batch_size=2, image_size=SIZE)
   with pytest.raises(dataset.CorruptDataError, match=os.path.basename(path) + ": record 3"):
@@ -153,7 +155,8 @@ def test_corrupt_image_fails_naming_the_shard_or_is_skipped(tmp_path, image_tree
 
 def test_corrupt_crc_is_located(tmp_path, image_tree):
   out = str(tmp_path / "rec")
-  convert_lib.convert(image_tree, out, num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=out, num_workers=1))
   path = records.shard_paths(out, "train")[0]
   data = bytearray(open(path, "rb").read())
   data[len(data) // 2] ^= 0x55
@@ -190,7 +193,8 @@ def _labels(data_dir, cache):
 
 def test_file_cache_is_keyed_by_the_data(sample_records, image_tree, tmp_path):
   other = str(tmp_path / "other")
-  convert_lib.convert(image_tree, other, num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=other, num_workers=1))
   cache = str(tmp_path / "cache")
   os.mkdir(cache)
   sample_labels = _labels(sample_records, cache)
@@ -257,7 +261,8 @@ def test_read_split_is_the_split_in_file_order(sample_records):
 
 def test_read_split_names_a_corrupt_record(tmp_path, image_tree):
   out = str(tmp_path / "rec")
-  convert_lib.convert(image_tree, out, num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=out, num_workers=1))
   path = _write_bad_shard(out, "val")
   with pytest.raises(dataset.CorruptDataError, match=os.path.basename(path) + ": record 3"):
     dataset.read_split(out, "val", SIZE)

@@ -241,9 +241,11 @@ def test_qat_refuses_a_changed_recipe_or_a_qat_start(trained_model, qat_model, s
 
 
 def test_training_refuses_a_split_without_both_classes(tmp_path, image_tree):
+  from cxr_edge.pipeline import convert_config  # pylint: disable=g-import-not-at-top
   from cxr_edge.pipeline import convert_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "rec")
-  convert_lib.convert(image_tree, out, (0.9, 0.0, 0.1), num_workers=1)  # no validation split
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=out, split_ratios=(0.9, 0.0, 0.1), num_workers=1))  # no validation split
   with pytest.raises(ValueError, match="the val split .* has no NORMAL or PNEUMONIA image"):
     train_lib.train(_config(out, tmp_path / "m"))
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
+from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 from cxr_edge.pipeline import verify_lib
 from tests.conftest import run_main
@@ -14,7 +15,8 @@ from tests.conftest import run_main
 @pytest.fixture
 def records(tmp_path, image_tree):
   out = str(tmp_path / "out")
-  convert_lib.convert(image_tree, out, num_shards=2, num_workers=1)
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=out, num_shards=2, num_workers=1))
   return out
 
 
