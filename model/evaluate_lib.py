@@ -16,8 +16,8 @@ import numpy as np
 
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import schema
+from cxr_edge.model import inference
 from cxr_edge.model import model_dir as model_dir_lib
-from cxr_edge.model import train_lib
 from cxr_edge.pipeline import dataset
 
 
@@ -25,7 +25,7 @@ def predict_folder(model, image_dir: str, image_size: int,
                    batch_size: int = 64) -> Tuple[Dict[str, np.ndarray], List[Dict[str, str]]]:
   """Probabilities for every readable labelled image below image_dir."""
   folder = dataset.load_image_folder(image_dir, image_size)
-  probs = train_lib.predict_images(model, folder.images, batch_size)
+  probs = inference.predict_images(model, folder.images, batch_size)
   return ({"probability": probs, "label": folder.labels, "filename": folder.relpaths,
            "patient_id": folder.patients}, folder.skipped)
 
@@ -204,7 +204,7 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
   image_size, threshold = info["image_size"], info["threshold"]
   skipped: List[Dict[str, str]] = []
   if data_dir is not None:
-    preds = train_lib.predict_split(model, data_dir, split, image_size, batch_size)
+    preds = inference.predict_split(model, data_dir, split, image_size, batch_size)
     source = {"data_dir": data_dir, "split": split,
               "data_manifest_sha256": model_dir_lib.manifest_sha256(data_dir)}
   else:

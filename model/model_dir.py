@@ -21,12 +21,14 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from absl import logging
 import tf_keras as keras
 
 from cxr_edge.core import cli
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
 from cxr_edge.model import models
+from cxr_edge.model import train_config
 from cxr_edge.pipeline import dataset
 
 RUN_FILE = "run.json"
@@ -213,3 +215,74 @@ def load_model_dir(model_dir: str) -> Tuple[keras.Model, Dict[str, Any]]:
   else:
     model.set_weights(keras.models.load_model(path, compile=False).get_weights())
   return model, info
+
+
+# The run's ownership of model_dir: which run it holds, and its checkpoints.
+
+
+def best_weights_path(model_dir: str) -> str:
+  return os.path.join(model_dir, "checkpoints", "best.weights.h5")
+
+
+def last_weights_path(model_dir: str) -> str:
+  return os.path.join(model_dir, "checkpoints", "last.weights.h5")
+
+
+def kept_weights_path(model_dir: str, keep_epoch: str) -> str:
+  """The checkpoint of the epoch keep_epoch keeps."""
+  return (last_weights_path if keep_epoch == "last" else best_weights_path)(model_dir)
+
+
+def run_identity(config: train_config.TrainConfig) -> Dict[str, Any]:
+  """What makes a run this run: its config and the training data's manifest."""
+  cfg = json.loads(json.dumps(train_config.config_to_dict(config)))
+  for key in train_config.NOT_IDENTITY:
+    cfg.pop(key, None)
+  return {"config": cfg, "data_manifest_sha256": manifest_sha256(config.data_dir)}
+
+
+def claim(config: train_config.TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
+  """Makes model_dir this run's: fresh, the same run resumed, or refused.
+
+  A finished run asked to keep its other epoch (keep_epoch) is finished again with it.
+
+  Returns:
+    The model_info of this same run if it already finished (nothing to do), else None.
+
+  Raises:
+    ValueError: model_dir holds another run (other config or data) and not overwrite.
+  """
+  if overwrite:
+    remove_run(config.model_dir)
+  identity = run_identity(config)
+  found = read_run(config.model_dir)
+  if found is not None:
+    # A run written before a config field existed ran as that field's absence means.
+    filled = train_config.complete_saved(found["config"])
+    found = dict(found, config={k: v for k, v in filled.items()
+                                if k in identity["config"] or k in found["config"]})
+  if found is None and has_artifacts(config.model_dir):
+    raise ValueError(f"--model_dir {config.model_dir!r} holds a training run this version "
+                     "cannot identify; pass --overwrite to replace it, or choose another "
+                     "--model_dir")
+  if found is not None and found != identity:
+    differ = sorted(k for k in set(found["config"]) | set(identity["config"])
+                    if found["config"].get(k) != identity["config"].get(k))
+    if found["data_manifest_sha256"] != identity["data_manifest_sha256"]:
+      differ.append("training data")
+    raise ValueError(f"--model_dir {config.model_dir!r} holds another run (it differs in "
+                     f"{', '.join(differ)}); pass --overwrite to start over, or choose "
+                     "another --model_dir")
+  os.makedirs(config.model_dir, exist_ok=True)
+  write_run(config.model_dir, identity)
+  if found is None or not os.path.isfile(os.path.join(config.model_dir,
+                                                      INFO_FILE)):
+    return None
+  info = read_info(config.model_dir)
+  kept = train_config.config_from_info(info).keep_epoch  # a run before the field: best
+  if kept == config.keep_epoch:
+    return info
+  # Finished with the other epoch kept: only the finishing steps run again.
+  logging.info("%s is a finished run: keeping its %s epoch instead of its %s, no training",
+               config.model_dir, config.keep_epoch, kept)
+  return None

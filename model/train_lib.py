@@ -1,7 +1,9 @@
 """Training: the input pipeline, on-device augmentation in the step, and what is saved.
 
 `train(config)` runs a few named steps: datasets, model, callbacks, fit, finalize. What
-it writes to config.model_dir is described in model/model_dir.py.
+it writes to config.model_dir, and which run a model_dir holds, is model/model_dir.py;
+the Keras parts (the augmenting train step, the metric, weight averaging) are
+model/training_model.py, the callbacks model/callbacks.py, inference model/inference.py.
 
 Quantization-aware training is a training mode: `qat_config(float_run, ...)` reuses the
 float run's saved config (class weights, augmentation ranges, schedule, threshold rule),
@@ -14,7 +16,6 @@ and learning curves). It is never trained on, and nothing is chosen on it here: 
 best epoch and the threshold come from the validation split.
 """
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -29,10 +30,12 @@ import tf_keras as keras
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import schema
 from cxr_edge.core import thresholds
+from cxr_edge.model import callbacks as callbacks_lib
+from cxr_edge.model import inference
 from cxr_edge.model import model_dir as model_dir_lib
 from cxr_edge.model import models
 from cxr_edge.model import train_config
-from cxr_edge.pipeline import augment as augment_lib
+from cxr_edge.model import training_model
 from cxr_edge.pipeline import augment_config
 from cxr_edge.pipeline import dataset
 from cxr_edge.pipeline import records
@@ -68,137 +71,6 @@ def qat_config(init_from: str, model_dir: str, data_dir: str, epochs: Optional[i
       epochs=epochs or train_config.QAT_EPOCHS,
       learning_rate=learning_rate or train_config.QAT_LEARNING_RATE,
       mixed_precision=False, **overrides)
-
-
-class PositiveAUC(keras.metrics.AUC):
-  """ROC-AUC of the PNEUMONIA probability from 2-class softmax outputs."""
-
-  def update_state(self, y_true, y_pred, sample_weight=None):
-    return super().update_state(tf.reshape(y_true, [-1]), y_pred[:, 1], sample_weight=None)
-
-
-class AugmentingModel(keras.Model):
-  """Wraps a classifier; its train step augments each batch on the device first.
-
-  The augmentation seed is (run seed, optimizer step), so a run is reproducible, each
-  epoch sees new augmentations, and a resumed run continues the same sequence.
-  """
-
-  def __init__(self, classifier: keras.Model, augment: augment_config.AugmentConfig, seed: int,
-               mixup: float = 0.0, label_smoothing: float = 0.0, **kwargs):
-    super().__init__(**kwargs)
-    self.classifier = classifier
-    self.augment_config = augment
-    self.seed = seed
-    self.mixup = mixup
-    self.label_smoothing = label_smoothing
-    self._augment = augment_lib.compiled(augment)
-
-  def call(self, inputs, training=False):
-    return self.classifier(inputs, training=training)
-
-  def get_config(self):
-    # Only the inner classifier is ever saved as a model (model.keras).
-    return {"seed": self.seed}
-
-  def train_step(self, data):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    seed = augment_lib.step_seed(self.seed, self.optimizer.iterations)
-    if self.augment_config.enabled:
-      x = tf.cast(self._augment(x, seed), x.dtype)
-    x_seen, lam = x, None
-    if self.mixup > 0:
-      x_seen, lam = augment_lib.mixup(x, tf.random.experimental.stateless_fold_in(seed, 1),
-                                      self.mixup)
-    with tf.GradientTape() as tape:
-      y_pred = self(x_seen, training=True)
-      y_loss, w_loss, pred_loss = y, sample_weight, y_pred
-      if self.mixup > 0:  # each image's target: lam of its label, 1 - lam of its partner's
-        w = _weights(w_loss, y_loss)
-        y_loss, w_loss, pred_loss = _blended_targets(
-            y_loss, w, pred_loss, tf.reverse(y_loss, [0]), tf.reverse(w, [0]), lam)
-      if self.label_smoothing > 0:  # of two classes: 1 - e/2 on the label, e/2 on the other
-        w = _weights(w_loss, y_loss)
-        y_loss, w_loss, pred_loss = _blended_targets(
-            y_loss, w, pred_loss, 1 - y_loss, w, 1.0 - self.label_smoothing / 2)
-      loss = self.compute_loss(x_seen, y_loss, pred_loss, w_loss)
-    self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-    return self.compute_metrics(x, y, y_pred, sample_weight)
-
-
-def _weights(sample_weight: Optional[tf.Tensor], y: tf.Tensor) -> tf.Tensor:
-  """The per-example loss weights, ones when there are none."""
-  if sample_weight is None:
-    return tf.ones(tf.shape(y)[:1], tf.float32)
-  return tf.cast(sample_weight, tf.float32)
-
-
-def _blended_targets(y, w, y_pred, y_other, w_other, lam):
-  """(labels, weights, predictions) whose mean loss is that of a blended target.
-
-  Cross-entropy is linear in the target, so the target lam * y + (1 - lam) * y_other is
-  the two losses weighted lam and 1 - lam: each prediction is paired with both labels.
-  Doubled: the loss's mean runs over the 2B concatenated terms.
-  """
-  return (tf.concat([y, y_other], 0), 2.0 * tf.concat([lam * w, (1.0 - lam) * w_other], 0),
-          tf.concat([y_pred, y_pred], 0))
-
-
-class AveragedWeights:
-  """Puts the optimizer's moving average of the weights into the model, and back.
-
-  With ema_momentum, the network that is validated, scored on external films,
-  checkpointed as the best epoch and saved is the averaged one, while the training steps
-  and the resume backup keep the raw weights. The two callbacks `swap_in` and
-  `swap_out` sit around the callbacks that read the weights (see _callbacks); swapping
-  is idempotent, so each end may be reached twice.
-  """
-
-  def __init__(self):
-    self._pairs = None
-    self.averaged = False
-    self.swap_in = _Swap(self, True)
-    self.swap_out = _Swap(self, False)
-
-  def _pairs_of(self, model: keras.Model):
-    # The averages are the optimizer's own variables (tf_keras use_ema), built with its
-    # slots at the first step and saved and restored with them by BackupAndRestore.
-    if self._pairs is None:
-      opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
-      averages = opt._model_variables_moving_average  # pylint: disable=protected-access
-      index = opt._index_dict  # pylint: disable=protected-access
-      self._pairs = [(v, averages[index[opt._var_key(v)]])  # pylint: disable=protected-access
-                     for v in model.trainable_variables]
-    return self._pairs
-
-  def set(self, model: keras.Model, averaged: bool) -> None:
-    """Model variables hold the averaged (True) or the raw (False) weights."""
-    if averaged == self.averaged:
-      return
-    for var, average in self._pairs_of(model):
-      held = var.numpy()
-      var.assign(average)
-      average.assign(held)
-    self.averaged = averaged
-
-
-class _Swap(keras.callbacks.Callback):
-  """One end of AveragedWeights: before validation and the epoch's end, or after."""
-
-  def __init__(self, weights: AveragedWeights, averaged: bool):
-    super().__init__()
-    self._weights, self._averaged = weights, averaged
-
-  def on_test_begin(self, logs=None):
-    if self._averaged:
-      self._weights.set(self.model, True)
-
-  def on_test_end(self, logs=None):
-    if not self._averaged:
-      self._weights.set(self.model, False)
-
-  def on_epoch_end(self, epoch, logs=None):
-    self._weights.set(self.model, self._averaged)
 
 
 def _strategy(name: str) -> tf.distribute.Strategy:
@@ -238,83 +110,6 @@ def steps_per_epoch(config: train_config.TrainConfig, split: str, replicas: int 
     return config.steps_per_epoch
   n, batch = dataset.split_size(config.data_dir, split), config.batch_size * replicas
   return -(-n // batch) if replicas == 1 else max(1, n // batch)
-
-
-def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-  """float64 [N] PNEUMONIA probabilities of preprocessed images [N, S, S, 1]."""
-  out = [model(images[i:i + batch_size], training=False).numpy()[:, 1]
-         for i in range(0, len(images), batch_size)]
-  return np.concatenate(out).astype(np.float64) if out else np.zeros([0])
-
-
-class ExternalValidation(keras.callbacks.Callback):
-  """Scores a labelled image folder after every epoch; never trains on it.
-
-  Adds external_loss, external_auc and external_accuracy (at 0.5) to the epoch's logs,
-  so the callbacks after it (CSV log, TensorBoard, history) record them. It must come
-  before those in the callback list.
-  """
-
-  def __init__(self, classifier: keras.Model, folder: dataset.FolderImages):
-    super().__init__()
-    self.classifier = classifier
-    self.folder = folder
-
-  def on_epoch_end(self, epoch, logs=None):
-    if logs is None:
-      return
-    y = self.folder.labels
-    p = predict_images(self.classifier, self.folder.images)
-    logs["external_loss"] = metrics_lib.log_loss(y, p)
-    logs["external_auc"] = metrics_lib.roc_auc(y, p)
-    logs["external_accuracy"] = metrics_lib.at_threshold(y, p, 0.5)["accuracy"]
-
-
-class EpochProgress(keras.callbacks.Callback):
-  """One log line per epoch: what the best epoch is chosen on, time and time left.
-
-  Keras' own verbose=2 output is two unlogged lines an epoch; verbose=1 redraws a bar
-  every step, which fills log files.
-  """
-
-  def __init__(self, epochs: int):
-    super().__init__()
-    self._epochs = epochs
-    self._start = self._epoch_start = 0.0
-    self._done = 0
-
-  def on_train_begin(self, logs=None):
-    self._start = time.monotonic()
-    self._done = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch_start = time.monotonic()
-
-  def on_epoch_end(self, epoch, logs=None):
-    logs = logs or {}
-    self._done += 1
-    now = time.monotonic()
-    left = (now - self._start) / self._done * (self._epochs - epoch - 1)
-    parts = [f"loss {logs.get('loss', float('nan')):.4f}",
-             f"val ROC-AUC {logs.get('val_auc', float('nan')):.4f}",
-             f"val loss {logs.get('val_loss', float('nan')):.4f}"]
-    if "external_auc" in logs:
-      parts.append(f"external ROC-AUC {logs['external_auc']:.4f}")
-    logging.info("epoch %d/%d: %s (%.0f s; about %.0f s left)", epoch + 1, self._epochs,
-                 ", ".join(parts), now - self._epoch_start, left)
-
-
-def predict_split(model: keras.Model, data_dir: str, split: str, image_size: int,
-                  batch_size: int = 64) -> Dict[str, np.ndarray]:
-  """Positive-class probabilities for every record of a split, in file order.
-
-  Returns:
-    {"probability", "label", "filename", "patient_id"} numpy arrays.
-  """
-  split_records = dataset.read_split(data_dir, split, image_size)
-  return {"probability": predict_images(model, split_records.images, batch_size),
-          "label": split_records.labels, "filename": split_records.filenames,
-          "patient_id": split_records.patients}
 
 
 def _check(config: train_config.TrainConfig) -> None:
@@ -374,7 +169,7 @@ NOT_DECAYED = ("_bn/", "bias")
 
 
 def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
-           ) -> Tuple[keras.Model, AugmentingModel]:
+           ) -> Tuple[keras.Model, training_model.AugmentingModel]:
   """(classifier, compiled training wrapper); QAT starts from the float run's weights."""
   with strategy.scope():
     if config.qat:
@@ -382,7 +177,7 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
       classifier = model_dir_lib.quantize(float_model)
     else:
       classifier = models.build(config.model, config.image_size, config.width, config.dropout)
-    model = AugmentingModel(classifier, config.augment, config.seed, config.mixup,
+    model = training_model.AugmentingModel(classifier, config.augment, config.seed, config.mixup,
                             config.label_smoothing)
     # With ema_momentum the optimizer also keeps the weights' moving average (and fit
     # ends by writing it into the model).
@@ -397,22 +192,9 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 PositiveAUC(name="auc", num_thresholds=1000)])
+                 training_model.PositiveAUC(name="auc", num_thresholds=1000)])
   model(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
   return classifier, model
-
-
-def _best_weights_path(model_dir: str) -> str:
-  return os.path.join(model_dir, "checkpoints", "best.weights.h5")
-
-
-def _last_weights_path(model_dir: str) -> str:
-  return os.path.join(model_dir, "checkpoints", "last.weights.h5")
-
-
-def _kept_weights_path(model_dir: str, keep_epoch: str) -> str:
-  """The checkpoint of the epoch keep_epoch keeps."""
-  return (_last_weights_path if keep_epoch == "last" else _best_weights_path)(model_dir)
 
 
 def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
@@ -433,12 +215,12 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   weights when the others do not, and the workers' collective ops would part ways.
   """
   previous = model_dir_lib.read_history(run_dir or config.model_dir)
-  best_weights = _best_weights_path(config.model_dir)
+  best_weights = model_dir_lib.best_weights_path(config.model_dir)
   os.makedirs(os.path.dirname(best_weights), exist_ok=True)
-  averaged = AveragedWeights() if config.ema_momentum > 0 else None
+  averaged = training_model.AveragedWeights() if config.ema_momentum > 0 else None
   return ([averaged.swap_in] if averaged else []) + (
-      [ExternalValidation(classifier, external)] if external is not None else []) + [
-      EpochProgress(config.epochs),
+      [callbacks_lib.ExternalValidation(classifier, external)] if external is not None else []) + [
+      callbacks_lib.EpochProgress(config.epochs),
       keras.callbacks.ModelCheckpoint(
           best_weights, monitor="val_auc", mode="max", save_best_only=True,
           save_weights_only=True,
@@ -446,7 +228,7 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
           initial_value_threshold=(max(previous.get("val_auc", [float("-inf")]))
                                    if previous else None)),
       # Both are kept whichever keep_epoch is, so a run's other choice can be studied.
-      keras.callbacks.ModelCheckpoint(_last_weights_path(config.model_dir),
+      keras.callbacks.ModelCheckpoint(model_dir_lib.last_weights_path(config.model_dir),
                                       save_weights_only=True),
   ] + ([averaged.swap_out] if averaged else []) + [
       keras.callbacks.CSVLogger(os.path.join(config.model_dir, model_dir_lib.LOG_FILE),
@@ -456,7 +238,7 @@ def _callbacks(config: train_config.TrainConfig, classifier: keras.Model,
   ] + list(extra or [])
 
 
-def _fit(config: train_config.TrainConfig, model: AugmentingModel, datasets,
+def _fit(config: train_config.TrainConfig, model: training_model.AugmentingModel, datasets,
          callbacks: List[keras.callbacks.Callback]) -> float:
   """Trains (resuming if interrupted before); returns this run's training seconds."""
   start = time.monotonic()
@@ -482,18 +264,19 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   final = models.build(config.model, config.image_size, config.width, config.dropout)
   if config.qat:
     final = model_dir_lib.quantize(final)
-  kept = _kept_weights_path(config.model_dir, config.keep_epoch)
+  kept = model_dir_lib.kept_weights_path(config.model_dir, config.keep_epoch)
   if os.path.isfile(kept):
     # The checkpoint is the training wrapper's; a plain wrapper around `final` reads it
     # (loading into the distributed one fails under a multi-worker strategy).
-    holder = AugmentingModel(final, augment_config.config_from_names(["none"]), config.seed)
+    holder = training_model.AugmentingModel(final, augment_config.config_from_names(["none"]),
+                                            config.seed)
     holder(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
     holder.load_weights(kept)
   else:
     final.set_weights(trained)
   model_dir_lib.save_model(config.model_dir, final, config.qat)
 
-  val = predict_split(final, config.data_dir, "val", config.image_size)
+  val = inference.predict_split(final, config.data_dir, "val", config.image_size)
   prior = dataset.trained_prior(config.data_dir, config.class_weight)
   threshold, rule = thresholds.by_rule(val["label"], val["probability"], config.threshold_rule,
                                      config.target_sensitivity, config.prevalence, prior)
@@ -539,66 +322,11 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   if external is not None:
     info["external_dir"] = config.external_dir
     info["external_metrics"] = metrics_lib.summary(
-        external.labels, predict_images(final, external.images), threshold,
+        external.labels, inference.predict_images(final, external.images), threshold,
         external.patients)
   model_dir_lib.write_info(config.model_dir, info)
   shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
   return info
-
-
-def _identity(config: train_config.TrainConfig) -> Dict[str, Any]:
-  """What makes a run this run: its config and the training data's manifest."""
-  cfg = json.loads(json.dumps(train_config.config_to_dict(config)))
-  for key in train_config.NOT_IDENTITY:
-    cfg.pop(key, None)
-  return {"config": cfg, "data_manifest_sha256": model_dir_lib.manifest_sha256(config.data_dir)}
-
-
-def _claim_model_dir(config: train_config.TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
-  """Makes model_dir this run's: fresh, the same run resumed, or refused.
-
-  A finished run asked to keep its other epoch (keep_epoch) is finished again with it.
-
-  Returns:
-    The model_info of this same run if it already finished (nothing to do), else None.
-
-  Raises:
-    ValueError: model_dir holds another run (other config or data) and not overwrite.
-  """
-  if overwrite:
-    model_dir_lib.remove_run(config.model_dir)
-  identity = _identity(config)
-  found = model_dir_lib.read_run(config.model_dir)
-  if found is not None:
-    # A run written before a config field existed ran as that field's absence means.
-    filled = train_config.complete_saved(found["config"])
-    found = dict(found, config={k: v for k, v in filled.items()
-                                if k in identity["config"] or k in found["config"]})
-  if found is None and model_dir_lib.has_artifacts(config.model_dir):
-    raise ValueError(f"--model_dir {config.model_dir!r} holds a training run this version "
-                     "cannot identify; pass --overwrite to replace it, or choose another "
-                     "--model_dir")
-  if found is not None and found != identity:
-    differ = sorted(k for k in set(found["config"]) | set(identity["config"])
-                    if found["config"].get(k) != identity["config"].get(k))
-    if found["data_manifest_sha256"] != identity["data_manifest_sha256"]:
-      differ.append("training data")
-    raise ValueError(f"--model_dir {config.model_dir!r} holds another run (it differs in "
-                     f"{', '.join(differ)}); pass --overwrite to start over, or choose "
-                     "another --model_dir")
-  os.makedirs(config.model_dir, exist_ok=True)
-  model_dir_lib.write_run(config.model_dir, identity)
-  if found is None or not os.path.isfile(os.path.join(config.model_dir,
-                                                      model_dir_lib.INFO_FILE)):
-    return None
-  info = model_dir_lib.read_info(config.model_dir)
-  kept = train_config.config_from_info(info).keep_epoch  # a run before the field: best
-  if kept == config.keep_epoch:
-    return info
-  # Finished with the other epoch kept: only the finishing steps run again (_train).
-  logging.info("%s is a finished run: keeping its %s epoch instead of its %s, no training",
-               config.model_dir, config.keep_epoch, kept)
-  return None
 
 
 def train(config: train_config.TrainConfig,
@@ -643,7 +371,7 @@ def train(config: train_config.TrainConfig,
                     extra_callbacks, run_dir=config.model_dir, chief=False)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
-  finished = _claim_model_dir(config, overwrite)
+  finished = model_dir_lib.claim(config, overwrite)
   if finished is not None:
     logging.info("%s already holds this finished run; nothing to do", config.model_dir)
     return dict(finished, already_finished=True)
@@ -688,7 +416,7 @@ def _train(config: train_config.TrainConfig, strategy: tf.distribute.Strategy,
     # Killed after the last epoch, before model_info.json, or finished with the other
     # epoch kept: only the finishing steps remain, and they read the kept epoch's weights
     # (without them they would save an untrained network).
-    if not os.path.isfile(_kept_weights_path(run_dir, config.keep_epoch)):
+    if not os.path.isfile(model_dir_lib.kept_weights_path(run_dir, config.keep_epoch)):
       raise ValueError(f"--model_dir {run_dir!r} has all {config.epochs} epochs trained, "
                        f"without the {config.keep_epoch} epoch's weights (a run trained "
                        "before cxr-train kept both has only its best epoch's)")

@@ -26,8 +26,8 @@ import numpy as np
 
 from cxr_edge.core import metrics
 from cxr_edge.core import thresholds
+from cxr_edge.model import inference
 from cxr_edge.model import model_dir as model_dir_lib
-from cxr_edge.model import train_lib
 from cxr_edge.pipeline import dataset
 from studies import groups
 
@@ -37,10 +37,10 @@ COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc", "log_loss", "bri
 def score_run(model_dir: str, data_dir: str, split: str) -> Dict[str, float]:
   """One cxr-train run's metrics on `split` at its validation-chosen threshold."""
   model, info = model_dir_lib.load_model_dir(model_dir)
-  val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
+  val = inference.predict_split(model, data_dir, "val", info["image_size"])
   threshold = thresholds.on_scores(val["label"], val["probability"],
                                        info.get("target_sensitivity"))
-  out = val if split == "val" else train_lib.predict_split(model, data_dir, split,
+  out = val if split == "val" else inference.predict_split(model, data_dir, split,
                                                            info["image_size"])
   y, p = out["label"], out["probability"]
   m = metrics.at_threshold(y, p, threshold)

@@ -37,11 +37,11 @@ from cxr_edge.edge import runtime
 from cxr_edge.export import export_lib
 from cxr_edge.export import variants as variant_names
 from cxr_edge.model import model_dir as model_dir_lib
-from cxr_edge.model import train_lib
 from cxr_edge.pipeline import splits
 from studies import groups
 from cxr_edge.core import folders
 from cxr_edge.core import thresholds
+from cxr_edge.model import inference
 
 KEYS = ("accuracy", "sensitivity", "specificity")
 SPLIT_SEEDS = (0, 1, 2, 3, 4)
@@ -62,7 +62,7 @@ def apply_threshold_rule(model_dir: str, data_dir: str, rule: str) -> None:
       and (rule != "prevalence" or info.get("prevalence") == prevalence)):
     return
   model, _ = model_dir_lib.load_model_dir(model_dir)
-  val = train_lib.predict_split(model, data_dir, "val", info["image_size"])
+  val = inference.predict_split(model, data_dir, "val", info["image_size"])
   prior = model_dir_lib.run_prior(info, data_dir)
   info["threshold"], info["threshold_rule"] = thresholds.by_rule(
       val["label"], val["probability"], rule, prevalence=prevalence, output_prior=prior)

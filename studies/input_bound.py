@@ -20,7 +20,7 @@ import tf_keras as keras
 
 from cxr_edge.core import schema
 from cxr_edge.model import models
-from cxr_edge.model import train_lib
+from cxr_edge.model import training_model
 from cxr_edge.pipeline import augment_config
 from cxr_edge.pipeline import benchmark_lib
 from cxr_edge.pipeline import dataset
@@ -39,7 +39,7 @@ def input_bound(data_dir: str, model_name: str, image_size: int, batch_size: int
 
   def rate(ds) -> float:
     keras.utils.set_random_seed(seed)
-    model = train_lib.AugmentingModel(models.build(model_name, image_size), config, seed)
+    model = training_model.AugmentingModel(models.build(model_name, image_size), config, seed)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
     model.fit(ds, epochs=1, steps_per_epoch=max(5, steps // 5), verbose=0)  # warm-up
     start = time.perf_counter()

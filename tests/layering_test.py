@@ -142,3 +142,15 @@ def test_a_tensorflow_job_in_a_device_install_names_the_extra(tmp_path):
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and len(lines) == 1, r.stderr
   assert "needs TensorFlow" in lines[0] and "cxr-edge[train]" in lines[0]
+
+
+def test_evaluation_does_not_import_training():
+  code = ("import sys\n"
+          "from cxr_edge.model import evaluate_lib\n"
+          "print(sorted(m for m in sys.modules if m.startswith('cxr_edge.model.')))\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
+                     timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  loaded = eval(r.stdout)  # pylint: disable=eval-used
+  assert "cxr_edge.model.inference" in loaded
+  assert not {"cxr_edge.model.train_lib", "cxr_edge.model.callbacks"} & set(loaded)

@@ -14,9 +14,11 @@ import tf_keras as keras
 
 from cxr_edge.core import metrics
 from cxr_edge.core import thresholds
+from cxr_edge.model import inference
 from cxr_edge.model import model_dir as model_dir_lib
 from cxr_edge.model import train_config
 from cxr_edge.model import train_lib
+from cxr_edge.model import training_model
 from cxr_edge.pipeline import augment
 from cxr_edge.pipeline import augment_config
 from cxr_edge.pipeline import dataset
@@ -73,7 +75,7 @@ def test_train_writes_everything(sample_records, tmp_path):
 
 def test_augmenting_step_changes_nothing_at_inference(sample_records, tmp_path):
   clf = train_lib.models.build("seed_cnn", SIZE, 0.25)
-  wrapper = train_lib.AugmentingModel(clf, augment_config.config_from_names(["rotation"]), 0)
+  wrapper = training_model.AugmentingModel(clf, augment_config.config_from_names(["rotation"]), 0)
   x = tf.random.uniform([2, SIZE, SIZE, 1])
   np.testing.assert_allclose(wrapper(x), clf(x))
 
@@ -154,7 +156,7 @@ def test_external_dir_is_scored_every_epoch_and_never_trained_on(sample_records,
   # The saved model's external metrics, recomputed here, with intervals.
   model, _ = model_dir_lib.load_model_dir(str(tmp_path / "m"))
   folder = dataset.load_image_folder(str(external), SIZE)
-  p = train_lib.predict_images(model, folder.images)
+  p = inference.predict_images(model, folder.images)
   m = info["external_metrics"]
   assert m["count"] == 8 and m["positives"] == 4
   assert m["roc_auc"] == pytest.approx(metrics.roc_auc(folder.labels, p))
@@ -218,7 +220,7 @@ def test_qat_run_reuses_the_float_recipe_and_chooses_its_own_threshold(trained_m
   model, _ = model_dir_lib.load_model_dir(qat_model)
   assert any(layer.name.startswith("quant_") for layer in model.layers)
   # Its threshold is its own validation choice by the float run's rule.
-  val = train_lib.predict_split(model, info["config"]["data_dir"], "val", SIZE)
+  val = inference.predict_split(model, info["config"]["data_dir"], "val", SIZE)
   want, _ = thresholds.by_rule(val["label"], val["probability"], "youden")
   assert info["threshold"] == pytest.approx(want)
 
@@ -319,7 +321,7 @@ def _loss_probe(mixup=0.0, label_smoothing=0.0):
   """(classifier, wrapper) whose train step only reports its loss: SGD at rate 0, no
   augmentation, seed_cnn without dropout (no BN either: training = inference)."""
   clf = train_lib.models.build("seed_cnn", SIZE, 0.25, dropout=0.0)
-  model = train_lib.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, mixup,
+  model = training_model.AugmentingModel(clf, augment_config.config_from_names(["none"]), 0, mixup,
                                     label_smoothing)
   model.compile(optimizer=keras.optimizers.SGD(0.0),
                 loss=keras.losses.SparseCategoricalCrossentropy())
@@ -508,7 +510,7 @@ def test_the_history_row_is_written_before_the_resume_backup(sample_records, tmp
       None)]
   assert kinds.index(keras.callbacks.CSVLogger) < kinds.index(keras.callbacks.BackupAndRestore)
   # The averaged weights are swapped out again before the backup saves the raw ones.
-  swaps = [i for i, k in enumerate(kinds) if k is train_lib._Swap]  # pylint: disable=protected-access
+  swaps = [i for i, k in enumerate(kinds) if k is training_model._Swap]  # pylint: disable=protected-access
   assert len(swaps) == 2 and swaps[1] < kinds.index(keras.callbacks.BackupAndRestore)
 
 
