@@ -205,20 +205,8 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
     CalibrationError: bad films, targets or output directory.
     runtime.ModelError: the model cannot be used.
   """
-  if target_sensitivity is not None and target_specificity is not None:
-    raise CalibrationError("give at most one of --target_sensitivity and --target_specificity")
-  if prevalence is not None and (target_sensitivity, target_specificity) != (None, None):
-    raise CalibrationError("--prevalence sets the threshold itself: give it or a target, "
-                           "not both")
-  if prevalence is None and not image_dir:
-    raise CalibrationError("give --image_dir (labelled local films) or --prevalence (the "
-                           "local share of PNEUMONIA)")
-  model_dir = os.path.dirname(os.path.abspath(model_path))
-  if os.path.abspath(output_dir) == model_dir:
-    raise CalibrationError("--output_dir is the model's own folder; the original package "
-                           "is never altered: choose a new folder")
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    raise CalibrationError(f"--output_dir {output_dir!r} is not empty")
+  _check_request(model_path, image_dir, output_dir, target_sensitivity, target_specificity,
+                 prevalence)
   model = runtime.LiteModel(model_path, num_threads)
   if prevalence is not None:
     package_prior(model)  # refuse an old package before scoring any film
@@ -233,7 +221,6 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
     chosen = at_prevalence(model, prevalence, films, fit_temperature)
   else:
     chosen = choose(model, films, target_sensitivity, target_specificity, fit_temperature)
-  name = os.path.basename(model_path)
   record = {
       "tool": "cxr-calibrate",
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -252,17 +239,43 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
       "measured": (None if films is None
                    else {"at_previous": chosen["before"], "at_new": chosen["after"]}),
   }
+  _write_package(model, model_path, output_dir, record)
+  return record
+
+
+def _check_request(model_path: str, image_dir: Optional[str], output_dir: str,
+                   target_sensitivity: Optional[float], target_specificity: Optional[float],
+                   prevalence: Optional[float]) -> None:
+  """Refuses contradictory choices and an output folder that is not new, before any work."""
+  if target_sensitivity is not None and target_specificity is not None:
+    raise CalibrationError("give at most one of --target_sensitivity and --target_specificity")
+  if prevalence is not None and (target_sensitivity, target_specificity) != (None, None):
+    raise CalibrationError("--prevalence sets the threshold itself: give it or a target, "
+                           "not both")
+  if prevalence is None and not image_dir:
+    raise CalibrationError("give --image_dir (labelled local films) or --prevalence (the "
+                           "local share of PNEUMONIA)")
+  if os.path.abspath(output_dir) == os.path.dirname(os.path.abspath(model_path)):
+    raise CalibrationError("--output_dir is the model's own folder; the original package "
+                           "is never altered: choose a new folder")
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    raise CalibrationError(f"--output_dir {output_dir!r} is not empty")
+
+
+def _write_package(model: runtime.LiteModel, model_path: str, output_dir: str,
+                   record: Dict[str, Any]) -> None:
+  """The same graph and weights with the new threshold embedded, and its metadata.json."""
+  name = os.path.basename(model_path)
   fields = package.model_fields(json.loads(json.dumps(model.metadata)),
                                 json.loads(json.dumps(model.entry)))
   metadata, entry = fields["package"], fields["model"]
-  entry["threshold"] = chosen["threshold"]
-  entry["temperature"] = chosen["temperature"]
-  on_films = f" on {record['films']} local films" if films is not None else ""
-  entry["threshold_source"] = f"cxr-calibrate{on_films} ({record['date']}): {chosen['rule']}"
+  entry["threshold"], entry["temperature"] = record["threshold"], record["temperature"]
+  on_films = f" on {record['films']} local films" if record["measured"] is not None else ""
+  entry["threshold_source"] = f"cxr-calibrate{on_films} ({record['date']}): {record['rule']}"
   # The package-level threshold is the one model's here: one value, not two that differ.
-  metadata["threshold"], metadata["threshold_rule"] = chosen["threshold"], chosen["rule"]
+  metadata["threshold"], metadata["threshold_rule"] = record["threshold"], record["rule"]
   metadata["site_calibration"] = record
-  with open(model_path, "rb") as f:  # the same graph and weights, new embedded metadata
+  with open(model_path, "rb") as f:
     data = package.embed(f.read(), fields)
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, name), "wb") as f:
@@ -271,4 +284,3 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
                                    sha256=hashlib.sha256(data).hexdigest())}
   with open(os.path.join(output_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
-  return record

@@ -89,6 +89,69 @@ def _explain(model: runtime.LiteModel, result: dict, folder: str, index: int) ->
   return {"explanation": path, "explain_ms": round((time.perf_counter() - start) * 1000, 1)}
 
 
+def _output_format() -> str:
+  """jsonl or csv, from --format or --output's extension; refuses what cannot be written."""
+  output = _OUTPUT.value
+  if output and not output.endswith((".jsonl", ".csv")):
+    raise errors.CxrError("--output must end in .jsonl or .csv")
+  fmt = _FORMAT.value or ("csv" if (output or "").endswith(".csv") else "jsonl")
+  if output and not output.endswith("." + fmt):
+    raise errors.CxrError(f"--format={fmt} but --output ends in {os.path.splitext(output)[1]}")
+  out_dir = os.path.dirname(os.path.abspath(output or "."))
+  if output and not os.path.isdir(out_dir):
+    raise errors.CxrError(f"--output's folder {out_dir} does not exist")
+  return fmt
+
+
+class _Tally:
+  """What the run predicted, failed and skipped, for the summary line."""
+
+  def __init__(self, labels, total: int):
+    self.total, self.ok, self.failed, self.skipped, self.warned = total, 0, 0, 0, 0
+    self.latencies, self.explain_ms = [], []
+    self.counts = {label: 0 for label in labels}
+
+  def add(self, result: dict) -> None:
+    if "error" in result:
+      self.failed += 1
+    elif "skipped" in result:
+      self.skipped += 1
+    else:
+      self.ok += 1
+      self.warned += bool(result["warning"])
+      self.latencies.append(result["latency_ms"])
+      self.counts[result["prediction"]] += 1
+      if "explain_ms" in result:
+        self.explain_ms.append(result["explain_ms"])
+
+  def summary(self, interrupted: bool) -> str:
+    done = self.ok + self.failed + self.skipped
+    text = ("cxr-predict: " + (f"interrupted after {done} of {self.total}: "
+                               if interrupted else "") + f"{self.ok} image(s) predicted"
+            + (f" ({self.warned} with a warning: not like a chest radiograph)"
+               if self.warned else "")
+            + f", {self.failed} failed"
+            + (f", {self.skipped} skipped (not films)" if self.skipped else "") + "; "
+            + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+    if self.latencies:
+      text += f"; latency p50 {np.percentile(self.latencies, 50):.2f} ms"
+    if self.explain_ms:
+      text += (f"; {len(self.explain_ms)} explanation(s) in {_EXPLAIN.value}, "
+               f"{np.median(self.explain_ms) / 1000:.1f} s each (median)")
+    return text
+
+
+def _writer(out, fmt: str):
+  """A function that writes one result record to `out` in `fmt`."""
+  if fmt == "jsonl":
+    return lambda result: out.write(json.dumps(result) + "\n")
+  writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", "threshold",
+                                "model_sha256", "warning", "latency_ms", "explanation",
+                                "explain_ms", "error", "skipped"])
+  writer.writeheader()
+  return writer.writerow
+
+
 def main(argv):
   patterns = argv[1:]
   if _INFO.value:
@@ -99,69 +162,32 @@ def main(argv):
     return
   if not patterns:
     raise app.UsageError("give at least one image file, folder or glob")
-  if _OUTPUT.value and not _OUTPUT.value.endswith((".jsonl", ".csv")):
-    raise errors.CxrError("--output must end in .jsonl or .csv")
-  fmt = _FORMAT.value or ("csv" if (_OUTPUT.value or "").endswith(".csv") else "jsonl")
-  if _OUTPUT.value and not _OUTPUT.value.endswith("." + fmt):
-    raise errors.CxrError(f"--format={fmt} but --output ends in "
-                          f"{os.path.splitext(_OUTPUT.value)[1]}")
-  out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
-  if _OUTPUT.value and not os.path.isdir(out_dir):
-    raise errors.CxrError(f"--output's folder {out_dir} does not exist")
+  fmt = _output_format()
   model = runtime.LiteModel(_MODEL.value, _THREADS.value)
-  out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
-  writer = None
-  if fmt == "csv":
-    writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", "threshold", "model_sha256",
-                                  "warning", "latency_ms", "explanation", "explain_ms",
-                                  "error", "skipped"])
-    writer.writeheader()
-  ok, failed, skipped, warned = 0, 0, 0, 0
-  latencies, explain_ms, counts = [], [], {label: 0 for label in model.labels}
   if _EXPLAIN.value:
     os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress
+  tally = _Tally(model.labels, len(items))
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   interrupted = False
+  out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
   try:
+    write = _writer(out, fmt)
     for done, result in enumerate(runtime.predict_paths(model, items, _STRICT.value), 1):
       progress.update(done)
-      if "error" in result:
-        failed += 1
-      elif "skipped" in result:
-        skipped += 1
-      else:
-        ok += 1
-        warned += bool(result["warning"])
-        latencies.append(result["latency_ms"])
-        if _EXPLAIN.value:
-          result.update(_explain(model, result, _EXPLAIN.value, done))
-          explain_ms.append(result["explain_ms"])
-        counts[result["prediction"]] += 1
-      if writer:
-        writer.writerow(result)
-      else:
-        out.write(json.dumps(result) + "\n")
+      if _EXPLAIN.value and "prediction" in result:
+        result.update(_explain(model, result, _EXPLAIN.value, done))
+      tally.add(result)
+      write(result)
   except KeyboardInterrupt:
     interrupted = True  # Ctrl-C: what was predicted is written; say so and how much
   finally:
     if out is not sys.stdout:
       out.close()
-  summary = ("cxr-predict: " + (f"interrupted after {ok + failed + skipped} of {len(items)}: "
-                                if interrupted else "") + f"{ok} image(s) predicted"
-             + (f" ({warned} with a warning: not like a chest radiograph)" if warned else "")
-             + f", {failed} failed"
-             + (f", {skipped} skipped (not films)" if skipped else "") + "; "
-             + ", ".join(f"{k} {v}" for k, v in counts.items()))
-  if latencies:
-    summary += f"; latency p50 {np.percentile(latencies, 50):.2f} ms"
-  if explain_ms:
-    summary += (f"; {len(explain_ms)} explanation(s) in {_EXPLAIN.value}, "
-                f"{np.median(explain_ms) / 1000:.1f} s each (median)")
-  print(summary, file=sys.stderr)
+  print(tally.summary(interrupted), file=sys.stderr)
   if interrupted:
     sys.exit(130)
-  if failed:
+  if tally.failed:
     sys.exit(1)
 
 
