@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -232,22 +232,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     ValueError: export_dir not empty without overwrite, unknown variant, qat_int8 without
       a QAT run, or a QAT run that is not one.
   """
-  if variants is None:
-    variants = variant_names.POST_TRAINING_VARIANTS + (("qat_int8",) if qat_model_dir else ())
-  unknown = set(variants) - set(variant_names.VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {variant_names.VARIANTS}")
-  if "qat_int8" in variants and not qat_model_dir:
-    raise ValueError("qat_int8 is converted from a quantization-aware run: train one with "
-                     "cxr-train --qat --init_from=MODEL_DIR and pass --qat_model_dir")
-  qat_model, qat_info = None, None
-  if qat_model_dir and "qat_int8" in variants:
-    qat_model, qat_info = model_dir_lib.load_model_dir(qat_model_dir)
-    if not qat_info.get("qat"):
-      raise ValueError(f"--qat_model_dir {qat_model_dir!r} is not a cxr-train --qat run")
-    if os.path.realpath(qat_info.get("init_from") or "") != os.path.realpath(model_dir):
-      logging.warning("the QAT run %s was fine-tuned from %s, not from %s", qat_model_dir,
-                      qat_info.get("init_from"), model_dir)
+  variants = _checked_variants(variants, qat_model_dir)
+  qat_model, qat_info = _qat_run(qat_model_dir, model_dir, variants)
   if os.path.isdir(export_dir) and os.listdir(export_dir):
     if not overwrite:
       raise ValueError(f"--export_dir {export_dir!r} is not empty; pass --overwrite")
@@ -263,7 +249,63 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
 
   logging.info("writing the SavedModel")
   save_saved_model(model, size, threshold, saved_model_path(export_dir), temperature)
-  calib = calibration_images(data_dir, size, calibration_samples)
+  files = _write_tflite(export_dir, variants, model, qat_model, size,
+                        calibration_images(data_dir, size, calibration_samples))
+  with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
+    f.writelines(label + "\n" for label in schema.LABELS)
+  metadata = package_metadata(info, data_dir, data_sha)
+  for path in files.values():
+    metadata["models"][os.path.basename(path)] = {
+        **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
+  _set_thresholds(metadata, files, qat_info)
+  for path in files.values():
+    embed_metadata(path, metadata)
+  with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
+    json.dump(metadata, f, indent=2)
+
+  val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
+  report = build_report(export_dir, data_dir, metadata, files, latency_runs,
+                        val_images, val_labels)
+  if external_dir:
+    report["external"] = external_report(export_dir, external_dir, metadata, files)
+  with open(os.path.join(export_dir, variant_names.REPORT_NAME), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  model_card.write(export_dir, metadata, report, info, records.load_manifest(data_dir))
+  return report
+
+
+def _checked_variants(variants: Optional[Sequence[str]],
+                      qat_model_dir: Optional[str]) -> Sequence[str]:
+  """The variants to write (default: every post-training one, and qat_int8 with a QAT run)."""
+  if variants is None:
+    variants = variant_names.POST_TRAINING_VARIANTS + (("qat_int8",) if qat_model_dir else ())
+  unknown = set(variants) - set(variant_names.VARIANTS)
+  if unknown:
+    raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {variant_names.VARIANTS}")
+  if "qat_int8" in variants and not qat_model_dir:
+    raise ValueError("qat_int8 is converted from a quantization-aware run: train one with "
+                     "cxr-train --qat --init_from=MODEL_DIR and pass --qat_model_dir")
+  return variants
+
+
+def _qat_run(qat_model_dir: Optional[str], model_dir: str, variants: Sequence[str]
+             ) -> Tuple[Optional[keras.Model], Optional[Dict[str, Any]]]:
+  """The QAT run's model and model_info, when qat_int8 is to be written; else (None, None)."""
+  if not qat_model_dir or "qat_int8" not in variants:
+    return None, None
+  qat_model, qat_info = model_dir_lib.load_model_dir(qat_model_dir)
+  if not qat_info.get("qat"):
+    raise ValueError(f"--qat_model_dir {qat_model_dir!r} is not a cxr-train --qat run")
+  if os.path.realpath(qat_info.get("init_from") or "") != os.path.realpath(model_dir):
+    logging.warning("the QAT run %s was fine-tuned from %s, not from %s", qat_model_dir,
+                    qat_info.get("init_from"), model_dir)
+  return qat_model, qat_info
+
+
+def _write_tflite(export_dir: str, variants: Sequence[str], model: keras.Model,
+                  qat_model: Optional[keras.Model], size: int,
+                  calib: np.ndarray) -> Dict[str, str]:
+  """Converts each variant (int8 ones calibrated on `calib`); {variant: its file}."""
   files = {}
   for k, variant in enumerate(variants, 1):
     logging.info("converting TFLite %d/%d: %s%s", k, len(variants), variant,
@@ -273,13 +315,16 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
     with open(path, "wb") as f:
       f.write(convert_tflite(source, variant, size, calib))
     files[variant] = path
+  return files
 
-  with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
-    f.writelines(label + "\n" for label in schema.LABELS)
-  metadata = package_info.package_fields(
+
+def package_metadata(info: Dict[str, Any], data_dir: str, data_sha: str) -> Dict[str, Any]:
+  """The package's fields (core/package_info.py) for a trained run; "models" still empty."""
+  size = info["image_size"]
+  return package_info.package_fields(
       labels=list(schema.LABELS),
       positive_label=schema.POSITIVE_LABEL,
-      threshold=threshold,
+      threshold=info["threshold"],
       threshold_rule=info.get("threshold_rule"),
       # The class prior the probabilities assume, for cxr-calibrate --prevalence.
       output_prior=model_dir_lib.run_prior(info, data_dir),
@@ -299,24 +344,6 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
       credit="Trained on Kermany et al. (2018), Mendeley Data v2, "
              "doi:10.17632/rscbjbr9sj.2, CC BY 4.0",
   )
-  for variant, path in files.items():
-    metadata["models"][os.path.basename(path)] = {
-        **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
-  val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
-  _set_thresholds(metadata, files, qat_info)
-  for path in files.values():
-    embed_metadata(path, metadata)
-  with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
-    json.dump(metadata, f, indent=2)
-
-  report = build_report(export_dir, data_dir, metadata, files, latency_runs,
-                        val_images, val_labels)
-  if external_dir:
-    report["external"] = external_report(export_dir, external_dir, metadata, files)
-  with open(os.path.join(export_dir, variant_names.REPORT_NAME), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  model_card.write(export_dir, metadata, report, info, records.load_manifest(data_dir))
-  return report
 
 
 def embed_metadata(path: str, metadata: Dict[str, Any]) -> None:

@@ -332,9 +332,32 @@ def convert(options: convert_config.ConvertOptions,
                beam_runner)
 
   pipeline = beam.Pipeline(options=beam_options)
+  _build_graph(pipeline, options, candidates, listed, salt, ratios, shards, scan_rejected,
+               num_files_found=len(files))
+  try:
+    pipeline.run().wait_until_finish()
+  except Exception as e:  # pylint: disable=broad-except
+    # Runners wrap a worker's exception in their own; ours carries the message to show.
+    found = re.search(r"ConversionError: (.+?)(?:\s*\[while running|\n|$)", str(e))
+    if found:
+      raise errors.ConversionError(found.group(1)) from None
+    raise
+  manifest = json.loads(_read(_join(options.output_dir, schema.MANIFEST_NAME)))
+  seconds = time.monotonic() - start
+  return convert_lib.ConversionResult(manifest, seconds, float("nan"))
+
+
+def _build_graph(pipeline: beam.Pipeline, options: convert_config.ConvertOptions,
+                 candidates: Sequence[folders.SourceFile],
+                 listed: Optional[Dict[str, Tuple[str, str]]], salt: str,
+                 ratios: Sequence[float], shards: Dict[str, int],
+                 scan_rejected: List[Dict[str, str]], num_files_found: int) -> None:
+  """The conversion as Beam steps: inspect -> plan the splits -> load -> write each
+  split's shards -> hash them -> write the manifest last, with every rejection."""
   inspected = (
       pipeline
-      | "List" >> beam.Create([(f, listed[f.relpath][0] if listed else None) for f in candidates])
+      | "List" >> beam.Create([(f, listed[f.relpath][0] if listed else None)
+                               for f in candidates])
       | "Spread" >> beam.Reshuffle()
       | "Inspect" >> beam.ParDo(_Inspect(options.input_dir, options.max_pixels, salt))
       .with_outputs(_TAG_REJECTED, main="records"))
@@ -343,7 +366,8 @@ def convert(options: convert_config.ConvertOptions,
           | "Split" >> beam.Map(_plan, ratios, options.seed))
   loaded = (
       plan
-      | "Assign" >> beam.FlatMap(lambda p: [(s, r) for s in schema.SPLITS for r in p["by_split"][s]])
+      | "Assign" >> beam.FlatMap(lambda p: [(s, r) for s in schema.SPLITS
+                                            for r in p["by_split"][s]])
       | "Spread again" >> beam.Reshuffle()
       | "Load" >> beam.ParDo(_Load(options.input_dir, options.image_size))
       .with_outputs(_TAG_REJECTED, main="examples"))
@@ -368,16 +392,5 @@ def convert(options: convert_config.ConvertOptions,
        | "Manifest" >> beam.Map(
            _write_index, output_dir=options.output_dir, plan=beam.pvalue.AsSingleton(plan),
            shards=beam.pvalue.AsList(shard_entries), rejected=beam.pvalue.AsList(rejected),
-           num_files_found=len(files), salt_given=options.patient_id_salt is not None,
+           num_files_found=num_files_found, salt_given=options.patient_id_salt is not None,
            ratios=ratios, seed=options.seed, image_size=options.image_size))
-  try:
-    pipeline.run().wait_until_finish()
-  except Exception as e:  # pylint: disable=broad-except
-    # Runners wrap a worker's exception in their own; ours carries the message to show.
-    found = re.search(r"ConversionError: (.+?)(?:\s*\[while running|\n|$)", str(e))
-    if found:
-      raise errors.ConversionError(found.group(1)) from None
-    raise
-  manifest = json.loads(_read(_join(options.output_dir, schema.MANIFEST_NAME)))
-  seconds = time.monotonic() - start
-  return convert_lib.ConversionResult(manifest, seconds, float("nan"))

@@ -15,7 +15,7 @@ import dataclasses
 import glob
 import hashlib
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -152,42 +152,10 @@ def make_pipeline(data_dir: str,
   num_records = manifest["splits"][split]["images"]
   if not paths:
     raise ValueError(f"split {split!r} of {data_dir} is empty")
-  delivered = None
-
-  files = tf.data.Dataset.from_tensor_slices(paths)
-  if training:
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-  by_record_shard = None
-  if input_context is not None and input_context.num_input_pipelines > 1:
-    workers = input_context.num_input_pipelines
-    # By file when every worker gets at least two shards (balanced enough); else by
-    # record, which never leaves a worker without data.
-    if len(paths) >= 2 * workers:
-      files = files.shard(workers, input_context.input_pipeline_id)
-    else:
-      by_record_shard = input_context
-    logging.info("%s split: %d shards for %d workers: sharded by %s", split, len(paths),
-                 workers, "file" if by_record_shard is None else "record")
-  ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-                        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-  if by_record_shard is not None:
-    ds = ds.shard(by_record_shard.num_input_pipelines, by_record_shard.input_pipeline_id)
-
-  def parse(serialized):
-    example = preprocess.parse_example(serialized)
-    image = preprocess.preprocess_image(example[schema.KEY_ENCODED], image_size)
-    return image, tf.cast(example[schema.KEY_LABEL], tf.int32)
-
-  ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-  if skip_corrupt:
-    ds = ds.ignore_errors(log_warning=True)
-    delivered = tf.Variable(0, dtype=tf.int64, trainable=False, name="delivered")
-
-    def count(image, label):
-      delivered.assign_add(1)
-      return image, label
-
-    ds = ds.map(count)
+  # The order the developers' guide sets: shuffle files -> interleave -> parse/decode ->
+  # cache -> shuffle -> batch -> augment (training only) -> prefetch.
+  ds = _interleaved_records(paths, split, training, seed, deterministic, input_context)
+  ds, delivered = _decoded(ds, image_size, deterministic, skip_corrupt)
   if not skip_corrupt and (input_context is None or input_context.num_input_pipelines == 1):
     # The manifest knows the record count; with it Keras knows an epoch's steps from the
     # first epoch on (exact progress, and a resumed run takes the same steps as an
@@ -198,8 +166,8 @@ def make_pipeline(data_dir: str,
   elif cache != CACHE_NONE:
     ds = ds.cache(claim_file_cache(cache, data_dir, split, image_size))
   if training:
-    buffer = shuffle_buffer or min(num_records, 10_000)
-    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(shuffle_buffer or min(num_records, 10_000), seed=seed,
+                    reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
   per_replica = (input_context.get_per_replica_batch_size(batch_size)
@@ -207,15 +175,73 @@ def make_pipeline(data_dir: str,
   ds = ds.batch(per_replica, drop_remainder=drop_remainder,
                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   if training and augment_in_pipeline and augment is not None and augment.enabled:
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(
-        lambda batch, s: (augment_lib.augment_batch(batch[0], s, augment, use_op=True), batch[1]),
-        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = _augmented(ds, augment, seed, deterministic)
   if weights is not None:
     table = tf.constant([weights.get(i, 1.0) for i in range(schema.NUM_CLASSES)], tf.float32)
     ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)), num_parallel_calls=AUTOTUNE)
   ds = ds.prefetch(AUTOTUNE)
+  return InputPipeline(ds.with_options(_options(deterministic, input_context)), num_records,
+                       paths, delivered)
 
+
+def _interleaved_records(paths: List[str], split: str, training: bool, seed: int,
+                         deterministic: bool,
+                         input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
+  """Serialized records of the shards: files shuffled (training), this worker's share."""
+  files = tf.data.Dataset.from_tensor_slices(paths)
+  if training:
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+  by_record = None
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    workers = input_context.num_input_pipelines
+    # By file when every worker gets at least two shards (balanced enough); else by
+    # record, which never leaves a worker without data.
+    if len(paths) >= 2 * workers:
+      files = files.shard(workers, input_context.input_pipeline_id)
+    else:
+      by_record = input_context
+    logging.info("%s split: %d shards for %d workers: sharded by %s", split, len(paths),
+                 workers, "file" if by_record is None else "record")
+  ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
+                        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if by_record is not None:
+    ds = ds.shard(by_record.num_input_pipelines, by_record.input_pipeline_id)
+  return ds
+
+
+def _decoded(ds: tf.data.Dataset, image_size: int, deterministic: bool, skip_corrupt: bool
+             ) -> Tuple[tf.data.Dataset, Optional[tf.Variable]]:
+  """(image, label) pairs; with skip_corrupt, bad records are skipped and the good counted."""
+  def parse(serialized):
+    example = preprocess.parse_example(serialized)
+    image = preprocess.preprocess_image(example[schema.KEY_ENCODED], image_size)
+    return image, tf.cast(example[schema.KEY_LABEL], tf.int32)
+
+  ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if not skip_corrupt:
+    return ds, None
+  ds = ds.ignore_errors(log_warning=True)
+  delivered = tf.Variable(0, dtype=tf.int64, trainable=False, name="delivered")
+
+  def count(image, label):
+    delivered.assign_add(1)
+    return image, label
+
+  return ds.map(count), delivered
+
+
+def _augmented(ds: tf.data.Dataset, augment: augment_config.AugmentConfig, seed: int,
+               deterministic: bool) -> tf.data.Dataset:
+  """Batches augmented as a CPU pipeline stage (the benchmark's; training augments on the
+  device, in the step)."""
+  seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+  return tf.data.Dataset.zip((ds, seeds)).map(
+      lambda batch, s: (augment_lib.augment_batch(batch[0], s, augment, use_op=True), batch[1]),
+      num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _options(deterministic: bool,
+             input_context: Optional[tf.distribute.InputContext]) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = deterministic
   # We shard ourselves when given an input context; otherwise DATA never hangs (FILE
@@ -223,7 +249,7 @@ def make_pipeline(data_dir: str,
   options.experimental_distribute.auto_shard_policy = (
       tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
       else tf.data.experimental.AutoShardPolicy.DATA)
-  return InputPipeline(ds.with_options(options), num_records, paths, delivered)
+  return options
 
 
 # Open lock files of the file caches this process owns (held until it exits).
