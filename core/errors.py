@@ -11,6 +11,14 @@ class CxrError(Exception):
   """A problem with the input, the output or a model that the user can fix."""
 
 
+class ConfigError(CxrError, ValueError):
+  """An argument or configuration that cannot work (a ValueError too, for callers)."""
+
+
+class MissingInputError(CxrError, FileNotFoundError):
+  """An input that is missing or incomplete (a FileNotFoundError too, for callers)."""
+
+
 class ConversionError(CxrError):
   """An input folder, file list or output folder cannot be used; the message says why."""
 

@@ -19,13 +19,13 @@ intervals on that folder), MODEL_CARD.md and model_card.json, and prints the rep
 TFLite models output logits; probabilities are softmax(logits / temperature) at the edge.
 """
 import os
-import sys
 
 from absl import app
 from absl import flags
 
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
 from cxr_edge.core import cli
+from cxr_edge.core import errors
 from cxr_edge.export import variants as variant_names
 from cxr_edge.pipeline import records
 
@@ -54,26 +54,21 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:  # the cheap checks, before TensorFlow loads
-    records.load_manifest(_DATA_DIR.value)
-    for flag in ("model_dir", "qat_model_dir", "external_dir"):
-      path = flags.FLAGS[flag].value
-      if path and not os.path.isdir(path):
-        raise FileNotFoundError(f"--{flag} {path!r} is not a directory")
-  except FileNotFoundError as e:
-    sys.exit(f"cxr-export: error: {e}")
+  # The cheap checks, before TensorFlow loads.
+  records.load_manifest(_DATA_DIR.value)
+  for flag in ("model_dir", "qat_model_dir", "external_dir"):
+    path = flags.FLAGS[flag].value
+    if path and not os.path.isdir(path):
+      raise errors.MissingInputError(f"--{flag} {path!r} is not a directory")
   cli.import_tensorflow()
   # pylint: disable=g-import-not-at-top
   from cxr_edge.export import export_lib
   # pylint: enable=g-import-not-at-top
-  try:
-    report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
-                               _CALIBRATION_SAMPLES.value, _LATENCY_RUNS.value,
-                               variants=_VARIANTS.value, overwrite=_OVERWRITE.value,
-                               external_dir=_EXTERNAL_DIR.value,
-                               qat_model_dir=_QAT_MODEL_DIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"cxr-export: error: {e}")
+  report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
+                             _CALIBRATION_SAMPLES.value, _LATENCY_RUNS.value,
+                             variants=_VARIANTS.value, overwrite=_OVERWRITE.value,
+                             external_dir=_EXTERNAL_DIR.value,
+                             qat_model_dir=_QAT_MODEL_DIR.value)
   print(export_lib.format_report(report))
   print(f"cxr-export: models, metadata.json and {variant_names.REPORT_NAME} in "
         f"{_EXPORT_DIR.value}")

@@ -20,6 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cxr_edge.core import cli
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import package_info
@@ -146,7 +147,7 @@ def convert_tflite(model: keras.Model, variant: str, image_size: int,
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
   elif variant != "float32":
-    raise ValueError(f"unknown variant {variant!r}")
+    raise errors.ConfigError(f"unknown variant {variant!r}")
   with cli.native_stderr_quiet(not cli.verbose()):  # the converter's native summary lines
     return converter.convert()
 
@@ -236,7 +237,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   qat_model, qat_info = _qat_run(qat_model_dir, model_dir, variants)
   if os.path.isdir(export_dir) and os.listdir(export_dir):
     if not overwrite:
-      raise ValueError(f"--export_dir {export_dir!r} is not empty; pass --overwrite")
+      raise errors.ConfigError(f"--export_dir {export_dir!r} is not empty; pass --overwrite")
     _remove_own_artifacts(export_dir)
   model, info = model_dir_lib.load_model_dir(model_dir)
   size, threshold = info["image_size"], info["threshold"]
@@ -281,10 +282,11 @@ def _checked_variants(variants: Optional[Sequence[str]],
     variants = variant_names.POST_TRAINING_VARIANTS + (("qat_int8",) if qat_model_dir else ())
   unknown = set(variants) - set(variant_names.VARIANTS)
   if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {variant_names.VARIANTS}")
+    raise errors.ConfigError(
+        f"unknown variant(s) {sorted(unknown)}; choose from {variant_names.VARIANTS}")
   if "qat_int8" in variants and not qat_model_dir:
-    raise ValueError("qat_int8 is converted from a quantization-aware run: train one with "
-                     "cxr-train --qat --init_from=MODEL_DIR and pass --qat_model_dir")
+    raise errors.ConfigError("qat_int8 is converted from a quantization-aware run: train one with "
+                             "cxr-train --qat --init_from=MODEL_DIR and pass --qat_model_dir")
   return variants
 
 
@@ -295,7 +297,7 @@ def _qat_run(qat_model_dir: Optional[str], model_dir: str, variants: Sequence[st
     return None, None
   qat_model, qat_info = model_dir_lib.load_model_dir(qat_model_dir)
   if not qat_info.get("qat"):
-    raise ValueError(f"--qat_model_dir {qat_model_dir!r} is not a cxr-train --qat run")
+    raise errors.ConfigError(f"--qat_model_dir {qat_model_dir!r} is not a cxr-train --qat run")
   if os.path.realpath(qat_info.get("init_from") or "") != os.path.realpath(model_dir):
     logging.warning("the QAT run %s was fine-tuned from %s, not from %s", qat_model_dir,
                     qat_info.get("init_from"), model_dir)

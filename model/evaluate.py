@@ -14,13 +14,13 @@ roc.png, pr.png, calibration.png (reliability), confusion_matrix.png; with --exp
 Grad-CAM overlays in explanations/ (what the model used, not a diagnostic localisation).
 """
 import os
-import sys
 
 from absl import app
 from absl import flags
 
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
 from cxr_edge.core import cli
+from cxr_edge.core import errors
 from cxr_edge.core import metrics
 from cxr_edge.core import schema
 from cxr_edge.pipeline import records
@@ -48,26 +48,21 @@ flags.register_multi_flags_validator(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:  # the cheap checks, before TensorFlow loads
-    if not os.path.isdir(_MODEL_DIR.value):
-      raise FileNotFoundError(f"--model_dir {_MODEL_DIR.value!r} is not a finished "
-                              "cxr-train output (no such directory)")
-    if _DATA_DIR.value:
-      records.load_manifest(_DATA_DIR.value)
-    elif not os.path.isdir(_IMAGE_DIR.value):
-      raise FileNotFoundError(f"--image_dir {_IMAGE_DIR.value!r} is not a directory")
-  except FileNotFoundError as e:
-    sys.exit(f"cxr-evaluate: error: {e}")
+  # The cheap checks, before TensorFlow loads.
+  if not os.path.isdir(_MODEL_DIR.value):
+    raise errors.MissingInputError(f"--model_dir {_MODEL_DIR.value!r} is not a finished "
+                                   "cxr-train output (no such directory)")
+  if _DATA_DIR.value:
+    records.load_manifest(_DATA_DIR.value)
+  elif not os.path.isdir(_IMAGE_DIR.value):
+    raise errors.MissingInputError(f"--image_dir {_IMAGE_DIR.value!r} is not a directory")
   cli.import_tensorflow()
   # pylint: disable=g-import-not-at-top
   from cxr_edge.model import evaluate_lib
   # pylint: enable=g-import-not-at-top
-  try:
-    r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
-                              _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value,
-                              _OVERWRITE.value, _EXPLAIN.value)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"cxr-evaluate: error: {e}")
+  r = evaluate_lib.evaluate(_MODEL_DIR.value, _OUTPUT_DIR.value, _DATA_DIR.value,
+                            _SPLIT.value, _IMAGE_DIR.value, _BATCH_SIZE.value,
+                            _OVERWRITE.value, _EXPLAIN.value)
   fmt = metrics.format_interval
   print(f"cxr-evaluate: {r['count']} images, {r['patients']} patients; ROC-AUC "
         f"{fmt(r['roc_auc'], r['roc_auc_ci95'], percent=False)} (95% interval, bootstrap over "

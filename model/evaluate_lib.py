@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from cxr_edge.core import errors
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import schema
 from cxr_edge.model import inference
@@ -195,11 +196,11 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
     FileNotFoundError: model_dir or data_dir incomplete.
   """
   if (data_dir is None) == (image_dir is None):
-    raise ValueError("give exactly one of data_dir (with split) or image_dir")
+    raise errors.ConfigError("give exactly one of data_dir (with split) or image_dir")
   earlier = [n for n in REPORTS if os.path.exists(os.path.join(output_dir, n))]
   if earlier and not overwrite:
-    raise ValueError(f"--output_dir {output_dir!r} already holds an evaluation "
-                     f"({', '.join(earlier)}); pass --overwrite to replace it")
+    raise errors.ConfigError(f"--output_dir {output_dir!r} already holds an evaluation "
+                             f"({', '.join(earlier)}); pass --overwrite to replace it")
   model, info = model_dir_lib.load_model_dir(model_dir)
   image_size, threshold = info["image_size"], info["threshold"]
   skipped: List[Dict[str, str]] = []

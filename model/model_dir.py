@@ -25,6 +25,7 @@ from absl import logging
 import tf_keras as keras
 
 from cxr_edge.core import cli
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
 from cxr_edge.model import models
@@ -156,8 +157,8 @@ def read_info(model_dir: str) -> Dict[str, Any]:
   """
   path = os.path.join(model_dir, INFO_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{model_dir!r} has no {INFO_FILE}: not a finished cxr-train "
-                            "output")
+    raise errors.MissingInputError(f"{model_dir!r} has no {INFO_FILE}: not a finished cxr-train "
+                                   "output")
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -206,8 +207,8 @@ def load_model_dir(model_dir: str) -> Tuple[keras.Model, Dict[str, Any]]:
   path = os.path.join(model_dir, MODEL_FILE)
   if not (os.path.isfile(os.path.join(model_dir, INFO_FILE))
           and (os.path.isfile(path) or os.path.isfile(qat_path))):
-    raise FileNotFoundError(f"{model_dir!r} has no {MODEL_FILE} and {INFO_FILE}: not a "
-                            "finished cxr-train output")
+    raise errors.MissingInputError(f"{model_dir!r} has no {MODEL_FILE} and {INFO_FILE}: not a "
+                                   "finished cxr-train output")
   info = read_info(model_dir)
   model = build_from_info(info)
   if info.get("qat"):
@@ -262,17 +263,17 @@ def claim(config: train_config.TrainConfig, overwrite: bool) -> Optional[Dict[st
     found = dict(found, config={k: v for k, v in filled.items()
                                 if k in identity["config"] or k in found["config"]})
   if found is None and has_artifacts(config.model_dir):
-    raise ValueError(f"--model_dir {config.model_dir!r} holds a training run this version "
-                     "cannot identify; pass --overwrite to replace it, or choose another "
-                     "--model_dir")
+    raise errors.ConfigError(f"--model_dir {config.model_dir!r} holds a training run this version "
+                             "cannot identify; pass --overwrite to replace it, or choose another "
+                             "--model_dir")
   if found is not None and found != identity:
     differ = sorted(k for k in set(found["config"]) | set(identity["config"])
                     if found["config"].get(k) != identity["config"].get(k))
     if found["data_manifest_sha256"] != identity["data_manifest_sha256"]:
       differ.append("training data")
-    raise ValueError(f"--model_dir {config.model_dir!r} holds another run (it differs in "
-                     f"{', '.join(differ)}); pass --overwrite to start over, or choose "
-                     "another --model_dir")
+    raise errors.ConfigError(f"--model_dir {config.model_dir!r} holds another run (it differs in "
+                             f"{', '.join(differ)}); pass --overwrite to start over, or choose "
+                             "another --model_dir")
   os.makedirs(config.model_dir, exist_ok=True)
   write_run(config.model_dir, identity)
   if found is None or not os.path.isfile(os.path.join(config.model_dir,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict
 
+from cxr_edge.core import errors
 from cxr_edge.core import schema
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def logits_model(model: keras.Model) -> keras.Model:
     except ValueError:
       continue
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_logits")
-  raise ValueError(f"{model.name} has no {LOGITS_LAYER!r} layer")
+  raise errors.ConfigError(f"{model.name} has no {LOGITS_LAYER!r} layer")
 
 
 def build(name: str, image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
@@ -125,7 +126,7 @@ def build(name: str, image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float =
     ValueError: unknown name.
   """
   if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    raise errors.ConfigError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
   kwargs = {"image_size": image_size, "width": width}
   if dropout is not None:
     kwargs["dropout"] = dropout

@@ -28,7 +28,6 @@ and its rule), history.json, training_log.csv, learning_curves.png,
 checkpoints/ and logs/. --verbosity=1 shows TensorFlow's and Keras' own output too.
 """
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -36,6 +35,7 @@ from absl import flags
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
 from cxr_edge.core import cli
 from cxr_edge.core import config_flags
+from cxr_edge.core import errors
 from cxr_edge.core import metrics
 from cxr_edge.core import schema
 from cxr_edge.model import train_config
@@ -107,24 +107,22 @@ def _describe(name: str, m) -> str:
 
 def _check_paths() -> None:
   """The cheap checks, before TensorFlow loads (a typo costs no 20-second wait)."""
-  records.load_manifest(flags.FLAGS.data_dir)  # FileNotFoundError says what is wrong
+  records.load_manifest(flags.FLAGS.data_dir)  # its error says what is wrong
   if flags.FLAGS.init_from and not os.path.isdir(flags.FLAGS.init_from):
-    raise FileNotFoundError(f"--init_from {flags.FLAGS.init_from!r} is not a directory")
+    raise errors.MissingInputError(f"--init_from {flags.FLAGS.init_from!r} is not a directory")
   if flags.FLAGS.external_dir and not os.path.isdir(flags.FLAGS.external_dir):
-    raise FileNotFoundError(f"--external_dir {flags.FLAGS.external_dir!r} is not a directory")
+    raise errors.MissingInputError(
+        f"--external_dir {flags.FLAGS.external_dir!r} is not a directory")
   if (flags.FLAGS.cache not in (schema.CACHE_MEMORY, schema.CACHE_NONE)
       and not os.path.isdir(flags.FLAGS.cache)):
-    raise FileNotFoundError(f"--cache {flags.FLAGS.cache!r} is not 'memory', 'none' or an "
-                            "existing directory")
+    raise errors.MissingInputError(f"--cache {flags.FLAGS.cache!r} is not 'memory', 'none' or an "
+                                   "existing directory")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    _check_paths()
-  except FileNotFoundError as e:
-    sys.exit(f"cxr-train: error: {e}")
+  _check_paths()
   cli.import_tensorflow()
   # pylint: disable=g-import-not-at-top
   from cxr_edge.model import train_lib
@@ -132,15 +130,13 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   try:
     info = train_lib.train(_config(), overwrite=flags.FLAGS.overwrite)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"cxr-train: error: {e}")
   except tf.errors.UnimplementedError as e:
     if not flags.FLAGS.deterministic:
       raise
     # Op determinism stops at an op with no deterministic kernel on this device (GPU).
     reason = (e.message.strip().splitlines() or [type(e).__name__])[0].rstrip(".")
-    sys.exit(f"cxr-train: error: --deterministic: {reason}; run without --deterministic "
-             "on this device")
+    raise errors.ConfigError(f"--deterministic: {reason}; run without --deterministic on "
+                             "this device") from None
   if info.get("chief") is False:
     print("cxr-train: this worker is done; the chief worker writes the run to "
           f"{flags.FLAGS.model_dir}")

@@ -75,18 +75,14 @@ class TrainConfig:
                              help="Weight examples inversely to class frequency.")
   mixup: float = option(
       0.0, lower_bound=0.0, qat=RECIPE,
-      help="mixup in the training step: each image blended with another, the loss with "
-      "both labels; the Beta(alpha, alpha) parameter, 0 = off.",
-      doc="mixup in the training step: each image blended with its partner in the "
+      help="mixup in the training step: each image blended with its partner in the "
       "shuffled batch, the loss with both labels; the Beta(alpha, alpha) parameter (0 = "
-      "off; measured on the external films and not adopted, docs/results.md)")
+      "off; measured on the external films and not adopted, docs/results.md).")
   label_smoothing: float = option(
       0.0, lower_bound=0.0, upper_bound=0.99, qat=RECIPE,
       help="Label smoothing e: the loss's target is 1 - e/2 for the label and e/2 for the "
-      "other class instead of 1 and 0; 0 = off.",
-      doc="label smoothing e: the loss's target is 1 - e/2 for the label and e/2 for the "
-      "other class (0 = off); combines with `--mixup` (the blended target is smoothed); "
-      "measured on the external films and not adopted (docs/results.md)")
+      "other class (0 = off); combines with --mixup (the blended target is smoothed); "
+      "measured on the external films and not adopted (docs/results.md).")
   weight_decay: float = option(
       DEFAULT_WEIGHT_DECAY, lower_bound=0.0, qat=RECIPE,
       help="Decoupled (AdamW) weight decay of the convolution and dense kernels: each step "
@@ -94,13 +90,10 @@ class TrainConfig:
       "are not decayed); 0 = off. The default was chosen on external films (README).")
   ema_momentum: float = option(
       0.0, lower_bound=0.0, upper_bound=1.0, qat=RECIPE,
-      help="Exponential moving average of the weights, momentum per step (e.g. 0.999), 0 = "
-      "off: validation, external scoring, the best epoch and the saved model use the "
-      "averaged weights.",
-      doc="exponential moving average of the weights, momentum per step (e.g. 0.999; 0 = "
+      help="Exponential moving average of the weights, momentum per step (e.g. 0.999; 0 = "
       "off): validation, external scoring, the best-epoch checkpoint and the saved model "
       "use the averaged weights, training and the resume backup the raw ones (the average "
-      "is saved with the optimizer, so a resumed run continues it)")
+      "is saved with the optimizer, so a resumed run continues it).")
   keep_epoch: str = option(
       DEFAULT_KEEP_EPOCH, choices=KEEP_EPOCHS, qat=RECIPE, identity=False,
       help="Which epoch's weights the run keeps: best = the highest validation ROC-AUC; "

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from cxr_edge.core import errors
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import schema
 from cxr_edge.core import thresholds
@@ -60,10 +61,12 @@ def qat_config(init_from: str, model_dir: str, data_dir: str, epochs: Optional[i
   """
   info = model_dir_lib.read_info(init_from)
   if info.get("qat"):
-    raise ValueError(f"--init_from {init_from!r} is a QAT run; give the float run it came from")
+    raise errors.ConfigError(
+        f"--init_from {init_from!r} is a QAT run; give the float run it came from")
   recipe = sorted(set(overrides) & set(train_config.RECIPE_FIELDS))
   if recipe:
-    raise ValueError(f"a QAT run reuses the float run's {', '.join(recipe)}; do not set them")
+    raise errors.ConfigError(
+        f"a QAT run reuses the float run's {', '.join(recipe)}; do not set them")
   if info.get("data_manifest_sha256") not in (None, model_dir_lib.manifest_sha256(data_dir)):
     logging.warning("QAT data %s is not the conversion the float run was trained on", data_dir)
   return train_config.config_from_info(
@@ -80,7 +83,7 @@ def _strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
-  raise ValueError(f"unknown strategy {name!r}")
+  raise errors.ConfigError(f"unknown strategy {name!r}")
 
 
 def learning_rate(config: train_config.TrainConfig, replicas: int = 1):
@@ -94,7 +97,7 @@ def learning_rate(config: train_config.TrainConfig, replicas: int = 1):
   if config.lr_schedule == "constant":
     return config.learning_rate
   if config.lr_schedule != "cosine":
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+    raise errors.ConfigError(f"unknown lr_schedule {config.lr_schedule!r}")
   steps = steps_per_epoch(config, "train", replicas)
   return keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs)
 
@@ -114,18 +117,19 @@ def steps_per_epoch(config: train_config.TrainConfig, split: str, replicas: int 
 
 def _check(config: train_config.TrainConfig) -> None:
   if config.threshold_rule not in thresholds.RULES:
-    raise ValueError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
-                     f"{thresholds.RULES}")
+    raise errors.ConfigError(f"unknown threshold rule {config.threshold_rule!r}; choose from "
+                             f"{thresholds.RULES}")
   if config.keep_epoch not in train_config.KEEP_EPOCHS:
-    raise ValueError(f"unknown keep_epoch {config.keep_epoch!r}; choose from "
-                     f"{train_config.KEEP_EPOCHS}")
+    raise errors.ConfigError(f"unknown keep_epoch {config.keep_epoch!r}; choose from "
+                             f"{train_config.KEEP_EPOCHS}")
   if not 0.0 < config.prevalence < 1.0:
-    raise ValueError(f"prevalence must be strictly between 0 and 1, not {config.prevalence}")
+    raise errors.ConfigError(
+        f"prevalence must be strictly between 0 and 1, not {config.prevalence}")
   if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
-    raise ValueError("--mixed_precision needs a GPU and none is visible; float16 on a CPU "
-                     "is slower, not faster. Run without it.")
+    raise errors.ConfigError("--mixed_precision needs a GPU and none is visible; float16 on a CPU "
+                             "is slower, not faster. Run without it.")
   if config.qat and (config.mixed_precision or not config.init_from):
-    raise ValueError("a QAT run needs --init_from (a float run) and no --mixed_precision")
+    raise errors.ConfigError("a QAT run needs --init_from (a float run) and no --mixed_precision")
   manifest = records.load_manifest(config.data_dir)
   records.check_shards(config.data_dir, ("train", "val"), hashes=not config.no_verify)
   for split in ("train", "val"):
@@ -133,8 +137,9 @@ def _check(config: train_config.TrainConfig) -> None:
     missing = [label for label in schema.LABELS
                if not classes.get(label, {}).get("images")]
     if missing:
-      raise ValueError(f"the {split} split of {config.data_dir!r} has no {' or '.join(missing)} "
-                       "image: training and the threshold need both classes")
+      raise errors.ConfigError(
+          f"the {split} split of {config.data_dir!r} has no {' or '.join(missing)} image: "
+          "training and the threshold need both classes")
 
 
 def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy):
@@ -417,9 +422,9 @@ def _train(config: train_config.TrainConfig, strategy: tf.distribute.Strategy,
     # epoch kept: only the finishing steps remain, and they read the kept epoch's weights
     # (without them they would save an untrained network).
     if not os.path.isfile(model_dir_lib.kept_weights_path(run_dir, config.keep_epoch)):
-      raise ValueError(f"--model_dir {run_dir!r} has all {config.epochs} epochs trained, "
-                       f"without the {config.keep_epoch} epoch's weights (a run trained "
-                       "before cxr-train kept both has only its best epoch's)")
+      raise errors.ConfigError(f"--model_dir {run_dir!r} has all {config.epochs} epochs trained, "
+                               f"without the {config.keep_epoch} epoch's weights (a run trained "
+                               "before cxr-train kept both has only its best epoch's)")
     logging.info("all %d epochs had finished; finishing the run", config.epochs)
     train_seconds = 0.0
   else:

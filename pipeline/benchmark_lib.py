@@ -15,6 +15,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras as keras
 
+from cxr_edge.core import errors
 from cxr_edge.core import schema
 from cxr_edge.pipeline import augment as augment_lib
 from cxr_edge.pipeline import augment_config
@@ -156,8 +157,8 @@ def run_all(data_dir: str, image_dir: str, image_size: int = schema.DEFAULT_IMAG
   }
   missing = [c for c in schema.LABELS if not os.path.isdir(os.path.join(image_dir, c))]
   if missing:
-    raise ValueError(f"--image_dir {image_dir!r} must hold the class folders {missing} "
-                     "directly (e.g. chest_xray/train, not chest_xray)")
+    raise errors.ConfigError(f"--image_dir {image_dir!r} must hold the class folders {missing} "
+                             "directly (e.g. chest_xray/train, not chest_xray)")
   result: Dict[str, float] = {}
   for key, run in loaders.items():
     if only and key not in only:

@@ -247,7 +247,7 @@ def shard_entry(path: str) -> Dict[str, Any]:
         size += len(chunk)
         remaining -= len(chunk)
       if remaining != 0:
-        raise ValueError(f"{path}: truncated record after {count} records")
+        raise errors.ConfigError(f"{path}: truncated record after {count} records")
       count += 1
   return {"file": posixpath.basename(path), "records": count, "sha256": digest.hexdigest(),
           "bytes": size}

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 import tensorflow as tf
 
+from cxr_edge.core import errors
 from cxr_edge.core import film
 from cxr_edge.core import folders
 from cxr_edge.core import image_io
@@ -146,12 +147,13 @@ def make_pipeline(data_dir: str,
   if training is None:
     training = split == "train"
   if cache not in (CACHE_MEMORY, CACHE_NONE) and not os.path.isdir(cache):
-    raise ValueError(f"cache must be 'memory', 'none' or an existing directory, got {cache!r}")
+    raise errors.ConfigError(
+        f"cache must be 'memory', 'none' or an existing directory, got {cache!r}")
   manifest = records.load_manifest(data_dir)
   paths = records.shard_paths(data_dir, split)
   num_records = manifest["splits"][split]["images"]
   if not paths:
-    raise ValueError(f"split {split!r} of {data_dir} is empty")
+    raise errors.ConfigError(f"split {split!r} of {data_dir} is empty")
   # The order the developers' guide sets: shuffle files -> interleave -> parse/decode ->
   # cache -> shuffle -> batch -> augment (training only) -> prefetch.
   ds = _interleaved_records(paths, split, training, seed, deterministic, input_context)
@@ -282,8 +284,8 @@ def claim_file_cache(cache_dir: str, data_dir: str, split: str, image_size: int)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     lock.close()
-    raise ValueError(f"the cache {prefix} is being filled by another running process; "
-                     "wait for it or pass another --cache directory") from None
+    raise errors.ConfigError(f"the cache {prefix} is being filled by another running process; "
+                             "wait for it or pass another --cache directory") from None
   lock.truncate(0)
   lock.write(f"{os.getpid()}\n")
   lock.flush()
@@ -334,7 +336,7 @@ def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZ
   for s in skipped:
     logging.warning("%s: skipping %s: %s", image_dir, s["path"], s["reason"])
   if not items:
-    raise ValueError(f"no readable labelled images in {image_dir!r}")
+    raise errors.ConfigError(f"no readable labelled images in {image_dir!r}")
   ds = (tf.data.Dataset.from_tensor_slices([i.path for i in items])
         .map(lambda p: preprocess.preprocess_image(_readable_bytes(p), image_size),
              num_parallel_calls=AUTOTUNE, deterministic=True)

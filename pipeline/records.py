@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
 
@@ -19,8 +20,9 @@ def load_manifest(data_dir: str) -> Dict[str, Any]:
   """
   path = os.path.join(data_dir, schema.MANIFEST_NAME)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{data_dir!r} has no {schema.MANIFEST_NAME}: not a complete "
-                            "cxr-convert output (missing, or the conversion was interrupted)")
+    raise errors.MissingInputError(
+        f"{data_dir!r} has no {schema.MANIFEST_NAME}: not a complete cxr-convert output "
+        "(missing, or the conversion was interrupted)")
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -33,12 +35,12 @@ def shard_paths(data_dir: str, split: str) -> List[str]:
     ValueError: unknown split name.
   """
   if split not in schema.SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {schema.SPLITS}")
+    raise errors.ConfigError(f"unknown split {split!r}; expected one of {schema.SPLITS}")
   manifest = load_manifest(data_dir)
   paths = [os.path.join(data_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
   for p in paths:
     if not os.path.isfile(p):
-      raise FileNotFoundError(f"shard {p} listed in the manifest is missing")
+      raise errors.MissingInputError(f"shard {p} listed in the manifest is missing")
   return paths
 
 
@@ -58,10 +60,10 @@ def check_shards(data_dir: str, splits: Sequence[str], hashes: bool = True) -> N
     for shard, path in zip(manifest["splits"][split]["shards"], shard_paths(data_dir, split)):
       size = os.path.getsize(path)
       if size != shard["bytes"]:
-        raise ValueError(f"shard {path} has {size} bytes, the manifest says {shard['bytes']}: "
-                         "the conversion output was altered; convert again (cxr-verify "
-                         "details it)")
+        raise errors.ConfigError(
+            f"shard {path} has {size} bytes, the manifest says {shard['bytes']}: the "
+            "conversion output was altered; convert again (cxr-verify details it)")
       if hashes and image_io.sha256_file(path) != shard["sha256"]:
-        raise ValueError(f"shard {path}: sha256 differs from the manifest: the conversion "
-                         "output was altered; convert again (cxr-verify details it)")
+        raise errors.ConfigError(f"shard {path}: sha256 differs from the manifest: the conversion "
+                                 "output was altered; convert again (cxr-verify details it)")
 
