@@ -146,7 +146,7 @@ class ModelInfo:
         f"input:        {self.image_size}x{self.image_size} grayscale, {self.input_dtype}",
         "site:         " + (f"calibrated by cxr-calibrate on {calibrated.get('date')}"
                              if calibrated else "not calibrated for a site (cxr-calibrate)"),
-        f"training data: {self.credit or 'not recorded'}",
+        f"data:         {self.credit or 'not recorded'}",
         "",
         "Intended use: " + self.intended_use,
     ]

@@ -19,6 +19,12 @@ LICENCE = ("cxr-edge is Apache-2.0; the model was trained on data licensed CC BY
            "are shown.")
 
 
+def _model_version(metadata: Dict[str, Any]) -> Optional[str]:
+  models = metadata.get("models") or {}
+  name = next((n for n in models if n.endswith("int8.tflite")), next(iter(models), None))
+  return f"{name} sha256 {models[name]['sha256'][:12]}" if name else None
+
+
 def _installed(distribution: str) -> Optional[str]:
   try:
     return importlib.metadata.version(distribution)
@@ -69,7 +75,8 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
   card: Dict[str, Any] = {
       "model": metadata.get("model"),
       "date": datetime.date.today().isoformat(),
-      "model_version": (metadata.get("data_manifest_sha256") or "")[:12] or None,
+      # The shipped int8 file's hash: what cxr-predict's records carry as model_sha256.
+      "model_version": _model_version(metadata),
       "intended_use": metadata.get("intended_use", package_info.INTENDED_USE),
       "licence": LICENCE,
       "training_data": {
@@ -116,7 +123,8 @@ def markdown(card: Dict[str, Any]) -> str:
   lines = [f"# Model card: {card['model']} (cxr-edge)", "",
            "## Intended use", "", card["intended_use"], "",
            f"Exported {card['date']} by cxr-edge {card['versions'].get('cxr-edge')}; "
-           f"model version {card['model_version']} (its training data's manifest hash).", "",
+           f"model version {card['model_version']} (each record of cxr-predict carries "
+           "the file's full sha256 as model_sha256).", "",
            "## How to use", "",
            "```bash",
            "pip install \".[edge]\"     # the device install: LiteRT, numpy, Pillow; no TensorFlow",

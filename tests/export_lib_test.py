@@ -281,6 +281,8 @@ def test_model_card_is_written_from_the_measured_results(exported):
   assert "cxr-predict --model=model_int8.tflite --info" in text and "## Licence" in text
   assert card["versions"]["cxr-edge"] == __version__ and card["versions"]["ai-edge-litert"]
   assert meta["format_version"] == package_info.FORMAT_VERSION
+  int8_sha = meta["models"]["model_int8.tflite"]["sha256"]
+  assert card["model_version"] == f"model_int8.tflite sha256 {int8_sha[:12]}"
   assert card["internal_test"]["models"]["int8"]["accuracy"] == report["variants"]["int8"][
       "accuracy"]
   for name, entry in meta["models"].items():  # every file, with its hash
