@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import io
 import logging as std_logging
+import math
 import warnings
 import zlib
 from typing import Any, Iterator, Optional, Tuple
@@ -36,6 +37,7 @@ REASON_DICOM_FRAMES = "multi-frame DICOM"
 REASON_DICOM_COLOUR = "colour DICOM"
 REASON_DICOM_UNREADABLE = "unreadable DICOM"
 REASON_DICOM_DECODE = "DICOM pixel data cannot be decoded"
+REASON_DICOM_ATTRIBUTE = "invalid DICOM attribute"
 REASON_HIGH_BIT_MODE = "unsupported high-bit-depth image"
 # Why Pillow could not read a file (opened_image): the same words in cxr-convert's
 # rejections, cxr-evaluate's skips and the edge predictor's errors.
@@ -212,17 +214,15 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
   if modality not in RADIOGRAPH_MODALITIES:
     raise FilmError(f"{REASON_DICOM_MODALITY}: {modality or 'none'} (accepted: "
                     f"{', '.join(RADIOGRAPH_MODALITIES)})")
-  frames = int(ds.get("NumberOfFrames", 1) or 1)
-  if frames > 1:
-    raise FilmError(f"{REASON_DICOM_FRAMES}: {frames} frames")
-  photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-  if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1",
-                                                                   "MONOCHROME2"):
-    raise FilmError(f"{REASON_DICOM_COLOUR}: {photometric or 'unknown'} with "
-                    f"{ds.get('SamplesPerPixel', '?')} samples per pixel")
-  rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-  if max_pixels and rows * cols > max_pixels:
-    raise FilmError(f"decompression-bomb size: {cols}x{rows} exceeds {max_pixels} pixels")
+  attributes = _attributes(ds)
+  if attributes.frames > 1:
+    raise FilmError(f"{REASON_DICOM_FRAMES}: {attributes.frames} frames")
+  if attributes.samples != 1 or attributes.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    raise FilmError(f"{REASON_DICOM_COLOUR}: {attributes.photometric} with "
+                    f"{attributes.samples} samples per pixel")
+  if max_pixels and attributes.rows * attributes.columns > max_pixels:
+    raise FilmError(f"decompression-bomb size: {attributes.columns}x{attributes.rows} "
+                    f"exceeds {max_pixels} pixels")
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -232,27 +232,121 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
                     f"{str(e).splitlines()[0][:200]}") from None
   if stored.ndim != 2:
     raise FilmError(f"{REASON_DICOM_FRAMES}: pixel array of shape {stored.shape}")
-  values = _window(stored, ds, dicom_pixels)
+  try:
+    values = _window(stored, ds, attributes, dicom_pixels)
+  except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
+    # What _attributes admits should window; a pydicom corner it did not foresee is
+    # still this film's error, never the job's.
+    raise FilmError(f"{REASON_DICOM_ATTRIBUTE}: windowing failed "
+                    f"({type(e).__name__}: {str(e)[:120]})") from None
   patient = ds.get("PatientID")
   return values, (str(patient).strip() or None) if patient is not None else None
 
 
-def _window(stored: np.ndarray, ds: Any, dicom_pixels: Any) -> np.ndarray:
-  """Modality LUT, then VOI LUT / window / full stored range, then MONOCHROME1."""
-  invert = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1"
-  values = dicom_pixels.apply_modality_lut(stored, ds)
-  if "VOILUTSequence" in ds:
-    # A non-linear VOI LUT: pydicom applies it; its output spans 0 .. 2^bits - 1.
-    lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-    values = dicom_pixels.apply_voi_lut(values, ds, prefer_lut=True)
-    return window_to_uint8(values, 0, (1 << lut_bits) - 1, invert)
+@dataclasses.dataclass(frozen=True)
+class _DicomAttributes:
+  """Every attribute the reader uses, read and checked once (_attributes)."""
+  frames: int
+  samples: int
+  photometric: str
+  rows: int
+  columns: int
+  bits_stored: Optional[int]
+  signed: bool
+  window: Optional[Tuple[float, float]]  # (centre, width) of the first window, if usable
+  voi_lut_bits: Optional[int]  # the VOI LUT's output bits, when it has a usable one
+
+
+def _attribute_error(name: str, value: Any, why: str) -> FilmError:
+  shown = repr(value)
+  return FilmError(f"{REASON_DICOM_ATTRIBUTE}: {name} {shown[:60]} ({why})")
+
+
+def _number(ds: Any, name: str, kind: type, default: Any) -> Any:
+  """ds's attribute `name` as a finite int or float; `default` when absent or empty."""
+  try:  # pydicom converts a value when it is first read: a malformed one raises here
+    value = ds.get(name, None)
+  except (ValueError, TypeError, OverflowError) as e:
+    raise _attribute_error(name, str(e)[:40], "cannot be read") from None
+  if value is None or value == "":
+    return default
+  try:
+    first = value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == (
+        "MultiValue") else value
+    number = float(first)
+  except (TypeError, ValueError, IndexError):
+    raise _attribute_error(name, value, "not a number") from None
+  if not math.isfinite(number):
+    raise _attribute_error(name, value, "not finite")
+  if kind is int:
+    if number != int(number):
+      raise _attribute_error(name, value, "not a whole number")
+    return int(number)
+  return number
+
+
+def _attributes(ds: Any) -> _DicomAttributes:
+  """Reads and checks what the reader uses: a malformed value is this film's FilmError,
+  naming the attribute; a legal one is kept even where it is unusual (width 1)."""
+  if "PhotometricInterpretation" not in ds or not str(ds.PhotometricInterpretation).strip():
+    raise FilmError(f"{REASON_DICOM_ATTRIBUTE}: missing PhotometricInterpretation")
+  frames = _number(ds, "NumberOfFrames", int, 1)
+  samples = _number(ds, "SamplesPerPixel", int, 1)
+  rows, columns = _number(ds, "Rows", int, 0), _number(ds, "Columns", int, 0)
+  if rows <= 0 or columns <= 0:
+    raise _attribute_error("Rows x Columns", (rows, columns), "not a positive size")
+  bits = _number(ds, "BitsStored", int, None)
+  if bits is not None and not 1 <= bits <= 32:
+    raise _attribute_error("BitsStored", bits, "not 1 to 32")
+  slope = _number(ds, "RescaleSlope", float, 1.0)
+  _number(ds, "RescaleIntercept", float, 0.0)
+  if slope == 0:
+    raise _attribute_error("RescaleSlope", slope, "zero maps every pixel to one value")
+  window = None
   if "WindowCenter" in ds and "WindowWidth" in ds:
-    # Several windows may be given (a MultiValue): the first is the default view.
-    center = float(np.atleast_1d(np.asarray(ds.WindowCenter, np.float64))[0])
-    width = float(np.atleast_1d(np.asarray(ds.WindowWidth, np.float64))[0])
-    if width >= 1:
-      return window_to_uint8(values, *window_bounds(center, width), invert)
-  bits = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
-  low, high = _stored_range(stored, bits, signed=int(ds.get("PixelRepresentation", 0)) == 1)
+    center = _number(ds, "WindowCenter", float, None)
+    width = _number(ds, "WindowWidth", float, None)
+    if center is not None and width is not None and width >= 1:  # PS3.3: width >= 1
+      window = (center, width)
+  voi_lut_bits = None
+  if "VOILUTSequence" in ds:
+    items = ds.VOILUTSequence
+    item = items[0] if len(items) else None
+    descriptor = getattr(item, "LUTDescriptor", None) if item is not None else None
+    data = getattr(item, "LUTData", None) if item is not None else None
+    if descriptor is None or len(descriptor) != 3 or data is None or not len(data):
+      raise FilmError(f"{REASON_DICOM_ATTRIBUTE}: VOILUTSequence without a usable LUT "
+                      "(empty, or no LUTDescriptor or LUTData)")
+    voi_lut_bits = int(descriptor[2])
+    if not 1 <= voi_lut_bits <= 16:
+      raise _attribute_error("LUTDescriptor bits", voi_lut_bits, "not 1 to 16")
+  return _DicomAttributes(
+      frames=frames, samples=samples,
+      photometric=str(ds.PhotometricInterpretation).strip().upper(), rows=rows,
+      columns=columns, bits_stored=bits,
+      signed=_number(ds, "PixelRepresentation", int, 0) == 1, window=window,
+      voi_lut_bits=voi_lut_bits)
+
+
+def _window(stored: np.ndarray, ds: Any, attributes: _DicomAttributes,
+            dicom_pixels: Any) -> np.ndarray:
+  """Modality LUT, then VOI LUT / window / full stored range, then MONOCHROME1."""
+  invert = attributes.photometric == "MONOCHROME1"
+  values = dicom_pixels.apply_modality_lut(stored, ds)
+  if not np.all(np.isfinite(values)):
+    raise FilmError(f"{REASON_DICOM_ATTRIBUTE}: the rescale makes pixel values that are not "
+                    "finite")
+  if attributes.voi_lut_bits is not None:
+    # A non-linear VOI LUT: pydicom applies it; its output spans 0 .. 2^bits - 1.
+    values = dicom_pixels.apply_voi_lut(values, ds, prefer_lut=True)
+    return window_to_uint8(values, 0, (1 << attributes.voi_lut_bits) - 1, invert)
+  if attributes.window is not None:
+    center, width = attributes.window
+    if width == 1:  # PS3.3 C.11.2.1.2: a pure threshold at c - 0.5
+      out = np.where(np.asarray(values, np.float64) > center - 0.5, 255, 0).astype(np.uint8)
+      return 255 - out if invert else out
+    return window_to_uint8(values, *window_bounds(center, width), invert)
+  bits = attributes.bits_stored or stored.dtype.itemsize * 8
+  low, high = _stored_range(stored, bits, signed=attributes.signed)
   ends = dicom_pixels.apply_modality_lut(np.array([low, high]), ds).astype(np.float64)
   return window_to_uint8(values, float(ends.min()), float(ends.max()), invert)

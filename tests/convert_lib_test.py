@@ -12,6 +12,7 @@ from cxr_edge.core import schema
 from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
 from cxr_edge.pipeline import verify_lib
+from tests import dicom_files
 from tests.conftest import (SAMPLE_DIR, image_bytes, make_tree, parsed_flags, require_shared,
                             run_main, write_file)
 
@@ -380,3 +381,14 @@ def test_metadata_csv_gives_patients_and_labels(tmp_path):
   with pytest.raises(errors.ConversionError, match="lacks column"):
     convert_lib.convert(convert_config.ConvertOptions(
         input_dir=str(flat), output_dir=str(tmp_path / "o3"), metadata_csv=short))
+
+
+def test_a_malformed_dicom_is_rejected_with_its_reason_and_the_rest_converted(tmp_path):
+  src = make_tree(str(tmp_path / "in"))
+  write_file(str(tmp_path / "in" / "PNEUMONIA" / "bad.dcm"),
+             dicom_files.malformed(dicom_files.set_raw("WindowCenter", "NaN")))
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=src, output_dir=str(tmp_path / "out"), num_workers=1)).manifest
+  assert [r["path"] for r in m["rejected"]] == ["PNEUMONIA/bad.dcm"]
+  assert m["rejected"][0]["reason"].startswith("invalid DICOM attribute: WindowCenter")
+  assert m["num_written"] == 48

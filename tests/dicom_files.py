@@ -68,3 +68,48 @@ def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHRO
   out = io.BytesIO()
   ds.save_as(out, enforce_file_format=True)
   return out.getvalue()
+
+
+def malformed(edit, pixels=None) -> bytes:
+  """A valid 8-bit DICOM with one attribute rewritten by `edit(ds)`, as a device meets it."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  if pixels is None:
+    pixels = (np.arange(48 * 64) % 256).reshape(48, 64).astype(np.uint8)
+  ds = pydicom.dcmread(io.BytesIO(encode_dicom(pixels, window=(128, 256), rescale=(1, 0))))
+  edit(ds)
+  out = io.BytesIO()
+  ds.save_as(out, enforce_file_format=True)
+  return out.getvalue()
+
+
+def set_raw(name, value):
+  """Writes `value`'s bytes as `name`, unchecked, as a careless writer would."""
+  def edit(ds):
+    from pydicom import datadict  # pylint: disable=g-import-not-at-top
+    from pydicom.dataelem import RawDataElement  # pylint: disable=g-import-not-at-top
+    tag = datadict.tag_for_keyword(name)
+    raw = value.encode("ascii")
+    raw += b" " * (len(raw) % 2)  # DICOM values have an even length
+    ds[tag] = RawDataElement(tag, datadict.dictionary_VR(tag), len(raw), raw, 0, False, True)
+  return edit
+
+
+def drop(name):
+  def edit(ds):
+    del ds[name]
+  return edit
+
+
+def voi_lut(descriptor, data):
+  def edit(ds):
+    from pydicom.dataset import Dataset  # pylint: disable=g-import-not-at-top
+    from pydicom.sequence import Sequence  # pylint: disable=g-import-not-at-top
+    items = []
+    if descriptor is not None:
+      item = Dataset()
+      item.LUTDescriptor = descriptor
+      if data is not None:
+        item.add_new(0x00283006, "US", data)
+      items.append(item)
+    ds.VOILUTSequence = Sequence(items)
+  return edit

@@ -7,6 +7,7 @@ from PIL import Image
 
 from cxr_edge.core import film
 from cxr_edge.core import image_io
+from tests import dicom_files
 from tests.conftest import dicom_bytes, film_pixels, write_file
 
 
@@ -226,3 +227,33 @@ def test_opened_image_lets_the_blocks_own_errors_through():
   with pytest.raises(film.FilmError, match="^mine$"):
     with film.opened_image(_jpeg_bytes()):
       raise film.FilmError("mine")
+
+
+@pytest.mark.parametrize("edit, says", [
+    (dicom_files.set_raw("RescaleSlope", "0"), "RescaleSlope 0.0 (zero"),
+    (dicom_files.set_raw("RescaleSlope", "NaN"), "RescaleSlope"),
+    (dicom_files.set_raw("WindowCenter", "NaN"), "WindowCenter"),
+    (dicom_files.set_raw("WindowCenter", "inf"), "WindowCenter"),
+    (dicom_files.set_raw("WindowWidth", "abc"), "WindowWidth"),
+    (dicom_files.set_raw("NumberOfFrames", "two"), "NumberOfFrames"),
+    (dicom_files.voi_lut(None, None), "VOILUTSequence without a usable LUT"),
+    (dicom_files.voi_lut([256, 0, 0], list(range(256))), "LUTDescriptor bits 0"),
+    (dicom_files.voi_lut([256, 0, 8], None), "VOILUTSequence without a usable LUT"),
+    (dicom_files.drop("PhotometricInterpretation"), "missing PhotometricInterpretation"),
+])
+def test_malformed_dicom_attributes_are_this_films_error_naming_the_attribute(edit, says):
+  with pytest.raises(film.FilmError) as e:
+    film.read_film(dicom_files.malformed(edit))
+  assert str(e.value).startswith(film.REASON_DICOM_ATTRIBUTE) and says in str(e.value)
+
+
+def test_an_empty_window_falls_back_to_the_stored_range_and_width_1_thresholds():
+  plain = _pixels_of(film.read_film(dicom_bytes(film_pixels())))
+  no_window = _pixels_of(film.read_film(
+      dicom_files.malformed(dicom_files.set_raw("WindowCenter", ""), film_pixels())))
+  np.testing.assert_array_equal(no_window, plain)  # an empty value: no window given
+  # Width 1 is legal: every value above c - 0.5 is white, the rest black.
+  thresholded = _pixels_of(film.read_film(dicom_files.malformed(
+      lambda ds: (setattr(ds, "WindowCenter", 100), setattr(ds, "WindowWidth", 1)),
+      film_pixels())))
+  np.testing.assert_array_equal(thresholded, np.where(film_pixels() > 99.5, 255, 0))

@@ -18,6 +18,7 @@ import tensorflow as tf
 from cxr_edge.core import package_info
 from cxr_edge.edge import runtime
 from cxr_edge.pipeline import preprocess
+from tests import dicom_files
 from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, job, run_main, write_file
 
 
@@ -135,6 +136,25 @@ def test_bad_images_get_error_lines_and_nonzero_exit(exported, tmp_path):
   assert lines["anim.jpeg"]["error"] == "unsupported format: GIF"
   assert lines["missing.png"]["error"] == "no such file"
   assert "1 image(s) predicted, 5 failed" in r.stderr
+
+
+def test_a_malformed_dicom_is_its_own_error_and_the_run_goes_on(exported, tmp_path):
+  """One hostile attribute used to stop the run halfway, with no summary."""
+  model = os.path.join(exported[0], "model_int8.tflite")
+  folder = tmp_path / "films"
+  for path in _sample_files(4):
+    write_file(str(folder / os.path.basename(path)), open(path, "rb").read())
+  write_file(str(folder / "b_slope_zero.dcm"),
+             dicom_files.malformed(dicom_files.set_raw("RescaleSlope", "0")))
+  write_file(str(folder / "c_no_lut.dcm"), dicom_files.malformed(dicom_files.voi_lut(None, None)))
+  out = tmp_path / "r.jsonl"
+  r = _run_predict(f"--model={model}", f"--output={out}", str(folder))
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, out.read_text().splitlines())}
+  assert lines["b_slope_zero.dcm"]["error"].startswith("invalid DICOM attribute: RescaleSlope")
+  assert "VOILUTSequence" in lines["c_no_lut.dcm"]["error"]
+  assert sum("prediction" in l for l in lines.values()) == 4
+  assert "4 image(s) predicted, 2 failed" in r.stderr
 
 
 def test_csv_output_and_folder_input(exported, tmp_path):
