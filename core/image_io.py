@@ -7,6 +7,8 @@ does not copy TensorFlow's thread pools into a forked child.
 import dataclasses
 import hashlib
 import io
+import os
+import stat
 import struct
 import zlib
 from typing import Optional, Tuple, Union
@@ -34,6 +36,8 @@ REASON_CHANGED = "changed or removed during conversion"
 REASON_NAME = "file name is not valid UTF-8"
 REASON_FOLDER = "unreadable folder"
 REASON_LOOP = "folder already scanned (symbolic link)"
+REASON_NOT_REGULAR = "not a regular file"
+REASON_TOO_LARGE = "file too large"
 REASON_NOT_LISTED = "not listed in --metadata_csv"
 REASON_LISTED_MISSING = "listed in --metadata_csv but not found"
 
@@ -71,10 +75,9 @@ def inspect_image(path: str, max_pixels: int = schema.MAX_PIXELS) -> Union[Image
     whose reason starts with one of the REASON_* constants (or film's).
   """
   try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    return Rejection(f"{REASON_UNREADABLE}: {e.strerror or e}")
+    data = read_file(path)
+  except UnreadableFile as e:
+    return Rejection(str(e))
   return inspect_data(data, max_pixels)
 
 
@@ -179,10 +182,9 @@ def load_encoded(path: str, expected_sha256: str, fmt: str,
     (REASON_CHANGED) when the file is no longer what inspect_image accepted.
   """
   try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    return Rejection(f"{REASON_CHANGED}: {e.strerror or e}")
+    data = read_file(path)
+  except UnreadableFile as e:
+    return Rejection(f"{REASON_CHANGED}: {e}")
   return encoded_from_data(data, expected_sha256, fmt, max_side)
 
 
@@ -224,6 +226,47 @@ def _reencode_mode(mode: str, fmt: str) -> str:
   if mode == "P":
     return "RGBA"
   return mode  # LA, RGBA
+
+
+class UnreadableFile(Exception):
+  """A path read_file will not or cannot read; str(e) is the reason, one of ours."""
+
+
+def read_file(path: str, max_bytes: int = schema.MAX_FILE_BYTES) -> bytes:
+  """The bytes of a regular file of at most max_bytes: every film is read through here.
+
+  A FIFO or device named like a film (x.png -> /dev/zero) would block or never end: it is
+  refused after opening without blocking, by what the open file is (no race with a
+  rename). A longer file is refused unread, and the read is bounded even if it grows.
+
+  Raises:
+    UnreadableFile: with REASON_NOT_REGULAR, REASON_TOO_LARGE or REASON_UNREADABLE.
+  """
+  try:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+  except OSError as e:
+    raise UnreadableFile(f"{REASON_UNREADABLE}: {e.strerror or e}") from None
+  kind = os.fstat(fd).st_mode
+  if not stat.S_ISREG(kind):
+    os.close(fd)
+    raise UnreadableFile(f"{REASON_NOT_REGULAR} ({_kind(kind)})")
+  with os.fdopen(fd, "rb") as f:
+    try:
+      data = f.read(max_bytes + 1)
+    except OSError as e:
+      raise UnreadableFile(f"{REASON_UNREADABLE}: {e.strerror or e}") from None
+  if len(data) > max_bytes:
+    raise UnreadableFile(f"{REASON_TOO_LARGE}: over {max_bytes // (1024 * 1024)} MiB")
+  return data
+
+
+def _kind(mode: int) -> str:
+  for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                     (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                     (stat.S_ISSOCK, "a socket")):
+    if test(mode):
+      return name
+  return "not a file"
 
 
 def sha256_file(path: str) -> str:

@@ -54,6 +54,8 @@ FILM_EXTENSIONS = IMAGE_EXTENSIONS + (".dcm", ".dicom", ".tif", ".tiff")
 # Larger images are refused before decoding (decompression bombs); the public release's
 # largest has ~8.4 M pixels.
 MAX_PIXELS = 50_000_000
+# Larger files are not read at all: a 16-bit 7,000 x 7,000 uncompressed DICOM is 98 MB.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 # Decoded-image caches of the input pipeline (else a directory for a file cache).
 CACHE_MEMORY = "memory"

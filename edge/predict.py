@@ -167,6 +167,10 @@ def main(argv):
   if _EXPLAIN.value:
     os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress
+  if _OUTPUT.value and os.path.realpath(_OUTPUT.value) in {os.path.realpath(i.path)
+                                                           for i in items}:
+    raise errors.CxrError(f"--output {_OUTPUT.value!r} is one of the inputs: writing it "
+                          "would destroy it; choose another file")
   tally = _Tally(model.labels, len(items))
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   interrupted = False

@@ -29,6 +29,7 @@ import numpy as np
 from cxr_edge.core import cli
 from cxr_edge.core import film
 from cxr_edge.core import guard
+from cxr_edge.core import image_io
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
 from cxr_edge.core.errors import ModelError, ImageError
@@ -190,7 +191,11 @@ class LiteModel:
         self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
       except (ValueError, RuntimeError) as e:
         raise ModelError(f"{name}: cannot load ({e})") from None
-      self.interpreter.allocate_tensors()
+      try:
+        self.interpreter.allocate_tensors()
+      except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{name}: LiteRT cannot allocate its tensors "
+                         f"({str(e).strip().splitlines()[0][:200]})") from None
     self._in = self.interpreter.get_input_details()[0]
     self._out = self.interpreter.get_output_details()[0]
     want = [1, self.image_size, self.image_size, 1]
@@ -317,9 +322,9 @@ def expand_paths(patterns: List[str]) -> Iterator[FoundInput]:
   """
   for pattern in patterns:
     if os.path.isdir(pattern):
-      found = sorted(os.path.join(root, f) for root, _, files in os.walk(pattern)
-                     for f in files if not f.startswith("."))
-      if not found:
+      found, problems = _walk(pattern)
+      yield from problems
+      if not found and not problems:
         yield FoundInput(pattern, error="folder holds no files")
       for p in found:
         ext = os.path.splitext(p)[1].lower()
@@ -337,6 +342,31 @@ def expand_paths(patterns: List[str]) -> Iterator[FoundInput]:
       yield from (FoundInput(p) for p in matches)
 
 
+def _walk(folder: str) -> Tuple[List[str], List[FoundInput]]:
+  """Every file below folder but hidden ones, sorted; and the folders that could not be
+  read. Linked folders are followed, each real folder once (as cxr-convert does), so
+  neither a link loop nor an unreadable folder passes in silence."""
+  found: List[str] = []
+  problems: List[FoundInput] = []
+  seen = set()
+
+  def unreadable(error: OSError) -> None:
+    problems.append(FoundInput(error.filename + os.sep,
+                               error=f"unreadable folder: {error.strerror or error}"))
+
+  for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+    st = os.stat(root)
+    if (st.st_dev, st.st_ino) in seen:  # reached again through a link: listed once
+      problems.append(FoundInput(root + os.sep, skipped="folder already read (linked twice "
+                                                        "or a link loop)"))
+      dirs[:] = []
+      continue
+    seen.add((st.st_dev, st.st_ino))
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found += [os.path.join(root, f) for f in files if not f.startswith(".")]
+  return sorted(found), problems
+
+
 def predict_paths(model: LiteModel, items: Iterable[FoundInput],
                   strict: bool = False) -> Iterator[Dict[str, object]]:
   """One result dict per expand_paths item; a bad input gets {"path", "error"}, a file that
@@ -350,8 +380,7 @@ def predict_paths(model: LiteModel, items: Iterable[FoundInput],
       yield {"path": path, "error": item.error}
       continue
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = image_io.read_file(path)
       yield {"path": path, **model.predict_bytes(data, strict)}
-    except (OSError, ImageError) as e:
-      yield {"path": path, "error": str(e) if isinstance(e, ImageError) else f"unreadable: {e}"}
+    except (image_io.UnreadableFile, ImageError) as e:
+      yield {"path": path, "error": str(e)}

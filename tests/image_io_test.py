@@ -108,3 +108,23 @@ def test_png_chunk_check_passes_sound_files_and_trailing_bytes():
     assert image_io.png_chunk_problem(data + b"junk after IEND") is None
     tf.io.decode_png(data + b"junk after IEND")  # libpng accepts it too
   assert image_io.png_chunk_problem(image_bytes("JPEG")) is None  # not a PNG: not its job
+
+
+def test_read_file_reads_regular_files_only_and_bounded(tmp_path):
+  """A FIFO or a link to a device named like a film would hang or never end."""
+  film = tmp_path / "a.png"
+  film.write_bytes(b"x" * 100)
+  assert image_io.read_file(str(film)) == b"x" * 100
+  fifo = tmp_path / "fifo.png"
+  os.mkfifo(fifo)
+  (tmp_path / "zero.png").symlink_to("/dev/zero")
+  for path, kind in ((fifo, "a FIFO"), (tmp_path / "zero.png", "a character device"),
+                     (tmp_path, "a folder")):
+    with pytest.raises(image_io.UnreadableFile, match=f"not a regular file \\({kind}\\)"):
+      image_io.read_file(str(path))
+  with pytest.raises(image_io.UnreadableFile, match="file too large"):
+    image_io.read_file(str(film), max_bytes=99)
+  with pytest.raises(image_io.UnreadableFile, match="unreadable file: No such file"):
+    image_io.read_file(str(tmp_path / "missing.png"))
+  rejection = image_io.inspect_image(str(fifo))  # cxr-convert's first read
+  assert rejection.reason == "not a regular file (a FIFO)"

@@ -407,3 +407,58 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130(exported, tmp_path, monk
   assert e.value.code == 130
   assert "cxr-predict: interrupted after 2 of 6: 2 image(s) predicted" in capsys.readouterr().err
   assert len(out.read_text().splitlines()) == 2  # what was done is kept
+
+
+def test_special_files_linked_and_unreadable_folders_are_never_silent(exported, tmp_path,
+                                                                      monkeypatch):
+  films = _sample_files(2)
+  top = tmp_path / "in"
+  write_file(str(top / "own" / "a.jpeg"), open(films[0], "rb").read())
+  write_file(str(tmp_path / "elsewhere" / "b.jpeg"), open(films[1], "rb").read())
+  (top / "linked").symlink_to(tmp_path / "elsewhere")  # followed, once
+  (top / "own" / "loop").symlink_to(top)  # a loop: reported, not followed forever
+  os.mkfifo(top / "fifo.png")
+  (top / "zero.png").symlink_to("/dev/zero")
+  (top / "locked").mkdir()
+  real_scandir = os.scandir
+
+  def scandir(path="."):
+    if os.fspath(path).endswith("locked"):  # as root, chmod cannot make it unreadable
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  found = {os.path.relpath(i.path.rstrip(os.sep), top): i
+           for i in runtime.expand_paths([str(top)])}
+  monkeypatch.undo()
+  assert found["locked"].error == "unreadable folder: Permission denied"
+  assert "a.jpeg" in str(found) and os.path.join("linked", "b.jpeg") in found
+  assert found[os.path.join("own", "loop")].skipped.startswith("folder already read")
+  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  results = {os.path.basename(r["path"]): r for r in runtime.predict_paths(
+      model, [i for k, i in found.items() if k.endswith(".png")])}
+  assert results["fifo.png"]["error"] == "not a regular file (a FIFO)"
+  assert results["zero.png"]["error"] == "not a regular file (a character device)"
+
+
+def test_output_naming_an_input_is_refused_before_it_is_opened(exported, tmp_path):
+  target = tmp_path / "a.csv"
+  target.write_bytes(open(_sample_files(2)[0], "rb").read())
+  before = target.read_bytes()
+  with pytest.raises(SystemExit) as e:
+    run_main("cxr_edge.edge.predict", str(target), model=os.path.join(
+        exported[0], "model_int8.tflite"), output=str(target))
+  assert "is one of the inputs" in str(e.value.code)
+  assert target.read_bytes() == before
+
+
+def test_a_model_litert_cannot_allocate_is_one_line(exported, monkeypatch):
+  from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
+
+  def fail(self):
+    raise RuntimeError("tensor arena exhausted\nmore detail")
+
+  monkeypatch.setattr(interpreter.Interpreter, "allocate_tensors", fail)
+  with pytest.raises(runtime.ModelError, match="LiteRT cannot allocate its tensors "
+                     r"\(tensor arena exhausted\)$"):
+    runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
