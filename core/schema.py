@@ -75,6 +75,11 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
   return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
 
 
+# Exactly the names shard_name makes (and nothing a user might call a file of theirs).
+SHARD_NAME_PATTERN = re.compile(
+    rf"(?:{'|'.join(SPLITS)})-\d{{5}}-of-\d{{5}}{re.escape(SHARD_SUFFIX)}")
+
+
 def parse_patient_id(filename: str) -> Optional[str]:
   """Extracts the patient id from a file name of the public release.
 

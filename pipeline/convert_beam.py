@@ -114,7 +114,7 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
     raise errors.ConversionError(
         f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
         "pass --overwrite to replace a previous conversion")
-  ours = convert_lib.own_files([p[len(prefix):] for p in existing])
+  ours = convert_lib.own_names([p[len(prefix):] for p in existing])
   if ours:
     FileSystems.delete([prefix + n for n in ours])
 

@@ -124,15 +124,33 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
     raise ConversionError(
         f"--output_dir {output_dir!r} is not empty ({len(existing)} entries); "
         "pass --overwrite to replace a previous conversion")
-  cli.remove_own(output_dir, own_files(existing))
+  own = own_files(output_dir, existing)
+  cli.remove_own(output_dir, own)
+  kept = sorted(set(existing) - set(own))
+  if kept:
+    logging.info("--overwrite kept %d entr%s a conversion does not write: %s", len(kept),
+                 "y" if len(kept) == 1 else "ies", ", ".join(kept[:5]))
 
 
-def own_files(names: Sequence[str]) -> List[str]:
-  """Of an output folder's entries, those a conversion writes, the manifest first: it is
-  removed first, so that from then on the folder does not look complete."""
+def own_names(names: Sequence[str]) -> List[str]:
+  """Of an output's entry names, those a conversion gives its files, the manifest first:
+  it is removed first, so that from then on the output does not look complete.
+
+  Exactly: the manifest, the labels, shards named as schema.shard_name names them, and
+  those files' temporaries; a file of the user's that merely ends in .tfrecord or
+  .incomplete is not one of them.
+  """
+  def ours(name: str) -> bool:
+    base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
+    return (base in (schema.MANIFEST_NAME, schema.LABELS_NAME)
+            or bool(schema.SHARD_NAME_PATTERN.fullmatch(base)))
   return [n for n in names if n == schema.MANIFEST_NAME] + [
-      n for n in names if n.endswith((schema.SHARD_SUFFIX, TMP_SUFFIX))
-      or n == schema.LABELS_NAME]
+      n for n in names if n != schema.MANIFEST_NAME and ours(n)]
+
+
+def own_files(output_dir: str, names: Sequence[str]) -> List[str]:
+  """own_names that are regular files in output_dir: a folder is never a conversion's."""
+  return [n for n in own_names(names) if os.path.isfile(os.path.join(output_dir, n))]
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -101,6 +101,19 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path, image_tree):
   assert not (out / "train-00000-of-00009.tfrecord").exists()
   assert (out / "something").exists()
   verify_lib.verify(str(out))
+  # The user's own files that look a little like ours stay too: a dataset of theirs, a
+  # draft, a folder named like a shard, a stale temporary of ours goes.
+  (out / "my_own_dataset.tfrecord").write_bytes(b"mine")
+  (out / "draft.incomplete").write_bytes(b"mine")
+  (out / "archive.tfrecord").mkdir()
+  (out / "archive.tfrecord" / "keep.txt").write_text("mine")
+  (out / "val-00000-of-00001.tfrecord.incomplete").write_bytes(b"stale")
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=image_tree, output_dir=str(out), num_workers=1, overwrite=True))
+  for mine in ("my_own_dataset.tfrecord", "draft.incomplete", "archive.tfrecord/keep.txt"):
+    assert (out / mine).exists(), mine
+  assert not (out / "val-00000-of-00001.tfrecord.incomplete").exists()
+  verify_lib.verify(str(out))
 
 
 def test_missing_input_and_no_class_folders(tmp_path):
