@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cxr_edge.core import errors
+from cxr_edge.core import locks
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import schema
 from cxr_edge.core import thresholds
@@ -376,11 +377,14 @@ def train(config: train_config.TrainConfig,
                     extra_callbacks, run_dir=config.model_dir, chief=False)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
-  finished = model_dir_lib.claim(config, overwrite)
-  if finished is not None:
-    logging.info("%s already holds this finished run; nothing to do", config.model_dir)
-    return dict(finished, already_finished=True)
-  return _train(config, strategy, backup_dir, extra_callbacks)
+  # The chief alone holds the run's folder: a second cxr-train there is refused instead
+  # of resuming from this one's backup while it runs.
+  with locks.exclusive(config.model_dir, "cxr-train", "--model_dir"):
+    finished = model_dir_lib.claim(config, overwrite)
+    if finished is not None:
+      logging.info("%s already holds this finished run; nothing to do", config.model_dir)
+      return dict(finished, already_finished=True)
+    return _train(config, strategy, backup_dir, extra_callbacks)
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -29,6 +29,7 @@ it (folders.scan_input); an object store has no folders, links or undecodable na
 so it is listed by prefix with the same class-folder and --metadata_csv rules.
 """
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ from apache_beam.options import pipeline_options
 from cxr_edge.core import errors
 from cxr_edge.core import folders
 from cxr_edge.core import image_io
+from cxr_edge.core import locks
 from cxr_edge.core import schema
 from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
@@ -322,6 +324,17 @@ def convert(options: convert_config.ConvertOptions,
   start = time.monotonic()
   listed = folders.read_metadata_csv(options.metadata_csv) if options.metadata_csv else None
   files, sizes = list_files(options.input_dir, listed)
+  held = (locks.exclusive(options.output_dir, "cxr-convert", "--output_dir")
+          if is_local(options.output_dir) else contextlib.nullcontext())
+  with held:  # an object store has no folder to lock: a second writer there goes unseen
+    return _convert(options, ratios, listed, files, sizes, beam_options, beam_runner, start)
+
+
+def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
+             listed: Optional[Dict[str, Tuple[str, str]]], files: List[folders.SourceFile],
+             sizes: Dict[str, int], beam_options, beam_runner: str,
+             start: float) -> convert_lib.ConversionResult:
+  """convert() once the input is listed and a local output folder is this process's."""
   prepare_output(options.output_dir, options.overwrite)
   salt = (options.patient_id_salt if options.patient_id_salt is not None
           else secrets.token_hex(16))

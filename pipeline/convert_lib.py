@@ -24,6 +24,7 @@ from absl import logging
 from cxr_edge.core import cli
 from cxr_edge.core import folders
 from cxr_edge.core import image_io
+from cxr_edge.core import locks
 from cxr_edge.core import schema
 from cxr_edge.core.errors import ConversionError
 from cxr_edge.pipeline import convert_config
@@ -234,8 +235,17 @@ def convert(options: convert_config.ConvertOptions) -> ConversionResult:
   ratios = tuple(float(r) for r in options.split_ratios)
   splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   start = time.monotonic()
+  # The input is checked first (a typo fails before the output folder is made).
   listed = folders.read_metadata_csv(options.metadata_csv) if options.metadata_csv else None
   files = folders.scan_input(options.input_dir, listed=listed)
+  with locks.exclusive(options.output_dir, "cxr-convert", "--output_dir"):
+    return _convert(options, ratios, listed, files, start)
+
+
+def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
+             listed: Optional[Dict[str, Tuple[str, str]]], files: List[folders.SourceFile],
+             start: float) -> ConversionResult:
+  """convert() once the input is listed and the output folder is this process's."""
   prepare_output(options.output_dir, options.overwrite)
   salt = (options.patient_id_salt if options.patient_id_salt is not None
           else secrets.token_hex(16))

@@ -405,3 +405,16 @@ def test_a_malformed_dicom_is_rejected_with_its_reason_and_the_rest_converted(tm
   assert [r["path"] for r in m["rejected"]] == ["PNEUMONIA/bad.dcm"]
   assert m["rejected"][0]["reason"].startswith("invalid DICOM attribute: WindowCenter")
   assert m["num_written"] == 48
+
+
+def test_a_second_conversion_into_the_same_folder_is_refused(tmp_path, image_tree):
+  from cxr_edge.core import locks  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "out")
+  with locks.exclusive(out, "cxr-convert", "--output_dir"):  # the first, still running
+    with pytest.raises(errors.CxrError, match="in use by another process"):
+      convert_lib.convert(convert_config.ConvertOptions(
+          input_dir=image_tree, output_dir=out, num_workers=1))
+  assert os.listdir(out) == []  # the second wrote nothing
+  convert_lib.convert(convert_config.ConvertOptions(  # and after it, one may
+      input_dir=image_tree, output_dir=out, num_workers=1))
+  verify_lib.verify(out)

@@ -631,3 +631,13 @@ def test_killed_after_the_last_epoch_without_the_kept_weights_is_refused(sample_
     train_lib.train(dataclasses.replace(cfg, keep_epoch="last"))
   assert not os.path.isfile(tmp_path / "m" / model_dir_lib.MODEL_FILE)
   assert train_lib.train(cfg)["best_epoch"] in (1, 2)  # its best epoch it can keep
+
+
+def test_a_second_training_on_the_same_model_dir_is_refused(sample_records, tmp_path):
+  """It used to resume from the first one's backup while that one ran."""
+  from cxr_edge.core import errors, locks  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / "m")
+  with locks.exclusive(model_dir, "cxr-train", "--model_dir"):  # the first, still running
+    with pytest.raises(errors.CxrError, match="in use by another process"):
+      train_lib.train(_config(sample_records, model_dir, epochs=1, steps_per_epoch=1))
+  assert os.listdir(model_dir) == []
