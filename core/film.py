@@ -198,6 +198,8 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
   # pydicom logs each decoder plugin's failure as an ERROR before it raises; the
   # FilmError below carries the reason, once.
   std_logging.getLogger("pydicom").setLevel(std_logging.CRITICAL)
+  if max_pixels:
+    _refuse_deflate_bomb(data, max_pixels)
   try:
     with warnings.catch_warnings():  # pydicom warns as it reads what it can: reasons below
       warnings.simplefilter("ignore")
@@ -223,6 +225,8 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
   if max_pixels and attributes.rows * attributes.columns > max_pixels:
     raise FilmError(f"decompression-bomb size: {attributes.columns}x{attributes.rows} "
                     f"exceeds {max_pixels} pixels")
+  if getattr(syntax, "is_compressed", False):
+    _refuse_frame_larger_than_declared(ds, attributes)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -241,6 +245,81 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
                     f"({type(e).__name__}: {str(e)[:120]})") from None
   patient = ds.get("PatientID")
   return values, (str(patient).strip() or None) if patient is not None else None
+
+
+# The largest a film's dataset may inflate to, per pixel the limit allows: 16-bit pixels
+# and their headers. Beyond it a deflated file is refused before it is inflated.
+_INFLATED_BYTES_PER_PIXEL = 2
+_INFLATED_HEADER_BYTES = 1 << 20
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _refuse_deflate_bomb(data: bytes, max_pixels: int) -> None:
+  """A Deflated-syntax DICOM is inflated in chunks, output discarded, to measure it: one
+  that would inflate past what max_pixels allows is refused before pydicom inflates it
+  whole (1.5 MB of such a file reached 3 GB of memory)."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  fp = io.BytesIO(data)
+  try:
+    pydicom.filereader.read_preamble(fp, False)
+    meta = pydicom.filereader._read_file_meta_info(fp)  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except  # dcmread reports it properly next
+    return
+  if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+    return
+  limit = max_pixels * _INFLATED_BYTES_PER_PIXEL + _INFLATED_HEADER_BYTES
+  inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+  pending, total = data[fp.tell():], 0
+  try:
+    while pending and total <= limit:
+      total += len(inflater.decompress(pending, 1 << 20))
+      pending = inflater.unconsumed_tail
+  except zlib.error as e:
+    raise FilmError(f"{REASON_DICOM_UNREADABLE}: deflated data is corrupt ({e})") from None
+  if total > limit:
+    raise FilmError(f"{REASON_BOMB}: deflated DICOM inflates past {limit} bytes "
+                    f"(the limit for {max_pixels} pixels)")
+
+
+def _encoded_size(frame: bytes) -> Optional[Tuple[int, int]]:
+  """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares, or None."""
+  j2k = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
+  if j2k >= 0 and len(frame) >= j2k + 24:
+    x, y, x0, y0 = (int.from_bytes(frame[j2k + 8 + 4 * i:j2k + 12 + 4 * i], "big")
+                    for i in range(4))
+    return y - y0, x - x0
+  i = frame.find(b"\xff\xd8")
+  if i < 0:
+    return None
+  i += 2
+  while i + 9 <= len(frame):
+    if frame[i] != 0xFF:
+      return None
+    marker = frame[i + 1]
+    if marker == 0xFF:  # fill byte
+      i += 1
+      continue
+    length = int.from_bytes(frame[i + 2:i + 4], "big")
+    # Start of frame (not DHT C4, JPG C8, DAC CC), or JPEG-LS's SOF55 (F7).
+    if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+      return (int.from_bytes(frame[i + 5:i + 7], "big"),
+              int.from_bytes(frame[i + 7:i + 9], "big"))
+    i += 2 + length
+  return None
+
+
+def _refuse_frame_larger_than_declared(ds: Any, attributes: "_DicomAttributes") -> None:
+  """An encapsulated frame declaring more pixels than Rows x Columns is refused from its
+  header, before a decoder allocates for it (a 2 KB file took 570 MB)."""
+  from pydicom import encaps  # pylint: disable=g-import-not-at-top
+  try:
+    frame = next(encaps.generate_frames(ds.PixelData, number_of_frames=1))
+  except Exception:  # pylint: disable=broad-except  # the decoder reports it properly
+    return
+  size = _encoded_size(frame[:1 << 16])
+  if size is not None and size[0] * size[1] > attributes.rows * attributes.columns:
+    raise FilmError(f"{REASON_BOMB}: its compressed frame is {size[1]}x{size[0]}, larger "
+                    f"than the {attributes.columns}x{attributes.rows} it declares")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -257,3 +257,48 @@ def test_an_empty_window_falls_back_to_the_stored_range_and_width_1_thresholds()
       lambda ds: (setattr(ds, "WindowCenter", 100), setattr(ds, "WindowWidth", 1)),
       film_pixels())))
   np.testing.assert_array_equal(thresholded, np.where(film_pixels() > 99.5, 255, 0))
+
+
+def _rewritten(data: bytes, edit) -> bytes:
+  import pydicom  # pylint: disable=g-import-not-at-top
+  ds = pydicom.dcmread(io.BytesIO(data))
+  edit(ds)
+  out = io.BytesIO()
+  ds.save_as(out, enforce_file_format=True)
+  return out.getvalue()
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated():
+  from pydicom import uid  # pylint: disable=g-import-not-at-top
+
+  def bomb(ds):  # declares 8 x 8 pixels, carries 4 MB of zeros: deflates to a few KB
+    ds.Rows, ds.Columns = 8, 8
+    ds.PixelData = bytes(4 << 20)
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+
+  data = _rewritten(dicom_bytes(film_pixels()), bomb)
+  assert len(data) < 64 << 10
+  with pytest.raises(film.FilmError, match="deflated DICOM inflates past"):
+    film.read_film(data, max_pixels=10_000)
+  # A deflated film of honest size reads as its uncompressed twin.
+  honest = _rewritten(dicom_bytes(film_pixels()),
+                      lambda ds: setattr(ds.file_meta, "TransferSyntaxUID",
+                                         uid.DeflatedExplicitVRLittleEndian))
+  np.testing.assert_array_equal(_pixels_of(film.read_film(honest, max_pixels=10_000)),
+                                _pixels_of(film.read_film(dicom_bytes(film_pixels()))))
+
+
+def test_a_compressed_frame_larger_than_declared_is_refused_from_its_header():
+  from pydicom import uid  # pylint: disable=g-import-not-at-top
+  j2k = dicom_bytes(film_pixels(), syntax=uid.JPEG2000Lossless)
+  assert film.read_film(j2k).height == 48  # honest: decodes
+  lying = _rewritten(j2k, lambda ds: (setattr(ds, "Rows", 8), setattr(ds, "Columns", 8)))
+  with pytest.raises(film.FilmError, match="compressed frame is 64x48, larger than the 8x8"):
+    film.read_film(lying)
+
+
+def test_encoded_size_reads_jpeg_headers():
+  buf = io.BytesIO()
+  Image.new("L", (64, 48)).save(buf, format="JPEG")
+  assert film._encoded_size(buf.getvalue()) == (48, 64)  # pylint: disable=protected-access
+  assert film._encoded_size(b"no codestream here") is None  # pylint: disable=protected-access
