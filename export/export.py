@@ -49,6 +49,10 @@ _EXTERNAL_DIR = flags.DEFINE_string(
     "external_dir", None, "A labelled class-folder tree from another source (external "
     "validation): every variant is scored on it in the report.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export_dir.")
+_ALLOW_OTHER_DATA = flags.DEFINE_bool(
+    "allow_other_data", False, "Export although --data_dir is not the conversion the model "
+    "was trained on (refused otherwise: its test split may hold the model's training "
+    "films). The report and the model card then say the test split is not held out.")
 
 
 def main(argv):
@@ -67,6 +71,7 @@ def main(argv):
   report = export_lib.export(_MODEL_DIR.value, _DATA_DIR.value, _EXPORT_DIR.value,
                              _CALIBRATION_SAMPLES.value, _LATENCY_RUNS.value,
                              variants=_VARIANTS.value, overwrite=_OVERWRITE.value,
+                             allow_other_data=_ALLOW_OTHER_DATA.value,
                              external_dir=_EXTERNAL_DIR.value,
                              qat_model_dir=_QAT_MODEL_DIR.value)
   print(export_lib.format_report(report))

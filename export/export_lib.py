@@ -207,7 +207,8 @@ def _remove_own_artifacts(export_dir: str) -> None:
 def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: int = 300,
            latency_runs: int = 200, variants: Optional[Sequence[str]] = None,
            overwrite: bool = False, external_dir: Optional[str] = None,
-           qat_model_dir: Optional[str] = None) -> Dict[str, Any]:
+           qat_model_dir: Optional[str] = None,
+           allow_other_data: bool = False) -> Dict[str, Any]:
   """Exports a cxr-train model and writes the parity report.
 
   Args:
@@ -224,6 +225,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
       every variant on it too (with 95% intervals).
     qat_model_dir: a cxr-train --qat run of this model, converted to qat_int8 with the
       threshold that run chose.
+    allow_other_data: export although data_dir is not the conversion the model was
+      trained on; the report and the card then say its test split is not held out.
 
   Returns:
     The report dict (also export_report.json).
@@ -243,9 +246,16 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   size, threshold = info["image_size"], info["threshold"]
   temperature = float(info.get("temperature", 1.0))
   data_sha = model_dir_lib.manifest_sha256(data_dir)
-  if info.get("data_manifest_sha256") not in (None, data_sha):
-    logging.warning("the model was trained on another conversion (manifest %s, given %s)",
-                    info["data_manifest_sha256"], data_sha)
+  held_out = info.get("data_manifest_sha256") in (None, data_sha)
+  if not held_out and not allow_other_data:
+    raise errors.ConfigError(
+        f"--data_dir {data_dir!r} is not the conversion the model was trained on (manifest "
+        f"{data_sha[:12]}, the model's {info['data_manifest_sha256'][:12]}): its test split "
+        "may hold the model's training films; give the model's conversion, or "
+        "--allow_other_data to export anyway (the report then says so)")
+  if not held_out:
+    logging.warning("the model was trained on another conversion (manifest %s, given %s): "
+                    "the test split is not held out", info["data_manifest_sha256"], data_sha)
   os.makedirs(export_dir, exist_ok=True)
 
   logging.info("writing the SavedModel")
@@ -267,6 +277,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   val_images, val_labels, _, _ = _split_set(data_dir, size, "val")
   report = build_report(export_dir, data_dir, metadata, files, latency_runs,
                         val_images, val_labels)
+  report["test_split_held_out"] = held_out
   if external_dir:
     report["external"] = external_report(export_dir, external_dir, metadata, files)
   with open(os.path.join(export_dir, variant_names.REPORT_NAME), "w", encoding="utf-8") as f:

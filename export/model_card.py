@@ -95,7 +95,10 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
       "decision_threshold": {"value": metadata.get("threshold"),
                              "rule": metadata.get("threshold_rule")},
       "internal_test": {"images": report["test_images"],
-                        "note": "held-out split of the training source",
+                        "note": ("held-out split of the training source"
+                                 if report.get("test_split_held_out", True) else
+                                 "NOT held out: a split of another conversion than the "
+                                 "model was trained on, which may hold its training films"),
                         "models": evaluated},
       "failure_modes": list(FAILURE_MODES),
       "files": {name: {"sha256": e["sha256"], "bytes": e["bytes"],

@@ -8,6 +8,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import tf_keras as keras
 
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import metrics
 from cxr_edge.core import package_info
@@ -114,6 +115,21 @@ def test_refuses_non_empty_export_dir(trained_model, sample_records, tmp_path):
   (tmp_path / "x").write_text("x")
   with pytest.raises(ValueError, match="not empty"):
     export_lib.export(trained_model, sample_records, str(tmp_path))
+
+
+def test_another_conversion_than_the_models_is_refused_or_said_not_held_out(
+    trained_model, tmp_path):
+  from cxr_edge.pipeline import convert_config, convert_lib  # pylint: disable=g-import-not-at-top
+  other = str(tmp_path / "other")  # the same films, split with another seed
+  convert_lib.convert(convert_config.ConvertOptions(input_dir=SAMPLE_DIR, output_dir=other,
+                                                    seed=7, num_workers=2))
+  with pytest.raises(errors.ConfigError, match="not the conversion the model was trained on"):
+    export_lib.export(trained_model, other, str(tmp_path / "e1"), variants=["float32"])
+  report = export_lib.export(trained_model, other, str(tmp_path / "e2"), variants=["float32"],
+                             latency_runs=5, allow_other_data=True)
+  assert report["test_split_held_out"] is False
+  card = open(os.path.join(tmp_path, "e2", "MODEL_CARD.md")).read()
+  assert "NOT held out" in card
 
 
 def test_calibration_uses_unaugmented_train_images(sample_records):
