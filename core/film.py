@@ -154,7 +154,10 @@ def read_film(data: bytes, max_pixels: Optional[int] = None) -> Film:
       if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(im).astype(np.int64)
         low, high = _stored_range(values, None)
-        return _film(window_to_uint8(values, low, high), source)
+        # A TIFF stored WhiteIsZero (PhotometricInterpretation 0) shows its low values
+        # white, like MONOCHROME1; Pillow inverts 8-bit ones itself, not 16-bit ones.
+        white_is_zero = im.format == "TIFF" and im.tag_v2.get(262) == 0
+        return _film(window_to_uint8(values, low, high, invert=white_is_zero), source)
       if im.mode in ("L", "RGB", "P", "LA", "RGBA", "1"):  # 8-bit TIFF: as Pillow shows it
         return _film(np.asarray(im.convert("L"), np.uint8), source)
       raise FilmError(f"{REASON_HIGH_BIT_MODE}: {im.format} mode {im.mode}")

@@ -22,6 +22,12 @@ from cxr_edge.core import schema
 _JPEG_MODES = {"L": 1, "RGB": 3}
 _PNG_MODES = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4}
 
+
+def supported_mode(fmt: str, mode: str) -> bool:
+  """Whether an 8-bit JPEG or PNG in this Pillow mode is read (the one verdict of
+  conversion, training's decoder and the device): CMYK JPEG, for one, is not."""
+  return mode in (_JPEG_MODES if fmt.lower() == "jpeg" else _PNG_MODES)
+
 # Rejection reasons (the manifest and tests use these prefixes).
 REASON_EMPTY = "empty file"
 REASON_NOT_IMAGE = film.REASON_NOT_IMAGE
@@ -113,13 +119,12 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
       fmt = schema.IMAGE_FORMATS.get(im.format or "")
       if fmt is None:
         return Rejection(f"{REASON_FORMAT}: {im.format}")
-      modes = _JPEG_MODES if fmt == "jpeg" else _PNG_MODES
-      if im.mode not in modes:
+      if not supported_mode(fmt, im.mode):
         return Rejection(f"{REASON_MODE}: {im.mode}")
       width, height = im.size
       if width * height > max_pixels:
         return Rejection(f"{REASON_BOMB}: {width}x{height} exceeds {max_pixels} pixels")
-      channels = modes[im.mode]
+      channels = (_JPEG_MODES if fmt == "jpeg" else _PNG_MODES)[im.mode]
       if im.mode == "P" and "transparency" in im.info:
         channels = 4
       im.load()  # Full decode: raises on truncated or corrupt data.

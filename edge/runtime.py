@@ -49,6 +49,8 @@ def decode_grayscale(data: bytes) -> np.ndarray:
     with film.opened_image(data) as im:
       if im.format not in schema.IMAGE_FORMATS:
         raise ImageError(f"unsupported format: {im.format}")
+      if not image_io.supported_mode(schema.IMAGE_FORMATS[im.format], im.mode):  # as cxr-convert
+        raise ImageError(f"{image_io.REASON_MODE}: {im.mode}")
       if im.size[0] * im.size[1] > schema.MAX_PIXELS:
         raise ImageError(f"{film.REASON_BOMB}: {im.size[0]}x{im.size[1]} exceeds "
                          f"{schema.MAX_PIXELS} pixels")
@@ -247,16 +249,18 @@ class LiteModel:
 
     Returns:
       {"prediction" (the model's class: PNEUMONIA iff p_pneumonia >= threshold),
-      "p_pneumonia" (the positive class's probability), "threshold", "model_sha256", "warning" (None, or why the
-      input does not look like a chest radiograph), "latency_ms"}.
+      "p_pneumonia" (the positive class's probability), "threshold", "model_sha256",
+      "warning" (None, or why the input does not look like a chest radiograph),
+      "latency_ms"}.
 
     Raises:
       ImageError: unreadable input, or (strict) an implausible one.
     """
     start = time.perf_counter()
+    colour = guard.chroma(data)  # before windowing: a colour TIFF is grey once windowed
     data = film_as_8bit(data)
     gray = decode_grayscale(data)
-    warning = guard.check(gray, guard.chroma(data), resize_bilinear)
+    warning = guard.check(gray, colour, resize_bilinear)
     if warning and strict:
       raise ImageError(f"rejected (--strict): {warning}")
     probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))

@@ -302,3 +302,28 @@ def test_encoded_size_reads_jpeg_headers():
   Image.new("L", (64, 48)).save(buf, format="JPEG")
   assert film._encoded_size(buf.getvalue()) == (48, 64)  # pylint: disable=protected-access
   assert film._encoded_size(b"no codestream here") is None  # pylint: disable=protected-access
+
+
+def _tiff(pixels: np.ndarray, white_is_zero: bool = False) -> bytes:
+  """A TIFF of `pixels`; with white_is_zero its PhotometricInterpretation tag says 0."""
+  import struct  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="TIFF")
+  data = bytearray(buf.getvalue())
+  if white_is_zero:
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+      entry = ifd + 2 + 12 * k
+      if struct.unpack("<H", data[entry:entry + 2])[0] == 262:
+        data[entry + 8:entry + 10] = struct.pack("<H", 0)
+  return bytes(data)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 4095)])
+def test_a_tiff_stored_white_is_zero_reads_as_it_is_shown(dtype, top):
+  v = film_pixels()
+  shown = (v.astype(np.float64) * top / 255).round().astype(dtype)
+  stored = (top - shown.astype(np.int64)).astype(dtype)  # white stored as 0
+  normal = _pixels_of(film.read_film(_tiff(shown)))
+  inverted = _pixels_of(film.read_film(_tiff(stored, white_is_zero=True)))
+  np.testing.assert_array_equal(inverted, normal)

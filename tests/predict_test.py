@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 import tensorflow as tf
 
+from cxr_edge.core import image_io
 from cxr_edge.core import package_info
 from cxr_edge.edge import runtime
 from cxr_edge.pipeline import preprocess
@@ -462,3 +463,18 @@ def test_a_model_litert_cannot_allocate_is_one_line(exported, monkeypatch):
   with pytest.raises(runtime.ModelError, match="LiteRT cannot allocate its tensors "
                      r"\(tensor arena exhausted\)$"):
     runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+
+
+def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(exported,
+                                                                              tmp_path):
+  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  rgb = np.zeros((64, 64, 3), np.uint8)
+  rgb[..., 0] = 200  # a red photograph, stored as TIFF
+  buf = io.BytesIO()
+  Image.fromarray(rgb).save(buf, format="TIFF")
+  assert "colour" in model.predict_bytes(buf.getvalue())["warning"]
+  buf = io.BytesIO()
+  Image.new("CMYK", (64, 64), (0, 0, 0, 100)).save(buf, format="JPEG")
+  assert image_io.inspect_data(buf.getvalue()).reason == "unsupported colour mode: CMYK"
+  with pytest.raises(runtime.ImageError, match="^unsupported colour mode: CMYK$"):
+    model.predict_bytes(buf.getvalue())
