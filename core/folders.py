@@ -9,7 +9,9 @@ import csv
 import dataclasses
 import hashlib
 import hmac
+import io
 import os
+import posixpath
 import secrets
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -158,6 +160,10 @@ def patient_id(relpath: str, dicom_tag: Optional[str] = None, listed: Optional[s
   return os.path.splitext(relpath)[0], ID_NONE
 
 
+# A file list of a million films is about 100 MB; a larger --metadata_csv is refused unread.
+MAX_METADATA_CSV_BYTES = 256 * 1024 * 1024
+
+
 def read_metadata_csv(path: str) -> Dict[str, Tuple[str, str]]:
   """--metadata_csv: {relpath: (patient_id, label)} from columns path, patient_id, label.
 
@@ -168,23 +174,28 @@ def read_metadata_csv(path: str) -> Dict[str, Tuple[str, str]]:
     ConversionError: unreadable file, missing columns, unknown label, repeated path.
   """
   try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      rows = list(csv.DictReader(f))
-      columns = set(rows[0]) if rows else set()
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    reader = csv.DictReader(io.StringIO(
+        image_io.read_file(path, MAX_METADATA_CSV_BYTES).decode("utf-8-sig"), newline=""))
+    rows = list(reader)
+    columns = set(reader.fieldnames or ())
+  except image_io.UnreadableFile as e:
+    raise ConversionError(f"--metadata_csv {path!r}: {e}") from None
+  except (UnicodeDecodeError, csv.Error) as e:
     raise ConversionError(f"--metadata_csv {path!r} cannot be read: {e}") from None
   missing = {"path", "patient_id", "label"} - columns
   if missing:
     raise ConversionError(f"--metadata_csv {path!r} lacks column(s) {', '.join(sorted(missing))} "
                           "(needs path, patient_id, label)")
+  if not rows:
+    raise ConversionError(f"--metadata_csv {path!r} has its header but no rows")
   listed: Dict[str, Tuple[str, str]] = {}
   for line, row in enumerate(rows, 2):
     label = (row["label"] or "").strip().upper()
     if label not in schema.LABEL_TO_INDEX:
       raise ConversionError(f"--metadata_csv line {line}: label {row['label']!r} is not one of "
                             f"{', '.join(schema.LABELS)}")
-    rel = (row["path"] or "").strip().replace("\\", "/")
-    rel = rel[2:] if rel.startswith("./") else rel
+    # As the folder scan names files: "./a/./f.jpeg" and "a//f.jpeg" are "a/f.jpeg".
+    rel = posixpath.normpath((row["path"] or "").strip().replace("\\", "/"))
     if rel in listed:
       raise ConversionError(f"--metadata_csv line {line}: {rel!r} is listed twice")
     listed[rel] = ((row["patient_id"] or "").strip(), label)

@@ -396,6 +396,20 @@ def test_metadata_csv_gives_patients_and_labels(tmp_path):
         input_dir=str(flat), output_dir=str(tmp_path / "o3"), metadata_csv=short))
 
 
+def test_metadata_csv_paths_are_normalised_and_a_header_alone_is_named(tmp_path):
+  from cxr_edge.core import folders  # pylint: disable=g-import-not-at-top
+  listed = write_file(str(tmp_path / "a.csv"),
+                      b"path,patient_id,label\n./a/./f.jpeg,1,NORMAL\nb//g.jpeg,2,PNEUMONIA\n")
+  assert sorted(folders.read_metadata_csv(listed)) == ["a/f.jpeg", "b/g.jpeg"]
+  header = write_file(str(tmp_path / "h.csv"), b"path,patient_id,label\n")
+  with pytest.raises(errors.ConversionError, match="has its header but no rows"):
+    folders.read_metadata_csv(header)
+  twice = write_file(str(tmp_path / "t.csv"),
+                     b"path,patient_id,label\na/f.jpeg,1,NORMAL\n./a/f.jpeg,1,NORMAL\n")
+  with pytest.raises(errors.ConversionError, match="line 3: 'a/f.jpeg' is listed twice"):
+    folders.read_metadata_csv(twice)
+
+
 def test_a_malformed_dicom_is_rejected_with_its_reason_and_the_rest_converted(tmp_path):
   src = make_tree(str(tmp_path / "in"))
   write_file(str(tmp_path / "in" / "PNEUMONIA" / "bad.dcm"),
