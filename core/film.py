@@ -22,6 +22,7 @@ import dataclasses
 import io
 import logging as std_logging
 import math
+import struct
 import warnings
 import zlib
 from typing import Any, Iterator, Optional, Tuple
@@ -64,8 +65,11 @@ def opened_image(data: bytes) -> Iterator[Image.Image]:
     raise UnreadableImage(REASON_NOT_IMAGE) from None
   except Image.DecompressionBombError as e:
     raise UnreadableImage(f"{REASON_BOMB}: {e}") from None
-  except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
-    raise UnreadableImage(f"{REASON_CORRUPT}: {e}") from None
+  except (OSError, SyntaxError, ValueError, EOFError, zlib.error, TypeError, IndexError,
+          KeyError, struct.error) as e:
+    # Pillow's decoders raise these on crafted headers (a TIFF without dimensions is a
+    # TypeError); our own FilmError from the block is none of them and passes through.
+    raise UnreadableImage(f"{REASON_CORRUPT}: {type(e).__name__}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +200,6 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
   """Windowed uint8 pixels and PatientID of a single-frame grayscale DICOM radiograph."""
   # pylint: disable=g-import-not-at-top
   import pydicom
-  from pydicom import pixels as dicom_pixels
   # pylint: enable=g-import-not-at-top
   # pydicom logs each decoder plugin's failure as an ERROR before it raises; the
   # FilmError below carries the reason, once.
@@ -209,6 +212,23 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
       ds = pydicom.dcmread(io.BytesIO(data))
   except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
     raise FilmError(f"{REASON_DICOM_UNREADABLE}: {type(e).__name__}: {e}") from None
+  try:
+    return _dicom_film(ds, max_pixels)
+  except FilmError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # pydicom parses elements when they are first read: a malformed one (an unknown VR,
+    # a UID that is no transfer syntax) raises there, whatever the access. It is this
+    # film's error, never the job's.
+    raise FilmError(f"{REASON_DICOM_UNREADABLE}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
+
+
+def _dicom_film(ds: Any, max_pixels: Optional[int]) -> Tuple[np.ndarray, Optional[str]]:
+  """_dicom_pixels once the dataset is parsed (its elements lazily)."""
+  # pylint: disable=g-import-not-at-top
+  from pydicom import pixels as dicom_pixels
+  # pylint: enable=g-import-not-at-top
   syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
   if syntax is None:  # pydicom reads what it can; a Part 10 file always names its syntax
     raise FilmError(f"{REASON_DICOM_UNREADABLE}: no transfer syntax in its file meta "
@@ -266,9 +286,10 @@ def _refuse_deflate_bomb(data: bytes, max_pixels: int) -> None:
   try:
     pydicom.filereader.read_preamble(fp, False)
     meta = pydicom.filereader._read_file_meta_info(fp)  # pylint: disable=protected-access
+    syntax = str(meta.get("TransferSyntaxUID", ""))  # parsed here, lazily: may raise too
   except Exception:  # pylint: disable=broad-except  # dcmread reports it properly next
     return
-  if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+  if syntax != _DEFLATED:
     return
   limit = max_pixels * _INFLATED_BYTES_PER_PIXEL + _INFLATED_HEADER_BYTES
   inflater = zlib.decompressobj(-zlib.MAX_WBITS)
