@@ -185,12 +185,22 @@ def _film(pixels: np.ndarray, source: str, patient_id: Optional[str] = None) -> 
   return Film(out.getvalue(), source, int(pixels.shape[0]), int(pixels.shape[1]), patient_id)
 
 
+# The share of pixels the stored-range window may clip (see _stored_range).
+_STRAY_PIXELS = 0.9999
+
+
 def _stored_range(values: np.ndarray, bits_stored: Optional[int],
                   signed: bool = False) -> Tuple[int, int]:
   """The range the stored values can take: from BitsStored, else the smallest bit depth
-  (at least 8) that holds the data (12-bit-in-16 PNG -> 0..4095)."""
+  (at least 8) that holds the data (12-bit-in-16 PNG -> 0..4095).
+
+  "Holds the data" leaves out the brightest 1 in 10,000 pixels: one stray pixel at 65535
+  in 12-bit data (a burnt-in marker, a bad detector pixel) would otherwise set a 16-bit
+  window and leave the film 16 grey levels; it is clipped to white instead.
+  """
   if bits_stored is None:
-    bits_stored = max(8, int(max(int(values.max()), 1)).bit_length())
+    typical = int(np.quantile(values, _STRAY_PIXELS, method="higher"))
+    bits_stored = max(8, max(typical, 1).bit_length())
   if signed:
     return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
   return 0, (1 << bits_stored) - 1

@@ -30,6 +30,7 @@ from cxr_edge.core import cli
 from cxr_edge.core import film
 from cxr_edge.core import guard
 from cxr_edge.core import image_io
+from cxr_edge.core import overlay
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
 from cxr_edge.core.errors import ModelError, ImageError
@@ -258,9 +259,11 @@ class LiteModel:
     """
     start = time.perf_counter()
     colour = guard.chroma(data)  # before windowing: a colour TIFF is grey once windowed
+    ours = overlay.is_overlay(data)
     data = film_as_8bit(data)
     gray = decode_grayscale(data)
-    warning = guard.check(gray, colour, resize_bilinear)
+    warning = ("a cxr-edge explanation overlay, not a film" if ours
+               else guard.check(gray, colour, resize_bilinear))
     if warning and strict:
       raise ImageError(f"rejected (--strict): {warning}")
     probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))

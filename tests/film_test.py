@@ -327,3 +327,14 @@ def test_a_tiff_stored_white_is_zero_reads_as_it_is_shown(dtype, top):
   normal = _pixels_of(film.read_film(_tiff(shown)))
   inverted = _pixels_of(film.read_film(_tiff(stored, white_is_zero=True)))
   np.testing.assert_array_equal(inverted, normal)
+
+
+def test_one_stray_pixel_does_not_set_the_window_of_a_12_bit_png():
+  twelve = _twelve_bit(film_pixels(size=(120, 100)))  # 12,000 pixels of 12-bit data
+  clean = _pixels_of(film.read_film(_png16(twelve)))
+  stray = twelve.copy()
+  stray[0, 0] = 65535
+  read = _pixels_of(film.read_film(_png16(stray)))
+  np.testing.assert_array_equal(read[1:], clean[1:])  # the film as without the pixel
+  assert read[0, 0] == 255  # the stray pixel clipped to white
+  assert len(np.unique(read)) > 200

@@ -478,3 +478,16 @@ def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(ex
   assert image_io.inspect_data(buf.getvalue()).reason == "unsupported colour mode: CMYK"
   with pytest.raises(runtime.ImageError, match="^unsupported colour mode: CMYK$"):
     model.predict_bytes(buf.getvalue())
+
+
+def test_our_own_overlay_fed_back_as_a_film_is_warned(exported):
+  from cxr_edge.core import overlay  # pylint: disable=g-import-not-at-top
+  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  film = open(_sample_files(2)[0], "rb").read()
+  gray = runtime.decode_grayscale(film)
+  drawn = overlay.heat_overlay(gray, np.ones((7, 7), np.float32), "PNEUMONIA (p 0.9)")
+  assert overlay.is_overlay(drawn) and not overlay.is_overlay(film)
+  assert model.predict_bytes(drawn)["warning"] == "a cxr-edge explanation overlay, not a film"
+  with pytest.raises(runtime.ImageError, match="explanation overlay"):
+    model.predict_bytes(drawn, strict=True)
+  assert model.predict_bytes(film)["warning"] is None
