@@ -23,6 +23,34 @@ _JPEG_MODES = {"L": 1, "RGB": 3}
 _PNG_MODES = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4}
 
 
+def exif_orientation(im: Image.Image) -> int:
+  """The EXIF orientation an image carries (1: stored upright, also when it has none).
+
+  Every reader here (TensorFlow's decoder in training and in the SavedModel, the device)
+  takes the pixels as stored, so a film stored sideways with an orientation tag, upright
+  in every viewer, would reach the model sideways. It is refused by conversion and warned
+  (refused with --strict) on the device rather than honoured in one place and not another.
+  """
+  try:
+    return int(im.getexif().get(0x0112, 1) or 1)
+  except (ValueError, TypeError, OSError, SyntaxError):
+    return 1
+
+
+def orientation_of(data: bytes) -> int:
+  """exif_orientation of an image's bytes (1 for what Pillow cannot open: DICOM, ...)."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      return exif_orientation(im)
+  except (OSError, ValueError, SyntaxError, TypeError):
+    return 1
+
+
+def rotated_reason(orientation: int) -> str:
+  return (f"{REASON_ROTATED} (EXIF orientation {orientation}): the model sees the pixels as "
+          "stored, not upright as viewers show them; rotate it upright first")
+
+
 def supported_mode(fmt: str, mode: str) -> bool:
   """Whether an 8-bit JPEG or PNG in this Pillow mode is read (the one verdict of
   conversion, training's decoder and the device): CMYK JPEG, for one, is not."""
@@ -43,6 +71,7 @@ REASON_NAME = "file name is not valid UTF-8"
 REASON_FOLDER = "unreadable folder"
 REASON_LOOP = "folder already scanned (symbolic link)"
 REASON_NOT_REGULAR = "not a regular file"
+REASON_ROTATED = "stored rotated"
 REASON_TOO_LARGE = "file too large"
 REASON_NOT_LISTED = "not listed in --metadata_csv"
 REASON_LISTED_MISSING = "listed in --metadata_csv but not found"
@@ -121,6 +150,8 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
         return Rejection(f"{REASON_FORMAT}: {im.format}")
       if not supported_mode(fmt, im.mode):
         return Rejection(f"{REASON_MODE}: {im.mode}")
+      if exif_orientation(im) != 1:
+        return Rejection(rotated_reason(exif_orientation(im)))
       width, height = im.size
       if width * height > max_pixels:
         return Rejection(f"{REASON_BOMB}: {width}x{height} exceeds {max_pixels} pixels")

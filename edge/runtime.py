@@ -260,10 +260,15 @@ class LiteModel:
     start = time.perf_counter()
     colour = guard.chroma(data)  # before windowing: a colour TIFF is grey once windowed
     ours = overlay.is_overlay(data)
+    orientation = image_io.orientation_of(data)
     data = film_as_8bit(data)
     gray = decode_grayscale(data)
-    warning = ("a cxr-edge explanation overlay, not a film" if ours
-               else guard.check(gray, colour, resize_bilinear))
+    if ours:
+      warning = "a cxr-edge explanation overlay, not a film"
+    elif orientation != 1:
+      warning = image_io.rotated_reason(orientation)
+    else:
+      warning = guard.check(gray, colour, resize_bilinear)
     if warning and strict:
       raise ImageError(f"rejected (--strict): {warning}")
     probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))

@@ -491,3 +491,19 @@ def test_our_own_overlay_fed_back_as_a_film_is_warned(exported):
   with pytest.raises(runtime.ImageError, match="explanation overlay"):
     model.predict_bytes(drawn, strict=True)
   assert model.predict_bytes(film)["warning"] is None
+
+
+def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_converted(exported):
+  """Viewers show it upright; TensorFlow's decoder and the device see it sideways."""
+  film = np.asarray(Image.open(_sample_files(2)[1]).convert("L"))
+  exif = Image.Exif()
+  exif[0x0112] = 6  # stored rotated: display turns it 90 degrees clockwise
+  buf = io.BytesIO()
+  Image.fromarray(np.rot90(film)).save(buf, format="JPEG", exif=exif)
+  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  warning = model.predict_bytes(buf.getvalue())["warning"]
+  assert warning.startswith("stored rotated (EXIF orientation 6)")
+  with pytest.raises(runtime.ImageError, match="stored rotated"):
+    model.predict_bytes(buf.getvalue(), strict=True)
+  assert image_io.inspect_data(buf.getvalue()).reason.startswith(
+      "stored rotated (EXIF orientation 6)")
