@@ -7,10 +7,13 @@ temperature) and what it was made from (training data manifest, versions). The f
 sha256 then covers all of it, so the .tflite alone is the model package; metadata.json
 beside it, if kept, must agree with it (edge/runtime.py checks).
 
-The JSON carries an `integrity` digest over its own fields and the model's other
-buffers (the weights): a field edited in the file, or metadata moved onto other
-weights, is refused. It guards against accidents and naive edits, not against someone
-who recomputes the digest (that would need a signature and a key).
+The JSON carries an `integrity` digest over its own fields and the whole model but the
+metadata itself (graph, tensors and their quantization, weights): a field edited in
+the file, a changed quantization scale, or metadata moved onto another model is
+refused (packages from before `integrity_scope` cover their buffers only). It guards
+against accidents and naive edits, not against someone who recomputes the digest: it
+is not a signature, which would need a key; core/package_info.py therefore also checks
+every decisive field for what can be checked.
 
 Uses the flatbuffer schema that ai-edge-litert ships and the flatbuffers package it
 depends on.
@@ -64,6 +67,22 @@ def _weights_digest(model, skip: Optional[int]) -> str:
   return h.hexdigest()
 
 
+def _model_digest(model, ours: int) -> str:
+  """sha256 of the whole model as packed with our entry's buffer empty: graph, tensors and
+  their quantization, operators and weights; everything but the metadata itself."""
+  saved = model.buffers[ours].data
+  model.buffers[ours].data = None
+  try:
+    return hashlib.sha256(_pack(model)).hexdigest()
+  finally:
+    model.buffers[ours].data = saved
+
+
+# What the integrity digest covers: packages from before this field cover their
+# buffers (the weights) only, and a changed quantization scale went unnoticed.
+INTEGRITY_SCOPE = "model"
+
+
 def _digest(fields: Dict[str, Any], weights: str) -> str:
   canonical = json.dumps({k: v for k, v in fields.items() if k != "integrity"},
                          sort_keys=True, separators=(",", ":"))
@@ -102,7 +121,8 @@ def embed(data: bytes, fields: Dict[str, Any]) -> bytes:
     model.metadata.append(entry)
   else:
     buffer_index = model.metadata[index].buffer
-  fields = dict(fields, integrity=_digest(fields, _weights_digest(model, buffer_index)))
+  fields = dict(fields, integrity_scope=INTEGRITY_SCOPE)
+  fields["integrity"] = _digest(fields, _model_digest(model, buffer_index))
   model.buffers[buffer_index].data = np.frombuffer(
       json.dumps(fields, sort_keys=True).encode("utf-8"), np.uint8)
   return _pack(model)
@@ -124,8 +144,12 @@ def read(data: bytes) -> Optional[Dict[str, Any]]:
     fields = json.loads(raw.decode("utf-8"))
   except (IndexError, TypeError, ValueError) as e:
     raise PackageError(f"its embedded metadata is unreadable ({type(e).__name__})") from None
-  if not isinstance(fields, dict) or fields.get("integrity") != _digest(
-      fields, _weights_digest(model, buffer_index)):
+  if not isinstance(fields, dict):
+    raise PackageError("its embedded metadata is not an object")
+  covered = (_model_digest(model, buffer_index)
+             if fields.get("integrity_scope") == INTEGRITY_SCOPE
+             else _weights_digest(model, buffer_index))  # an older package's digest
+  if fields.get("integrity") != _digest(fields, covered):
     raise PackageError("its embedded metadata fails the integrity check (edited, or moved "
                        "from another model)")
   return fields
