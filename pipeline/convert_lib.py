@@ -482,18 +482,23 @@ def _write_shards(output_dir: str, plan: Sequence[Tuple[str, List[Record]]],
     final = os.path.join(output_dir, name)
     tmp = final + TMP_SUFFIX
     written = 0
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for r in recs:
-        loaded = next(loads)
-        done += 1
-        progress.update(done)
-        if isinstance(loaded, image_io.Rejection):
-          logging.warning("rejecting %s: %s", r.relpath, loaded.reason)
-          vanished.append({"path": r.relpath, "reason": loaded.reason})
-          continue
-        encoded, h, w, c = loaded
-        writer.write(serialize_example(r, encoded, h, w, c))
-        written += 1
+    try:
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for r in recs:
+          loaded = next(loads)
+          done += 1
+          progress.update(done)
+          if isinstance(loaded, image_io.Rejection):
+            logging.warning("rejecting %s: %s", r.relpath, loaded.reason)
+            vanished.append({"path": r.relpath, "reason": loaded.reason})
+            continue
+          encoded, h, w, c = loaded
+          writer.write(serialize_example(r, encoded, h, w, c))
+          written += 1
+    except tf.errors.OpError as e:  # a full disk, a vanished folder: TensorFlow's errors
+      raise ConversionError(f"cannot write {tmp}: {e.message.strip().splitlines()[0]} (the "
+                            "output has no manifest: it is incomplete, and cxr-train "
+                            "refuses it)") from None
     shards.append({"file": name, "records": written, "sha256": image_io.sha256_file(tmp),
                    "bytes": os.path.getsize(tmp)})
     os.replace(tmp, final)

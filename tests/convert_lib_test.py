@@ -432,3 +432,16 @@ def test_a_second_conversion_into_the_same_folder_is_refused(tmp_path, image_tre
   convert_lib.convert(convert_config.ConvertOptions(  # and after it, one may
       input_dir=image_tree, output_dir=out, num_workers=1))
   verify_lib.verify(out)
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_manifest(tmp_path, image_tree, monkeypatch):
+  def full(self, record):
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+  monkeypatch.setattr(tf.io.TFRecordWriter, "write", full)
+  out = tmp_path / "out"
+  with pytest.raises(errors.ConversionError, match="No space left on device") as e:
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=image_tree, output_dir=str(out), num_workers=1))
+  assert "\n" not in str(e.value) and "incomplete" in str(e.value)
+  assert not (out / schema.MANIFEST_NAME).exists()
