@@ -507,3 +507,21 @@ def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_conver
     model.predict_bytes(buf.getvalue(), strict=True)
   assert image_io.inspect_data(buf.getvalue()).reason.startswith(
       "stored rotated (EXIF orientation 6)")
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda p, m: m.update(temperature=float("inf")), "temperature inf"),
+    (lambda p, m: p.update(labels=["PNEUMONIA", "NORMAL"]), "in that order"),
+])
+def test_re_signed_metadata_with_impossible_values_is_refused(exported, tmp_path, edit, says):
+  """The digest is not a signature: whoever re-signs is stopped by the range checks."""
+  from cxr_edge.edge import package  # pylint: disable=g-import-not-at-top
+  data = open(os.path.join(exported[0], "model_int8.tflite"), "rb").read()
+  fields = package.read(data)
+  fields.pop("integrity")
+  edit(fields["package"], fields["model"])
+  path = tmp_path / "m.tflite"
+  path.write_bytes(package.embed(data, fields))  # a valid digest over impossible values
+  with pytest.raises(runtime.ModelError, match="metadata out of range") as e:
+    runtime.LiteModel(str(path))
+  assert says in str(e.value)
