@@ -223,7 +223,9 @@ def _dicom_pixels(data: bytes, max_pixels: Optional[int]) -> Tuple[np.ndarray, O
   except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
     raise FilmError(f"{REASON_DICOM_UNREADABLE}: {type(e).__name__}: {e}") from None
   try:
-    return _dicom_film(ds, max_pixels)
+    with warnings.catch_warnings():  # a malformed value warns as it is read: our error says it
+      warnings.simplefilter("ignore")
+      return _dicom_film(ds, max_pixels)
   except FilmError:
     raise
   except Exception as e:  # pylint: disable=broad-except
