@@ -12,13 +12,15 @@ its last line one JSON object. Whether training is input-bound (steps/s with thi
 pipeline vs the same batches in memory) is a study: studies/input_bound.py.
 """
 import json
+import os
 
 from absl import app
 from absl import flags
 
 from cxr_edge.core import cli
+from cxr_edge.core import errors
 from cxr_edge.core import schema
-from cxr_edge.pipeline import benchmark_lib
+from cxr_edge.pipeline import records
 
 _LOADERS = ("pipeline", "imagedatagenerator", "image_dataset_from_directory", "decode_bound")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "A cxr-convert output directory.")
@@ -36,6 +38,12 @@ _ONLY = flags.DEFINE_multi_enum("only", None, _LOADERS, "Run only these loaders 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # The cheap checks, before TensorFlow loads.
+  records.load_manifest(_DATA_DIR.value)
+  if not os.path.isdir(_IMAGE_DIR.value):
+    raise errors.MissingInputError(f"--image_dir {_IMAGE_DIR.value!r} is not a directory")
+  cli.import_tensorflow()
+  from cxr_edge.pipeline import benchmark_lib  # pylint: disable=g-import-not-at-top
   result = benchmark_lib.run_all(_DATA_DIR.value, _IMAGE_DIR.value, _IMAGE_SIZE.value,
                                  _BATCH_SIZE.value, _EPOCHS.value, _ONLY.value)
   print(f"{'loader':32s} {'images/s':>10s} {'this pipeline is':>18s}")
