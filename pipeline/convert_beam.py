@@ -52,7 +52,6 @@ from cxr_edge.core import locks
 from cxr_edge.core import schema
 from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import convert_lib
-from cxr_edge.pipeline import splits as splits_lib
 
 # Runners that execute on this machine. DirectRunner first tries Prism, which downloads a
 # binary (and fails offline); FnApiRunner runs here and needs nothing else.
@@ -316,10 +315,7 @@ def convert(options: convert_config.ConvertOptions,
   Raises:
     errors.ConversionError: unusable input or output, an unknown Beam option, or a
       split that would miss a class.
-    ValueError: invalid ratios.
   """
-  ratios = tuple(float(r) for r in options.split_ratios)
-  splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   beam_options = pipeline_options_for(beam_runner, beam_args, options.num_workers)
   start = time.monotonic()
   listed = folders.read_metadata_csv(options.metadata_csv) if options.metadata_csv else None
@@ -327,10 +323,10 @@ def convert(options: convert_config.ConvertOptions,
   held = (locks.exclusive(options.output_dir, "cxr-convert", "--output_dir")
           if is_local(options.output_dir) else contextlib.nullcontext())
   with held:  # an object store has no folder to lock: a second writer there goes unseen
-    return _convert(options, ratios, listed, files, sizes, beam_options, beam_runner, start)
+    return _convert(options, listed, files, sizes, beam_options, beam_runner, start)
 
 
-def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
+def _convert(options: convert_config.ConvertOptions,
              listed: Optional[Dict[str, Tuple[str, str]]], files: List[folders.SourceFile],
              sizes: Dict[str, int], beam_options, beam_runner: str,
              start: float) -> convert_lib.ConversionResult:
@@ -339,13 +335,13 @@ def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
   salt = (options.patient_id_salt if options.patient_id_salt is not None
           else secrets.token_hex(16))
   candidates, scan_rejected = convert_lib.triage(files)
-  shards = planned_shards(candidates, options.input_dir, ratios, options.num_shards,
+  shards = planned_shards(candidates, options.input_dir, options.split_ratios, options.num_shards,
                           options.shard_size_mb, sizes)
   logging.info("found %d files in %s; converting on Beam (%s)", len(files), options.input_dir,
                beam_runner)
 
   pipeline = beam.Pipeline(options=beam_options)
-  _build_graph(pipeline, options, candidates, listed, salt, ratios, shards, scan_rejected,
+  _build_graph(pipeline, options, candidates, listed, salt, shards, scan_rejected,
                num_files_found=len(files))
   try:
     pipeline.run().wait_until_finish()
@@ -363,7 +359,7 @@ def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
 def _build_graph(pipeline: beam.Pipeline, options: convert_config.ConvertOptions,
                  candidates: Sequence[folders.SourceFile],
                  listed: Optional[Dict[str, Tuple[str, str]]], salt: str,
-                 ratios: Sequence[float], shards: Dict[str, int],
+                 shards: Dict[str, int],
                  scan_rejected: List[Dict[str, str]], num_files_found: int) -> None:
   """The conversion as Beam steps: inspect -> plan the splits -> load -> write each
   split's shards -> hash them -> write the manifest last, with every rejection."""
@@ -376,7 +372,7 @@ def _build_graph(pipeline: beam.Pipeline, options: convert_config.ConvertOptions
       .with_outputs(_TAG_REJECTED, main="records"))
   plan = (inspected.records
           | "Gather" >> beam.combiners.ToList()
-          | "Split" >> beam.Map(_plan, ratios, options.seed))
+          | "Split" >> beam.Map(_plan, options.split_ratios, options.seed))
   loaded = (
       plan
       | "Assign" >> beam.FlatMap(lambda p: [(s, r) for s in schema.SPLITS
@@ -386,7 +382,7 @@ def _build_graph(pipeline: beam.Pipeline, options: convert_config.ConvertOptions
       .with_outputs(_TAG_REJECTED, main="examples"))
   written = []
   for split in schema.SPLITS:
-    if ratios[schema.SPLITS.index(split)] <= 0:
+    if options.split_ratios[schema.SPLITS.index(split)] <= 0:
       continue
     written.append(
         loaded.examples
@@ -406,4 +402,4 @@ def _build_graph(pipeline: beam.Pipeline, options: convert_config.ConvertOptions
            _write_index, output_dir=options.output_dir, plan=beam.pvalue.AsSingleton(plan),
            shards=beam.pvalue.AsList(shard_entries), rejected=beam.pvalue.AsList(rejected),
            num_files_found=num_files_found, salt_given=options.patient_id_salt is not None,
-           ratios=ratios, seed=options.seed, image_size=options.image_size))
+           ratios=options.split_ratios, seed=options.seed, image_size=options.image_size))

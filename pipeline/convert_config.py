@@ -63,6 +63,15 @@ class ConvertOptions:
       "PatientID tags are stored; default: a random one, not stored (the ids cannot be "
       "traced back, and another conversion hashes them differently).")
 
+  def __post_init__(self):
+    """Checks the ratios once, however they were given (a flag's text, a caller's tuple).
+
+    Raises:
+      ValueError: not three non-negative numbers summing to 1, or a zero train ratio.
+    """
+    text = ",".join(repr(float(r)) for r in self.split_ratios)
+    object.__setattr__(self, "split_ratios", splits.parse_ratios(text))
+
 
 REQUIRED = ("input_dir", "output_dir")
 DEFAULT_BEAM_RUNNER = "FnApiRunner"

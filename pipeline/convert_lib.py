@@ -230,19 +230,16 @@ def convert(options: convert_config.ConvertOptions) -> ConversionResult:
 
   Raises:
     ConversionError: unusable input_dir or output_dir.
-    ValueError: invalid ratios.
   """
-  ratios = tuple(float(r) for r in options.split_ratios)
-  splits_lib.parse_ratios(",".join(map(repr, ratios)))  # validates
   start = time.monotonic()
   # The input is checked first (a typo fails before the output folder is made).
   listed = folders.read_metadata_csv(options.metadata_csv) if options.metadata_csv else None
   files = folders.scan_input(options.input_dir, listed=listed)
   with locks.exclusive(options.output_dir, "cxr-convert", "--output_dir"):
-    return _convert(options, ratios, listed, files, start)
+    return _convert(options, listed, files, start)
 
 
-def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
+def _convert(options: convert_config.ConvertOptions,
              listed: Optional[Dict[str, Tuple[str, str]]], files: List[folders.SourceFile],
              start: float) -> ConversionResult:
   """convert() once the input is listed and the output folder is this process's."""
@@ -263,7 +260,7 @@ def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
   with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
     records, id_sources = _inspect(pool, options, candidates, listed, salt, rejected)
     inspect_seconds = time.monotonic() - start
-    by_split, conflicts = plan_splits(records, ratios, options.seed)
+    by_split, conflicts = plan_splits(records, options.split_ratios, options.seed)
     rejected += conflicts
     plan = _shard_plan(by_split, options)
     shards_info, vanished = _write_shards(options.output_dir, plan, _loads(pool, options, plan))
@@ -273,8 +270,8 @@ def _convert(options: convert_config.ConvertOptions, ratios: Tuple[float, ...],
   by_split = {s: [r for r in recs if r.relpath not in gone] for s, recs in by_split.items()}
   manifest = build_manifest(
       num_files_found=len(files), by_split=by_split, shards=shards_info, rejected=rejected,
-      id_sources=id_sources, salt_given=options.patient_id_salt is not None, ratios=ratios,
-      seed=options.seed, image_size=options.image_size)
+      id_sources=id_sources, salt_given=options.patient_id_salt is not None,
+      ratios=options.split_ratios, seed=options.seed, image_size=options.image_size)
   write_index(options.output_dir, manifest)
   return ConversionResult(manifest, time.monotonic() - start, inspect_seconds)
 

@@ -445,3 +445,13 @@ def test_a_full_disk_is_one_error_and_leaves_no_manifest(tmp_path, image_tree, m
         input_dir=image_tree, output_dir=str(out), num_workers=1))
   assert "\n" not in str(e.value) and "incomplete" in str(e.value)
   assert not (out / schema.MANIFEST_NAME).exists()
+
+
+def test_the_options_check_the_split_ratios_once_for_both_converters():
+  options = convert_config.ConvertOptions(input_dir="i", output_dir="o",
+                                          split_ratios=(1, 0, 0))
+  assert options.split_ratios == (1.0, 0.0, 0.0)
+  for bad, says in (((0.5, 0.5, 0.5), "sum to 1"), ((0.5, 0.5), "three"),
+                    ((0, 0.5, 0.5), "train ratio must be > 0")):
+    with pytest.raises(ValueError, match=says):
+      convert_config.ConvertOptions(input_dir="i", output_dir="o", split_ratios=bad)
