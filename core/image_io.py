@@ -22,6 +22,26 @@ from cxr_edge.core import schema
 _JPEG_MODES = {"L": 1, "RGB": 3}
 _PNG_MODES = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "P": 3, "RGB": 3, "RGBA": 4}
 
+# Rejection reasons (the manifest and tests use these prefixes).
+REASON_EMPTY = "empty file"
+REASON_NOT_IMAGE = film.REASON_NOT_IMAGE
+REASON_CORRUPT = film.REASON_CORRUPT
+REASON_FORMAT = "unsupported format"
+REASON_MODE = "unsupported colour mode"
+REASON_BOMB = film.REASON_BOMB
+REASON_UNKNOWN_CLASS = "unknown class folder"
+REASON_UNREADABLE = "unreadable file"
+REASON_CONFLICT = "conflicting labels"
+REASON_CHANGED = "changed or removed during conversion"
+REASON_NAME = "file name is not valid UTF-8"
+REASON_FOLDER = "unreadable folder"
+REASON_LOOP = "folder already scanned (symbolic link)"
+REASON_NOT_REGULAR = "not a regular file"
+REASON_ROTATED = "stored rotated"
+REASON_TOO_LARGE = "file too large"
+REASON_NOT_LISTED = "not listed in --metadata_csv"
+REASON_LISTED_MISSING = "listed in --metadata_csv but not found"
+
 
 def exif_orientation(im: Image.Image) -> int:
   """The EXIF orientation an image carries (1: stored upright, also when it has none).
@@ -51,30 +71,22 @@ def rotated_reason(orientation: int) -> str:
           "stored, not upright as viewers show them; rotate it upright first")
 
 
+def _modes(fmt: str) -> dict:
+  """The Pillow modes read in a stored format ("jpeg" or "png"), with their channels."""
+  return _JPEG_MODES if fmt == "jpeg" else _PNG_MODES
+
+
 def supported_mode(fmt: str, mode: str) -> bool:
   """Whether an 8-bit JPEG or PNG in this Pillow mode is read (the one verdict of
   conversion, training's decoder and the device): CMYK JPEG, for one, is not."""
-  return mode in (_JPEG_MODES if fmt.lower() == "jpeg" else _PNG_MODES)
+  return mode in _modes(fmt)
 
-# Rejection reasons (the manifest and tests use these prefixes).
-REASON_EMPTY = "empty file"
-REASON_NOT_IMAGE = film.REASON_NOT_IMAGE
-REASON_CORRUPT = film.REASON_CORRUPT
-REASON_FORMAT = "unsupported format"
-REASON_MODE = "unsupported colour mode"
-REASON_BOMB = film.REASON_BOMB
-REASON_UNKNOWN_CLASS = "unknown class folder"
-REASON_UNREADABLE = "unreadable file"
-REASON_CONFLICT = "conflicting labels"
-REASON_CHANGED = "changed or removed during conversion"
-REASON_NAME = "file name is not valid UTF-8"
-REASON_FOLDER = "unreadable folder"
-REASON_LOOP = "folder already scanned (symbolic link)"
-REASON_NOT_REGULAR = "not a regular file"
-REASON_ROTATED = "stored rotated"
-REASON_TOO_LARGE = "file too large"
-REASON_NOT_LISTED = "not listed in --metadata_csv"
-REASON_LISTED_MISSING = "listed in --metadata_csv but not found"
+
+def _channels(fmt: str, im: Image.Image) -> int:
+  """Channels TensorFlow decodes (channels=0) from stored bytes of this format and mode."""
+  if im.mode == "P" and "transparency" in im.info:
+    return 4
+  return _modes(fmt)[im.mode]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,14 +162,13 @@ def _decode_check(data: bytes, max_pixels: int) -> Union[Tuple[str, int, int, in
         return Rejection(f"{REASON_FORMAT}: {im.format}")
       if not supported_mode(fmt, im.mode):
         return Rejection(f"{REASON_MODE}: {im.mode}")
-      if exif_orientation(im) != 1:
-        return Rejection(rotated_reason(exif_orientation(im)))
+      orientation = exif_orientation(im)
+      if orientation != 1:
+        return Rejection(rotated_reason(orientation))
       width, height = im.size
       if width * height > max_pixels:
         return Rejection(f"{REASON_BOMB}: {width}x{height} exceeds {max_pixels} pixels")
-      channels = (_JPEG_MODES if fmt == "jpeg" else _PNG_MODES)[im.mode]
-      if im.mode == "P" and "transparency" in im.info:
-        channels = 4
+      channels = _channels(fmt, im)
       im.load()  # Full decode: raises on truncated or corrupt data.
   except film.UnreadableImage as e:
     return Rejection(str(e))
@@ -233,11 +244,7 @@ def encoded_from_data(data: bytes, expected_sha256: str, fmt: str, max_side: Opt
   with Image.open(io.BytesIO(data)) as im:
     width, height = im.size
     if not max_side or max(width, height) <= max_side:
-      modes = _JPEG_MODES if fmt == "jpeg" else _PNG_MODES
-      channels = modes[im.mode]
-      if im.mode == "P" and "transparency" in im.info:
-        channels = 4
-      return data, height, width, channels
+      return data, height, width, _channels(fmt, im)
     scale = max_side / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if im.mode.startswith("I"):
