@@ -17,6 +17,7 @@ through unchanged (`needs_windowing` is False for them).
 TensorFlow-free: numpy, Pillow, and pydicom (imported only for DICOM; python-gdcm and
 pylibjpeg-openjpeg add the JPEG-LS and JPEG 2000 transfer syntaxes).
 """
+import collections.abc
 import contextlib
 import dataclasses
 import io
@@ -386,8 +387,8 @@ def _number(ds: Any, name: str, kind: type, default: Any) -> Any:
   if value is None or value == "":
     return default
   try:
-    first = value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == (
-        "MultiValue") else value
+    # Several values (pydicom's MultiValue, a mutable sequence): the first is the default.
+    first = value[0] if isinstance(value, (tuple, collections.abc.MutableSequence)) else value
     number = float(first)
   except (TypeError, ValueError, IndexError):
     raise _attribute_error(name, value, "not a number") from None
