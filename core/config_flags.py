@@ -55,6 +55,12 @@ def options(cls: type) -> List[dataclasses.Field]:
   return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
+def _flags(cls: type, qat: Optional[str] = None) -> List[dataclasses.Field]:
+  """The options of `cls` that are flags; with `qat`, only those with that QAT role."""
+  return [f for f in options(cls)
+          if f.metadata["flag"] and (qat is None or f.metadata["qat"] == qat)]
+
+
 def default(field: dataclasses.Field) -> Any:
   if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
     return field.default_factory()  # type: ignore[misc]
@@ -78,9 +84,7 @@ def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS,
                  required: Sequence[str] = ()) -> None:
   """Defines one absl flag per option of `cls` (in the calling job's module)."""
   module = _caller_module()
-  for f in options(cls):
-    if not f.metadata["flag"]:
-      continue
+  for f in _flags(cls):
     kind, args = _kind(cls, f), dict(f.metadata["flag_args"])
     value = None if f.name in required else default(f)
     common = dict(name=f.name, default=value, help=f.metadata["help"],
@@ -128,28 +132,25 @@ def _caller_module() -> str:
 def from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> Dict[str, Any]:
   """The flag values of `cls`'s options, as keyword arguments for `cls` (lists as tuples)."""
   values = {}
-  for f in options(cls):
-    if f.metadata["flag"]:
-      value = flag_values[f.name].value
-      if f.metadata["parse"] is not None and value is not None:
-        value = f.metadata["parse"](value)
-      values[f.name] = tuple(value) if isinstance(value, list) else value
+  for f in _flags(cls):
+    value = flag_values[f.name].value
+    if f.metadata["parse"] is not None and value is not None:
+      value = f.metadata["parse"](value)
+    values[f.name] = tuple(value) if isinstance(value, list) else value
   return values
 
 
 def present(cls: type, qat_roles: Sequence[str],
             flag_values: flags.FlagValues = flags.FLAGS) -> List[str]:
   """The flags given on the command line whose option has one of `qat_roles`."""
-  return [f"--{f.name}" for f in options(cls) if f.metadata["flag"]
-          and f.metadata["qat"] in qat_roles and flag_values[f.name].present]
+  return [f"--{f.name}" for f in _flags(cls)
+          if f.metadata["qat"] in qat_roles and flag_values[f.name].present]
 
 
 def markdown_rows(cls: type, required: Sequence[str] = ()) -> List[str]:
   """BUILD.md's flag-table rows for `cls`: | `--name` | default | meaning |."""
   rows = []
-  for f in options(cls):
-    if not f.metadata["flag"]:
-      continue
+  for f in _flags(cls):
     value = default(f)
     if f.name in required:
       shown = "required"
@@ -168,10 +169,8 @@ def markdown_table(classes: Sequence[type], required: Sequence[str] = ()) -> str
   rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
   for cls in classes:
     rows += markdown_rows(cls, required)
-  recipe = [f"`--{f.name}`" for cls in classes for f in options(cls)
-            if f.metadata["flag"] and f.metadata["qat"] == RECIPE]
-  refused = [f"`--{f.name}`" for cls in classes for f in options(cls)
-             if f.metadata["flag"] and f.metadata["qat"] == REFUSED]
+  recipe, refused = ([f"`--{f.name}`" for cls in classes for f in _flags(cls, role)]
+                     for role in (RECIPE, REFUSED))
   if recipe:
     rows += ["", f"The recipe, which a `--qat` run takes from its float run (passing one of "
              f"these flags with `--qat` is refused, as is {', '.join(refused) or 'nothing else'}): "
