@@ -19,9 +19,15 @@ LICENCE = ("cxr-edge is Apache-2.0; the model was trained on data licensed CC BY
            "are shown.")
 
 
+def _shipped(names) -> Optional[str]:
+  """The file a device runs: the int8 model if there is one, else the first."""
+  names = list(names)
+  return next((n for n in names if n.endswith("int8.tflite")), names[0] if names else None)
+
+
 def _model_version(metadata: Dict[str, Any]) -> Optional[str]:
   models = metadata.get("models") or {}
-  name = next((n for n in models if n.endswith("int8.tflite")), next(iter(models), None))
+  name = _shipped(models)
   return f"{name} sha256 {models[name]['sha256'][:12]}" if name else None
 
 
@@ -121,8 +127,7 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
 def markdown(card: Dict[str, Any]) -> str:
   """MODEL_CARD.md for a card from `build`."""
   data = card["training_data"]
-  int8 = next((n for n in card["files"] if n.endswith("int8.tflite")),
-              next(iter(card["files"]), "model.tflite"))
+  int8 = _shipped(card["files"]) or "model.tflite"
   lines = [f"# Model card: {card['model']} (cxr-edge)", "",
            "## Intended use", "", card["intended_use"], "",
            f"Exported {card['date']} by cxr-edge {card['versions'].get('cxr-edge')}; "
