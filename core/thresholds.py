@@ -116,7 +116,7 @@ def by_rule(labels: np.ndarray, probs: np.ndarray, rule: str = DEFAULT_RULE,
     target_sensitivity: the highest threshold whose validation sensitivity reaches this.
     prevalence: for the prevalence rule, the share of PNEUMONIA where the model is used.
     output_prior: the PNEUMONIA share the model's probabilities assume
-      (pipeline/dataset.py output_prior).
+      (pipeline/dataset.py trained_prior, model/model_dir.py run_prior).
 
   Raises:
     ValueError: unknown rule, or a share not strictly between 0 and 1.

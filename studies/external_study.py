@@ -13,7 +13,7 @@ TFLite models (no QAT) and reads the export report's external section. Exports a
 under --exports (default --out), in a folder per threshold rule and run name, and reused
 when present, so invocations that share --exports export each run once. Each model is
 scored at the threshold it ships with (cxr-train's --threshold_rule, re-applied to runs
-trained under another), through the edge runtime (export/runtime.py, what
+trained under another), through the edge runtime (edge/runtime.py, what
 cxr-predict runs). Prints Markdown tables: one row per run and each group's mean (the
 targets are means over seeds) for int8 and float32 on the external films and for
 int8 on the internal test split, the article recipe's external results, and a
