@@ -70,16 +70,21 @@ def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHRO
   return out.getvalue()
 
 
-def malformed(edit, pixels=None) -> bytes:
-  """A valid 8-bit DICOM with one attribute rewritten by `edit(ds)`, as a device meets it."""
+def rewritten(data: bytes, edit) -> bytes:
+  """A DICOM file's bytes after `edit(ds)` changed its dataset."""
   import pydicom  # pylint: disable=g-import-not-at-top
-  if pixels is None:
-    pixels = (np.arange(48 * 64) % 256).reshape(48, 64).astype(np.uint8)
-  ds = pydicom.dcmread(io.BytesIO(encode_dicom(pixels, window=(128, 256), rescale=(1, 0))))
+  ds = pydicom.dcmread(io.BytesIO(data))
   edit(ds)
   out = io.BytesIO()
   ds.save_as(out, enforce_file_format=True)
   return out.getvalue()
+
+
+def malformed(edit, pixels=None) -> bytes:
+  """A valid 8-bit DICOM with one attribute rewritten by `edit(ds)`, as a device meets it."""
+  if pixels is None:
+    pixels = (np.arange(48 * 64) % 256).reshape(48, 64).astype(np.uint8)
+  return rewritten(encode_dicom(pixels, window=(128, 256), rescale=(1, 0)), edit)
 
 
 def set_raw(name, value):

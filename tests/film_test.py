@@ -259,15 +259,6 @@ def test_an_empty_window_falls_back_to_the_stored_range_and_width_1_thresholds()
   np.testing.assert_array_equal(thresholded, np.where(film_pixels() > 99.5, 255, 0))
 
 
-def _rewritten(data: bytes, edit) -> bytes:
-  import pydicom  # pylint: disable=g-import-not-at-top
-  ds = pydicom.dcmread(io.BytesIO(data))
-  edit(ds)
-  out = io.BytesIO()
-  ds.save_as(out, enforce_file_format=True)
-  return out.getvalue()
-
-
 def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated():
   from pydicom import uid  # pylint: disable=g-import-not-at-top
 
@@ -276,12 +267,12 @@ def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated():
     ds.PixelData = bytes(4 << 20)
     ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
 
-  data = _rewritten(dicom_bytes(film_pixels()), bomb)
+  data = dicom_files.rewritten(dicom_bytes(film_pixels()), bomb)
   assert len(data) < 64 << 10
   with pytest.raises(film.FilmError, match="deflated DICOM inflates past"):
     film.read_film(data, max_pixels=10_000)
   # A deflated film of honest size reads as its uncompressed twin.
-  honest = _rewritten(dicom_bytes(film_pixels()),
+  honest = dicom_files.rewritten(dicom_bytes(film_pixels()),
                       lambda ds: setattr(ds.file_meta, "TransferSyntaxUID",
                                          uid.DeflatedExplicitVRLittleEndian))
   np.testing.assert_array_equal(_pixels_of(film.read_film(honest, max_pixels=10_000)),
@@ -292,7 +283,7 @@ def test_a_compressed_frame_larger_than_declared_is_refused_from_its_header():
   from pydicom import uid  # pylint: disable=g-import-not-at-top
   j2k = dicom_bytes(film_pixels(), syntax=uid.JPEG2000Lossless)
   assert film.read_film(j2k).height == 48  # honest: decodes
-  lying = _rewritten(j2k, lambda ds: (setattr(ds, "Rows", 8), setattr(ds, "Columns", 8)))
+  lying = dicom_files.rewritten(j2k, lambda ds: (setattr(ds, "Rows", 8), setattr(ds, "Columns", 8)))
   with pytest.raises(film.FilmError, match="compressed frame is 64x48, larger than the 8x8"):
     film.read_film(lying)
 
