@@ -26,7 +26,7 @@ from cxr_edge.core.version import __version__
 # Our packages: their INFO lines are the jobs' progress and stay visible when quiet.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUR_DIRS = tuple(os.path.join(_ROOT, p) + os.sep
-                  for p in ("core", "pipeline", "model", "export", "edge", "studies"))
+                  for p in ("core", "pipeline", "model", "export", "edge", "node", "studies"))
 
 _HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml"}
 

@@ -6,8 +6,11 @@ probability, that region supported the decision. It costs one invoke per positio
 200 for a 150-px input), so it is slow on purpose and only runs when asked
 (cxr-predict --explain=DIR). It shows what the model used, not where disease is.
 """
+from typing import Dict
+
 import numpy as np
 
+from cxr_edge.core import overlay
 from cxr_edge.edge import runtime
 
 
@@ -35,3 +38,20 @@ def occlusion_map(model: runtime.LiteModel, image: np.ndarray, patch: int = 0,
       covered[y:y + patch, x:x + patch] = fill
       heat[i, j] = sign * (p0 - float(model.probabilities(covered)[1]))
   return np.maximum(heat, 0.0)
+
+
+def overlay_png(model: runtime.LiteModel, data: bytes, result: Dict) -> bytes:
+  """A film's occlusion overlay as a captioned PNG (cxr-predict --explain, cxr-node
+  --overlay).
+
+  Args:
+    model: the model that predicted the film.
+    data: the film's bytes (any format the runtime reads).
+    result: its prediction record (runtime.LiteModel.predict_bytes).
+  """
+  gray = runtime.decode_grayscale(runtime.film_as_8bit(data))
+  heat = occlusion_map(model, runtime.preprocess_gray(gray, model.image_size, model.scale))
+  caption = (f"{result['prediction']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
+             f"{result['threshold']:.3f})\nocclusion sensitivity, deployed model: "
+             f"{overlay.NOT_A_LOCALISATION}")
+  return overlay.heat_overlay(gray, heat, caption)

@@ -39,7 +39,6 @@ import numpy as np
 
 from cxr_edge.core import cli
 from cxr_edge.core import errors
-from cxr_edge.core import overlay
 from cxr_edge.edge import explain
 from cxr_edge.edge import runtime
 
@@ -75,17 +74,11 @@ def _explain(model: runtime.LiteModel, result: dict, folder: str, index: int) ->
   """Writes the occlusion overlay of one predicted film; returns the record's additions."""
   start = time.perf_counter()
   with open(result["path"], "rb") as f:
-    data = runtime.film_as_8bit(f.read())
-  gray = runtime.decode_grayscale(data)
-  heat = explain.occlusion_map(model, runtime.preprocess_gray(gray, model.image_size,
-                                                              model.scale))
-  caption = (f"{result['prediction']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
-             f"{result['threshold']:.3f})\nocclusion sensitivity, deployed model: "
-             f"{overlay.NOT_A_LOCALISATION}")
+    png = explain.overlay_png(model, f.read(), result)
   name = f"{index:05d}_{os.path.splitext(os.path.basename(result['path']))[0]}.occlusion.png"
   path = os.path.join(folder, name)
   with open(path, "wb") as f:
-    f.write(overlay.heat_overlay(gray, heat, caption))
+    f.write(png)
   return {"explanation": path, "explain_ms": round((time.perf_counter() - start) * 1000, 1)}
 
 

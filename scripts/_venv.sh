@@ -12,9 +12,9 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.cxr-edge-installed"
 WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[cxr-edge] installing cxr-edge[train,test,beam] into $VENV (first run takes a few minutes)" >&2
+  echo "[cxr-edge] installing cxr-edge[train,test,beam,node] into $VENV (first run takes a few minutes)" >&2
   "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -e "$ROOT[train,test,beam]"
+  "$PY" -m pip install --quiet -e "$ROOT[train,test,beam,node]"
   echo "$WANT" > "$STAMP"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -7,7 +7,8 @@ import numpy as np
 
 def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHROME2",
                  window=None, rescale=None, voi_lut=None, modality: str = "DX",
-                 patient_id: str = "PAT-001", syntax=None, frames: int = 1) -> bytes:
+                 patient_id: str = "PAT-001", syntax=None, frames: int = 1,
+                 attributes=None) -> bytes:
   """Writes stored pixel values as a DICOM Part 10 file (a digital X-ray, for presentation).
 
   For tests and the DICOM parity measurement (scripts/dicom_parity.py); not shipped.
@@ -21,6 +22,7 @@ def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHRO
     rescale: (slope, intercept) or None.
     voi_lut: (first_mapped, lut_bits, lut values) or None.
     syntax: a transfer syntax UID to compress to (RLE, JPEG 2000...), None: uncompressed.
+    attributes: more attributes, {keyword: value} (a study's UIDs, names, dates).
   """
   # pylint: disable=g-import-not-at-top
   from pydicom.dataset import Dataset, FileMetaDataset
@@ -61,6 +63,8 @@ def encode_dicom(pixels: np.ndarray, bits: int = 8, photometric: str = "MONOCHRO
     item.LUTDescriptor = [len(values), first, lut_bits]
     item.add_new(0x00283006, "US", [int(v) for v in values])  # LUTData
     ds.VOILUTSequence = Sequence([item])
+  for keyword, value in (attributes or {}).items():
+    setattr(ds, keyword, value)
   ds.PixelData = np.ascontiguousarray(
       pixels, np.uint8 if bits == 8 else np.uint16).tobytes()
   if syntax is not None:
@@ -118,3 +122,24 @@ def voi_lut(descriptor, data):
       items.append(item)
     ds.VOILUTSequence = Sequence(items)
   return edit
+
+
+def study_film(seed: int, study: int = 1, **attributes) -> bytes:
+  """A DX film as a modality sends it: in study number `study` (its UIDs derived from
+  it), with a patient, dates and a series; `attributes` override any of them."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:96, 0:80]
+  pixels = (40 + 120 * np.exp(-((x - 40) ** 2 / 900 + (y - 48) ** 2 / 1600))
+            + rng.integers(0, 40, (96, 80))).astype(np.uint16) * 16
+  fields = {"StudyInstanceUID": f"2.25.{1000 + study}", "SeriesInstanceUID":
+            f"2.25.{2000 + study}.{seed}", "PatientName": f"Test^Patient{study}",
+            "PatientID": f"TEST-{study}", "StudyDate": "20261201", "StudyTime": "101500",
+            "SeriesDescription": "PA chest", "InstanceNumber": seed + 1,
+            "Manufacturer": "test", "AccessionNumber": f"ACC{study}",
+            "ReferringPhysicianName": "", "PatientBirthDate": "", "PatientSex": "O",
+            "StudyID": str(study), "SeriesNumber": 1, "PatientOrientation": ["L", "F"],
+            "ImageType": ["ORIGINAL", "PRIMARY"], "PresentationIntentType": "FOR PRESENTATION",
+            "BodyPartExamined": "CHEST"}
+  fields.update(attributes)
+  return encode_dicom(pixels, bits=12, window=(1600, 2400), patient_id=fields["PatientID"],
+                      attributes=fields)

@@ -2,6 +2,7 @@
 
 Everything is one namespace, `cxr_edge`. `core` is the TensorFlow-free bottom layer and
 imports no other package of ours; `edge`, the device runtime, imports only `core`;
+`node`, the clinic node on the DICOM network, imports `core` and `edge`;
 `pipeline` imports `core`; `model` imports `core` and `pipeline`; `export` may import all
 of them. No product package imports `studies`, `tests` or `scripts`, and nothing anywhere
 imports a bare `pipeline`, `model`, `export`, `edge` or `core` (the names other
@@ -19,6 +20,7 @@ from tests.conftest import ROOT
 ALLOWED = {
     "core": {"core"},
     "edge": {"core", "edge"},
+    "node": {"core", "edge", "node"},
     "pipeline": {"core", "pipeline"},
     "model": {"core", "pipeline", "model"},
     "export": {"core", "pipeline", "model", "edge", "export"},
@@ -100,6 +102,13 @@ def test_every_edge_module_loads_only_core_and_edge(module):
   loaded = _loaded_after_import(module)
   assert module in loaded
   assert [m for m in loaded if m.split(".")[1] not in ("core", "edge")] == []
+
+
+@pytest.mark.parametrize("module", [f"cxr_edge.node.{m}" for m in _modules("node")])
+def test_every_node_module_loads_no_tensorflow_and_nothing_above_edge(module):
+  loaded = _loaded_after_import(module)
+  assert module in loaded
+  assert [m for m in loaded if m.split(".")[1] not in ("core", "edge", "node")] == []
 
 
 def test_the_core_loads_only_itself():

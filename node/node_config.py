@@ -1,0 +1,127 @@
+"""cxr-node's options, defined once: its flags and BUILD.md's flag table come from these
+fields (core/config_flags.py). Parsing of the composite values (a forwarding
+destination, an AE title) lives here too, so a mistyped flag is one line before
+anything starts."""
+import dataclasses
+import re
+from typing import Optional, Tuple
+
+from cxr_edge.core.config_flags import option
+from cxr_edge.core.errors import ConfigError
+
+# An AE title (PS3.5 6.2, VR AE): 1 to 16 characters of the default repertoire, no
+# backslash or control characters; spaces are not significant at either end.
+_AE_PATTERN = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+
+
+def ae_title(text: str) -> str:
+  """A checked AE title, without its insignificant spaces.
+
+  Raises:
+    ConfigError: empty, longer than 16 characters, or holding a backslash or control
+      character.
+  """
+  title = str(text).strip()
+  if not _AE_PATTERN.fullmatch(title):
+    raise ConfigError(f"{text!r} is not an AE title (1-16 printable characters, no "
+                      "backslash)")
+  return title
+
+
+@dataclasses.dataclass(frozen=True)
+class Destination:
+  """Where reports are forwarded: a DICOM node's AE title, host and port."""
+  ae_title: str
+  host: str
+  port: int
+
+  @classmethod
+  def parse(cls, text: str) -> "Destination":
+    """AE@host:port (host may be a name, an IPv4 address or a bracketed IPv6 one).
+
+    Raises:
+      ConfigError: not of that form, or a port outside 1-65535.
+    """
+    match = re.fullmatch(r"([^@]+)@(\[[0-9A-Fa-f:.]+\]|[^:@\[\]]+):([0-9]{1,5})", text or "")
+    if not match:
+      raise ConfigError(f"{text!r} is not AE@host:port (e.g. PACS@10.0.0.5:4242)")
+    port = int(match.group(3))
+    if not 0 < port < 65536:
+      raise ConfigError(f"port {port} in {text!r} is outside 1-65535")
+    return cls(ae_title(match.group(1)), match.group(2).strip("[]"), port)
+
+  def __str__(self) -> str:
+    return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _allow_list(text: str) -> Tuple[str, ...]:
+  return tuple(ae_title(t) for t in str(text).split(",") if t.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeOptions:
+  """What the clinic node listens on, runs, writes and forwards."""
+  model: str = option(
+      help="A .tflite exported by cxr-export (or calibrated by cxr-calibrate): its "
+      "embedded threshold decides, as in cxr-predict.")
+  spool_dir: str = option(
+      help="The node's own folder: the queue of received films, results, reports, the "
+      "audit log. One node per folder (a second one is refused).")
+  port: int = option(11112, lower_bound=0, upper_bound=65535,
+                     help="DICOM port to listen on (0: any free port, logged).")
+  host: str = option("0.0.0.0", help="Address the DICOM port listens on (the X-ray unit "
+                     "and the PACS connect to it; use --allow_ae to say which).")
+  ae_title: str = option("CXR_EDGE",
+                         help="This node's AE title; associations calling another are "
+                         "rejected.")
+  allow_ae: Tuple[str, ...] = option(
+      (), parse=_allow_list,
+      help="Calling AE titles allowed to send (comma-separated, e.g. PACS,XRAY1); empty: "
+      "any. Others are rejected at association.")
+  forward: Optional[str] = option(
+      None, help="Send each report to this DICOM node, AE@host:port (e.g. "
+      "PACS@10.0.0.5:4242). While it is unreachable reports wait on disk, across restarts.")
+  forward_ae_title: Optional[str] = option(
+      None, help="The calling AE title used towards --forward; default: --ae_title.")
+  forward_refusals: int = option(
+      3, lower_bound=1, help="A report the destination refuses this many times (a failure "
+      "status, not an outage) goes to dead_letter/ in the spool with the reason.")
+  http_port: Optional[int] = option(
+      None, lower_bound=0, upper_bound=65535,
+      help="Serve the review page on this port (0: any free port, logged); default: none.")
+  http_host: str = option(
+      "127.0.0.1", help="Address the review page listens on. Anything but loopback "
+      "requires a token (--http_token_file, else one is made and its file logged).")
+  http_token_file: Optional[str] = option(
+      None, help="A file holding the review page's access token (first line).")
+  strict: bool = option(
+      False, help="Films the plausibility guard flags as not looking like a chest "
+      "radiograph are not predicted: their report says NOT ANALYSED and why.")
+  overlay: bool = option(
+      False, help="Also send an occlusion map of each analysed film as a Secondary "
+      "Capture (about 200 model runs a film: slower).")
+  threads: int = option(1, lower_bound=1, help="Interpreter threads.")
+  max_associations: int = option(8, lower_bound=1,
+                                 help="Associations served at once; more are rejected.")
+  min_free_mb: int = option(
+      512, lower_bound=0, help="Refuse films (status A700, out of resources: the sender "
+      "keeps and retries them) while the spool's disk has less free space than this.")
+
+  @property
+  def destination(self) -> Optional[Destination]:
+    return Destination.parse(self.forward) if self.forward else None
+
+  def __post_init__(self):
+    """Checks what one flag's bounds cannot (AE titles, a destination's form).
+
+    Raises:
+      ConfigError: a malformed --ae_title, --forward or --forward_ae_title.
+    """
+    object.__setattr__(self, "ae_title", ae_title(self.ae_title))
+    if self.forward:
+      Destination.parse(self.forward)
+    if self.forward_ae_title:
+      ae_title(self.forward_ae_title)
+
+
+REQUIRED = ("model", "spool_dir")

@@ -1,0 +1,250 @@
+"""The clinic node: receiver, worker, forwarder and review page over one spool.
+
+The receiver (node/dicom.py) admits films into the spool and wakes the worker. The
+worker reads the queue oldest first, one film at a time, and for each: predicts it with
+the edge runtime (the same windowing, guard, threshold and --strict as cxr-predict),
+writes its Structured Report (and with `overlay` its Secondary Capture) into reports/,
+queues them for the forwarder, appends the audit line, writes the film's record and
+moves the film out of the queue (node/spool.py says why that order survives a crash).
+The forwarder sends reports to the PACS; the review page shows the records.
+
+Nothing a film holds stops the node: a film that cannot be read gets a report saying
+NOT ANALYSED and why; an unexpected failure on one film is logged and recorded as that
+film's error, and the worker goes on.
+"""
+import dataclasses
+import datetime
+import io
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from cxr_edge.core import errors
+from cxr_edge.core import image_io
+from cxr_edge.core import locks
+from cxr_edge.edge import explain
+from cxr_edge.edge import runtime
+from cxr_edge.node import dicom
+from cxr_edge.node import node_config
+from cxr_edge.node import report
+from cxr_edge.node import review
+from cxr_edge.node import spool as spool_lib
+
+log = logging.getLogger("cxr_edge.node")
+
+TOKEN_NAME = "http_token"
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _now_iso() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> Optional[str]:
+  value = ds.get(keyword)
+  return None if value is None else str(value)
+
+
+@dataclasses.dataclass
+class Ports:
+  """Where the node listens (the actual ports, when 0 was asked for)."""
+  dicom: int
+  http: Optional[int]
+
+
+class Node:
+  """One clinic node. `start()` serves until `stop()`; `process_pending()` runs the worker's
+  loop body once (tests drive it directly)."""
+
+  def __init__(self, options: node_config.NodeOptions,
+               model: Optional[runtime.LiteModel] = None):
+    """Loads the model and opens the spool (nothing listens yet).
+
+    Args:
+      options: the node's options.
+      model: the loaded model (default: options.model, loaded here).
+
+    Raises:
+      errors.ModelError: the model cannot be used. errors.CxrError: the spool is held by
+        another node.
+    """
+    self.options = options
+    self.model = model or runtime.LiteModel(options.model, options.threads)
+    if self.model.info.labels != ("NORMAL", "PNEUMONIA"):
+      raise errors.ModelError(f"{options.model}: cxr-node reports the binary pneumonia "
+                              f"finding; this model's classes are {self.model.info.labels}")
+    self._hold = locks.exclusive(options.spool_dir, "cxr-node", "--spool_dir")
+    self._hold.__enter__()  # held until stop(): one node per spool
+    self.spool = spool_lib.Spool(options.spool_dir, options.min_free_mb * 2**20)
+    self._wake = threading.Event()
+    self._stop = threading.Event()
+    self.receiver = dicom.Receiver(self.spool, options, self._wake.set)
+    destination = options.destination
+    self.forwarder = (dicom.Forwarder(self.spool, destination,
+                                      options.forward_ae_title or options.ae_title,
+                                      options.forward_refusals) if destination else None)
+    self.review: Optional[review.ReviewServer] = None
+    self._worker = threading.Thread(target=self._work, name="cxr-node worker", daemon=True)
+    self.processed = 0
+
+  def start(self) -> Ports:
+    """Starts the worker, the forwarder, the review page and, last, the receiver."""
+    if self.forwarder:
+      self.forwarder.start()
+    self._worker.start()
+    http_port = None
+    if self.options.http_port is not None:
+      self.review = review.ReviewServer(
+          self.spool, self.options.http_host, self.options.http_port, self._token(),
+          waiting=lambda: len(self.spool.outbox()))
+      self.review.start()
+      http_port = self.review.port
+    dicom_port = self.receiver.start()
+    queued = self.spool.queued()
+    log.info("cxr-node %s listening on %s:%d%s; model %s (sha256 %s...); %d film(s) "
+             "queued from before", self.options.ae_title, self.options.host, dicom_port,
+             f", review page on http://{self.options.http_host}:{http_port}/"
+             if http_port is not None else "", os.path.basename(self.options.model),
+             self.model.sha256[:12], queued)
+    return Ports(dicom_port, http_port)
+
+  def stop(self) -> None:
+    """Stops receiving first, then lets the worker finish its film; releases the spool."""
+    self.receiver.stop()
+    self._stop.set()
+    self._wake.set()
+    if self._worker.is_alive():
+      self._worker.join(timeout=120)
+    if self.forwarder:
+      self.forwarder.stop()
+    if self.review:
+      self.review.stop()
+    self._hold.__exit__(None, None, None)
+
+  def _token(self) -> Optional[str]:
+    """The review page's token: none on loopback; else --http_token_file's, or one made
+    and kept in the spool (readable by the node's user only)."""
+    if self.options.http_host in _LOOPBACK:
+      return None
+    if self.options.http_token_file:
+      try:
+        with open(self.options.http_token_file, encoding="utf-8") as f:
+          token = f.readline().strip()
+      except OSError as e:
+        raise errors.CxrError(f"--http_token_file: {e.strerror or e}") from None
+      if len(token) < 16:
+        raise errors.CxrError("--http_token_file: the token must be 16 characters or more")
+      return token
+    path = self.spool.path(TOKEN_NAME)
+    if not os.path.exists(path):
+      spool_lib.write_atomic(path, (secrets.token_urlsafe(24) + "\n").encode())
+      os.chmod(path, 0o600)
+    with open(path, encoding="utf-8") as f:
+      token = f.readline().strip()
+    log.info("the review page asks for the token in %s (open /?token=... once)", path)
+    return token
+
+  # The worker -----------------------------------------------------------------------
+
+  def _work(self) -> None:
+    while not self._stop.is_set():
+      self.process_pending()
+      self._wake.wait(timeout=1.0)
+      self._wake.clear()
+
+  def process_pending(self) -> int:
+    """Processes every queued film, oldest first; returns how many."""
+    done = 0
+    for uid in self.spool.pending():
+      if self._stop.is_set():
+        break
+      try:
+        self.process(uid)
+      except Exception as e:  # pylint: disable=broad-except
+        # A film that breaks the worker in a way nobody foresaw must not stop the node
+        # or block the queue behind it: it is recorded as that film's failure.
+        log.exception("film %s: unexpected failure", uid)
+        try:
+          self._fail(uid, f"internal error while processing ({type(e).__name__})")
+        except OSError as disk:  # the spool itself fails: wait for the next round
+          log.error("film %s stays queued: the spool cannot record it (%s)", uid,
+                    disk.strerror or disk)
+          break
+      done += 1
+    return done
+
+  def process(self, uid: str) -> Dict:
+    """One queued film through to its record; returns the record."""
+    path = self.spool.path("incoming", uid + ".dcm")
+    received_ns = self.spool.received_ns(uid)
+    data = image_io.read_file(path)
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    start = time.perf_counter()
+    try:
+      result = self.model.predict_bytes(data, self.options.strict)
+    except (errors.ImageError, image_io.UnreadableFile) as e:
+      result = {"error": str(e)}
+    names = [self._write(uid + ".sr.dcm", report.structured_report(
+        header, result, self.model.info, self.model.sha256))]
+    has_overlay = False
+    if self.options.overlay and "error" not in result:
+      png = explain.overlay_png(self.model, data, result)
+      spool_lib.write_atomic(self.spool.path("overlays", uid + ".png"), png)
+      with Image.open(io.BytesIO(png)) as im:
+        rgb = np.asarray(im.convert("RGB"))
+      names.append(self._write(uid + ".sc.dcm", report.overlay_capture(
+          header, rgb, self.model.sha256)))
+      has_overlay = True
+    if self.forwarder:
+      for name in names:
+        self.spool.enqueue_forward(name)
+      self.forwarder.wake()
+    uids = report.report_uids(uid, self.model.sha256, str(header.StudyInstanceUID))
+    audit = {"time": _now_iso(), "sop_instance_uid": uid,
+             "study_instance_uid": str(header.StudyInstanceUID),
+             "model_sha256": self.model.sha256,
+             "prediction": result.get("prediction"), "p_pneumonia": result.get("p_pneumonia"),
+             "threshold": result.get("threshold", self.model.threshold),
+             "warning": result.get("warning"), "error": result.get("error"),
+             "report_sop_instance_uid": uids["sr"]}
+    self.spool.audit_once(audit)
+    record = {**audit, "received_ns": received_ns, "processed_ns": time.time_ns(),
+              "processing_ms": round((time.perf_counter() - start) * 1000, 1),
+              "overlay": has_overlay, "study_date": _text(header, "StudyDate"),
+              "patient_name": _text(header, "PatientName"),
+              "series_description": _text(header, "SeriesDescription"),
+              "modality": _text(header, "Modality")}
+    self.spool.finish(uid, record)
+    self.processed += 1
+    outcome = (f"not analysed ({result['error']})" if "error" in result else
+               f"{result['prediction']} p={result['p_pneumonia']:.3f}"
+               + (" with a warning" if result.get("warning") else ""))
+    log.info("film %s: %s", uid, outcome)
+    return record
+
+  def _write(self, name: str, ds: pydicom.Dataset) -> str:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    spool_lib.write_atomic(self.spool.path("reports", name), out.getvalue())
+    return name
+
+  def _fail(self, uid: str, why: str) -> None:
+    """Records a film the worker could not process at all (no report could be made)."""
+    try:
+      received_ns = self.spool.received_ns(uid)
+    except OSError:
+      return  # gone already
+    audit = {"time": _now_iso(), "sop_instance_uid": uid, "study_instance_uid": None,
+             "model_sha256": self.model.sha256, "prediction": None, "p_pneumonia": None,
+             "threshold": self.model.threshold, "warning": None, "error": why,
+             "report_sop_instance_uid": None}
+    self.spool.audit_once(audit)
+    self.spool.finish(uid, {**audit, "received_ns": received_ns,
+                            "processed_ns": time.time_ns(), "overlay": False})

@@ -1,0 +1,190 @@
+"""What the clinic node sends back to the PACS: a DICOM Structured Report per film (and,
+when asked, a Secondary Capture of the occlusion overlay), both in the film's study.
+
+The report is a TID 1500 Measurement Report, as IHE AI Results and MONAI Deploy's SR
+writer make them, built with highdicom (which keeps the template's structure and the
+patient/study modules right): the film as evidence and source image; the algorithm
+(cxr-edge's network, the package's version and the model file's sha256); the finding
+"Pneumonia" present or absent at the package threshold; p_pneumonia and the threshold
+as numbers; the plausibility guard's warning; and the caution that it is a triage aid,
+not for diagnostic use. A film the node could not analyse gets a report too, saying so
+and why, so that no reader takes silence for a negative.
+
+UIDs derive from the film's SOP Instance UID and the model's sha256, so a film redone
+after a crash gets a report with the same UIDs (the PACS keeps one instance, not two).
+"""
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from cxr_edge.core import package_info
+from cxr_edge.core.version import __version__
+
+MANUFACTURER = "cxr-edge"
+CAUTION = ("CAUTION: Not for Diagnostic Use. Produced by cxr-edge, a triage aid that flags "
+           "chest radiographs which may show pneumonia so that a clinician reads them "
+           "first; the finding is a model's output, not a diagnosis.")
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+SR_SERIES_DESCRIPTION = "cxr-edge AI triage - not for diagnostic use"
+SC_SERIES_DESCRIPTION = "cxr-edge occlusion map - not for diagnostic use"
+
+# SNOMED CT and DCM codes of the report's content; the probability has none, so it is
+# coded in a private scheme (99CXREDGE), as PS3.16 allows for local codes.
+PLAIN_CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
+PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("2667000", "SCT", "Absent")
+P_PNEUMONIA = Code("p_pneumonia", "99CXREDGE", "Probability of pneumonia")
+THRESHOLD = Code("threshold", "99CXREDGE", "Decision threshold")
+PROBABILITY_UNIT = Code("1", "UCUM", "no units")
+COMMENT = Code("121106", "DCM", "Comment")
+
+
+def report_uids(film_uid: str, model_sha256: str, study_uid: str) -> Dict[str, str]:
+  """The report's and overlay's UIDs: the same film and model always give the same ones.
+
+  One series per study and model for the reports, one for the overlays.
+  """
+  def uid(*parts: str) -> str:
+    return generate_uid(prefix=None, entropy_srcs=["cxr-edge", *parts])
+  return {"sr": uid("sr", film_uid, model_sha256),
+          "sr_series": uid("sr-series", study_uid, model_sha256),
+          "sc": uid("sc", film_uid, model_sha256),
+          "sc_series": uid("sc-series", study_uid, model_sha256)}
+
+
+def _device(info: package_info.ModelInfo, sha256: str):
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  return hd.sr.DeviceObserverIdentifyingAttributes(
+      uid=generate_uid(prefix=None, entropy_srcs=["cxr-edge device", sha256]),
+      name=f"cxr-edge {__version__}", manufacturer_name=MANUFACTURER,
+      model_name=info.model or "cxr-edge model", serial_number=sha256[:16])
+
+
+def structured_report(film: pydicom.Dataset, result: Dict,
+                      info: package_info.ModelInfo, sha256: str) -> pydicom.Dataset:
+  """The film's report as a Comprehensive SR dataset.
+
+  Args:
+    film: the film's dataset (its header is enough: pixels are not read).
+    result: the runtime's record ({"prediction", "p_pneumonia", "threshold", "warning"}),
+      or {"error": why} for a film that could not be analysed.
+    info: the model package's metadata.
+    sha256: the model file's sha256.
+  """
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  uids = report_uids(film.SOPInstanceUID, sha256, film.StudyInstanceUID)
+  context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+      observer_type=codes.DCM.Device,
+      observer_identifying_attributes=_device(info, sha256)))
+  analysed = "error" not in result
+  algorithm = hd.sr.AlgorithmIdentification(
+      name=f"cxr-edge {info.model or 'model'}", version=__version__,
+      parameters=[f"model sha256 {sha256}", f"threshold {info.threshold:.6f}"],
+      manufacturer=MANUFACTURER)
+  measurements, evaluations = None, None
+  if analysed:
+    measurements = [
+        hd.sr.Measurement(name=name, value=float(value), unit=PROBABILITY_UNIT,
+                          algorithm_id=algorithm)
+        for name, value in ((P_PNEUMONIA, result["p_pneumonia"]),
+                            (THRESHOLD, result["threshold"]))]
+    finding = PRESENT if result["prediction"] == info.labels[1] else ABSENT
+    evaluations = [hd.sr.QualitativeEvaluation(PNEUMONIA, finding)]
+  # A film not analysed still gets its group (algorithm, source image), with no finding.
+  groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
+      tracking_identifier=hd.sr.TrackingIdentifier(
+          uid=generate_uid(prefix=None, entropy_srcs=["cxr-edge tracking", uids["sr"]]),
+          identifier="cxr-edge pneumonia triage"),
+      finding_type=PNEUMONIA, algorithm_id=algorithm, measurements=measurements,
+      qualitative_evaluations=evaluations,
+      source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(film)])]
+  report = hd.sr.MeasurementReport(observation_context=context,
+                                   procedure_reported=PLAIN_CHEST_XRAY,
+                                   imaging_measurements=groups)
+  comments = [CAUTION]
+  if not analysed:
+    comments.insert(0, f"NOT ANALYSED: {result['error']}")
+  elif result.get("warning"):
+    comments.insert(0, f"WARNING: {result['warning']}")
+  root = report[0]
+  for text in comments:
+    root.ContentSequence.append(hd.sr.TextContentItem(
+        name=COMMENT, value=text[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+  sr = hd.sr.ComprehensiveSR(
+      evidence=[film], content=report, series_instance_uid=uids["sr_series"],
+      series_number=SR_SERIES_NUMBER, sop_instance_uid=uids["sr"],
+      instance_number=_instance_number(film), manufacturer=MANUFACTURER,
+      is_complete=True, is_final=False, is_verified=False,
+      series_description=SR_SERIES_DESCRIPTION)
+  return sr
+
+
+def overlay_capture(film: pydicom.Dataset, rgb: np.ndarray, sha256: str) -> pydicom.Dataset:
+  """The occlusion overlay (an RGB drawing, uint8 [H, W, 3]) as a Secondary Capture in
+  the film's study."""
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  uids = report_uids(film.SOPInstanceUID, sha256, film.StudyInstanceUID)
+  sc = hd.sc.SCImage.from_ref_dataset(
+      ref_dataset=film, pixel_array=np.ascontiguousarray(rgb, np.uint8),
+      photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+      series_instance_uid=uids["sc_series"], series_number=SC_SERIES_NUMBER,
+      sop_instance_uid=uids["sc"], instance_number=_instance_number(film),
+      manufacturer=MANUFACTURER, series_description=SC_SERIES_DESCRIPTION,
+      patient_orientation=_orientation(film),
+      transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian)
+  sc.BurnedInAnnotation = "YES"  # the caption is drawn into the pixels
+  return sc
+
+
+def _orientation(film: pydicom.Dataset) -> Tuple[str, str]:
+  """The film's PatientOrientation, which the overlay keeps (it is drawn upright as the
+  film is); without one, a frontal chest film's display convention (patient's left to
+  the right, feet down)."""
+  value = film.get("PatientOrientation")
+  try:
+    row, column = (str(v) for v in value)
+  except (TypeError, ValueError):
+    return "L", "F"
+  valid = set("LRAPHF")
+  if row and column and set(row) <= valid and set(column) <= valid:
+    return row, column
+  return "L", "F"
+
+
+def _instance_number(film: pydicom.Dataset) -> int:
+  try:
+    number = int(film.get("InstanceNumber") or 1)
+  except (TypeError, ValueError):
+    return 1
+  return number if 0 < number < 2**31 else 1
+
+
+def describe(sr: pydicom.Dataset) -> Optional[Dict[str, object]]:
+  """The finding, probability, threshold and comments read back from one of our reports
+  (for tests and for checking what a PACS holds)."""
+  out: Dict[str, object] = {"comments": []}
+  for item in _walk(sr.ContentSequence):
+    name = item.ConceptNameCodeSequence[0].CodeMeaning
+    if item.ValueType == "NUM":
+      out[name] = float(item.MeasuredValueSequence[0].NumericValue)
+    elif item.ValueType == "CODE" and name == PNEUMONIA.meaning:
+      out["finding"] = item.ConceptCodeSequence[0].CodeMeaning
+    elif item.ValueType == "TEXT" and name == COMMENT.meaning:
+      out["comments"].append(item.TextValue)
+    elif item.ValueType == "IMAGE":
+      out["source"] = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+  return out
+
+
+def _walk(items):
+  for item in items:
+    yield item
+    if "ContentSequence" in item:
+      yield from _walk(item.ContentSequence)

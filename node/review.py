@@ -1,0 +1,274 @@
+"""The clinic node's review page: a worklist of what the node read, newest first, and
+each film with its overlay. Standard library only (http.server), no external assets
+(clinics are often offline), no script: the worklist refreshes itself by a meta tag.
+
+Every value shown comes from a DICOM header or the node's own records and is escaped;
+film identifiers in URLs must be well-formed UIDs, so nothing but the spool's own files
+can be served. The page binds to loopback unless told otherwise; anywhere else it asks
+for a token (once, as ?token=..., then kept in an HttpOnly cookie; or as an
+"Authorization: Bearer" header), compared in constant time.
+"""
+import datetime
+import hmac
+import html
+import http.server
+import io
+import json
+import logging
+import os
+import threading
+import urllib.parse
+from typing import Dict, List, Optional
+
+from PIL import Image
+
+from cxr_edge.core import film
+from cxr_edge.core import image_io
+from cxr_edge.core import schema
+from cxr_edge.node import spool as spool_lib
+
+log = logging.getLogger("cxr_edge.node")
+
+WORKLIST_LENGTH = 200
+REFRESH_SECONDS = 10
+PREVIEW_SIDE = 1024
+_COOKIE = "cxr_node_token"
+_HEADERS = {
+    # Nothing from elsewhere, no script, no framing, no caching of patient data.
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; "
+                               "style-src 'unsafe-inline'; form-action 'none'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_STYLE = """
+body{font-family:sans-serif;margin:1em;background:#111;color:#eee}
+a{color:#9cf}table{border-collapse:collapse;width:100%}
+td,th{border-bottom:1px solid #444;padding:4px 8px;text-align:left;font-size:14px}
+.PNEUMONIA{color:#f96;font-weight:bold}.warn{color:#fd6}.err{color:#f66}
+.caution{background:#432;padding:6px;margin:8px 0}img{max-width:48%;margin:4px}
+"""
+CAUTION = ("Triage aid, not for diagnostic use: the findings below are a model's "
+           "outputs; every film is read by a clinician.")
+
+
+def _e(value: object) -> str:
+  return html.escape("" if value is None else str(value), quote=True)
+
+
+def _time(ns: Optional[int]) -> str:
+  if not ns:
+    return ""
+  return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _study_date(text: Optional[str]) -> str:
+  text = text or ""
+  if len(text) == 8 and text.isdigit():
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+  return text
+
+
+def _page(title: str, body: str, refresh: bool = False) -> bytes:
+  meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+  return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}"
+          f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
+          f"<h1>{_e(title)}</h1><div class=\"caution\">{_e(CAUTION)}</div>{body}"
+          "</body></html>").encode("utf-8")
+
+
+def _outcome(record: Dict) -> str:
+  if record.get("error"):
+    return f'<span class="err">not analysed: {_e(record["error"])}</span>'
+  return f'<span class="warn">{_e(record.get("warning"))}</span>'
+
+
+def worklist(records: List[Dict], queued: int, waiting: int) -> bytes:
+  """The worklist page: newest first, each row linking to its film."""
+  rows = []
+  for r in records:
+    uid = r.get("sop_instance_uid", "")
+    p = r.get("p_pneumonia")
+    threshold = r.get("threshold")
+    rows.append(
+        "<tr>"
+        f"<td>{_e(_time(r.get('received_ns')))}</td>"
+        f"<td>{_e(_study_date(r.get('study_date')))}</td>"
+        f"<td>{_e(r.get('patient_name'))}</td>"
+        f"<td>{_e(r.get('series_description'))}</td>"
+        f"<td class=\"{_e(r.get('prediction') or '')}\">"
+        f"<a href=\"/film/{urllib.parse.quote(uid)}\">{_e(r.get('prediction') or 'none')}"
+        "</a></td>"
+        f"<td>{'' if p is None else f'{p:.3f}'}</td>"
+        f"<td>{'' if threshold is None else f'{threshold:.3f}'}</td>"
+        f"<td>{_outcome(r)}</td></tr>")
+  status = (f"<p>{len(records)} film(s) shown (newest first, at most {WORKLIST_LENGTH}); "
+            f"{queued} waiting to be read; {waiting} report(s) waiting for the PACS. "
+            f"Refreshes every {REFRESH_SECONDS} s.</p>")
+  table = ("<table><tr><th>Received</th><th>Study date</th><th>Patient</th>"
+           "<th>Series</th><th>Prediction</th><th>p_pneumonia</th><th>Threshold</th>"
+           "<th>Warning</th></tr>" + "".join(rows) + "</table>")
+  return _page("cxr-node worklist", status + table, refresh=True)
+
+
+def film_page(record: Dict, has_overlay: bool) -> bytes:
+  """One film: its details, the film and (if made) its occlusion overlay."""
+  uid = urllib.parse.quote(record["sop_instance_uid"])
+  fields = [("Received", _time(record.get("received_ns"))),
+            ("Study date", _study_date(record.get("study_date"))),
+            ("Patient", record.get("patient_name")),
+            ("Series", record.get("series_description")),
+            ("Prediction", record.get("prediction") or "none"),
+            ("p_pneumonia", record.get("p_pneumonia")),
+            ("Threshold", record.get("threshold")),
+            ("Warning", record.get("warning")), ("Not analysed", record.get("error")),
+            ("SOP Instance UID", record.get("sop_instance_uid")),
+            ("Report", record.get("report_sop_instance_uid")),
+            ("Model sha256", record.get("model_sha256"))]
+  table = "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
+                              for k, v in fields if v is not None) + "</table>"
+  images = f'<img src="/film/{uid}.png" alt="film">'
+  if has_overlay:
+    images += f'<img src="/overlay/{uid}.png" alt="occlusion overlay">'
+  return _page("cxr-node film", '<p><a href="/">worklist</a></p>' + table + images)
+
+
+def film_preview(path: str) -> bytes:
+  """A film as a PNG for the browser: windowed as the model saw it, at most
+  PREVIEW_SIDE px on its longer side."""
+  data = film.as_8bit(image_io.read_file(path), schema.MAX_PIXELS)
+  with Image.open(io.BytesIO(data)) as im:
+    im = im.convert("L")
+    im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+  return out.getvalue()
+
+
+class ReviewServer:
+  """The review page over a spool, in a background thread."""
+
+  def __init__(self, spool: spool_lib.Spool, host: str, port: int,
+               token: Optional[str] = None, waiting=lambda: 0):
+    """
+    Args:
+      spool: the node's spool.
+      host, port: where to listen (port 0: any free port).
+      token: required of every request when given.
+      waiting: a callable giving how many reports wait for the PACS.
+    """
+    self.spool, self.token, self.waiting = spool, token, waiting
+    handler = type("Handler", (_Handler,), {"server_state": self})
+    self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+    self.httpd.daemon_threads = True
+    self._thread = threading.Thread(target=self.httpd.serve_forever,
+                                    name="cxr-node review page", daemon=True)
+
+  @property
+  def port(self) -> int:
+    return self.httpd.server_address[1]
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def stop(self) -> None:
+    self.httpd.shutdown()
+    self.httpd.server_close()
+    self._thread.join(timeout=10)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  server_state: ReviewServer
+  server_version = "cxr-node"
+  sys_version = ""
+
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    del format, args  # paths carry UIDs: the node's log stays free of them
+
+  def _send(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8",
+            headers: Optional[Dict[str, str]] = None) -> None:
+    self.send_response(status)
+    for k, v in {**_HEADERS, **(headers or {})}.items():
+      self.send_header(k, v)
+    self.send_header("Content-Type", content_type)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    if self.command != "HEAD":
+      self.wfile.write(body)
+
+  def _authorised(self, query: Dict[str, List[str]]) -> Optional[bool]:
+    """True, False, or None when a good ?token= was given (answered with a redirect)."""
+    token = self.server_state.token
+    if token is None:
+      return True
+    given = []
+    bearer = self.headers.get("Authorization", "")
+    if bearer.startswith("Bearer "):
+      given.append(bearer[7:].strip())
+    for part in self.headers.get("Cookie", "").split(";"):
+      name, _, value = part.strip().partition("=")
+      if name == _COOKIE:
+        given.append(value)
+    if any(hmac.compare_digest(g.encode(), token.encode()) for g in given):
+      return True
+    offered = query.get("token", [""])[0]
+    if offered and hmac.compare_digest(offered.encode(), token.encode()):
+      # Into a cookie, and out of the address bar (and the browser's history).
+      self._send(303, b"", headers={
+          "Location": urllib.parse.urlsplit(self.path).path or "/",
+          "Set-Cookie": f"{_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"})
+      return None
+    return False
+
+  def do_HEAD(self):  # pylint: disable=invalid-name
+    self.do_GET()
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    url = urllib.parse.urlsplit(self.path)
+    allowed = self._authorised(urllib.parse.parse_qs(url.query))
+    if allowed is None:
+      return
+    if not allowed:
+      self._send(401, _page("cxr-node", "<p>This page needs its access token: open it "
+                                        "as /?token=... once.</p>"))
+      return
+    try:
+      self._route(url.path)
+    except (OSError, film.FilmError, image_io.UnreadableFile) as e:
+      log.warning("review page: %s", type(e).__name__)
+      self._send(500, _page("cxr-node", "<p>That film cannot be shown.</p>"))
+
+  def _route(self, path: str) -> None:
+    state = self.server_state
+    spool = state.spool
+    parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+    if path in ("/", ""):
+      self._send(200, worklist(spool.recent(WORKLIST_LENGTH), spool.queued(),
+                               state.waiting()))
+    elif parts == ["worklist.json"]:
+      self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
+                 "application/json")
+    elif len(parts) == 2 and parts[0] in ("film", "overlay"):
+      self._film(parts[0], parts[1])
+    else:
+      self._send(404, _page("cxr-node", "<p>Not found.</p>"))
+
+  def _film(self, kind: str, name: str) -> None:
+    spool = self.server_state.spool
+    png = name.endswith(".png")
+    uid = name[:-4] if png else name
+    record = spool.result(uid) if spool_lib.is_uid(uid) else None
+    if record is None:
+      self._send(404, _page("cxr-node", "<p>No such film.</p>"))
+      return
+    overlay_path = spool.path("overlays", uid + ".png")
+    if kind == "film" and not png:
+      self._send(200, film_page(record, os.path.exists(overlay_path)))
+    elif kind == "film":
+      self._send(200, film_preview(spool.path("films", uid + ".dcm")), "image/png")
+    elif png and os.path.exists(overlay_path):
+      with open(overlay_path, "rb") as f:
+        self._send(200, f.read(), "image/png")
+    else:
+      self._send(404, _page("cxr-node", "<p>No overlay for this film.</p>"))

@@ -1,0 +1,296 @@
+"""The clinic node's disk: every film and result in folders, so that nothing acknowledged
+is lost and nothing is done twice, whatever kills the process.
+
+A film's way through the spool (one folder per state, one file per film, named by its SOP
+Instance UID, which the receiver has checked is a well-formed UID):
+
+  receiving/   pynetdicom writes a C-STORE's dataset here while it arrives
+  incoming/    fsync'd and linked here *before* the success status goes back: the queue
+  results/     <uid>.json, the film's record, written once its reports are on disk
+  films/       the film, moved here last (the review page shows it)
+  reports/     <uid>.sr.dcm (and <uid>.sc.dcm, the overlay) for the PACS
+  overlays/    <uid>.png, the occlusion overlay, for the review page
+  outbox/      links to reports still to be forwarded; dead_letter/ those refused
+  audit.jsonl  one line per film, appended once; forwarded.jsonl one per report sent
+
+Every file is written whole and renamed into place (write, fsync, rename, fsync the
+folder), so a crash leaves either the old state or the new one. A film is processed
+again after a crash only if its result was not yet written; processing is deterministic
+(report UIDs derive from the film's and the model's), so redoing it rewrites the same
+files, and the audit line is appended only if the last line is not already this film's.
+One worker processes films, which is what makes that last-line check sufficient.
+"""
+import contextlib
+import json
+import os
+import re
+import threading
+from typing import Dict, Iterator, List, Optional
+
+from cxr_edge.core import errors
+
+# A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters. Received UIDs name
+# files, so nothing else may pass.
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_UID_LENGTH = 64
+
+FOLDERS = ("receiving", "incoming", "results", "films", "reports", "overlays", "outbox",
+           "dead_letter")
+AUDIT_NAME = "audit.jsonl"
+FORWARDED_NAME = "forwarded.jsonl"
+# Bytes read back from the end of the audit log to find its last line.
+_TAIL_BYTES = 64 * 1024
+
+
+def is_uid(text: object) -> bool:
+  """Whether `text` is a well-formed DICOM UID (safe as a file name)."""
+  return (isinstance(text, str) and len(text) <= MAX_UID_LENGTH
+          and UID_PATTERN.fullmatch(text) is not None)
+
+
+def _fsync_folder(folder: str) -> None:
+  fd = os.open(folder, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Writes `path` whole or not at all, durably (the folder's entry included)."""
+  folder = os.path.dirname(path)
+  tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                             f"{threading.get_ident()}.tmp")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+  _fsync_folder(folder)
+
+
+class SpoolFull(errors.CxrError):
+  """The spool's disk has less free space than the node keeps in reserve."""
+
+
+class Spool:
+  """The node's folders and the operations that move a film between them."""
+
+  def __init__(self, root: str, min_free_bytes: int = 0):
+    """Creates the folders if need be and repairs what a crash may have left.
+
+    Args:
+      root: the spool folder (the caller holds its lock: one node per spool).
+      min_free_bytes: films are refused (SpoolFull) when less is free on its disk.
+    """
+    self.root = root
+    self.min_free_bytes = min_free_bytes
+    for name in FOLDERS:
+      os.makedirs(self.path(name), exist_ok=True)
+    self._lock = threading.Lock()  # admission against moving a film out of incoming/
+    self._audit_lock = threading.Lock()
+    self._clear_receiving()
+    self._repair_log(AUDIT_NAME)
+    self._repair_log(FORWARDED_NAME)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.root, *parts)
+
+  def _clear_receiving(self) -> None:
+    """Partial datasets of associations a crash cut off: never acknowledged, so the
+    sender still has them. Only pynetdicom's temporary files are removed."""
+    for name in os.listdir(self.path("receiving")):
+      if name.startswith("tmp") and name.endswith(".dcm"):
+        with contextlib.suppress(OSError):
+          os.unlink(self.path("receiving", name))
+
+  def _repair_log(self, name: str) -> None:
+    """Cuts a last line that a crash left half-written (it is written again)."""
+    path = self.path(name)
+    if not os.path.exists(path):
+      return
+    with open(path, "rb+") as f:
+      size = f.seek(0, os.SEEK_END)
+      if size == 0:
+        return
+      f.seek(max(0, size - _TAIL_BYTES))
+      tail = f.read()
+      if tail.endswith(b"\n"):
+        return
+      cut = tail.rfind(b"\n")  # lines are far shorter than the tail read back
+      f.truncate(size - len(tail) + cut + 1)
+      f.flush()
+      os.fsync(f.fileno())
+
+  # Admission (receiver threads) --------------------------------------------------------
+
+  def check_space(self) -> None:
+    """Raises SpoolFull when the spool's disk is below its reserve."""
+    st = os.statvfs(self.root)
+    free = st.f_bavail * st.f_frsize
+    if free < self.min_free_bytes:
+      raise SpoolFull(f"{free // 2**20} MiB free on the spool's disk, below the "
+                      f"{self.min_free_bytes // 2**20} MiB reserve")
+
+  def known(self, uid: str) -> bool:
+    """Whether the film is queued or done (a second copy is not queued again)."""
+    return (os.path.exists(self.path("incoming", uid + ".dcm"))
+            or os.path.exists(self.path("results", uid + ".json")))
+
+  def admit(self, received_path: str, uid: str) -> bool:
+    """Queues a received film durably; the caller acknowledges it only after this returns.
+
+    Args:
+      received_path: the complete dataset as received (a file on any disk).
+      uid: its SOP Instance UID (checked with is_uid).
+
+    Returns:
+      True if queued, False if the film was already queued or done (sent twice).
+
+    Raises:
+      SpoolFull: below the disk reserve. OSError: the disk refused the write (full).
+    """
+    assert is_uid(uid), uid
+    with open(received_path, "rb") as f:  # the data on disk before anything names it
+      os.fsync(f.fileno())
+    target = self.path("incoming", uid + ".dcm")
+    with self._lock:
+      if self.known(uid):
+        return False
+      self.check_space()
+      try:
+        os.link(received_path, target)  # same disk: no copy, the same bytes
+      except OSError:  # another disk (the temporary folder was elsewhere): copy durably
+        with open(received_path, "rb") as f:
+          write_atomic(target, f.read())
+      else:
+        _fsync_folder(self.path("incoming"))
+    return True
+
+  # The worker ------------------------------------------------------------------------
+
+  def pending(self) -> List[str]:
+    """UIDs of queued films, oldest first (by arrival, then name)."""
+    entries = []
+    with os.scandir(self.path("incoming")) as it:
+      for e in it:
+        if e.name.endswith(".dcm") and is_uid(e.name[:-4]):
+          with contextlib.suppress(FileNotFoundError):
+            entries.append((e.stat().st_mtime_ns, e.name[:-4]))
+    return [uid for _, uid in sorted(entries)]
+
+  def received_ns(self, uid: str) -> int:
+    """When the film arrived (its file's modification time, in ns since the epoch)."""
+    return os.stat(self.path("incoming", uid + ".dcm")).st_mtime_ns
+
+  def result(self, uid: str) -> Optional[Dict]:
+    """The film's record, or None if it has none yet."""
+    try:
+      with open(self.path("results", uid + ".json"), encoding="utf-8") as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+
+  def audit_once(self, line: Dict) -> None:
+    """Appends the film's audit line unless it is already the last one (a redo)."""
+    path = self.path(AUDIT_NAME)
+    with self._audit_lock:
+      last = _last_line(path)
+      if last is not None and last.get("sop_instance_uid") == line["sop_instance_uid"]:
+        return
+      _append_line(path, line)
+
+  def finish(self, uid: str, record: Dict) -> None:
+    """Writes the film's record, then moves the film out of the queue."""
+    write_atomic(self.path("results", uid + ".json"),
+                 json.dumps(record, sort_keys=True).encode("utf-8"))
+    with self._lock:
+      os.replace(self.path("incoming", uid + ".dcm"), self.path("films", uid + ".dcm"))
+    _fsync_folder(self.path("films"))
+    _fsync_folder(self.path("incoming"))
+
+  # Forwarding ------------------------------------------------------------------------
+
+  def enqueue_forward(self, name: str) -> None:
+    """Queues reports/<name> for the destination (a link: no second copy)."""
+    target = self.path("outbox", name)
+    with contextlib.suppress(FileExistsError):  # queued before a crash
+      os.link(self.path("reports", name), target)
+    _fsync_folder(self.path("outbox"))
+
+  def outbox(self) -> List[str]:
+    """Reports waiting for the destination, oldest first."""
+    entries = []
+    with os.scandir(self.path("outbox")) as it:
+      for e in it:
+        if e.name.endswith(".dcm"):
+          with contextlib.suppress(FileNotFoundError):
+            entries.append((e.stat().st_ctime_ns, e.name))
+    return [name for _, name in sorted(entries)]
+
+  def forwarded(self, name: str, line: Dict) -> None:
+    """A report the destination accepted: logged, then out of the outbox."""
+    _append_line(self.path(FORWARDED_NAME), line)
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(self.path("outbox", name))
+    _fsync_folder(self.path("outbox"))
+
+  def dead_letter(self, name: str, reason: str) -> None:
+    """A report the destination refused for good: moved aside with the reason."""
+    write_atomic(self.path("dead_letter", name + ".reason.txt"),
+                 (reason + "\n").encode("utf-8"))
+    os.replace(self.path("outbox", name), self.path("dead_letter", name))
+    _fsync_folder(self.path("outbox"))
+
+  # The review page -------------------------------------------------------------------
+
+  def recent(self, limit: int) -> List[Dict]:
+    """The newest `limit` records (by arrival), newest first."""
+    entries = []
+    with os.scandir(self.path("results")) as it:
+      for e in it:
+        if e.name.endswith(".json") and is_uid(e.name[:-5]):
+          entries.append(e.name[:-5])
+    records = [r for r in (self.result(uid) for uid in entries) if r is not None]
+    records.sort(key=lambda r: (r.get("received_ns", 0), r.get("sop_instance_uid", "")),
+                 reverse=True)
+    return records[:limit]
+
+  def queued(self) -> int:
+    return len(self.pending())
+
+
+def _last_line(path: str) -> Optional[Dict]:
+  try:
+    with open(path, "rb") as f:
+      size = f.seek(0, os.SEEK_END)
+      f.seek(max(0, size - _TAIL_BYTES))
+      lines = f.read().rstrip(b"\n").rsplit(b"\n", 1)
+  except FileNotFoundError:
+    return None
+  try:
+    return json.loads(lines[-1]) if lines[-1] else None
+  except ValueError:
+    return None
+
+
+def _append_line(path: str, line: Dict) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(line, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def iter_lines(path: str) -> Iterator[Dict]:
+  """The records of a JSON-lines log of the spool (the audit or the forwarded log)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        yield json.loads(line)
