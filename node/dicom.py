@@ -182,6 +182,7 @@ class Forwarder:
     self._refused: Dict[str, int] = {}
     self._wake = threading.Event()
     self._stop = threading.Event()
+    self._sending = threading.Lock()  # one sender at a time: no report goes out twice
     self._thread = threading.Thread(target=self._run, name="cxr-node forwarder",
                                      daemon=True)
     self.backoff = 0.0  # seconds the forwarder waits before the next try (0: none)
@@ -192,7 +193,8 @@ class Forwarder:
   def stop(self) -> None:
     self._stop.set()
     self._wake.set()
-    self._thread.join(timeout=30)
+    if self._thread.is_alive():
+      self._thread.join(timeout=30)
 
   def wake(self) -> None:
     self._wake.set()
@@ -221,7 +223,10 @@ class Forwarder:
     Raises:
       DestinationUnavailable: no association, or it broke off.
     """
-    names = self.spool.outbox()
+    with self._sending:
+      return self._send(self.spool.outbox())
+
+  def _send(self, names: List[str]) -> int:
     if not names:
       return 0
     ae = AE(ae_title=self.calling_ae)

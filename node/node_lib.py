@@ -85,6 +85,7 @@ class Node:
     self.spool = spool_lib.Spool(options.spool_dir, options.min_free_mb * 2**20)
     self._wake = threading.Event()
     self._stop = threading.Event()
+    self._busy = threading.Lock()  # held while a film is between the queue and its record
     self.receiver = dicom.Receiver(self.spool, options, self._wake.set)
     destination = options.destination
     self.forwarder = (dicom.Forwarder(self.spool, destination,
@@ -128,6 +129,18 @@ class Node:
       self.review.stop()
     self._hold.__exit__(None, None, None)
 
+  def wait_idle(self, timeout: float) -> bool:
+    """Waits until no film is queued or being processed and, when forwarding, no report
+    waits; True if so within `timeout` seconds (a benchmark's or a test's finish line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      with self._busy:
+        idle = not self.spool.pending()
+      if idle and not (self.forwarder and self.spool.outbox()):
+        return True
+      self._stop.wait(0.05)
+    return False
+
   def _token(self) -> Optional[str]:
     """The review page's token: none on loopback; else --http_token_file's, or one made
     and kept in the spool (readable by the node's user only)."""
@@ -166,7 +179,8 @@ class Node:
       if self._stop.is_set():
         break
       try:
-        self.process(uid)
+        with self._busy:
+          self.process(uid)
       except Exception as e:  # pylint: disable=broad-except
         # A film that breaks the worker in a way nobody foresaw must not stop the node
         # or block the queue behind it: it is recorded as that film's failure.

@@ -14,12 +14,12 @@ UIDs derive from the film's SOP Instance UID and the model's sha256, so a film r
 after a crash gets a report with the same UIDs (the PACS keeps one instance, not two).
 """
 from typing import Dict, Optional, Tuple
+import uuid
 
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from cxr_edge.core import package_info
 from cxr_edge.core.version import __version__
@@ -45,13 +45,39 @@ PROBABILITY_UNIT = Code("1", "UCUM", "no units")
 COMMENT = Code("121106", "DCM", "Comment")
 
 
+# Type 2 attributes of the patient and study modules: present in every film by the
+# standard, possibly empty, yet some senders leave them out. The reports copy them.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+          "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def evidence(film: pydicom.Dataset) -> pydicom.Dataset:
+  """The film's header with the patient and study modules' type 2 attributes present
+  (empty where the film lacks them), as the reports' patient and study modules need."""
+  header = pydicom.Dataset(film)  # a shallow copy: the film's dataset is not changed
+  header.file_meta = getattr(film, "file_meta", pydicom.dataset.FileMetaDataset())
+  for keyword in _TYPE2:
+    if keyword not in header:
+      setattr(header, keyword, "")
+  return header
+
+
+# Name-based UUIDs (RFC 4122 version 5) under the 2.25 root (PS3.5 B.2): the same
+# names give the same UID, on any machine.
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/cxr-edge/cxr-edge")
+
+
+def derived_uid(*parts: str) -> str:
+  """A UID that depends only on `parts`."""
+  return f"2.25.{uuid.uuid5(_NAMESPACE, '|'.join(parts)).int}"
+
+
 def report_uids(film_uid: str, model_sha256: str, study_uid: str) -> Dict[str, str]:
   """The report's and overlay's UIDs: the same film and model always give the same ones.
 
   One series per study and model for the reports, one for the overlays.
   """
-  def uid(*parts: str) -> str:
-    return generate_uid(prefix=None, entropy_srcs=["cxr-edge", *parts])
+  uid = derived_uid
   return {"sr": uid("sr", film_uid, model_sha256),
           "sr_series": uid("sr-series", study_uid, model_sha256),
           "sc": uid("sc", film_uid, model_sha256),
@@ -61,7 +87,7 @@ def report_uids(film_uid: str, model_sha256: str, study_uid: str) -> Dict[str, s
 def _device(info: package_info.ModelInfo, sha256: str):
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   return hd.sr.DeviceObserverIdentifyingAttributes(
-      uid=generate_uid(prefix=None, entropy_srcs=["cxr-edge device", sha256]),
+      uid=derived_uid("device", sha256),
       name=f"cxr-edge {__version__}", manufacturer_name=MANUFACTURER,
       model_name=info.model or "cxr-edge model", serial_number=sha256[:16])
 
@@ -78,6 +104,7 @@ def structured_report(film: pydicom.Dataset, result: Dict,
     sha256: the model file's sha256.
   """
   import highdicom as hd  # pylint: disable=g-import-not-at-top
+  film = evidence(film)
   uids = report_uids(film.SOPInstanceUID, sha256, film.StudyInstanceUID)
   context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
       observer_type=codes.DCM.Device,
@@ -99,7 +126,7 @@ def structured_report(film: pydicom.Dataset, result: Dict,
   # A film not analysed still gets its group (algorithm, source image), with no finding.
   groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
       tracking_identifier=hd.sr.TrackingIdentifier(
-          uid=generate_uid(prefix=None, entropy_srcs=["cxr-edge tracking", uids["sr"]]),
+          uid=derived_uid("tracking", uids["sr"]),
           identifier="cxr-edge pneumonia triage"),
       finding_type=PNEUMONIA, algorithm_id=algorithm, measurements=measurements,
       qualitative_evaluations=evaluations,
@@ -130,6 +157,7 @@ def overlay_capture(film: pydicom.Dataset, rgb: np.ndarray, sha256: str) -> pydi
   """The occlusion overlay (an RGB drawing, uint8 [H, W, 3]) as a Secondary Capture in
   the film's study."""
   import highdicom as hd  # pylint: disable=g-import-not-at-top
+  film = evidence(film)
   uids = report_uids(film.SOPInstanceUID, sha256, film.StudyInstanceUID)
   sc = hd.sc.SCImage.from_ref_dataset(
       ref_dataset=film, pixel_array=np.ascontiguousarray(rgb, np.uint8),

@@ -1,0 +1,430 @@
+"""cxr-node in-process: pynetdicom as the sending modality and as the PACS it forwards to,
+on loopback; the spool's crash repairs; the review page over HTTP."""
+import concurrent.futures
+import contextlib
+import io
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pydicom
+import pytest
+
+pynetdicom = pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
+pytest.importorskip("highdicom", reason="cxr-edge[node] is not installed")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from pynetdicom import AE, evt
+from pynetdicom import sop_class
+
+from cxr_edge.core import errors
+from cxr_edge.edge import runtime
+from cxr_edge.node import dicom
+from cxr_edge.node import node_config
+from cxr_edge.node import node_lib
+from cxr_edge.node import report
+from cxr_edge.node import spool as spool_lib
+from tests import dicom_files
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+def int8_model(exported) -> str:
+  return os.path.join(exported[0], "model_int8.tflite")
+
+
+class Pacs:
+  """A DICOM destination on loopback that keeps what it is sent (or refuses it)."""
+
+  def __init__(self, status: int = 0x0000, ae_title: str = "PACS"):
+    self.status, self.ae_title, self.received = status, ae_title, []
+    self._lock = threading.Lock()
+    self._server = None
+
+  def _on_store(self, event):
+    with self._lock:
+      if self.status == 0x0000:
+        self.received.append(event.dataset)
+    return self.status
+
+  def start(self, port: int = 0) -> "Pacs":
+    ae = AE(ae_title=self.ae_title)
+    for cls in dicom.REPORT_CLASSES:
+      ae.add_supported_context(cls)
+    self._server = ae.start_server(("127.0.0.1", port), block=False,
+                                   evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+    self.port = self._server.server_address[1]
+    return self
+
+  def stop(self) -> None:
+    self._server.shutdown()
+
+  @property
+  def address(self) -> str:
+    return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+  def reports(self):
+    return [d for d in self.received if d.Modality == "SR"]
+
+
+@contextlib.contextmanager
+def running_node(model, spool_dir, **options):
+  options = {"host": "127.0.0.1", "port": 0, **options}
+  node = node_lib.Node(node_config.NodeOptions(model=model, spool_dir=str(spool_dir),
+                                               **options))
+  node.ports = node.start()
+  try:
+    yield node
+  finally:
+    node.stop()
+
+
+def send(port, films, calling="XRAY1", called="CXR_EDGE", classes=None):
+  """C-STOREs each film (bytes) over one association; returns the statuses."""
+  ae = AE(ae_title=calling)
+  for cls in classes or (sop_class.DigitalXRayImageStorageForPresentation,
+                         sop_class.SecondaryCaptureImageStorage):
+    ae.add_requested_context(cls)
+  assoc = ae.associate("127.0.0.1", port, ae_title=called)
+  assert assoc.is_established, "association refused"
+  try:
+    return [assoc.send_c_store(pydicom.dcmread(io.BytesIO(f))).Status for f in films]
+  finally:
+    assoc.release()
+
+
+def audit(spool_dir):
+  return list(spool_lib.iter_lines(os.path.join(spool_dir, spool_lib.AUDIT_NAME)))
+
+
+def test_films_in_reports_out_as_cxr_predict_decides(exported, tmp_path):
+  model = int8_model(exported)
+  films = [dicom_files.study_film(i, study=1 + i % 2) for i in range(4)]
+  pacs = Pacs().start()
+  try:
+    with running_node(model, tmp_path / "spool", forward=pacs.address,
+                      allow_ae=("XRAY1", "XRAY2")) as node:
+      # Two modalities at once, and the first film sent twice.
+      with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        a = pool.submit(send, node.ports.dicom, films[:2] + films[:1], "XRAY1")
+        b = pool.submit(send, node.ports.dicom, films[2:], "XRAY2")
+        statuses = a.result() + b.result()
+      assert statuses == [0x0000] * 5
+      assert node.wait_idle(120)
+  finally:
+    pacs.stop()
+  lite = runtime.LiteModel(model)
+  by_film = {report.describe(r)["source"]: r for r in pacs.reports()}
+  assert len(pacs.reports()) == 4 and len(by_film) == 4  # one report per film, not five
+  for data in films:
+    film = pydicom.dcmread(io.BytesIO(data))
+    sr = by_film[film.SOPInstanceUID]
+    expected = lite.predict_bytes(data)
+    found = report.describe(sr)
+    assert found["Probability of pneumonia"] == pytest.approx(expected["p_pneumonia"],
+                                                              abs=1e-6)
+    assert found["Decision threshold"] == pytest.approx(lite.threshold)
+    assert found["finding"] == ("Present" if expected["prediction"] == "PNEUMONIA"
+                                else "Absent")
+    assert any(c.startswith("CAUTION: Not for Diagnostic Use") for c in found["comments"])
+    # In the film's study and patient, in a series of its own.
+    assert sr.StudyInstanceUID == film.StudyInstanceUID
+    assert sr.PatientName == film.PatientName and sr.PatientID == film.PatientID
+    assert sr.SeriesInstanceUID != film.SeriesInstanceUID
+    assert "not for diagnostic use" in sr.SeriesDescription
+  lines = audit(tmp_path / "spool")
+  assert sorted(line["sop_instance_uid"] for line in lines) == sorted(
+      pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films)
+  text = open(tmp_path / "spool" / spool_lib.AUDIT_NAME, encoding="utf-8").read()
+  assert "Test^Patient" not in text and "TEST-1" not in text  # no name or id in clear
+  assert {line["model_sha256"] for line in lines} == {lite.sha256}
+
+
+def flat_film():
+  """A grey DICOM that is no radiograph (one grey level): the guard flags it."""
+  return dicom_files.encode_dicom(np.full((64, 64), 128, np.uint8), attributes={
+      "StudyInstanceUID": "2.25.77", "SeriesInstanceUID": "2.25.78"})
+
+
+def colour_film():
+  """A colour DICOM: not a film the model can take at all."""
+  return dicom_files.encode_dicom(
+      np.stack([np.full((64, 64), v, np.uint8) for v in (200, 30, 30)], -1),
+      photometric="RGB", attributes={"StudyInstanceUID": "2.25.79",
+                                     "SeriesInstanceUID": "2.25.80"})
+
+
+def test_what_is_refused_and_what_is_reported_and_the_node_goes_on(exported, tmp_path):
+  model = int8_model(exported)
+  good = dicom_files.study_film(10)
+  no_study = dicom_files.rewritten(dicom_files.study_film(11),
+                                   dicom_files.drop("StudyInstanceUID"))
+  bad_uid = dicom_files.rewritten(dicom_files.study_film(12),
+                                  lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3/../x"))
+  # Well-formed, but its pixel data is a third of what Rows x Columns need.
+  truncated = dicom_files.rewritten(
+      dicom_files.study_film(13), lambda ds: setattr(ds, "PixelData", ds.PixelData[:5000]))
+  colour, flat = colour_film(), flat_film()
+  with running_node(model, tmp_path / "spool", allow_ae=("XRAY1",)) as node:
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(sop_class.DigitalXRayImageStorageForPresentation)
+    assert not ae.associate("127.0.0.1", node.ports.dicom, ae_title="CXR_EDGE").is_established
+    assert not ae.associate("127.0.0.1", node.ports.dicom, ae_title="OTHER").is_established
+    ct = AE(ae_title="XRAY1")
+    ct.add_requested_context(sop_class.CTImageStorage)
+    assoc = ct.associate("127.0.0.1", node.ports.dicom, ae_title="CXR_EDGE")
+    assert assoc.accepted_contexts == []  # a CT is not a film for this node
+    assoc.release()
+    statuses = send(node.ports.dicom, [no_study, bad_uid, truncated, colour, flat, good])
+    assert statuses == [dicom.NOT_A_FILM, dicom.NOT_A_FILM] + [0x0000] * 4
+    assert node.wait_idle(120)
+  records = {r["sop_instance_uid"]: r for r in audit(tmp_path / "spool")}
+  assert len(records) == 4
+  uid = lambda data: pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID  # noqa: E731
+  assert records[uid(truncated)]["error"] and records[uid(truncated)]["prediction"] is None
+  assert "colour" in records[uid(colour)]["error"]
+  assert records[uid(flat)]["warning"] and records[uid(flat)]["prediction"]
+  assert records[uid(good)]["prediction"] in ("NORMAL", "PNEUMONIA")
+  sr = pydicom.dcmread(tmp_path / "spool" / "reports" / f"{uid(truncated)}.sr.dcm")
+  found = report.describe(sr)
+  assert "finding" not in found and "Probability of pneumonia" not in found
+  assert found["comments"][0].startswith("NOT ANALYSED: ")
+  warned = report.describe(pydicom.dcmread(
+      tmp_path / "spool" / "reports" / f"{uid(flat)}.sr.dcm"))
+  assert warned["comments"][0].startswith("WARNING: ") and "finding" in warned
+
+
+def test_strict_reports_an_implausible_film_as_not_analysed(exported, tmp_path):
+  with running_node(int8_model(exported), tmp_path / "spool", strict=True) as node:
+    assert send(node.ports.dicom, [flat_film()]) == [0x0000]
+    assert node.wait_idle(120)
+  (line,) = audit(tmp_path / "spool")
+  assert line["prediction"] is None and "--strict" in line["error"]
+
+
+def test_a_spool_below_its_reserve_refuses_with_out_of_resources(exported, tmp_path):
+  with running_node(int8_model(exported), tmp_path / "spool", min_free_mb=2**40) as node:
+    assert send(node.ports.dicom, [dicom_files.study_film(1)]) == [dicom.OUT_OF_RESOURCES]
+    assert node.spool.pending() == [] and audit(tmp_path / "spool") == []
+    ae = AE(ae_title="XRAY1")
+    ae.add_requested_context(sop_class.Verification)
+    assoc = ae.associate("127.0.0.1", node.ports.dicom, ae_title="CXR_EDGE")
+    assert assoc.send_c_echo().Status == 0x0000  # still answering
+    assoc.release()
+
+
+def test_a_second_node_on_the_same_spool_is_refused(exported, tmp_path):
+  with running_node(int8_model(exported), tmp_path / "spool"):
+    with pytest.raises(errors.CxrError, match="in use by another process"):
+      node_lib.Node(node_config.NodeOptions(model=int8_model(exported),
+                                            spool_dir=str(tmp_path / "spool"), port=0))
+
+
+def test_reports_wait_for_a_pacs_that_is_down_also_across_a_restart(exported, tmp_path):
+  model, spool_dir = int8_model(exported), tmp_path / "spool"
+  pacs = Pacs().start()
+  port = pacs.port
+  pacs.stop()  # down from the start
+  films = [dicom_files.study_film(20 + i) for i in range(3)]
+  with running_node(model, spool_dir, forward=f"PACS@127.0.0.1:{port}") as node:
+    assert send(node.ports.dicom, films) == [0x0000] * 3
+    assert not node.wait_idle(3)  # the films are read, the reports cannot leave
+    assert len(node.spool.outbox()) == 3 and node.forwarder.backoff > 0
+  pacs = Pacs().start(port)  # back up; the node is restarted
+  try:
+    with running_node(model, spool_dir, forward=f"PACS@127.0.0.1:{port}") as node:
+      assert node.wait_idle(60)  # the forwarder found them waiting and sent them
+  finally:
+    pacs.stop()
+  assert len(pacs.reports()) == 3
+  sent = list(spool_lib.iter_lines(os.path.join(spool_dir, spool_lib.FORWARDED_NAME)))
+  assert len(sent) == 3 and len(audit(spool_dir)) == 3
+
+
+def test_a_report_the_pacs_refuses_goes_to_the_dead_letter_folder(exported, tmp_path):
+  pacs = Pacs(status=0xA900).start()
+  # Not started: the forwarder is driven by hand, one attempt at a time.
+  node = node_lib.Node(node_config.NodeOptions(
+      model=int8_model(exported), spool_dir=str(tmp_path / "spool"), port=0,
+      forward=pacs.address, forward_refusals=2))
+  try:
+    node.process(_queue(node.spool, dicom_files.study_film(30)))
+    assert node.forwarder.send_pending() == 0
+    assert len(node.spool.outbox()) == 1  # refused once: it stays
+    assert node.forwarder.send_pending() == 0
+    assert node.spool.outbox() == []
+  finally:
+    node.stop()
+    pacs.stop()
+  dead = sorted(os.listdir(tmp_path / "spool" / "dead_letter"))
+  assert len(dead) == 2 and dead[0].endswith(".sr.dcm")
+  reason = open(tmp_path / "spool" / "dead_letter" / dead[1], encoding="utf-8").read()
+  assert "refused it 2 times" in reason and "A900" in reason
+
+
+def test_overlay_goes_out_as_a_secondary_capture_in_the_study(exported, tmp_path):
+  pacs = Pacs().start()
+  try:
+    with running_node(int8_model(exported), tmp_path / "spool", forward=pacs.address,
+                      overlay=True) as node:
+      film = dicom_files.study_film(40)
+      assert send(node.ports.dicom, [film]) == [0x0000]
+      assert node.wait_idle(120)
+  finally:
+    pacs.stop()
+  (sc,) = [d for d in pacs.received if d.Modality != "SR"]
+  source = pydicom.dcmread(io.BytesIO(film))
+  assert sc.SOPClassUID == sop_class.SecondaryCaptureImageStorage
+  assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.BurnedInAnnotation == "YES"
+  assert sc.pixel_array.ndim == 3 and sc.pixel_array.std() > 0
+
+
+# The spool's crash repairs, state by state ----------------------------------------------
+
+def _queue(spool, data):
+  path = os.path.join(spool.root, "received.tmp")
+  with open(path, "wb") as f:
+    f.write(data)
+  uid = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+  assert spool.admit(path, uid)
+  os.unlink(path)
+  return uid
+
+
+def test_a_film_whose_result_was_written_before_a_crash_is_not_redone(exported, tmp_path):
+  model = int8_model(exported)
+  options = node_config.NodeOptions(model=model, spool_dir=str(tmp_path / "s"), port=0)
+  node = node_lib.Node(options)
+  uid = _queue(node.spool, dicom_files.study_film(50))
+  record = node.process(uid)
+  # A crash after the audit line and before the film left the queue: it is back in it.
+  os.replace(node.spool.path("films", uid + ".dcm"), node.spool.path("incoming", uid + ".dcm"))
+  os.unlink(node.spool.path("results", uid + ".json"))
+  node.process_pending()
+  assert [line["sop_instance_uid"] for line in audit(tmp_path / "s")] == [uid]
+  assert node.spool.result(uid)["report_sop_instance_uid"] == record["report_sop_instance_uid"]
+  node.stop()
+
+
+def test_a_half_written_audit_line_is_cut_at_restart(tmp_path):
+  spool = spool_lib.Spool(str(tmp_path))
+  spool.audit_once({"sop_instance_uid": "1.2.3"})
+  with open(tmp_path / spool_lib.AUDIT_NAME, "a", encoding="utf-8") as f:
+    f.write('{"sop_instance_uid": "1.2.')  # kill -9 mid-write
+  spool_lib.Spool(str(tmp_path))
+  spool = spool_lib.Spool(str(tmp_path))
+  spool.audit_once({"sop_instance_uid": "1.2.4"})
+  assert [r["sop_instance_uid"] for r in spool_lib.iter_lines(
+      str(tmp_path / spool_lib.AUDIT_NAME))] == ["1.2.3", "1.2.4"]
+
+
+def test_partial_datasets_of_cut_associations_are_cleared_and_others_kept(tmp_path):
+  os.makedirs(tmp_path / "receiving")
+  for name in ("tmpab12.dcm", "notes.txt"):
+    (tmp_path / "receiving" / name).write_bytes(b"x")
+  spool_lib.Spool(str(tmp_path))
+  assert os.listdir(tmp_path / "receiving") == ["notes.txt"]
+
+
+@pytest.mark.parametrize("text", ["1.2.840.10008", "2.25.1234"])
+def test_uids_name_files_only_when_well_formed(text):
+  assert spool_lib.is_uid(text)
+
+
+@pytest.mark.parametrize("text", ["", "1..2", "../etc", "1.2.3/4", "1" * 65, None, "1.2\n"])
+def test_malformed_uids_are_not_file_names(text):
+  assert not spool_lib.is_uid(text)
+
+
+@pytest.mark.parametrize("text,why", [("PACS@host", "AE@host:port"),
+                                      ("@host:1", "AE@host:port"),
+                                      ("PACS@host:70000", "outside"),
+                                      ("WAY_TOO_LONG_AE_TITLE@h:1", "not an AE title")])
+def test_a_malformed_destination_is_one_clear_error(text, why):
+  with pytest.raises(errors.ConfigError, match=why):
+    node_config.Destination.parse(text)
+
+
+def test_a_destination_parses_names_and_ipv6():
+  assert str(node_config.Destination.parse("PACS@pacs.local:4242")) == "PACS@pacs.local:4242"
+  assert node_config.Destination.parse("PACS@[::1]:104").host == "::1"
+
+
+# The review page over HTTP --------------------------------------------------------------
+
+HOSTILE_NAME = "<script>document.title='pwned'</script>^<img src=x onerror=alert(1)>"
+HOSTILE_SERIES = "\"><b>bold</b><a href=\"javascript:alert(2)\">x</a>"
+
+
+def hostile_film(seed=60):
+  return dicom_files.study_film(seed, PatientName=HOSTILE_NAME,
+                                SeriesDescription=HOSTILE_SERIES)
+
+
+def _get(url, headers=None):
+  request = urllib.request.Request(url, headers=headers or {})
+  with urllib.request.urlopen(request, timeout=30) as response:
+    return response.status, dict(response.headers), response.read()
+
+
+def test_review_page_lists_films_newest_first_with_every_string_escaped(exported, tmp_path):
+  with running_node(int8_model(exported), tmp_path / "spool", http_port=0) as node:
+    films = [dicom_files.study_film(61), hostile_film()]
+    for film in films:  # one association each: the second arrives later
+      assert send(node.ports.dicom, [film]) == [0x0000]
+      assert node.wait_idle(120)
+    base = f"http://127.0.0.1:{node.ports.http}"
+    status, headers, body = _get(base + "/")
+    page = body.decode()
+    assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "<script" not in page and "<img src=x" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in page
+    assert "&quot;&gt;&lt;b&gt;bold&lt;/b&gt;" in page
+    uids = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films]
+    assert page.index(uids[1]) < page.index(uids[0])  # newest first
+    assert 'http-equiv="refresh"' in page
+    status, _, body = _get(f"{base}/film/{uids[1]}")
+    assert status == 200 and f'src="/film/{uids[1]}.png"' in body.decode()
+    status, headers, png = _get(f"{base}/film/{uids[1]}.png")
+    assert headers["Content-Type"] == "image/png" and png.startswith(b"\x89PNG")
+    for path in ("/film/..%2F..%2Fetc%2Fpasswd", "/film/1.2.3.png", "/overlay/x.png",
+                 "/nothing"):
+      with pytest.raises(urllib.error.HTTPError) as e:
+        _get(base + path)
+      assert e.value.code == 404
+
+
+def test_review_page_off_loopback_needs_its_token(exported, tmp_path):
+  token_file = tmp_path / "token"
+  token_file.write_text("a-long-enough-secret-token\n")
+  # 127.0.0.2 is a loopback address too, but not the one the node treats as private.
+  with running_node(int8_model(exported), tmp_path / "spool", http_port=0,
+                    http_host="127.0.0.2", http_token_file=str(token_file)) as node:
+    base = f"http://127.0.0.2:{node.ports.http}"
+    with pytest.raises(urllib.error.HTTPError) as e:
+      _get(base + "/")
+    assert e.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as e:
+      _get(base + "/?token=wrong")
+    assert e.value.code == 401
+    status, _, _ = _get(base + "/", {"Authorization": "Bearer a-long-enough-secret-token"})
+    assert status == 200
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(base + "/?token=a-long-enough-secret-token", timeout=30) as response:
+      assert response.status == 200 and response.url == base + "/"  # token out of the URL
+    with opener.open(base + "/worklist.json", timeout=30) as response:
+      assert json.loads(response.read()) == []
+
+
+def test_review_page_off_loopback_makes_a_private_token_when_none_is_given(exported,
+                                                                            tmp_path):
+  with running_node(int8_model(exported), tmp_path / "spool", http_port=0,
+                    http_host="127.0.0.2") as node:
+    path = tmp_path / "spool" / node_lib.TOKEN_NAME
+    token = path.read_text().strip()
+    assert len(token) >= 16 and (os.stat(path).st_mode & 0o077) == 0
+    status, _, _ = _get(f"http://127.0.0.2:{node.ports.http}/",
+                        {"Authorization": f"Bearer {token}"})
+    assert status == 200
