@@ -1,0 +1,71 @@
+"""cxr-node against a real PACS: Orthanc (Debian's package) on loopback routes films to
+the node through its REST API, and gets the Structured Reports back in the same study;
+they are read back from Orthanc and checked against cxr-predict on the same files."""
+import io
+import json
+import os
+
+import pydicom
+import pytest
+
+pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from cxr_edge.node import report
+from scripts import orthanc
+from tests import dicom_files
+from tests.conftest import run_main
+from tests.node_test import HOSTILE_NAME, int8_model, running_node
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+pytestmark = pytest.mark.skipif(
+    orthanc.binary() is None,
+    reason="Orthanc is not installed (Debian: apt-get install orthanc; .ci/run installs it)")
+
+
+@pytest.fixture
+def pacs(tmp_path):
+  with orthanc.Orthanc(str(tmp_path / "orthanc")) as server:
+    yield server
+
+
+def test_orthanc_routes_films_to_the_node_and_gets_reports_cxr_predict_agrees_with(
+    exported, pacs, tmp_path):
+  films = [dicom_files.study_film(70 + i, study=5 + i % 2) for i in range(4)]
+  films.append(dicom_files.study_film(75, study=7, PatientName=HOSTILE_NAME))
+  ids = [pacs.upload(f) for f in films]
+  model = int8_model(exported)
+  with running_node(model, tmp_path / "spool", allow_ae=(pacs.ae_title,),
+                    forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
+    pacs.add_modality("cxr", "CXR_EDGE", node.ports.dicom)
+    assert pacs.post("/modalities/cxr/echo", {}) == {}
+    pacs.store("cxr", ids)  # one association, as a routing rule sends them
+    assert node.wait_idle(120)
+  reports = [i for i in pacs.instances() if pacs.modality_of(i) == "SR"]
+  assert len(reports) == len(films)
+  by_film = {}
+  for instance in reports:
+    sr = pydicom.dcmread(io.BytesIO(pacs.file(instance)))
+    by_film[report.describe(sr)["source"]] = (instance, sr)
+  # cxr-predict, in-process, on the very files Orthanc sent.
+  paths = []
+  for k, data in enumerate(films):
+    paths.append(str(tmp_path / f"film{k}.dcm"))
+    with open(paths[-1], "wb") as f:
+      f.write(data)
+  out = str(tmp_path / "predict.jsonl")
+  run_main("cxr_edge.edge.predict", *paths, model=model, output=out)
+  predicted = [json.loads(line) for line in open(out, encoding="utf-8")]
+  for data, line, film_id in zip(films, predicted, ids):
+    film = pydicom.dcmread(io.BytesIO(data))
+    instance, sr = by_film[film.SOPInstanceUID]
+    found = report.describe(sr)
+    assert found["Probability of pneumonia"] == pytest.approx(line["p_pneumonia"], abs=1e-6)
+    assert found["Decision threshold"] == pytest.approx(line["threshold"])
+    assert found["finding"] == ("Present" if line["prediction"] == "PNEUMONIA" else "Absent")
+    # Orthanc files the report in the film's study, under the film's patient.
+    assert (pacs.get(f"/instances/{instance}/study")["ID"]
+            == pacs.get(f"/instances/{film_id}/study")["ID"])
+    assert str(sr.PatientName) == str(film.PatientName)
+  audit = open(tmp_path / "spool" / "audit.jsonl", encoding="utf-8").read()
+  assert len(audit.splitlines()) == len(films) and "Test^Patient" not in audit

@@ -1,0 +1,94 @@
+"""cxr-node's review page in a real headless browser (Debian's chromium and chromedriver,
+driven by Selenium): hostile DICOM strings stay text, a click shows the film and its
+overlay, and the worklist refreshes by itself."""
+import io
+import os
+import shutil
+
+import pydicom
+import pytest
+
+pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="selenium is not installed (pip install cxr-edge[test])")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from cxr_edge.node import review
+from tests import dicom_files
+from tests.node_test import HOSTILE_NAME, HOSTILE_SERIES, int8_model, running_node, send
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="chromium and chromedriver are not installed (Debian: apt-get install chromium "
+    "chromium-driver; .ci/run installs them)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  # As root in CI there is no sandbox; the rest keeps Chromium off the (closed) network.
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+              "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+              f"--user-data-dir={tmp_path / 'chromium'}"):
+    options.add_argument(arg)
+  driver = webdriver.Chrome(options=options,
+                            service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+  driver.set_page_load_timeout(60)
+  try:
+    yield driver
+  finally:
+    driver.quit()
+
+
+def _no_alert(driver):
+  try:
+    driver.switch_to.alert.dismiss()
+  except NoAlertPresentException:
+    return True
+  return False
+
+
+def test_worklist_escapes_hostile_strings_and_a_click_shows_film_and_overlay(
+    exported, browser, tmp_path):
+  hostile = dicom_files.study_film(80, PatientName=HOSTILE_NAME,
+                                   SeriesDescription=HOSTILE_SERIES)
+  with running_node(int8_model(exported), tmp_path / "spool", http_port=0,
+                    overlay=True) as node:
+    assert send(node.ports.dicom, [dicom_files.study_film(81), hostile]) == [0, 0]
+    assert node.wait_idle(180)
+    base = f"http://127.0.0.1:{node.ports.http}/"
+    browser.get(base)
+    assert browser.title == "cxr-node worklist"  # no injected script ran
+    assert _no_alert(browser)
+    assert browser.find_elements(By.CSS_SELECTOR, "script") == []
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
+    assert HOSTILE_NAME in cells and HOSTILE_SERIES in cells  # shown as the text it is
+    assert not browser.find_elements(By.CSS_SELECTOR, "td b, td img")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr")[1:]
+    assert len(rows) == 2 and HOSTILE_NAME in rows[0].text  # newest first
+    rows[0].find_element(By.CSS_SELECTOR, "a").click()
+    uid = pydicom.dcmread(io.BytesIO(hostile)).SOPInstanceUID
+    WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(f"/film/{uid}"))
+    sizes = WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "const i = Array.from(document.images);"
+        "return i.length == 2 && i.every(x => x.complete) ? "
+        "i.map(x => [x.alt, x.naturalWidth]) : null;"))
+    assert [alt for alt, _ in sizes] == ["film", "occlusion overlay"]
+    assert all(width > 0 for _, width in sizes)  # both decoded as images
+    assert HOSTILE_NAME in browser.find_element(By.CSS_SELECTOR, "table").text
+
+    # The worklist refreshes by itself: a film sent now appears without any action.
+    browser.get(base)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr")) == 3
+    assert send(node.ports.dicom, [dicom_files.study_film(82)]) == [0]
+    WebDriverWait(browser, review.REFRESH_SECONDS * 3).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr")) == 4)
