@@ -156,6 +156,8 @@ def markdown_rows(cls: type, required: Sequence[str] = ()) -> List[str]:
       shown = "required"
     elif value is None:
       shown = "unset"
+    elif value == ():
+      shown = "empty"
     elif isinstance(value, (tuple, list)):
       shown = f"`{','.join(str(v) for v in value)}`"
     else:

@@ -14,7 +14,9 @@ Statuses a sender sees (PS3.4 B.2.3):
        Instance UID, no pixel data, or a SOP class other than the context's;
   C000 cannot understand: the dataset does not parse.
 A film that is a well-formed dataset but not a readable radiograph is acknowledged and
-gets a report saying NOT ANALYSED and why: the reader sees it where films are read.
+gets a report saying NOT ANALYSED and why: the reader sees it where films are read. The
+node's own overlays, routed back to it by a careless PACS rule, are acknowledged and not
+read (each would otherwise beget another).
 
 The forwarder sends the spool's outbox to one destination over one association at a
 time. An unreachable destination is an outage: the reports wait (backing off up to a
@@ -36,6 +38,7 @@ from pynetdicom import sop_class
 
 from cxr_edge.core import schema
 from cxr_edge.node import node_config
+from cxr_edge.node import report
 from cxr_edge.node import spool as spool_lib
 
 log = logging.getLogger("cxr_edge.node")
@@ -146,6 +149,11 @@ class Receiver:
       return status
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     uid = str(ds.SOPInstanceUID)
+    if ds.get("Manufacturer") == report.MANUFACTURER:
+      # One of our own overlays routed back by a PACS rule: acknowledged (nothing is
+      # wrong with it) but not read, or each would beget another, without end.
+      log.info("received %s from %s: cxr-edge's own output, not read", uid, calling)
+      return SUCCESS
     try:
       queued = self.spool.admit(path, uid)
     except spool_lib.SpoolFull as e:

@@ -20,11 +20,14 @@ def tables():
   # The configs, not the jobs: two jobs' flags cannot live in one process.
   from cxr_edge.model import train_config  # pylint: disable=g-import-not-at-top
   from cxr_edge.pipeline import convert_config  # pylint: disable=g-import-not-at-top
+  from cxr_edge.node import node_config  # pylint: disable=g-import-not-at-top
   return {
       "cxr-convert": config_flags.markdown_table(convert_config.OPTION_CLASSES,
                                                  convert_config.REQUIRED),
       "cxr-train": config_flags.markdown_table(train_config.OPTION_CLASSES,
-                                               train_config.REQUIRED)}
+                                               train_config.REQUIRED),
+      "cxr-node": config_flags.markdown_table((node_config.NodeOptions,),
+                                              node_config.REQUIRED)}
 
 
 def block(job, table):

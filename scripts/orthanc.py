@@ -36,7 +36,17 @@ def free_port() -> int:
 class Orthanc:
   """One Orthanc process with its own configuration and storage under `folder`."""
 
-  def __init__(self, folder: str, ae_title: str = "ORTHANC", concurrent_jobs: int = 4):
+  def __init__(self, folder: str, ae_title: str = "ORTHANC", concurrent_jobs: int = 4,
+               modalities: Optional[Dict[str, list]] = None,
+               lua_scripts: Optional[List[str]] = None):
+    """
+    Args:
+      folder: its configuration, storage and log go here.
+      ae_title: its AE title.
+      concurrent_jobs: store jobs it runs at once (one association each).
+      modalities: DICOM nodes it knows from the start, {name: [AE, host, port]}.
+      lua_scripts: Lua files it loads (routing rules).
+    """
     self.folder, self.ae_title = folder, ae_title
     self.http_port, self.dicom_port = free_port(), free_port()
     self.url = f"http://127.0.0.1:{self.http_port}"
@@ -49,6 +59,7 @@ class Orthanc:
         "DicomAlwaysAllowStore": True, "ConcurrentJobs": concurrent_jobs,
         "SaveJobs": False, "Plugins": [], "StableAge": 1, "DicomScuTimeout": 30,
         "HttpTimeout": 60, "LimitFindResults": 0, "LimitFindInstances": 0,
+        "DicomModalities": modalities or {}, "LuaScripts": lua_scripts or [],
     }
     self.config_path = os.path.join(folder, "orthanc.json")
     with open(self.config_path, "w", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ they are read back from Orthanc and checked against cxr-predict on the same file
 import io
 import json
 import os
+import time
 
 import pydicom
 import pytest
@@ -14,7 +15,7 @@ pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
 from cxr_edge.node import report
 from scripts import orthanc
 from tests import dicom_files
-from tests.conftest import run_main
+from tests.conftest import ROOT, run_main
 from tests.node_test import HOSTILE_NAME, int8_model, running_node
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -69,3 +70,24 @@ def test_orthanc_routes_films_to_the_node_and_gets_reports_cxr_predict_agrees_wi
     assert str(sr.PatientName) == str(film.PatientName)
   audit = open(tmp_path / "spool" / "audit.jsonl", encoding="utf-8").read()
   assert len(audit.splitlines()) == len(films) and "Test^Patient" not in audit
+
+
+def test_the_documented_orthanc_routing_rule_sends_films_and_not_reports_back(
+    exported, tmp_path):
+  """docs/orthanc_cxr_node.lua as a clinic would load it: films stored in Orthanc go to
+  the node by themselves, and the reports coming back are not routed to it again."""
+  port = orthanc.free_port()
+  rule = os.path.join(ROOT, "docs", "orthanc_cxr_node.lua")
+  with orthanc.Orthanc(str(tmp_path / "orthanc"), modalities={
+      "cxr": ["CXR_EDGE", "127.0.0.1", port]}, lua_scripts=[rule]) as pacs:
+    with running_node(int8_model(exported), tmp_path / "spool", port=port,
+                      forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
+      for k in range(3):
+        pacs.upload(dicom_files.study_film(90 + k))
+      deadline = time.monotonic() + 120
+      while time.monotonic() < deadline and not (
+          len(node.spool.recent(10)) == 3 and node.wait_idle(1)):
+        time.sleep(0.2)
+      modalities = sorted(pacs.modality_of(i) for i in pacs.instances())
+  assert modalities == ["DX"] * 3 + ["SR"] * 3
+  assert len(node.spool.recent(10)) == 3  # the reports were not read as films

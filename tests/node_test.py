@@ -196,6 +196,18 @@ def test_what_is_refused_and_what_is_reported_and_the_node_goes_on(exported, tmp
   assert warned["comments"][0].startswith("WARNING: ") and "finding" in warned
 
 
+def test_our_own_overlay_routed_back_is_acknowledged_and_not_read(exported, tmp_path):
+  with running_node(int8_model(exported), tmp_path / "spool", overlay=True) as node:
+    film = dicom_files.study_film(45)
+    assert send(node.ports.dicom, [film]) == [0x0000]
+    assert node.wait_idle(120)
+    uid = pydicom.dcmread(io.BytesIO(film)).SOPInstanceUID
+    overlay = open(tmp_path / "spool" / "reports" / f"{uid}.sc.dcm", "rb").read()
+    assert send(node.ports.dicom, [overlay]) == [0x0000]
+    assert node.wait_idle(120)
+  assert [line["sop_instance_uid"] for line in audit(tmp_path / "spool")] == [uid]
+
+
 def test_strict_reports_an_implausible_film_as_not_analysed(exported, tmp_path):
   with running_node(int8_model(exported), tmp_path / "spool", strict=True) as node:
     assert send(node.ports.dicom, [flat_film()]) == [0x0000]
