@@ -5,6 +5,8 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -28,6 +30,7 @@ from cxr_edge.node import node_lib
 from cxr_edge.node import report
 from cxr_edge.node import spool as spool_lib
 from tests import dicom_files
+from tests.conftest import ROOT, run_main
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -440,3 +443,43 @@ def test_review_page_off_loopback_makes_a_private_token_when_none_is_given(expor
     status, _, _ = _get(f"http://127.0.0.2:{node.ports.http}/",
                         {"Authorization": f"Bearer {token}"})
     assert status == 200
+
+
+# The job ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,says", [
+    ({"forward": "PACS@nowhere"}, "is not AE@host:port"),
+    ({"ae_title": "A\\B"}, "is not an AE title"),
+])
+def test_a_bad_option_is_one_line_before_anything_starts(flags, says, tmp_path):
+  with pytest.raises(SystemExit, match=f"^cxr-node: error: .*{says}"):
+    run_main("cxr_edge.node.node", model="m.tflite", spool_dir=str(tmp_path / "s"), **flags)
+  assert not os.path.exists(tmp_path / "s")  # nothing was created
+
+
+def test_a_bad_allow_list_is_one_line_on_the_command_line(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "cxr_edge.node.node", "--model=m.tflite",
+                      f"--spool_dir={tmp_path}/s", "--allow_ae=PACS,THIS_TITLE_IS_TOO_LONG"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  # absl's own flag error, as for every job's flags.
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert ("flag --allow_ae=PACS,THIS_TITLE_IS_TOO_LONG: 'THIS_TITLE_IS_TOO_LONG' is not an "
+          "AE title") in r.stderr.splitlines()[0]
+
+
+def test_a_missing_model_is_one_line(tmp_path):
+  with pytest.raises(SystemExit, match="^cxr-node: error: model .*cannot be read"):
+    run_main("cxr_edge.node.node", model=str(tmp_path / "none.tflite"),
+             spool_dir=str(tmp_path / "s"))
+
+
+def test_without_the_node_extra_the_job_names_it(tmp_path):
+  code = ("import runpy, sys\n"
+          "sys.modules['pynetdicom'] = None  # as in an [edge] install\n"
+          f"sys.argv = ['cxr-node', '--model=m.tflite', '--spool_dir={tmp_path}/s']\n"
+          "runpy.run_module('cxr_edge.node.node', run_name='__main__')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120, check=False)
+  assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+      "cxr-node: error: cxr-node needs the DICOM network libraries (pynetdicom is missing): "
+      "pip install 'cxr-edge[node]'"]
