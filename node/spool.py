@@ -251,12 +251,17 @@ class Spool:
 
   def recent(self, limit: int) -> List[Dict]:
     """The newest `limit` records (by arrival), newest first."""
+    # Only the newest records are read: a spool holds a year's films, the page refreshes
+    # every few seconds. Records are written in arrival order (one worker, oldest
+    # first), so the newest written are the newest arrived.
     entries = []
     with os.scandir(self.path("results")) as it:
       for e in it:
         if e.name.endswith(".json") and is_uid(e.name[:-5]):
-          entries.append(e.name[:-5])
-    records = [r for r in (self.result(uid) for uid in entries) if r is not None]
+          with contextlib.suppress(FileNotFoundError):
+            entries.append((e.stat().st_mtime_ns, e.name[:-5]))
+    newest = [uid for _, uid in sorted(entries, reverse=True)[:limit]]
+    records = [r for r in (self.result(uid) for uid in newest) if r is not None]
     records.sort(key=lambda r: (r.get("received_ns", 0), r.get("sop_instance_uid", "")),
                  reverse=True)
     return records[:limit]

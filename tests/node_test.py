@@ -411,6 +411,16 @@ def test_review_page_lists_films_newest_first_with_every_string_escaped(exported
       assert e.value.code == 404
 
 
+def test_the_worklist_reads_only_the_newest_records(tmp_path):
+  spool = spool_lib.Spool(str(tmp_path))
+  for k in range(5):
+    uid = f"1.2.{k}"
+    spool_lib.write_atomic(spool.path("results", uid + ".json"), json.dumps(
+        {"sop_instance_uid": uid, "received_ns": k}).encode())
+    os.utime(spool.path("results", uid + ".json"), ns=(k * 10**9, k * 10**9))
+  assert [r["sop_instance_uid"] for r in spool.recent(2)] == ["1.2.4", "1.2.3"]
+
+
 def test_review_page_off_loopback_needs_its_token(exported, tmp_path):
   token_file = tmp_path / "token"
   token_file.write_text("a-long-enough-secret-token\n")
