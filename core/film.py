@@ -78,16 +78,30 @@ class Film:
   """A film ready for the shared preprocessing.
 
   Attributes:
-    encoded: lossless 8-bit grayscale PNG of the windowed image.
+    pixels: the windowed image, uint8 [height, width].
     source_format: "dicom", "png16" (16-bit PNG) or "tiff".
-    height, width: pixels.
     patient_id: the DICOM PatientID tag, if any (never stored in clear: see cxr-convert).
   """
-  encoded: bytes
+  pixels: np.ndarray
   source_format: str
-  height: int
-  width: int
   patient_id: Optional[str] = None
+
+  @property
+  def height(self) -> int:
+    return int(self.pixels.shape[0])
+
+  @property
+  def width(self) -> int:
+    return int(self.pixels.shape[1])
+
+  @property
+  def encoded(self) -> bytes:
+    """The pixels as a lossless 8-bit grayscale PNG (what cxr-convert stores). Made only
+    when asked: the edge runtime takes the pixels themselves, which decoding this PNG
+    would give back exactly."""
+    out = io.BytesIO()
+    Image.fromarray(self.pixels, "L").save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def is_dicom(data: bytes) -> bool:
@@ -181,9 +195,7 @@ def as_8bit(data: bytes, max_pixels: Optional[int] = None) -> bytes:
 
 
 def _film(pixels: np.ndarray, source: str, patient_id: Optional[str] = None) -> Film:
-  out = io.BytesIO()
-  Image.fromarray(pixels, "L").save(out, format="PNG", compress_level=1)
-  return Film(out.getvalue(), source, int(pixels.shape[0]), int(pixels.shape[1]), patient_id)
+  return Film(np.ascontiguousarray(pixels, np.uint8), source, patient_id)
 
 
 # The share of pixels the stored-range window may clip (see _stored_range).

@@ -49,7 +49,7 @@ def overlay_png(model: runtime.LiteModel, data: bytes, result: Dict) -> bytes:
     data: the film's bytes (any format the runtime reads).
     result: its prediction record (runtime.LiteModel.predict_bytes).
   """
-  gray = runtime.decode_grayscale(runtime.film_as_8bit(data))
+  gray = runtime.film_gray(data)
   heat = occlusion_map(model, runtime.preprocess_gray(gray, model.image_size, model.scale))
   caption = (f"{result['prediction']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
              f"{result['threshold']:.3f})\nocclusion sensitivity, deployed model: "

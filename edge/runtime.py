@@ -88,18 +88,21 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
   return top + (bottom - top) * wy[:, None]
 
 
-def film_as_8bit(data: bytes) -> bytes:
-  """A file's bytes as the model's preprocessing takes them: DICOM, TIFF and 16-bit PNG
-  windowed to an 8-bit PNG by core/film.py (as cxr-convert stores them), others as
-  they are.
+def film_gray(data: bytes) -> np.ndarray:
+  """A file's bytes -> uint8 [H, W], as the model's preprocessing takes them: DICOM, TIFF
+  and 16-bit PNG windowed by core/film.py (the very pixels cxr-convert stores as a
+  lossless PNG, without the PNG's encoding and decoding), JPEG/PNG decoded as
+  TensorFlow decodes them (decode_grayscale).
 
   Raises:
     ImageError: not a film the model can take (the reason says why).
   """
-  try:
-    return film.as_8bit(data, schema.MAX_PIXELS)
-  except film.FilmError as e:
-    raise ImageError(str(e)) from None
+  if film.needs_windowing(data):
+    try:
+      return film.read_film(data, schema.MAX_PIXELS).pixels
+    except film.FilmError as e:
+      raise ImageError(str(e)) from None
+  return decode_grayscale(data)
 
 
 def preprocess_gray(gray: np.ndarray, image_size: int, scale: float) -> np.ndarray:
@@ -114,7 +117,7 @@ def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
   Raises:
     ImageError: unreadable, or not a film the model can take (the reason says why).
   """
-  return preprocess_gray(decode_grayscale(film_as_8bit(data)), image_size, scale)
+  return preprocess_gray(film_gray(data), image_size, scale)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -261,8 +264,7 @@ class LiteModel:
     colour = guard.chroma(data)  # before windowing: a colour TIFF is grey once windowed
     ours = overlay.is_overlay(data)
     orientation = image_io.orientation_of(data)
-    data = film_as_8bit(data)
-    gray = decode_grayscale(data)
+    gray = film_gray(data)
     if ours:
       warning = "a cxr-edge explanation overlay, not a film"
     elif orientation != 1:

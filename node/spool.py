@@ -174,15 +174,22 @@ class Spool:
 
   # The worker ------------------------------------------------------------------------
 
+  def _listed(self, folder: str, suffix: str, wanted, ctime: bool = False) -> List[str]:
+    """Names (without `suffix`) of `folder`'s files that `wanted` accepts, oldest first
+    by modification (or change) time, then name; a file removed meanwhile is left out."""
+    entries = []
+    with os.scandir(self.path(folder)) as it:
+      for e in it:
+        stem = e.name[:-len(suffix)]
+        if e.name.endswith(suffix) and wanted(stem):
+          with contextlib.suppress(FileNotFoundError):
+            st = e.stat()
+            entries.append((st.st_ctime_ns if ctime else st.st_mtime_ns, stem))
+    return [stem for _, stem in sorted(entries)]
+
   def pending(self) -> List[str]:
     """UIDs of queued films, oldest first (by arrival, then name)."""
-    entries = []
-    with os.scandir(self.path("incoming")) as it:
-      for e in it:
-        if e.name.endswith(".dcm") and is_uid(e.name[:-4]):
-          with contextlib.suppress(FileNotFoundError):
-            entries.append((e.stat().st_mtime_ns, e.name[:-4]))
-    return [uid for _, uid in sorted(entries)]
+    return self._listed("incoming", ".dcm", is_uid)
 
   def received_ns(self, uid: str) -> int:
     """When the film arrived (its file's modification time, in ns since the epoch)."""
@@ -224,14 +231,9 @@ class Spool:
     _fsync_folder(self.path("outbox"))
 
   def outbox(self) -> List[str]:
-    """Reports waiting for the destination, oldest first."""
-    entries = []
-    with os.scandir(self.path("outbox")) as it:
-      for e in it:
-        if e.name.endswith(".dcm"):
-          with contextlib.suppress(FileNotFoundError):
-            entries.append((e.stat().st_ctime_ns, e.name))
-    return [name for _, name in sorted(entries)]
+    """Reports waiting for the destination, oldest first (links keep their file's
+    modification time, so the time they were queued is their change time)."""
+    return [stem + ".dcm" for stem in self._listed("outbox", ".dcm", bool, ctime=True)]
 
   def forwarded(self, name: str, line: Dict) -> None:
     """A report the destination accepted: logged, then out of the outbox."""
@@ -254,13 +256,7 @@ class Spool:
     # Only the newest records are read: a spool holds a year's films, the page refreshes
     # every few seconds. Records are written in arrival order (one worker, oldest
     # first), so the newest written are the newest arrived.
-    entries = []
-    with os.scandir(self.path("results")) as it:
-      for e in it:
-        if e.name.endswith(".json") and is_uid(e.name[:-5]):
-          with contextlib.suppress(FileNotFoundError):
-            entries.append((e.stat().st_mtime_ns, e.name[:-5]))
-    newest = [uid for _, uid in sorted(entries, reverse=True)[:limit]]
+    newest = self._listed("results", ".json", is_uid)[::-1][:limit]
     records = [r for r in (self.result(uid) for uid in newest) if r is not None]
     records.sort(key=lambda r: (r.get("received_ns", 0), r.get("sop_instance_uid", "")),
                  reverse=True)

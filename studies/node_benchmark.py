@@ -17,7 +17,9 @@ Phases:
     receipt (the film's arrival in its spool) to Orthanc's acknowledgement of its report
     (the node's forwarded.jsonl). The node's own time per film: reading, predicting and
     writing its report (processing_ms in its records). Peak memory: the node process's
-    VmHWM.
+    VmHWM. The baseline: the same films through the edge runtime alone, in one process
+    (cxr-predict's work per film), measured in the same run; node_over_predict is the
+    node's own time per film over it.
   kill -9: the node is SIGKILLed once a third of the films have results, started again,
     and Orthanc's store job sent again (as an operator or a routing retry would). Lost:
     films without a report in Orthanc; duplicated: films with more than one audit line.
@@ -81,6 +83,7 @@ class NodeProcess:
   """python -m cxr_edge.node.node with a spool, as an installed node runs."""
 
   def __init__(self, model: str, spool: str, port: int, forward: str, log: str):
+    self.args_of = (model, spool, port, forward, log)  # to start it again
     self.args = [sys.executable, "-m", "cxr_edge.node.node", f"--model={model}",
                  f"--spool_dir={spool}", f"--port={port}", "--host=127.0.0.1",
                  f"--forward={forward}", "--allow_ae=ORTHANC"]
@@ -122,6 +125,17 @@ class NodeProcess:
     self.process.wait(timeout=300)
 
 
+def _routed_node(model: str, work: str, source: orthanc.Orthanc,
+                 destination: orthanc.Orthanc) -> NodeProcess:
+  """A node in work/spool forwarding to `destination`, known to `source` as "cxr"."""
+  port = orthanc.free_port()
+  node = NodeProcess(model, os.path.join(work, "spool"), port,
+                     f"{destination.ae_title}@127.0.0.1:{destination.dicom_port}",
+                     os.path.join(work, "node.log")).start()
+  source.add_modality("cxr", "CXR_EDGE", port)
+  return node
+
+
 def _wait(condition, timeout: float, what: str) -> None:
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
@@ -152,11 +166,7 @@ def throughput(model: str, films: List[bytes], associations: int, work: str) -> 
   """Orthanc -> node -> Orthanc with `associations` concurrent store jobs."""
   with orthanc.Orthanc(os.path.join(work, "orthanc"), concurrent_jobs=associations) as pacs:
     ids = [pacs.upload(f) for f in films]
-    port = orthanc.free_port()
-    node = NodeProcess(model, os.path.join(work, "spool"), port,
-                       f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
-                       os.path.join(work, "node.log")).start()
-    pacs.add_modality("cxr", "CXR_EDGE", port)
+    node = _routed_node(model, work, pacs, pacs)
     start = time.monotonic()
     parts = [ids[k::associations] for k in range(associations)]
     jobs = [pacs.store("cxr", part, asynchronous=True)["ID"] for part in parts]
@@ -203,18 +213,14 @@ def kill_9(model: str, films: List[bytes], work: str) -> Dict:
   spool = os.path.join(work, "spool")
   with orthanc.Orthanc(os.path.join(work, "orthanc")) as pacs:
     ids = [pacs.upload(f) for f in films]
-    port = orthanc.free_port()
-    args = (model, spool, port, f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
-            os.path.join(work, "node.log"))
-    node = NodeProcess(*args).start()
-    pacs.add_modality("cxr", "CXR_EDGE", port)
+    node = _routed_node(model, work, pacs, pacs)
     pacs.store("cxr", ids, asynchronous=True)
     _wait(lambda: len(os.listdir(os.path.join(spool, "results"))) >= len(films) // 3, 1800,
           "a third of the results")
     node.kill()
     killed_at = len(os.listdir(os.path.join(spool, "results")))
     queued_at_kill = len(os.listdir(os.path.join(spool, "incoming")))
-    node = NodeProcess(*args).start()
+    node = NodeProcess(*node.args_of).start()
     pacs.store("cxr", ids, asynchronous=True)
     _wait(lambda: len(_audit_counts(spool)) >= len(films) and
           not os.listdir(os.path.join(spool, "outbox")), 1800, "every film")
@@ -235,17 +241,13 @@ def pacs_down(model: str, films: List[bytes], work: str) -> Dict:
   destination = orthanc.Orthanc(os.path.join(work, "destination"), ae_title="DEST")
   with orthanc.Orthanc(os.path.join(work, "source")) as source:
     ids = [source.upload(f) for f in films]
-    port = orthanc.free_port()
-    args = (model, spool, port, f"DEST@127.0.0.1:{destination.dicom_port}",
-            os.path.join(work, "node.log"))
-    node = NodeProcess(*args).start()
-    source.add_modality("cxr", "CXR_EDGE", port)
+    node = _routed_node(model, work, source, destination)
     source.store("cxr", ids)
     _wait(lambda: len(os.listdir(os.path.join(spool, "results"))) >= len(films), 1800,
           "the results")
     waiting_before_restart = len(os.listdir(os.path.join(spool, "outbox")))
     node.stop()
-    node = NodeProcess(*args).start()
+    node = NodeProcess(*node.args_of).start()
     destination.start()
     _wait(lambda: not os.listdir(os.path.join(spool, "outbox")), 1800, "the outbox")
     node.stop()
@@ -254,6 +256,19 @@ def pacs_down(model: str, films: List[bytes], work: str) -> Dict:
   return {"films": len(films), "reports_waiting_while_down": waiting_before_restart,
           "lost": len({f"2.25.{700000 + k}" for k in range(len(films))} - set(sources)),
           "reports_per_film_in_pacs": sorted(set(sources.values()))}
+
+
+def predict_baseline(model: str, films: List[bytes]) -> Dict:
+  """The same films through the edge runtime alone (what cxr-predict does per film), in
+  this process: the baseline the node's own time per film is compared with."""
+  from cxr_edge.edge import runtime  # pylint: disable=g-import-not-at-top
+  lite = runtime.LiteModel(model)
+  times = []
+  for data in films:
+    start = time.perf_counter()
+    lite.predict_bytes(data)
+    times.append((time.perf_counter() - start) * 1000)
+  return {"predict_ms_per_film_p50": round(float(np.median(times)), 1)}
 
 
 def main():
@@ -272,13 +287,17 @@ def main():
   results = {"films": len(films), "mean_film_mb": round(
       sum(len(f) for f in films) / len(films) / 2**20, 2), "side": args.side,
              "cpus": os.cpu_count()}
+  results["baseline"] = predict_baseline(args.model, films)
   with tempfile.TemporaryDirectory() as work:
     for phase in args.phases.split(","):
       folder = os.path.join(work, phase)
       os.makedirs(folder)
       print(f"node_benchmark: phase {phase}", file=sys.stderr, flush=True)
       if phase in ("1", "4"):
-        results[f"associations_{phase}"] = throughput(args.model, films, int(phase), folder)
+        results[f"associations_{phase}"] = run = throughput(args.model, films, int(phase),
+                                                            folder)
+        run["node_over_predict"] = round(run["node_ms_per_film_p50"] / results[
+            "baseline"]["predict_ms_per_film_p50"], 2)
       elif phase == "kill":
         results["kill_9"] = kill_9(args.model, films, folder)
       elif phase == "down":

@@ -3,7 +3,7 @@
 Seeded mutations of valid PNG, 16-bit PNG, JPEG, TIFF and DICOM files (bytes flipped,
 inserted or cut in their headers) and DICOMs whose attributes hold random garbage, read
 as cxr-convert reads them (image_io.inspect_data) and as the device does
-(runtime.film_as_8bit, then decode_grayscale). Never another exception, and never more
+(runtime.film_gray). Never another exception, and never more
 memory than a limit the subprocess sets on itself: a bomb would be a MemoryError there.
 """
 import json
@@ -78,7 +78,7 @@ for case in range(NUM_CASES):
         result = image_io.inspect_data(data, max_pixels=1_000_000)
         outcome = "rejected" if isinstance(result, image_io.Rejection) else "film"
       else:
-        runtime.decode_grayscale(runtime.film_as_8bit(data))
+        runtime.film_gray(data)
         outcome = "film"
     except ours:
       outcome = "our error"
