@@ -260,15 +260,29 @@ def pacs_down(model: str, films: List[bytes], work: str) -> Dict:
 
 def predict_baseline(model: str, films: List[bytes]) -> Dict:
   """The same films through the edge runtime alone (what cxr-predict does per film), in
-  this process: the baseline the node's own time per film is compared with."""
+  this process: the baseline the node's own time per film is compared with. Also the
+  windowing step as it was before the runtime took the windowed pixels directly (a
+  lossless PNG encoded and decoded again, as cxr-convert stores films), on the same
+  films in the same run, and whether both give the same pixels."""
+  from cxr_edge.core import film  # pylint: disable=g-import-not-at-top
   from cxr_edge.edge import runtime  # pylint: disable=g-import-not-at-top
   lite = runtime.LiteModel(model)
-  times = []
+  times, direct, roundtrip, same = [], [], [], True
   for data in films:
     start = time.perf_counter()
     lite.predict_bytes(data)
     times.append((time.perf_counter() - start) * 1000)
-  return {"predict_ms_per_film_p50": round(float(np.median(times)), 1)}
+    start = time.perf_counter()
+    pixels = runtime.film_gray(data)
+    direct.append((time.perf_counter() - start) * 1000)
+    start = time.perf_counter()
+    decoded = runtime.decode_grayscale(film.read_film(data).encoded)
+    roundtrip.append((time.perf_counter() - start) * 1000)
+    same = same and np.array_equal(pixels, decoded)
+  return {"predict_ms_per_film_p50": round(float(np.median(times)), 1),
+          "windowing_ms_p50": round(float(np.median(direct)), 1),
+          "windowing_via_png_ms_p50": round(float(np.median(roundtrip)), 1),
+          "windowing_via_png_same_pixels": same}
 
 
 def main():
@@ -279,7 +293,8 @@ def main():
                       help="film side in pixels: a clinic's DX film is 2000-3000 px; the "
                       "sample's are 224 (0 keeps them)")
   parser.add_argument("--output")
-  parser.add_argument("--phases", default="1,4,kill,down")
+  parser.add_argument("--phases", default="1,4,kill,down",
+                      help="comma-separated; empty: the baseline only")
   args = parser.parse_args()
   if orthanc.binary() is None:
     sys.exit("node_benchmark: Orthanc is not installed (apt-get install orthanc)")
@@ -289,7 +304,7 @@ def main():
              "cpus": os.cpu_count()}
   results["baseline"] = predict_baseline(args.model, films)
   with tempfile.TemporaryDirectory() as work:
-    for phase in args.phases.split(","):
+    for phase in filter(None, args.phases.split(",")):
       folder = os.path.join(work, phase)
       os.makedirs(folder)
       print(f"node_benchmark: phase {phase}", file=sys.stderr, flush=True)
