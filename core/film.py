@@ -275,6 +275,7 @@ def _dicom_film(ds: Any, max_pixels: Optional[int]) -> Tuple[np.ndarray, Optiona
                     f"exceeds {max_pixels} pixels")
   if getattr(syntax, "is_compressed", False):
     _refuse_frame_larger_than_declared(ds, attributes)
+    _refuse_without_decoder(syntax)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -293,6 +294,28 @@ def _dicom_film(ds: Any, max_pixels: Optional[int]) -> Tuple[np.ndarray, Optiona
                     f"({type(e).__name__}: {str(e)[:120]})") from None
   patient = ds.get("PatientID")
   return values, (str(patient).strip() or None) if patient is not None else None
+
+
+# What a site installs to read compressed films. The decoders are optional: a site
+# whose films are uncompressed needs none, and a platform without their wheels can still
+# install cxr-edge (setup.cfg's `dicom` extra).
+DECODERS_EXTRA = "pip install 'cxr-edge[dicom]' (python-gdcm, pylibjpeg, pylibjpeg-openjpeg)"
+
+
+def _refuse_without_decoder(syntax: Any) -> None:
+  """A compressed film that no installed library decodes: its error names what to
+  install, instead of pydicom's long list of plugins."""
+  from pydicom.pixels import get_decoder  # pylint: disable=g-import-not-at-top
+  name = getattr(syntax, "name", syntax)
+  try:
+    available = get_decoder(syntax).is_available
+  except NotImplementedError:  # pydicom knows no decoder at all (video, JPEG XL...)
+    raise FilmError(f"{REASON_DICOM_DECODE} ({name}): no decoder exists for this "
+                    "transfer syntax; ask the sender for an uncompressed or JPEG 2000 "
+                    "film") from None
+  if not available:
+    raise FilmError(f"{REASON_DICOM_DECODE} ({name}): no decoder for it is installed; "
+                    f"{DECODERS_EXTRA}")
 
 
 # The largest a film's dataset may inflate to, per pixel the limit allows: 16-bit pixels

@@ -329,3 +329,16 @@ def test_one_stray_pixel_does_not_set_the_window_of_a_12_bit_png():
   np.testing.assert_array_equal(read[1:], clean[1:])  # the film as without the pixel
   assert read[0, 0] == 255  # the stray pixel clipped to white
   assert len(np.unique(read)) > 200
+
+
+def test_a_compressed_film_without_an_installed_decoder_names_what_to_install(monkeypatch):
+  from pydicom import uid  # pylint: disable=g-import-not-at-top
+  from pydicom.pixels.decoders import base  # pylint: disable=g-import-not-at-top
+  data = dicom_bytes(film_pixels(), syntax=uid.RLELossless)
+  assert film.read_film(data).height == 48
+  # As on a platform where no decoder wheel could be installed.
+  monkeypatch.setattr(base.Decoder, "is_available", property(lambda self: False))
+  with pytest.raises(film.FilmError, match=r"^DICOM pixel data cannot be decoded \(RLE "
+                     r"Lossless\): no decoder for it is installed; pip install "
+                     r"'cxr-edge\[dicom\]' \(python-gdcm"):
+    film.read_film(data)
