@@ -61,6 +61,12 @@ echo "device_bundle: collecting cxr-edge[$EXTRA] and its dependencies for" \
 ls "$OUT"/ai_edge_litert-*.whl >/dev/null 2>&1 || fail "no LiteRT wheel was collected (see above)"
 
 if [ -n "$MODEL" ]; then
+  # The check the device runs after installing: these films, predicted here, again there.
+  echo "device_bundle: adding the install check (films and their records from this machine)" >&2
+  (cd "$ROOT" && "$PY" -m scripts.device_check films "$OUT/check/films") >&2
+  (cd "$ROOT" && "$PY" -m cxr_edge.edge.predict --model="$MODEL" "$OUT/check/films" \
+     --output="$OUT/check/expected.jsonl")
+  cp "$ROOT/scripts/device_check.py" "$OUT/check/"
   mkdir -p "$OUT/model"
   cp "$MODEL" "$OUT/model/"
   if [ -f "$(dirname "$MODEL")/metadata.json" ]; then cp "$(dirname "$MODEL")/metadata.json" "$OUT/model/"; fi
@@ -79,7 +85,13 @@ No network is needed: pip reads only this folder.
   ~/cxr-edge/bin/pip install --no-index --find-links "\$PWD" "cxr-edge[$EXTRA]"
   ~/cxr-edge/bin/cxr-predict --version
   ~/cxr-edge/bin/cxr-predict --model=model/$MODEL_NAME --info
-  ~/cxr-edge/bin/cxr-predict --model=model/$MODEL_NAME films/ --output=results.jsonl
+
+Then check that this device predicts as the machine that built the bundle did: the same
+decision on every film of check/films (JPEG and DICOM: uncompressed, MONOCHROME1, JPEG
+2000, JPEG-LS) and p_pneumonia within 0.02:
+
+  ~/cxr-edge/bin/cxr-predict --model=model/$MODEL_NAME check/films --output=check/here.jsonl
+  ~/cxr-edge/bin/python check/device_check.py compare check/expected.jsonl check/here.jsonl
 
 (run these from this folder). Check the files first: sha256sum -c SHA256SUMS.
 Compressed DICOM needs the decoders (python-gdcm, pylibjpeg-openjpeg), which are here

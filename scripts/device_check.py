@@ -1,9 +1,13 @@
-r"""The two host-side halves of scripts/check_arm64.sh: the films to predict, and the
-comparison of two cxr-predict outputs.
+r"""A device install's check: films to predict, and the comparison of two cxr-predict
+outputs (the device's against those made where the bundle was built).
 
-Usage (from the repository root):
-  .venv/bin/python -m scripts.device_check films OUT_DIR [--per_class=3]
-  .venv/bin/python -m scripts.device_check compare x86.jsonl arm64.jsonl [--tolerance=0.02]
+Usage:
+  .venv/bin/python -m scripts.device_check films OUT_DIR [--per_class=3]  # in the repo
+  python3 device_check.py compare expected.jsonl here.jsonl [--tolerance=0.02]
+
+scripts/device_bundle.sh puts the films, their expected records and this file into a
+bundle's check/ folder; `compare` needs only the standard library, so it runs on the
+device. scripts/check_arm64.sh runs the same commands inside an emulated arm64 system.
 
 `films` writes the embedded sample's first films of each class as they are (JPEG) and
 as DICOM: 12-bit uncompressed, MONOCHROME1, JPEG 2000 and JPEG-LS (the compressed ones
@@ -20,16 +24,17 @@ import json
 import os
 import sys
 
-import numpy as np
-from PIL import Image
-
-from tests import dicom_files
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def films(out_dir: str, per_class: int) -> int:
-  from pydicom import uid  # pylint: disable=g-import-not-at-top
+  # In the repository only (the device runs `compare` alone, with the standard library).
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from PIL import Image
+  from pydicom import uid
+  from tests import dicom_files
+  # pylint: enable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   count = 0
   for label in ("NORMAL", "PNEUMONIA"):
