@@ -103,6 +103,11 @@ class NodeOptions:
   threads: int = option(1, lower_bound=1, help="Interpreter threads.")
   max_associations: int = option(8, lower_bound=1,
                                  help="Associations served at once; more are rejected.")
+  keep_days: float = option(
+      30.0, lower_bound=0.0,
+      help="Remove films, reports and overlays from the spool this many days after they "
+      "were written (the node is not an archive; the PACS keeps them); records and the "
+      "audit log stay. 0 keeps everything.")
   min_free_mb: int = option(
       512, lower_bound=0, help="Refuse films (status A700, out of resources: the sender "
       "keeps and retries them) while the spool's disk has less free space than this.")

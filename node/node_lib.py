@@ -40,6 +40,7 @@ from cxr_edge.node import spool as spool_lib
 log = logging.getLogger("cxr_edge.node")
 
 TOKEN_NAME = "http_token"
+PRUNE_EVERY_SECONDS = 3600.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -167,10 +168,29 @@ class Node:
   # The worker -----------------------------------------------------------------------
 
   def _work(self) -> None:
+    next_prune = 0.0
     while not self._stop.is_set():
       self.process_pending()
+      if time.monotonic() >= next_prune:
+        self.prune()
+        next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
       self._wake.wait(timeout=1.0)
       self._wake.clear()
+
+  def prune(self) -> int:
+    """Applies --keep_days (the worker does, hourly); returns how many files went."""
+    if not self.options.keep_days:
+      return 0
+    cutoff = time.time_ns() - int(self.options.keep_days * 86400 * 1e9)
+    try:
+      removed = self.spool.prune(cutoff)
+    except OSError as e:  # a failing disk: the next round tries again
+      log.warning("could not prune the spool: %s", e.strerror or e)
+      return 0
+    if removed:
+      log.info("removed %d file(s) older than %g days from the spool", removed,
+               self.options.keep_days)
+    return removed
 
   def process_pending(self) -> int:
     """Processes every queued film, oldest first; returns how many."""

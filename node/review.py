@@ -266,7 +266,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if kind == "film" and not png:
       self._send(200, film_page(record, os.path.exists(overlay_path)))
     elif kind == "film":
-      self._send(200, film_preview(spool.path("films", uid + ".dcm")), "image/png")
+      path = spool.path("films", uid + ".dcm")
+      if not os.path.exists(path):
+        self._send(410, _page("cxr-node", "<p>This film is no longer kept here "
+                                          "(--keep_days); the PACS has it.</p>"))
+        return
+      self._send(200, film_preview(path), "image/png")
     elif png and os.path.exists(overlay_path):
       with open(overlay_path, "rb") as f:
         self._send(200, f.read(), "image/png")

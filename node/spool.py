@@ -249,6 +249,23 @@ class Spool:
     os.replace(self.path("outbox", name), self.path("dead_letter", name))
     _fsync_folder(self.path("outbox"))
 
+  # Retention -------------------------------------------------------------------------
+
+  def prune(self, older_than_ns: int) -> int:
+    """Removes films, reports and overlays last written before `older_than_ns` (ns since
+    the epoch); returns how many. Records, logs, the queue and reports still waiting
+    for the PACS (their own link in outbox/) are kept: the node is not an archive, but
+    its history and anything not yet done stay."""
+    removed = 0
+    for folder in ("films", "reports", "overlays"):
+      with os.scandir(self.path(folder)) as it:
+        for e in it:
+          with contextlib.suppress(FileNotFoundError):
+            if e.is_file(follow_symlinks=False) and e.stat().st_mtime_ns < older_than_ns:
+              os.unlink(e.path)
+              removed += 1
+    return removed
+
   # The review page -------------------------------------------------------------------
 
   def recent(self, limit: int) -> List[Dict]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -321,6 +322,31 @@ def test_a_film_whose_result_was_written_before_a_crash_is_not_redone(exported, 
   assert [line["sop_instance_uid"] for line in audit(tmp_path / "s")] == [uid]
   assert node.spool.result(uid)["report_sop_instance_uid"] == record["report_sop_instance_uid"]
   node.stop()
+
+
+def test_retention_removes_old_films_and_reports_and_keeps_records_and_the_queue(
+    exported, tmp_path):
+  model = int8_model(exported)
+  node = node_lib.Node(node_config.NodeOptions(
+      model=model, spool_dir=str(tmp_path / "s"), port=0, keep_days=2, overlay=True))
+  try:
+    old, new = (_queue(node.spool, dicom_files.study_film(s)) for s in (55, 56))
+    node.process(old)
+    node.process(new)
+    queued = _queue(node.spool, dicom_files.study_film(57))
+    three_days_ago = time.time() - 3 * 86400
+    for folder, name in (("films", old + ".dcm"), ("reports", old + ".sr.dcm"),
+                         ("reports", old + ".sc.dcm"), ("overlays", old + ".png"),
+                         ("incoming", queued + ".dcm")):
+      os.utime(node.spool.path(folder, name), (three_days_ago, three_days_ago))
+    assert node.prune() == 4
+    left = {f: sorted(os.listdir(node.spool.path(f))) for f in ("films", "reports")}
+    assert left == {"films": [new + ".dcm"],
+                    "reports": [new + ".sc.dcm", new + ".sr.dcm"]}
+    assert node.spool.pending() == [queued]  # the queue is never pruned
+    assert node.spool.result(old) is not None  # nor the records
+  finally:
+    node.stop()
 
 
 def test_a_half_written_audit_line_is_cut_at_restart(tmp_path):
