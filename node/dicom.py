@@ -253,7 +253,11 @@ class Forwarder:
         path = self.spool.path("outbox", name)
         if not os.path.exists(path):
           continue
-        response = assoc.send_c_store(path)
+        try:
+          response = assoc.send_c_store(path)
+        except ValueError:  # pynetdicom: no accepted presentation context for its class
+          self._refuse(name, "it accepts no presentation context for this SOP class")
+          continue
         status = getattr(response, "Status", None)
         if status is None:
           raise DestinationUnavailable("the association broke off")
@@ -264,20 +268,20 @@ class Forwarder:
               "destination": str(self.destination)})
           stored += 1
         else:
-          self._refuse(name, status)
+          self._refuse(name, f"status {status:04X}")
     finally:
       with contextlib.suppress(Exception):
         assoc.release() if assoc.is_established else assoc.abort()
     return stored
 
-  def _refuse(self, name: str, status: int) -> None:
+  def _refuse(self, name: str, why: str) -> None:
     count = self._refused.get(name, 0) + 1
     self._refused[name] = count
-    log.warning("%s refused %s with status %04X (%d of %d)", self.destination, name,
-                status, count, self.max_refusals)
+    log.warning("%s refused %s: %s (%d of %d)", self.destination, name, why, count,
+                self.max_refusals)
     if count >= self.max_refusals:
-      self.spool.dead_letter(name, f"{self.destination} refused it {count} times, last "
-                                   f"with status {status:04X}")
+      self.spool.dead_letter(name, f"{self.destination} refused it {count} times, last: "
+                                   f"{why}")
       del self._refused[name]
 
 

@@ -42,8 +42,9 @@ def int8_model(exported) -> str:
 class Pacs:
   """A DICOM destination on loopback that keeps what it is sent (or refuses it)."""
 
-  def __init__(self, status: int = 0x0000, ae_title: str = "PACS"):
-    self.status, self.ae_title, self.received = status, ae_title, []
+  def __init__(self, status: int = 0x0000, ae_title: str = "PACS",
+               classes=dicom.REPORT_CLASSES):
+    self.status, self.ae_title, self.classes, self.received = status, ae_title, classes, []
     self._lock = threading.Lock()
     self._server = None
 
@@ -55,7 +56,7 @@ class Pacs:
 
   def start(self, port: int = 0) -> "Pacs":
     ae = AE(ae_title=self.ae_title)
-    for cls in dicom.REPORT_CLASSES:
+    for cls in self.classes:
       ae.add_supported_context(cls)
     self._server = ae.start_server(("127.0.0.1", port), block=False,
                                    evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
@@ -277,7 +278,25 @@ def test_a_report_the_pacs_refuses_goes_to_the_dead_letter_folder(exported, tmp_
   dead = sorted(os.listdir(tmp_path / "spool" / "dead_letter"))
   assert len(dead) == 2 and dead[0].endswith(".sr.dcm")
   reason = open(tmp_path / "spool" / "dead_letter" / dead[1], encoding="utf-8").read()
-  assert "refused it 2 times" in reason and "A900" in reason
+  assert "refused it 2 times" in reason and "status A900" in reason
+
+
+def test_a_pacs_that_takes_no_structured_reports_is_a_refusal_not_an_outage(exported,
+                                                                            tmp_path):
+  pacs = Pacs(classes=(sop_class.SecondaryCaptureImageStorage,)).start()
+  node = node_lib.Node(node_config.NodeOptions(
+      model=int8_model(exported), spool_dir=str(tmp_path / "spool"), port=0,
+      forward=pacs.address, forward_refusals=1))
+  try:
+    node.process(_queue(node.spool, dicom_files.study_film(31)))
+    assert node.forwarder.send_pending() == 0
+  finally:
+    node.stop()
+    pacs.stop()
+  (reason,) = [f for f in os.listdir(tmp_path / "spool" / "dead_letter")
+               if f.endswith(".txt")]
+  assert "accepts no presentation context" in open(
+      tmp_path / "spool" / "dead_letter" / reason, encoding="utf-8").read()
 
 
 def test_overlay_goes_out_as_a_secondary_capture_in_the_study(exported, tmp_path):
