@@ -260,43 +260,41 @@ def test_reports_wait_for_a_pacs_that_is_down_also_across_a_restart(exported, tm
   assert len(sent) == 3 and len(audit(spool_dir)) == 3
 
 
-def test_a_report_the_pacs_refuses_goes_to_the_dead_letter_folder(exported, tmp_path):
-  pacs = Pacs(status=0xA900).start()
-  # Not started: the forwarder is driven by hand, one attempt at a time.
+def _refused_by(pacs, exported, tmp_path, refusals):
+  """One film's report offered to `pacs` `refusals` times by a node whose forwarder is
+  driven by hand (the node is not started); returns the outbox after each attempt and
+  the dead-letter folder's files."""
   node = node_lib.Node(node_config.NodeOptions(
       model=int8_model(exported), spool_dir=str(tmp_path / "spool"), port=0,
-      forward=pacs.address, forward_refusals=2))
+      forward=pacs.address, forward_refusals=refusals))
+  outboxes = []
   try:
     node.process(_queue(node.spool, dicom_files.study_film(30)))
-    assert node.forwarder.send_pending() == 0
-    assert len(node.spool.outbox()) == 1  # refused once: it stays
-    assert node.forwarder.send_pending() == 0
-    assert node.spool.outbox() == []
+    for _ in range(refusals):
+      assert node.forwarder.send_pending() == 0
+      outboxes.append(len(node.spool.outbox()))
   finally:
     node.stop()
     pacs.stop()
-  dead = sorted(os.listdir(tmp_path / "spool" / "dead_letter"))
-  assert len(dead) == 2 and dead[0].endswith(".sr.dcm")
-  reason = open(tmp_path / "spool" / "dead_letter" / dead[1], encoding="utf-8").read()
+  folder = tmp_path / "spool" / "dead_letter"
+  return outboxes, {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_a_report_the_pacs_refuses_goes_to_the_dead_letter_folder(exported, tmp_path):
+  outboxes, dead = _refused_by(Pacs(status=0xA900).start(), exported, tmp_path, 2)
+  assert outboxes == [1, 0]  # refused once: it stays; twice: it goes
+  (report_name,) = [n for n in dead if n.endswith(".sr.dcm")]
+  reason = dead[report_name + ".reason.txt"].decode()
   assert "refused it 2 times" in reason and "status A900" in reason
 
 
 def test_a_pacs_that_takes_no_structured_reports_is_a_refusal_not_an_outage(exported,
                                                                             tmp_path):
   pacs = Pacs(classes=(sop_class.SecondaryCaptureImageStorage,)).start()
-  node = node_lib.Node(node_config.NodeOptions(
-      model=int8_model(exported), spool_dir=str(tmp_path / "spool"), port=0,
-      forward=pacs.address, forward_refusals=1))
-  try:
-    node.process(_queue(node.spool, dicom_files.study_film(31)))
-    assert node.forwarder.send_pending() == 0
-  finally:
-    node.stop()
-    pacs.stop()
-  (reason,) = [f for f in os.listdir(tmp_path / "spool" / "dead_letter")
-               if f.endswith(".txt")]
-  assert "accepts no presentation context" in open(
-      tmp_path / "spool" / "dead_letter" / reason, encoding="utf-8").read()
+  outboxes, dead = _refused_by(pacs, exported, tmp_path, 1)
+  assert outboxes == [0]
+  (reason,) = [v.decode() for n, v in dead.items() if n.endswith(".txt")]
+  assert "accepts no presentation context" in reason
 
 
 def test_overlay_goes_out_as_a_secondary_capture_in_the_study(exported, tmp_path):
