@@ -29,7 +29,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Union
 
 import pydicom
 from pydicom import uid as dicom_uid
@@ -73,8 +73,9 @@ def decodable_syntaxes() -> List[str]:
   return native + compressed
 
 
-def _check_film(path: str, sop_class_uid: str) -> Optional[int]:
-  """None if the received dataset can be filed, else the failure status (and logs why)."""
+def _check_film(path: str, sop_class_uid: str) -> Union[int, pydicom.Dataset]:
+  """The received dataset's header if it can be filed, else the failure status (and logs
+  why)."""
   size = os.path.getsize(path)
   if size > schema.MAX_FILE_BYTES:
     log.warning("refused a dataset of %d MiB (over %d MiB)", size // 2**20,
@@ -99,7 +100,7 @@ def _check_film(path: str, sop_class_uid: str) -> Optional[int]:
   if own_class != sop_class_uid:
     log.warning("refused %s: its SOP class is not the one it was sent as", uids[0])
     return NOT_A_FILM
-  return None
+  return ds
 
 
 class Receiver:
@@ -144,10 +145,9 @@ class Receiver:
   def _on_store(self, event) -> int:
     calling = event.assoc.requestor.ae_title
     path = str(event.dataset_path)
-    status = _check_film(path, event.context.abstract_syntax)
-    if status is not None:
-      return status
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds = _check_film(path, event.context.abstract_syntax)
+    if isinstance(ds, int):
+      return ds
     uid = str(ds.SOPInstanceUID)
     if ds.get("Manufacturer") == report.MANUFACTURER:
       # One of our own overlays routed back by a PACS rule: acknowledged (nothing is

@@ -225,8 +225,8 @@ class Node:
       result = self.model.predict_bytes(data, self.options.strict)
     except (errors.ImageError, image_io.UnreadableFile) as e:
       result = {"error": str(e)}
-    names = [self._write(uid + ".sr.dcm", report.structured_report(
-        header, result, self.model.info, self.model.sha256))]
+    sr = report.structured_report(header, result, self.model.info, self.model.sha256)
+    names = [self._write(uid + ".sr.dcm", sr)]
     has_overlay = False
     if self.options.overlay and "error" not in result:
       png = explain.overlay_png(self.model, data, result)
@@ -240,14 +240,8 @@ class Node:
       for name in names:
         self.spool.enqueue_forward(name)
       self.forwarder.wake()
-    uids = report.report_uids(uid, self.model.sha256, str(header.StudyInstanceUID))
-    audit = {"time": _now_iso(), "sop_instance_uid": uid,
-             "study_instance_uid": str(header.StudyInstanceUID),
-             "model_sha256": self.model.sha256,
-             "prediction": result.get("prediction"), "p_pneumonia": result.get("p_pneumonia"),
-             "threshold": result.get("threshold", self.model.threshold),
-             "warning": result.get("warning"), "error": result.get("error"),
-             "report_sop_instance_uid": uids["sr"]}
+    audit = self._audit_line(uid, result, str(header.StudyInstanceUID),
+                             str(sr.SOPInstanceUID))
     self.spool.audit_once(audit)
     record = {**audit, "received_ns": received_ns, "processed_ns": time.time_ns(),
               "processing_ms": round((time.perf_counter() - start) * 1000, 1),
@@ -263,6 +257,16 @@ class Node:
     log.info("film %s: %s", uid, outcome)
     return record
 
+  def _audit_line(self, uid: str, result: Dict, study_uid: Optional[str] = None,
+                  report_uid: Optional[str] = None) -> Dict:
+    """The film's audit line: UIDs, the model, the outcome; no patient name or id."""
+    return {"time": _now_iso(), "sop_instance_uid": uid, "study_instance_uid": study_uid,
+            "model_sha256": self.model.sha256, "prediction": result.get("prediction"),
+            "p_pneumonia": result.get("p_pneumonia"),
+            "threshold": result.get("threshold", self.model.threshold),
+            "warning": result.get("warning"), "error": result.get("error"),
+            "report_sop_instance_uid": report_uid}
+
   def _write(self, name: str, ds: pydicom.Dataset) -> str:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
@@ -275,10 +279,7 @@ class Node:
       received_ns = self.spool.received_ns(uid)
     except OSError:
       return  # gone already
-    audit = {"time": _now_iso(), "sop_instance_uid": uid, "study_instance_uid": None,
-             "model_sha256": self.model.sha256, "prediction": None, "p_pneumonia": None,
-             "threshold": self.model.threshold, "warning": None, "error": why,
-             "report_sop_instance_uid": None}
+    audit = self._audit_line(uid, {"error": why})
     self.spool.audit_once(audit)
     self.spool.finish(uid, {**audit, "received_ns": received_ns,
                             "processed_ns": time.time_ns(), "overlay": False})

@@ -22,9 +22,9 @@ from typing import Dict, List, Optional
 
 from PIL import Image
 
-from cxr_edge.core import film
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
-from cxr_edge.core import schema
+from cxr_edge.edge import runtime
 from cxr_edge.node import spool as spool_lib
 
 log = logging.getLogger("cxr_edge.node")
@@ -137,12 +137,10 @@ def film_page(record: Dict, has_overlay: bool) -> bytes:
 def film_preview(path: str) -> bytes:
   """A film as a PNG for the browser: windowed as the model saw it, at most
   PREVIEW_SIDE px on its longer side."""
-  data = film.as_8bit(image_io.read_file(path), schema.MAX_PIXELS)
-  with Image.open(io.BytesIO(data)) as im:
-    im = im.convert("L")
-    im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    out = io.BytesIO()
-    im.save(out, format="PNG")
+  im = Image.fromarray(runtime.film_gray(image_io.read_file(path)), "L")
+  im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+  out = io.BytesIO()
+  im.save(out, format="PNG")
   return out.getvalue()
 
 
@@ -235,7 +233,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     try:
       self._route(url.path)
-    except (OSError, film.FilmError, image_io.UnreadableFile) as e:
+    except (OSError, errors.ImageError, image_io.UnreadableFile) as e:
       log.warning("review page: %s", type(e).__name__)
       self._send(500, _page("cxr-node", "<p>That film cannot be shown.</p>"))
 

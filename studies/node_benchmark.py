@@ -149,12 +149,18 @@ def _reports_in(pacs: orthanc.Orthanc) -> int:
   return pacs.get("/statistics")["CountInstances"]
 
 
-def _latencies(spool: str) -> List[float]:
-  received = {}
+def _results(spool: str) -> List[Dict]:
+  """The node's film records."""
+  records = []
   for path in glob.glob(os.path.join(spool, "results", "*.json")):
     with open(path, encoding="utf-8") as f:
-      record = json.load(f)
-    received[record["sop_instance_uid"]] = record["received_ns"] / 1e9
+      records.append(json.load(f))
+  return records
+
+
+def _latencies(spool: str, records: List[Dict]) -> List[float]:
+  """Seconds from each film's arrival to its report's acknowledgement."""
+  received = {r["sop_instance_uid"]: r["received_ns"] / 1e9 for r in records}
   out = []
   for line in spool_lib.iter_lines(os.path.join(spool, spool_lib.FORWARDED_NAME)):
     stored = datetime.datetime.fromisoformat(line["time"]).timestamp()
@@ -175,11 +181,9 @@ def throughput(model: str, films: List[bytes], associations: int, work: str) -> 
     assert all(pacs.job_state(j) == "Success" for j in jobs)
     peak = node.peak_rss_mb()
     node.stop()
-  latency = _latencies(os.path.join(work, "spool"))
-  own = []
-  for path in glob.glob(os.path.join(work, "spool", "results", "*.json")):
-    with open(path, encoding="utf-8") as f:
-      own.append(json.load(f).get("processing_ms", float("nan")))
+  records = _results(os.path.join(work, "spool"))
+  latency = _latencies(os.path.join(work, "spool"), records)
+  own = [r.get("processing_ms", float("nan")) for r in records]
   return {"associations": associations, "films": len(films), "seconds": round(elapsed, 1),
           "films_per_minute": round(len(films) / elapsed * 60, 1),
           "latency_p50_s": round(float(np.percentile(latency, 50)), 2),
