@@ -13,7 +13,7 @@ import io
 import os
 import posixpath
 import secrets
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from cxr_edge.core import image_io
 from cxr_edge.core import schema
@@ -27,11 +27,23 @@ class SourceFile:
   # Why this entry cannot be read at all (an unreadable or repeated folder, a file name
   # that is not UTF-8); relpath is then printable (escaped) rather than openable.
   problem: Optional[str] = None
+  # A PNEUMONIA file's subtype (schema.SUBTYPES) where known, else None.
+  subtype: Optional[str] = None
 
+
+class Row(NamedTuple):
+  """One file's --metadata_csv row."""
+  patient_id: str  # "" when the row gives none
+  label: str
+  subtype: Optional[str]  # None when the row gives none (or the CSV has no such column)
+
+
+# read_metadata_csv's answer: {path relative to --input_dir: its row}.
+Listing = Dict[str, Row]
 
 
 def scan_input(input_dir: str, flag: str = "--input_dir",
-               listed: Optional[Dict[str, Tuple[str, str]]] = None) -> List[SourceFile]:
+               listed: Optional[Listing] = None) -> List[SourceFile]:
   """Lists every file below input_dir with the class of its nearest class folder.
 
   Every entry found is accounted for: hidden files (".DS_Store") are listed, to be
@@ -42,8 +54,8 @@ def scan_input(input_dir: str, flag: str = "--input_dir",
   Args:
     input_dir: the folder to search.
     flag: the command-line flag that named it, for error messages.
-    listed: read_metadata_csv's {relpath: (patient, label)}: labels come from it, not
-      from class folders; a file it does not list, or a listed file not found, is
+    listed: read_metadata_csv's rows: labels (and subtypes) come from it, not from
+      class folders; a file it does not list, or a listed file not found, is
       reported with `problem` set.
 
   Raises:
@@ -100,16 +112,25 @@ def class_of(folders: Sequence[str]) -> Optional[str]:
 
 
 def source_file(relpath: str, label: Optional[str],
-                listed: Optional[Dict[str, Tuple[str, str]]]) -> SourceFile:
-  """A listed file: its class folder's label, or its --metadata_csv row's if given."""
-  if listed is None:
+                listed: Optional[Listing]) -> SourceFile:
+  """A listed file: its class folder's label, or its --metadata_csv row's if given.
+
+  A PNEUMONIA file's subtype is its row's, else what its name says (the public
+  release's person12_virus_4.jpeg), else unknown.
+  """
+  if listed is not None:
+    if relpath not in listed:
+      return SourceFile(relpath, None, image_io.REASON_NOT_LISTED)
+    label, given = listed[relpath].label, listed[relpath].subtype
+  else:
+    given = None
+  if label != schema.POSITIVE_LABEL:
     return SourceFile(relpath, label)
-  if relpath in listed:
-    return SourceFile(relpath, listed[relpath][1])
-  return SourceFile(relpath, None, image_io.REASON_NOT_LISTED)
+  return SourceFile(relpath, label,
+                    subtype=given or schema.parse_subtype(relpath.rsplit("/", 1)[-1]))
 
 
-def finish_listing(found: List[SourceFile], listed: Optional[Dict[str, Tuple[str, str]]],
+def finish_listing(found: List[SourceFile], listed: Optional[Listing],
                    any_class_dir: bool, input_dir: str, flag: str) -> List[SourceFile]:
   """Adds --metadata_csv rows whose file was not found; refuses a tree without classes."""
   if listed is not None:
@@ -164,14 +185,17 @@ def patient_id(relpath: str, dicom_tag: Optional[str] = None, listed: Optional[s
 MAX_METADATA_CSV_BYTES = 256 * 1024 * 1024
 
 
-def read_metadata_csv(path: str) -> Dict[str, Tuple[str, str]]:
-  """--metadata_csv: {relpath: (patient_id, label)} from columns path, patient_id, label.
+def read_metadata_csv(path: str) -> Listing:
+  """--metadata_csv: {relpath: Row} from columns path, patient_id, label[, subtype].
 
   Paths are relative to --input_dir ("/" separators); labels are class names, any case.
-  Other columns (e.g. study_date) are allowed and ignored.
+  The optional subtype column gives a PNEUMONIA film's kind (bacterial or viral, any
+  case; blank = unknown); a NORMAL film's must be blank. Other columns (e.g.
+  study_date) are allowed and ignored.
 
   Raises:
-    ConversionError: unreadable file, missing columns, unknown label, repeated path.
+    ConversionError: unreadable file, missing columns, unknown label or subtype, a
+      subtype on a NORMAL row, repeated path.
   """
   try:
     reader = csv.DictReader(io.StringIO(
@@ -188,17 +212,24 @@ def read_metadata_csv(path: str) -> Dict[str, Tuple[str, str]]:
                           "(needs path, patient_id, label)")
   if not rows:
     raise ConversionError(f"--metadata_csv {path!r} has its header but no rows")
-  listed: Dict[str, Tuple[str, str]] = {}
+  listed: Listing = {}
   for line, row in enumerate(rows, 2):
     label = (row["label"] or "").strip().upper()
     if label not in schema.LABEL_TO_INDEX:
       raise ConversionError(f"--metadata_csv line {line}: label {row['label']!r} is not one of "
                             f"{', '.join(schema.LABELS)}")
+    try:
+      subtype = schema.subtype_from_text(row.get("subtype") or "")
+    except ValueError as e:
+      raise ConversionError(f"--metadata_csv line {line}: {e}") from None
+    if subtype and label != schema.POSITIVE_LABEL:
+      raise ConversionError(f"--metadata_csv line {line}: a {label} film has no subtype "
+                            f"({row['subtype']!r})")
     # As the folder scan names files: "./a/./f.jpeg" and "a//f.jpeg" are "a/f.jpeg".
     rel = posixpath.normpath((row["path"] or "").strip().replace("\\", "/"))
     if rel in listed:
       raise ConversionError(f"--metadata_csv line {line}: {rel!r} is listed twice")
-    listed[rel] = ((row["patient_id"] or "").strip(), label)
+    listed[rel] = Row((row["patient_id"] or "").strip(), label, subtype)
   return listed
 
 
@@ -214,6 +245,7 @@ class LabelledImage:
   relpath: str  # relative to image_dir, "/" separators
   label: int  # index into schema.LABELS
   patient_id: str
+  subtype: Optional[str] = None  # a PNEUMONIA film's, where its name states it
 
 
 def list_labelled_images(image_dir: str,
@@ -249,5 +281,5 @@ def list_labelled_images(image_dir: str,
         continue
       tag = result.patient_tag
     items.append(LabelledImage(path, f.relpath, schema.LABEL_TO_INDEX[f.label],
-                               patient_id(f.relpath, tag, salt=_SALT)[0]))
+                               patient_id(f.relpath, tag, salt=_SALT)[0], f.subtype))
   return items, skipped

@@ -12,6 +12,20 @@ LABEL_TO_INDEX: Dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 NUM_CLASSES = len(LABELS)
 POSITIVE_LABEL = "PNEUMONIA"
 
+# The kind of a PNEUMONIA film, where known (the public release names it in the file
+# name: person12_bacteria_3.jpeg, person12_virus_4.jpeg). A film of unknown subtype is
+# still a PNEUMONIA film: it trains and scores the binary decision.
+SUBTYPES: Tuple[str, ...] = ("BACTERIAL", "VIRAL")
+# What a model is trained to tell apart (cxr-train --task): its outputs, in this order.
+# Both start with NORMAL, so p_pneumonia is 1 - the first output for either.
+TASK_BINARY, TASK_SUBTYPE = "binary", "subtype"
+TASKS = (TASK_BINARY, TASK_SUBTYPE)
+TASK_CLASSES: Dict[str, Tuple[str, ...]] = {TASK_BINARY: LABELS,
+                                            TASK_SUBTYPE: ("NORMAL",) + SUBTYPES}
+# The subtype task's training target: an index into TASK_CLASSES["subtype"], or this
+# one for a PNEUMONIA film of unknown subtype (its loss is that of PNEUMONIA alone).
+TARGET_PNEUMONIA_UNKNOWN = len(TASK_CLASSES[TASK_SUBTYPE])
+
 # tf.train.Example feature keys. Every record has exactly these.
 KEY_ENCODED = "image/encoded"
 KEY_FORMAT = "image/format"
@@ -26,8 +40,13 @@ KEY_SHA256 = "image/sha256"
 # The file's own format when it was windowed to the stored 8-bit PNG (dicom, png16, tiff);
 # else the stored format. Records of conversions before it was added read as "".
 KEY_SOURCE_FORMAT = "image/source_format"
+# A PNEUMONIA film's subtype (one of SUBTYPES), "" when unknown or NORMAL. Records of
+# conversions before it was added read as "".
+KEY_SUBTYPE = "image/class/subtype"
 BYTES_KEYS = (KEY_ENCODED, KEY_FORMAT, KEY_TEXT, KEY_FILENAME, KEY_PATIENT, KEY_SHA256,
-              KEY_SOURCE_FORMAT)
+              KEY_SOURCE_FORMAT, KEY_SUBTYPE)
+# Keys that records of older conversions lack (they parse with "" there).
+OPTIONAL_KEYS = (KEY_SOURCE_FORMAT, KEY_SUBTYPE)
 INT_KEYS = (KEY_HEIGHT, KEY_WIDTH, KEY_CHANNELS, KEY_LABEL)
 ALL_KEYS = tuple(sorted(BYTES_KEYS + INT_KEYS))
 
@@ -68,6 +87,46 @@ _PATIENT_PATTERNS = (
   re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1234_bacteria_5678.jpeg
   re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),  # [NORMAL2-]IM-0115-0001.jpeg
 )
+
+
+_SUBTYPE_PATTERN = re.compile(r"^person\d+_(bacteria|virus)_", re.IGNORECASE)
+# Spellings a --metadata_csv subtype column may use, lower-cased.
+_SUBTYPE_WORDS = {"bacterial": "BACTERIAL", "bacteria": "BACTERIAL", "viral": "VIRAL",
+                  "virus": "VIRAL"}
+
+
+def parse_subtype(filename: str) -> Optional[str]:
+  """The subtype a public-release file name states: ``person12_virus_4.jpeg`` -> VIRAL.
+
+  None when the name states none (NORMAL films, other sources' names).
+  """
+  match = _SUBTYPE_PATTERN.match(filename)
+  return _SUBTYPE_WORDS[match.group(1).lower()] if match else None
+
+
+def subtype_from_text(text: str) -> Optional[str]:
+  """A subtype as people write it (bacterial, Bacteria, VIRAL, virus); None if blank.
+
+  Raises:
+    ValueError: a non-blank word that is not a subtype.
+  """
+  word = text.strip().lower()
+  if not word:
+    return None
+  if word not in _SUBTYPE_WORDS:
+    raise ValueError(f"subtype {text!r} is not one of {', '.join(s.lower() for s in SUBTYPES)} "
+                     "(or blank: unknown)")
+  return _SUBTYPE_WORDS[word]
+
+
+def subtype_target(label: str, subtype: Optional[str]) -> int:
+  """The subtype task's target of a film: 0 NORMAL, 1 BACTERIAL, 2 VIRAL, or
+  TARGET_PNEUMONIA_UNKNOWN. Also the stratum the splits keep in proportion."""
+  if label != POSITIVE_LABEL:
+    return 0
+  if subtype is None or subtype == "":
+    return TARGET_PNEUMONIA_UNKNOWN
+  return 1 + SUBTYPES.index(subtype)
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:

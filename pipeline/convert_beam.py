@@ -73,7 +73,7 @@ def _read(path: str) -> bytes:
     return f.read()
 
 
-def list_files(input_dir: str, listed: Optional[Dict[str, Tuple[str, str]]] = None
+def list_files(input_dir: str, listed: Optional[folders.Listing] = None
                ) -> Tuple[List[folders.SourceFile], Dict[str, int]]:
   """Every file below input_dir and its size: (SourceFiles as scan_input gives, sizes).
 
@@ -327,7 +327,7 @@ def convert(options: convert_config.ConvertOptions,
 
 
 def _convert(options: convert_config.ConvertOptions,
-             listed: Optional[Dict[str, Tuple[str, str]]], files: List[folders.SourceFile],
+             listed: Optional[folders.Listing], files: List[folders.SourceFile],
              sizes: Dict[str, int], beam_options, beam_runner: str,
              start: float) -> convert_lib.ConversionResult:
   """convert() once the input is listed and a local output folder is this process's."""
@@ -358,14 +358,14 @@ def _convert(options: convert_config.ConvertOptions,
 
 def _build_graph(pipeline: beam.Pipeline, options: convert_config.ConvertOptions,
                  candidates: Sequence[folders.SourceFile],
-                 listed: Optional[Dict[str, Tuple[str, str]]], salt: str,
+                 listed: Optional[folders.Listing], salt: str,
                  shards: Dict[str, int],
                  scan_rejected: List[Dict[str, str]], num_files_found: int) -> None:
   """The conversion as Beam steps: inspect -> plan the splits -> load -> write each
   split's shards -> hash them -> write the manifest last, with every rejection."""
   inspected = (
       pipeline
-      | "List" >> beam.Create([(f, listed[f.relpath][0] if listed else None)
+      | "List" >> beam.Create([(f, listed[f.relpath].patient_id if listed else None)
                                for f in candidates])
       | "Spread" >> beam.Reshuffle()
       | "Inspect" >> beam.ParDo(_Inspect(options.input_dir, options.max_pixels, salt))

@@ -31,7 +31,9 @@ from cxr_edge.pipeline import convert_config
 from cxr_edge.pipeline import splits as splits_lib
 
 # 2: records carry image/source_format; DICOM input; patient-id sources in the manifest.
-MANIFEST_VERSION = 2
+# 3: records carry image/class/subtype; splits keep the subtypes' shares; the manifest
+#    counts them.
+MANIFEST_VERSION = 3
 # Below this share of files with a recognised patient id, the patient-grouped split is
 # close to an image-level one (a patient's films may straddle splits): warn.
 MIN_RECOGNISED_PATIENTS = 0.9
@@ -47,6 +49,7 @@ class Record:
   label: str
   patient_id: str
   info: image_io.ImageInfo
+  subtype: Optional[str] = None  # a PNEUMONIA film's (schema.SUBTYPES), None if unknown
 
 
 @dataclasses.dataclass
@@ -205,6 +208,7 @@ def _make_example(record: Record, encoded: bytes, height: int, width: int, chann
       schema.KEY_PATIENT: b(record.patient_id),
       schema.KEY_SHA256: b(record.info.sha256),
       schema.KEY_SOURCE_FORMAT: b(record.info.source_format or record.info.format),
+      schema.KEY_SUBTYPE: b(record.subtype or ""),
   }))
 
 
@@ -214,8 +218,14 @@ def _split_stats(records: Sequence[Record]) -> Dict[str, Any]:
     of_class = [r for r in records if r.label == label]
     classes[label] = {"images": len(of_class),
                       "patients": len({r.patient_id for r in of_class})}
+  pneumonia = [r for r in records if r.label == schema.POSITIVE_LABEL]
+  subtypes = {}
+  for subtype in schema.SUBTYPES + (None,):
+    of_subtype = [r for r in pneumonia if r.subtype == subtype]
+    subtypes[subtype or "unknown"] = {"images": len(of_subtype),
+                                      "patients": len({r.patient_id for r in of_subtype})}
   return {"images": len(records), "patients": len({r.patient_id for r in records}),
-          "classes": classes}
+          "classes": classes, "subtypes": subtypes}
 
 
 def convert(options: convert_config.ConvertOptions) -> ConversionResult:
@@ -240,7 +250,7 @@ def convert(options: convert_config.ConvertOptions) -> ConversionResult:
 
 
 def _convert(options: convert_config.ConvertOptions,
-             listed: Optional[Dict[str, Tuple[str, str]]], files: List[folders.SourceFile],
+             listed: Optional[folders.Listing], files: List[folders.SourceFile],
              start: float) -> ConversionResult:
   """convert() once the input is listed and the output folder is this process's."""
   prepare_output(options.output_dir, options.overwrite)
@@ -278,7 +288,7 @@ def _convert(options: convert_config.ConvertOptions,
 
 def _inspect(pool, options: convert_config.ConvertOptions,
              candidates: Sequence[folders.SourceFile],
-             listed: Optional[Dict[str, Tuple[str, str]]], salt: str,
+             listed: Optional[folders.Listing], salt: str,
              rejected: List[Dict[str, str]]) -> Tuple[List[Record], collections.Counter]:
   """The first pass: hashes and fully decodes every candidate in the workers.
 
@@ -295,7 +305,8 @@ def _inspect(pool, options: convert_config.ConvertOptions,
     if isinstance(result, image_io.Rejection):
       rejected.append({"path": f.relpath, "reason": result.reason})
     else:
-      record, source = make_record(f, result, listed[f.relpath][0] if listed else None, salt)
+      record, source = make_record(f, result, listed[f.relpath].patient_id if listed else None,
+                                   salt)
       id_sources[source] += 1
       records.append(record)
     progress.update(n, f", rejected {len(rejected)} so far")
@@ -347,7 +358,7 @@ def make_record(f: folders.SourceFile, info: image_io.ImageInfo, listed_patient:
   listed_patient is the file's patient id in --metadata_csv, if one was given.
   """
   patient, source = folders.patient_id(f.relpath, info.patient_tag, listed_patient, salt)
-  return Record(f.relpath, f.label, patient, info), source
+  return Record(f.relpath, f.label, patient, info, f.subtype), source
 
 
 def plan_splits(records: Sequence[Record], ratios: Sequence[float],
@@ -366,8 +377,10 @@ def plan_splits(records: Sequence[Record], ratios: Sequence[float],
   """
   records = sorted(records, key=lambda r: r.relpath)
   records, conflicts = _drop_conflicting_labels(records)
-  items = [splits_lib.SplitItem(r.relpath, schema.LABEL_TO_INDEX[r.label], r.patient_id,
-                                r.info.sha256) for r in records]
+  # Stratified by subtype too, so bacterial and viral films keep their shares in each
+  # split (the three-class task's validation needs both).
+  items = [splits_lib.SplitItem(r.relpath, schema.subtype_target(r.label, r.subtype),
+                                r.patient_id, r.info.sha256) for r in records]
   assignment = splits_lib.assign_splits(items, ratios, seed)
   by_split: Dict[str, List[Record]] = {s: [] for s in schema.SPLITS}
   for r, s in zip(records, assignment):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from cxr_edge.core import schema
 
 _FEATURES = {
-    **{k: tf.io.FixedLenFeature([], tf.string, default_value="" if k == schema.KEY_SOURCE_FORMAT
+    **{k: tf.io.FixedLenFeature([], tf.string, default_value="" if k in schema.OPTIONAL_KEYS
                                 else None) for k in schema.BYTES_KEYS},
     **{k: tf.io.FixedLenFeature([], tf.int64) for k in schema.INT_KEYS},
 }

@@ -10,14 +10,13 @@ import dataclasses
 import random
 from typing import Dict, List, Sequence, Tuple
 
-from cxr_edge.core import schema
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitItem:
   """One accepted image, as the splitter sees it."""
   key: str  # unique, e.g. the path relative to the input folder
-  label: int
+  label: int  # the class to stratify by (schema.subtype_target: subtypes apart)
   patient_id: str
   sha256: str
 
@@ -89,10 +88,10 @@ def assign_splits(items: Sequence[SplitItem], ratios: Sequence[float], seed: int
   groups = group_items(items)
   strata: Dict[int, List[List[int]]] = {}
   for g in groups:
-    counts = [0] * schema.NUM_CLASSES
+    counts: Dict[int, int] = {}
     for i in g:
-      counts[items[i].label] += 1
-    majority = max(range(len(counts)), key=lambda c: (counts[c], -c))
+      counts[items[i].label] = counts.get(items[i].label, 0) + 1
+    majority = max(counts, key=lambda c: (counts[c], -c))
     strata.setdefault(majority, []).append(g)
 
   rng = random.Random(seed)

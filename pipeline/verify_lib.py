@@ -41,9 +41,10 @@ def verify(data_dir: str) -> Dict[str, int]:
   if labels != list(schema.LABELS) or manifest["labels"] != schema.LABEL_TO_INDEX:
     raise VerificationError(f"label map {labels} / {manifest['labels']} is not {schema.LABELS}")
 
-  # Format 1 (before DICOM input) had no source-format key.
-  expected_keys = schema.ALL_KEYS if manifest.get("format_version", 1) >= 2 else tuple(
-      k for k in schema.ALL_KEYS if k != schema.KEY_SOURCE_FORMAT)
+  # Format 1 (before DICOM input) had no source-format key, formats before 3 no subtype.
+  version = manifest.get("format_version", 1)
+  absent = {schema.KEY_SOURCE_FORMAT: 2, schema.KEY_SUBTYPE: 3}
+  expected_keys = tuple(k for k in schema.ALL_KEYS if version >= absent.get(k, 0))
   patients_by_split: Dict[str, Set[str]] = {}
   shas_by_split: Dict[str, Set[str]] = {}
   counts = {}
@@ -53,6 +54,7 @@ def verify(data_dir: str) -> Dict[str, int]:
     shas_by_split[split] = set()
     class_images = collections.Counter()
     class_patients: Dict[str, Set[str]] = collections.defaultdict(set)
+    subtype_images = collections.Counter()
     for shard in info["shards"]:
       path = os.path.join(data_dir, shard["file"])
       if not os.path.isfile(path):
@@ -77,6 +79,13 @@ def verify(data_dir: str) -> Dict[str, int]:
           shas_by_split[split].add(feats[schema.KEY_SHA256].bytes_list.value[0].decode())
           class_images[text] += 1
           class_patients[text].add(patient)
+          if schema.KEY_SUBTYPE in feats:
+            subtype = feats[schema.KEY_SUBTYPE].bytes_list.value[0].decode()
+            if subtype and (subtype not in schema.SUBTYPES or text != schema.POSITIVE_LABEL):
+              raise VerificationError(f"shard {shard['file']} record {n}: subtype {subtype!r} "
+                                      f"of a {text} film")
+            if text == schema.POSITIVE_LABEL:
+              subtype_images[subtype or "unknown"] += 1
           n += 1
       except tf.errors.DataLossError as e:
         raise VerificationError(f"shard {shard['file']}: corrupt record after {n} records "
@@ -89,6 +98,11 @@ def verify(data_dir: str) -> Dict[str, int]:
       got = {"images": class_images[label], "patients": len(class_patients[label])}
       if got != want:
         raise VerificationError(f"split {split} class {label}: {got}, manifest says {want}")
+    if "subtypes" in info:
+      want = {k: v["images"] for k, v in info["subtypes"].items() if v["images"]}
+      if dict(subtype_images) != want:
+        raise VerificationError(f"split {split} subtypes: {dict(subtype_images)}, manifest says "
+                                f"{want}")
     counts[split] = sum(class_images.values())
     if counts[split] != info["images"] or len(patients_by_split[split]) != info["patients"]:
       raise VerificationError(f"split {split}: totals differ from the manifest")

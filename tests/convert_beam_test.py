@@ -124,7 +124,8 @@ def test_object_store_listing_follows_the_local_rules(tmp_path):
     assert by_path(files) == by_path(folders.scan_input(root))
     assert sizes == {"PNEUMONIA/x/person1_virus_1.jpeg": 2, "a/NORMAL/IM-0001-0001.jpeg": 1,
                      "stray.jpeg": 3}
-    listed = {"stray.jpeg": ("p1", "NORMAL"), "gone.jpeg": ("p2", "PNEUMONIA")}
+    listed = {"stray.jpeg": folders.Row("p1", "NORMAL", None),
+              "gone.jpeg": folders.Row("p2", "PNEUMONIA", None)}
     assert by_path(convert_beam.list_files(root, listed)[0]) == by_path(
         folders.scan_input(root, listed=listed))
     with pytest.raises(errors.ConversionError, match="holds no files"):

@@ -455,3 +455,68 @@ def test_the_options_check_the_split_ratios_once_for_both_converters():
                     ((0, 0.5, 0.5), "train ratio must be > 0")):
     with pytest.raises(ValueError, match=says):
       convert_config.ConvertOptions(input_dir="i", output_dir="o", split_ratios=bad)
+
+
+def _subtypes_of(output_dir):
+  found = {}
+  for split in schema.SPLITS:
+    for name in sorted(os.listdir(output_dir)):
+      if name.startswith(split + "-"):
+        for ex in _records(os.path.join(output_dir, name)):
+          f = ex.features.feature
+          found[f[schema.KEY_FILENAME].bytes_list.value[0].decode()] = (
+              f[schema.KEY_SUBTYPE].bytes_list.value[0].decode())
+  return found
+
+
+def test_subtypes_come_from_release_names_are_counted_and_stratified(tmp_path):
+  root = str(tmp_path / "in")
+  for p in range(30):
+    write_file(os.path.join(root, "NORMAL", f"IM-{p:04d}-0001.jpeg"), image_bytes(seed=p))
+    kind = "bacteria" if p % 3 else "virus"  # 20 bacterial, 10 viral patients
+    write_file(os.path.join(root, "PNEUMONIA", f"person{p}_{kind}_1.jpeg"),
+               image_bytes(seed=100 + p))
+  write_file(os.path.join(root, "PNEUMONIA", "scan_9.jpeg"), image_bytes(seed=999))
+  out = str(tmp_path / "out")
+  m = convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=root, output_dir=out, num_workers=1, split_ratios=(0.6, 0.2, 0.2))).manifest
+  assert m["format_version"] == 3
+  stored = _subtypes_of(out)
+  assert stored["PNEUMONIA/person1_bacteria_1.jpeg"] == "BACTERIAL"
+  assert stored["PNEUMONIA/person3_virus_1.jpeg"] == "VIRAL"
+  assert stored["PNEUMONIA/scan_9.jpeg"] == "" and stored["NORMAL/IM-0001-0001.jpeg"] == ""
+  counts = {s: {k: v["images"] for k, v in m["splits"][s]["subtypes"].items()}
+            for s in schema.SPLITS}
+  # Stratified by subtype: 20 bacterial and 10 viral films at 0.6/0.2/0.2.
+  assert [counts[s]["BACTERIAL"] for s in schema.SPLITS] == [12, 4, 4]
+  assert [counts[s]["VIRAL"] for s in schema.SPLITS] == [6, 2, 2]
+  assert sum(counts[s]["unknown"] for s in schema.SPLITS) == 1
+  verify_lib.verify(out)  # checks every record's subtype against the manifest
+
+
+def test_metadata_csv_subtype_column_overrides_names_and_allows_unknown(tmp_path):
+  flat = tmp_path / "flat"
+  rows = ["path,patient_id,label,subtype"]
+  for k in range(24):
+    write_file(str(flat / f"person{k}_bacteria_1.jpg"), image_bytes(seed=700 + k))
+    label, subtype = (("NORMAL", "") if k % 3 == 0 else
+                      ("PNEUMONIA", "Viral" if k % 3 == 1 else ""))
+    rows.append(f"person{k}_bacteria_1.jpg,p{k},{label},{subtype}")
+  csv_path = write_file(str(tmp_path / "films.csv"), ("\n".join(rows) + "\n").encode())
+  out = str(tmp_path / "out")
+  convert_lib.convert(convert_config.ConvertOptions(
+      input_dir=str(flat), output_dir=out, num_workers=1, metadata_csv=csv_path))
+  stored = _subtypes_of(out)
+  assert stored["person1_bacteria_1.jpg"] == "VIRAL"  # the column wins over the name
+  assert stored["person2_bacteria_1.jpg"] == "BACTERIAL"  # blank: the name's
+  assert stored["person0_bacteria_1.jpg"] == ""  # NORMAL: never a subtype
+  bad = write_file(str(tmp_path / "bad.csv"),
+                   b"path,patient_id,label,subtype\nperson0_bacteria_1.jpg,1,NORMAL,viral\n")
+  with pytest.raises(errors.ConversionError, match="line 2: a NORMAL film has no subtype"):
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(flat), output_dir=str(tmp_path / "o2"), metadata_csv=bad))
+  odd = write_file(str(tmp_path / "odd.csv"),
+                   b"path,patient_id,label,subtype\nperson0_bacteria_1.jpg,1,PNEUMONIA,fungal\n")
+  with pytest.raises(errors.ConversionError, match="line 2: subtype 'fungal'"):
+    convert_lib.convert(convert_config.ConvertOptions(
+        input_dir=str(flat), output_dir=str(tmp_path / "o3"), metadata_csv=odd))

@@ -32,3 +32,27 @@ def test_class_from_dirname_is_case_insensitive():
 
 def test_shard_name():
   assert schema.shard_name("train", 3, 8) == "train-00003-of-00008.tfrecord"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("person1234_bacteria_5678.jpeg", "BACTERIAL"),
+    ("PERSON447_Virus_921_1.jpeg", "VIRAL"),
+    ("IM-0115-0001.jpeg", None),
+    ("person12_covid_3.jpeg", None),
+    ("my_virus_film.jpeg", None),
+])
+def test_parse_subtype_reads_the_release_names_only(name, expected):
+  assert schema.parse_subtype(name) == expected
+
+
+def test_subtype_words_and_targets():
+  assert [schema.subtype_from_text(w) for w in ("Bacterial", " virus ", "", "VIRAL")] == [
+      "BACTERIAL", "VIRAL", None, "VIRAL"]
+  with pytest.raises(ValueError, match="'fungal' is not one of bacterial, viral"):
+    schema.subtype_from_text("fungal")
+  # The subtype task's targets; every class list starts with NORMAL (p_pneumonia = 1 - p0).
+  assert [schema.subtype_target(*a) for a in (("NORMAL", None), ("PNEUMONIA", "BACTERIAL"),
+                                              ("PNEUMONIA", "VIRAL"), ("PNEUMONIA", None))] == [
+      0, 1, 2, schema.TARGET_PNEUMONIA_UNKNOWN]
+  assert all(c[0] == "NORMAL" for c in schema.TASK_CLASSES.values())
+  assert schema.TASK_CLASSES["subtype"][1:] == schema.SUBTYPES
