@@ -1,12 +1,15 @@
-"""Binary classification metrics in numpy (no TensorFlow), checked by hand in tests.
+"""Classification metrics in numpy (no TensorFlow), checked by hand in tests.
 
-`y` are 0/1 labels (1 = PNEUMONIA, the positive class), `p` probabilities of class 1.
-Importable without TensorFlow: the edge tools (cxr-calibrate) use it on the device.
+`y` are 0/1 labels (1 = PNEUMONIA, the positive class), `p` probabilities of class 1;
+`subtype_summary` scores a three-class model's subtypes. Importable without TensorFlow:
+the edge tools (cxr-calibrate) use it on the device.
 """
 import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+from cxr_edge.core import schema
 
 # Normal quantile of a two-sided 95% interval.
 Z_95 = 1.959963984540054
@@ -205,11 +208,108 @@ def operating_point(y: np.ndarray, p: np.ndarray, threshold: float,
           "confusion_matrix": d["confusion_matrix"]["rows_true_cols_pred"]}
 
 
+def p_pneumonia(probs: np.ndarray) -> np.ndarray:
+  """p_pneumonia from class probabilities [..., classes] (schema.TASK_CLASSES order): the
+  sum of every class after NORMAL, in float64. A binary model's PNEUMONIA output itself;
+  a three-class model's BACTERIAL + VIRAL."""
+  return np.asarray(probs, np.float64)[..., 1:].sum(axis=-1)
+
+
+def subtype_decisions(probs: np.ndarray, threshold: float) -> np.ndarray:
+  """A three-class model's decisions, indices into schema.TASK_CLASSES["subtype"]:
+  NORMAL (0) below `threshold` on p_pneumonia, else the likelier subtype (1 BACTERIAL,
+  2 VIRAL; BACTERIAL on a tie)."""
+  probs = np.asarray(probs, np.float64)
+  subtype = np.where(probs[:, 2] > probs[:, 1], 2, 1)
+  return np.where(p_pneumonia(probs) >= threshold, subtype, 0)
+
+
+def p_bacterial_among_pneumonia(probs: np.ndarray) -> np.ndarray:
+  """p_bacterial / (p_bacterial + p_viral): the subtype score, whatever p_pneumonia is."""
+  probs = np.asarray(probs, np.float64)
+  return probs[:, 1] / np.maximum(probs[:, 1] + probs[:, 2], 1e-300)
+
+
+def subtype_summary(labels: np.ndarray, subtypes: Sequence[str], probs: np.ndarray,
+                    threshold: float, patients: Optional[Sequence] = None) -> Dict[str, object]:
+  """A three-class model's subtype figures, with 95% intervals.
+
+  Args:
+    labels: 0/1 binary truth (1 = PNEUMONIA).
+    subtypes: per film "BACTERIAL", "VIRAL", or "" (NORMAL, or subtype unknown: such
+      PNEUMONIA films count in no figure here; the binary ones count them).
+    probs: [N, 3] probabilities of NORMAL, BACTERIAL, VIRAL.
+    threshold: the binary decision's, on p_pneumonia = p_bacterial + p_viral.
+    patients: a patient id per film for the bootstrap (each film its own when None).
+
+  Returns:
+    bacterial_vs_viral: among PNEUMONIA films of known subtype, BACTERIAL the positive
+      class (the antibiotic question): ROC-AUC of p_bacterial / (p_bacterial + p_viral)
+      with its patient-bootstrap interval; sensitivity (bacterial called bacterial) and
+      specificity (viral called viral) of the likelier subtype, with Wilson intervals.
+    three_class: among films of known class: accuracy of subtype_decisions, the
+      confusion matrix (rows truth, columns decision), and each class's sensitivity
+      and precision.
+  """
+  classes = schema.TASK_CLASSES[schema.TASK_SUBTYPE]
+  labels = np.asarray(labels).astype(int)
+  subtypes = np.asarray(subtypes, dtype=str)
+  probs = np.asarray(probs, np.float64)
+  keys = np.arange(len(labels)) if patients is None else np.asarray(patients)
+  truth = np.where(labels == 0, 0, -1)
+  for i, name in enumerate(schema.SUBTYPES, 1):
+    truth = np.where((labels == 1) & (subtypes == name), i, truth)
+  known_subtype = truth > 0
+  y_bact = truth[known_subtype] == 1
+  score = p_bacterial_among_pneumonia(probs[known_subtype])
+  called_bact = score >= 0.5
+  tp, fn = int(np.sum(called_bact & y_bact)), int(np.sum(~called_bact & y_bact))
+  tn, fp = int(np.sum(~called_bact & ~y_bact)), int(np.sum(called_bact & ~y_bact))
+  known = truth >= 0
+  decided = subtype_decisions(probs[known], threshold)
+  cm = np.zeros([3, 3], int)
+  np.add.at(cm, (truth[known], decided), 1)
+  correct = int(np.trace(cm))
+  per_class = {}
+  for c, name in enumerate(classes):
+    hits, actual, called = int(cm[c, c]), int(cm[c].sum()), int(cm[:, c].sum())
+    per_class[name] = {"count": actual, "sensitivity": _div(hits, actual),
+                       "precision": _div(hits, called),
+                       "ci95": {"sensitivity": list(wilson_interval(hits, actual)),
+                                "precision": list(wilson_interval(hits, called))}}
+  return {
+      "bacterial_vs_viral": {
+          "count": int(known_subtype.sum()), "bacterial": int(y_bact.sum()),
+          "viral": int((~y_bact).sum()), "positive": schema.SUBTYPES[0],
+          "roc_auc": roc_auc(y_bact, score),
+          "roc_auc_ci95": list(bootstrap_auc_interval(y_bact, score, keys[known_subtype])),
+          "sensitivity": _div(tp, tp + fn), "specificity": _div(tn, tn + fp),
+          "ci95": {"sensitivity": list(wilson_interval(tp, tp + fn)),
+                   "specificity": list(wilson_interval(tn, tn + fp))}},
+      "three_class": {
+          "count": int(known.sum()), "accuracy": _div(correct, int(known.sum())),
+          "ci95": {"accuracy": list(wilson_interval(correct, int(known.sum())))},
+          "confusion_matrix": {"labels": list(classes), "rows_true_cols_pred": cm.tolist()},
+          "per_class": per_class},
+  }
+
+
 def format_interval(value: float, interval: Sequence[float], percent: bool = True) -> str:
   """'97.4 (95.1-98.6)' for a proportion, '0.9912 (0.9850-0.9961)' otherwise."""
   if percent:
     return f"{100 * value:.1f} ({100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
   return f"{value:.4f} ({interval[0]:.4f}-{interval[1]:.4f})"
+
+
+def format_subtype(summary: Dict[str, object]) -> str:
+  """subtype_summary in one line: bacterial vs viral, then three-class accuracy."""
+  b, t = summary["bacterial_vs_viral"], summary["three_class"]
+  return (f"bacterial vs viral ({b['count']} films): ROC-AUC "
+          f"{format_interval(b['roc_auc'], b['roc_auc_ci95'], percent=False)}, sensitivity "
+          f"(bacterial) {format_interval(b['sensitivity'], b['ci95']['sensitivity'])}%, "
+          f"specificity (viral) {format_interval(b['specificity'], b['ci95']['specificity'])}%; "
+          f"three-class accuracy ({t['count']} films) "
+          f"{format_interval(t['accuracy'], t['ci95']['accuracy'])}%")
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

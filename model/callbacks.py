@@ -13,8 +13,9 @@ class ExternalValidation(keras.callbacks.Callback):
   """Scores a labelled image folder after every epoch; never trains on it.
 
   Adds external_loss, external_auc and external_accuracy (at 0.5) to the epoch's logs,
-  so the callbacks after it (CSV log, TensorBoard, history) record them. It must come
-  before those in the callback list.
+  and for a three-class model external_subtype_auc (bacterial vs viral), so the
+  callbacks after it (CSV log, TensorBoard, history) record them. It must come before
+  those in the callback list.
   """
 
   def __init__(self, classifier: keras.Model, folder: dataset.FolderImages):
@@ -26,10 +27,14 @@ class ExternalValidation(keras.callbacks.Callback):
     if logs is None:
       return
     y = self.folder.labels
-    p = inference.predict_images(self.classifier, self.folder.images)
+    probs = inference.predict_probs(self.classifier, self.folder.images)
+    p = metrics_lib.p_pneumonia(probs)
     logs["external_loss"] = metrics_lib.log_loss(y, p)
     logs["external_auc"] = metrics_lib.roc_auc(y, p)
     logs["external_accuracy"] = metrics_lib.at_threshold(y, p, 0.5)["accuracy"]
+    if probs.shape[1] == 3:
+      logs["external_subtype_auc"] = metrics_lib.subtype_summary(
+          y, self.folder.subtypes, probs, 0.5)["bacterial_vs_viral"]["roc_auc"]
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -60,7 +65,11 @@ class EpochProgress(keras.callbacks.Callback):
     parts = [f"loss {logs.get('loss', float('nan')):.4f}",
              f"val ROC-AUC {logs.get('val_auc', float('nan')):.4f}",
              f"val loss {logs.get('val_loss', float('nan')):.4f}"]
+    if "val_subtype_auc" in logs:
+      parts.append(f"val subtype ROC-AUC {logs['val_subtype_auc']:.4f}")
     if "external_auc" in logs:
       parts.append(f"external ROC-AUC {logs['external_auc']:.4f}")
+    if "external_subtype_auc" in logs:
+      parts.append(f"external subtype ROC-AUC {logs['external_subtype_auc']:.4f}")
     logging.info("epoch %d/%d: %s (%.0f s; about %.0f s left)", epoch + 1, self._epochs,
                  ", ".join(parts), now - self._epoch_start, left)

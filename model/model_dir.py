@@ -72,9 +72,11 @@ def write_history(model_dir: str, history: Dict[str, List[float]], title: str) -
 
 
 def learning_curve_panels(history: Dict[str, List[float]]) -> List[Tuple[str, Dict[str, List[float]]]]:
-  """(panel title, {series label: values}) for loss, accuracy and ROC-AUC."""
+  """(panel title, {series label: values}) for loss, accuracy, ROC-AUC and, for a
+  three-class model, the bacterial-vs-viral ROC-AUC."""
   panels = []
-  for key, title in (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "ROC-AUC")):
+  for key, title in (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "ROC-AUC"),
+                     ("subtype_auc", "bacterial vs viral ROC-AUC")):
     series = {f"{who} {title}": history[name]
               for who, name in (("train", key), ("validation", f"val_{key}"),
                                 ("external", f"external_{key}")) if history.get(name)}
@@ -180,7 +182,7 @@ def quantize(model: keras.Model) -> keras.Model:
 def build_from_info(info: Dict[str, Any]) -> keras.Model:
   """An untrained network in the current layout for a run's model_info (QAT or float)."""
   model = models.build(info["model"], info["image_size"], info.get("width", 1.0),
-                       info.get("dropout"))
+                       info.get("dropout"), info.get("task", schema.TASK_BINARY))
   return quantize(model) if info.get("qat") else model
 
 

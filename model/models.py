@@ -2,8 +2,8 @@
 
 All take float32 [N, S, S, 1] images already scaled to [0, 1] by
 cxr_edge.pipeline.preprocess (normalization stays outside the model, so the quantized part
-starts at the first convolution) and output 2-class softmax probabilities in
-schema.LABELS order. The last Dense layer is named LOGITS_LAYER and the softmax is a
+starts at the first convolution) and output softmax probabilities of `num_classes`
+classes in schema.TASK_CLASSES order (2: NORMAL, PNEUMONIA; 3: NORMAL, BACTERIAL, VIRAL). The last Dense layer is named LOGITS_LAYER and the softmax is a
 separate layer, so `logits_model` can cut the network before it: the exported TFLite
 models output logits, which int8 quantizes without the ties a saturated softmax makes.
 
@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 
 def seed_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
-             dropout: float = 0.5) -> keras.Model:
+             dropout: float = 0.5, num_classes: int = schema.NUM_CLASSES) -> keras.Model:
   """The source article's network: 4 x (Conv3x3 ReLU + MaxPool), Flatten, Dropout, Dense.
 
-  Filters 32, 64, 128, 128 (times `width`), Dense 512 ReLU, Dense 2 softmax.
+  Filters 32, 64, 128, 128 (times `width`), Dense 512 ReLU, Dense num_classes softmax.
   """
   import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   inputs = keras.Input([image_size, image_size, schema.CHANNELS], name="image")
@@ -37,7 +37,7 @@ def seed_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
   x = keras.layers.Flatten(name="flatten")(x)
   x = keras.layers.Dropout(dropout, name="dropout")(x)
   x = keras.layers.Dense(max(1, int(512 * width)), activation="relu", name="fc")(x)
-  return keras.Model(inputs, _classes(x), name="seed_cnn")
+  return keras.Model(inputs, _classes(x, num_classes), name="seed_cnn")
 
 
 # Keras' default BN momentum (0.99) averages over ~100 steps; at Adam 1e-3 the weights
@@ -59,18 +59,18 @@ def conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
 LOGITS_LAYER = "logits"
 
 
-def _classes(x):
+def _classes(x, num_classes: int):
   """Dense logits, then softmax as its own layer (see logits_model)."""
   import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  logits = keras.layers.Dense(schema.NUM_CLASSES, name=LOGITS_LAYER)(x)
+  logits = keras.layers.Dense(num_classes, name=LOGITS_LAYER)(x)
   return keras.layers.Softmax(name="probs")(logits)
 
 
-def head(x, dropout: float):
+def head(x, dropout: float, num_classes: int = schema.NUM_CLASSES):
   import tf_keras as keras  # pylint: disable=g-import-not-at-top,redefined-outer-name
   x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
   x = keras.layers.Dropout(dropout, name="dropout")(x)
-  return _classes(x)
+  return _classes(x, num_classes)
 
 
 # (filters, stride) of edge_cnn's 3x3 Conv-BN-ReLU blocks.
@@ -78,7 +78,7 @@ _EDGE_BLOCKS = ((16, 2), (32, 2), (64, 2), (64, 1), (128, 2), (128, 1), (160, 2)
 
 
 def edge_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
-             dropout: float = 0.2) -> keras.Model:
+             dropout: float = 0.2, num_classes: int = schema.NUM_CLASSES) -> keras.Model:
   """The compact int8 edge network: seven strided 3x3 Conv-BN-ReLU blocks, GAP, Dense.
 
   Chosen by measurement over a depthwise-separable design (studies/models.py): an int8
@@ -94,7 +94,7 @@ def edge_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
   x = inputs
   for i, (filters, stride) in enumerate(_EDGE_BLOCKS):
     x = conv_bn_relu(x, max(8, int(filters * width)), 3, stride, f"block{i + 1}")
-  return keras.Model(inputs, head(x, dropout), name="edge_cnn")
+  return keras.Model(inputs, head(x, dropout, num_classes), name="edge_cnn")
 
 
 # The product's networks. Study-only designs (studies/models.py) register themselves here
@@ -103,7 +103,7 @@ MODELS: Dict[str, Callable[..., keras.Model]] = {"seed_cnn": seed_cnn, "edge_cnn
 
 
 def logits_model(model: keras.Model) -> keras.Model:
-  """The same network and weights, output cut before the softmax: [N, 2] logits.
+  """The same network and weights, output cut before the softmax: [N, classes] logits.
 
   Works on a plain model from `build` and on its tfmot quantize_model copy (whose
   wrapped layer is named "quant_" + LOGITS_LAYER).
@@ -119,15 +119,18 @@ def logits_model(model: keras.Model) -> keras.Model:
 
 
 def build(name: str, image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
-          dropout: float = None) -> keras.Model:
-  """Builds a model by name.
+          dropout: float = None, task: str = schema.TASK_BINARY) -> keras.Model:
+  """Builds a model by name, with one output per class of `task` (schema.TASK_CLASSES).
 
   Raises:
-    ValueError: unknown name.
+    ValueError: unknown name or task.
   """
   if name not in MODELS:
     raise errors.ConfigError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-  kwargs = {"image_size": image_size, "width": width}
+  if task not in schema.TASK_CLASSES:
+    raise errors.ConfigError(f"unknown task {task!r}; choose from {schema.TASKS}")
+  kwargs = {"image_size": image_size, "width": width,
+            "num_classes": len(schema.TASK_CLASSES[task])}
   if dropout is not None:
     kwargs["dropout"] = dropout
   return MODELS[name](**kwargs)

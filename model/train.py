@@ -150,8 +150,12 @@ def main(argv):
           f"sensitivity {d['sensitivity']:.4f}, specificity {d['specificity']:.4f} at "
           f"threshold {info['threshold']:.4f} ({_kept(info)})")
   print(f"cxr-train: {line}; model in {flags.FLAGS.model_dir}")
+  if "val_subtype_metrics" in info:
+    print(f"cxr-train: validation {metrics.format_subtype(info['val_subtype_metrics'])}")
   if "external_metrics" in info:
     print(f"cxr-train: {_describe('external', info['external_metrics'])}")
+  if "external_subtype_metrics" in info:
+    print(f"cxr-train: external {metrics.format_subtype(info['external_subtype_metrics'])}")
 
 
 def _kept(info) -> str:

@@ -50,6 +50,14 @@ class TrainConfig:
   data_dir: str = option(help="A cxr-convert output directory.", doc="input conversion")
   model_dir: str = option(help="Where the model and logs are written.", identity=False,
                           doc="output directory")
+  task: str = option(
+      schema.TASK_BINARY, choices=schema.TASKS, qat=RECIPE,
+      help="binary: NORMAL vs PNEUMONIA; subtype: NORMAL, BACTERIAL, VIRAL (p_pneumonia = "
+      "bacterial + viral takes the binary decision; needs a conversion with subtypes).",
+      doc="`binary` (NORMAL, PNEUMONIA) or `subtype` (NORMAL, BACTERIAL, VIRAL: the binary "
+      "decision on p_pneumonia = p_bacterial + p_viral as for `binary`, the subtype among "
+      "PNEUMONIA films; PNEUMONIA films of unknown subtype train the binary part only; "
+      "needs a conversion that kept subtypes; docs/subtype_study.md)")
   model: str = option(
       "edge_cnn", choices=_models, qat=RECIPE,
       help="seed_cnn: the source article's 4-block CNN; edge_cnn: compact plain 3x3 conv "
@@ -71,8 +79,10 @@ class TrainConfig:
   augment: augment_config.AugmentConfig = option(
       default_factory=lambda: augment_config.AugmentOptions().config(), flag=False,
       qat=RECIPE, help="The augmentation names and ranges.")
-  class_weight: str = option("balanced", choices=("balanced", "none"), qat=RECIPE,
-                             help="Weight examples inversely to class frequency.")
+  class_weight: str = option(
+      "balanced", choices=("balanced", "none"), qat=RECIPE,
+      help="Weight examples inversely to class frequency (with --task=subtype: NORMAL and "
+      "PNEUMONIA weigh half each, BACTERIAL and VIRAL half of PNEUMONIA each).")
   mixup: float = option(
       0.0, lower_bound=0.0, qat=RECIPE,
       help="mixup in the training step: each image blended with its partner in the "
@@ -221,7 +231,7 @@ def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
 
 # A run saved before a field existed ran without it. Where "without" is not the field's
 # default today, this is the value that reproduces what the run did.
-BEFORE_THE_FIELD = {"weight_decay": 0.0, "keep_epoch": "best"}
+BEFORE_THE_FIELD = {"weight_decay": 0.0, "keep_epoch": "best", "task": schema.TASK_BINARY}
 
 
 def complete_saved(saved: Dict[str, Any]) -> Dict[str, Any]:

@@ -131,6 +131,11 @@ def _check(config: train_config.TrainConfig) -> None:
                              "is slower, not faster. Run without it.")
   if config.qat and (config.mixed_precision or not config.init_from):
     raise errors.ConfigError("a QAT run needs --init_from (a float run) and no --mixed_precision")
+  if config.task not in schema.TASKS:
+    raise errors.ConfigError(f"unknown task {config.task!r}; choose from {schema.TASKS}")
+  if config.task == schema.TASK_SUBTYPE and (config.mixup or config.label_smoothing):
+    raise errors.ConfigError("--task=subtype trains without --mixup and --label_smoothing "
+                             "(their targets are the binary task's)")
   manifest = records.load_manifest(config.data_dir)
   records.check_shards(config.data_dir, ("train", "val"), hashes=not config.no_verify)
   for split in ("train", "val"):
@@ -141,11 +146,20 @@ def _check(config: train_config.TrainConfig) -> None:
       raise errors.ConfigError(
           f"the {split} split of {config.data_dir!r} has no {' or '.join(missing)} image: "
           "training and the threshold need both classes")
+  if config.task == schema.TASK_SUBTYPE:
+    counts = dataset.subtype_counts(config.data_dir, "train")
+    missing = [s for s in schema.SUBTYPES if not counts[s]]
+    if missing:
+      raise errors.ConfigError(
+          f"--task=subtype: the train split of {config.data_dir!r} has no film of known "
+          f"subtype {' or '.join(missing)} ({counts}); convert again with subtypes (the "
+          "public release's file names, or a subtype column in --metadata_csv)")
 
 
 def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy):
   """(train, validation, train steps, validation steps), distributed with several replicas."""
-  weights = dataset.class_weights(config.data_dir) if config.class_weight == "balanced" else None
+  weights = (dataset.class_weights(config.data_dir, task=config.task)
+             if config.class_weight == "balanced" else None)
   replicas = strategy.num_replicas_in_sync
   global_batch = config.batch_size * replicas
   distributed = replicas > 1
@@ -154,13 +168,13 @@ def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
     return dataset.make_dataset(config.data_dir, "train", batch_size=global_batch,
                                 image_size=config.image_size, seed=config.seed,
                                 cache=config.cache, weights=weights, input_context=ctx,
-                                deterministic=config.deterministic,
+                                deterministic=config.deterministic, task=config.task,
                                 repeat=distributed or config.steps_per_epoch is not None)
 
   def val_fn(ctx=None):
     return dataset.make_dataset(config.data_dir, "val", batch_size=global_batch,
                                 image_size=config.image_size, cache=config.cache,
-                                input_context=ctx, repeat=distributed)
+                                input_context=ctx, repeat=distributed, task=config.task)
 
   if distributed:
     return (strategy.distribute_datasets_from_function(train_fn),
@@ -182,7 +196,8 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
       float_model, _ = model_dir_lib.load_model_dir(config.init_from)
       classifier = model_dir_lib.quantize(float_model)
     else:
-      classifier = models.build(config.model, config.image_size, config.width, config.dropout)
+      classifier = models.build(config.model, config.image_size, config.width, config.dropout,
+                                config.task)
     model = training_model.AugmentingModel(classifier, config.augment, config.seed, config.mixup,
                             config.label_smoothing)
     # With ema_momentum the optimizer also keeps the weights' moving average (and fit
@@ -194,11 +209,8 @@ def _build(config: train_config.TrainConfig, strategy: tf.distribute.Strategy
     # Decay only what sets capacity: batch norm's scale and shift and the biases are
     # offsets and scales the following layers depend on, as in the usual AdamW practice.
     optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 training_model.PositiveAUC(name="auc", num_thresholds=1000)])
+    loss, metrics = training_model.loss_and_metrics(config.task)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
   model(tf.zeros([1, config.image_size, config.image_size, schema.CHANNELS]))
   return classifier, model
 
@@ -267,7 +279,8 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
   when no checkpoint was saved.
   """
   keras.mixed_precision.set_global_policy("float32")
-  final = models.build(config.model, config.image_size, config.width, config.dropout)
+  final = models.build(config.model, config.image_size, config.width, config.dropout,
+                       config.task)
   if config.qat:
     final = model_dir_lib.quantize(final)
   kept = model_dir_lib.kept_weights_path(config.model_dir, config.keep_epoch)
@@ -299,6 +312,8 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "qat": config.qat,
       "init_from": config.init_from,
       "labels": list(schema.LABELS),
+      "task": config.task,
+      "classes": list(schema.TASK_CLASSES[config.task]),
       "threshold": threshold,
       "target_sensitivity": config.target_sensitivity,
       "threshold_rule_name": config.threshold_rule,
@@ -325,11 +340,17 @@ def _finalize(config: train_config.TrainConfig, trained: List[np.ndarray],
       "val_metrics": metrics_lib.summary(val["label"], val["probability"], threshold,
                                          val["patient_id"]),
   }
+  if config.task == schema.TASK_SUBTYPE:
+    info["val_subtype_metrics"] = metrics_lib.subtype_summary(
+        val["label"], val["subtype"], val["probs"], threshold, val["patient_id"])
   if external is not None:
     info["external_dir"] = config.external_dir
+    probs = inference.predict_probs(final, external.images)
     info["external_metrics"] = metrics_lib.summary(
-        external.labels, inference.predict_images(final, external.images), threshold,
-        external.patients)
+        external.labels, metrics_lib.p_pneumonia(probs), threshold, external.patients)
+    if config.task == schema.TASK_SUBTYPE:
+      info["external_subtype_metrics"] = metrics_lib.subtype_summary(
+          external.labels, external.subtypes, probs, threshold, external.patients)
   model_dir_lib.write_info(config.model_dir, info)
   shutil.rmtree(os.path.join(config.model_dir, "backup"), ignore_errors=True)
   return info

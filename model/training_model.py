@@ -1,5 +1,5 @@
-"""The Keras parts of training: the metric, the model whose train step augments, and the
-moving average of the weights.
+"""The Keras parts of training: the loss and metrics, the model whose train step
+augments, and the moving average of the weights.
 
 `AugmentingModel` wraps a classifier; its train step augments (and optionally mixes)
 each batch on the device before the loss, so on a GPU the augmentation runs there.
@@ -11,15 +11,78 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from cxr_edge.core import schema
 from cxr_edge.pipeline import augment as augment_lib
 from cxr_edge.pipeline import augment_config
 
 
+def _pneumonia(y_true, y_pred):
+  """(is PNEUMONIA, p_pneumonia) of either task's targets and softmax outputs: every
+  class after NORMAL (index 0) is PNEUMONIA, and so is the unknown-subtype target."""
+  y_pred = tf.convert_to_tensor(y_pred)
+  truth = tf.cast(tf.reshape(y_true, [-1]) > 0, tf.float32)
+  return truth, tf.reduce_sum(y_pred[:, 1:], axis=-1)
+
+
 class PositiveAUC(keras.metrics.AUC):
-  """ROC-AUC of the PNEUMONIA probability from 2-class softmax outputs."""
+  """ROC-AUC of the PNEUMONIA probability (the sum of the outputs after NORMAL)."""
 
   def update_state(self, y_true, y_pred, sample_weight=None):
-    return super().update_state(tf.reshape(y_true, [-1]), y_pred[:, 1], sample_weight=None)
+    return super().update_state(*_pneumonia(y_true, y_pred), sample_weight=None)
+
+
+class PneumoniaAccuracy(keras.metrics.BinaryAccuracy):
+  """Accuracy of the binary decision at p_pneumonia 0.5 (the subtype task's "accuracy")."""
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    truth, p = _pneumonia(y_true, y_pred)
+    return super().update_state(truth, tf.where(p >= 0.5, 1.0, 0.0), sample_weight=None)
+
+
+class SubtypeAUC(keras.metrics.AUC):
+  """ROC-AUC of VIRAL vs BACTERIAL among PNEUMONIA films of known subtype, on
+  p_viral / (p_bacterial + p_viral) (three-class outputs)."""
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    y_true = tf.reshape(y_true, [-1])
+    y_pred = tf.convert_to_tensor(y_pred)
+    known = tf.cast((y_true == 1) | (y_true == 2), tf.float32)
+    p_viral = y_pred[:, 2] / tf.maximum(y_pred[:, 1] + y_pred[:, 2], 1e-12)
+    return super().update_state(tf.cast(y_true == 2, tf.float32), p_viral, sample_weight=known)
+
+
+# Rows: the subtype task's targets (schema.subtype_target); columns: the classes each
+# allows. Unknown subtype allows both PNEUMONIA classes.
+_ALLOWED = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.0, 1.0, 1.0))
+
+
+class SubtypeCrossentropy(keras.losses.Loss):
+  """-log of the probability of the classes a target allows.
+
+  A film of known class: ordinary cross-entropy. A PNEUMONIA film of unknown subtype:
+  -log(p_bacterial + p_viral), the binary loss, so a site that knows only NORMAL vs
+  PNEUMONIA for some films still trains the binary decision on them.
+  """
+
+  def __init__(self, name: str = "subtype_crossentropy", **kwargs):
+    super().__init__(name=name, **kwargs)
+
+  def call(self, y_true, y_pred):
+    allowed = tf.gather(tf.constant(_ALLOWED, tf.float32),
+                        tf.cast(tf.reshape(y_true, [-1]), tf.int32))
+    p = tf.reduce_sum(allowed * tf.cast(y_pred, tf.float32), axis=-1)
+    return -tf.math.log(tf.clip_by_value(p, keras.backend.epsilon(), 1.0))
+
+
+def loss_and_metrics(task: str):
+  """The loss and the metrics (accuracy, auc[, subtype_auc]) a task trains with."""
+  if task == schema.TASK_SUBTYPE:
+    return SubtypeCrossentropy(), [PneumoniaAccuracy(name="accuracy"),
+                                   PositiveAUC(name="auc", num_thresholds=1000),
+                                   SubtypeAUC(name="subtype_auc", num_thresholds=1000)]
+  return keras.losses.SparseCategoricalCrossentropy(), [
+      keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+      PositiveAUC(name="auc", num_thresholds=1000)]
 
 
 class AugmentingModel(keras.Model):

@@ -75,23 +75,64 @@ def _class_counts(data_dir: str, split: str) -> List[int]:
   return [classes[label]["images"] for label in schema.LABELS]
 
 
-def class_weights(data_dir: str, split: str = "train") -> Dict[int, float]:
-  """'balanced' weights n / (k * n_c) from the manifest's per-class counts."""
+def subtype_counts(data_dir: str, split: str) -> Dict[str, int]:
+  """A split's PNEUMONIA films by subtype (schema.SUBTYPES and "unknown"); all unknown
+  for a conversion made before subtypes were kept."""
+  info = records.load_manifest(data_dir)["splits"][split]
+  if "subtypes" not in info:
+    return {**{s: 0 for s in schema.SUBTYPES},
+            "unknown": info["classes"][schema.POSITIVE_LABEL]["images"]}
+  return {k: v["images"] for k, v in info["subtypes"].items()}
+
+
+def class_weights(data_dir: str, split: str = "train",
+                  task: str = schema.TASK_BINARY) -> Dict[int, float]:
+  """'balanced' weights of each training target, from the manifest's counts.
+
+  Binary: n / (2 n_c). Subtype: NORMAL and PNEUMONIA weigh half the total each, as in
+  the binary task (so the binary decision keeps its prior of 0.5); within PNEUMONIA the
+  films of known subtype are reweighted so BACTERIAL and VIRAL weigh the same, and
+  those of unknown subtype keep the PNEUMONIA weight.
+  """
   counts = _class_counts(data_dir, split)
   total = sum(counts)
-  return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
+  binary = {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
+  if task == schema.TASK_BINARY:
+    return binary
+  by_subtype = subtype_counts(data_dir, split)
+  known = sum(by_subtype[s] for s in schema.SUBTYPES)
+  pneumonia = binary[schema.LABEL_TO_INDEX[schema.POSITIVE_LABEL]]
+  weights = {0: binary[0], schema.TARGET_PNEUMONIA_UNKNOWN: pneumonia}
+  for i, s in enumerate(schema.SUBTYPES, 1):
+    n = by_subtype[s]
+    weights[i] = pneumonia * known / (len(schema.SUBTYPES) * n) if n else 0.0
+  return weights
 
 
 def trained_prior(data_dir: str, class_weight: str) -> float:
   """The PNEUMONIA share a model's probabilities assume (the prior it was trained to).
 
-  Balanced class weights make both classes weigh the same: 0.5. Without them, the
-  train split's own share.
+  Balanced class weights make both classes weigh the same: 0.5 (for the subtype task
+  too: see class_weights). Without them, the train split's own share.
   """
   if class_weight == "balanced":
     return 0.5
   counts = _class_counts(data_dir, "train")
   return counts[schema.LABELS.index(schema.POSITIVE_LABEL)] / sum(counts)
+
+
+def target(example: Dict[str, tf.Tensor], task: str) -> tf.Tensor:
+  """A parsed record's training target: its label index, or for the subtype task
+  schema.subtype_target's (0 NORMAL, 1 BACTERIAL, 2 VIRAL, 3 PNEUMONIA of unknown
+  subtype)."""
+  label = tf.cast(example[schema.KEY_LABEL], tf.int32)
+  if task == schema.TASK_BINARY:
+    return label
+  subtype = example[schema.KEY_SUBTYPE]
+  pneumonia = tf.constant(schema.TARGET_PNEUMONIA_UNKNOWN, tf.int32)
+  for i, name in enumerate(schema.SUBTYPES, 1):
+    pneumonia = tf.where(subtype == name, i, pneumonia)
+  return tf.where(label == schema.LABEL_TO_INDEX[schema.POSITIVE_LABEL], pneumonia, 0)
 
 
 def make_pipeline(data_dir: str,
@@ -109,6 +150,7 @@ def make_pipeline(data_dir: str,
                   drop_remainder: bool = False,
                   weights: Optional[Dict[int, float]] = None,
                   skip_corrupt: bool = False,
+                  task: str = schema.TASK_BINARY,
                   input_context: Optional[tf.distribute.InputContext] = None) -> InputPipeline:
   """Builds the input pipeline for one split.
 
@@ -130,12 +172,14 @@ def make_pipeline(data_dir: str,
       gives the same batches.
     repeat: repeat indefinitely.
     drop_remainder: drop a last partial batch (static batch shape).
-    weights: per-class weights; adds a per-example weight to each batch.
+    weights: per-target weights (class_weights); adds a per-example weight to each
+      batch.
     skip_corrupt: skip records that fail to read or decode (logged, and counted by
       InputPipeline.skipped()) instead of failing.
     input_context: from tf.distribute's distribute_datasets_from_function; shards the
       input per worker (by file when there are at least two shards per worker, else by
       record, so it cannot hang with fewer shards than workers).
+    task: what the labels are (`target`): the binary label, or the subtype task's.
 
   Returns:
     An InputPipeline.
@@ -157,7 +201,7 @@ def make_pipeline(data_dir: str,
   # The order the developers' guide sets: shuffle files -> interleave -> parse/decode ->
   # cache -> shuffle -> batch -> augment (training only) -> prefetch.
   ds = _interleaved_records(paths, split, training, seed, deterministic, input_context)
-  ds, delivered = _decoded(ds, image_size, deterministic, skip_corrupt)
+  ds, delivered = _decoded(ds, image_size, deterministic, skip_corrupt, task)
   if not skip_corrupt and (input_context is None or input_context.num_input_pipelines == 1):
     # The manifest knows the record count; with it Keras knows an epoch's steps from the
     # first epoch on (exact progress, and a resumed run takes the same steps as an
@@ -179,7 +223,7 @@ def make_pipeline(data_dir: str,
   if training and augment_in_pipeline and augment is not None and augment.enabled:
     ds = _augmented(ds, augment, seed, deterministic)
   if weights is not None:
-    table = tf.constant([weights.get(i, 1.0) for i in range(schema.NUM_CLASSES)], tf.float32)
+    table = tf.constant([weights.get(i, 1.0) for i in range(max(weights) + 1)], tf.float32)
     ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)), num_parallel_calls=AUTOTUNE)
   ds = ds.prefetch(AUTOTUNE)
   return InputPipeline(ds.with_options(_options(deterministic, input_context)), num_records,
@@ -211,13 +255,14 @@ def _interleaved_records(paths: List[str], split: str, training: bool, seed: int
   return ds
 
 
-def _decoded(ds: tf.data.Dataset, image_size: int, deterministic: bool, skip_corrupt: bool
-             ) -> Tuple[tf.data.Dataset, Optional[tf.Variable]]:
-  """(image, label) pairs; with skip_corrupt, bad records are skipped and the good counted."""
+def _decoded(ds: tf.data.Dataset, image_size: int, deterministic: bool, skip_corrupt: bool,
+             task: str = schema.TASK_BINARY) -> Tuple[tf.data.Dataset, Optional[tf.Variable]]:
+  """(image, target) pairs; with skip_corrupt, bad records are skipped and the good
+  counted."""
   def parse(serialized):
     example = preprocess.parse_example(serialized)
     image = preprocess.preprocess_image(example[schema.KEY_ENCODED], image_size)
-    return image, tf.cast(example[schema.KEY_LABEL], tf.int32)
+    return image, target(example, task)
 
   ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   if not skip_corrupt:
@@ -314,12 +359,14 @@ class FolderImages:
     relpaths: [N] paths relative to the folder.
     patients: [N] patient ids (cxr-convert's rule).
     skipped: [{"path", "reason"}] files that are not labelled readable images.
+    subtypes: str [N]: a PNEUMONIA film's subtype where its name states it, else "".
   """
   images: np.ndarray
   labels: np.ndarray
   relpaths: np.ndarray
   patients: np.ndarray
   skipped: List[Dict[str, str]]
+  subtypes: Optional[np.ndarray] = None
 
 
 def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZE) -> FolderImages:
@@ -344,7 +391,8 @@ def load_image_folder(image_dir: str, image_size: int = schema.DEFAULT_IMAGE_SIZ
   images = np.concatenate(list(ds.as_numpy_iterator()))
   return FolderImages(images, np.array([i.label for i in items]),
                       np.array([i.relpath for i in items]),
-                      np.array([i.patient_id for i in items]), skipped)
+                      np.array([i.patient_id for i in items]), skipped,
+                      np.array([i.subtype or "" for i in items], dtype=str))
 
 
 def _readable_bytes(path: tf.Tensor) -> tf.Tensor:
@@ -369,12 +417,14 @@ class SplitRecords:
     patients: str [N] patient ids.
     images: float32 [N, S, S, 1] in [0, 1] (preprocess.preprocess_image), if asked for.
     encoded: the stored image bytes, if asked for.
+    subtypes: str [N]: a PNEUMONIA film's subtype where the conversion kept one, else "".
   """
   labels: np.ndarray
   filenames: np.ndarray
   patients: np.ndarray
   images: Optional[np.ndarray] = None
   encoded: Optional[List[bytes]] = None
+  subtypes: Optional[np.ndarray] = None
 
 
 def read_split(data_dir: str, split: str, image_size: Optional[int] = None,
@@ -401,7 +451,8 @@ def read_split(data_dir: str, split: str, image_size: Optional[int] = None,
   def parse(raw):
     ex = preprocess.parse_example(raw)
     out = {"label": tf.cast(ex[schema.KEY_LABEL], tf.int32),
-           "filename": ex[schema.KEY_FILENAME], "patient": ex[schema.KEY_PATIENT]}
+           "filename": ex[schema.KEY_FILENAME], "patient": ex[schema.KEY_PATIENT],
+           "subtype": ex[schema.KEY_SUBTYPE]}
     if with_bytes:
       out["encoded"] = ex[schema.KEY_ENCODED]
     if image_size:
@@ -421,7 +472,7 @@ def read_split(data_dir: str, split: str, image_size: Optional[int] = None,
   text = lambda key: np.array([v.decode() for v in column(key)], dtype=str)
   return SplitRecords(
       labels=column("label").astype(np.int64), filenames=text("filename"),
-      patients=text("patient"),
+      patients=text("patient"), subtypes=text("subtype"),
       images=column("image") if image_size else None,
       encoded=[bytes(v) for v in column("encoded")] if with_bytes else None)
 

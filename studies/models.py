@@ -22,7 +22,7 @@ _DWSEP_BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 
 
 
 def edge_dwsep_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1.0,
-                   dropout: float = 0.2) -> keras.Model:
+                   dropout: float = 0.2, num_classes: int = schema.NUM_CLASSES) -> keras.Model:
   """MobileNet-v1-style alternative: stride-2 stem, eight depthwise-separable blocks.
 
   ~213k parameters but 2,000+ channels; kept to reproduce the comparison that chose
@@ -32,7 +32,7 @@ def edge_dwsep_cnn(image_size: int = schema.DEFAULT_IMAGE_SIZE, width: float = 1
   x = models.conv_bn_relu(inputs, max(8, int(16 * width)), 3, 2, "stem")
   for i, (filters, stride) in enumerate(_DWSEP_BLOCKS):
     x = _separable_block(x, max(8, int(filters * width)), stride, f"block{i + 1}")
-  return keras.Model(inputs, models.head(x, dropout), name="edge_dwsep_cnn")
+  return keras.Model(inputs, models.head(x, dropout, num_classes), name="edge_dwsep_cnn")
 
 
 STUDY_MODELS = {"edge_dwsep_cnn": edge_dwsep_cnn}

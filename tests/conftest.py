@@ -117,6 +117,34 @@ def exported(trained_model, qat_model, sample_records, tmp_path_factory):
   return export_dir, report
 
 
+@pytest.fixture(scope="session")
+def subtype_model(sample_records, tmp_path_factory):
+  """trained_model's recipe with the three-class head (--task=subtype), an external
+  folder of sample films scored after its epochs."""
+  from cxr_edge.model import train_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import train_config  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path_factory.mktemp("subtype_model"))
+  external = sample_subset(str(tmp_path_factory.mktemp("subtype_external")), 12)
+  train_lib.train(train_config.TrainConfig(
+      data_dir=sample_records, model_dir=model_dir, model="seed_cnn", image_size=48,
+      epochs=2, batch_size=16, width=0.25, steps_per_epoch=3, task="subtype",
+      external_dir=external, verbose=0))
+  return model_dir
+
+
+@pytest.fixture(scope="session")
+def subtype_exported(subtype_model, sample_records, tmp_path_factory):
+  """subtype_model exported (float32, int8), its report scoring its external folder."""
+  from cxr_edge.export import export_lib  # pylint: disable=g-import-not-at-top
+  from cxr_edge.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
+  export_dir = str(tmp_path_factory.mktemp("subtype_export") / "e")
+  external = model_dir_lib.read_info(subtype_model)["external_dir"]
+  report = export_lib.export(subtype_model, sample_records, export_dir, calibration_samples=32,
+                             latency_runs=3, variants=("float32", "int8"),
+                             external_dir=external)
+  return export_dir, report
+
+
 def require_shared(part: str = "train"):
   """The shared data set's `part` folder (train/ or external/); skips where it is absent."""
   path = os.path.join(SHARED_DIR, part)

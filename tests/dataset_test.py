@@ -283,3 +283,40 @@ def test_image_folder_reads_dicom_as_its_jpeg(tmp_path):
   np.testing.assert_array_equal(jpeg.labels, dicom.labels)
   np.testing.assert_allclose(jpeg.images, dicom.images, atol=1e-6)
   assert all(p.startswith("h-") for p in dicom.patients)  # the tag, hashed
+
+
+def test_subtype_targets_and_weights_keep_the_binary_balance(sample_records):
+  train = records.load_manifest(sample_records)["splits"]["train"]
+  weights = dataset.class_weights(sample_records, task=schema.TASK_SUBTYPE)
+  n = {**{k: v["images"] for k, v in train["classes"].items()},
+       **{k: v["images"] for k, v in train["subtypes"].items()}}
+  # NORMAL and PNEUMONIA weigh half the total each (the binary prior stays 0.5), and
+  # BACTERIAL and VIRAL half of PNEUMONIA each.
+  assert weights[0] * n["NORMAL"] == pytest.approx(train["images"] / 2)
+  assert weights[1] * n["BACTERIAL"] == pytest.approx(weights[2] * n["VIRAL"])
+  assert weights[1] * n["BACTERIAL"] + weights[2] * n["VIRAL"] == pytest.approx(
+      train["images"] / 2)
+  batches = _all(dataset.make_dataset(sample_records, "val", image_size=SIZE,
+                                      task=schema.TASK_SUBTYPE, deterministic=True))
+  targets = np.concatenate([y for _, y in batches])
+  val = dataset.read_split(sample_records, "val")
+  expected = [schema.subtype_target(schema.LABELS[label], subtype or None)
+              for label, subtype in zip(val.labels, val.subtypes)]
+  np.testing.assert_array_equal(targets, expected)
+  assert {1, 2} <= set(targets.tolist())
+
+
+def test_a_record_without_a_subtype_is_pneumonia_of_unknown_subtype():
+  """Records of conversions before subtypes were kept parse as unknown."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,reimported
+  def example(label):
+    return tf.train.Example(features=tf.train.Features(feature={
+        **{k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))
+           for k in schema.BYTES_KEYS if k not in schema.OPTIONAL_KEYS},
+        **{k: tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))
+           for k in schema.INT_KEYS if k != schema.KEY_LABEL},
+        schema.KEY_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})
+    ).SerializeToString()
+  targets = [int(dataset.target(preprocess.parse_example(tf.constant(example(label))),
+                                schema.TASK_SUBTYPE)) for label in (0, 1)]
+  assert targets == [0, schema.TARGET_PNEUMONIA_UNKNOWN]

@@ -143,3 +143,31 @@ def test_pr_curve_and_reliability_by_hand():
   np.testing.assert_array_equal(count, [2, 2])
   assert metrics.expected_calibration_error(y, p, bins=2) == pytest.approx(
       0.5 * 0.3 + 0.5 * 0.35)
+
+
+def test_subtype_summary_by_hand():
+  # NORMAL, BACTERIAL x2, VIRAL x2, and a PNEUMONIA film of unknown subtype.
+  labels = [0, 1, 1, 1, 1, 1]
+  subtypes = ["", "BACTERIAL", "BACTERIAL", "VIRAL", "VIRAL", ""]
+  probs = np.array([[0.8, 0.1, 0.1],   # NORMAL, called NORMAL
+                    [0.1, 0.6, 0.3],   # BACTERIAL, called BACTERIAL
+                    [0.7, 0.2, 0.1],   # BACTERIAL, called NORMAL (p_pneumonia 0.3)
+                    [0.1, 0.5, 0.4],   # VIRAL, called BACTERIAL
+                    [0.2, 0.1, 0.7],   # VIRAL, called VIRAL
+                    [0.0, 0.5, 0.5]])  # unknown: in no subtype figure
+  s = metrics.subtype_summary(labels, subtypes, probs, threshold=0.5)
+  b, t = s["bacterial_vs_viral"], s["three_class"]
+  assert (b["count"], b["bacterial"], b["viral"]) == (4, 2, 2)
+  # p_bacterial / (p_b + p_v): 0.667, 0.667 (bacterial); 0.556, 0.125 (viral): every
+  # bacterial film above every viral one.
+  assert b["roc_auc"] == 1.0
+  assert (b["sensitivity"], b["specificity"]) == (1.0, 0.5)
+  assert t["count"] == 5 and t["accuracy"] == pytest.approx(3 / 5)
+  assert t["confusion_matrix"]["rows_true_cols_pred"] == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+  assert t["per_class"]["BACTERIAL"]["sensitivity"] == 0.5
+  assert t["per_class"]["BACTERIAL"]["precision"] == 0.5
+  assert t["ci95"]["accuracy"][0] < 0.6 < t["ci95"]["accuracy"][1]
+  np.testing.assert_allclose(metrics.p_pneumonia(probs), [0.2, 0.9, 0.3, 0.9, 0.8, 1.0])
+  # A tie between the subtypes goes to BACTERIAL, as the edge runtime's argmax does.
+  assert metrics.subtype_decisions(np.array([[0.0, 0.5, 0.5]]), 0.5).tolist() == [1]
+  assert "bacterial vs viral (4 films): ROC-AUC 1.0000" in metrics.format_subtype(s)

@@ -641,3 +641,55 @@ def test_a_second_training_on_the_same_model_dir_is_refused(sample_records, tmp_
     with pytest.raises(errors.CxrError, match="in use by another process"):
       train_lib.train(_config(sample_records, model_dir, epochs=1, steps_per_epoch=1))
   assert os.listdir(model_dir) == []
+
+
+def test_the_subtype_task_trains_three_classes_and_reports_subtypes(subtype_model):
+  info = model_dir_lib.read_info(subtype_model)
+  assert info["task"] == "subtype" and info["classes"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+  assert info["labels"] == ["NORMAL", "PNEUMONIA"]
+  model, _ = model_dir_lib.load_model_dir(subtype_model)
+  assert model.output_shape == (None, 3)
+  # The saved figures are those of the saved model, recomputed here.
+  val = inference.predict_split(model, info["config"]["data_dir"], "val", SIZE)
+  np.testing.assert_allclose(val["probability"], val["probs"][:, 1:].sum(axis=1), atol=1e-6)
+  assert info["val_metrics"]["roc_auc"] == pytest.approx(
+      metrics.roc_auc(val["label"], val["probability"]))
+  v = info["val_subtype_metrics"]
+  assert json.dumps(v, sort_keys=True) == json.dumps(metrics.subtype_summary(
+      val["label"], val["subtype"], val["probs"], info["threshold"], val["patient_id"]),
+      sort_keys=True)  # as JSON: a class never called has a NaN precision
+  assert v["bacterial_vs_viral"]["count"] == int(np.sum(val["subtype"] != ""))
+  e = info["external_subtype_metrics"]
+  assert e["three_class"]["count"] == 24 and e["bacterial_vs_viral"]["count"] == 12
+  history = json.load(open(os.path.join(subtype_model, "history.json")))
+  for key in ("subtype_auc", "val_subtype_auc", "external_subtype_auc"):
+    assert len(history[key]) == 2, key
+  titles = [t for t, _ in model_dir_lib.learning_curve_panels(history)]
+  assert "bacterial vs viral ROC-AUC" in titles
+  assert info["config"]["task"] == "subtype"  # part of the recipe a QAT run inherits
+  assert "task" in train_config.RECIPE_FIELDS
+
+
+def test_the_subtype_task_refuses_a_conversion_without_both_subtypes(tmp_path, image_tree):
+  from cxr_edge.pipeline import convert_config, convert_lib  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "rec")  # image_tree's PNEUMONIA films are all personN_virus_K
+  convert_lib.convert(convert_config.ConvertOptions(input_dir=image_tree, output_dir=out,
+                                                    num_workers=1))
+  with pytest.raises(ValueError, match="no film of known subtype BACTERIAL"):
+    train_lib.train(_config(out, tmp_path / "m", task="subtype"))
+  with pytest.raises(ValueError, match="without --mixup"):
+    train_lib.train(_config(out, tmp_path / "m2", task="subtype", mixup=0.2))
+
+
+def test_subtype_loss_and_metrics_by_hand():
+  y = tf.constant([0, 1, 2, 3])  # NORMAL, BACTERIAL, VIRAL, PNEUMONIA of unknown subtype
+  p = tf.constant([[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8], [0.4, 0.3, 0.3]])
+  loss = training_model.SubtypeCrossentropy(reduction="none")(y, p).numpy()
+  np.testing.assert_allclose(loss, -np.log([0.5, 0.6, 0.8, 0.6]), rtol=1e-6)
+  auc = training_model.SubtypeAUC(num_thresholds=200)
+  # NORMAL and unknown films are left out: on the two known ones viral ranks first.
+  auc.update_state(y, p)
+  assert float(auc.result()) == pytest.approx(1.0)
+  accuracy = training_model.PneumoniaAccuracy()
+  accuracy.update_state(y, p)  # p_pneumonia 0.5, 0.8, 0.9, 0.6: NORMAL's is called PNEUMONIA
+  assert float(accuracy.result()) == pytest.approx(0.75)
