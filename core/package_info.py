@@ -22,7 +22,11 @@ from cxr_edge.core.version import __version__
 
 # 1: packages before this field existed (no intended use, version or format_version).
 # 2: format_version, intended_use and cxr_edge_version in the package's fields.
-FORMAT_VERSION = 2
+# 3: "classes", the model's outputs, when they are not "labels" (a three-class model).
+#    Only such packages say 3: a reader of format 2 would take their second output
+#    (BACTERIAL) for p_pneumonia, so it must refuse them; binary packages stay 2.
+FORMAT_VERSION = 3
+BINARY_FORMAT_VERSION = 2
 
 INTENDED_USE = (
     "Second-reader triage aid for frontal chest radiographs of young children: it flags "
@@ -39,7 +43,8 @@ OUTPUT_KINDS = ("logits", "probabilities")
 class ModelInfo:
   """What a runtime needs to use one model file right, and what it may tell its user."""
   name: str  # the model file's name
-  labels: Tuple[str, ...]
+  labels: Tuple[str, ...]  # the decision's: NORMAL, PNEUMONIA
+  classes: Tuple[str, ...]  # the model's outputs, in order (schema.TASK_CLASSES)
   image_size: int
   scale: float
   threshold: float
@@ -79,6 +84,7 @@ class ModelInfo:
       info = cls(
           name=name,
           labels=tuple(str(label) for label in package["labels"]),
+          classes=tuple(str(c) for c in package.get("classes", package["labels"])),
           image_size=int(package["input"]["size"]),
           scale=float(package["preprocessing"]["scale"]),
           threshold=float(entry.get("threshold", package.get("threshold"))),
@@ -107,6 +113,9 @@ class ModelInfo:
     if self.labels != schema.LABELS:
       problems.append(f"labels {list(self.labels)} (expected {list(schema.LABELS)}, in "
                       "that order)")
+    if self.classes not in schema.TASK_CLASSES.values():
+      problems.append(f"classes {list(self.classes)} (expected one of "
+                      f"{[list(c) for c in schema.TASK_CLASSES.values()]})")
     if not 8 <= self.image_size <= 4096:
       problems.append(f"input size {self.image_size}")
     if not (math.isfinite(self.scale) and self.scale > 0):
@@ -128,7 +137,8 @@ class ModelInfo:
 
   def decisive(self) -> List[Tuple[str, Any]]:
     """The fields that decide a prediction, for comparing two descriptions of one model."""
-    return [("labels", list(self.labels)), ("input size", self.image_size),
+    return [("labels", list(self.labels)), ("classes", list(self.classes)),
+            ("input size", self.image_size),
             ("preprocessing scale", self.scale), ("threshold", self.threshold),
             ("temperature", self.temperature), ("output kind", self.output_kind)]
 
@@ -140,8 +150,11 @@ class ModelInfo:
         f"exported by cxr-edge {self.cxr_edge_version or 'before 0.2'}, "
         f"metadata format {self.format_version})",
         f"sha256:       {sha256}",
-        f"classes:      {', '.join(self.labels)}; prediction is {schema.POSITIVE_LABEL} when "
-        f"p_pneumonia >= {self.threshold:.4f}",
+        f"classes:      {', '.join(self.classes)}; prediction is {schema.POSITIVE_LABEL} when "
+        f"p_pneumonia >= {self.threshold:.4f}"
+        + ("" if self.classes == self.labels else
+           f" (p_pneumonia = {' + '.join('p_' + c.lower() for c in self.classes[1:])}; "
+           "the subtype is the likelier of the two)"),
         f"threshold:    {self.threshold:.4f} ({self.threshold_source or 'set at export'})",
         f"input:        {self.image_size}x{self.image_size} grayscale, {self.input_dtype}",
         "site:         " + (f"calibrated by cxr-calibrate on {calibrated.get('date')}"
@@ -154,6 +167,15 @@ class ModelInfo:
 
 
 def package_fields(**fields: Any) -> Dict[str, Any]:
-  """A new package's fields (cxr-export): `fields` plus the format, version and use."""
-  return {**fields, "format_version": FORMAT_VERSION, "cxr_edge_version": __version__,
+  """A new package's fields (cxr-export): `fields` plus the format, version and use.
+
+  "classes" is kept only where it differs from "labels" (then format 3, which readers
+  before it refuse); a binary package is format 2, as before.
+  """
+  if tuple(fields.get("classes", fields["labels"])) == tuple(fields["labels"]):
+    fields.pop("classes", None)
+    version = BINARY_FORMAT_VERSION
+  else:
+    version = FORMAT_VERSION
+  return {**fields, "format_version": version, "cxr_edge_version": __version__,
           "intended_use": INTENDED_USE}

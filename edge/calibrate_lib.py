@@ -87,10 +87,11 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
 
 def probabilities(model: runtime.LiteModel, outputs: np.ndarray,
                   temperature: Optional[float] = None) -> np.ndarray:
-  """PNEUMONIA probabilities of model outputs, at the model's or the given temperature."""
+  """PNEUMONIA probabilities of model outputs, at the model's or the given temperature
+  (a three-class model's: p_bacterial + p_viral)."""
   if model.output_kind != "logits":
-    return outputs[:, 1].astype(np.float64)
-  return runtime.softmax(outputs, temperature or model.temperature)[:, 1]
+    return metrics.p_pneumonia(outputs)
+  return metrics.p_pneumonia(runtime.softmax(outputs, temperature or model.temperature))
 
 
 def _temperature(model: runtime.LiteModel, films: Optional[LocalFilms],
@@ -103,6 +104,11 @@ def _temperature(model: runtime.LiteModel, films: Optional[LocalFilms],
   if model.output_kind != "logits":
     raise CalibrationError("this model outputs probabilities, not logits: re-export it "
                            "with this version to refit its temperature")
+  if len(model.classes) != len(schema.LABELS):
+    # Its p_pneumonia is a sum of two softmax outputs: not a logistic function of one
+    # margin, which is what the fit scales.
+    raise CalibrationError("--fit_temperature is for binary models; this one has classes "
+                           f"{', '.join(model.classes)}: calibrate its threshold without it")
   return metrics.fit_temperature(films.labels, films.logits[:, 1] - films.logits[:, 0])
 
 

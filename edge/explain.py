@@ -10,6 +10,7 @@ from typing import Dict
 
 import numpy as np
 
+from cxr_edge.core import metrics
 from cxr_edge.core import overlay
 from cxr_edge.edge import runtime
 
@@ -27,7 +28,7 @@ def occlusion_map(model: runtime.LiteModel, image: np.ndarray, patch: int = 0,
   side = image.shape[0]
   patch = patch or max(4, round(side / 7.5))
   stride = stride or max(1, patch // 2)
-  p0 = float(model.probabilities(image)[1])
+  p0 = float(metrics.p_pneumonia(model.probabilities(image)))
   sign = 1.0 if p0 >= model.threshold else -1.0  # evidence for what was decided
   fill = float(image.mean())
   starts = range(0, side - patch + 1, stride)
@@ -36,7 +37,7 @@ def occlusion_map(model: runtime.LiteModel, image: np.ndarray, patch: int = 0,
     for j, x in enumerate(starts):
       covered = image.copy()
       covered[y:y + patch, x:x + patch] = fill
-      heat[i, j] = sign * (p0 - float(model.probabilities(covered)[1]))
+      heat[i, j] = sign * (p0 - float(metrics.p_pneumonia(model.probabilities(covered))))
   return np.maximum(heat, 0.0)
 
 

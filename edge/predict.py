@@ -20,7 +20,8 @@ any image it refuses, in one line, a missing or corrupt model, edited embedded m
 a disagreeing or unreadable metadata.json, or metadata that does not fit the model.
 Writes one JSON line per image, {"path", "prediction", "p_pneumonia", "threshold",
 "model_sha256", "warning", "latency_ms"} (prediction is PNEUMONIA iff p_pneumonia >=
-threshold; warning: why the input does not look like a chest radiograph, by a cheap
+threshold; a three-class model adds "p_bacterial", "p_viral" and "subtype", the likelier
+of the two for a film predicted PNEUMONIA and null for one predicted NORMAL; warning: why the input does not look like a chest radiograph, by a cheap
 check in core/guard.py, or null; --strict refuses such inputs instead), or
 {"path", "error"} for an image it cannot read; progress (images/s, time left) on stderr
 every 10 s of a long run, then a summary. Exit status 1 if any input failed.
@@ -138,9 +139,9 @@ def _writer(out, fmt: str):
   """A function that writes one result record to `out` in `fmt`."""
   if fmt == "jsonl":
     return lambda result: out.write(json.dumps(result) + "\n")
-  writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", "threshold",
-                                "model_sha256", "warning", "latency_ms", "explanation",
-                                "explain_ms", "error", "skipped"])
+  writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", "p_bacterial", "p_viral",
+                                "subtype", "threshold", "model_sha256", "warning",
+                                "latency_ms", "explanation", "explain_ms", "error", "skipped"])
   writer.writeheader()
   return writer.writerow
 

@@ -30,6 +30,7 @@ from cxr_edge.core import cli
 from cxr_edge.core import film
 from cxr_edge.core import guard
 from cxr_edge.core import image_io
+from cxr_edge.core import metrics
 from cxr_edge.core import overlay
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
@@ -186,6 +187,7 @@ class LiteModel:
     self.info = package_info.ModelInfo.from_metadata(metadata, entry, name)
     self.image_size, self.scale = self.info.image_size, self.info.scale
     self.labels: List[str] = list(self.info.labels)
+    self.classes: List[str] = list(self.info.classes)
     # Per model: a QAT model carries its own run's threshold.
     self.threshold, self.temperature = self.info.threshold, self.info.temperature
     self.output_kind = self.info.output_kind
@@ -211,6 +213,9 @@ class LiteModel:
     if np.dtype(self._in["dtype"]).name != want_dtype:
       raise ModelError(f"{name}: input dtype {np.dtype(self._in['dtype']).name} does not "
                        f"match the metadata's {want_dtype}")
+    if list(self._out["shape"]) != [1, len(self.classes)]:
+      raise ModelError(f"{name}: output shape {list(self._out['shape'])} does not match the "
+                       f"metadata's {len(self.classes)} classes ({', '.join(self.classes)})")
 
   def _quantize(self, x: np.ndarray) -> np.ndarray:
     dtype = self._in["dtype"]
@@ -239,9 +244,31 @@ class LiteModel:
       return softmax(out, self.temperature)
     return out
 
+  def class_probabilities(self, images: np.ndarray) -> np.ndarray:
+    """float32 [N, S, S, 1] -> float64 [N, num_classes], one invoke per image."""
+    return np.array([self.probabilities(x) for x in images], dtype=np.float64).reshape(
+        len(images), len(self.classes))
+
   def positive_probabilities(self, images: np.ndarray) -> np.ndarray:
     """float32 [N, S, S, 1] -> float64 [N] PNEUMONIA probabilities, one invoke per image."""
-    return np.array([self.probabilities(x)[1] for x in images], dtype=np.float64)
+    return metrics.p_pneumonia(self.class_probabilities(images))
+
+  def decide(self, probs: np.ndarray) -> Dict[str, object]:
+    """A film's class probabilities -> its decision fields.
+
+    {"prediction": PNEUMONIA iff p_pneumonia >= threshold, "p_pneumonia"}; a three-class
+    model adds "p_bacterial", "p_viral" and "subtype": the likelier of the two for a
+    film predicted PNEUMONIA, None for one predicted NORMAL.
+    """
+    p = float(metrics.p_pneumonia(probs))
+    pneumonia = p >= self.threshold
+    out: Dict[str, object] = {"prediction": self.labels[int(pneumonia)],
+                              "p_pneumonia": round(p, 6)}
+    if len(self.classes) > len(self.labels):
+      for name, value in zip(self.classes[1:], probs[1:]):
+        out[f"p_{name.lower()}"] = round(float(value), 6)
+      out["subtype"] = self.classes[1 + int(np.argmax(probs[1:]))] if pneumonia else None
+    return out
 
   def predict_bytes(self, data: bytes, strict: bool = False) -> Dict[str, object]:
     """A film's bytes -> its prediction record (latency: preprocess, guard and invoke).
@@ -275,10 +302,8 @@ class LiteModel:
       raise ImageError(f"rejected (--strict): {warning}")
     probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))
     latency = (time.perf_counter() - start) * 1000
-    p = float(probs[1])
-    return {"prediction": self.labels[int(p >= self.threshold)], "p_pneumonia": round(p, 6),
-            "threshold": self.threshold, "model_sha256": self.sha256, "warning": warning,
-            "latency_ms": round(latency, 3)}
+    return {**self.decide(probs), "threshold": self.threshold, "model_sha256": self.sha256,
+            "warning": warning, "latency_ms": round(latency, 3)}
 
 
 def _read_sidecar(model_path: str) -> Optional[Dict]:

@@ -50,7 +50,9 @@ class ServingModule(tf.Module):
 
   serving_default takes encoded JPEG/PNG films (tf.string [N]: batchable, and REST's
   {"b64": ...} since the input's name ends in _bytes), preprocesses them in-graph with
-  the function training used, and returns p_pneumonia, label and threshold per film.
+  the function training used, and returns p_pneumonia, label and threshold per film; a
+  three-class model also p_bacterial, p_viral and subtype ("" for a film predicted
+  NORMAL), decided as the edge runtime decides them.
   serving_images takes float32 [N, S, S, 1] already in [0, 1] and refuses other ranges
   (unscaled 0-255 pixels would otherwise all read as PNEUMONIA). Probabilities are
   softmax(logits / temperature), as the edge runtime computes them.
@@ -59,6 +61,7 @@ class ServingModule(tf.Module):
   def __init__(self, model: keras.Model, image_size: int, threshold: float,
                temperature: float = 1.0):
     super().__init__()
+    self.classes = schema.TASK_CLASSES[task_of(model)]
     self.model = models.logits_model(model)
     self.image_size = image_size
     self.threshold = tf.constant(threshold, tf.float32)
@@ -73,7 +76,7 @@ class ServingModule(tf.Module):
     return tf.nn.softmax(self.model(images, training=False) / self.temperature)
 
   def _serve_images(self, images):
-    """float32 [N, S, S, 1] in [0, 1] -> {"probabilities": [N, 2]}."""
+    """float32 [N, S, S, 1] in [0, 1] -> {"probabilities": [N, classes]}."""
     checks = [tf.debugging.assert_greater_equal(images, 0.0, message="images must be in [0, 1]"),
               tf.debugging.assert_less_equal(images, 1.0, message=(
                   "images must be in [0, 1] (pixels / 255); send encoded films to "
@@ -87,10 +90,27 @@ class ServingModule(tf.Module):
                        fn_output_signature=tf.TensorSpec(
                            [self.image_size, self.image_size, schema.CHANNELS], tf.float32))
     probs = self._probabilities(images)
-    p = probs[:, 1]
+    p = tf.reduce_sum(probs[:, 1:], axis=1)
     index = tf.cast(p >= self.threshold, tf.int32)
-    return {"p_pneumonia": p, "prediction": tf.gather(self.labels, index),
-            "threshold": tf.fill(tf.shape(p), self.threshold), "probabilities": probs}
+    out = {"p_pneumonia": p, "prediction": tf.gather(self.labels, index),
+           "threshold": tf.fill(tf.shape(p), self.threshold), "probabilities": probs}
+    if len(self.classes) > len(schema.LABELS):
+      subtypes = tf.constant(list(self.classes[1:]))
+      for i, name in enumerate(self.classes[1:], 1):
+        out[f"p_{name.lower()}"] = probs[:, i]
+      # The likelier subtype (the first on a tie, as numpy's argmax), "" if NORMAL.
+      out["subtype"] = tf.where(index > 0, tf.gather(subtypes, tf.argmax(probs[:, 1:], axis=1)),
+                                "")
+    return out
+
+
+def task_of(model: keras.Model) -> str:
+  """The task a classifier was built for, from its number of outputs."""
+  outputs = model.output_shape[-1]
+  for task, classes in schema.TASK_CLASSES.items():
+    if len(classes) == outputs:
+      return task
+  raise errors.ConfigError(f"{model.name} has {outputs} outputs: no task has that many classes")
 
 
 def saved_model_path(export_dir: str) -> str:
@@ -262,9 +282,10 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   save_saved_model(model, size, threshold, saved_model_path(export_dir), temperature)
   files = _write_tflite(export_dir, variants, model, qat_model, size,
                         calibration_images(data_dir, size, calibration_samples))
-  with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
-    f.writelines(label + "\n" for label in schema.LABELS)
   metadata = package_metadata(info, data_dir, data_sha)
+  # The model's outputs, one per line in order (TFLite's label-file convention).
+  with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
+    f.writelines(c + "\n" for c in metadata.get("classes", metadata["labels"]))
   for path in files.values():
     metadata["models"][os.path.basename(path)] = {
         **describe_tflite(path), "output_kind": "logits", "temperature": temperature}
@@ -336,6 +357,7 @@ def package_metadata(info: Dict[str, Any], data_dir: str, data_sha: str) -> Dict
   size = info["image_size"]
   return package_info.package_fields(
       labels=list(schema.LABELS),
+      classes=list(schema.TASK_CLASSES[info.get("task", schema.TASK_BINARY)]),
       positive_label=schema.POSITIVE_LABEL,
       threshold=info["threshold"],
       threshold_rule=info.get("threshold_rule"),
@@ -348,8 +370,10 @@ def package_metadata(info: Dict[str, Any], data_dir: str, data_sha: str) -> Dict
           "resize": "bilinear, half-pixel centres, no antialiasing, aspect ratio not kept",
           "scale": schema.SCALE, "range": [0.0, 1.0],
           "quantize": "q = clip(round(x / scale + zero_point)) with the input's parameters"},
-      output="logits in label order; p = softmax(logits / temperature); PNEUMONIA if "
-             "p[1] >= threshold (temperature and threshold per model)",
+      output="logits in class order; p = softmax(logits / temperature); p_pneumonia = "
+             "the sum of p after NORMAL; PNEUMONIA if p_pneumonia >= threshold "
+             "(temperature and threshold per model); a three-class model's subtype is the "
+             "likelier of BACTERIAL and VIRAL",
       models={},
       model=info["model"],
       data_manifest_sha256=data_sha,
@@ -411,12 +435,16 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   serve_bytes = loaded.signatures["serving_default"]
 
   def saved_model_probs(x: np.ndarray) -> np.ndarray:
-    return _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy()[:, 1], x)
+    return metrics_lib.p_pneumonia(_in_batches(
+        lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), x))
 
   def val_accuracy(probs: np.ndarray, t: float) -> float:
     return float(np.mean((probs >= t) == (val_labels == 1)))
 
-  ref = saved_model_probs(images)
+  three_class = "classes" in metadata
+  subtypes = dataset.read_split(data_dir, "test").subtypes if three_class else None
+  ref_class = _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), images)
+  ref = metrics_lib.p_pneumonia(ref_class)
   ref_bytes = _in_batches(
       lambda b: serve_bytes(image_bytes=tf.constant(b))["p_pneumonia"].numpy(), encoded)
   ref_pred = ref >= threshold
@@ -436,11 +464,18 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
                             "saved_model": row(ref, threshold), "variants": {}}
   report["saved_model"]["validation_accuracy"] = val_accuracy(saved_model_probs(val_images),
                                                               threshold)
+  if three_class:
+    report["saved_model"]["subtype"] = metrics_lib.subtype_summary(labels, subtypes, ref_class,
+                                                                   threshold, patients)
   for variant, path in files.items():
     entry: Dict[str, Any] = {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
     lite = runtime.LiteModel(path, 1, metadata)
-    probs = lite.positive_probabilities(images)
+    class_probs = lite.class_probabilities(images)
+    probs = metrics_lib.p_pneumonia(class_probs)
     entry.update(row(probs, lite.threshold))
+    if three_class:
+      entry["subtype"] = metrics_lib.subtype_summary(labels, subtypes, class_probs,
+                                                     lite.threshold, patients)
     entry["validation_accuracy"] = val_accuracy(lite.positive_probabilities(val_images),
                                                 lite.threshold)
     for threads in (1, 2):
@@ -475,19 +510,27 @@ def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any]
   folder = dataset.load_image_folder(external_dir, size)
   loaded = tf.saved_model.load(saved_model_path(export_dir))
   serve = loaded.signatures["serving_images"]
-  ref = _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy()[:, 1],
-                    folder.images)
+  ref_probs = _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(),
+                          folder.images)
+  ref = metrics_lib.p_pneumonia(ref_probs)
+  three_class = "classes" in metadata
   out: Dict[str, Any] = {"external_dir": external_dir, "images": int(len(folder.labels)),
                          "patients": int(len(set(folder.patients))),
                          "skipped": folder.skipped,
                          "saved_model": metrics_lib.operating_point(
                              folder.labels, ref, metadata["threshold"], folder.patients),
                          "variants": {}}
+  if three_class:
+    out["saved_model"]["subtype"] = metrics_lib.subtype_summary(
+        folder.labels, folder.subtypes, ref_probs, metadata["threshold"], folder.patients)
   for variant, path in files.items():
     lite = runtime.LiteModel(path, 1, metadata)
-    probs = lite.positive_probabilities(folder.images)
-    out["variants"][variant] = metrics_lib.operating_point(folder.labels, probs,
-                                                           lite.threshold, folder.patients)
+    class_probs = lite.class_probabilities(folder.images)
+    out["variants"][variant] = metrics_lib.operating_point(
+        folder.labels, metrics_lib.p_pneumonia(class_probs), lite.threshold, folder.patients)
+    if three_class:
+      out["variants"][variant]["subtype"] = metrics_lib.subtype_summary(
+          folder.labels, folder.subtypes, class_probs, lite.threshold, folder.patients)
   if "float32" in out["variants"]:
     base = out["variants"]["float32"]["roc_auc"]
     for entry in out["variants"].values():
@@ -516,6 +559,9 @@ def format_report(report: Dict[str, Any]) -> str:
         f"{e['latency_1_thread']['p50_ms']:8.3f} {e['latency_1_thread']['p95_ms']:8.3f} "
         f"{e['latency_2_thread']['p50_ms']:8.3f} {e['latency_2_thread']['p95_ms']:8.3f} "
         f"{100 * e['edge_predictor_agreement_with_saved_model_bytes']:11.2f}")
+  for name, e in [("saved_model", s), *report["variants"].items()]:
+    if "subtype" in e:
+      lines.append(f"{name:14s} {metrics_lib.format_subtype(e['subtype'])}")
   lines.append("thr = the model's decision threshold (QAT: its own run's, same rule); val acc = "
                "accuracy on the validation split, every other column on the test split; "
                "latency in ms per single image (invoke only); agree% = decisions equal to the "
@@ -536,4 +582,7 @@ def format_report(report: Dict[str, Any]) -> str:
                      for k in ("accuracy", "sensitivity", "specificity"))
           + f" {fmt(e['roc_auc'], e['roc_auc_ci95'], percent=False):>24s} "
           f"{e.get('roc_auc_minus_float32', float('nan')):8.4f} {e['ece']:6.4f}")
+    for name, e in [("saved_model", ext["saved_model"]), *ext["variants"].items()]:
+      if "subtype" in e:
+        lines.append(f"{name:14s} {metrics_lib.format_subtype(e['subtype'])}")
   return "\n".join(lines)

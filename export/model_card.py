@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from cxr_edge.core import metrics
 from cxr_edge.core import package_info
 
 CARD_NAME = "MODEL_CARD.md"
@@ -90,11 +91,14 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
           "population": "paediatric, one centre; frontal chest radiographs",
           "manifest_sha256": metadata.get("data_manifest_sha256"),
           "train_images_per_class": {k: v["images"] for k, v in train["classes"].items()},
+          "train_pneumonia_images_per_subtype": {
+              k: v["images"] for k, v in (train.get("subtypes") or {}).items()},
           "train_patients": train["patients"],
           "split": "by patient, stratified by class, seeded (cxr-convert)",
           "source_formats": manifest.get("source_formats"),
       },
-      "training": {k: info.get(k) for k in ("augment", "epochs", "best_epoch", "keep_epoch",
+      "classes": metadata.get("classes", metadata["labels"]),
+      "training": {k: info.get(k) for k in ("task", "augment", "epochs", "best_epoch", "keep_epoch",
                                             "kept_epoch", "seed",
                                             "class_weight", "weight_decay", "label_smoothing",
                                             "mixup", "ema_momentum", "threshold_rule")},
@@ -124,6 +128,15 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
   return card
 
 
+def _subtype_lines(models: Dict[str, Dict[str, Any]]) -> List[str]:
+  """A three-class model's subtype figures, one line per model (none for a binary one)."""
+  lines = [f"- {name}: {metrics.format_subtype(m['subtype'])}"
+           for name, m in models.items() if "subtype" in m]
+  return (["Subtypes (bacterial vs viral among PNEUMONIA films of known subtype, BACTERIAL "
+           "the positive class; three-class accuracy on films of known class):", ""]
+          + lines + [""]) if lines else []
+
+
 def markdown(card: Dict[str, Any]) -> str:
   """MODEL_CARD.md for a card from `build`."""
   data = card["training_data"]
@@ -142,12 +155,18 @@ def markdown(card: Dict[str, Any]) -> str:
            "```", "",
            "Each result holds `prediction` (PNEUMONIA when `p_pneumonia` >= `threshold`), "
            "`p_pneumonia`, `threshold` and `warning` (why a film does not look like a chest "
-           "radiograph, or null).", "",
+           "radiograph, or null)"
+           + ("; this three-class model adds `p_bacterial`, `p_viral` (their sum is "
+              "`p_pneumonia`) and `subtype`, the likelier of the two for a film predicted "
+              "PNEUMONIA (null for NORMAL)." if len(card["classes"]) > 2 else "."), "",
            "## Training data", "",
            f"- Source: {data['source']}",
            f"- Population: {data['population']}",
            f"- Training split: {data['train_patients']} patients; images per class "
-           + ", ".join(f"{k} {v}" for k, v in data["train_images_per_class"].items()),
+           + ", ".join(f"{k} {v}" for k, v in data["train_images_per_class"].items())
+           + ("; PNEUMONIA by subtype " + ", ".join(
+               f"{k} {v}" for k, v in data["train_pneumonia_images_per_subtype"].items())
+              if len(card["classes"]) > 2 else ""),
            f"- Split: {data['split']}; conversion manifest sha256 {data['manifest_sha256']}",
            "",
            "## Decision threshold", "",
@@ -162,11 +181,11 @@ def markdown(card: Dict[str, Any]) -> str:
               f"{ext['images']} films ({ext['patients']} patients) from "
               f"`{ext['folder']}`: {ext['note']}. 95% intervals: Wilson for proportions, "
               "bootstrap over patients for ROC-AUC; ECE over 10 bins.", ""]
-    lines += _table(ext["models"]) + [""]
+    lines += _table(ext["models"]) + [""] + _subtype_lines(ext["models"])
   test = card["internal_test"]
   lines += ["## Internal test split", "",
             f"{test['images']} images, {test['note']}; same intervals.", ""]
-  lines += _table(test["models"]) + [""]
+  lines += _table(test["models"]) + [""] + _subtype_lines(test["models"])
   lines += ["## Known failure modes and limits", ""]
   lines += [f"- {m}" for m in card["failure_modes"]] + [""]
   lines += ["## Files", "", "| file | bytes | sha256 | threshold |", "| --- | --- | --- | --- |"]

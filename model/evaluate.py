@@ -74,6 +74,10 @@ def main(argv):
                       for k in ("accuracy", "sensitivity", "specificity"))
           + f" (95% Wilson intervals), precision {m['precision']:.4f}, F1 {m['f1']:.4f}, "
           f"confusion [[TN FP] [FN TP]] {m['confusion_matrix']['rows_true_cols_pred']}")
+  if "subtype" in r:
+    print(f"  {metrics.format_subtype(r['subtype'])} (95% intervals); three-class confusion "
+          f"(rows truth, columns decision: NORMAL, BACTERIAL, VIRAL) "
+          f"{r['subtype']['three_class']['confusion_matrix']['rows_true_cols_pred']}")
   if "explanations" in r:
     e = r["explanations"]
     print(f"  {len(e['films'])} Grad-CAM overlays in {e['folder']} "

@@ -2,7 +2,9 @@
 
 Writes metrics.json, predictions.csv (file, patient, label, probability, prediction),
 roc.png, pr.png (precision-recall), calibration.png (reliability) and
-confusion_matrix.png. Metrics are computed in numpy (core/metrics.py).
+confusion_matrix.png. A three-class model adds its subtype figures to metrics.json
+("subtype"), the subtype columns to predictions.csv and confusion_matrix_3class.png.
+Metrics are computed in numpy (core/metrics.py).
 """
 import contextlib
 import csv
@@ -26,8 +28,9 @@ def predict_folder(model, image_dir: str, image_size: int,
                    batch_size: int = 64) -> Tuple[Dict[str, np.ndarray], List[Dict[str, str]]]:
   """Probabilities for every readable labelled image below image_dir."""
   folder = dataset.load_image_folder(image_dir, image_size)
-  probs = inference.predict_images(model, folder.images, batch_size)
-  return ({"probability": probs, "label": folder.labels, "filename": folder.relpaths,
+  probs = inference.predict_probs(model, folder.images, batch_size)
+  return ({"probability": metrics_lib.p_pneumonia(probs), "probs": probs,
+           "label": folder.labels, "subtype": folder.subtypes, "filename": folder.relpaths,
            "patient_id": folder.patients}, folder.skipped)
 
 
@@ -89,28 +92,30 @@ def _plot_reliability(y, p, path: str, title: str) -> None:
     ax.legend(loc="upper left")
 
 
-def _plot_confusion(matrix, path: str, title: str) -> None:
+def _plot_confusion(matrix, path: str, title: str, labels=schema.LABELS) -> None:
   m = np.array(matrix)
   with _figure(path, title, (4.5, 4)) as ax:
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
       ax.text(j, i, str(v), ha="center", va="center",
               color="white" if v > m.max() / 2 else "black", fontsize=14)
-    ax.set_xticks(range(len(schema.LABELS)), schema.LABELS)
-    ax.set_yticks(range(len(schema.LABELS)), schema.LABELS)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
 
 
 REPORTS = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "calibration.png",
-           "confusion_matrix.png", "explanations")
+           "confusion_matrix.png", "confusion_matrix_3class.png", "explanations")
 
 
 def grad_cam(model, images: np.ndarray, threshold: float) -> np.ndarray:
   """Grad-CAM maps [N, h, w] >= 0 of the last convolutional features, for the decided class.
 
-  The target is the logit margin (PNEUMONIA minus NORMAL), signed toward the class each
-  film was assigned at `threshold`, so a map shows what supported that decision.
+  The target is the logit margin of PNEUMONIA over NORMAL (log-sum-exp of the PNEUMONIA
+  logits minus NORMAL's: p_pneumonia = sigmoid(margin) for either task), signed toward
+  the class each film was assigned at `threshold`, so a map shows what supported that
+  decision.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras as keras  # pylint: disable=g-import-not-at-top
@@ -122,7 +127,7 @@ def grad_cam(model, images: np.ndarray, threshold: float) -> np.ndarray:
   x = tf.constant(images, tf.float32)
   with tf.GradientTape() as tape:
     features, out = probe(x, training=False)
-    margin = out[:, 1] - out[:, 0]
+    margin = tf.reduce_logsumexp(out[:, 1:], axis=1) - out[:, 0]
     # p = sigmoid(margin) >= threshold  <=>  margin >= logit(threshold)
     cut = float(np.log(threshold / (1 - threshold)))
     sign = tf.where(margin >= cut, 1.0, -1.0)
@@ -215,6 +220,11 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
   result = {"model_dir": model_dir, "model": info["model"], **source,
             "patients": int(len(set(preds["patient_id"]))), "skipped": skipped,
             **metrics_lib.summary(y, p, threshold, preds["patient_id"])}
+  classes = schema.TASK_CLASSES[info.get("task", schema.TASK_BINARY)]
+  three_class = len(classes) > len(schema.LABELS)
+  if three_class:
+    result["subtype"] = metrics_lib.subtype_summary(y, preds["subtype"], preds["probs"],
+                                                    threshold, preds["patient_id"])
   os.makedirs(output_dir, exist_ok=True)
   shutil.rmtree(os.path.join(output_dir, "explanations"), ignore_errors=True)  # ours, if any
   if explain > 0:
@@ -226,10 +236,19 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
     json.dump(result, f, indent=2)
   with open(os.path.join(output_dir, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
-    w.writerow(["file", "patient", "label", "probability", "prediction"])
-    for name, patient, label, prob in zip(preds["filename"], preds["patient_id"], y, p):
-      w.writerow([name, patient, schema.LABELS[int(label)], repr(float(prob)),
-                  schema.LABELS[int(prob >= threshold)]])
+    w.writerow(["file", "patient", "label", "probability", "prediction"]
+               + (["subtype", "p_bacterial", "p_viral", "predicted_subtype"] if three_class
+                  else []))
+    decided = (metrics_lib.subtype_decisions(preds["probs"], threshold) if three_class
+               else None)
+    for i, (name, patient, label, prob) in enumerate(
+        zip(preds["filename"], preds["patient_id"], y, p)):
+      row = [name, patient, schema.LABELS[int(label)], repr(float(prob)),
+             schema.LABELS[int(prob >= threshold)]]
+      if three_class:
+        row += [preds["subtype"][i], repr(float(preds["probs"][i, 1])),
+                repr(float(preds["probs"][i, 2])), classes[decided[i]] if decided[i] else ""]
+      w.writerow(row)
   what = f"{info['model']} on {split if data_dir else os.path.basename(image_dir.rstrip('/'))}"
   _plot_roc(y, p, threshold, os.path.join(output_dir, "roc.png"), what)
   _plot_pr(y, p, threshold, os.path.join(output_dir, "pr.png"), what)
@@ -237,4 +256,8 @@ def evaluate(model_dir: str, output_dir: str, data_dir: Optional[str] = None,
   _plot_confusion(result["at_threshold"]["confusion_matrix"]["rows_true_cols_pred"],
                   os.path.join(output_dir, "confusion_matrix.png"),
                   f"{what}, threshold {threshold:.3f}")
+  if three_class:
+    _plot_confusion(result["subtype"]["three_class"]["confusion_matrix"]["rows_true_cols_pred"],
+                    os.path.join(output_dir, "confusion_matrix_3class.png"),
+                    f"{what}, films of known class", classes)
   return result

@@ -253,6 +253,7 @@ class Node:
     self.processed += 1
     outcome = (f"not analysed ({result['error']})" if "error" in result else
                f"{result['prediction']} p={result['p_pneumonia']:.3f}"
+               + (f" ({result['subtype']})" if result.get("subtype") else "")
                + (" with a warning" if result.get("warning") else ""))
     log.info("film %s: %s", uid, outcome)
     return record
@@ -263,6 +264,7 @@ class Node:
     return {"time": _now_iso(), "sop_instance_uid": uid, "study_instance_uid": study_uid,
             "model_sha256": self.model.sha256, "prediction": result.get("prediction"),
             "p_pneumonia": result.get("p_pneumonia"),
+            **{k: result[k] for k in ("p_bacterial", "p_viral", "subtype") if k in result},
             "threshold": result.get("threshold", self.model.threshold),
             "warning": result.get("warning"), "error": result.get("error"),
             "report_sop_instance_uid": report_uid}

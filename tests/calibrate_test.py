@@ -232,3 +232,24 @@ def test_runs_without_tensorflow_and_prints_intervals(exported, tmp_path):
   assert "16 films (8 NORMAL, 8 PNEUMONIA)" in r.stdout
   assert "new threshold" in r.stdout and "sensitivity" in r.stdout and "(" in r.stdout
   assert (tmp_path / "site" / "metadata.json").is_file()
+
+
+def test_a_three_class_model_is_calibrated_on_p_pneumonia(subtype_exported, tmp_path):
+  films = _films(tmp_path / "films")
+  model = _model(subtype_exported)
+  record = calibrate_lib.calibrate(model, films, str(tmp_path / "site"))
+  lite = runtime.LiteModel(model)
+  y, p = [], []
+  for label_index, label in enumerate(("normal", "pneumonia")):
+    for name in sorted(os.listdir(os.path.join(films, label))):
+      data = open(os.path.join(films, label, name), "rb").read()
+      p.append(lite.predict_bytes(data)["p_pneumonia"])
+      y.append(label_index)
+  # The threshold is the rule on p_bacterial + p_viral (rounded as records are).
+  assert record["threshold"] == pytest.approx(thresholds.on_scores(np.array(y), np.array(p)),
+                                              abs=1e-5)
+  site = runtime.LiteModel(os.path.join(tmp_path / "site", os.path.basename(model)))
+  assert site.classes == ["NORMAL", "BACTERIAL", "VIRAL"]
+  assert site.threshold == pytest.approx(record["threshold"])
+  with pytest.raises(calibrate_lib.CalibrationError, match="--fit_temperature is for binary"):
+    calibrate_lib.calibrate(model, films, str(tmp_path / "site2"), fit_temperature=True)

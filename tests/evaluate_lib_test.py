@@ -101,3 +101,21 @@ def test_grad_cam_is_non_negative_and_follows_the_decision(trained_model, sample
   images = dataset.read_split(sample_records, "val", info["image_size"]).images[:4]
   maps = evaluate_lib.grad_cam(model, images, info["threshold"])
   assert maps.shape[0] == 4 and maps.ndim == 3 and (maps >= 0).all()
+
+
+def test_a_three_class_model_is_evaluated_with_its_subtypes(subtype_model, sample_records,
+                                                            tmp_path):
+  r = evaluate_lib.evaluate(subtype_model, str(tmp_path), data_dir=sample_records, split="test")
+  rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
+  y = np.array([row["label"] == "PNEUMONIA" for row in rows], int)
+  probs = np.array([[1 - float(row["probability"]), float(row["p_bacterial"]),
+                     float(row["p_viral"])] for row in rows])
+  subtypes = [row["subtype"] for row in rows]
+  threshold = model_dir_lib.read_info(subtype_model)["threshold"]
+  want = metrics.subtype_summary(y, subtypes, probs, threshold, [row["patient"] for row in rows])
+  assert r["subtype"]["bacterial_vs_viral"]["roc_auc"] == pytest.approx(
+      want["bacterial_vs_viral"]["roc_auc"])
+  assert r["subtype"]["three_class"]["confusion_matrix"] == want["three_class"]["confusion_matrix"]
+  for row in rows:  # the subtype decision only for films predicted PNEUMONIA
+    assert (row["predicted_subtype"] == "") == (row["prediction"] == "NORMAL")
+  assert (tmp_path / "confusion_matrix_3class.png").stat().st_size > 0

@@ -296,7 +296,7 @@ def test_model_card_is_written_from_the_measured_results(exported):
   assert text.index("## Intended use") < text.index("## How to use") < text.index("## Files")
   assert "cxr-predict --model=model_int8.tflite --info" in text and "## Licence" in text
   assert card["versions"]["cxr-edge"] == __version__ and card["versions"]["ai-edge-litert"]
-  assert meta["format_version"] == package_info.FORMAT_VERSION
+  assert meta["format_version"] == package_info.BINARY_FORMAT_VERSION
   int8_sha = meta["models"]["model_int8.tflite"]["sha256"]
   assert card["model_version"] == f"model_int8.tflite sha256 {int8_sha[:12]}"
   assert card["internal_test"]["models"]["int8"]["accuracy"] == report["variants"]["int8"][
@@ -311,3 +311,55 @@ def test_model_card_is_written_from_the_measured_results(exported):
   assert f"| int8 | {int8['threshold']:.4f} | {100 * int8['accuracy']:.1f}% " \
          f"({100 * low:.1f}-{100 * high:.1f})" in text
   assert "## Known failure modes and limits" in text and "Kermany" in text
+
+
+def test_a_three_class_package_agrees_from_saved_model_to_edge_runtime(subtype_exported,
+                                                                       subtype_model):
+  export_dir, report = subtype_exported
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  assert meta["classes"] == ["NORMAL", "BACTERIAL", "VIRAL"] and meta["format_version"] == 3
+  assert open(os.path.join(export_dir, "labels.txt")).read().split() == meta["classes"]
+  int8 = runtime.LiteModel(os.path.join(export_dir, "model_int8.tflite"))
+  f32 = runtime.LiteModel(os.path.join(export_dir, "model_float32.tflite"))
+  assert int8.classes == meta["classes"] and int8.labels == list(schema.LABELS)
+  serve = tf.saved_model.load(export_lib.saved_model_path(export_dir)).signatures[
+      "serving_default"]
+  names = sorted(os.listdir(os.path.join(SAMPLE_DIR, "PNEUMONIA")))[:6] + sorted(
+      os.listdir(os.path.join(SAMPLE_DIR, "NORMAL")))[:6]
+  paths = [os.path.join(SAMPLE_DIR, "PNEUMONIA" if "person" in n else "NORMAL", n)
+           for n in names]
+  data = [open(p, "rb").read() for p in paths]
+  saved = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(data)).items()}
+  keras_model, info = model_dir_lib.load_model_dir(subtype_model)
+  decoded = np.stack([runtime.preprocess(d, 48, schema.SCALE) for d in data])
+  np.testing.assert_allclose(saved["probabilities"], keras_model(decoded).numpy(), atol=2e-3)
+  for i, d in enumerate(data):
+    r = f32.predict_bytes(d)
+    assert r["p_bacterial"] + r["p_viral"] == pytest.approx(r["p_pneumonia"], abs=2e-6)
+    assert r["p_pneumonia"] == pytest.approx(saved["p_pneumonia"][i], abs=2e-3)
+    assert r["p_bacterial"] == pytest.approx(saved["p_bacterial"][i], abs=2e-3)
+    assert r["p_viral"] == pytest.approx(saved["p_viral"][i], abs=2e-3)
+    assert r["prediction"] == saved["prediction"][i].decode()
+    # The subtype only for a film predicted PNEUMONIA; the SavedModel says "" there.
+    assert (r["subtype"] or "") == saved["subtype"][i].decode()
+    assert (r["subtype"] is None) == (r["prediction"] == "NORMAL")
+    q = int8.predict_bytes(d)
+    assert set(q) >= {"p_bacterial", "p_viral", "subtype"}
+    assert abs(q["p_pneumonia"] - r["p_pneumonia"]) < 0.05
+  # The report's subtype figures are the edge runtime's, recomputed.
+  ext = report["external"]
+  assert ext["variants"]["int8"]["subtype"]["three_class"]["count"] == 24
+  assert "subtype" in report["variants"]["int8"] and "subtype" in report["saved_model"]
+  card = open(os.path.join(export_dir, "MODEL_CARD.md")).read()
+  assert "bacterial vs viral" in card and "`p_bacterial`" in card
+  assert "bacterial vs viral" in export_lib.format_report(report)
+
+
+def test_a_binary_package_keeps_format_2_and_no_classes_field(exported):
+  export_dir, _ = exported
+  meta = json.load(open(os.path.join(export_dir, "metadata.json")))
+  assert meta["format_version"] == 2 and "classes" not in meta
+  r = runtime.LiteModel(os.path.join(export_dir, "model_int8.tflite")).predict_bytes(
+      open(os.path.join(SAMPLE_DIR, "NORMAL", sorted(os.listdir(
+          os.path.join(SAMPLE_DIR, "NORMAL")))[0]), "rb").read())
+  assert "subtype" not in r and "p_bacterial" not in r

@@ -8,11 +8,11 @@ from cxr_edge.core import schema
 from cxr_edge.core.errors import ModelError, PackageError
 
 
-def _package(**overrides):
+def _package(classes=None, **overrides):
   fields = package_info.package_fields(
       labels=list(schema.LABELS), threshold=0.375, output_prior=0.5, model="edge_cnn",
       input={"size": 150}, preprocessing={"scale": schema.SCALE},
-      credit="Kermany et al. (2018)")
+      credit="Kermany et al. (2018)", **({"classes": classes} if classes else {}))
   fields.update(overrides)
   return fields
 
@@ -28,9 +28,23 @@ def test_a_current_package_reads_as_written():
   info = package_info.ModelInfo.from_metadata(_package(), _entry(), "m.tflite")
   assert (info.labels, info.image_size, info.threshold, info.temperature) == (
       schema.LABELS, 150, 0.375, 1.2)
-  assert info.format_version == package_info.FORMAT_VERSION
+  # A binary package stays format 2, which readers before three-class models accept.
+  assert info.format_version == package_info.BINARY_FORMAT_VERSION
+  assert info.classes == schema.LABELS
   assert info.intended_use == package_info.INTENDED_USE
   assert info.output_prior == 0.5 and info.input_dtype == "int8"
+
+
+def test_a_three_class_package_names_its_outputs_and_is_refused_by_older_readers():
+  fields = _package(classes=list(schema.TASK_CLASSES[schema.TASK_SUBTYPE]))
+  assert "classes" not in _package(classes=list(schema.LABELS))
+  # Format 3: a reader of format 2 refuses it instead of taking p_bacterial for
+  # p_pneumonia.
+  assert fields["format_version"] == package_info.FORMAT_VERSION == 3
+  info = package_info.ModelInfo.from_metadata(fields, _entry(), "m.tflite")
+  assert info.classes == ("NORMAL", "BACTERIAL", "VIRAL") and info.labels == schema.LABELS
+  assert "p_bacterial + p_viral" in info.describe("ab" * 32)
+  assert ("classes", ["NORMAL", "BACTERIAL", "VIRAL"]) in info.decisive()
 
 
 def test_an_older_package_is_upgraded_in_one_place():
@@ -55,6 +69,7 @@ def test_an_older_package_is_upgraded_in_one_place():
     (_package(input={"size": 2}), _entry(), "input size 2"),
     (_package(preprocessing={"scale": -1.0}), _entry(), "scale -1.0"),
     (_package(format_version=99), _entry(), "upgrade cxr-edge"),
+    (_package(classes=["NORMAL", "VIRAL", "BACTERIAL"]), _entry(), "classes ['NORMAL', 'VIRAL'"),
 ])
 def test_impossible_values_are_refused_naming_the_field(package, entry, says):
   with pytest.raises(PackageError, match="metadata out of range") as e:
