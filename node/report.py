@@ -40,6 +40,13 @@ PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("2667000", "SCT", "Absent")
 P_PNEUMONIA = Code("p_pneumonia", "99CXREDGE", "Probability of pneumonia")
+# A three-class model's: the two parts of p_pneumonia, and the likelier kind of a film
+# it calls PNEUMONIA.
+P_BACTERIAL = Code("p_bacterial", "99CXREDGE", "Probability of bacterial pneumonia")
+P_VIRAL = Code("p_viral", "99CXREDGE", "Probability of viral pneumonia")
+SUBTYPE = Code("subtype", "99CXREDGE", "Likelier kind of pneumonia")
+SUBTYPE_CODES = {"BACTERIAL": Code("53084003", "SCT", "Bacterial pneumonia"),
+                 "VIRAL": Code("75570004", "SCT", "Viral pneumonia")}
 THRESHOLD = Code("threshold", "99CXREDGE", "Decision threshold")
 PROBABILITY_UNIT = Code("1", "UCUM", "no units")
 COMMENT = Code("121106", "DCM", "Comment")
@@ -120,9 +127,13 @@ def structured_report(film: pydicom.Dataset, result: Dict,
         hd.sr.Measurement(name=name, value=float(value), unit=PROBABILITY_UNIT,
                           algorithm_id=algorithm)
         for name, value in ((P_PNEUMONIA, result["p_pneumonia"]),
-                            (THRESHOLD, result["threshold"]))]
+                            (P_BACTERIAL, result.get("p_bacterial")),
+                            (P_VIRAL, result.get("p_viral")),
+                            (THRESHOLD, result["threshold"])) if value is not None]
     finding = PRESENT if result["prediction"] == info.labels[1] else ABSENT
     evaluations = [hd.sr.QualitativeEvaluation(PNEUMONIA, finding)]
+    if result.get("subtype"):
+      evaluations.append(hd.sr.QualitativeEvaluation(SUBTYPE, SUBTYPE_CODES[result["subtype"]]))
   # A film not analysed still gets its group (algorithm, source image), with no finding.
   groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
       tracking_identifier=hd.sr.TrackingIdentifier(
@@ -195,8 +206,8 @@ def _instance_number(film: pydicom.Dataset) -> int:
 
 
 def describe(sr: pydicom.Dataset) -> Optional[Dict[str, object]]:
-  """The finding, probability, threshold and comments read back from one of our reports
-  (for tests and for checking what a PACS holds)."""
+  """The finding, probabilities, threshold, subtype and comments read back from one of
+  our reports (for tests and for checking what a PACS holds)."""
   out: Dict[str, object] = {"comments": []}
   for item in _walk(sr.ContentSequence):
     name = item.ConceptNameCodeSequence[0].CodeMeaning
@@ -204,6 +215,8 @@ def describe(sr: pydicom.Dataset) -> Optional[Dict[str, object]]:
       out[name] = float(item.MeasuredValueSequence[0].NumericValue)
     elif item.ValueType == "CODE" and name == PNEUMONIA.meaning:
       out["finding"] = item.ConceptCodeSequence[0].CodeMeaning
+    elif item.ValueType == "CODE" and name == SUBTYPE.meaning:
+      out["subtype"] = item.ConceptCodeSequence[0].CodeMeaning
     elif item.ValueType == "TEXT" and name == COMMENT.meaning:
       out["comments"].append(item.TextValue)
     elif item.ValueType == "IMAGE":

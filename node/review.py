@@ -99,7 +99,7 @@ def worklist(records: List[Dict], queued: int, waiting: int) -> bytes:
         f"<td>{_e(r.get('series_description'))}</td>"
         f"<td class=\"{_e(r.get('prediction') or '')}\">"
         f"<a href=\"/film/{urllib.parse.quote(uid)}\">{_e(r.get('prediction') or 'none')}"
-        "</a></td>"
+        f"{' (' + _e(r['subtype'].lower()) + ')' if r.get('subtype') else ''}</a></td>"
         f"<td>{'' if p is None else f'{p:.3f}'}</td>"
         f"<td>{'' if threshold is None else f'{threshold:.3f}'}</td>"
         f"<td>{_outcome(r)}</td></tr>")
@@ -121,6 +121,8 @@ def film_page(record: Dict, has_overlay: bool) -> bytes:
             ("Series", record.get("series_description")),
             ("Prediction", record.get("prediction") or "none"),
             ("p_pneumonia", record.get("p_pneumonia")),
+            ("Subtype (likelier)", record.get("subtype")),
+            ("p_bacterial", record.get("p_bacterial")), ("p_viral", record.get("p_viral")),
             ("Threshold", record.get("threshold")),
             ("Warning", record.get("warning")), ("Not analysed", record.get("error")),
             ("SOP Instance UID", record.get("sop_instance_uid")),

@@ -536,3 +536,33 @@ def test_without_the_node_extra_the_job_names_it(tmp_path):
   assert r.returncode == 1 and r.stderr.strip().splitlines() == [
       "cxr-node: error: cxr-node needs the DICOM network libraries (pynetdicom is missing): "
       "pip install 'cxr-edge[node]'"]
+
+
+def test_a_three_class_model_reports_its_subtype_in_the_sr_records_and_review(
+    subtype_exported, tmp_path):
+  model = os.path.join(subtype_exported[0], "model_int8.tflite")
+  films = [dicom_files.study_film(i, study=1) for i in range(3)]
+  pacs = Pacs().start()
+  try:
+    with running_node(model, tmp_path / "spool", forward=pacs.address, http_port=0) as node:
+      assert send(node.ports.dicom, films) == [0x0000] * 3
+      assert node.wait_idle(120)
+      page = _get(f"http://127.0.0.1:{node.ports.http}/")[2].decode()
+  finally:
+    pacs.stop()
+  lite = runtime.LiteModel(model)
+  by_film = {report.describe(r)["source"]: report.describe(r) for r in pacs.reports()}
+  records = {line["sop_instance_uid"]: line for line in audit(tmp_path / "spool")}
+  for data in films:
+    uid = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    expected = lite.predict_bytes(data)
+    found = by_film[uid]
+    assert found["Probability of bacterial pneumonia"] == pytest.approx(
+        expected["p_bacterial"], abs=1e-6)
+    assert found["Probability of viral pneumonia"] == pytest.approx(expected["p_viral"],
+                                                                    abs=1e-6)
+    assert found.get("subtype") == {"BACTERIAL": "Bacterial pneumonia", "VIRAL": "Viral pneumonia",
+                                    None: None}[expected["subtype"]]
+    assert records[uid]["subtype"] == expected["subtype"]
+    if expected["subtype"]:
+      assert f"PNEUMONIA ({expected['subtype'].lower()})" in page
