@@ -53,10 +53,11 @@ class ConvertOptions:
                            help="Images with more pixels are rejected as decompression bombs.")
   metadata_csv: Optional[str] = option(
       None,
-      help="A CSV with columns path (relative to --input_dir), patient_id, label (and "
-      "optionally others, e.g. study_date): each file's patient and class, instead of file "
-      "names and class folders. Files it does not list are rejected. Patient ids are "
-      "stored hashed.")
+      help="A CSV with columns path (relative to --input_dir), patient_id, label, optionally "
+      "subtype (bacterial or viral for a PNEUMONIA film, blank = unknown) and others (e.g. "
+      "study_date, ignored): each file's patient, class and subtype, instead of file names "
+      "and class folders. Files it does not list are rejected. Patient ids are stored "
+      "hashed.")
   patient_id_salt: Optional[str] = option(
       None,
       help="Secret key of the hash under which patient ids from --metadata_csv or DICOM "

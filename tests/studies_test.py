@@ -130,3 +130,20 @@ def test_external_study_shares_one_export_cache_and_refuses_clashing_run_names(
     external_study.main()
   assert "share the name 'r_1'" in capsys.readouterr().err
   assert len(exported) == 1 and not (tmp_path / "b").exists()
+
+
+def test_the_subtype_study_applies_the_rule_written_before_its_runs():
+  from studies import subtype_study  # pylint: disable=g-import-not-at-top
+  def run(accuracy, auc):
+    return {"accuracy": accuracy, "roc_auc": auc, "subtype_auc": 0.9,
+            "bacterial_sensitivity": 0.8, "viral_specificity": 0.8,
+            "three_class_accuracy": 0.85}
+  # docs/subtype_study.md: adopt iff mean accuracy >= 94.7% and mean ROC-AUC >= 0.985.
+  m = subtype_study.mean_of([run(0.96, 0.99), run(0.944, 0.981), run(0.95, 0.981)])
+  assert m["accuracy"]["mean"] == pytest.approx(0.951333, abs=1e-6)
+  assert (m["accuracy"]["min"], m["roc_auc"]["max"]) == (0.944, 0.99)
+  assert not subtype_study.verdict(m)["adopted"]  # ROC-AUC mean 0.984
+  m = subtype_study.mean_of([run(0.95, 0.99), run(0.95, 0.985), run(0.95, 0.986)])
+  assert subtype_study.verdict(m)["adopted"]
+  m = subtype_study.mean_of([run(0.946, 0.99)] * 3)
+  assert not subtype_study.verdict(m)["adopted"]
