@@ -4,7 +4,8 @@
 Usage:
   .venv/bin/python -m studies.subtype_study --data_dir=/tmp/rec \
       --external_dir=../shared/data/chest_xray/external --out=/tmp/study/subtype \
-      --runs=/tmp/study/subtype_42,/tmp/study/subtype_1,/tmp/study/subtype_2
+      --runs=/tmp/study/subtype_42,/tmp/study/subtype_1,/tmp/study/subtype_2 \
+      --baseline_runs=/tmp/study/binary_42,/tmp/study/binary_1,/tmp/study/binary_2
 
 Each run is exported (float32 and int8, as studies/external_study.py exports the binary
 runs, whose figures the rule compares with) and its int8 model scored on the external
@@ -12,7 +13,10 @@ films through the edge runtime at the threshold it ships with. Prints Markdown t
 per seed and as the mean with its range over seeds: the binary figures, bacterial vs
 viral (BACTERIAL the positive class) among the PNEUMONIA films, three-class accuracy,
 per-class sensitivity and the summed confusion matrix; then the adoption rule of
-docs/subtype_study.md, applied, and the issue's targets. Writes the same as JSON to
+docs/subtype_study.md, applied, and the issue's targets. With --baseline_runs (the
+binary default trained on the same conversion with the same seeds, in the same order),
+a paired table of the binary figures: what the subtype supervision itself changes,
+apart from the split and the seed. Writes the same as JSON to
 --out/subtype_study.json. studies/subtype_study.sh trains the runs and calls this.
 """
 import argparse
@@ -104,6 +108,8 @@ def main() -> None:
   parser.add_argument("--external_dir", required=True)
   parser.add_argument("--out", required=True)
   parser.add_argument("--runs", required=True, help="comma-separated cxr-train --task=subtype runs")
+  parser.add_argument("--baseline_runs", default="",
+                      help="comma-separated binary runs paired with --runs (same seeds, order)")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   rows, per_run = [], {}
@@ -147,9 +153,43 @@ def main() -> None:
     print(f"target {what}: {value:.4f} vs >= {target}"
           + (f" (aim {aim})" if aim else "") + (": met" if value >= target else ": NOT met")
           + (f"; aim met" if aim and value >= aim else ""))
+  paired = paired_baseline(args, rows) if args.baseline_runs else None
   with open(os.path.join(args.out, "subtype_study.json"), "w", encoding="utf-8") as f:
-    json.dump({"runs": per_run, "mean": m, "confusion_summed": confusion, "rule": v},
-              f, indent=2)
+    json.dump({"runs": per_run, "mean": m, "confusion_summed": confusion, "rule": v,
+               "paired_binary": paired}, f, indent=2)
+
+
+def paired_baseline(args, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """The binary default's int8 external figures beside the three-class runs', per seed."""
+  runs = args.baseline_runs.split(",")
+  if len(runs) != len(rows):
+    raise SystemExit("--baseline_runs must pair one binary run with each of --runs")
+  print("\n| seed | binary model: accuracy % | three-class: accuracy % | difference | "
+        "binary model: ROC-AUC | three-class: ROC-AUC | difference |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  out = []
+  for run, r in zip(runs, rows):
+    report = external_study.export_run(
+        run, args.data_dir, args.external_dir,
+        os.path.join(args.out, f"export_{external_study.run_name(run)}"))
+    b = report["external"]["variants"]["int8"]
+    seed = external_study.run_name(run).rsplit("_", 1)[-1]
+    out.append({"seed": seed, "binary_accuracy": b["accuracy"], "binary_roc_auc": b["roc_auc"],
+                "binary_ci95": b["ci95"], "binary_roc_auc_ci95": b["roc_auc_ci95"],
+                "subtype_accuracy": r["accuracy"], "subtype_roc_auc": r["roc_auc"]})
+    print(f"| {seed} | {_pct(b['accuracy'], b['ci95']['accuracy'])} | "
+          f"{_pct(r['accuracy'], r['ci95']['accuracy'])} | "
+          f"{100 * (r['accuracy'] - b['accuracy']):+.1f} | "
+          f"{_auc(b['roc_auc'], b['roc_auc_ci95'])} | {_auc(r['roc_auc'], r['roc_auc_ci95'])} | "
+          f"{r['roc_auc'] - b['roc_auc']:+.4f} |")
+  d_acc = [o["subtype_accuracy"] - o["binary_accuracy"] for o in out]
+  d_auc = [o["subtype_roc_auc"] - o["binary_roc_auc"] for o in out]
+  print(f"| **mean** | **{100 * np.mean([o['binary_accuracy'] for o in out]):.1f}** | "
+        f"**{100 * np.mean([o['subtype_accuracy'] for o in out]):.1f}** | "
+        f"**{100 * np.mean(d_acc):+.1f}** | "
+        f"**{np.mean([o['binary_roc_auc'] for o in out]):.4f}** | "
+        f"**{np.mean([o['subtype_roc_auc'] for o in out]):.4f}** | **{np.mean(d_auc):+.4f}** |")
+  return out
 
 
 if __name__ == "__main__":
