@@ -245,8 +245,9 @@ def subtype_summary(labels: np.ndarray, subtypes: Sequence[str], probs: np.ndarr
   Returns:
     bacterial_vs_viral: among PNEUMONIA films of known subtype, BACTERIAL the positive
       class (the antibiotic question): ROC-AUC of p_bacterial / (p_bacterial + p_viral)
-      with its patient-bootstrap interval; sensitivity (bacterial called bacterial) and
-      specificity (viral called viral) of the likelier subtype, with Wilson intervals.
+      with its patient-bootstrap interval; accuracy, sensitivity (bacterial called
+      bacterial) and specificity (viral called viral) of the likelier subtype, with
+      Wilson intervals.
     three_class: among films of known class: accuracy of subtype_decisions, the
       confusion matrix (rows truth, columns decision), and each class's sensitivity
       and precision.
@@ -283,8 +284,10 @@ def subtype_summary(labels: np.ndarray, subtypes: Sequence[str], probs: np.ndarr
           "viral": int((~y_bact).sum()), "positive": schema.SUBTYPES[0],
           "roc_auc": roc_auc(y_bact, score),
           "roc_auc_ci95": list(bootstrap_auc_interval(y_bact, score, keys[known_subtype])),
+          "accuracy": _div(tp + tn, tp + tn + fp + fn),
           "sensitivity": _div(tp, tp + fn), "specificity": _div(tn, tn + fp),
-          "ci95": {"sensitivity": list(wilson_interval(tp, tp + fn)),
+          "ci95": {"accuracy": list(wilson_interval(tp + tn, tp + tn + fp + fn)),
+                   "sensitivity": list(wilson_interval(tp, tp + fn)),
                    "specificity": list(wilson_interval(tn, tn + fp))}},
       "three_class": {
           "count": int(known.sum()), "accuracy": _div(correct, int(known.sum())),
@@ -305,7 +308,8 @@ def format_subtype(summary: Dict[str, object]) -> str:
   """subtype_summary in one line: bacterial vs viral, then three-class accuracy."""
   b, t = summary["bacterial_vs_viral"], summary["three_class"]
   return (f"bacterial vs viral ({b['count']} films): ROC-AUC "
-          f"{format_interval(b['roc_auc'], b['roc_auc_ci95'], percent=False)}, sensitivity "
+          f"{format_interval(b['roc_auc'], b['roc_auc_ci95'], percent=False)}, accuracy "
+          f"{format_interval(b['accuracy'], b['ci95']['accuracy'])}%, sensitivity "
           f"(bacterial) {format_interval(b['sensitivity'], b['ci95']['sensitivity'])}%, "
           f"specificity (viral) {format_interval(b['specificity'], b['ci95']['specificity'])}%; "
           f"three-class accuracy ({t['count']} films) "

@@ -51,6 +51,7 @@ def figures(e: Dict[str, Any]) -> Dict[str, Any]:
           "ci95": e["ci95"], "roc_auc_ci95": e["roc_auc_ci95"],
           "subtype_auc": b["roc_auc"], "subtype_auc_ci95": b["roc_auc_ci95"],
           "bacterial_sensitivity": b["sensitivity"], "viral_specificity": b["specificity"],
+          "subtype_accuracy": b["accuracy"],
           "subtype_ci95": b["ci95"],
           "three_class_accuracy": t["accuracy"], "three_class_ci95": t["ci95"]["accuracy"],
           "confusion": t["confusion_matrix"]["rows_true_cols_pred"],
@@ -75,7 +76,7 @@ def run_rows(name: str, f: Dict[str, Any]) -> str:
 
 
 MEAN_KEYS = ("accuracy", "roc_auc", "subtype_auc", "bacterial_sensitivity",
-             "viral_specificity", "three_class_accuracy")
+             "viral_specificity", "three_class_accuracy", "subtype_accuracy")
 
 
 def mean_of(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -91,7 +92,7 @@ def mean_row(m: Dict[str, Any]) -> str:
       return f"**{v['mean']:.4f}** ({v['min']:.4f}-{v['max']:.4f})"
     return f"**{100 * v['mean']:.1f}** ({100 * v['min']:.1f}-{100 * v['max']:.1f})"
   return ("| **mean (range)** | | " + " | ".join(cell(k) for k in MEAN_KEYS[:3]) + " | "
-          + " | ".join(cell(k) for k in MEAN_KEYS[3:]) + " |")
+          + " | ".join(cell(k) for k in MEAN_KEYS[3:6]) + " |")
 
 
 def verdict(m: Dict[str, Any]) -> Dict[str, Any]:
@@ -134,6 +135,9 @@ def main() -> None:
   confusion = np.sum([r["confusion"] for r in rows], axis=0).tolist()
   print(f"\nthree-class confusion summed over the {len(rows)} runs (rows truth, columns "
         f"decision: {', '.join(schema.TASK_CLASSES[schema.TASK_SUBTYPE])}): {confusion}")
+  a = m["subtype_accuracy"]
+  print(f"bacterial vs viral accuracy: mean {100 * a['mean']:.1f}% "
+        f"({100 * a['min']:.1f}-{100 * a['max']:.1f})")
   for name in schema.TASK_CLASSES[schema.TASK_SUBTYPE]:
     values = [r["per_class_sensitivity"][name] for r in rows]
     print(f"  {name}: sensitivity mean {100 * np.mean(values):.1f}% "

@@ -161,7 +161,7 @@ def test_subtype_summary_by_hand():
   # p_bacterial / (p_b + p_v): 0.667, 0.667 (bacterial); 0.556, 0.125 (viral): every
   # bacterial film above every viral one.
   assert b["roc_auc"] == 1.0
-  assert (b["sensitivity"], b["specificity"]) == (1.0, 0.5)
+  assert (b["sensitivity"], b["specificity"], b["accuracy"]) == (1.0, 0.5, 0.75)
   assert t["count"] == 5 and t["accuracy"] == pytest.approx(3 / 5)
   assert t["confusion_matrix"]["rows_true_cols_pred"] == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
   assert t["per_class"]["BACTERIAL"]["sensitivity"] == 0.5
