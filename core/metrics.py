@@ -327,19 +327,30 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
   return out
 
 
-def fit_temperature(y: np.ndarray, margin: np.ndarray, low: float = 0.05,
-                    high: float = 20.0) -> float:
-  """The temperature T minimizing log loss of sigmoid(margin / T) (temperature scaling).
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  """Softmax over the last axis of logits / temperature, in float64."""
+  z = np.asarray(logits, np.float64) / temperature
+  z = z - z.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
 
-  `margin` is the logit difference (PNEUMONIA - NORMAL). Ranking, and so ROC-AUC, is
-  unchanged by T; only how confident the probabilities are. Golden-section search on
-  log T (the loss is unimodal in T for a fixed margin).
+
+def fit_temperature(y: np.ndarray, logits: np.ndarray, low: float = 0.05,
+                    high: float = 20.0) -> float:
+  """The temperature T minimizing the log loss of p_pneumonia(softmax(logits / T)).
+
+  `logits` [N, classes] in schema.TASK_CLASSES order; for two classes p_pneumonia is
+  sigmoid((PNEUMONIA - NORMAL) / T), classic temperature scaling, and for three the
+  binary decision's probability, p_bacterial + p_viral. Golden-section search on log T
+  (unimodal for two classes; for three, the search's answer is checked against the
+  ends of the range). T changes how confident the probabilities are, not (for two
+  classes) their ranking.
   """
   y = np.asarray(y, np.float64)
-  margin = np.asarray(margin, np.float64)
+  logits = np.asarray(logits, np.float64)
 
   def loss(log_t: float) -> float:
-    return log_loss(y, sigmoid(margin / math.exp(log_t)), eps=1e-12)
+    return log_loss(y, p_pneumonia(softmax(logits, math.exp(log_t))), eps=1e-12)
 
   a, b = math.log(low), math.log(high)
   ratio = (math.sqrt(5) - 1) / 2
@@ -350,4 +361,5 @@ def fit_temperature(y: np.ndarray, margin: np.ndarray, low: float = 0.05,
     else:
       a = c
     c, d = b - ratio * (b - a), a + ratio * (b - a)
-  return float(math.exp((a + b) / 2))
+  best = min(((a + b) / 2, math.log(low), math.log(high)), key=loss)
+  return float(math.exp(best))

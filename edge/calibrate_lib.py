@@ -91,7 +91,7 @@ def probabilities(model: runtime.LiteModel, outputs: np.ndarray,
   (a three-class model's: p_bacterial + p_viral)."""
   if model.output_kind != "logits":
     return metrics.p_pneumonia(outputs)
-  return metrics.p_pneumonia(runtime.softmax(outputs, temperature or model.temperature))
+  return metrics.p_pneumonia(metrics.softmax(outputs, temperature or model.temperature))
 
 
 def _temperature(model: runtime.LiteModel, films: Optional[LocalFilms],
@@ -104,12 +104,7 @@ def _temperature(model: runtime.LiteModel, films: Optional[LocalFilms],
   if model.output_kind != "logits":
     raise CalibrationError("this model outputs probabilities, not logits: re-export it "
                            "with this version to refit its temperature")
-  if len(model.classes) != len(schema.LABELS):
-    # Its p_pneumonia is a sum of two softmax outputs: not a logistic function of one
-    # margin, which is what the fit scales.
-    raise CalibrationError("--fit_temperature is for binary models; this one has classes "
-                           f"{', '.join(model.classes)}: calibrate its threshold without it")
-  return metrics.fit_temperature(films.labels, films.logits[:, 1] - films.logits[:, 0])
+  return metrics.fit_temperature(films.labels, films.logits)
 
 
 def _measured(model: runtime.LiteModel, films: Optional[LocalFilms], temperature: float,

@@ -121,12 +121,8 @@ def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
   return preprocess_gray(film_gray(data), image_size, scale)
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-  """Softmax over the last axis of logits / temperature, in float64."""
-  z = np.asarray(logits, np.float64) / temperature
-  z = z - z.max(axis=-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(axis=-1, keepdims=True)
+# One softmax for the device and the metrics (core/metrics.py).
+softmax = metrics.softmax
 
 
 class LiteModel:

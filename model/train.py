@@ -10,6 +10,12 @@ Usage:
       --target_sensitivity=0.95
   cxr-train --qat --init_from=/tmp/cxr_model --data_dir=/tmp/cxr_records --model_dir=/tmp/qat
   cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/again --seed=7 --deterministic
+  cxr-train --data_dir=/tmp/cxr_records --model_dir=/tmp/three --task=subtype
+
+--task=subtype trains NORMAL / BACTERIAL / VIRAL (the conversion must have kept
+subtypes): p_pneumonia = p_bacterial + p_viral takes the binary decision with the same
+threshold rule, and the subtype is the likelier of the two; docs/subtype_study.md says
+how it compares with the binary default.
 
 --qat fine-tunes a finished float run quantization-aware (for cxr-export --qat_model_dir):
 it reuses that run's recipe (model, augmentation ranges, class weights, schedule,

@@ -131,11 +131,12 @@ def _check(config: train_config.TrainConfig) -> None:
                              "is slower, not faster. Run without it.")
   if config.qat and (config.mixed_precision or not config.init_from):
     raise errors.ConfigError("a QAT run needs --init_from (a float run) and no --mixed_precision")
-  if config.task not in schema.TASKS:
+  if config.task not in schema.TASKS:  # resolve_task has replaced "auto"
     raise errors.ConfigError(f"unknown task {config.task!r}; choose from {schema.TASKS}")
   if config.task == schema.TASK_SUBTYPE and (config.mixup or config.label_smoothing):
-    raise errors.ConfigError("--task=subtype trains without --mixup and --label_smoothing "
-                             "(their targets are the binary task's)")
+    raise errors.ConfigError("--mixup and --label_smoothing need --task=binary (their "
+                             "targets are the binary task's; the three-class task was asked "
+                             "for, or chosen by --task=auto)")
   manifest = records.load_manifest(config.data_dir)
   records.check_shards(config.data_dir, ("train", "val"), hashes=not config.no_verify)
   for split in ("train", "val"):
@@ -154,6 +155,21 @@ def _check(config: train_config.TrainConfig) -> None:
           f"--task=subtype: the train split of {config.data_dir!r} has no film of known "
           f"subtype {' or '.join(missing)} ({counts}); convert again with subtypes (the "
           "public release's file names, or a subtype column in --metadata_csv)")
+
+
+def resolve_task(config: train_config.TrainConfig) -> train_config.TrainConfig:
+  """The config with --task=auto replaced by what it trains: subtype when the train and
+  val splits both hold films of every subtype, else binary (logged either way)."""
+  if config.task != train_config.TASK_AUTO:
+    return config
+  counts = {split: dataset.subtype_counts(config.data_dir, split) for split in ("train", "val")}
+  known = all(counts[split][s] for split in counts for s in schema.SUBTYPES)
+  task = schema.TASK_SUBTYPE if known else schema.TASK_BINARY
+  logging.info("--task=auto: training the %s model (%s)", "three-class" if known else "binary",
+               "the conversion knows both subtypes in train and val" if known else
+               f"the conversion lacks known subtypes: train {counts['train']}, "
+               f"val {counts['val']}")
+  return dataclasses.replace(config, task=task)
 
 
 def _datasets(config: train_config.TrainConfig, strategy: tf.distribute.Strategy):
@@ -379,6 +395,7 @@ def train(config: train_config.TrainConfig,
       holds another run and not overwrite.
     FileNotFoundError: data_dir (or a QAT run's init_from) is not a finished output.
   """
+  config = resolve_task(config)
   _check(config)
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")

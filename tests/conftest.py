@@ -71,7 +71,7 @@ def sample_records(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_model(sample_records, tmp_path_factory):
-  """A tiny seed_cnn (48 px, width 0.25) trained a few steps on the sample.
+  """A tiny binary seed_cnn (48 px, width 0.25) trained a few steps on the sample.
 
   Its threshold comes from validation (Youden J), so tests see a threshold other than
   0.5, and the QAT run (same rule) its own.
@@ -82,7 +82,7 @@ def trained_model(sample_records, tmp_path_factory):
   train_lib.train(train_config.TrainConfig(
       data_dir=sample_records, model_dir=model_dir, model="seed_cnn", image_size=48,
       epochs=1, batch_size=16, width=0.25, steps_per_epoch=3, threshold_rule="youden",
-      verbose=0))
+      task="binary", verbose=0))
   return model_dir
 
 

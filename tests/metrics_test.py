@@ -101,12 +101,18 @@ def test_summary_has_intervals():
 
 
 def test_fit_temperature_recovers_a_known_scale():
-  # Labels drawn from sigmoid(z); margins given as 4 z: the best temperature is ~4.
+  # Labels drawn from sigmoid(z); logits (0, 4 z): the best temperature is ~4.
   rng = np.random.default_rng(0)
   z = rng.normal(0, 2, 20000)
   y = rng.uniform(size=z.shape) < metrics.sigmoid(z)
-  assert metrics.fit_temperature(y, 4 * z) == pytest.approx(4.0, rel=0.05)
-  assert metrics.fit_temperature(y, z) == pytest.approx(1.0, rel=0.05)
+  two = lambda margin: np.stack([np.zeros_like(margin), margin], 1)
+  assert metrics.fit_temperature(y, two(4 * z)) == pytest.approx(4.0, rel=0.05)
+  assert metrics.fit_temperature(y, two(z)) == pytest.approx(1.0, rel=0.05)
+  # Three classes: PNEUMONIA's logit split into two equal ones (log 2 below it each) is
+  # the same p_pneumonia, so the same temperature.
+  three = lambda margin: np.stack([np.zeros_like(margin), margin - np.log(2),
+                                   margin - np.log(2)], 1)
+  assert metrics.fit_temperature(y, three(z)) == pytest.approx(1.0, rel=0.05)
 
 
 def test_sigmoid_is_stable():

@@ -45,8 +45,10 @@ class StopAt(keras.callbacks.Callback):
 
 
 def _config(data_dir, model_dir, **kw):
+  # The binary task unless a test says otherwise (--task=auto would train the sample's
+  # subtypes).
   base = dict(data_dir=data_dir, model_dir=str(model_dir), model="seed_cnn", image_size=SIZE,
-              epochs=3, batch_size=16, width=0.25, steps_per_epoch=4, verbose=0)
+              epochs=3, batch_size=16, width=0.25, steps_per_epoch=4, verbose=0, task="binary")
   base.update(kw)
   return train_config.TrainConfig(**base)
 
@@ -677,7 +679,7 @@ def test_the_subtype_task_refuses_a_conversion_without_both_subtypes(tmp_path, i
                                                     num_workers=1))
   with pytest.raises(ValueError, match="no film of known subtype BACTERIAL"):
     train_lib.train(_config(out, tmp_path / "m", task="subtype"))
-  with pytest.raises(ValueError, match="without --mixup"):
+  with pytest.raises(ValueError, match="--mixup and --label_smoothing need --task=binary"):
     train_lib.train(_config(out, tmp_path / "m2", task="subtype", mixup=0.2))
 
 
@@ -693,3 +695,16 @@ def test_subtype_loss_and_metrics_by_hand():
   accuracy = training_model.PneumoniaAccuracy()
   accuracy.update_state(y, p)  # p_pneumonia 0.5, 0.8, 0.9, 0.6: NORMAL's is called PNEUMONIA
   assert float(accuracy.result()) == pytest.approx(0.75)
+
+
+def test_task_auto_trains_subtypes_where_the_conversion_knows_them(sample_records, tmp_path,
+                                                                     image_tree):
+  from cxr_edge.pipeline import convert_config, convert_lib  # pylint: disable=g-import-not-at-top
+  auto = _config(sample_records, tmp_path / "m", task="auto")
+  assert train_config.TrainConfig(data_dir="d", model_dir="m").task == "auto"
+  assert train_lib.resolve_task(auto).task == "subtype"  # the sample's names say
+  out = str(tmp_path / "rec")  # image_tree's PNEUMONIA films are all personN_virus_K
+  convert_lib.convert(convert_config.ConvertOptions(input_dir=image_tree, output_dir=out,
+                                                    num_workers=1))
+  assert train_lib.resolve_task(_config(out, tmp_path / "m2", task="auto")).task == "binary"
+  assert train_lib.resolve_task(_config(out, tmp_path / "m3")).task == "binary"  # as given
