@@ -30,7 +30,10 @@ BINARY_FORMAT_VERSION = 2
 
 INTENDED_USE = (
     "Second-reader triage aid for frontal chest radiographs of young children: it flags "
-    "films that may show pneumonia so that a clinician reads them first. Trained on one "
+    "films that may show pneumonia so that a clinician reads them first (a three-class "
+    "model also names the likelier kind, bacterial or viral: the reading of the training "
+    "data's graders that it learned, not a microbiological diagnosis, and never on its "
+    "own a reason to give or withhold antibiotics). Trained on one "
     "paediatric centre's films (children aged one to five, Guangzhou). Not a diagnosis; "
     "not cleared by any regulator; not for adults, lateral views, CT or any other "
     "finding. Every decision it informs stays with a clinician; measure it on your own "
