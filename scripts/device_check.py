@@ -85,6 +85,12 @@ def compare(a_path: str, b_path: str, tolerance: float) -> bool:
                       f"{rb['prediction']} ({rb['p_pneumonia']})")
     elif diff > tolerance:
       problems.append(f"{name}: p_pneumonia {ra['p_pneumonia']} vs {rb['p_pneumonia']}")
+    # A three-class model's parts of p_pneumonia, and its subtype.
+    for key in ("p_bacterial", "p_viral"):
+      if key in ra and key in rb and abs(ra[key] - rb[key]) > tolerance:
+        problems.append(f"{name}: {key} {ra[key]} vs {rb[key]}")
+    if ra.get("subtype") != rb.get("subtype"):
+      problems.append(f"{name}: subtype {ra.get('subtype')} vs {rb.get('subtype')}")
   print(f"device_check: {len(set(a) & set(b))} films on both; same decision on "
         f"{sum(1 for n in set(a) & set(b) if a[n].get('prediction') == b[n].get('prediction'))}"
         f"; largest |p_pneumonia difference| {worst:.6f} ({name_of_worst}); tolerance "

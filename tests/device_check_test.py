@@ -38,6 +38,20 @@ def test_compare_passes_only_on_the_same_decisions_within_the_tolerance(
   assert says in capsys.readouterr().out
 
 
+def test_compare_holds_a_three_class_model_to_its_subtypes(tmp_path, capsys):
+  def three(p_bacterial, p_viral, subtype):
+    return {**_record("a.jpeg", p_bacterial + p_viral), "p_bacterial": p_bacterial,
+            "p_viral": p_viral, "subtype": subtype}
+  expected = _write(tmp_path / "expected.jsonl", [three(0.6, 0.3, "BACTERIAL")])
+  assert device_check.compare(expected, _write(tmp_path / "same.jsonl",
+                                               [three(0.605, 0.3, "BACTERIAL")]), 0.02)
+  assert not device_check.compare(expected, _write(tmp_path / "other.jsonl",
+                                                   [three(0.3, 0.6, "VIRAL")]), 0.02)
+  out = capsys.readouterr().out
+  assert "MISMATCH a.jpeg: p_bacterial 0.6 vs 0.3" in out
+  assert "MISMATCH a.jpeg: subtype BACTERIAL vs VIRAL" in out
+
+
 def test_the_check_films_are_jpeg_and_four_kinds_of_dicom(tmp_path):
   assert device_check.films(str(tmp_path), per_class=1) == 10
   names = sorted(p.name for p in tmp_path.iterdir())
