@@ -21,8 +21,9 @@ a disagreeing or unreadable metadata.json, or metadata that does not fit the mod
 Writes one JSON line per image, {"path", "prediction", "p_pneumonia", "threshold",
 "model_sha256", "warning", "latency_ms"} (prediction is PNEUMONIA iff p_pneumonia >=
 threshold; a three-class model adds "p_bacterial", "p_viral" and "subtype", the likelier
-of the two for a film predicted PNEUMONIA and null for one predicted NORMAL; warning: why the input does not look like a chest radiograph, by a cheap
-check in core/guard.py, or null; --strict refuses such inputs instead), or
+of the two for a film predicted PNEUMONIA and null for one predicted NORMAL; warning:
+why the input does not look like a chest radiograph, by a cheap check in core/guard.py,
+or null; --strict refuses such inputs instead), or
 {"path", "error"} for an image it cannot read; progress (images/s, time left) on stderr
 every 10 s of a long run, then a summary. Exit status 1 if any input failed.
 
@@ -104,6 +105,7 @@ class _Tally:
     self.total, self.ok, self.failed, self.skipped, self.warned = total, 0, 0, 0, 0
     self.latencies, self.explain_ms = [], []
     self.counts = {label: 0 for label in labels}
+    self.subtypes = {}  # a three-class model's PNEUMONIA films by their likelier subtype
 
   def add(self, result: dict) -> None:
     if "error" in result:
@@ -115,6 +117,8 @@ class _Tally:
       self.warned += bool(result["warning"])
       self.latencies.append(result["latency_ms"])
       self.counts[result["prediction"]] += 1
+      if result.get("subtype"):
+        self.subtypes[result["subtype"]] = self.subtypes.get(result["subtype"], 0) + 1
       if "explain_ms" in result:
         self.explain_ms.append(result["explain_ms"])
 
@@ -126,7 +130,9 @@ class _Tally:
                if self.warned else "")
             + f", {self.failed} failed"
             + (f", {self.skipped} skipped (not films)" if self.skipped else "") + "; "
-            + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+            + ", ".join(f"{k} {v}" for k, v in self.counts.items())
+            + (" (" + ", ".join(f"{k.lower()} {v}" for k, v in sorted(self.subtypes.items()))
+               + ")" if self.subtypes else ""))
     if self.latencies:
       text += f"; latency p50 {np.percentile(self.latencies, 50):.2f} ms"
     if self.explain_ms:
