@@ -435,7 +435,7 @@ def _patient_id_summary(sources: collections.Counter, salt_given: bool) -> Dict[
     summary["warning"] = (
         f"only {recognised} of {total} files have a recognisable patient id: the split "
         "is close to image-level, so one patient's films can land in train and test; "
-        "give ids with --metadata_csv (columns path, patient_id, label)")
+        "give ids with --metadata_csv (columns path, patient_id, label[, subtype])")
     logging.warning("%s", summary["warning"])
   return summary
 
