@@ -156,7 +156,7 @@ def main() -> None:
     value = m[key]["mean"]
     print(f"target {what}: {value:.4f} vs >= {target}"
           + (f" (aim {aim})" if aim else "") + (": met" if value >= target else ": NOT met")
-          + (f"; aim met" if aim and value >= aim else ""))
+          + ("; aim met" if aim and value >= aim else ""))
   paired = paired_baseline(args, rows) if args.baseline_runs else None
   with open(os.path.join(args.out, "subtype_study.json"), "w", encoding="utf-8") as f:
     json.dump({"runs": per_run, "mean": m, "confusion_summed": confusion, "rule": v,
