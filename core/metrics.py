@@ -230,6 +230,22 @@ def p_bacterial_among_pneumonia(probs: np.ndarray) -> np.ndarray:
   return probs[:, 1] / np.maximum(probs[:, 1] + probs[:, 2], 1e-300)
 
 
+def _subtype_truth(labels: np.ndarray, subtypes: Sequence[str]) -> np.ndarray:
+  """Each film's three-class truth (schema.subtype_target), -1 for a PNEUMONIA film of
+  unknown subtype."""
+  truth = np.array([schema.subtype_target(schema.LABELS[int(label)], subtype)
+                    for label, subtype in zip(labels, subtypes)], dtype=int)
+  return np.where(truth == schema.TARGET_PNEUMONIA_UNKNOWN, -1, truth)
+
+
+def subtype_auc(labels: np.ndarray, subtypes: Sequence[str], probs: np.ndarray) -> float:
+  """ROC-AUC of BACTERIAL vs VIRAL among PNEUMONIA films of known subtype, on
+  p_bacterial_among_pneumonia (subtype_summary's, without its interval)."""
+  truth = _subtype_truth(labels, subtypes)
+  known = truth > 0
+  return roc_auc(truth[known] == 1, p_bacterial_among_pneumonia(np.asarray(probs)[known]))
+
+
 def subtype_summary(labels: np.ndarray, subtypes: Sequence[str], probs: np.ndarray,
                     threshold: float, patients: Optional[Sequence] = None) -> Dict[str, object]:
   """A three-class model's subtype figures, with 95% intervals.
@@ -253,13 +269,9 @@ def subtype_summary(labels: np.ndarray, subtypes: Sequence[str], probs: np.ndarr
       and precision.
   """
   classes = schema.TASK_CLASSES[schema.TASK_SUBTYPE]
-  labels = np.asarray(labels).astype(int)
-  subtypes = np.asarray(subtypes, dtype=str)
   probs = np.asarray(probs, np.float64)
   keys = np.arange(len(labels)) if patients is None else np.asarray(patients)
-  truth = np.where(labels == 0, 0, -1)
-  for i, name in enumerate(schema.SUBTYPES, 1):
-    truth = np.where((labels == 1) & (subtypes == name), i, truth)
+  truth = _subtype_truth(labels, subtypes)
   known_subtype = truth > 0
   y_bact = truth[known_subtype] == 1
   score = p_bacterial_among_pneumonia(probs[known_subtype])

@@ -145,9 +145,9 @@ def _writer(out, fmt: str):
   """A function that writes one result record to `out` in `fmt`."""
   if fmt == "jsonl":
     return lambda result: out.write(json.dumps(result) + "\n")
-  writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", "p_bacterial", "p_viral",
-                                "subtype", "threshold", "model_sha256", "warning",
-                                "latency_ms", "explanation", "explain_ms", "error", "skipped"])
+  writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", *runtime.SUBTYPE_FIELDS,
+                                "threshold", "model_sha256", "warning", "latency_ms",
+                                "explanation", "explain_ms", "error", "skipped"])
   writer.writeheader()
   return writer.writerow
 

@@ -124,6 +124,10 @@ def preprocess(data: bytes, image_size: int, scale: float) -> np.ndarray:
 # One softmax for the device and the metrics (core/metrics.py).
 softmax = metrics.softmax
 
+# What a three-class model's records add (LiteModel.decide): p_bacterial, p_viral and
+# the likelier subtype of a film predicted PNEUMONIA.
+SUBTYPE_FIELDS = tuple(f"p_{c.lower()}" for c in schema.SUBTYPES) + ("subtype",)
+
 
 class LiteModel:
   """A TFLite model with its metadata: float images in, PNEUMONIA probability out.
@@ -257,13 +261,13 @@ class LiteModel:
     film predicted PNEUMONIA, None for one predicted NORMAL.
     """
     p = float(metrics.p_pneumonia(probs))
-    pneumonia = p >= self.threshold
-    out: Dict[str, object] = {"prediction": self.labels[int(pneumonia)],
+    out: Dict[str, object] = {"prediction": self.labels[int(p >= self.threshold)],
                               "p_pneumonia": round(p, 6)}
     if len(self.classes) > len(self.labels):
-      for name, value in zip(self.classes[1:], probs[1:]):
-        out[f"p_{name.lower()}"] = round(float(value), 6)
-      out["subtype"] = self.classes[1 + int(np.argmax(probs[1:]))] if pneumonia else None
+      for name, value in zip(SUBTYPE_FIELDS, probs[1:]):  # classes[1:] are the SUBTYPES
+        out[name] = round(float(value), 6)
+      decided = int(metrics.subtype_decisions(np.asarray(probs)[None], self.threshold)[0])
+      out["subtype"] = self.classes[decided] if decided else None
     return out
 
   def predict_bytes(self, data: bytes, strict: bool = False) -> Dict[str, object]:

@@ -429,21 +429,20 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   twice the evidence when comparing variants a few films apart.
   """
   size, threshold = metadata["input"]["size"], metadata["threshold"]
-  images, labels, encoded, patients = _split_set(data_dir, size, "test")
+  test = dataset.read_split(data_dir, "test", size, with_bytes=True)
+  images, labels, encoded, patients = test.images, test.labels, test.encoded, test.patients
   loaded = tf.saved_model.load(saved_model_path(export_dir))
   serve = loaded.signatures["serving_images"]
   serve_bytes = loaded.signatures["serving_default"]
 
-  def saved_model_probs(x: np.ndarray) -> np.ndarray:
-    return metrics_lib.p_pneumonia(_in_batches(
-        lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), x))
+  def saved_model_class_probs(x: np.ndarray) -> np.ndarray:
+    return _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), x)
 
   def val_accuracy(probs: np.ndarray, t: float) -> float:
     return float(np.mean((probs >= t) == (val_labels == 1)))
 
   three_class = "classes" in metadata
-  subtypes = dataset.read_split(data_dir, "test").subtypes if three_class else None
-  ref_class = _in_batches(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), images)
+  ref_class = saved_model_class_probs(images)
   ref = metrics_lib.p_pneumonia(ref_class)
   ref_bytes = _in_batches(
       lambda b: serve_bytes(image_bytes=tf.constant(b))["p_pneumonia"].numpy(), encoded)
@@ -462,11 +461,11 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
   saved_bytes_pred = ref_bytes >= threshold
   report: Dict[str, Any] = {"test_images": int(len(labels)), "threshold": threshold,
                             "saved_model": row(ref, threshold), "variants": {}}
-  report["saved_model"]["validation_accuracy"] = val_accuracy(saved_model_probs(val_images),
-                                                              threshold)
+  report["saved_model"]["validation_accuracy"] = val_accuracy(
+      metrics_lib.p_pneumonia(saved_model_class_probs(val_images)), threshold)
   if three_class:
-    report["saved_model"]["subtype"] = metrics_lib.subtype_summary(labels, subtypes, ref_class,
-                                                                   threshold, patients)
+    report["saved_model"]["subtype"] = metrics_lib.subtype_summary(
+        labels, test.subtypes, ref_class, threshold, patients)
   for variant, path in files.items():
     entry: Dict[str, Any] = {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
     lite = runtime.LiteModel(path, 1, metadata)
@@ -474,7 +473,7 @@ def build_report(export_dir: str, data_dir: str, metadata: Dict[str, Any],
     probs = metrics_lib.p_pneumonia(class_probs)
     entry.update(row(probs, lite.threshold))
     if three_class:
-      entry["subtype"] = metrics_lib.subtype_summary(labels, subtypes, class_probs,
+      entry["subtype"] = metrics_lib.subtype_summary(labels, test.subtypes, class_probs,
                                                      lite.threshold, patients)
     entry["validation_accuracy"] = val_accuracy(lite.positive_probabilities(val_images),
                                                 lite.threshold)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from cxr_edge.core import metrics
 from cxr_edge.core import package_info
+from cxr_edge.core import schema
 
 CARD_NAME = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
@@ -158,7 +159,7 @@ def markdown(card: Dict[str, Any]) -> str:
            "radiograph, or null)"
            + ("; this three-class model adds `p_bacterial`, `p_viral` (their sum is "
               "`p_pneumonia`) and `subtype`, the likelier of the two for a film predicted "
-              "PNEUMONIA (null for NORMAL)." if len(card["classes"]) > 2 else "."), "",
+              "PNEUMONIA (null for NORMAL)." if len(card["classes"]) > len(schema.LABELS) else "."), "",
            "## Training data", "",
            f"- Source: {data['source']}",
            f"- Population: {data['population']}",
@@ -166,7 +167,7 @@ def markdown(card: Dict[str, Any]) -> str:
            + ", ".join(f"{k} {v}" for k, v in data["train_images_per_class"].items())
            + ("; PNEUMONIA by subtype " + ", ".join(
                f"{k} {v}" for k, v in data["train_pneumonia_images_per_subtype"].items())
-              if len(card["classes"]) > 2 else ""),
+              if len(card["classes"]) > len(schema.LABELS) else ""),
            f"- Split: {data['split']}; conversion manifest sha256 {data['manifest_sha256']}",
            "",
            "## Decision threshold", "",

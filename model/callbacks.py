@@ -5,6 +5,7 @@ from absl import logging
 import tf_keras as keras
 
 from cxr_edge.core import metrics as metrics_lib
+from cxr_edge.core import schema
 from cxr_edge.model import inference
 from cxr_edge.pipeline import dataset
 
@@ -32,9 +33,8 @@ class ExternalValidation(keras.callbacks.Callback):
     logs["external_loss"] = metrics_lib.log_loss(y, p)
     logs["external_auc"] = metrics_lib.roc_auc(y, p)
     logs["external_accuracy"] = metrics_lib.at_threshold(y, p, 0.5)["accuracy"]
-    if probs.shape[1] == 3:
-      logs["external_subtype_auc"] = metrics_lib.subtype_summary(
-          y, self.folder.subtypes, probs, 0.5)["bacterial_vs_viral"]["roc_auc"]
+    if probs.shape[1] > len(schema.LABELS):  # a three-class model
+      logs["external_subtype_auc"] = metrics_lib.subtype_auc(y, self.folder.subtypes, probs)
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -3,9 +3,10 @@
 All take float32 [N, S, S, 1] images already scaled to [0, 1] by
 cxr_edge.pipeline.preprocess (normalization stays outside the model, so the quantized part
 starts at the first convolution) and output softmax probabilities of `num_classes`
-classes in schema.TASK_CLASSES order (2: NORMAL, PNEUMONIA; 3: NORMAL, BACTERIAL, VIRAL). The last Dense layer is named LOGITS_LAYER and the softmax is a
-separate layer, so `logits_model` can cut the network before it: the exported TFLite
-models output logits, which int8 quantizes without the ties a saturated softmax makes.
+classes in schema.TASK_CLASSES order (2: NORMAL, PNEUMONIA; 3: NORMAL, BACTERIAL,
+VIRAL). The last Dense layer is named LOGITS_LAYER and the softmax is a separate layer,
+so `logits_model` can cut the network before it: the exported TFLite models output
+logits, which int8 quantizes without the ties a saturated softmax makes.
 
 tf_keras is imported inside the builders: the registry (MODELS) is read by cxr-train's
 flag definitions, which must not load TensorFlow before the flags and paths are checked.

@@ -77,10 +77,8 @@ class Node:
         another node.
     """
     self.options = options
+    # Loading checks the package (core/package_info.py): its decision labels, its classes.
     self.model = model or runtime.LiteModel(options.model, options.threads)
-    if self.model.info.labels != ("NORMAL", "PNEUMONIA"):
-      raise errors.ModelError(f"{options.model}: cxr-node reports the binary pneumonia "
-                              f"finding; this model's classes are {self.model.info.labels}")
     self._hold = locks.exclusive(options.spool_dir, "cxr-node", "--spool_dir")
     self._hold.__enter__()  # held until stop(): one node per spool
     self.spool = spool_lib.Spool(options.spool_dir, options.min_free_mb * 2**20)
@@ -264,7 +262,7 @@ class Node:
     return {"time": _now_iso(), "sop_instance_uid": uid, "study_instance_uid": study_uid,
             "model_sha256": self.model.sha256, "prediction": result.get("prediction"),
             "p_pneumonia": result.get("p_pneumonia"),
-            **{k: result[k] for k in ("p_bacterial", "p_viral", "subtype") if k in result},
+            **{k: result[k] for k in runtime.SUBTYPE_FIELDS if k in result},
             "threshold": result.get("threshold", self.model.threshold),
             "warning": result.get("warning"), "error": result.get("error"),
             "report_sop_instance_uid": report_uid}
