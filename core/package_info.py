@@ -17,6 +17,7 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from cxr_edge.core import schema
+from cxr_edge.core.errors import ConfigError
 from cxr_edge.core.errors import PackageError
 from cxr_edge.core.version import __version__
 
@@ -41,6 +42,50 @@ INTENDED_USE = (
 
 OUTPUT_KINDS = ("logits", "probabilities")
 
+# What a model is, recorded at export (package field "training"): the released model
+# (scripts/release_model.sh, shipped in edge/released/), an experimental one (any other
+# export), or a smoke-test model, trained on too few films to mean anything.
+KIND_RELEASED, KIND_EXPERIMENTAL, KIND_SMOKE = "released", "experimental", "smoke"
+MODEL_KINDS = (KIND_RELEASED, KIND_EXPERIMENTAL, KIND_SMOKE)
+# A model trained on fewer films than this is a smoke-test model, whatever the exporter
+# asks: the embedded sample (301 films, 241 trained on) is far below it, the public
+# release's training split (about 4,200) far above.
+SMOKE_MAX_TRAINING_FILMS = 1000
+
+
+def smoke_notice(films: Optional[int]) -> str:
+  """The plain sentence every result of a smoke-test model carries."""
+  count = f"only {films} films" if films else "too few films"
+  return (f"SMOKE-TEST MODEL: trained on {count}; it is for trying the software, not for "
+          "films of patients.")
+
+
+def training_fields(kind: Optional[str], films: int, converted: int,
+                    source: str) -> Dict[str, Any]:
+  """A new package's "training" field: what kind of model it is and what it learned from.
+
+  Args:
+    kind: one of MODEL_KINDS, or None: smoke below SMOKE_MAX_TRAINING_FILMS training
+      films, else experimental.
+    films: films in the training split.
+    converted: films in the whole conversion (training, validation and test splits).
+    source: where the films came from (the credit).
+
+  Raises:
+    ConfigError: an unknown kind, or released/experimental for a model trained on fewer
+      than SMOKE_MAX_TRAINING_FILMS films.
+  """
+  too_few = films < SMOKE_MAX_TRAINING_FILMS
+  if kind is None:
+    kind = KIND_SMOKE if too_few else KIND_EXPERIMENTAL
+  if kind not in MODEL_KINDS:
+    raise ConfigError(f"model kind {kind!r} is not one of {', '.join(MODEL_KINDS)}")
+  if too_few and kind != KIND_SMOKE:
+    raise ConfigError(f"a model trained on {films} films (fewer than "
+                      f"{SMOKE_MAX_TRAINING_FILMS}) can only be a {KIND_SMOKE} model")
+  return {"kind": kind, "films": int(films), "converted_films": int(converted),
+          "source": source}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -62,6 +107,7 @@ class ModelInfo:
   format_version: int
   cxr_edge_version: Optional[str]  # the version that exported it (None before format 2)
   site_calibration: Optional[Dict[str, Any]]
+  training: Optional[Dict[str, Any]]  # training_fields(); None before it was recorded
 
   @classmethod
   def from_metadata(cls, package: Mapping[str, Any], entry: Mapping[str, Any],
@@ -102,7 +148,8 @@ class ModelInfo:
           credit=package.get("credit"),
           format_version=int(package.get("format_version", 1)),
           cxr_edge_version=package.get("cxr_edge_version"),
-          site_calibration=package.get("site_calibration"))
+          site_calibration=package.get("site_calibration"),
+          training=package.get("training"))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise PackageError(f"{name}: its metadata lacks or mangles a field "
                          f"({type(e).__name__}: {e})") from None
@@ -131,6 +178,8 @@ class ModelInfo:
       problems.append(f"output kind {self.output_kind!r}")
     if self.output_prior is not None and not 0.0 < self.output_prior < 1.0:
       problems.append(f"output prior {self.output_prior}")
+    if self.training is not None and self.training.get("kind") not in MODEL_KINDS:
+      problems.append(f"training kind {self.training.get('kind')!r}")
     if self.format_version > FORMAT_VERSION:
       problems.append(f"format {self.format_version}, newer than this cxr-edge reads "
                       f"({FORMAT_VERSION}): upgrade cxr-edge")
@@ -144,6 +193,26 @@ class ModelInfo:
             ("input size", self.image_size),
             ("preprocessing scale", self.scale), ("threshold", self.threshold),
             ("temperature", self.temperature), ("output kind", self.output_kind)]
+
+  @property
+  def kind(self) -> Optional[str]:
+    """released, experimental or smoke; None for a package from before it was recorded."""
+    return (self.training or {}).get("kind")
+
+  @property
+  def notice(self) -> Optional[str]:
+    """The sentence a smoke-test model's every result carries; None for other models."""
+    if self.kind != KIND_SMOKE:
+      return None
+    return smoke_notice((self.training or {}).get("films"))
+
+  def trained_on(self) -> str:
+    """What kind of model this is and the films it learned from, in one line."""
+    if not self.training:
+      return "not recorded (exported before cxr-edge recorded it)"
+    t = self.training
+    return (f"{t['kind']} model; {t['films']:,} training films (of {t['converted_films']:,} "
+            "converted: the rest set its threshold and tested it)")
 
   def describe(self, sha256: str) -> str:
     """What `cxr-predict --info` prints: what the package is, for whom, and how it decides."""
@@ -162,8 +231,10 @@ class ModelInfo:
         f"input:        {self.image_size}x{self.image_size} grayscale, {self.input_dtype}",
         "site:         " + (f"calibrated by cxr-calibrate on {calibrated.get('date')}"
                              if calibrated else "not calibrated for a site (cxr-calibrate)"),
+        f"trained:      {self.trained_on()}",
         f"data:         {self.credit or 'not recorded'}",
         "",
+        *([self.notice, ""] if self.notice else []),
         "Intended use: " + self.intended_use,
     ]
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from absl import flags
 # Only TensorFlow-free modules here: flags and paths are checked before TensorFlow loads.
 from cxr_edge.core import cli
 from cxr_edge.core import errors
+from cxr_edge.core import package_info
 from cxr_edge.export import variants as variant_names
 from cxr_edge.pipeline import records
 
@@ -53,6 +54,12 @@ _ALLOW_OTHER_DATA = flags.DEFINE_bool(
     "allow_other_data", False, "Export although --data_dir is not the conversion the model "
     "was trained on (refused otherwise: its test split may hold the model's training "
     "films). The report and the model card then say the test split is not held out.")
+_MODEL_KIND = flags.DEFINE_enum(
+    "model_kind", None, package_info.MODEL_KINDS,
+    "What the package says it is, wherever a result appears: released (only "
+    "scripts/release_model.sh), experimental, or smoke (a model for trying the software, "
+    "not for films of patients). Default: smoke when the training split holds fewer than "
+    f"{package_info.SMOKE_MAX_TRAINING_FILMS} films, else experimental.")
 
 
 def main(argv):
@@ -73,7 +80,8 @@ def main(argv):
                              variants=_VARIANTS.value, overwrite=_OVERWRITE.value,
                              allow_other_data=_ALLOW_OTHER_DATA.value,
                              external_dir=_EXTERNAL_DIR.value,
-                             qat_model_dir=_QAT_MODEL_DIR.value)
+                             qat_model_dir=_QAT_MODEL_DIR.value,
+                             model_kind=_MODEL_KIND.value)
   print(export_lib.format_report(report))
   print(f"cxr-export: models, metadata.json and {variant_names.REPORT_NAME} in "
         f"{_EXPORT_DIR.value}")

@@ -25,6 +25,7 @@ from cxr_edge.core import image_io
 from cxr_edge.core import metrics as metrics_lib
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
+from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import package
 from cxr_edge.edge import runtime
 from cxr_edge.export import model_card
@@ -228,7 +229,8 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
            latency_runs: int = 200, variants: Optional[Sequence[str]] = None,
            overwrite: bool = False, external_dir: Optional[str] = None,
            qat_model_dir: Optional[str] = None,
-           allow_other_data: bool = False) -> Dict[str, Any]:
+           allow_other_data: bool = False,
+           model_kind: Optional[str] = None) -> Dict[str, Any]:
   """Exports a cxr-train model and writes the parity report.
 
   Args:
@@ -247,6 +249,9 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
       threshold that run chose.
     allow_other_data: export although data_dir is not the conversion the model was
       trained on; the report and the card then say its test split is not held out.
+    model_kind: what the package says it is (package_info.MODEL_KINDS); default: smoke
+      for a model trained on fewer than package_info.SMOKE_MAX_TRAINING_FILMS films,
+      else experimental. Only scripts/release_model.sh says released.
 
   Returns:
     The report dict (also export_report.json).
@@ -276,13 +281,14 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   if not held_out:
     logging.warning("the model was trained on another conversion (manifest %s, given %s): "
                     "the test split is not held out", info["data_manifest_sha256"], data_sha)
+  # Before anything is written: a kind the training films do not allow is refused here.
+  metadata = package_metadata(info, data_dir, data_sha, model_kind)
   os.makedirs(export_dir, exist_ok=True)
 
   logging.info("writing the SavedModel")
   save_saved_model(model, size, threshold, saved_model_path(export_dir), temperature)
   files = _write_tflite(export_dir, variants, model, qat_model, size,
                         calibration_images(data_dir, size, calibration_samples))
-  metadata = package_metadata(info, data_dir, data_sha)
   # The model's outputs, one per line in order (TFLite's label-file convention).
   with open(os.path.join(export_dir, schema.LABELS_NAME), "w", encoding="utf-8") as f:
     f.writelines(c + "\n" for c in metadata.get("classes", metadata["labels"]))
@@ -352,9 +358,30 @@ def _write_tflite(export_dir: str, variants: Sequence[str], model: keras.Model,
   return files
 
 
-def package_metadata(info: Dict[str, Any], data_dir: str, data_sha: str) -> Dict[str, Any]:
-  """The package's fields (core/package_info.py) for a trained run; "models" still empty."""
+# Where the films of every model exported here come from.
+CREDIT = ("Trained on Kermany et al. (2018), Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, "
+          "CC BY 4.0")
+
+
+def package_metadata(info: Dict[str, Any], data_dir: str, data_sha: str,
+                     model_kind: Optional[str] = None) -> Dict[str, Any]:
+  """The package's fields (core/package_info.py) for a trained run; "models" still empty.
+
+  Args:
+    info: the run's model_info.
+    data_dir: its conversion.
+    data_sha: the conversion manifest's sha256.
+    model_kind: released, experimental or smoke (package_info.MODEL_KINDS); None: smoke
+      below package_info.SMOKE_MAX_TRAINING_FILMS training films, else experimental.
+
+  Raises:
+    ConfigError: a kind the training films do not allow.
+  """
   size = info["image_size"]
+  splits = records.load_manifest(data_dir)["splits"]
+  training = package_info.training_fields(
+      model_kind, splits["train"]["images"], sum(s["images"] for s in splits.values()),
+      CREDIT)
   return package_info.package_fields(
       labels=list(schema.LABELS),
       classes=list(schema.TASK_CLASSES[info.get("task", schema.TASK_BINARY)]),
@@ -378,8 +405,8 @@ def package_metadata(info: Dict[str, Any], data_dir: str, data_sha: str) -> Dict
       model=info["model"],
       data_manifest_sha256=data_sha,
       validation_metrics=info.get("val_metrics"),
-      credit="Trained on Kermany et al. (2018), Mendeley Data v2, "
-             "doi:10.17632/rscbjbr9sj.2, CC BY 4.0",
+      credit=CREDIT,
+      training=training,
   )
 
 
@@ -503,7 +530,8 @@ def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any]
 
   Each model at its own threshold, every proportion with a 95% Wilson interval and
   ROC-AUC with a 95% bootstrap interval over patients; int8 variants also report their
-  ROC-AUC minus the float32 model's.
+  ROC-AUC minus the float32 model's. The SavedModel reads the films through tf.data, the
+  TFLite files through the edge runtime, as a device does.
   """
   size = metadata["input"]["size"]
   folder = dataset.load_image_folder(external_dir, size)
@@ -522,14 +550,12 @@ def external_report(export_dir: str, external_dir: str, metadata: Dict[str, Any]
   if three_class:
     out["saved_model"]["subtype"] = metrics_lib.subtype_summary(
         folder.labels, folder.subtypes, ref_probs, metadata["threshold"], folder.patients)
+  # Each TFLite file as a device runs it: the edge runtime reads and preprocesses every
+  # film itself, so these are the figures cxr-predict would reproduce.
   for variant, path in files.items():
     lite = runtime.LiteModel(path, 1, metadata)
-    class_probs = lite.class_probabilities(folder.images)
-    out["variants"][variant] = metrics_lib.operating_point(
-        folder.labels, metrics_lib.p_pneumonia(class_probs), lite.threshold, folder.patients)
-    if three_class:
-      out["variants"][variant]["subtype"] = metrics_lib.subtype_summary(
-          folder.labels, folder.subtypes, class_probs, lite.threshold, folder.patients)
+    out["variants"][variant] = calibrate_lib.measure(
+        lite, calibrate_lib.score_films(lite, external_dir))
   if "float32" in out["variants"]:
     base = out["variants"]["float32"]["roc_auc"]
     for entry in out["variants"].values():

@@ -17,7 +17,7 @@ from cxr_edge.core import schema
 CARD_NAME = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 LICENCE = ("cxr-edge is Apache-2.0; the model was trained on data licensed CC BY 4.0, so "
-           "credit the training data's source (below) wherever the model or its outputs "
+           "credit the training data's source (Training data, above) wherever the model or its outputs "
            "are shown.")
 
 
@@ -48,11 +48,25 @@ FAILURE_MODES = (
     "(cxr-evaluate --image_dir) and set the operating point on them (cxr-calibrate).",
     "Images that are not chest radiographs (photographs, blank or inverted images, other "
     "body parts) still receive a score: the model cannot tell that it is out of scope.",
-    "Labels are pneumonia vs normal only; bacterial and viral pneumonia are pooled, and "
-    "other abnormalities are not modelled.",
     "The int8 models' probabilities are coarser than float32's (quantized logits); their "
     "decisions agree with the SavedModel's on the rates the report shows.",
 )
+
+
+# The labels' limit, by the model's classes.
+LABEL_LIMITS = {
+    False: "Labels are pneumonia vs normal only; bacterial and viral pneumonia are pooled, "
+           "and other abnormalities are not modelled.",
+    True: "Labels are normal, bacterial and viral pneumonia: the kind is the training "
+          "data's graders' reading of the film, not microbiology, and is weaker than the "
+          "pneumonia decision (see the figures above); other abnormalities are not "
+          "modelled.",
+}
+
+
+def failure_modes(three_class: bool) -> List[str]:
+  """The card's known failure modes and limits for a binary or a three-class model."""
+  return [FAILURE_MODES[0], FAILURE_MODES[1], LABEL_LIMITS[three_class], *FAILURE_MODES[2:]]
 
 
 def _pct(m: Dict[str, Any], key: str) -> str:
@@ -65,7 +79,7 @@ def _auc(m: Dict[str, Any]) -> str:
   return f"{m['roc_auc']:.4f} ({low:.4f}-{high:.4f})"
 
 
-def _table(rows: Dict[str, Dict[str, Any]]) -> List[str]:
+def table_rows(rows: Dict[str, Dict[str, Any]]) -> List[str]:
   lines = ["| model | threshold | accuracy | sensitivity | specificity | ROC-AUC | ECE |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
   for name, m in rows.items():
@@ -86,6 +100,8 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
       # The shipped int8 file's hash: what cxr-predict's records carry as model_sha256.
       "model_version": _model_version(metadata),
       "intended_use": metadata.get("intended_use", package_info.INTENDED_USE),
+      # What the model is (released, experimental, smoke) and the films it learned from.
+      "model_kind": metadata.get("training"),
       "licence": LICENCE,
       "training_data": {
           "source": metadata.get("credit"),
@@ -111,7 +127,8 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
                                  "NOT held out: a split of another conversion than the "
                                  "model was trained on, which may hold its training films"),
                         "models": evaluated},
-      "failure_modes": list(FAILURE_MODES),
+      "failure_modes": failure_modes(len(metadata.get("classes", metadata["labels"]))
+                                     > len(schema.LABELS)),
       "files": {name: {"sha256": e["sha256"], "bytes": e["bytes"],
                        "threshold": e.get("threshold")}
                 for name, e in metadata["models"].items()},
@@ -138,11 +155,29 @@ def _subtype_lines(models: Dict[str, Dict[str, Any]]) -> List[str]:
           + lines + [""]) if lines else []
 
 
+def _kind_lines(training: Optional[Dict[str, Any]]) -> List[str]:
+  """The card's first words: what kind of model this is (none for older exports)."""
+  if not training:
+    return []
+  kind = training["kind"]
+  if kind == package_info.KIND_SMOKE:
+    text = "**" + package_info.smoke_notice(training["films"]) + "**"
+  elif kind == package_info.KIND_RELEASED:
+    text = ("**The released model of cxr-edge**, made by `scripts/release_model.sh` (one "
+            "run, not picked among runs): cxr-predict, cxr-calibrate and cxr-node use it "
+            "when `--model` is not given.")
+  else:
+    text = "**An experimental model**: not the one cxr-edge releases."
+  return [text + f" Trained on {training['films']:,} films (of {training['converted_films']:,} "
+          "converted: the rest set its threshold and tested it).", ""]
+
+
 def markdown(card: Dict[str, Any]) -> str:
   """MODEL_CARD.md for a card from `build`."""
   data = card["training_data"]
   int8 = _shipped(card["files"]) or "model.tflite"
   lines = [f"# Model card: {card['model']} (cxr-edge)", "",
+           *_kind_lines(card.get("model_kind")),
            "## Intended use", "", card["intended_use"], "",
            f"Exported {card['date']} by cxr-edge {card['versions'].get('cxr-edge')}; "
            f"model version {card['model_version']} (each record of cxr-predict carries "
@@ -182,11 +217,11 @@ def markdown(card: Dict[str, Any]) -> str:
               f"{ext['images']} films ({ext['patients']} patients) from "
               f"`{ext['folder']}`: {ext['note']}. 95% intervals: Wilson for proportions, "
               "bootstrap over patients for ROC-AUC; ECE over 10 bins.", ""]
-    lines += _table(ext["models"]) + [""] + _subtype_lines(ext["models"])
+    lines += table_rows(ext["models"]) + [""] + _subtype_lines(ext["models"])
   test = card["internal_test"]
   lines += ["## Internal test split", "",
             f"{test['images']} images, {test['note']}; same intervals.", ""]
-  lines += _table(test["models"]) + [""] + _subtype_lines(test["models"])
+  lines += table_rows(test["models"]) + [""] + _subtype_lines(test["models"])
   lines += ["## Known failure modes and limits", ""]
   lines += [f"- {m}" for m in card["failure_modes"]] + [""]
   lines += ["## Files", "", "| file | bytes | sha256 | threshold |", "| --- | --- | --- | --- |"]

@@ -1,8 +1,13 @@
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
 import json
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
@@ -311,6 +316,19 @@ def test_model_card_is_written_from_the_measured_results(exported):
   assert f"| int8 | {int8['threshold']:.4f} | {100 * int8['accuracy']:.1f}% " \
          f"({100 * low:.1f}-{100 * high:.1f})" in text
   assert "## Known failure modes and limits" in text and "Kermany" in text
+  assert "bacterial and viral pneumonia are pooled" in text  # a binary model's limit
+  # Trained on the sample's 241 films: a smoke-test model, first thing the card says.
+  assert meta["training"] == {"kind": "smoke", "films": 241, "converted_films": 301,
+                              "source": export_lib.CREDIT}
+  assert text.splitlines()[2].startswith(f"**{package_info.smoke_notice(241)}**")
+
+
+def test_a_model_of_few_films_cannot_be_exported_as_released(trained_model, sample_records,
+                                                             tmp_path):
+  with pytest.raises(errors.ConfigError, match="241 films .* can only be a smoke model"):
+    export_lib.export(trained_model, sample_records, str(tmp_path / "e"),
+                      model_kind="released")
+  assert not (tmp_path / "e").exists()  # refused before anything was written
 
 
 def test_a_three_class_package_agrees_from_saved_model_to_edge_runtime(subtype_exported,
