@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Callable, Iterator, List, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -32,7 +32,8 @@ _HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--he
 
 
 def run(main: Callable, job_module: str, required: Sequence[str] = (),
-        prog: str = "cxr-edge", pass_unknown: bool = False) -> None:
+        prog: str = "cxr-edge", pass_unknown: bool = False,
+        about: Optional[Callable[[], str]] = None) -> None:
   """Runs a job's `main` under absl, as its console script.
 
   Ctrl-C ends it with "PROG: interrupted" and status 130; any `errors.CxrError` and an
@@ -47,6 +48,7 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     prog: the command's name in those messages.
     pass_unknown: flags the job does not define reach main's argv (for a job that hands
       them on, e.g. to Beam) instead of being refused by absl; main must check them.
+    about: a second line for `--version` (the device jobs name their default model).
   """
   if "version" not in flags.FLAGS:
     flags.DEFINE_boolean("version", False, "print the cxr-edge version and exit")
@@ -54,6 +56,8 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     flags.FLAGS.register_key_flag_for_module(shown_for, flags.FLAGS["version"])
   if "--version" in sys.argv[1:]:  # before absl, which would first ask for required flags
     print(f"{prog} (cxr-edge) {__version__}")
+    if about:
+      print(about())
     sys.exit(0)
   for name in required:
     flag = flags.FLAGS[name]

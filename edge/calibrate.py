@@ -2,6 +2,7 @@ r"""cxr-calibrate: set a model's operating threshold for a clinic: on its own la
 films, or from its share of PNEUMONIA.
 
 Usage:
+  cxr-calibrate --image_dir=local_films/ --output_dir=/tmp/site_model  # the released model
   cxr-calibrate --model=/tmp/cxr_export/model_int8.tflite --image_dir=local_films/ \
       --output_dir=/tmp/site_model
   cxr-calibrate --model=/tmp/cxr_export/model_int8.tflite --image_dir=local_films/ \
@@ -33,10 +34,12 @@ from absl import flags
 from cxr_edge.core import cli
 from cxr_edge.core import metrics
 from cxr_edge.edge import calibrate_lib
+from cxr_edge.edge import released
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export (its "
                              "metadata is embedded; a metadata.json beside it, if kept, "
-                             "must agree).")
+                             "must agree). Default: the released int8 model shipped with "
+                             "cxr-edge.")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "The clinic's labelled films: NORMAL/ "
                                  "and PNEUMONIA/ folders (any depth). Required unless "
                                  "--prevalence is given.")
@@ -84,7 +87,8 @@ def _line(name: str, m) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  r = calibrate_lib.calibrate(_MODEL.value, _IMAGE_DIR.value, _OUTPUT_DIR.value,
+  r = calibrate_lib.calibrate(released.resolve(_MODEL.value), _IMAGE_DIR.value,
+                              _OUTPUT_DIR.value,
                               _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
                               _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value)
   measured = r["measured"]
@@ -111,7 +115,8 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model", "output_dir"], prog="cxr-calibrate")
+  cli.run(main, __name__, required=["output_dir"], prog="cxr-calibrate",
+          about=released.describe)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ class LocalFilms:
   relpaths: List[str]
   labels: np.ndarray
   patients: List[str]
-  logits: np.ndarray  # [N, 2] for logit-output models, else probabilities
+  logits: np.ndarray  # [N, classes] for logit-output models, else probabilities
+  subtypes: List[str]  # a PNEUMONIA film's BACTERIAL or VIRAL where its name says, else ""
 
 
 def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
@@ -82,16 +83,37 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
                            "fix or remove them: a threshold chosen without them would not "
                            "describe your films")
   return LocalFilms([i.relpath for i in items], np.array([i.label for i in items]),
-                    [i.patient_id for i in items], np.stack(outputs))
+                    [i.patient_id for i in items], np.stack(outputs),
+                    [i.subtype or "" for i in items])
+
+
+def class_probabilities(model: runtime.LiteModel, outputs: np.ndarray,
+                        temperature: Optional[float] = None) -> np.ndarray:
+  """Class probabilities of model outputs, at the model's or the given temperature."""
+  if model.output_kind != "logits":
+    return np.asarray(outputs, np.float64)
+  return metrics.softmax(outputs, temperature or model.temperature)
 
 
 def probabilities(model: runtime.LiteModel, outputs: np.ndarray,
                   temperature: Optional[float] = None) -> np.ndarray:
   """PNEUMONIA probabilities of model outputs, at the model's or the given temperature
   (a three-class model's: p_bacterial + p_viral)."""
-  if model.output_kind != "logits":
-    return metrics.p_pneumonia(outputs)
-  return metrics.p_pneumonia(metrics.softmax(outputs, temperature or model.temperature))
+  return metrics.p_pneumonia(class_probabilities(model, outputs, temperature))
+
+
+def measure(model: runtime.LiteModel, films: LocalFilms) -> Dict[str, Any]:
+  """The model's figures on labelled films at its own threshold, as a device computes
+  them: metrics.operating_point (95% intervals), a three-class model's subtype summary,
+  and how many films and patients. The released model's stated figures are these."""
+  probs = class_probabilities(model, films.logits)
+  out = {"images": int(len(films.labels)), "patients": int(len(set(films.patients))),
+         **metrics.operating_point(films.labels, metrics.p_pneumonia(probs), model.threshold,
+                                   films.patients)}
+  if len(model.classes) > len(schema.LABELS):
+    out["subtype"] = metrics.subtype_summary(films.labels, films.subtypes, probs,
+                                             model.threshold, films.patients)
+  return out
 
 
 def _temperature(model: runtime.LiteModel, films: Optional[LocalFilms],
@@ -215,8 +237,9 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
   per_class = (np.bincount(films.labels, minlength=schema.NUM_CLASSES) if films is not None
                else np.zeros(schema.NUM_CLASSES, int))
   if films is not None and per_class.min() < MIN_FILMS_PER_CLASS:
-    logging.warning("only %s films per class (%s): the intervals below are wide; %d or more "
-                    "of each class are advised", per_class.tolist(), ", ".join(schema.LABELS),
+    logging.warning("only %s films: the intervals below are wide; %d or more of each class "
+                    "are advised", " and ".join(f"{n} {label}" for label, n in
+                                                zip(schema.LABELS, per_class.tolist())),
                     MIN_FILMS_PER_CLASS)
   if prevalence is not None:
     chosen = at_prevalence(model, prevalence, films, fit_temperature)

@@ -2,6 +2,8 @@ r"""cxr-predict: the edge predictor. LiteRT + numpy + Pillow only; never TensorF
 
 Usage:
   pip install ".[edge]"
+  cxr-predict scans/*.jpeg more_scans/          # the released model shipped with cxr-edge
+  cxr-predict --info                            # what that model is, for whom
   cxr-predict --model=export/model_int8.tflite scans/*.jpeg more_scans/
   cxr-predict --model=export/model_int8.tflite --output=results.csv --threads=2 scan.png
   cxr-predict --model=export/model_int8.tflite study/IM0001.dcm dicom_folder/
@@ -42,10 +44,13 @@ import numpy as np
 from cxr_edge.core import cli
 from cxr_edge.core import errors
 from cxr_edge.edge import explain
+from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 
-_MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export (its "
-                             "metadata is embedded; a metadata.json beside it must agree).")
+_MODEL = flags.DEFINE_string("model", None, "A .tflite file exported by cxr-export or "
+                             "cxr-calibrate (its metadata is embedded; a metadata.json "
+                             "beside it must agree). Default: the released int8 model "
+                             "shipped with cxr-edge (--info describes it).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write results to this .jsonl or .csv file "
                               "instead of stdout.")
 _FORMAT = flags.DEFINE_enum("format", None, ["jsonl", "csv"],
@@ -61,6 +66,12 @@ _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_boun
 _INFO = flags.DEFINE_bool(
     "info", False, "Print what the model package is (network, version, threshold and its "
     "source, site calibration, training data) and its intended use, then exit.")
+
+# Every field a record may hold, in the CSV's column order (the README's table lists
+# each one; a test keeps the two the same).
+RECORD_FIELDS = ("path", "prediction", "p_pneumonia", *runtime.SUBTYPE_FIELDS, "threshold",
+                 "model_sha256", "warning", "latency_ms", "explanation", "explain_ms",
+                 "error", "skipped")
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
 # minutes on a small device); the summary ends the run.
@@ -101,7 +112,8 @@ def _output_format() -> str:
 class _Tally:
   """What the run predicted, failed and skipped, for the summary line."""
 
-  def __init__(self, labels, total: int):
+  def __init__(self, labels, total: int, notice=None):
+    self.notice = notice  # a smoke-test model's sentence, which the summary repeats
     self.total, self.ok, self.failed, self.skipped, self.warned = total, 0, 0, 0, 0
     self.latencies, self.explain_ms = [], []
     self.counts = {label: 0 for label in labels}
@@ -138,6 +150,8 @@ class _Tally:
     if self.explain_ms:
       text += (f"; {len(self.explain_ms)} explanation(s) in {_EXPLAIN.value}, "
                f"{np.median(self.explain_ms) / 1000:.1f} s each (median)")
+    if self.notice:
+      text += f"\ncxr-predict: {self.notice}"
     return text
 
 
@@ -145,9 +159,7 @@ def _writer(out, fmt: str):
   """A function that writes one result record to `out` in `fmt`."""
   if fmt == "jsonl":
     return lambda result: out.write(json.dumps(result) + "\n")
-  writer = csv.DictWriter(out, ["path", "prediction", "p_pneumonia", *runtime.SUBTYPE_FIELDS,
-                                "threshold", "model_sha256", "warning", "latency_ms",
-                                "explanation", "explain_ms", "error", "skipped"])
+  writer = csv.DictWriter(out, RECORD_FIELDS)
   writer.writeheader()
   return writer.writerow
 
@@ -157,13 +169,13 @@ def main(argv):
   if _INFO.value:
     if patterns:
       raise app.UsageError("--info describes the model and reads no image")
-    model = runtime.LiteModel(_MODEL.value, _THREADS.value)
+    model = runtime.LiteModel(released.resolve(_MODEL.value), _THREADS.value)
     print(model.info.describe(model.sha256))
     return
   if not patterns:
     raise app.UsageError("give at least one image file, folder or glob")
   fmt = _output_format()
-  model = runtime.LiteModel(_MODEL.value, _THREADS.value)
+  model = runtime.LiteModel(released.resolve(_MODEL.value), _THREADS.value)
   if _EXPLAIN.value:
     os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress
@@ -171,7 +183,7 @@ def main(argv):
                                                            for i in items}:
     raise errors.CxrError(f"--output {_OUTPUT.value!r} is one of the inputs: writing it "
                           "would destroy it; choose another file")
-  tally = _Tally(model.labels, len(items))
+  tally = _Tally(model.labels, len(items), model.info.notice)
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   interrupted = False
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout
@@ -197,7 +209,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=["model"], prog="cxr-predict")
+  cli.run(main, __name__, prog="cxr-predict", about=released.describe)
 
 
 if __name__ == "__main__":

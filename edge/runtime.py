@@ -183,6 +183,7 @@ class LiteModel:
       raise ModelError(f"{name}: its metadata lacks or mangles a field ({type(e).__name__}: "
                        f"{e})") from None
     self.sha256 = sha
+    self.path = model_path
     self.metadata, self.entry = metadata, entry  # as stored: cxr-calibrate re-embeds them
     self.info = package_info.ModelInfo.from_metadata(metadata, entry, name)
     self.image_size, self.scale = self.info.image_size, self.info.scale

@@ -1,15 +1,14 @@
 r"""cxr-node: the clinic node. Films in over DICOM, reports back to the PACS, a review page.
 
 Usage:
-  pip install "cxr-edge[node]"
-  cxr-node --model=model_int8.tflite --spool_dir=/var/lib/cxr-node \
+  pip install ".[node]"       # in a checkout; "cxr-edge[node]" once published
+  cxr-node --spool_dir=/var/lib/cxr-node \
       --port=11112 --ae_title=CXR_EDGE --allow_ae=PACS,XRAY1 \
       --forward=PACS@10.0.0.5:4242 --http_port=8080
 
   # Try it on one machine: a node on loopback, then send it a film with pynetdicom's
   # storescu and open http://127.0.0.1:8080/
-  cxr-node --model=export/model_int8.tflite --spool_dir=/tmp/node --host=127.0.0.1 \
-      --http_port=8080
+  cxr-node --spool_dir=/tmp/node --host=127.0.0.1 --http_port=8080
   python -m pynetdicom storescu 127.0.0.1 11112 film.dcm -aec CXR_EDGE
 
 Receives digital X-ray, computed radiography and secondary capture films (C-STORE; C-ECHO
@@ -34,6 +33,7 @@ from absl import app
 from cxr_edge.core import cli
 from cxr_edge.core import config_flags
 from cxr_edge.core import errors
+from cxr_edge.edge import released
 from cxr_edge.node import node_config
 
 config_flags.define_flags(node_config.NodeOptions, required=node_config.REQUIRED)
@@ -67,7 +67,8 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  cli.run(main, __name__, required=list(node_config.REQUIRED), prog="cxr-node")
+  cli.run(main, __name__, required=list(node_config.REQUIRED), prog="cxr-node",
+          about=released.describe)
 
 
 if __name__ == "__main__":

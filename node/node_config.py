@@ -61,12 +61,17 @@ def _allow_list(text: str) -> Tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class NodeOptions:
   """What the clinic node listens on, runs, writes and forwards."""
-  model: str = option(
-      help="A .tflite exported by cxr-export (or calibrated by cxr-calibrate): its "
-      "embedded threshold decides, as in cxr-predict.")
   spool_dir: str = option(
       help="The node's own folder: the queue of received films, results, reports, the "
       "audit log. One node per folder (a second one is refused).")
+  model: Optional[str] = option(
+      None, help="A .tflite exported by cxr-export (or calibrated by cxr-calibrate): its "
+      "embedded threshold decides, as in cxr-predict. Default: the released int8 model "
+      "shipped with cxr-edge.")
+  allow_smoke_model: bool = option(
+      False, help="Run a smoke-test model (one trained on a few hundred films, e.g. by "
+      "scripts/run.sh), which is otherwise refused: its every report and the review page "
+      "then say it is for trying the software, not for films of patients.")
   port: int = option(11112, lower_bound=0, upper_bound=65535,
                      help="DICOM port to listen on (0: any free port, logged).")
   host: str = option("0.0.0.0", help="Address the DICOM port listens on (the X-ray unit "
@@ -129,4 +134,4 @@ class NodeOptions:
       ae_title(self.forward_ae_title)
 
 
-REQUIRED = ("model", "spool_dir")
+REQUIRED = ("spool_dir",)

@@ -30,6 +30,7 @@ from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import locks
 from cxr_edge.edge import explain
+from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 from cxr_edge.node import dicom
 from cxr_edge.node import node_config
@@ -78,7 +79,10 @@ class Node:
     """
     self.options = options
     # Loading checks the package (core/package_info.py): its decision labels, its classes.
-    self.model = model or runtime.LiteModel(options.model, options.threads)
+    self.model = model or runtime.LiteModel(released.resolve(options.model), options.threads)
+    if self.model.info.notice and not options.allow_smoke_model:
+      raise errors.ModelError(f"{self.model.info.notice} Give --allow_smoke_model to run it "
+                              "anyway, or use the released model (no --model)")
     self._hold = locks.exclusive(options.spool_dir, "cxr-node", "--spool_dir")
     self._hold.__enter__()  # held until stop(): one node per spool
     self.spool = spool_lib.Spool(options.spool_dir, options.min_free_mb * 2**20)
@@ -103,16 +107,18 @@ class Node:
     if self.options.http_port is not None:
       self.review = review.ReviewServer(
           self.spool, self.options.http_host, self.options.http_port, self._token(),
-          waiting=lambda: len(self.spool.outbox()))
+          waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice)
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start()
     queued = self.spool.queued()
-    log.info("cxr-node %s listening on %s:%d%s; model %s (sha256 %s...); %d film(s) "
+    log.info("cxr-node %s listening on %s:%d%s; model %s (%s; sha256 %s...); %d film(s) "
              "queued from before", self.options.ae_title, self.options.host, dicom_port,
              f", review page on http://{self.options.http_host}:{http_port}/"
-             if http_port is not None else "", os.path.basename(self.options.model),
-             self.model.sha256[:12], queued)
+             if http_port is not None else "", self.model.path,
+             self.model.info.kind or "kind not recorded", self.model.sha256[:12], queued)
+    if self.model.info.notice:
+      log.warning("%s", self.model.info.notice)
     return Ports(dicom_port, http_port)
 
   def stop(self) -> None:

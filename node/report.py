@@ -146,6 +146,8 @@ def structured_report(film: pydicom.Dataset, result: Dict,
                                    procedure_reported=PLAIN_CHEST_XRAY,
                                    imaging_measurements=groups)
   comments = [CAUTION]
+  if info.notice:  # a smoke-test model: said before anything else
+    comments.insert(0, info.notice)
   if not analysed:
     comments.insert(0, f"NOT ANALYSED: {result['error']}")
   elif result.get("warning"):

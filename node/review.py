@@ -47,7 +47,8 @@ body{font-family:sans-serif;margin:1em;background:#111;color:#eee}
 a{color:#9cf}table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #444;padding:4px 8px;text-align:left;font-size:14px}
 .PNEUMONIA{color:#f96;font-weight:bold}.warn{color:#fd6}.err{color:#f66}
-.caution{background:#432;padding:6px;margin:8px 0}img{max-width:48%;margin:4px}
+.caution{background:#432;padding:6px;margin:8px 0}
+.notice{background:#822;color:#fff;font-weight:bold;padding:8px;margin:8px 0}img{max-width:48%;margin:4px}
 """
 CAUTION = ("Triage aid, not for diagnostic use: the findings below are a model's "
            "outputs; every film is read by a clinician.")
@@ -70,11 +71,14 @@ def _study_date(text: Optional[str]) -> str:
   return text
 
 
-def _page(title: str, body: str, refresh: bool = False) -> bytes:
+def _page(title: str, body: str, refresh: bool = False,
+          notice: Optional[str] = None) -> bytes:
+  """A page with the caution and, for a smoke-test model, its notice as a banner."""
   meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+  banner = f'<div class="notice">{_e(notice)}</div>' if notice else ""
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}"
           f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
-          f"<h1>{_e(title)}</h1><div class=\"caution\">{_e(CAUTION)}</div>{body}"
+          f"<h1>{_e(title)}</h1>{banner}<div class=\"caution\">{_e(CAUTION)}</div>{body}"
           "</body></html>").encode("utf-8")
 
 
@@ -84,8 +88,10 @@ def _outcome(record: Dict) -> str:
   return f'<span class="warn">{_e(record.get("warning"))}</span>'
 
 
-def worklist(records: List[Dict], queued: int, waiting: int) -> bytes:
-  """The worklist page: newest first, each row linking to its film."""
+def worklist(records: List[Dict], queued: int, waiting: int,
+             notice: Optional[str] = None) -> bytes:
+  """The worklist page: newest first, each row linking to its film; `notice`, a smoke-test
+  model's sentence, as a banner."""
   rows = []
   for r in records:
     uid = r.get("sop_instance_uid", "")
@@ -109,10 +115,10 @@ def worklist(records: List[Dict], queued: int, waiting: int) -> bytes:
   table = ("<table><tr><th>Received</th><th>Study date</th><th>Patient</th>"
            "<th>Series</th><th>Prediction</th><th>p_pneumonia</th><th>Threshold</th>"
            "<th>Warning</th></tr>" + "".join(rows) + "</table>")
-  return _page("cxr-node worklist", status + table, refresh=True)
+  return _page("cxr-node worklist", status + table, refresh=True, notice=notice)
 
 
-def film_page(record: Dict, has_overlay: bool) -> bytes:
+def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None) -> bytes:
   """One film: its details, the film and (if made) its occlusion overlay."""
   uid = urllib.parse.quote(record["sop_instance_uid"])
   fields = [("Received", _time(record.get("received_ns"))),
@@ -133,7 +139,8 @@ def film_page(record: Dict, has_overlay: bool) -> bytes:
   images = f'<img src="/film/{uid}.png" alt="film">'
   if has_overlay:
     images += f'<img src="/overlay/{uid}.png" alt="occlusion overlay">'
-  return _page("cxr-node film", '<p><a href="/">worklist</a></p>' + table + images)
+  return _page("cxr-node film", '<p><a href="/">worklist</a></p>' + table + images,
+               notice=notice)
 
 
 def film_preview(path: str) -> bytes:
@@ -150,15 +157,18 @@ class ReviewServer:
   """The review page over a spool, in a background thread."""
 
   def __init__(self, spool: spool_lib.Spool, host: str, port: int,
-               token: Optional[str] = None, waiting=lambda: 0):
+               token: Optional[str] = None, waiting=lambda: 0,
+               notice: Optional[str] = None):
     """
     Args:
       spool: the node's spool.
       host, port: where to listen (port 0: any free port).
       token: required of every request when given.
       waiting: a callable giving how many reports wait for the PACS.
+      notice: a smoke-test model's sentence, a banner on every page.
     """
     self.spool, self.token, self.waiting = spool, token, waiting
+    self.notice = notice
     handler = type("Handler", (_Handler,), {"server_state": self})
     self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
     self.httpd.daemon_threads = True
@@ -245,7 +255,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
     if path in ("/", ""):
       self._send(200, worklist(spool.recent(WORKLIST_LENGTH), spool.queued(),
-                               state.waiting()))
+                               state.waiting(), state.notice))
     elif parts == ["worklist.json"]:
       self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
                  "application/json")
@@ -264,7 +274,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     overlay_path = spool.path("overlays", uid + ".png")
     if kind == "film" and not png:
-      self._send(200, film_page(record, os.path.exists(overlay_path)))
+      self._send(200, film_page(record, os.path.exists(overlay_path),
+                                self.server_state.notice))
     elif kind == "film":
       path = spool.path("films", uid + ".dcm")
       if not os.path.exists(path):

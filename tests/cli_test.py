@@ -20,7 +20,7 @@ def _help(module, entry="run"):
 
 
 @pytest.mark.parametrize("module, usage, own_flag, required", [
-    ("cxr_edge.edge.predict", "cxr-predict --model=", "--threads", "--model"),
+    ("cxr_edge.edge.calibrate", "cxr-calibrate --image_dir=", "--threads", "--output_dir"),
     ("cxr_edge.model.train", "cxr-train --data_dir=", "--init_from", "--data_dir"),
 ])
 def test_help_shows_the_jobs_docstring_and_own_flags(module, usage, own_flag, required):
@@ -61,7 +61,12 @@ def test_every_job_has_version_even_without_its_required_flags(module, monkeypat
   with pytest.raises(SystemExit) as e:
     job(module).run()
   assert e.value.code == 0
-  assert capsys.readouterr().out.strip() == f"{console_script(module)} (cxr-edge) {__version__}"
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0] == f"{console_script(module)} (cxr-edge) {__version__}"
+  # The device jobs also name the model they run without --model.
+  from cxr_edge.edge import released  # pylint: disable=g-import-not-at-top
+  device = module.startswith(("cxr_edge.edge.", "cxr_edge.node."))
+  assert lines[1:] == ([released.describe()] if device else [])
 
 
 def test_help_lists_version():

@@ -32,6 +32,9 @@ def test_the_wheel_holds_the_product_only(dist):
   assert tops == {"cxr_edge", f"cxr_edge-{__version__}.dist-info"}
   assert {n.split("/")[1] for n in names if n.startswith("cxr_edge/")} == set(PACKAGES)
   assert not [n for n in names if "_test.py" in n or "/tests/" in n or "studies" in n]
+  # The released model is package data: a device install has it without a checkout.
+  assert {f"cxr_edge/edge/released/{n}" for n in (
+      "model_int8.tflite", "model_float32.tflite", "MODEL_CARD.md", "RELEASE.json")} <= set(names)
   metadata = zipfile.ZipFile(wheel).read(
       f"cxr_edge-{__version__}.dist-info/METADATA").decode()
   assert f"Version: {__version__}" in metadata

@@ -1,0 +1,128 @@
+"""The released model, shipped inside the install: what the device jobs use without --model.
+
+edge/released/ holds the int8 package (the default) and the float32 one, each with its
+metadata embedded, MODEL_CARD.md, and RELEASE.json: what made them (command, seed, code
+commit, the training conversion's manifest digest, date), their sha256 and size, their
+figures on the external films with 95% intervals, and every earlier release's sha256 (so
+a clinic can tell which model made an old report). scripts/release_model.sh writes the
+folder; nothing else does.
+
+Reads files only (no LiteRT), so `--version` can name the model without loading it.
+"""
+import json
+import os
+from typing import Any, Dict, Optional
+
+from cxr_edge.core import errors
+
+FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released")
+RELEASE_NAME = "RELEASE.json"
+CARD_NAME = "MODEL_CARD.md"
+DEFAULT_VARIANT = "int8"
+VARIANTS = ("int8", "float32")
+
+
+def file_name(variant: str = DEFAULT_VARIANT) -> str:
+  """The shipped file of one variant (model_int8.tflite, model_float32.tflite)."""
+  if variant not in VARIANTS:
+    raise errors.ConfigError(f"the release ships {', '.join(VARIANTS)}, not {variant!r}")
+  return f"model_{variant}.tflite"
+
+
+def path(variant: str = DEFAULT_VARIANT) -> str:
+  """The shipped model file of `variant`.
+
+  Raises:
+    ModelError: this install has no released model (a checkout before the first
+      release, or files removed from the install).
+  """
+  file = os.path.join(FOLDER, file_name(variant))
+  if not os.path.isfile(file):
+    raise errors.ModelError(f"no --model given and this install has no released model "
+                            f"({file} is missing): give --model=FILE.tflite")
+  return file
+
+
+def resolve(model: Optional[str]) -> str:
+  """`model` if given, else the released int8 model (ModelError if there is none)."""
+  return model if model else path()
+
+
+def release() -> Optional[Dict[str, Any]]:
+  """RELEASE.json, or None where the install ships no release."""
+  try:
+    with open(os.path.join(FOLDER, RELEASE_NAME), encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def describe() -> str:
+  """One line naming the released model (for --version), or saying there is none."""
+  r = release()
+  if r is None:
+    return "released model: none in this install (give --model)"
+  sha = r["files"][file_name()]["sha256"]
+  return (f"released model: {r['name']} version {r['version']} ({r['date']}), "
+          f"{file_name()} sha256 {sha[:12]}")
+
+
+# The README's rows for the released model sit between these markers (one pair per
+# table); scripts/release_model.py writes them and tests/released_test.py checks them.
+def markers(block: str):
+  return f"<!-- released:{block} -->", f"<!-- /released:{block} -->"
+
+
+README_BLOCKS = ("decision", "subtype")
+
+
+def _interval(figure: Dict[str, Any], key: str) -> str:
+  low, high = figure["ci95"][key]
+  return f"{100 * figure[key]:.1f} ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def _auc(value: float, interval) -> str:
+  return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+
+
+def readme_rows(record: Dict[str, Any]) -> Dict[str, str]:
+  """The README's tables of a release's external figures, by block (README_BLOCKS)."""
+  ext = record["external"]["figures"]
+  decision, subtype = [], []
+  for variant in VARIANTS:
+    f = ext[variant]
+    what = (f"**the released model, {variant}** (`{file_name(variant)}`"
+            + (", the default" if variant == DEFAULT_VARIANT else "")
+            + f"), version {record['version']}, 95% intervals")
+    decision.append(f"| {what} | {_interval(f, 'accuracy')} | {_interval(f, 'sensitivity')} "
+                    f"| {_interval(f, 'specificity')} | {_auc(f['roc_auc'], f['roc_auc_ci95'])} |")
+    if "subtype" in f:
+      b, t = f["subtype"]["bacterial_vs_viral"], f["subtype"]["three_class"]
+      subtype.append(f"| {what} | {_auc(b['roc_auc'], b['roc_auc_ci95'])} | "
+                     f"{_interval(b, 'accuracy')} | {_interval(b, 'sensitivity')} | "
+                     f"{_interval(b, 'specificity')} | {_interval(t, 'accuracy')} |")
+  return {"decision": "\n".join([
+              "| model | accuracy % | sensitivity % | specificity % | ROC-AUC |",
+              "| --- | --- | --- | --- | --- |", *decision]),
+          "subtype": "\n".join([
+              "| model | bacterial vs viral ROC-AUC | its accuracy % | bacterial called "
+              "bacterial % | viral called viral % | three-class accuracy %, all films |",
+              "| --- | --- | --- | --- | --- | --- |", *subtype]) if subtype else ""}
+
+
+def changelog_entry(record: Dict[str, Any]) -> str:
+  """CHANGELOG.md's section for a release: files with sha256, then the external figures."""
+  lines = [f"## Released model version {record['version']} ({record['date']})", "",
+           f"Made by `{record['made_by']['command']}` at commit "
+           f"{record['made_by']['commit']} (seed {record['made_by']['seed']}; training "
+           f"conversion manifest sha256 {record['made_by']['data_manifest_sha256']}).", ""]
+  for name, entry in record["files"].items():
+    lines.append(f"- `{name}`: {entry['bytes']:,} bytes, sha256 `{entry['sha256']}`")
+  lines += ["", f"External films ({record['external']['figures'][DEFAULT_VARIANT]['images']}), "
+                "95% intervals:", ""]
+  for variant in VARIANTS:
+    f = record["external"]["figures"][variant]
+    lines.append(f"- {variant}: accuracy {_interval(f, 'accuracy')}%, sensitivity "
+                 f"{_interval(f, 'sensitivity')}%, specificity {_interval(f, 'specificity')}%, "
+                 f"ROC-AUC {_auc(f['roc_auc'], f['roc_auc_ci95'])}")
+  return "\n".join(lines)
