@@ -74,8 +74,22 @@ class ConversionResult:
 
   def summary(self) -> str:
     counts = ", ".join(f"{s} {self.manifest['splits'][s]['images']}" for s in schema.SPLITS)
-    return (f"wrote {self.num_written} images ({counts}), rejected {self.num_rejected}, "
+    return (f"wrote {self.num_written} images ({counts}), rejected {self.num_rejected}"
+            f"{_first_rejected(self.manifest['rejected'])}, "
             f"in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)")
+
+
+# The summary names this many rejected files with their reasons; the manifest lists all.
+NAMED_REJECTIONS = 3
+
+
+def _first_rejected(rejected: List[Dict[str, Any]]) -> str:
+  """' (a.txt: not an image; ...)': what was rejected and why, the first few by name."""
+  if not rejected:
+    return ""
+  named = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:NAMED_REJECTIONS])
+  more = len(rejected) - NAMED_REJECTIONS
+  return f" ({named}" + (f"; {more} more in manifest.json" if more > 0 else "") + ")"
 
 
 def _tool_versions() -> Dict[str, str]:
