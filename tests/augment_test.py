@@ -1,5 +1,10 @@
-import numpy as np
 import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
+import numpy as np
 import tensorflow as tf
 
 from cxr_edge.pipeline import augment

@@ -44,11 +44,11 @@ def _independent_probs(model_path, films_dir):
 
 @pytest.mark.parametrize("targets", [{}, {"target_specificity": 0.75},
                                      {"target_sensitivity": 1.0}])
-def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
+def test_threshold_is_the_rule_on_the_local_films(released_model, tmp_path, targets):
   films = _films(tmp_path / "films")
   out = tmp_path / "site"
-  record = calibrate_lib.calibrate(_model(exported), films, str(out), **targets)
-  y, p = _independent_probs(_model(exported), films)
+  record = calibrate_lib.calibrate(released_model, films, str(out), **targets)
+  y, p = _independent_probs(released_model, films)
   want = thresholds.on_scores(y, p, **targets)
   assert record["threshold"] == pytest.approx(want)
   assert record["chosen_on_the_films"] and record["prevalence"] is None
@@ -63,7 +63,7 @@ def test_threshold_is_the_rule_on_the_local_films(exported, tmp_path, targets):
   # The new package: the same graph and weights, the new threshold with its provenance
   # embedded in the file (and in the optional metadata.json); the predictor uses it.
   new_model = out / "model_int8.tflite"
-  new_data, old_data = new_model.read_bytes(), open(_model(exported), "rb").read()
+  new_data, old_data = new_model.read_bytes(), open(released_model, "rb").read()
   assert package.read(new_data)["model"]["threshold"] == pytest.approx(want)
   assert package.read(new_data)["package"]["site_calibration"]["films"] == 16
   assert _weights(new_data) == _weights(old_data)
@@ -119,25 +119,25 @@ def test_prevalence_sets_the_bayes_threshold_without_films(exported, tmp_path, c
   assert "-> 0.7000" in text and "nothing measured" in text
 
 
-def test_prevalence_with_films_only_measures_there(exported, tmp_path):
+def test_prevalence_with_films_only_measures_there(released_model, tmp_path):
   films = _films(tmp_path / "films")
-  record = calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"),
+  record = calibrate_lib.calibrate(released_model, films, str(tmp_path / "site"),
                                    prevalence=0.8)
   assert record["threshold"] == pytest.approx(0.2) and not record["chosen_on_the_films"]
-  y, p = _independent_probs(_model(exported), films)
+  y, p = _independent_probs(released_model, films)
   want = metrics.at_threshold(y, p, 0.2)
   at_new = record["measured"]["at_new"]
   assert (at_new["sensitivity"], at_new["specificity"]) == pytest.approx(
       (want["sensitivity"], want["specificity"]))
 
 
-def test_prevalence_needs_a_package_that_records_its_class_prior(exported, tmp_path):
-  fields = package.read(open(_model(exported), "rb").read())
+def test_prevalence_needs_a_package_that_records_its_class_prior(released_model, tmp_path):
+  fields = package.read(open(released_model, "rb").read())
   del fields["package"]["output_prior"]
   fields.pop("integrity", None)
   old = tmp_path / "old" / "model_int8.tflite"
   os.makedirs(old.parent)
-  old.write_bytes(package.embed(open(_model(exported), "rb").read(), fields))
+  old.write_bytes(package.embed(open(released_model, "rb").read(), fields))
   films = tmp_path / "films"
   os.makedirs(films / "NORMAL")  # refused before the films are read (these would fail)
   with pytest.raises(SystemExit) as e:
@@ -173,14 +173,14 @@ def test_contradictory_or_missing_choice_flags_are_refused(flag_strings, message
       pass
 
 
-def test_fit_temperature_minimizes_local_log_loss(exported, tmp_path):
+def test_fit_temperature_minimizes_local_log_loss(released_model, tmp_path):
   films = _films(tmp_path / "films")
-  record = calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"),
+  record = calibrate_lib.calibrate(released_model, films, str(tmp_path / "site"),
                                    fit_temperature=True)
   lite = runtime.LiteModel(str(tmp_path / "site" / "model_int8.tflite"))
   assert lite.temperature == pytest.approx(record["temperature"])
   y, p = _independent_probs(str(tmp_path / "site" / "model_int8.tflite"), films)
-  y1, p1 = _independent_probs(_model(exported), films)
+  y1, p1 = _independent_probs(released_model, films)
   assert metrics.log_loss(y, p) <= metrics.log_loss(y1, p1) + 1e-9
 
 
@@ -195,7 +195,7 @@ def _main(**overrides):
      "0 PNEUMONIA"),
     ("unreadable", "1 film(s) could not be read (first: pneumonia/broken.jpeg: not an image)"),
 ])
-def test_bad_films_are_refused_in_one_line(exported, tmp_path, setup, message):
+def test_bad_films_are_refused_in_one_line(released_model, tmp_path, setup, message):
   films = tmp_path / "films"
   os.makedirs(films)
   if setup == "no_films":
@@ -207,14 +207,14 @@ def test_bad_films_are_refused_in_one_line(exported, tmp_path, setup, message):
     _films(films)
     write_file(str(films / "pneumonia" / "broken.jpeg"), b"not a jpeg")
   with pytest.raises(SystemExit) as e:
-    _main(model=_model(exported), image_dir=str(films), output_dir=str(tmp_path / "site"))
+    _main(model=released_model, image_dir=str(films), output_dir=str(tmp_path / "site"))
   text = str(e.value.code)
   assert text.startswith("cxr-calibrate: error: ") and "\n" not in text
   assert message in text
   assert not (tmp_path / "site").exists()
 
 
-def test_runs_without_tensorflow_and_prints_intervals(exported, tmp_path):
+def test_runs_without_tensorflow_and_prints_intervals(released_model, tmp_path):
   films = _films(tmp_path / "films")
   code = ("import sys\n"
           "for m in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
@@ -224,7 +224,7 @@ def test_runs_without_tensorflow_and_prints_intervals(exported, tmp_path):
           "calibrate.run()\n")
   env = dict(os.environ)
   env.pop("TF_USE_LEGACY_KERAS", None)
-  r = subprocess.run([sys.executable, "-c", code, f"--model={_model(exported)}",
+  r = subprocess.run([sys.executable, "-c", code, f"--model={released_model}",
                       f"--image_dir={films}", f"--output_dir={tmp_path / 'site'}",
                       "--target_sensitivity=0.9"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=120, check=False)

@@ -58,9 +58,24 @@ def image_tree(tmp_path):
   return make_tree(str(tmp_path / "images"))
 
 
+def require_tensorflow():
+  """Skips a test that trains or exports where TensorFlow is not installed."""
+  pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device install "
+                      "without the train extra): this test trains or exports a model")
+
+
+@pytest.fixture(scope="session")
+def released_model():
+  """The released int8 package shipped in edge/released/: what a device install runs, so
+  the device-side tests need no TensorFlow."""
+  from cxr_edge.edge import released  # pylint: disable=g-import-not-at-top
+  return released.path()
+
+
 @pytest.fixture(scope="session")
 def sample_records(tmp_path_factory):
   """The embedded sample converted once per session (train has 2 shards)."""
+  require_tensorflow()
   from cxr_edge.pipeline import convert_config  # pylint: disable=g-import-not-at-top
   from cxr_edge.pipeline import convert_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("sample_records"))

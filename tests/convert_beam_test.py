@@ -1,4 +1,10 @@
 """The Beam converter against the local one: same records per split, same rejections."""
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
 import collections
 import hashlib
 import os
@@ -6,7 +12,6 @@ import shutil
 from unittest import mock
 
 from absl import app
-import pytest
 import tensorflow as tf
 
 from cxr_edge.core import schema

@@ -1,9 +1,14 @@
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
 import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from cxr_edge.core import schema

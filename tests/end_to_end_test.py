@@ -48,3 +48,9 @@ def test_end_to_end_on_the_sample(tmp_path):
   lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert len(lines) == len(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL"))) == 130
   assert all(l["prediction"] in ("NORMAL", "PNEUMONIA") and 0 <= l["p_pneumonia"] <= 1 for l in lines)
+  # Trained on the sample: a smoke-test model, and its summary says so.
+  assert ("cxr-predict: SMOKE-TEST MODEL: trained on only 241 films; it is for trying the "
+          "software, not for films of patients.") in r.stderr.splitlines()
+  r = run_module("cxr_edge.edge.predict", f"--model={ex}/model_int8.tflite", "--info")
+  assert "trained:      smoke model; 241 training films (of 301 converted" in r.stdout
+  assert "SMOKE-TEST MODEL" in r.stdout

@@ -1,3 +1,9 @@
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
 import csv
 import json
 import os
@@ -5,7 +11,6 @@ import os
 from absl import flags
 import numpy as np
 from PIL import Image
-import pytest
 
 from cxr_edge.core import metrics
 from cxr_edge.model import evaluate_lib

@@ -22,7 +22,7 @@ from cxr_edge.node import spool as spool_lib
 from scripts import orthanc
 from tests import dicom_files
 from tests.conftest import ROOT
-from tests.node_test import Pacs, int8_model
+from tests.node_test import Pacs
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -70,9 +70,9 @@ def send_until(port, films, kill_after=None, process=None):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_stream_loses_nothing_acknowledged_and_does_nothing_twice(exported,
+def test_kill_9_mid_stream_loses_nothing_acknowledged_and_does_nothing_twice(released_model,
                                                                               tmp_path):
-  model = int8_model(exported)
+  model = released_model
   spool_dir = str(tmp_path / "spool")
   films = [dicom_files.study_film(100 + i, study=20 + i % 3) for i in range(30)]
   uids = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films]

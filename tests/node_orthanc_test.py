@@ -16,7 +16,7 @@ from cxr_edge.node import report
 from scripts import orthanc
 from tests import dicom_files
 from tests.conftest import ROOT, run_main
-from tests.node_test import HOSTILE_NAME, int8_model, running_node
+from tests.node_test import HOSTILE_NAME, running_node
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 pytestmark = pytest.mark.skipif(
@@ -31,11 +31,11 @@ def pacs(tmp_path):
 
 
 def test_orthanc_routes_films_to_the_node_and_gets_reports_cxr_predict_agrees_with(
-    exported, pacs, tmp_path):
+    released_model, pacs, tmp_path):
   films = [dicom_files.study_film(70 + i, study=5 + i % 2) for i in range(4)]
   films.append(dicom_files.study_film(75, study=7, PatientName=HOSTILE_NAME))
   ids = [pacs.upload(f) for f in films]
-  model = int8_model(exported)
+  model = released_model
   with running_node(model, tmp_path / "spool", allow_ae=(pacs.ae_title,),
                     forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
     pacs.add_modality("cxr", "CXR_EDGE", node.ports.dicom)
@@ -73,14 +73,14 @@ def test_orthanc_routes_films_to_the_node_and_gets_reports_cxr_predict_agrees_wi
 
 
 def test_the_documented_orthanc_routing_rule_sends_films_and_not_reports_back(
-    exported, tmp_path):
+    released_model, tmp_path):
   """docs/orthanc_cxr_node.lua as a clinic would load it: films stored in Orthanc go to
   the node by themselves, and the reports coming back are not routed to it again."""
   port = orthanc.free_port()
   rule = os.path.join(ROOT, "docs", "orthanc_cxr_node.lua")
   with orthanc.Orthanc(str(tmp_path / "orthanc"), modalities={
       "cxr": ["CXR_EDGE", "127.0.0.1", port]}, lua_scripts=[rule]) as pacs:
-    with running_node(int8_model(exported), tmp_path / "spool", port=port,
+    with running_node(released_model, tmp_path / "spool", port=port,
                       forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
       for k in range(3):
         pacs.upload(dicom_files.study_film(90 + k))

@@ -35,10 +35,6 @@ from tests.conftest import ROOT, run_main
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def int8_model(exported) -> str:
-  return os.path.join(exported[0], "model_int8.tflite")
-
-
 class Pacs:
   """A DICOM destination on loopback that keeps what it is sent (or refuses it)."""
 
@@ -104,8 +100,8 @@ def audit(spool_dir):
   return list(spool_lib.iter_lines(os.path.join(spool_dir, spool_lib.AUDIT_NAME)))
 
 
-def test_films_in_reports_out_as_cxr_predict_decides(exported, tmp_path):
-  model = int8_model(exported)
+def test_films_in_reports_out_as_cxr_predict_decides(released_model, tmp_path):
+  model = released_model
   films = [dicom_files.study_film(i, study=1 + i % 2) for i in range(4)]
   pacs = Pacs().start()
   try:
@@ -161,8 +157,8 @@ def colour_film():
                                      "SeriesInstanceUID": "2.25.80"})
 
 
-def test_what_is_refused_and_what_is_reported_and_the_node_goes_on(exported, tmp_path):
-  model = int8_model(exported)
+def test_what_is_refused_and_what_is_reported_and_the_node_goes_on(released_model, tmp_path):
+  model = released_model
   good = dicom_files.study_film(10)
   no_study = dicom_files.rewritten(dicom_files.study_film(11),
                                    dicom_files.drop("StudyInstanceUID"))
@@ -201,8 +197,8 @@ def test_what_is_refused_and_what_is_reported_and_the_node_goes_on(exported, tmp
   assert warned["comments"][0].startswith("WARNING: ") and "finding" in warned
 
 
-def test_our_own_overlay_routed_back_is_acknowledged_and_not_read(exported, tmp_path):
-  with running_node(int8_model(exported), tmp_path / "spool", overlay=True) as node:
+def test_our_own_overlay_routed_back_is_acknowledged_and_not_read(released_model, tmp_path):
+  with running_node(released_model, tmp_path / "spool", overlay=True) as node:
     film = dicom_files.study_film(45)
     assert send(node.ports.dicom, [film]) == [0x0000]
     assert node.wait_idle(120)
@@ -213,16 +209,16 @@ def test_our_own_overlay_routed_back_is_acknowledged_and_not_read(exported, tmp_
   assert [line["sop_instance_uid"] for line in audit(tmp_path / "spool")] == [uid]
 
 
-def test_strict_reports_an_implausible_film_as_not_analysed(exported, tmp_path):
-  with running_node(int8_model(exported), tmp_path / "spool", strict=True) as node:
+def test_strict_reports_an_implausible_film_as_not_analysed(released_model, tmp_path):
+  with running_node(released_model, tmp_path / "spool", strict=True) as node:
     assert send(node.ports.dicom, [flat_film()]) == [0x0000]
     assert node.wait_idle(120)
   (line,) = audit(tmp_path / "spool")
   assert line["prediction"] is None and "--strict" in line["error"]
 
 
-def test_a_spool_below_its_reserve_refuses_with_out_of_resources(exported, tmp_path):
-  with running_node(int8_model(exported), tmp_path / "spool", min_free_mb=2**40) as node:
+def test_a_spool_below_its_reserve_refuses_with_out_of_resources(released_model, tmp_path):
+  with running_node(released_model, tmp_path / "spool", min_free_mb=2**40) as node:
     assert send(node.ports.dicom, [dicom_files.study_film(1)]) == [dicom.OUT_OF_RESOURCES]
     assert node.spool.pending() == [] and audit(tmp_path / "spool") == []
     ae = AE(ae_title="XRAY1")
@@ -232,15 +228,15 @@ def test_a_spool_below_its_reserve_refuses_with_out_of_resources(exported, tmp_p
     assoc.release()
 
 
-def test_a_second_node_on_the_same_spool_is_refused(exported, tmp_path):
-  with running_node(int8_model(exported), tmp_path / "spool"):
+def test_a_second_node_on_the_same_spool_is_refused(released_model, tmp_path):
+  with running_node(released_model, tmp_path / "spool"):
     with pytest.raises(errors.CxrError, match="in use by another process"):
-      node_lib.Node(node_config.NodeOptions(model=int8_model(exported),
+      node_lib.Node(node_config.NodeOptions(model=released_model,
                                             spool_dir=str(tmp_path / "spool"), port=0))
 
 
-def test_reports_wait_for_a_pacs_that_is_down_also_across_a_restart(exported, tmp_path):
-  model, spool_dir = int8_model(exported), tmp_path / "spool"
+def test_reports_wait_for_a_pacs_that_is_down_also_across_a_restart(released_model, tmp_path):
+  model, spool_dir = released_model, tmp_path / "spool"
   pacs = Pacs().start()
   port = pacs.port
   pacs.stop()  # down from the start
@@ -260,12 +256,12 @@ def test_reports_wait_for_a_pacs_that_is_down_also_across_a_restart(exported, tm
   assert len(sent) == 3 and len(audit(spool_dir)) == 3
 
 
-def _refused_by(pacs, exported, tmp_path, refusals):
+def _refused_by(pacs, released_model, tmp_path, refusals):
   """One film's report offered to `pacs` `refusals` times by a node whose forwarder is
   driven by hand (the node is not started); returns the outbox after each attempt and
   the dead-letter folder's files."""
   node = node_lib.Node(node_config.NodeOptions(
-      model=int8_model(exported), spool_dir=str(tmp_path / "spool"), port=0,
+      model=released_model, spool_dir=str(tmp_path / "spool"), port=0,
       forward=pacs.address, forward_refusals=refusals))
   outboxes = []
   try:
@@ -280,27 +276,27 @@ def _refused_by(pacs, exported, tmp_path, refusals):
   return outboxes, {name: (folder / name).read_bytes() for name in os.listdir(folder)}
 
 
-def test_a_report_the_pacs_refuses_goes_to_the_dead_letter_folder(exported, tmp_path):
-  outboxes, dead = _refused_by(Pacs(status=0xA900).start(), exported, tmp_path, 2)
+def test_a_report_the_pacs_refuses_goes_to_the_dead_letter_folder(released_model, tmp_path):
+  outboxes, dead = _refused_by(Pacs(status=0xA900).start(), released_model, tmp_path, 2)
   assert outboxes == [1, 0]  # refused once: it stays; twice: it goes
   (report_name,) = [n for n in dead if n.endswith(".sr.dcm")]
   reason = dead[report_name + ".reason.txt"].decode()
   assert "refused it 2 times" in reason and "status A900" in reason
 
 
-def test_a_pacs_that_takes_no_structured_reports_is_a_refusal_not_an_outage(exported,
+def test_a_pacs_that_takes_no_structured_reports_is_a_refusal_not_an_outage(released_model,
                                                                             tmp_path):
   pacs = Pacs(classes=(sop_class.SecondaryCaptureImageStorage,)).start()
-  outboxes, dead = _refused_by(pacs, exported, tmp_path, 1)
+  outboxes, dead = _refused_by(pacs, released_model, tmp_path, 1)
   assert outboxes == [0]
   (reason,) = [v.decode() for n, v in dead.items() if n.endswith(".txt")]
   assert "accepts no presentation context" in reason
 
 
-def test_overlay_goes_out_as_a_secondary_capture_in_the_study(exported, tmp_path):
+def test_overlay_goes_out_as_a_secondary_capture_in_the_study(released_model, tmp_path):
   pacs = Pacs().start()
   try:
-    with running_node(int8_model(exported), tmp_path / "spool", forward=pacs.address,
+    with running_node(released_model, tmp_path / "spool", forward=pacs.address,
                       overlay=True) as node:
       film = dicom_files.study_film(40)
       assert send(node.ports.dicom, [film]) == [0x0000]
@@ -326,8 +322,8 @@ def _queue(spool, data):
   return uid
 
 
-def test_a_film_whose_result_was_written_before_a_crash_is_not_redone(exported, tmp_path):
-  model = int8_model(exported)
+def test_a_film_whose_result_was_written_before_a_crash_is_not_redone(released_model, tmp_path):
+  model = released_model
   options = node_config.NodeOptions(model=model, spool_dir=str(tmp_path / "s"), port=0)
   node = node_lib.Node(options)
   uid = _queue(node.spool, dicom_files.study_film(50))
@@ -342,8 +338,8 @@ def test_a_film_whose_result_was_written_before_a_crash_is_not_redone(exported, 
 
 
 def test_retention_removes_old_films_and_reports_and_keeps_records_and_the_queue(
-    exported, tmp_path):
-  model = int8_model(exported)
+    released_model, tmp_path):
+  model = released_model
   node = node_lib.Node(node_config.NodeOptions(
       model=model, spool_dir=str(tmp_path / "s"), port=0, keep_days=2, overlay=True))
   try:
@@ -427,8 +423,8 @@ def _get(url, headers=None):
     return response.status, dict(response.headers), response.read()
 
 
-def test_review_page_lists_films_newest_first_with_every_string_escaped(exported, tmp_path):
-  with running_node(int8_model(exported), tmp_path / "spool", http_port=0) as node:
+def test_review_page_lists_films_newest_first_with_every_string_escaped(released_model, tmp_path):
+  with running_node(released_model, tmp_path / "spool", http_port=0) as node:
     films = [dicom_files.study_film(61), hostile_film()]
     for film in films:  # one association each: the second arrives later
       assert send(node.ports.dicom, [film]) == [0x0000]
@@ -464,11 +460,11 @@ def test_the_worklist_reads_only_the_newest_records(tmp_path):
   assert [r["sop_instance_uid"] for r in spool.recent(2)] == ["1.2.4", "1.2.3"]
 
 
-def test_review_page_off_loopback_needs_its_token(exported, tmp_path):
+def test_review_page_off_loopback_needs_its_token(released_model, tmp_path):
   token_file = tmp_path / "token"
   token_file.write_text("a-long-enough-secret-token\n")
   # 127.0.0.2 is a loopback address too, but not the one the node treats as private.
-  with running_node(int8_model(exported), tmp_path / "spool", http_port=0,
+  with running_node(released_model, tmp_path / "spool", http_port=0,
                     http_host="127.0.0.2", http_token_file=str(token_file)) as node:
     base = f"http://127.0.0.2:{node.ports.http}"
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -486,9 +482,9 @@ def test_review_page_off_loopback_needs_its_token(exported, tmp_path):
       assert json.loads(response.read()) == []
 
 
-def test_review_page_off_loopback_makes_a_private_token_when_none_is_given(exported,
+def test_review_page_off_loopback_makes_a_private_token_when_none_is_given(released_model,
                                                                             tmp_path):
-  with running_node(int8_model(exported), tmp_path / "spool", http_port=0,
+  with running_node(released_model, tmp_path / "spool", http_port=0,
                     http_host="127.0.0.2") as node:
     path = tmp_path / "spool" / node_lib.TOKEN_NAME
     token = path.read_text().strip()
@@ -539,8 +535,8 @@ def test_without_the_node_extra_the_job_names_it(tmp_path):
 
 
 def test_a_three_class_model_reports_its_subtype_in_the_sr_records_and_review(
-    subtype_exported, tmp_path):
-  model = os.path.join(subtype_exported[0], "model_int8.tflite")
+    released_model, tmp_path):
+  model = released_model
   films = [dicom_files.study_film(i, study=1) for i in range(3)]
   pacs = Pacs().start()
   try:

@@ -13,19 +13,30 @@ from absl.testing import flagsaver
 import numpy as np
 import pytest
 from PIL import Image
-import tensorflow as tf
 
 from cxr_edge.core import image_io
 from cxr_edge.core import package_info
 from cxr_edge.edge import runtime
-from cxr_edge.pipeline import preprocess
 from tests import dicom_files
 from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, job, run_main, write_file
+
+
+def _tensorflow():
+  """TensorFlow, for the parity tests; they skip in a device install without it."""
+  return pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                             "install): no training-side preprocessing to compare with")
+
+
+def _preprocess():
+  _tensorflow()
+  from cxr_edge.pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  return preprocess
 
 
 @pytest.mark.parametrize("shape, size", [((224, 224), 150), ((300, 200), 150), ((40, 64), 150),
                                          ((151, 149), 150), ((7, 5), 3)])
 def test_resize_matches_tensorflow(shape, size):
+  tf = _tensorflow()
   image = np.random.default_rng(0).random(shape, dtype=np.float32) * 255
   want = tf.image.resize(image[..., None], [size, size], method="bilinear",
                          antialias=False).numpy()[..., 0]
@@ -41,6 +52,7 @@ def _sample_files(n=20):
 
 
 def test_preprocessing_parity_on_real_sample_images():
+  preprocess = _preprocess()
   for path in _sample_files():
     data = open(path, "rb").read()
     want = preprocess.preprocess_image(data, 150).numpy()
@@ -52,6 +64,7 @@ def test_preprocessing_parity_on_real_sample_images():
 @pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "L"),
                                        ("PNG", "RGB"), ("PNG", "RGBA")])
 def test_preprocessing_parity_on_other_formats(fmt, mode):
+  preprocess = _preprocess()
   data = image_bytes(fmt, mode, size=(97, 61), seed=4)
   want = preprocess.preprocess_image(data, 64).numpy()
   got = runtime.preprocess(data, 64, 1 / 255)
@@ -77,8 +90,8 @@ def _run_predict(*args, block_tf=True):
                         capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_info_describes_the_package_and_reads_no_image(exported):
-  model = os.path.join(exported[0], "model_int8.tflite")
+def test_info_describes_the_package_and_reads_no_image(released_model):
+  model = released_model
   r = _run_predict(f"--model={model}", "--info")
   assert r.returncode == 0, r.stderr[-3000:]
   lite = runtime.LiteModel(model)
@@ -139,9 +152,9 @@ def test_bad_images_get_error_lines_and_nonzero_exit(exported, tmp_path):
   assert "1 image(s) predicted, 5 failed" in r.stderr
 
 
-def test_a_malformed_dicom_is_its_own_error_and_the_run_goes_on(exported, tmp_path):
+def test_a_malformed_dicom_is_its_own_error_and_the_run_goes_on(released_model, tmp_path):
   """One hostile attribute used to stop the run halfway, with no summary."""
-  model = os.path.join(exported[0], "model_int8.tflite")
+  model = released_model
   folder = tmp_path / "films"
   for path in _sample_files(4):
     write_file(str(folder / os.path.basename(path)), open(path, "rb").read())
@@ -253,8 +266,8 @@ def test_a_model_without_embedded_metadata_needs_its_sidecar(exported, tmp_path)
   _refused(model, image, "has no embedded metadata")
 
 
-def test_output_in_a_missing_folder_is_refused_in_one_line(exported, tmp_path):
-  model = os.path.join(exported[0], "model_int8.tflite")
+def test_output_in_a_missing_folder_is_refused_in_one_line(released_model, tmp_path):
+  model = released_model
   with pytest.raises(SystemExit) as e:
     run_main("cxr_edge.edge.predict", _sample_files(2)[0], model=model,
              output=str(tmp_path / "missing" / "out.jsonl"))
@@ -262,10 +275,10 @@ def test_output_in_a_missing_folder_is_refused_in_one_line(exported, tmp_path):
                                "does not exist")
 
 
-def test_progress_with_rate_and_time_left_on_stderr(exported, monkeypatch, capsys):
+def test_progress_with_rate_and_time_left_on_stderr(released_model, monkeypatch, capsys):
   predict = job("cxr_edge.edge.predict")
   monkeypatch.setattr(predict, "PROGRESS_SECONDS", 0.0)  # a line after every image
-  model = os.path.join(exported[0], "model_int8.tflite")
+  model = released_model
   files = _sample_files(4)
   with flagsaver.flagsaver(model=model):  # not run_main: it would re-import the module
     flags.FLAGS.mark_as_parsed()
@@ -293,8 +306,8 @@ def _film_variants(jpeg_path):
   }
 
 
-def test_dicom_and_16_bit_films_predict_like_their_jpeg(exported, tmp_path):
-  model_path = os.path.join(exported[0], "model_int8.tflite")
+def test_dicom_and_16_bit_films_predict_like_their_jpeg(released_model, tmp_path):
+  model_path = released_model
   model = runtime.LiteModel(model_path)
   for jpeg in _sample_files(4):
     want = model.predict_bytes(open(jpeg, "rb").read())
@@ -305,9 +318,9 @@ def test_dicom_and_16_bit_films_predict_like_their_jpeg(exported, tmp_path):
       assert abs(got["p_pneumonia"] - want["p_pneumonia"]) <= tolerance, (jpeg, name)
 
 
-def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(exported, tmp_path):
+def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(released_model, tmp_path):
   from pydicom.data import get_testdata_file  # pylint: disable=g-import-not-at-top
-  model = os.path.join(exported[0], "model_int8.tflite")
+  model = released_model
   folder = tmp_path / "study"
   for name, data in _film_variants(_sample_files(2)[0]).items():
     write_file(str(folder / name), data)
@@ -322,14 +335,14 @@ def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(exported, tmp_path)
 
 
 @pytest.mark.slow
-def test_dicom_parity_script_on_a_few_films(exported, tmp_path):
+def test_dicom_parity_script_on_a_few_films(released_model, tmp_path):
   folder = tmp_path / "films"
   for path in _sample_files(2):
     write_file(str(folder / os.path.basename(os.path.dirname(path)) / os.path.basename(path)),
                open(path, "rb").read())
   out = tmp_path / "parity.json"
   r = subprocess.run([sys.executable, "-m", "scripts.dicom_parity",
-                      f"--model={exported[0]}/model_int8.tflite", f"--image_dir={folder}",
+                      f"--model={released_model}", f"--image_dir={folder}",
                       f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                      check=False)
   assert r.returncode == 0, r.stderr[-2000:]
@@ -340,8 +353,8 @@ def test_dicom_parity_script_on_a_few_films(exported, tmp_path):
     assert v["max_abs_delta"] <= 0.02, v
 
 
-def test_csv_on_stdout_with_format(exported):
-  model = os.path.join(exported[0], "model_int8.tflite")
+def test_csv_on_stdout_with_format(released_model):
+  model = released_model
   r = _run_predict(f"--model={model}", "--format=csv", *_sample_files(2))
   assert r.returncode == 0, r.stderr[-2000:]
   rows = list(csv.DictReader(io.StringIO(r.stdout)))
@@ -350,8 +363,8 @@ def test_csv_on_stdout_with_format(exported):
   assert r.returncode == 1 and "--format=csv but --output ends in .jsonl" in r.stderr
 
 
-def test_implausible_inputs_get_a_warning_or_with_strict_an_error(exported, tmp_path):
-  model = os.path.join(exported[0], "model_int8.tflite")
+def test_implausible_inputs_get_a_warning_or_with_strict_an_error(released_model, tmp_path):
+  model = released_model
   film = _sample_files(2)[0]
   black = write_file(str(tmp_path / "black.png"), _png(np.zeros((64, 64), np.uint8)))
   r = _run_predict(f"--model={model}", film, black)
@@ -372,9 +385,9 @@ def _png(array) -> bytes:
   return out.getvalue()
 
 
-def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp_path):
+def test_explain_writes_an_occlusion_overlay_with_the_model_itself(released_model, tmp_path):
   from cxr_edge.edge import explain  # pylint: disable=g-import-not-at-top
-  model_path = os.path.join(exported[0], "model_int8.tflite")
+  model_path = released_model
   lite = runtime.LiteModel(model_path)
   film = _sample_files(2)[1]
   heat = explain.occlusion_map(lite, runtime.preprocess(open(film, "rb").read(), 48, 1 / 255))
@@ -387,9 +400,9 @@ def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp
   assert line["explain_ms"] > 0 and "1 explanation(s)" in r.stderr
 
 
-def test_ctrl_c_prints_the_summary_so_far_and_exits_130(exported, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_prints_the_summary_so_far_and_exits_130(released_model, tmp_path, monkeypatch, capsys):
   predict = job("cxr_edge.edge.predict")
-  model = os.path.join(exported[0], "model_int8.tflite")
+  model = released_model
   real = runtime.LiteModel.predict_bytes
   calls = []
 
@@ -410,7 +423,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130(exported, tmp_path, monk
   assert len(out.read_text().splitlines()) == 2  # what was done is kept
 
 
-def test_special_files_linked_and_unreadable_folders_are_never_silent(exported, tmp_path,
+def test_special_files_linked_and_unreadable_folders_are_never_silent(released_model, tmp_path,
                                                                       monkeypatch):
   films = _sample_files(2)
   top = tmp_path / "in"
@@ -435,7 +448,7 @@ def test_special_files_linked_and_unreadable_folders_are_never_silent(exported, 
   assert found["locked"].error == "unreadable folder: Permission denied"
   assert "a.jpeg" in str(found) and os.path.join("linked", "b.jpeg") in found
   assert found[os.path.join("own", "loop")].skipped.startswith("folder already read")
-  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  model = runtime.LiteModel(released_model)
   results = {os.path.basename(r["path"]): r for r in runtime.predict_paths(
       model, [i for k, i in found.items() if k.endswith(".png")])}
   assert results["fifo.png"]["error"] == "not a regular file (a FIFO)"
@@ -453,7 +466,7 @@ def test_output_naming_an_input_is_refused_before_it_is_opened(exported, tmp_pat
   assert target.read_bytes() == before
 
 
-def test_a_model_litert_cannot_allocate_is_one_line(exported, monkeypatch):
+def test_a_model_litert_cannot_allocate_is_one_line(released_model, monkeypatch):
   from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
 
   def fail(self):
@@ -462,12 +475,12 @@ def test_a_model_litert_cannot_allocate_is_one_line(exported, monkeypatch):
   monkeypatch.setattr(interpreter.Interpreter, "allocate_tensors", fail)
   with pytest.raises(runtime.ModelError, match="LiteRT cannot allocate its tensors "
                      r"\(tensor arena exhausted\)$"):
-    runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+    runtime.LiteModel(released_model)
 
 
-def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(exported,
+def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(released_model,
                                                                               tmp_path):
-  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  model = runtime.LiteModel(released_model)
   rgb = np.zeros((64, 64, 3), np.uint8)
   rgb[..., 0] = 200  # a red photograph, stored as TIFF
   buf = io.BytesIO()
@@ -480,9 +493,9 @@ def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(ex
     model.predict_bytes(buf.getvalue())
 
 
-def test_our_own_overlay_fed_back_as_a_film_is_warned(exported):
+def test_our_own_overlay_fed_back_as_a_film_is_warned(released_model):
   from cxr_edge.core import overlay  # pylint: disable=g-import-not-at-top
-  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  model = runtime.LiteModel(released_model)
   film = open(_sample_files(2)[0], "rb").read()
   gray = runtime.decode_grayscale(film)
   drawn = overlay.heat_overlay(gray, np.ones((7, 7), np.float32), "PNEUMONIA (p 0.9)")
@@ -493,14 +506,14 @@ def test_our_own_overlay_fed_back_as_a_film_is_warned(exported):
   assert model.predict_bytes(film)["warning"] is None
 
 
-def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_converted(exported):
+def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_converted(released_model):
   """Viewers show it upright; TensorFlow's decoder and the device see it sideways."""
   film = np.asarray(Image.open(_sample_files(2)[1]).convert("L"))
   exif = Image.Exif()
   exif[0x0112] = 6  # stored rotated: display turns it 90 degrees clockwise
   buf = io.BytesIO()
   Image.fromarray(np.rot90(film)).save(buf, format="JPEG", exif=exif)
-  model = runtime.LiteModel(os.path.join(exported[0], "model_int8.tflite"))
+  model = runtime.LiteModel(released_model)
   warning = model.predict_bytes(buf.getvalue())["warning"]
   assert warning.startswith("stored rotated (EXIF orientation 6)")
   with pytest.raises(runtime.ImageError, match="stored rotated"):
@@ -513,10 +526,10 @@ def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_conver
     (lambda p, m: m.update(temperature=float("inf")), "temperature inf"),
     (lambda p, m: p.update(labels=["PNEUMONIA", "NORMAL"]), "in that order"),
 ])
-def test_re_signed_metadata_with_impossible_values_is_refused(exported, tmp_path, edit, says):
+def test_re_signed_metadata_with_impossible_values_is_refused(released_model, tmp_path, edit, says):
   """The digest is not a signature: whoever re-signs is stopped by the range checks."""
   from cxr_edge.edge import package  # pylint: disable=g-import-not-at-top
-  data = open(os.path.join(exported[0], "model_int8.tflite"), "rb").read()
+  data = open(released_model, "rb").read()
   fields = package.read(data)
   fields.pop("integrity")
   edit(fields["package"], fields["model"])

@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from cxr_edge.node import review
 from tests import dicom_files
-from tests.node_test import HOSTILE_NAME, HOSTILE_SERIES, int8_model, running_node, send
+from tests.node_test import HOSTILE_NAME, HOSTILE_SERIES, running_node, send
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -58,10 +58,10 @@ def _no_alert(driver):
 
 
 def test_worklist_escapes_hostile_strings_and_a_click_shows_film_and_overlay(
-    exported, browser, tmp_path):
+    released_model, browser, tmp_path):
   hostile = dicom_files.study_film(80, PatientName=HOSTILE_NAME,
                                    SeriesDescription=HOSTILE_SERIES)
-  with running_node(int8_model(exported), tmp_path / "spool", http_port=0,
+  with running_node(released_model, tmp_path / "spool", http_port=0,
                     overlay=True) as node:
     assert send(node.ports.dicom, [dicom_files.study_film(81), hostile]) == [0, 0]
     assert node.wait_idle(180)

@@ -1,3 +1,9 @@
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
 import dataclasses
 import json
 import os
@@ -6,7 +12,6 @@ import shutil
 from absl import app
 from absl import flags
 import numpy as np
-import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config  # disable_op_determinism
 

@@ -1,7 +1,12 @@
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (a device "
+                    "install without the train extra): training-side tests")
+# pylint: disable=wrong-import-position
+
 import json
 import os
 
-import pytest
 import tensorflow as tf
 
 from cxr_edge.core import image_io
