@@ -8,7 +8,8 @@
 # differently).
 #
 # Usage (as root, from the repository root; Debian with network for the first run):
-#   scripts/check_arm64.sh --model=out/export/model_int8.tflite [--tolerance=0.02] WORK/
+#   scripts/check_arm64.sh [--model=out/export/model_int8.tflite] [--tolerance=0.02] WORK/
+#   (default model: the released one, edge/released/model_int8.tflite)
 #
 # WORK/rootfs, the arm64 root file system (Debian bookworm: Python 3.11, glibc 2.36, as
 # 64-bit Raspberry Pi OS), is built once with mmdebstrap and reused. Emulation needs
@@ -17,7 +18,7 @@
 # long).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MODEL="" TOLERANCE="0.02" WORK=""
+MODEL="$ROOT/edge/released/model_int8.tflite" TOLERANCE="0.02" WORK=""
 for arg in "$@"; do
   case "$arg" in
     --model=*) MODEL="${arg#*=}" ;;

@@ -5,6 +5,7 @@
 # Usage (on a machine with the network, from the repository root):
 #   scripts/device_bundle.sh --platform=aarch64 --python=3.11 \
 #       [--extra=edge|node] [--model=out/export/model_int8.tflite] OUT/
+#   (without --model the device runs the released model inside the wheel)
 # On the device (no network needed):
 #   python3 -m venv ~/cxr && ~/cxr/bin/pip install --no-index --find-links OUT/ "cxr-edge[edge]"
 #
@@ -60,19 +61,21 @@ echo "device_bundle: collecting cxr-edge[$EXTRA] and its dependencies for" \
   "cxr-edge[$EXTRA]==$VERSION" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 ls "$OUT"/ai_edge_litert-*.whl >/dev/null 2>&1 || fail "no LiteRT wheel was collected (see above)"
 
+# The check the device runs after installing: these films, predicted here, again there,
+# with --model's package, else the released model the wheel carries.
+echo "device_bundle: adding the install check (films and their records from this machine)" >&2
+(cd "$ROOT" && "$PY" -m scripts.device_check films "$OUT/check/films") >&2
+(cd "$ROOT" && "$PY" -m cxr_edge.edge.predict --model="${MODEL:-$ROOT/edge/released/model_int8.tflite}" \
+   "$OUT/check/films" --output="$OUT/check/expected.jsonl")
+cp "$ROOT/scripts/device_check.py" "$OUT/check/"
+MODEL_FLAG=""
 if [ -n "$MODEL" ]; then
-  # The check the device runs after installing: these films, predicted here, again there.
-  echo "device_bundle: adding the install check (films and their records from this machine)" >&2
-  (cd "$ROOT" && "$PY" -m scripts.device_check films "$OUT/check/films") >&2
-  (cd "$ROOT" && "$PY" -m cxr_edge.edge.predict --model="$MODEL" "$OUT/check/films" \
-     --output="$OUT/check/expected.jsonl")
-  cp "$ROOT/scripts/device_check.py" "$OUT/check/"
   mkdir -p "$OUT/model"
   cp "$MODEL" "$OUT/model/"
   if [ -f "$(dirname "$MODEL")/metadata.json" ]; then cp "$(dirname "$MODEL")/metadata.json" "$OUT/model/"; fi
   if [ -f "$(dirname "$MODEL")/MODEL_CARD.md" ]; then cp "$(dirname "$MODEL")/MODEL_CARD.md" "$OUT/model/"; fi
+  MODEL_FLAG="--model=model/$(basename "$MODEL") "
 fi
-MODEL_NAME="$( [ -n "$MODEL" ] && basename "$MODEL" || echo model_int8.tflite)"
 cat > "$OUT/INSTALL.txt" <<EOF
 cxr-edge $VERSION for $PLATFORM, CPython $PYVER: an offline install bundle ($EXTRA).
 
@@ -84,13 +87,13 @@ No network is needed: pip reads only this folder.
   python3 -m venv ~/cxr-edge
   ~/cxr-edge/bin/pip install --no-index --find-links "\$PWD" "cxr-edge[$EXTRA]"
   ~/cxr-edge/bin/cxr-predict --version
-  ~/cxr-edge/bin/cxr-predict --model=model/$MODEL_NAME --info
+  ~/cxr-edge/bin/cxr-predict ${MODEL_FLAG}--info
 
 Then check that this device predicts as the machine that built the bundle did: the same
 decision on every film of check/films (JPEG and DICOM: uncompressed, MONOCHROME1, JPEG
 2000, JPEG-LS) and p_pneumonia within 0.02:
 
-  ~/cxr-edge/bin/cxr-predict --model=model/$MODEL_NAME check/films --output=check/here.jsonl
+  ~/cxr-edge/bin/cxr-predict ${MODEL_FLAG}check/films --output=check/here.jsonl
   ~/cxr-edge/bin/python check/device_check.py compare check/expected.jsonl check/here.jsonl
 
 (run these from this folder). Check the files first: sha256sum -c SHA256SUMS.
