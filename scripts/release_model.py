@@ -52,6 +52,20 @@ def _commit() -> str:
   return commit + ("-dirty" if dirty else "")
 
 
+def _committed_release():
+  """The last committed RELEASE.json (the version this one follows), or None: a rerun of
+  an uncommitted release replaces it instead of counting a version more."""
+  try:
+    text = subprocess.run(
+        ["git", "show", f"HEAD:edge/released/{released.RELEASE_NAME}"], cwd=ROOT,
+        capture_output=True, text=True, check=True).stdout
+  except subprocess.CalledProcessError:
+    return None  # none committed yet
+  except OSError:
+    return released.release()  # no git: the folder's own
+  return json.loads(text)
+
+
 def figures(model_path: str, external_dir: str):
   """One shipped model's external figures, as the device runtime computes them."""
   model = runtime.LiteModel(model_path)
@@ -62,10 +76,10 @@ def replace_blocks(text: str, blocks) -> str:
   """The README with each released-figures block's rows replaced."""
   for block, rows in blocks.items():
     begin, end = released.markers(block)
-    pattern = re.compile(f"({re.escape(begin)}\n).*?(\n{re.escape(end)})", re.S)
+    pattern = re.compile(f"({re.escape(begin)}\n)(?:.*?\n)?({re.escape(end)})", re.S)
     if not pattern.search(text):
       sys.exit(f"README.md has no {begin} ... {end} block")
-    text = pattern.sub(lambda m, rows=rows: m.group(1) + rows + m.group(2), text)
+    text = pattern.sub(lambda m, rows=rows: m.group(1) + rows + "\n" + m.group(2), text)
   return text
 
 
@@ -84,7 +98,7 @@ def main() -> None:
     sys.exit("this export is not a released one: export it with --model_kind=released")
   with open(os.path.join(args.model_dir, "model_info.json"), encoding="utf-8") as f:
     info = json.load(f)
-  previous = released.release()
+  previous = _committed_release()
   history = []
   if previous:
     history = previous.get("history", []) + [{
