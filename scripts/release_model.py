@@ -92,6 +92,8 @@ def main() -> None:
   parser.add_argument("--wall_seconds", type=int, default=None)
   args = parser.parse_args()
 
+  with open(README, encoding="utf-8") as f:
+    replace_blocks(f.read(), {b: "" for b in released.README_BLOCKS})  # refuse early
   with open(os.path.join(args.export_dir, "metadata.json"), encoding="utf-8") as f:
     metadata = json.load(f)
   if (metadata.get("training") or {}).get("kind") != "released":
@@ -148,9 +150,9 @@ def main() -> None:
     json.dump(record, f, indent=2, sort_keys=True)
     f.write("\n")
   with open(README, encoding="utf-8") as f:
-    text = f.read()
+    text = replace_blocks(f.read(), released.readme_rows(record))  # before opening to write
   with open(README, "w", encoding="utf-8") as f:
-    f.write(replace_blocks(text, released.readme_rows(record)))
+    f.write(text)
 
   print(f"\nreleased {NAME} version {record['version']} into {released.FOLDER}")
   print("\nAdd to CHANGELOG.md:\n")
