@@ -37,7 +37,8 @@ def _independent_probs(model_path, films_dir):
   for label_index, label in enumerate(("normal", "pneumonia")):
     for name in sorted(os.listdir(os.path.join(films_dir, label))):
       data = open(os.path.join(films_dir, label, name), "rb").read()
-      probs.append(lite.probabilities(runtime.preprocess(data, lite.image_size, lite.scale))[1])
+      probs.append(metrics.p_pneumonia(
+          lite.probabilities(runtime.preprocess(data, lite.image_size, lite.scale))))
       labels.append(label_index)
   return np.array(labels), np.array(probs, np.float64)
 

@@ -105,7 +105,7 @@ def test_quiet_logging_keeps_our_info_and_everyones_warnings():
   def record(path, level):
     return std_logging.LogRecord("x", level, path, 1, "message", None, None)
 
-  ours = os.path.join(ROOT, "model", "train_lib.py")
+  ours = os.path.join(cli._ROOT, "model", "train_lib.py")  # pylint: disable=protected-access
   theirs = "/usr/lib/python3/site-packages/tensorflow/python/saved_model/save.py"
   assert keep(record(ours, std_logging.INFO))
   assert not keep(record(theirs, std_logging.INFO))

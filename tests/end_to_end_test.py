@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.conftest import SAMPLE_DIR, run_module
+from tests.conftest import SAMPLE_DIR, require_tensorflow, run_module
 
 
 # What the jobs printed before they were made quiet: CUDA probing on
@@ -24,6 +24,7 @@ def _assert_quiet(module, r):
 
 @pytest.mark.slow
 def test_end_to_end_on_the_sample(tmp_path):
+  require_tensorflow()
   rec, model, ev, ex = (str(tmp_path / d) for d in ("records", "model", "eval", "export"))
   steps = [
       ("cxr_edge.pipeline.convert", f"--input_dir={SAMPLE_DIR}", f"--output_dir={rec}"),

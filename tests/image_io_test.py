@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from cxr_edge.core import image_io
-from tests.conftest import image_bytes, write_file
+from tests.conftest import image_bytes, require_tensorflow, write_file
 
 
 @pytest.mark.parametrize("fmt, mode, channels", [
@@ -92,6 +92,7 @@ def _png_damaged(kind: str) -> bytes:
 @pytest.mark.parametrize("kind", ["idat_crc", "no_iend"])
 def test_png_that_tensorflow_refuses_is_rejected(tmp_path, kind):
   """What converts must also train: Pillow decodes these, libpng (TF) does not."""
+  require_tensorflow()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   data = _png_damaged(kind)
   Image.open(io.BytesIO(data)).load()  # Pillow alone would accept it
@@ -101,6 +102,7 @@ def test_png_that_tensorflow_refuses_is_rejected(tmp_path, kind):
 
 
 def test_png_chunk_check_passes_sound_files_and_trailing_bytes():
+  require_tensorflow()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for mode in ("L", "RGB", "RGBA"):
     data = image_bytes("PNG", mode)

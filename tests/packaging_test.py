@@ -20,6 +20,9 @@ def dist(tmp_path_factory):
   # --no-isolation: the installed setuptools, so that no test downloads anything.
   r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
                       ROOT], capture_output=True, text=True, timeout=600, check=False)
+  if "Unmet dependencies" in r.stdout + r.stderr:  # e.g. a device install without wheel
+    pytest.skip("the build backend's dependencies are not installed: "
+                + (r.stdout + r.stderr).strip().splitlines()[-1].strip())
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
   return out
 

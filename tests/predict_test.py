@@ -385,9 +385,9 @@ def _png(array) -> bytes:
   return out.getvalue()
 
 
-def test_explain_writes_an_occlusion_overlay_with_the_model_itself(released_model, tmp_path):
+def test_explain_writes_an_occlusion_overlay_with_the_model_itself(exported, tmp_path):
   from cxr_edge.edge import explain  # pylint: disable=g-import-not-at-top
-  model_path = released_model
+  model_path = os.path.join(exported[0], "model_int8.tflite")  # 48 px: a small map
   lite = runtime.LiteModel(model_path)
   film = _sample_files(2)[1]
   heat = explain.occlusion_map(lite, runtime.preprocess(open(film, "rb").read(), 48, 1 / 255))
