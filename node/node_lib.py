@@ -208,9 +208,10 @@ class Node:
       except Exception as e:  # pylint: disable=broad-except
         # A film that breaks the worker in a way nobody foresaw must not stop the node
         # or block the queue behind it: it is recorded as that film's failure.
-        log.exception("film %s: unexpected failure", uid)
+        log.exception("film %s: unexpected failure (%s: %s)", uid, type(e).__name__, e)
         try:
-          self._fail(uid, f"internal error while processing ({type(e).__name__})")
+          self._fail(uid, f"internal error while processing ({type(e).__name__}: "
+                          f"{str(e)[:200]})")
         except OSError as disk:  # the spool itself fails: wait for the next round
           log.error("film %s stays queued: the spool cannot record it (%s)", uid,
                     disk.strerror or disk)
@@ -229,7 +230,18 @@ class Node:
       result = self.model.predict_bytes(data, self.options.strict)
     except (errors.ImageError, image_io.UnreadableFile) as e:
       result = {"error": str(e)}
-    sr = report.structured_report(header, result, self.model.info, self.model.sha256)
+    try:
+      sr = report.structured_report(header, result, self.model.info, self.model.sha256)
+    except (ValueError, TypeError, AttributeError, KeyError, LookupError) as e:
+      # Something in the header no report can carry: the film's study still gets one,
+      # saying it was not analysed and why (the prediction is not sent without its film's
+      # details), and the record and the log say why.
+      why = (f"its header could not be copied into a report ({type(e).__name__}: "
+             f"{str(e)[:200]})")
+      log.warning("film %s: %s; sending a minimal NOT ANALYSED report", uid, why)
+      result = {"error": why}
+      sr = report.structured_report(report.minimal_header(header), result,
+                                    self.model.info, self.model.sha256)
     names = [self._write(uid + ".sr.dcm", sr)]
     has_overlay = False
     if self.options.overlay and "error" not in result:

@@ -13,8 +13,12 @@ and why, so that no reader takes silence for a negative.
 UIDs derive from the film's SOP Instance UID and the model's sha256, so a film redone
 after a crash gets a report with the same UIDs (the PACS keeps one instance, not two).
 """
+import copy
+import datetime
+import re
 from typing import Dict, Optional, Tuple
 import uuid
+import warnings
 
 import numpy as np
 import pydicom
@@ -58,13 +62,93 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Accessi
           "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
+# Dates and times the reports copy from the film. Real modalities write them in older or
+# looser forms; a value that is not a valid DA / TM even after the standard's repairs is
+# left empty (they are type 2 or 3 here), never guessed.
+_DATES = ("PatientBirthDate", "StudyDate", "SeriesDate", "ContentDate", "AcquisitionDate")
+_TIMES = ("PatientBirthTime", "StudyTime", "SeriesTime", "ContentTime", "AcquisitionTime")
+# PatientSex is M, F or O (PS3.3 C.7.1.1); common spellings of these are repaired, any
+# other value (U, unknown, a typo) is left empty: unknown, as the standard writes it.
+_SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
+
+
+def valid_date(text: object) -> str:
+  """A DA value (YYYYMMDD) of a real date, from YYYYMMDD or the older YYYY.MM.DD (and
+  YYYY-MM-DD); "" for anything else."""
+  match = re.fullmatch(r"(\d{4})[.-]?(\d{2})[.-]?(\d{2})", str(text or "").strip())
+  if not match:
+    return ""
+  try:
+    datetime.date(*(int(g) for g in match.groups()))
+  except ValueError:
+    return ""
+  return "".join(match.groups())
+
+
+def valid_time(text: object) -> str:
+  """A TM value (HH[MM[SS[.F{1,6}]]] within range), also from the older HH:MM:SS; ""
+  for anything else."""
+  text = str(text or "").strip()
+  match = re.fullmatch(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d{1,6})?)?)?", text)
+  if not match:
+    return ""
+  hh, mm, ss, fraction = match.groups()
+  if int(hh) > 23 or (mm and int(mm) > 59) or (ss and int(ss) > 60):
+    return ""
+  return hh + (mm or "") + (ss or "") + (fraction or "")
+
+
 def evidence(film: pydicom.Dataset) -> pydicom.Dataset:
-  """The film's header with the patient and study modules' type 2 attributes present
-  (empty where the film lacks them), as the reports' patient and study modules need."""
-  header = pydicom.Dataset(film)  # a shallow copy: the film's dataset is not changed
+  """What the reports copy from the film: its header, repaired where the standard says
+  how and emptied where a value is invalid, in UTF-8.
+
+  The patient and study modules' type 2 attributes are present (empty where the film
+  lacks them or holds an invalid value); text is decoded with the film's character set
+  (what pydicom cannot decode is replaced visibly) and the copy declares ISO_IR 192; the
+  film's own dataset is not changed.
+  """
+  header = copy.deepcopy(film)  # a header (no pixels): cheap, and the film is not changed
   header.file_meta = getattr(film, "file_meta", pydicom.dataset.FileMetaDataset())
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # an unknown character set: pydicom's own fallback
+    for tag in list(header.keys()):
+      # Each value decoded with the film's character set (pydicom keeps the result); one
+      # it cannot read at all is left out of the report, not fatal to it.
+      try:
+        header[tag]  # pylint: disable=pointless-statement
+      except (ValueError, TypeError, LookupError, UnicodeError, OverflowError):
+        del header[tag]
+  header.SpecificCharacterSet = "ISO_IR 192"
+  for keyword in _DATES:
+    if keyword in header:
+      setattr(header, keyword, valid_date(header.get(keyword)))
+  for keyword in _TIMES:
+    if keyword in header:
+      setattr(header, keyword, valid_time(header.get(keyword)))
+  if "PatientSex" in header:
+    header.PatientSex = _SEXES.get(str(header.get("PatientSex") or "").strip().upper(), "")
   for keyword in _TYPE2:
     if keyword not in header:
+      setattr(header, keyword, "")
+  return header
+
+
+# What a minimal report keeps of a film whose header a full report cannot be built from:
+# the UIDs that put it in the film's study, and who the patient is.
+_MINIMAL = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+            "PatientID", "PatientName")
+
+
+def minimal_header(film: pydicom.Dataset) -> pydicom.Dataset:
+  """The film's UIDs and patient only: for the NOT ANALYSED report of a film whose
+  header holds something no report can carry."""
+  header = pydicom.Dataset()
+  header.file_meta = getattr(film, "file_meta", pydicom.dataset.FileMetaDataset())
+  for keyword in _MINIMAL:
+    try:
+      value = film.get(keyword)
+      setattr(header, keyword, "" if value is None else str(value))
+    except (ValueError, TypeError, LookupError, UnicodeError):
       setattr(header, keyword, "")
   return header
 
@@ -141,7 +225,11 @@ def structured_report(film: pydicom.Dataset, result: Dict,
           identifier="cxr-edge pneumonia triage"),
       finding_type=PNEUMONIA, algorithm_id=algorithm, measurements=measurements,
       qualitative_evaluations=evaluations,
-      source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(film)])]
+      # Named by its UIDs: from_source_image would also need a Modality, which some
+      # films lack.
+      source_images=[hd.sr.SourceImageForMeasurementGroup(
+          referenced_sop_class_uid=film.SOPClassUID,
+          referenced_sop_instance_uid=film.SOPInstanceUID)])]
   report = hd.sr.MeasurementReport(observation_context=context,
                                    procedure_reported=PLAIN_CHEST_XRAY,
                                    imaging_measurements=groups)

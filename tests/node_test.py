@@ -562,3 +562,119 @@ def test_a_three_class_model_reports_its_subtype_in_the_sr_records_and_review(
     assert records[uid]["subtype"] == expected["subtype"]
     if expected["subtype"]:
       assert f"PNEUMONIA ({expected['subtype'].lower()})" in page
+
+
+def _edited(data: bytes, **edits) -> bytes:
+  """A film with header values set (None: removed) as a non-conformant sender writes them."""
+  ds = pydicom.dcmread(io.BytesIO(data))
+  for keyword, value in edits.items():
+    if value is None:
+      delattr(ds, keyword)
+    else:
+      setattr(ds, keyword, value)
+  out = io.BytesIO()
+  ds.save_as(out, enforce_file_format=True)
+  return out.getvalue()
+
+
+# Headers as real modalities write them, and what the report carries of each.
+ODD_HEADERS = [
+    ({"PatientSex": "U"}, {"PatientSex": ""}),
+    ({"PatientSex": "m"}, {"PatientSex": "M"}),
+    ({"PatientSex": "FEMALE"}, {"PatientSex": "F"}),
+    ({"PatientBirthDate": "1990-01-31"}, {"PatientBirthDate": "19900131"}),
+    ({"PatientBirthDate": "1990.01.31"}, {"PatientBirthDate": "19900131"}),
+    ({"PatientBirthDate": "0"}, {"PatientBirthDate": ""}),
+    ({"StudyDate": "20231345"}, {"StudyDate": ""}),
+    ({"StudyTime": "256199"}, {"StudyTime": ""}),
+    ({"StudyTime": "10:15:00"}, {"StudyTime": "101500"}),
+    ({"SpecificCharacterSet": "ISO_IR 999"}, {"SpecificCharacterSet": "ISO_IR 192"}),
+    ({"SpecificCharacterSet": "ISO 2022 IR 149"}, {"SpecificCharacterSet": "ISO_IR 192"}),
+    # No Modality: the film reader refuses it as no radiograph, so its report says NOT
+    # ANALYSED and why (before, building that report crashed and nothing was sent).
+    ({"Modality": None}, {"comment": "NOT ANALYSED: DICOM modality is not a radiograph: "
+                                     "none (accepted: CR, DX, DR, RG, OT)"}),
+    ({"PatientName": "A" * 70 + "^" + "B" * 70}, {"PatientName": "A" * 70 + "^" + "B" * 70}),
+]
+
+
+@pytest.mark.parametrize("edits, carried", ODD_HEADERS)
+def test_an_odd_header_still_gives_a_full_report_with_what_is_valid(released_model, edits,
+                                                                    carried):
+  lite = runtime.LiteModel(released_model)
+  data = _edited(dicom_files.study_film(0, study=1), **edits)
+  header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+  try:
+    result = lite.predict_bytes(data)
+  except runtime.ImageError as e:
+    result = {"error": str(e)}
+  sr = report.structured_report(header, result, lite.info, lite.sha256)
+  out = io.BytesIO()
+  sr.save_as(out, enforce_file_format=True)
+  back = pydicom.dcmread(io.BytesIO(out.getvalue()))
+  carried = dict(carried)
+  comment = carried.pop("comment", None)
+  for keyword, value in carried.items():
+    assert str(back.get(keyword)) == value, keyword
+  assert back.StudyInstanceUID == header.StudyInstanceUID
+  found = report.describe(back)
+  if comment:
+    assert found["comments"][0] == comment
+  else:
+    assert found["finding"] in ("Present", "Absent")  # analysed, in full
+
+
+def test_a_japanese_name_is_decoded_and_carried_in_utf8(released_model):
+  lite = runtime.LiteModel(released_model)
+  name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+  data = _edited(dicom_files.study_film(0, study=1),
+                 SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientName=name)
+  header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+  sr = report.structured_report(header, lite.predict_bytes(data), lite.info, lite.sha256)
+  out = io.BytesIO()
+  sr.save_as(out, enforce_file_format=True)
+  back = pydicom.dcmread(io.BytesIO(out.getvalue()))
+  assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == name
+
+
+def test_odd_headers_through_the_node_each_get_exactly_one_report(released_model, tmp_path):
+  films = [_edited(dicom_files.study_film(i, study=1), **edits)
+           for i, (edits, _) in enumerate(ODD_HEADERS)]
+  pacs = Pacs().start()
+  try:
+    with running_node(released_model, tmp_path / "spool", forward=pacs.address) as node:
+      assert send(node.ports.dicom, films) == [0x0000] * len(films)
+      assert node.wait_idle(120)
+  finally:
+    pacs.stop()
+  sources = sorted(report.describe(r)["source"] for r in pacs.reports())
+  assert sources == sorted(pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films)
+  errors_ = [line["error"] for line in audit(tmp_path / "spool") if line.get("error")]
+  assert errors_ == ["DICOM modality is not a radiograph: none (accepted: CR, DX, DR, RG, OT)"]
+
+
+def test_a_header_no_report_can_carry_gets_a_minimal_not_analysed_report(
+    released_model, tmp_path, monkeypatch, caplog):
+  real = report.structured_report
+
+  def refuse_full_headers(header, *args):
+    if "StudyDate" in header:  # the full copy of the header; the minimal one has none
+      raise ValueError("a value highdicom refuses")
+    return real(header, *args)
+
+  monkeypatch.setattr(report, "structured_report", refuse_full_headers)
+  film = dicom_files.study_film(0, study=1)
+  pacs = Pacs().start()
+  try:
+    with running_node(released_model, tmp_path / "spool", forward=pacs.address) as node:
+      assert send(node.ports.dicom, [film]) == [0x0000]
+      assert node.wait_idle(120)
+  finally:
+    pacs.stop()
+  (sr,) = pacs.reports()
+  found = report.describe(sr)
+  why = "its header could not be copied into a report (ValueError: a value highdicom refuses)"
+  assert found["comments"][0] == f"NOT ANALYSED: {why}" and "finding" not in found
+  assert sr.StudyInstanceUID == pydicom.dcmread(io.BytesIO(film)).StudyInstanceUID
+  (line,) = audit(tmp_path / "spool")
+  assert line["error"] == why and why in caplog.text
