@@ -56,6 +56,12 @@ REPORT_CLASSES = (sop_class.ComprehensiveSRStorage, sop_class.SecondaryCaptureIm
 _MAX_BACKOFF_SECONDS = 60.0
 
 
+def is_temporary(status: int) -> bool:
+  """A C-STORE failure that means "try later": A7xx, Refused: Out of Resources (PS3.4
+  B.2.3). Every other failure is a refusal that will not change by itself."""
+  return (status & 0xFF00) == 0xA700
+
+
 def decodable_syntaxes() -> List[str]:
   """Transfer syntaxes whose pixel data this install decodes (uncompressed first)."""
   from pydicom.pixels import get_decoder  # pylint: disable=g-import-not-at-top
@@ -261,6 +267,11 @@ class Forwarder:
         status = getattr(response, "Status", None)
         if status is None:
           raise DestinationUnavailable("the association broke off")
+        if is_temporary(status):
+          # Out of resources (a full disk, a busy PACS): it will take the report later,
+          # so this is an outage, retried with backoff, never a refusal.
+          raise DestinationUnavailable(f"status {status:04X} (out of resources: "
+                                       "temporary)")
         if status == SUCCESS or status in _WARNINGS:
           self.spool.forwarded(name, {
               "time": _now(), "name": name, "film_uid": name.rsplit(".", 2)[0],

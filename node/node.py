@@ -43,6 +43,12 @@ def main(argv):
   if argv[1:]:
     raise app.UsageError(f"unknown arguments: {' '.join(argv[1:])}")
   options = node_config.NodeOptions(**config_flags.from_flags(node_config.NodeOptions))
+  if options.requeue_dead_letters:
+    from cxr_edge.node import spool as spool_lib  # pylint: disable=g-import-not-at-top
+    names = spool_lib.Spool(options.spool_dir).requeue_dead_letters()
+    print(f"cxr-node: {len(names)} dead letter(s) moved back to the outbox of "
+          f"{options.spool_dir}")
+    return
   try:
     from cxr_edge.node import node_lib  # pylint: disable=g-import-not-at-top
   except ImportError as e:

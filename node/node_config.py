@@ -113,6 +113,10 @@ class NodeOptions:
       help="Remove films, reports and overlays from the spool this many days after they "
       "were written (the node is not an archive; the PACS keeps them); records and the "
       "audit log stay. 0 keeps everything.")
+  requeue_dead_letters: bool = option(
+      False, help="Move every report in the spool's dead_letter/ back to the outbox (after "
+      "fixing what the destination refused them for), print how many, and exit; a running "
+      "node then sends them.")
   min_free_mb: int = option(
       512, lower_bound=0, help="Refuse films (status A700, out of resources: the sender "
       "keeps and retries them) while the spool's disk has less free space than this.")

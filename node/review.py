@@ -89,7 +89,7 @@ def _outcome(record: Dict) -> str:
 
 
 def worklist(records: List[Dict], queued: int, waiting: int,
-             notice: Optional[str] = None) -> bytes:
+             notice: Optional[str] = None, dead: int = 0) -> bytes:
   """The worklist page: newest first, each row linking to its film; `notice`, a smoke-test
   model's sentence, as a banner."""
   rows = []
@@ -110,7 +110,9 @@ def worklist(records: List[Dict], queued: int, waiting: int,
         f"<td>{'' if threshold is None else f'{threshold:.3f}'}</td>"
         f"<td>{_outcome(r)}</td></tr>")
   status = (f"<p>{len(records)} film(s) shown (newest first, at most {WORKLIST_LENGTH}); "
-            f"{queued} waiting to be read; {waiting} report(s) waiting for the PACS. "
+            f"{queued} waiting to be read; {waiting} report(s) waiting for the PACS; "
+            f"{dead} refused for good (dead letters: fix the cause, then cxr-node "
+            "--requeue_dead_letters). "
             f"Refreshes every {REFRESH_SECONDS} s.</p>")
   table = ("<table><tr><th>Received</th><th>Study date</th><th>Patient</th>"
            "<th>Series</th><th>Prediction</th><th>p_pneumonia</th><th>Threshold</th>"
@@ -255,7 +257,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
     if path in ("/", ""):
       self._send(200, worklist(spool.recent(WORKLIST_LENGTH), spool.queued(),
-                               state.waiting(), state.notice))
+                               state.waiting(), state.notice,
+                               len(spool.dead_letters())))
     elif parts == ["worklist.json"]:
       self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
                  "application/json")

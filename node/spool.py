@@ -249,6 +249,23 @@ class Spool:
     os.replace(self.path("outbox", name), self.path("dead_letter", name))
     _fsync_folder(self.path("outbox"))
 
+  def dead_letters(self) -> List[str]:
+    """Reports the destination refused for good, oldest first."""
+    return sorted((n for n in os.listdir(self.path("dead_letter")) if n.endswith(".dcm")),
+                  key=lambda n: os.stat(self.path("dead_letter", n)).st_mtime_ns)
+
+  def requeue_dead_letters(self) -> List[str]:
+    """Moves every dead letter back into the outbox (its reason file is kept beside it
+    as <name>.reason.txt.requeued); returns their names."""
+    names = self.dead_letters()
+    for name in names:
+      os.replace(self.path("dead_letter", name), self.path("outbox", name))
+      reason = self.path("dead_letter", name + ".reason.txt")
+      if os.path.exists(reason):
+        os.replace(reason, reason + ".requeued")
+    _fsync_folder(self.path("outbox"))
+    return names
+
   # Retention -------------------------------------------------------------------------
 
   def prune(self, older_than_ns: int) -> int:

@@ -678,3 +678,42 @@ def test_a_header_no_report_can_carry_gets_a_minimal_not_analysed_report(
   assert sr.StudyInstanceUID == pydicom.dcmread(io.BytesIO(film)).StudyInstanceUID
   (line,) = audit(tmp_path / "spool")
   assert line["error"] == why and why in caplog.text
+
+
+def test_a_pacs_out_of_resources_for_a_while_gets_every_report_later(released_model,
+                                                                      tmp_path):
+  pacs = Pacs(status=0xA700).start()  # "Refused: Out of Resources": temporary
+  node = node_lib.Node(node_config.NodeOptions(
+      model=released_model, spool_dir=str(tmp_path / "spool"), port=0,
+      forward=pacs.address, forward_refusals=1))
+  try:
+    node.process(_queue(node.spool, dicom_files.study_film(31)))
+    for _ in range(3):  # a refusal would dead-letter it at once (forward_refusals=1)
+      with pytest.raises(dicom.DestinationUnavailable, match="A700"):
+        node.forwarder.send_pending()
+      assert len(node.spool.outbox()) == 1 and not node.spool.dead_letters()
+    pacs.status = 0x0000  # the PACS has room again
+    assert node.forwarder.send_pending() == 1
+  finally:
+    node.stop()
+    pacs.stop()
+  assert len(pacs.reports()) == 1 and not node.spool.outbox()
+
+
+def test_dead_letters_are_requeued_by_one_command_and_then_sent(released_model, tmp_path,
+                                                                capsys):
+  _refused_by(Pacs(status=0xA900).start(), released_model, tmp_path, 1)
+  spool_dir = str(tmp_path / "spool")
+  assert len(spool_lib.Spool(spool_dir).dead_letters()) == 1
+  run_main("cxr_edge.node.node", spool_dir=spool_dir, requeue_dead_letters=True)
+  assert capsys.readouterr().out.strip() == (
+      f"cxr-node: 1 dead letter(s) moved back to the outbox of {spool_dir}")
+  spool = spool_lib.Spool(spool_dir)
+  assert len(spool.outbox()) == 1 and not spool.dead_letters()
+  pacs = Pacs().start()
+  try:
+    with running_node(released_model, spool_dir, forward=pacs.address) as node:
+      assert node.wait_idle(60)
+  finally:
+    pacs.stop()
+  assert len(pacs.reports()) == 1
