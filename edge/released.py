@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, Optional
 
 from cxr_edge.core import errors
+from cxr_edge.core import metrics
 
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released")
 RELEASE_NAME = "RELEASE.json"
@@ -77,8 +78,7 @@ README_BLOCKS = ("decision", "subtype")
 
 
 def _interval(figure: Dict[str, Any], key: str) -> str:
-  low, high = figure["ci95"][key]
-  return f"{100 * figure[key]:.1f} ({100 * low:.1f}-{100 * high:.1f})"
+  return metrics.format_interval(figure[key], figure["ci95"][key])
 
 
 def _auc(value: float, interval) -> str:

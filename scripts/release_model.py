@@ -9,7 +9,8 @@ Copies model_int8.tflite, model_float32.tflite and MODEL_CARD.md, and writes REL
 the next version number, what made it (command, seed, code commit, the conversion's
 manifest sha256, date, wall time), every file's sha256 and size, each model's figures on
 the external films through the edge runtime (as cxr-predict computes them, which
-tests/released_test.py reproduces), and every earlier release's files and sha256. Then it
+tests/released_test.py reproduces; taken from cxr-export's report, which scored these
+files), and every earlier release's files and sha256. Then it
 rewrites the README's table of the released model's figures and prints the CHANGELOG
 entry to add. It refuses an export that is not a released one (cxr-export
 --model_kind=released).
@@ -24,9 +25,7 @@ import shutil
 import subprocess
 import sys
 
-from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import released
-from cxr_edge.edge import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -64,12 +63,6 @@ def _committed_release():
   except OSError:
     return released.release()  # no git: the folder's own
   return json.loads(text)
-
-
-def figures(model_path: str, external_dir: str):
-  """One shipped model's external figures, as the device runtime computes them."""
-  model = runtime.LiteModel(model_path)
-  return calibrate_lib.measure(model, calibrate_lib.score_films(model, external_dir))
 
 
 def replace_blocks(text: str, blocks) -> str:
@@ -117,11 +110,12 @@ def main() -> None:
                    "bytes": os.path.getsize(path)}
   shutil.copyfile(os.path.join(args.export_dir, released.CARD_NAME),
                   os.path.join(released.FOLDER, released.CARD_NAME))
-  external = {}
-  for variant in released.VARIANTS:
-    print(f"scoring {variant} on {args.external_dir} through the edge runtime", flush=True)
-    external[variant] = figures(os.path.join(released.FOLDER, released.file_name(variant)),
-                                args.external_dir)
+  # cxr-export scored these very files on the external films through the edge runtime
+  # (calibrate_lib.measure); its comparison with float32 is the export report's own.
+  with open(os.path.join(args.export_dir, "export_report.json"), encoding="utf-8") as f:
+    scored = json.load(f)["external"]["variants"]
+  external = {variant: {k: v for k, v in scored[variant].items()
+                        if k != "roc_auc_minus_float32"} for variant in released.VARIANTS}
   record = {
       "name": NAME,
       "version": (previous["version"] + 1) if previous else 1,
