@@ -206,6 +206,11 @@ class ModelInfo:
       return None
     return smoke_notice((self.training or {}).get("films"))
 
+  def headline(self, sha256: str) -> str:
+    """Which model made a result, in a few words: its kind, file and short sha256."""
+    return (f"{self.kind or 'kind-not-recorded'} model {self.name} "
+            f"(sha256 {sha256[:12]})")
+
   def trained_on(self) -> str:
     """What kind of model this is and the films it learned from, in one line."""
     if not self.training:

@@ -112,7 +112,8 @@ def _output_format() -> str:
 class _Tally:
   """What the run predicted, failed and skipped, for the summary line."""
 
-  def __init__(self, labels, total: int, notice=None):
+  def __init__(self, labels, total: int, headline: str = "", notice=None):
+    self.headline = headline  # which model: the summary names it
     self.notice = notice  # a smoke-test model's sentence, which the summary repeats
     self.total, self.ok, self.failed, self.skipped, self.warned = total, 0, 0, 0, 0
     self.latencies, self.explain_ms = [], []
@@ -147,6 +148,8 @@ class _Tally:
                + ")" if self.subtypes else ""))
     if self.latencies:
       text += f"; latency p50 {np.percentile(self.latencies, 50):.2f} ms"
+    if self.headline:
+      text += f"; {self.headline}"
     if self.explain_ms:
       text += (f"; {len(self.explain_ms)} explanation(s) in {_EXPLAIN.value}, "
                f"{np.median(self.explain_ms) / 1000:.1f} s each (median)")
@@ -183,7 +186,8 @@ def main(argv):
                                                            for i in items}:
     raise errors.CxrError(f"--output {_OUTPUT.value!r} is one of the inputs: writing it "
                           "would destroy it; choose another file")
-  tally = _Tally(model.labels, len(items), model.info.notice)
+  tally = _Tally(model.labels, len(items), model.info.headline(model.sha256),
+                 model.info.notice)
   progress = cli.Progress(len(items), PROGRESS_SECONDS, _report_progress, at_end=False)
   interrupted = False
   out = open(_OUTPUT.value, "w", newline="", encoding="utf-8") if _OUTPUT.value else sys.stdout

@@ -107,16 +107,17 @@ class Node:
     if self.options.http_port is not None:
       self.review = review.ReviewServer(
           self.spool, self.options.http_host, self.options.http_port, self._token(),
-          waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice)
+          waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice,
+          model=self.model.info.headline(self.model.sha256))
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start()
     queued = self.spool.queued()
-    log.info("cxr-node %s listening on %s:%d%s; model %s (%s; sha256 %s...); %d film(s) "
-             "queued from before", self.options.ae_title, self.options.host, dicom_port,
+    log.info("cxr-node %s listening on %s:%d%s; %s, from %s; %d film(s) queued from "
+             "before", self.options.ae_title, self.options.host, dicom_port,
              f", review page on http://{self.options.http_host}:{http_port}/"
-             if http_port is not None else "", self.model.path,
-             self.model.info.kind or "kind not recorded", self.model.sha256[:12], queued)
+             if http_port is not None else "", self.model.info.headline(self.model.sha256),
+             self.model.path, queued)
     if self.model.info.notice:
       log.warning("%s", self.model.info.notice)
     return Ports(dicom_port, http_port)

@@ -203,7 +203,8 @@ def structured_report(film: pydicom.Dataset, result: Dict,
   analysed = "error" not in result
   algorithm = hd.sr.AlgorithmIdentification(
       name=f"cxr-edge {info.model or 'model'}", version=__version__,
-      parameters=[f"model sha256 {sha256}", f"threshold {info.threshold:.6f}"],
+      parameters=[f"model sha256 {sha256}", f"model kind {info.kind or 'not recorded'}",
+                  f"threshold {info.threshold:.6f}"],
       manufacturer=MANUFACTURER)
   measurements, evaluations = None, None
   if analysed:

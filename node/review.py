@@ -72,10 +72,12 @@ def _study_date(text: Optional[str]) -> str:
 
 
 def _page(title: str, body: str, refresh: bool = False,
-          notice: Optional[str] = None) -> bytes:
-  """A page with the caution and, for a smoke-test model, its notice as a banner."""
+          notice: Optional[str] = None, model: Optional[str] = None) -> bytes:
+  """A page with the caution, which model the node runs and, for a smoke-test model,
+  its notice as a banner."""
   meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
   banner = f'<div class="notice">{_e(notice)}</div>' if notice else ""
+  banner += f'<p class="model">Results of the {_e(model)}.</p>' if model else ""
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}"
           f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
           f"<h1>{_e(title)}</h1>{banner}<div class=\"caution\">{_e(CAUTION)}</div>{body}"
@@ -89,7 +91,8 @@ def _outcome(record: Dict) -> str:
 
 
 def worklist(records: List[Dict], queued: int, waiting: int,
-             notice: Optional[str] = None, dead: int = 0) -> bytes:
+             notice: Optional[str] = None, dead: int = 0,
+             model: Optional[str] = None) -> bytes:
   """The worklist page: newest first, each row linking to its film; `notice`, a smoke-test
   model's sentence, as a banner."""
   rows = []
@@ -117,10 +120,12 @@ def worklist(records: List[Dict], queued: int, waiting: int,
   table = ("<table><tr><th>Received</th><th>Study date</th><th>Patient</th>"
            "<th>Series</th><th>Prediction</th><th>p_pneumonia</th><th>Threshold</th>"
            "<th>Warning</th></tr>" + "".join(rows) + "</table>")
-  return _page("cxr-node worklist", status + table, refresh=True, notice=notice)
+  return _page("cxr-node worklist", status + table, refresh=True, notice=notice,
+               model=model)
 
 
-def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None) -> bytes:
+def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None,
+              model: Optional[str] = None) -> bytes:
   """One film: its details, the film and (if made) its occlusion overlay."""
   uid = urllib.parse.quote(record["sop_instance_uid"])
   fields = [("Received", _time(record.get("received_ns"))),
@@ -142,7 +147,7 @@ def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None) -> 
   if has_overlay:
     images += f'<img src="/overlay/{uid}.png" alt="occlusion overlay">'
   return _page("cxr-node film", '<p><a href="/">worklist</a></p>' + table + images,
-               notice=notice)
+               notice=notice, model=model)
 
 
 def film_preview(path: str) -> bytes:
@@ -160,7 +165,7 @@ class ReviewServer:
 
   def __init__(self, spool: spool_lib.Spool, host: str, port: int,
                token: Optional[str] = None, waiting=lambda: 0,
-               notice: Optional[str] = None):
+               notice: Optional[str] = None, model: Optional[str] = None):
     """
     Args:
       spool: the node's spool.
@@ -168,9 +173,10 @@ class ReviewServer:
       token: required of every request when given.
       waiting: a callable giving how many reports wait for the PACS.
       notice: a smoke-test model's sentence, a banner on every page.
+      model: which model the node runs (ModelInfo.headline), on every page.
     """
     self.spool, self.token, self.waiting = spool, token, waiting
-    self.notice = notice
+    self.notice, self.model = notice, model
     handler = type("Handler", (_Handler,), {"server_state": self})
     self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
     self.httpd.daemon_threads = True
@@ -258,7 +264,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if path in ("/", ""):
       self._send(200, worklist(spool.recent(WORKLIST_LENGTH), spool.queued(),
                                state.waiting(), state.notice,
-                               len(spool.dead_letters())))
+                               len(spool.dead_letters()), state.model))
     elif parts == ["worklist.json"]:
       self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
                  "application/json")
@@ -278,7 +284,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     overlay_path = spool.path("overlays", uid + ".png")
     if kind == "film" and not png:
       self._send(200, film_page(record, os.path.exists(overlay_path),
-                                self.server_state.notice))
+                                self.server_state.notice, self.server_state.model))
     elif kind == "film":
       path = spool.path("films", uid + ".dcm")
       if not os.path.exists(path):

@@ -94,9 +94,13 @@ def test_cxr_predict_without_model_runs_the_released_one(record, capsys):
   film = os.path.join(SAMPLE_DIR, "NORMAL", sorted(os.listdir(os.path.join(SAMPLE_DIR,
                                                                            "NORMAL")))[0])
   run_main("cxr_edge.edge.predict", film, model=None)
-  (line,) = capsys.readouterr().out.splitlines()
+  out = capsys.readouterr()
+  (line,) = out.out.splitlines()
   result = json.loads(line)
-  assert result["model_sha256"] == record["files"]["model_int8.tflite"]["sha256"]
+  sha = record["files"]["model_int8.tflite"]["sha256"]
+  assert result["model_sha256"] == sha
+  # The summary names the model and its kind.
+  assert out.err.rstrip().endswith(f"; released model model_int8.tflite (sha256 {sha[:12]})")
   assert set(result) <= set(job("cxr_edge.edge.predict").RECORD_FIELDS)
 
 
@@ -186,7 +190,7 @@ def test_a_smoke_model_on_the_node_says_so_in_the_log_page_and_report(smoke_mode
   from cxr_edge.node import report  # pylint: disable=g-import-not-at-top
   from tests import node_test  # pylint: disable=g-import-not-at-top
   pacs = node_test.Pacs().start()
-  caplog.set_level(logging.WARNING, logger="cxr_edge.node")
+  caplog.set_level(logging.INFO, logger="cxr_edge.node")
   try:
     with node_test.running_node(smoke_model, tmp_path / "spool", forward=pacs.address,
                                 http_port=0, allow_smoke_model=True) as node:
@@ -196,7 +200,9 @@ def test_a_smoke_model_on_the_node_says_so_in_the_log_page_and_report(smoke_mode
       page = node_test._get(f"http://127.0.0.1:{node.ports.http}/")[2].decode()
   finally:
     pacs.stop()
-  assert NOTICE in caplog.text
+  assert NOTICE in caplog.text and "; smoke model model_int8.tflite (sha256 " in caplog.text
   assert f'<div class="notice">{NOTICE}</div>' in page
+  assert "Results of the smoke model model_int8.tflite (sha256 " in page
   (sr,) = pacs.reports()
   assert report.describe(sr)["comments"][0] == NOTICE
+  assert "model kind smoke" in str(sr)  # the algorithm's parameters name the kind
