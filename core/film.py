@@ -353,6 +353,66 @@ def _refuse_deflate_bomb(data: bytes, max_pixels: int) -> None:
                     f"(the limit for {max_pixels} pixels)")
 
 
+# A deflated film's header is inflated at most this far (headers are kilobytes).
+HEADER_MAX_INFLATED_BYTES = 4 << 20
+
+
+def dicom_header(fp: Any, defer_size: Optional[int] = None) -> Tuple[Any, bool]:
+  """A DICOM Part 10 file's header, and whether pixel data follows it, without the pixels.
+
+  The dataset is read up to its pixel data; a Deflated-syntax one is inflated only that
+  far (at most HEADER_MAX_INFLATED_BYTES), where pydicom would inflate all of it first:
+  a 1 MB deflate bomb took a receiver to 2 GB before any check.
+
+  Args:
+    fp: a binary file object at the file's start.
+    defer_size: values longer than this are left unread (pydicom's defer_size).
+
+  Returns:
+    (the dataset with its file_meta, True if pixel data follows the header).
+
+  Raises:
+    whatever pydicom raises on a malformed file.
+  """
+  # pylint: disable=g-import-not-at-top,protected-access
+  from pydicom import filereader
+  from pydicom import uid as dicom_uid
+  filereader.read_preamble(fp, False)
+  meta = filereader._read_file_meta_info(fp)
+  # pylint: enable=g-import-not-at-top,protected-access
+  syntax = dicom_uid.UID(str(meta.get("TransferSyntaxUID", "")))
+  if syntax == _DEFLATED:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    while len(inflated) < HEADER_MAX_INFLATED_BYTES:
+      chunk = fp.read(1 << 16)
+      if not chunk:
+        break
+      inflated += inflater.decompress(chunk, HEADER_MAX_INFLATED_BYTES - len(inflated))
+      if inflater.unconsumed_tail:  # the limit is reached: the rest is pixels
+        break
+    stream, implicit, little = io.BytesIO(bytes(inflated)), False, True
+  elif syntax.is_transfer_syntax:
+    stream, implicit, little = fp, syntax.is_implicit_VR, syntax.is_little_endian
+  else:  # no or an unknown syntax: as pydicom reads one, explicit VR little endian
+    stream, implicit, little = fp, False, True
+  at_pixels = []
+
+  def stop(tag, vr, length) -> bool:
+    del vr, length
+    if tag in (0x7FE00010, 0x7FE00009, 0x7FE00008):
+      at_pixels.append(tag)
+      return True
+    return False
+
+  with warnings.catch_warnings():  # a truncated header warns; what was read is returned
+    warnings.simplefilter("ignore")
+    ds = filereader.read_dataset(stream, implicit, little, stop_when=stop,
+                                 defer_size=defer_size)
+  ds.file_meta = meta
+  return ds, bool(at_pixels)
+
+
 def _encoded_size(frame: bytes) -> Optional[Tuple[int, int]]:
   """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares, or None."""
   j2k = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz

@@ -27,16 +27,21 @@ import contextlib
 import datetime
 import logging
 import os
+import socket
 import tempfile
 import threading
-from typing import Callable, Dict, List, Union
+import time
+from typing import Callable, Dict, List, Optional, Union
 
 import pydicom
 from pydicom import uid as dicom_uid
 from pynetdicom import AE, evt, _config
+from pynetdicom import dimse_messages
 from pynetdicom import sop_class
 
+from cxr_edge.core import film
 from cxr_edge.core import schema
+from cxr_edge.node import limits
 from cxr_edge.node import node_config
 from cxr_edge.node import report
 from cxr_edge.node import spool as spool_lib
@@ -88,10 +93,10 @@ def _check_film(path: str, sop_class_uid: str) -> Union[int, pydicom.Dataset]:
                 schema.MAX_FILE_BYTES // 2**20)
     return OUT_OF_RESOURCES
   try:
-    # Large values (the pixels) are left on disk: only the header is read here.
-    ds = pydicom.dcmread(path, defer_size=4096)
+    # Only the header is read: the pixels stay on disk, deflated ones uninflated.
+    with open(path, "rb") as f:
+      ds, has_pixels = film.dicom_header(f, defer_size=4096)
     uids = [ds.get(k) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")]
-    has_pixels = "PixelData" in ds
     own_class = ds.get("SOPClassUID")
   except Exception as e:  # pylint: disable=broad-except
     # pydicom raises many kinds on a malformed dataset; each is the sender's problem.
@@ -109,12 +114,122 @@ def _check_film(path: str, sop_class_uid: str) -> Union[int, pydicom.Dataset]:
   return ds
 
 
+class Receiving:
+  """The spool's receiving/ folder while the receiver runs: the datasets arriving."""
+
+  def __init__(self, spool: spool_lib.Spool):
+    self.spool = spool
+    self.folder = spool.path("receiving")
+    self._live: Dict[str, "ReceivedFile"] = {}
+    self._lock = threading.Lock()
+
+  def open(self, *args, **kwargs) -> "ReceivedFile":
+    """pynetdicom's NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")."""
+    del args, kwargs
+    received = ReceivedFile(self)
+    if received.failed is None:
+      with self._lock:
+        self._live[received.name] = received
+    return received
+
+  def closed(self, received: "ReceivedFile") -> None:
+    with self._lock:
+      self._live.pop(received.name, None)
+
+  def sweep(self, stale_seconds: float) -> int:
+    """Removes partial datasets: those of transfers cut off (nothing written for
+    `stale_seconds`) and files no transfer holds older than that; returns how many.
+    Until then they are on the spool's disk, so its reserve counts them."""
+    now = time.monotonic()
+    with self._lock:
+      stale = [f for f in self._live.values() if now - f.last_write > stale_seconds]
+      held = set(self._live) - {f.name for f in stale}
+    for received in stale:
+      received.discard("cut off")
+    removed = len(stale)
+    for name in os.listdir(self.folder):
+      path = os.path.join(self.folder, name)
+      if not (name.startswith("tmp") and name.endswith(".dcm")) or path in held:
+        continue
+      with contextlib.suppress(OSError):
+        if time.time() - os.stat(path).st_mtime > stale_seconds:
+          os.unlink(path)
+          removed += 1
+    if removed:
+      log.warning("removed %d partial dataset(s) of cut-off transfers from receiving/",
+                  removed)
+    return removed
+
+
+class ReceivedFile:
+  """What pynetdicom writes a C-STORE's dataset into, in place of its NamedTemporaryFile:
+  a file in receiving/ whose writes never raise.
+
+  A spool below its reserve, full or read-only marks the file failed (the handler then
+  answers A700, out of resources, and the sender keeps the film), where the exception
+  killed pynetdicom's thread and left the sender without a status.
+  """
+
+  def __init__(self, receiving: Receiving):
+    self._receiving = receiving
+    self.failed: Optional[str] = None
+    self.last_write = time.monotonic()
+    self._fd = None
+    self.name = os.path.join(receiving.folder, "unwritable.dcm")  # never created
+    try:
+      receiving.spool.check_space()
+      fd, self.name = tempfile.mkstemp(suffix=".dcm", prefix="tmp", dir=receiving.folder)
+      self._fd = os.fdopen(fd, "wb")
+    except spool_lib.SpoolFull as e:
+      self.failed = str(e)
+    except OSError as e:
+      self.failed = f"the spool cannot store it ({e.strerror or e})"
+
+  @property
+  def file(self) -> "ReceivedFile":  # pynetdicom calls .file.flush()
+    return self
+
+  def write(self, data: bytes) -> int:
+    self.last_write = time.monotonic()
+    if self._fd is not None:
+      try:
+        self._fd.write(data)
+      except OSError as e:
+        self.discard(f"the spool cannot store it ({e.strerror or e})")
+    return len(data)
+
+  def flush(self) -> None:
+    if self._fd is not None:
+      try:
+        self._fd.flush()
+      except OSError as e:
+        self.discard(f"the spool cannot store it ({e.strerror or e})")
+
+  def close(self) -> None:
+    self._receiving.closed(self)
+    if self._fd is not None:
+      fd, self._fd = self._fd, None
+      try:
+        fd.close()
+      except OSError as e:
+        self.failed = self.failed or f"the spool cannot store it ({e.strerror or e})"
+
+  def discard(self, why: str) -> None:
+    """Fails the file: closed, removed, and `failed` says why."""
+    self.failed = self.failed or why
+    self.close()
+    with contextlib.suppress(OSError):
+      os.unlink(self.name)
+
+
 class Receiver:
   """The Storage SCP: admits films into the spool, then calls `on_admitted`."""
 
   def __init__(self, spool: spool_lib.Spool, options: node_config.NodeOptions,
                on_admitted: Callable[[], None]):
     self.spool, self.options, self.on_admitted = spool, options, on_admitted
+    self.receiving = Receiving(spool)
+    self.gate = limits.Gate(options.limits, options.ae_title, options.allow_ae)
     self._server = None
     self._saved = None
 
@@ -122,12 +237,20 @@ class Receiver:
     """Starts listening; returns the port (useful with --port=0)."""
     # Datasets are written to a file as they arrive (bounded memory), in the spool's
     # receiving/ folder so that admitting one is a link on the same disk, not a copy.
-    # Both settings are process-wide: one receiver per process; stop() restores them.
-    self._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    # pynetdicom has no setting for that file, only the module's NamedTemporaryFile,
+    # replaced here by one whose failures become a status. These are process-wide: one
+    # receiver per process; stop() restores them.
+    self._saved = (_config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = self.spool.path("receiving")
+    dimse_messages.NamedTemporaryFile = self.receiving.open
     ae = AE(ae_title=self.options.ae_title)
-    ae.maximum_associations = self.options.max_associations
+    # The gate admits associations (node/limits.py); pynetdicom's own count includes
+    # connections not yet associated, so it is only a bound on threads here.
+    ae.maximum_associations = self.options.max_associations * 6 + 16
+    ae.acse_timeout = self.options.acse_timeout
+    ae.network_timeout = self.options.network_timeout
+    ae.dimse_timeout = self.options.dimse_timeout
+    ae.maximum_pdu_size = self.options.limits.max_pdu_bytes
     ae.require_called_aet = True
     if self.options.allow_ae:
       ae.require_calling_aet = list(self.options.allow_ae)
@@ -135,27 +258,40 @@ class Receiver:
     for cls in FILM_CLASSES:
       ae.add_supported_context(cls, syntaxes)
     ae.add_supported_context(sop_class.Verification)
+    self.gate.start()
     self._server = ae.start_server(
         (self.options.host, self.options.port), block=False,
-        evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo)])
+        evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo),
+                      *self.gate.handlers()])
     return self._server.server_address[1]
 
   def stop(self) -> None:
     if self._server is not None:
       self._server.shutdown()
       self._server = None
+    self.gate.stop()
     if self._saved is not None:
-      _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved
+      _config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile = self._saved
       self._saved = None
+
+  def sweep(self) -> int:
+    """Removes partial datasets of transfers cut off (a live one writes at least every
+    two network timeouts)."""
+    return self.receiving.sweep(2 * self.options.network_timeout)
 
   def _on_store(self, event) -> int:
     calling = event.assoc.requestor.ae_title
+    received = getattr(event.request, "_dataset_file", None)
+    if isinstance(received, ReceivedFile) and received.failed:
+      log.warning("refused %s from %s: %s", event.request.AffectedSOPInstanceUID, calling,
+                  received.failed)
+      return OUT_OF_RESOURCES
     path = str(event.dataset_path)
     ds = _check_film(path, event.context.abstract_syntax)
     if isinstance(ds, int):
       return ds
     uid = str(ds.SOPInstanceUID)
-    if ds.get("Manufacturer") == report.MANUFACTURER:
+    if report.is_own_output(ds):
       # One of our own overlays routed back by a PACS rule: acknowledged (nothing is
       # wrong with it) but not read, or each would beget another, without end.
       log.info("received %s from %s: cxr-edge's own output, not read", uid, calling)
@@ -190,9 +326,11 @@ class Forwarder:
   """Sends the spool's outbox to one destination, in the background."""
 
   def __init__(self, spool: spool_lib.Spool, destination: node_config.Destination,
-               calling_ae: str, refusals: int):
+               calling_ae: str, refusals: int, acse_timeout: float = 30.0,
+               dimse_timeout: float = 30.0, network_timeout: float = 60.0):
     self.spool, self.destination = spool, destination
     self.calling_ae, self.max_refusals = calling_ae, refusals
+    self.timeouts = (acse_timeout, dimse_timeout, network_timeout)
     self._refused: Dict[str, int] = {}
     self._wake = threading.Event()
     self._stop = threading.Event()
@@ -221,11 +359,11 @@ class Forwarder:
         self.backoff = min(max(1.0, 2 * self.backoff), _MAX_BACKOFF_SECONDS)
         log.warning("forwarding to %s: %s; %d report(s) wait, next try in %.0f s",
                     self.destination, e, len(self.spool.outbox()), self.backoff)
-      except Exception:  # pylint: disable=broad-except
+      except Exception as e:  # pylint: disable=broad-except
         # Whatever else goes wrong, the node goes on and the reports stay queued.
         self.backoff = _MAX_BACKOFF_SECONDS
-        log.exception("forwarding to %s failed; retrying in %.0f s", self.destination,
-                      self.backoff)
+        log.exception("forwarding to %s failed (%s: %s); retrying in %.0f s",
+                      self.destination, type(e).__name__, e, self.backoff)
       else:
         self.backoff = 0.0
       self._wake.wait(timeout=self.backoff or 5.0)
@@ -244,23 +382,33 @@ class Forwarder:
     if not names:
       return 0
     ae = AE(ae_title=self.calling_ae)
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self.timeouts
+    ae.connection_timeout = self.timeouts[0]
     for cls in REPORT_CLASSES:
       ae.add_requested_context(cls, [dicom_uid.ExplicitVRLittleEndian,
                                      dicom_uid.ImplicitVRLittleEndian])
+    self._reachable()
     assoc = ae.associate(self.destination.host, self.destination.port,
                          ae_title=self.destination.ae_title)
     if not assoc.is_established:
-      raise DestinationUnavailable("no association (down, unreachable, or it rejected us)")
+      raise DestinationUnavailable(_no_association(assoc))
     stored = 0
     try:
       for name in names:
         if self._stop.is_set():
           break
         path = self.spool.path("outbox", name)
-        if not os.path.exists(path):
+        try:
+          report_ds = self.spool.outbox_report(name)
+        except FileNotFoundError:
+          continue
+        except ValueError as e:
+          # Damaged on disk since it was written: set aside, the others still go.
+          with contextlib.suppress(FileNotFoundError):
+            self.spool.quarantine("outbox", name, f"the report is damaged: {e}")
           continue
         try:
-          response = assoc.send_c_store(path)
+          response = assoc.send_c_store(report_ds)
         except ValueError:  # pynetdicom: no accepted presentation context for its class
           self._refuse(name, "it accepts no presentation context for this SOP class")
           continue
@@ -285,6 +433,23 @@ class Forwarder:
         assoc.release() if assoc.is_established else assoc.abort()
     return stored
 
+  def _reachable(self) -> None:
+    """Connects once by TCP, so that an outage says why (pynetdicom only logs it).
+
+    Raises:
+      DestinationUnavailable: the name does not resolve, or the connection fails.
+    """
+    host, port = self.destination.host, self.destination.port
+    try:
+      socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+      raise DestinationUnavailable(f"{host} does not resolve ({e.strerror})") from None
+    try:
+      socket.create_connection((host, port), timeout=self.timeouts[0]).close()
+    except OSError as e:
+      raise DestinationUnavailable(
+          f"cannot connect to {host}:{port} ({e.strerror or type(e).__name__})") from None
+
   def _refuse(self, name: str, why: str) -> None:
     count = self._refused.get(name, 0) + 1
     self._refused[name] = count
@@ -294,6 +459,28 @@ class Forwarder:
       self.spool.dead_letter(name, f"{self.destination} refused it {count} times, last: "
                                    f"{why}")
       del self._refused[name]
+
+
+# A-ASSOCIATE-RJ reasons (PS3.8 9.3.4), by (source, diagnostic).
+_REJECTIONS = {(1, 1): "no reason given", (1, 2): "application context not supported",
+               (1, 3): "our calling AE title is not recognised",
+               (1, 7): "its called AE title is not recognised",
+               (2, 1): "no reason given", (2, 2): "protocol version not supported",
+               (3, 1): "temporary congestion", (3, 2): "local limit exceeded"}
+
+
+def _no_association(assoc) -> str:
+  """Why an association was not established, as far as pynetdicom knows."""
+  if assoc.is_rejected:
+    rejection = getattr(assoc.acceptor, "primitive", None)
+    source = getattr(rejection, "result_source", None)
+    diagnostic = getattr(rejection, "diagnostic", None)
+    kind = "permanently" if getattr(rejection, "result", None) == 1 else "for now"
+    reason = _REJECTIONS.get((source, diagnostic), f"source {source}, reason {diagnostic}")
+    return f"it rejected the association {kind}: {reason}"
+  if assoc.is_aborted:
+    return "it aborted the association"
+  return "no answer to the association request"
 
 
 def _now() -> str:

@@ -6,8 +6,13 @@ import dataclasses
 import re
 from typing import Optional, Tuple
 
+from cxr_edge.core import schema
 from cxr_edge.core.config_flags import option
 from cxr_edge.core.errors import ConfigError
+from cxr_edge.node import limits as limits_lib
+
+# The largest dataset a C-STORE may send: the largest file any job reads.
+MAX_DATASET_BYTES = schema.MAX_FILE_BYTES
 
 # An AE title (PS3.5 6.2, VR AE): 1 to 16 characters of the default repertoire, no
 # backslash or control characters; spaces are not significant at either end.
@@ -97,6 +102,9 @@ class NodeOptions:
   http_host: str = option(
       "127.0.0.1", help="Address the review page listens on. Anything but loopback "
       "requires a token (--http_token_file, else one is made and its file logged).")
+  http_timeout: float = option(
+      10.0, lower_bound=0.1, help="Seconds the review page waits for each part of a "
+      "request (three times this for all of it) before closing the connection.")
   http_token_file: Optional[str] = option(
       None, help="A file holding the review page's access token (first line).")
   strict: bool = option(
@@ -106,8 +114,26 @@ class NodeOptions:
       False, help="Also send an occlusion map of each analysed film as a Secondary "
       "Capture (about 200 model runs a film: slower).")
   threads: int = option(1, lower_bound=1, help="Interpreter threads.")
-  max_associations: int = option(8, lower_bound=1,
-                                 help="Associations served at once; more are rejected.")
+  max_associations: int = option(
+      8, lower_bound=1, help="Associations served at once; more are rejected as "
+      "\"transient, local limit exceeded\" (the sender retries).")
+  max_associations_per_peer: int = option(
+      4, lower_bound=1, help="Associations served at once from one address (and "
+      "connections from it not yet associated): one busy or hostile host cannot hold "
+      "every slot.")
+  acse_timeout: float = option(
+      30.0, lower_bound=0.1, help="Seconds a connection has to ask for its association, "
+      "whole; a peer that connects and waits, or drips its request, is dropped. Also how "
+      "long the forwarder waits for the PACS's answer to its own request.")
+  network_timeout: float = option(
+      60.0, lower_bound=0.1, help="Seconds a peer may be silent, or take to send one PDU, "
+      "before its connection is dropped (and the forwarder's, if the PACS is).")
+  idle_timeout: float = option(
+      120.0, lower_bound=0.1, help="An association that sends no film for this many "
+      "seconds is dropped, however many C-ECHOs keep it busy: it gives its slot back.")
+  dimse_timeout: float = option(
+      30.0, lower_bound=0.1, help="Seconds the forwarder waits for the PACS's answer to "
+      "each report it sends before counting the PACS unavailable.")
   keep_days: float = option(
       30.0, lower_bound=0.0,
       help="Remove films, reports and overlays from the spool this many days after they "
@@ -120,6 +146,14 @@ class NodeOptions:
   min_free_mb: int = option(
       512, lower_bound=0, help="Refuse films (status A700, out of resources: the sender "
       "keeps and retries them) while the spool's disk has less free space than this.")
+
+  @property
+  def limits(self) -> limits_lib.Limits:
+    """What one DICOM peer may hold of the receiver (node/limits.py)."""
+    return limits_lib.Limits(
+        acse_timeout=self.acse_timeout, network_timeout=self.network_timeout,
+        idle_timeout=self.idle_timeout, max_associations=self.max_associations,
+        max_per_peer=self.max_associations_per_peer, max_dataset_bytes=MAX_DATASET_BYTES)
 
   @property
   def destination(self) -> Optional[Destination]:

@@ -27,6 +27,7 @@ import pydicom
 from PIL import Image
 
 from cxr_edge.core import errors
+from cxr_edge.core import film
 from cxr_edge.core import image_io
 from cxr_edge.core import locks
 from cxr_edge.edge import explain
@@ -93,7 +94,9 @@ class Node:
     destination = options.destination
     self.forwarder = (dicom.Forwarder(self.spool, destination,
                                       options.forward_ae_title or options.ae_title,
-                                      options.forward_refusals) if destination else None)
+                                      options.forward_refusals, options.acse_timeout,
+                                      options.dimse_timeout, options.network_timeout)
+                      if destination else None)
     self.review: Optional[review.ReviewServer] = None
     self._worker = threading.Thread(target=self._work, name="cxr-node worker", daemon=True)
     self.processed = 0
@@ -108,7 +111,8 @@ class Node:
       self.review = review.ReviewServer(
           self.spool, self.options.http_host, self.options.http_port, self._token(),
           waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice,
-          model=self.model.info.headline(self.model.sha256))
+          model=self.model.info.headline(self.model.sha256),
+          timeout=self.options.http_timeout)
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start()
@@ -176,6 +180,10 @@ class Node:
     next_prune = 0.0
     while not self._stop.is_set():
       self.process_pending()
+      try:
+        self.receiver.sweep()
+      except OSError as e:  # a failing disk: the next round tries again
+        log.warning("could not clear receiving/: %s", e.strerror or e)
       if time.monotonic() >= next_prune:
         self.prune()
         next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
@@ -224,8 +232,16 @@ class Node:
     """One queued film through to its record; returns the record."""
     path = self.spool.path("incoming", uid + ".dcm")
     received_ns = self.spool.received_ns(uid)
-    data = image_io.read_file(path)
-    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    try:
+      data = image_io.read_file(path)
+      header, _ = film.dicom_header(io.BytesIO(data))
+      str(header.StudyInstanceUID)  # a report goes into the film's study
+    except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
+      # The receiver checked this header: the file was damaged on disk since. No report
+      # can name its study; it is set aside and recorded, and the queue goes on.
+      why = f"its queued file is damaged ({type(e).__name__}: {str(e)[:200]})"
+      self.spool.quarantine("incoming", uid + ".dcm", why)
+      return self._fail(uid, why, received_ns)
     start = time.perf_counter()
     try:
       result = self.model.predict_bytes(data, self.options.strict)
@@ -292,13 +308,18 @@ class Node:
     spool_lib.write_atomic(self.spool.path("reports", name), out.getvalue())
     return name
 
-  def _fail(self, uid: str, why: str) -> None:
-    """Records a film the worker could not process at all (no report could be made)."""
-    try:
-      received_ns = self.spool.received_ns(uid)
-    except OSError:
-      return  # gone already
+  def _fail(self, uid: str, why: str, received_ns: Optional[int] = None) -> Optional[Dict]:
+    """Records a film the worker could not process at all (no report could be made);
+    returns the record."""
+    if received_ns is None:
+      try:
+        received_ns = self.spool.received_ns(uid)
+      except OSError:
+        return None  # gone already
     audit = self._audit_line(uid, {"error": why})
     self.spool.audit_once(audit)
-    self.spool.finish(uid, {**audit, "received_ns": received_ns,
-                            "processed_ns": time.time_ns(), "overlay": False})
+    record = {**audit, "received_ns": received_ns, "processed_ns": time.time_ns(),
+              "overlay": False}
+    self.spool.finish(uid, record)
+    log.warning("film %s: no report: %s", uid, why)
+    return record

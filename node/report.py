@@ -273,6 +273,17 @@ def overlay_capture(film: pydicom.Dataset, rgb: np.ndarray, sha256: str) -> pydi
   return sc
 
 
+def is_own_output(ds: pydicom.Dataset) -> bool:
+  """Whether a received dataset is one of this software's own objects (an overlay a PACS
+  rule routed back): a Secondary Capture or SR in our series, by our manufacturer. A
+  modality's film that merely names "cxr-edge" as its manufacturer is read as any film."""
+  return (str(ds.get("Manufacturer", "")) == MANUFACTURER
+          and ds.get("SOPClassUID") in (pydicom.uid.SecondaryCaptureImageStorage,
+                                        pydicom.uid.ComprehensiveSRStorage)
+          and str(ds.get("SeriesDescription", "")) in (SC_SERIES_DESCRIPTION,
+                                                       SR_SERIES_DESCRIPTION))
+
+
 def _orientation(film: pydicom.Dataset) -> Tuple[str, str]:
   """The film's PatientOrientation, which the overlay keeps (it is drawn upright as the
   film is); without one, a frontal chest film's display convention (patient's left to

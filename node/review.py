@@ -8,6 +8,7 @@ can be served. The page binds to loopback unless told otherwise; anywhere else i
 for a token (once, as ?token=..., then kept in an HttpOnly cookie; or as an
 "Authorization: Bearer" header), compared in constant time.
 """
+import contextlib
 import datetime
 import hmac
 import html
@@ -16,6 +17,8 @@ import io
 import json
 import logging
 import os
+import re
+import socket
 import threading
 import urllib.parse
 from typing import Dict, List, Optional
@@ -30,6 +33,7 @@ from cxr_edge.node import spool as spool_lib
 log = logging.getLogger("cxr_edge.node")
 
 WORKLIST_LENGTH = 200
+MAX_CONNECTIONS = 32
 REFRESH_SECONDS = 10
 PREVIEW_SIDE = 1024
 _COOKIE = "cxr_node_token"
@@ -151,8 +155,8 @@ def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None,
 
 
 def film_preview(path: str) -> bytes:
-  """A film as a PNG for the browser: windowed as the model saw it, at most
-  PREVIEW_SIDE px on its longer side."""
+  """A film as a PNG for the browser: windowed as the model saw it (under the same pixel
+  limit), at most PREVIEW_SIDE px on its longer side."""
   im = Image.fromarray(runtime.film_gray(image_io.read_file(path)), "L")
   im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
   out = io.BytesIO()
@@ -165,7 +169,8 @@ class ReviewServer:
 
   def __init__(self, spool: spool_lib.Spool, host: str, port: int,
                token: Optional[str] = None, waiting=lambda: 0,
-               notice: Optional[str] = None, model: Optional[str] = None):
+               notice: Optional[str] = None, model: Optional[str] = None,
+               timeout: float = 10.0):
     """
     Args:
       spool: the node's spool.
@@ -174,18 +179,42 @@ class ReviewServer:
       waiting: a callable giving how many reports wait for the PACS.
       notice: a smoke-test model's sentence, a banner on every page.
       model: which model the node runs (ModelInfo.headline), on every page.
+      timeout: seconds a connection may take to send each part of its request.
     """
     self.spool, self.token, self.waiting = spool, token, waiting
     self.notice, self.model = notice, model
-    handler = type("Handler", (_Handler,), {"server_state": self})
-    self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+    # One film is decoded at a time (a 7000x7000 film takes about a gigabyte while it
+    # is), and each once: its preview is kept in previews/, pruned with the film.
+    self._rendering = threading.Lock()
+    handler = type("Handler", (_Handler,), {"server_state": self, "timeout": timeout})
+    self.httpd = _Server((host, port), handler)
     self.httpd.daemon_threads = True
+    self.host = host
     self._thread = threading.Thread(target=self.httpd.serve_forever,
                                     name="cxr-node review page", daemon=True)
 
   @property
   def port(self) -> int:
     return self.httpd.server_address[1]
+
+  def preview(self, uid: str) -> Optional[bytes]:
+    """The film's preview PNG (rendered once, then from previews/), or None if the film
+    is no longer kept."""
+    cached = self.spool.path("previews", uid + ".png")
+    for attempt in range(2):
+      with contextlib.suppress(FileNotFoundError):
+        with open(cached, "rb") as f:
+          return f.read()
+      if attempt:
+        break
+      with self._rendering:
+        if os.path.exists(cached):
+          continue
+        path = self.spool.path("films", uid + ".dcm")
+        if not os.path.exists(path):
+          return None
+        spool_lib.write_atomic(cached, film_preview(path))
+    return None
 
   def start(self) -> None:
     self._thread.start()
@@ -196,10 +225,59 @@ class ReviewServer:
     self._thread.join(timeout=10)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  """At most MAX_CONNECTIONS connections served at once; more are closed at once (each
+  holds a thread and, for a slow client, its time)."""
+  daemon_threads = True
+
+  def __init__(self, *args):
+    self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    super().__init__(*args)
+
+  def process_request(self, request, client_address):
+    if not self._slots.acquire(blocking=False):
+      self.shutdown_request(request)
+      return
+    try:
+      super().process_request(request, client_address)
+    except BaseException:
+      self._slots.release()
+      raise
+
+  def process_request_thread(self, request, client_address):
+    try:
+      super().process_request_thread(request, client_address)
+    finally:
+      self._slots.release()
+
+
+# Where a good ?token= may send the browser on: the page's own addresses only (a path
+# like "/\\evil.example/" is another site to a browser).
+_OWN_PATH = re.compile(r"/|/worklist\.json|/(film|overlay)/[0-9.]{1,64}(\.png)?")
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
   server_state: ReviewServer
   server_version = "cxr-node"
   sys_version = ""
+  timeout: float  # each read and write (set per server); the whole request: 3 times it
+
+  def setup(self):
+    super().setup()
+    # A client dripping its request a byte at a time passes every per-read timeout:
+    # the connection is shut when the whole request takes longer than this.
+    self._deadline = threading.Timer(3 * self.timeout, self._cut)
+    self._deadline.daemon = True
+    self._deadline.start()
+
+  def _cut(self):
+    with contextlib.suppress(OSError):
+      self.connection.shutdown(socket.SHUT_RDWR)
+
+  def finish(self):
+    self._deadline.cancel()
+    with contextlib.suppress(OSError):
+      super().finish()
 
   def log_message(self, format, *args):  # pylint: disable=redefined-builtin
     del format, args  # paths carry UIDs: the node's log stays free of them
@@ -233,8 +311,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     offered = query.get("token", [""])[0]
     if offered and hmac.compare_digest(offered.encode(), token.encode()):
       # Into a cookie, and out of the address bar (and the browser's history).
+      path = urllib.parse.urlsplit(self.path).path
       self._send(303, b"", headers={
-          "Location": urllib.parse.urlsplit(self.path).path or "/",
+          "Location": path if _OWN_PATH.fullmatch(path) else "/",
           "Set-Cookie": f"{_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"})
       return None
     return False
@@ -242,7 +321,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def do_HEAD(self):  # pylint: disable=invalid-name
     self.do_GET()
 
+  def _host_allowed(self) -> bool:
+    """On loopback (no token), only requests addressed to loopback: a web page elsewhere
+    that rebinds its own name to 127.0.0.1 sends its own name as Host."""
+    if self.server_state.token is not None:
+      return True
+    host = (self.headers.get("Host") or "").strip().lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in ("127.0.0.1", "localhost", "[::1]")
+
   def do_GET(self):  # pylint: disable=invalid-name
+    if not self._host_allowed():
+      self._send(421, _page("cxr-node", "<p>This page answers only to its own loopback "
+                                        "address (http://127.0.0.1:PORT/).</p>"))
+      return
     url = urllib.parse.urlsplit(self.path)
     allowed = self._authorised(urllib.parse.parse_qs(url.query))
     if allowed is None:
@@ -286,12 +378,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self._send(200, film_page(record, os.path.exists(overlay_path),
                                 self.server_state.notice, self.server_state.model))
     elif kind == "film":
-      path = spool.path("films", uid + ".dcm")
-      if not os.path.exists(path):
+      png_data = self.server_state.preview(uid)
+      if png_data is None:
         self._send(410, _page("cxr-node", "<p>This film is no longer kept here "
                                           "(--keep_days); the PACS has it.</p>"))
         return
-      self._send(200, film_preview(path), "image/png")
+      self._send(200, png_data, "image/png")
     elif png and os.path.exists(overlay_path):
       with open(overlay_path, "rb") as f:
         self._send(200, f.read(), "image/png")

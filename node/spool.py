@@ -10,7 +10,10 @@ Instance UID, which the receiver has checked is a well-formed UID):
   films/       the film, moved here last (the review page shows it)
   reports/     <uid>.sr.dcm (and <uid>.sc.dcm, the overlay) for the PACS
   overlays/    <uid>.png, the occlusion overlay, for the review page
+  previews/    <uid>.png, the film as the review page shows it (made when first asked)
   outbox/      links to reports still to be forwarded; dead_letter/ those refused
+  quarantine/  files found damaged (a queued film, a record, a report to send), each
+               beside <name>.reason.txt: set aside so that everything else goes on
   audit.jsonl  one line per film, appended once; forwarded.jsonl one per report sent
 
 Every file is written whole and renamed into place (write, fsync, rename, fsync the
@@ -21,11 +24,14 @@ files, and the audit line is appended only if the last line is not already this 
 One worker processes films, which is what makes that last-line check sufficient.
 """
 import contextlib
+import hashlib
+import io
 import json
+import logging
 import os
 import re
 import threading
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from cxr_edge.core import errors
 
@@ -34,12 +40,16 @@ from cxr_edge.core import errors
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 MAX_UID_LENGTH = 64
 
-FOLDERS = ("receiving", "incoming", "results", "films", "reports", "overlays", "outbox",
-           "dead_letter")
+FOLDERS = ("receiving", "incoming", "results", "films", "reports", "overlays", "previews",
+           "outbox", "dead_letter", "quarantine")
 AUDIT_NAME = "audit.jsonl"
 FORWARDED_NAME = "forwarded.jsonl"
 # Bytes read back from the end of the audit log to find its last line.
 _TAIL_BYTES = 64 * 1024
+# A film's record is a few hundred bytes; a larger file is not one.
+_MAX_RECORD_BYTES = 1 << 20
+
+log = logging.getLogger("cxr_edge.node")
 
 
 def is_uid(text: object) -> bool:
@@ -196,12 +206,40 @@ class Spool:
     return os.stat(self.path("incoming", uid + ".dcm")).st_mtime_ns
 
   def result(self, uid: str) -> Optional[Dict]:
-    """The film's record, or None if it has none yet."""
+    """The film's record, or None if it has none (yet, or any more: a damaged record is
+    quarantined)."""
+    name = uid + ".json"
     try:
-      with open(self.path("results", uid + ".json"), encoding="utf-8") as f:
-        return json.load(f)
+      with open(self.path("results", name), "rb") as f:
+        record = json.loads(f.read(_MAX_RECORD_BYTES + 1))
+      if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not a record")
+      return record
     except FileNotFoundError:
       return None
+    except ValueError as e:  # truncated, not UTF-8, not JSON, or not a record
+      with contextlib.suppress(FileNotFoundError):
+        self.quarantine("results", name, f"the record is damaged ({str(e)[:200]})")
+      return None
+
+  def quarantine(self, folder: str, name: str, reason: str) -> None:
+    """Sets folder/name aside in quarantine/ with the reason beside it, and logs it.
+
+    Raises:
+      FileNotFoundError: it is gone already.
+    """
+    target = self.path("quarantine", f"{folder}.{name}")
+    os.replace(self.path(folder, name), target)
+    with contextlib.suppress(FileNotFoundError):  # an outbox report's digest goes along
+      os.replace(self.path(folder, name + ".sha256"), target + ".sha256")
+    write_atomic(target + ".reason.txt", (reason + "\n").encode("utf-8"))
+    _fsync_folder(self.path(folder))
+    log.warning("set %s/%s aside in quarantine/: %s", folder, name, reason)
+
+  def quarantined(self) -> List[str]:
+    """Names of the files in quarantine/ (folder.name), sorted."""
+    return sorted(n for n in os.listdir(self.path("quarantine"))
+                  if not n.endswith((".reason.txt", ".sha256")) and not n.startswith("."))
 
   def audit_once(self, line: Dict) -> None:
     """Appends the film's audit line unless it is already the last one (a redo)."""
@@ -216,7 +254,7 @@ class Spool:
     """Writes the film's record, then moves the film out of the queue."""
     write_atomic(self.path("results", uid + ".json"),
                  json.dumps(record, sort_keys=True).encode("utf-8"))
-    with self._lock:
+    with self._lock, contextlib.suppress(FileNotFoundError):  # quarantined: out already
       os.replace(self.path("incoming", uid + ".dcm"), self.path("films", uid + ".dcm"))
     _fsync_folder(self.path("films"))
     _fsync_folder(self.path("incoming"))
@@ -224,11 +262,38 @@ class Spool:
   # Forwarding ------------------------------------------------------------------------
 
   def enqueue_forward(self, name: str) -> None:
-    """Queues reports/<name> for the destination (a link: no second copy)."""
+    """Queues reports/<name> for the destination (a link: no second copy), with its
+    sha256 beside it (<name>.sha256), so that a report damaged on disk since is found."""
     target = self.path("outbox", name)
+    with open(self.path("reports", name), "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+    write_atomic(target + ".sha256", (digest + "\n").encode())
     with contextlib.suppress(FileExistsError):  # queued before a crash
       os.link(self.path("reports", name), target)
     _fsync_folder(self.path("outbox"))
+
+  def outbox_report(self, name: str) -> Any:
+    """A report from the outbox, checked and parsed (pydicom).
+
+    Raises:
+      FileNotFoundError: it is no longer in the outbox.
+      ValueError: it is damaged: not its queued sha256, or not a DICOM dataset.
+    """
+    import pydicom  # pylint: disable=g-import-not-at-top
+    path = self.path("outbox", name)
+    with open(path, "rb") as f:
+      data = f.read()
+    try:
+      with open(path + ".sha256", encoding="ascii") as f:
+        expected = f.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+      expected = None  # queued before digests were kept: parsing is the only check
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+      raise ValueError("its bytes are not those queued (sha256 differs)")
+    try:
+      return pydicom.dcmread(io.BytesIO(data))
+    except Exception as e:  # pylint: disable=broad-except  # pydicom raises many kinds
+      raise ValueError(f"not a DICOM dataset ({type(e).__name__}: {str(e)[:160]})") from None
 
   def outbox(self) -> List[str]:
     """Reports waiting for the destination, oldest first (links keep their file's
@@ -238,8 +303,9 @@ class Spool:
   def forwarded(self, name: str, line: Dict) -> None:
     """A report the destination accepted: logged, then out of the outbox."""
     _append_line(self.path(FORWARDED_NAME), line)
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(self.path("outbox", name))
+    for path in (self.path("outbox", name), self.path("outbox", name + ".sha256")):
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     _fsync_folder(self.path("outbox"))
 
   def dead_letter(self, name: str, reason: str) -> None:
@@ -247,6 +313,9 @@ class Spool:
     write_atomic(self.path("dead_letter", name + ".reason.txt"),
                  (reason + "\n").encode("utf-8"))
     os.replace(self.path("outbox", name), self.path("dead_letter", name))
+    with contextlib.suppress(FileNotFoundError):
+      os.replace(self.path("outbox", name + ".sha256"),
+                 self.path("dead_letter", name + ".sha256"))
     _fsync_folder(self.path("outbox"))
 
   def dead_letters(self) -> List[str]:
@@ -260,6 +329,9 @@ class Spool:
     names = self.dead_letters()
     for name in names:
       os.replace(self.path("dead_letter", name), self.path("outbox", name))
+      with contextlib.suppress(FileNotFoundError):
+        os.replace(self.path("dead_letter", name + ".sha256"),
+                   self.path("outbox", name + ".sha256"))
       reason = self.path("dead_letter", name + ".reason.txt")
       if os.path.exists(reason):
         os.replace(reason, reason + ".requeued")
@@ -269,12 +341,12 @@ class Spool:
   # Retention -------------------------------------------------------------------------
 
   def prune(self, older_than_ns: int) -> int:
-    """Removes films, reports and overlays last written before `older_than_ns` (ns since
+    """Removes films, reports, overlays and previews last written before `older_than_ns` (ns since
     the epoch); returns how many. Records, logs, the queue and reports still waiting
     for the PACS (their own link in outbox/) are kept: the node is not an archive, but
     its history and anything not yet done stay."""
     removed = 0
-    for folder in ("films", "reports", "overlays"):
+    for folder in ("films", "reports", "overlays", "previews"):
       with os.scandir(self.path(folder)) as it:
         for e in it:
           with contextlib.suppress(FileNotFoundError):
