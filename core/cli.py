@@ -9,6 +9,7 @@ lines of TensorFlow, Keras and absl nor the CUDA probing of a machine without a 
 `--verbosity=1` shows everything.
 """
 import contextlib
+import difflib
 import logging as std_logging
 import os
 import shutil
@@ -63,7 +64,8 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     flag = flags.FLAGS[name]
     if "(required)" not in (flag.help or ""):
       flag.help = f"{flag.help} (required)"
-  flags.mark_flags_as_required(list(required))
+  if not set(sys.argv[1:]) & _HELP_FLAGS:
+    _check_flag_names(sys.argv, prog, job_module, pass_unknown)
   module = sys.modules[job_module]
   wrapper = sys.modules["__main__"]
   if wrapper is not module:
@@ -73,7 +75,15 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   def quiet_main(argv):
     _configure_logging()
-    return main(argv)
+    # Checked here, not by absl: its message is two FATAL lines and a pointer to help.
+    missing = [f"--{name}" for name in required if flags.FLAGS[name].value is None]
+    if missing:
+      sys.exit(f"{prog}: error: {' and '.join(missing)} "
+               f"{'is' if len(missing) == 1 else 'are'} required (see {prog} --help)")
+    try:
+      return main(argv)
+    except app.UsageError as e:  # absl would print the whole help first
+      sys.exit(f"{prog}: error: {e} (see {prog} --help)")
 
   def parse_known(argv):
     try:
@@ -105,6 +115,53 @@ def run(main: Callable, job_module: str, required: Sequence[str] = (),
     raise
 
 
+# absl's own spellings that are not in FLAGS (help) or mean "the rest are arguments".
+_ABSL_NAMES = {"help", "helpshort", "helpfull", "helpxml", "h", "?", "version"}
+
+
+def _check_flag_names(argv: Sequence[str], prog: str, job_module: str,
+                      pass_unknown: bool) -> None:
+  """Ends the run in one line on a flag the job does not have, naming the nearest one.
+
+  absl prints the whole help before "Unknown command line flag"; a flag spelled with
+  hyphens (--input-dir) reached a job that hands unknown flags on (cxr-convert to Beam)
+  and was silently ignored. A job that hands flags on is refused only what is close to
+  one of its own.
+  """
+  names = set(flags.FLAGS)
+  own = [f.name for f in flags.FLAGS.get_flags_for_module(job_module)] or sorted(names)
+  args = list(argv[1:])
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    i += 1
+    if arg == "--":
+      return
+    if not arg.startswith("-") or arg == "-":
+      continue
+    name, has_value = arg.lstrip("-").split("=", 1)[0], "=" in arg
+    if name in names:
+      if not has_value and not flags.FLAGS[name].boolean:
+        i += 1  # "--flag value": the value is next
+      continue
+    if name in _ABSL_NAMES or (name.startswith("no") and name[2:] in names
+                               and flags.FLAGS[name[2:]].boolean):
+      continue
+    underscored = name.replace("-", "_")
+    negated = underscored[3:] if underscored.startswith("no_") else None
+    fixed = (underscored if underscored in names else
+             f"no{negated}" if negated in names and flags.FLAGS[negated].boolean else None)
+    if fixed:
+      sys.exit(f"{prog}: error: --{name} is not a flag; did you mean --{fixed}? (flags are "
+               "spelled with underscores)")
+    nearest = (difflib.get_close_matches(underscored, own, n=1, cutoff=0.6)
+               or difflib.get_close_matches(underscored, sorted(names), n=1, cutoff=0.75))
+    if pass_unknown and not difflib.get_close_matches(underscored, own, n=1, cutoff=0.8):
+      continue  # not ours, nor nearly: the job hands it on (and checks it there)
+    sys.exit(f"{prog}: error: unknown flag --{name}"
+             + (f"; did you mean --{nearest[0]}?" if nearest else f" (see {prog} --help)"))
+
+
 def verbose() -> bool:
   """Whether the user asked for everything (--verbosity=1 or more)."""
   return logging.get_verbosity() >= logging.DEBUG
@@ -130,7 +187,14 @@ class _ShortFormatter(std_logging.Formatter):
 
   def format(self, record: std_logging.LogRecord) -> str:
     level = "" if record.levelno < std_logging.WARNING else f"{record.levelname}: "
-    return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      # The traceback is for --verbosity=1; the reason stays on the line.
+      error = record.exc_info[1]
+      reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+      if reason not in message:
+        message = f"{message} ({reason})"
+    return f"{self.formatTime(record, '%H:%M:%S')} {level}{message}"
 
 
 def _configure_logging() -> None:

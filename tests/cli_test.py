@@ -128,3 +128,59 @@ def test_native_stderr_quiet_discards_only_inside_the_block():
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                      timeout=60, check=False)
   assert r.returncode == 0 and r.stderr == "before\nafter\n"
+
+
+def _run_job(module, *args):
+  """A job as its console script runs it: `cli.run` over real argv."""
+  code = (f"import sys; sys.argv = ['{console_script(module)}', *{list(args)!r}]\n"
+          f"from {module.rsplit('.', 1)[0]} import {module.rsplit('.', 1)[1]} as job\n"
+          "job.run()\n")
+  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("module, args, says", [
+    # A hyphen: cxr-convert hands unknown flags on to Beam, which ignored this one.
+    ("cxr_edge.pipeline.convert", ["--input-dir=x", "--output_dir=y"],
+     "cxr-convert: error: --input-dir is not a flag; did you mean --input_dir? (flags are "
+     "spelled with underscores)"),
+    ("cxr_edge.pipeline.convert", ["--input_dir=x", "--output_dir=y", "--shard_sise_mb=3"],
+     "cxr-convert: error: unknown flag --shard_sise_mb; did you mean --shard_size_mb?"),
+    ("cxr_edge.edge.predict", ["--modle=m.tflite", "a.png"],
+     "cxr-predict: error: unknown flag --modle; did you mean --model?"),
+    ("cxr_edge.node.node", ["--spool_dir=s", "--max-associations", "3"],
+     "cxr-node: error: --max-associations is not a flag; did you mean --max_associations? "
+     "(flags are spelled with underscores)"),
+    ("cxr_edge.model.train", ["--data_dir=d", "--model_dir=m", "--no-qat"],
+     "cxr-train: error: --no-qat is not a flag; did you mean --noqat? (flags are spelled "
+     "with underscores)"),
+    ("cxr_edge.model.train", ["--model_dir=m"],
+     "cxr-train: error: --data_dir is required (see cxr-train --help)"),
+    ("cxr_edge.pipeline.convert", [],
+     "cxr-convert: error: --input_dir and --output_dir are required (see cxr-convert --help)"),
+    ("cxr_edge.edge.calibrate", ["--image_dir=i", "--output_dir=o", "extra"],
+     "cxr-calibrate: error: unexpected arguments: extra (see cxr-calibrate --help)"),
+])
+def test_a_flag_mistake_is_one_line_naming_the_fix(module, args, says):
+  r = _run_job(module, *args)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines() == [says]
+
+
+def test_a_value_after_its_flag_is_not_taken_for_a_flag():
+  r = _run_job("cxr_edge.edge.predict", "--threads", "-1", "--info")
+  assert "unknown flag" not in r.stderr and "flag --threads=-1" in r.stderr, r.stderr
+
+
+def test_a_logged_exception_keeps_its_reason_on_the_quiet_line():
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from cxr_edge.core import cli  # pylint: disable=g-import-not-at-top
+  try:
+    raise OSError("name does not resolve")
+  except OSError:
+    import sys as sys_  # pylint: disable=g-import-not-at-top,reimported
+    record = std_logging.LogRecord("x", std_logging.ERROR, "p", 1, "forwarding failed", None,
+                                   sys_.exc_info())
+  line = cli._ShortFormatter().format(record)  # pylint: disable=protected-access
+  assert line.endswith("ERROR: forwarding failed (OSError: name does not resolve)")
+  assert "Traceback" not in line
