@@ -27,6 +27,7 @@ import numpy as np
 from cxr_edge.core import errors
 from cxr_edge.core import folders
 from cxr_edge.core import metrics
+from cxr_edge.core import package_info
 from cxr_edge.core import schema
 from cxr_edge.core import thresholds
 from cxr_edge.core.errors import CalibrationError
@@ -48,6 +49,10 @@ class LocalFilms:
   subtypes: List[str]  # a PNEUMONIA film's BACTERIAL or VIRAL where its name says, else ""
 
 
+# Folders a user may sort pneumonia films into by subtype, which are not classes.
+_SUBTYPE_FOLDERS = ("BACTERIAL", "VIRAL")
+
+
 def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
   """Runs the model on every labelled film below image_dir.
 
@@ -64,8 +69,15 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
                            f"named {' and '.join(schema.LABELS)}")
   if min(items_by_class) == 0:
     counts = ", ".join(f"{n} {label}" for n, label in zip(items_by_class, schema.LABELS))
+    subtype_folders = sorted({s["path"].replace(os.sep, "/").split("/")[0] for s in skipped
+                              if s["path"].replace(os.sep, "/").split("/")[0].upper()
+                              in _SUBTYPE_FOLDERS})
+    hint = (f": {' and '.join(f + '/' for f in subtype_folders)} are kinds of pneumonia; "
+            f"move them into PNEUMONIA/ (e.g. PNEUMONIA/{subtype_folders[0]}/), where their "
+            "names still give the subtype" if subtype_folders and items_by_class[
+                schema.LABEL_TO_INDEX["PNEUMONIA"]] == 0 else "")
     raise CalibrationError(f"films of both classes are needed to choose a threshold; found "
-                           f"{counts} in {image_dir!r}")
+                           f"{counts} in {image_dir!r}{hint}")
   for s in skipped:
     logging.warning("skipping %s: %s", s["path"], s["reason"])
   outputs, failed = [], []
@@ -195,6 +207,11 @@ def at_prevalence(model: runtime.LiteModel, prevalence: float,
   prior = package_prior(model)
   temperature = _temperature(model, films, fit_temperature)
   threshold = thresholds.at_prevalence(prevalence, prior)
+  if not 0.0 < threshold < 1.0:  # 1 - 1e-20 is 1.0 in floating point
+    raise CalibrationError(
+        f"--prevalence={prevalence:g} gives threshold {threshold:g}: "
+        f"{'no film would ever be flagged' if threshold >= 1 else 'every film would be flagged'}"
+        "; give the site's labelled films (--image_dir) instead")
   rule = (f"the most accurate threshold at local PNEUMONIA prevalence {prevalence:g} "
           f"(Bayes' rule on the model's class prior {prior:g})")
   return {"temperature": temperature, "threshold": threshold, "rule": rule,
@@ -299,6 +316,11 @@ def _write_package(model: runtime.LiteModel, model_path: str, output_dir: str,
   # The package-level threshold is the one model's here: one value, not two that differ.
   metadata["threshold"], metadata["threshold_rule"] = record["threshold"], record["rule"]
   metadata["site_calibration"] = record
+  try:  # what cxr-predict will check on loading it, checked before anything is written
+    package_info.ModelInfo.from_metadata(metadata, entry, name)
+  except errors.PackageError as e:
+    raise CalibrationError(f"the calibrated package would be refused on loading: {e}; "
+                           "nothing was written") from None
   with open(model_path, "rb") as f:
     data = package.embed(f.read(), fields)
   os.makedirs(output_dir, exist_ok=True)

@@ -150,6 +150,17 @@ def test_prevalence_needs_a_package_that_records_its_class_prior(released_model,
   assert not (tmp_path / "site").exists()
 
 
+def test_a_prevalence_that_would_set_an_unusable_threshold_writes_nothing(exported,
+                                                                           tmp_path):
+  out = tmp_path / "site"
+  with pytest.raises(SystemExit) as e:
+    _main(model=_model(exported), prevalence=1e-20, output_dir=str(out))
+  assert str(e.value.code) == (
+      "cxr-calibrate: error: --prevalence=1e-20 gives threshold 1: no film would ever be "
+      "flagged; give the site's labelled films (--image_dir) instead")
+  assert not out.exists()
+
+
 def test_neither_films_nor_prevalence_is_refused_on_the_command_line(tmp_path):
   # Only a whole command line runs every validator (flagsaver checks the flags it sets).
   r = run_module("cxr_edge.edge.calibrate", "--model=m.tflite", f"--output_dir={tmp_path / 'o'}",
@@ -195,6 +206,8 @@ def _main(**overrides):
     ("one_class", "films of both classes are needed to choose a threshold; found 8 NORMAL, "
      "0 PNEUMONIA"),
     ("unreadable", "1 film(s) could not be read (first: pneumonia/broken.jpeg: not an image)"),
+    ("subtype_folders", "found 8 NORMAL, 0 PNEUMONIA in '{films}': BACTERIAL/ and VIRAL/ are "
+     "kinds of pneumonia; move them into PNEUMONIA/ (e.g. PNEUMONIA/BACTERIAL/)"),
 ])
 def test_bad_films_are_refused_in_one_line(released_model, tmp_path, setup, message):
   films = tmp_path / "films"
@@ -207,6 +220,12 @@ def test_bad_films_are_refused_in_one_line(released_model, tmp_path, setup, mess
   elif setup == "unreadable":
     _films(films)
     write_file(str(films / "pneumonia" / "broken.jpeg"), b"not a jpeg")
+  elif setup == "subtype_folders":
+    _films(films, classes=("NORMAL",))
+    for subtype in ("BACTERIAL", "VIRAL"):
+      _films(films / "tmp", classes=("PNEUMONIA",), per_class=2)
+      os.rename(films / "tmp" / "pneumonia", films / subtype)
+  message = message.format(films=films)
   with pytest.raises(SystemExit) as e:
     _main(model=released_model, image_dir=str(films), output_dir=str(tmp_path / "site"))
   text = str(e.value.code)
