@@ -60,14 +60,32 @@ def films(out_dir: str, per_class: int) -> int:
   return count
 
 
-def _records(path: str):
+def _records(path: str, problems):
+  """The records by film name; a name twice is a problem (the second would hide the
+  first's result)."""
+  records = {}
   with open(path, encoding="utf-8") as f:
-    return {os.path.basename(r["path"]): r for r in map(json.loads, f)}
+    for r in map(json.loads, f):
+      name = os.path.basename(r["path"])
+      if name in records:
+        problems.append(f"two films named {name} in {path}: give each a unique name")
+      records[name] = r
+  return records
+
+
+def tolerance_value(text: str) -> float:
+  """--tolerance: a finite number >= 0 (nan compares false with everything: it passed)."""
+  value = float(text)
+  if not 0.0 <= value < float("inf"):
+    raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
+  return value
 
 
 def compare(a_path: str, b_path: str, tolerance: float) -> bool:
-  a, b = _records(a_path), _records(b_path)
+  if not 0.0 <= tolerance < float("inf"):
+    raise ValueError(f"tolerance must be a finite number >= 0, not {tolerance}")
   problems = []
+  a, b = _records(a_path, problems), _records(b_path, problems)
   if set(a) != set(b):
     problems.append(f"films differ: only in {a_path}: {sorted(set(a) - set(b))}, only in "
                     f"{b_path}: {sorted(set(b) - set(a))}")
@@ -109,7 +127,7 @@ def main():
   c = sub.add_parser("compare")
   c.add_argument("a")
   c.add_argument("b")
-  c.add_argument("--tolerance", type=float, default=0.02)
+  c.add_argument("--tolerance", type=tolerance_value, default=0.02)
   args = parser.parse_args()
   if args.command == "films":
     print(f"device_check: {films(args.out_dir, args.per_class)} films in {args.out_dir}")

@@ -1,7 +1,9 @@
 """The device install's check (scripts/device_check.py) and the bundle script's refusals
 (scripts/device_bundle.sh; building a bundle downloads wheels, so no test does)."""
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,21 @@ def test_the_bundle_script_refuses_what_cannot_work_in_one_line(args, says, tmp_
   assert r.returncode == 1 and r.stderr.strip().splitlines() == [
       next(line for line in r.stderr.splitlines() if says in line)]
   assert "device_bundle: error: " in r.stderr
+
+
+def test_compare_refuses_a_tolerance_that_compares_false(tmp_path):
+  expected = _write(tmp_path / "expected.jsonl", [_record("a.jpeg", 0.90)])
+  with pytest.raises(ValueError, match="finite number >= 0"):
+    device_check.compare(expected, expected, float("nan"))
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "device_check.py"),
+                      "compare", expected, expected, "--tolerance=nan"],
+                     capture_output=True, text=True, timeout=60, check=False)
+  assert r.returncode == 2 and "must be a finite number >= 0, not 'nan'" in r.stderr
+
+
+def test_compare_misses_no_film_of_the_same_name(tmp_path, capsys):
+  expected = _write(tmp_path / "expected.jsonl", [_record("a.jpeg", 0.90),
+                                                  {**_record("a.jpeg", 0.10), "path": "/y/a.jpeg"}])
+  here = _write(tmp_path / "here.jsonl", [_record("a.jpeg", 0.10)])
+  assert not device_check.compare(expected, here, 0.02)
+  assert f"two films named a.jpeg in {expected}" in capsys.readouterr().out
