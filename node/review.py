@@ -96,7 +96,7 @@ def _outcome(record: Dict) -> str:
 
 def worklist(records: List[Dict], queued: int, waiting: int,
              notice: Optional[str] = None, dead: int = 0,
-             model: Optional[str] = None) -> bytes:
+             model: Optional[str] = None, quarantined: int = 0) -> bytes:
   """The worklist page: newest first, each row linking to its film; `notice`, a smoke-test
   model's sentence, as a banner."""
   rows = []
@@ -119,7 +119,9 @@ def worklist(records: List[Dict], queued: int, waiting: int,
   status = (f"<p>{len(records)} film(s) shown (newest first, at most {WORKLIST_LENGTH}); "
             f"{queued} waiting to be read; {waiting} report(s) waiting for the PACS; "
             f"{dead} refused for good (dead letters: fix the cause, then cxr-node "
-            "--requeue_dead_letters). "
+            "--requeue_dead_letters)"
+            + (f"; {quarantined} damaged file(s) set aside in quarantine/ (see each "
+               ".reason.txt)" if quarantined else "") + ". "
             f"Refreshes every {REFRESH_SECONDS} s.</p>")
   table = ("<table><tr><th>Received</th><th>Study date</th><th>Patient</th>"
            "<th>Series</th><th>Prediction</th><th>p_pneumonia</th><th>Threshold</th>"
@@ -356,7 +358,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if path in ("/", ""):
       self._send(200, worklist(spool.recent(WORKLIST_LENGTH), spool.queued(),
                                state.waiting(), state.notice,
-                               len(spool.dead_letters()), state.model))
+                               len(spool.dead_letters()), state.model,
+                               len(spool.quarantined())))
     elif parts == ["worklist.json"]:
       self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
                  "application/json")

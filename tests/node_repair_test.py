@@ -78,6 +78,9 @@ def test_a_damaged_record_is_set_aside_and_the_pages_still_work(released_model, 
     connection.request("GET", f"/film/{uids[0]}")
     assert connection.getresponse().status == 404
     assert node.spool.quarantined() == [f"results.{uids[0]}.json"]
+    connection.request("GET", "/")
+    page = connection.getresponse().read().decode()
+    assert "1 damaged file(s) set aside in quarantine/" in page
 
 
 def test_a_damaged_queued_film_is_set_aside_recorded_and_the_queue_goes_on(released_model,
