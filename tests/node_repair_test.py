@@ -324,3 +324,88 @@ def test_a_modality_film_naming_cxr_edge_as_manufacturer_is_read(released_model,
   own.SeriesDescription = "PA chest"
   assert not report.is_own_output(own)
 
+
+
+# Memory, measured on the node as a process ----------------------------------------------
+
+def _write_deflate_bomb(path, inflated_bytes: int, uid: str) -> None:
+  """A deflated DX film whose pixel data inflates to `inflated_bytes` zeros, written in
+  chunks (the test never holds it inflated)."""
+  ds = pydicom.dcmread(io.BytesIO(dicom_files.study_film(83)))
+  del ds.PixelData
+  ds.Rows = ds.Columns = int((inflated_bytes / 2) ** 0.5)
+  ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+  header = pydicom.filebase.DicomBytesIO()
+  header.is_little_endian, header.is_implicit_VR = True, False
+  pydicom.filewriter.write_dataset(header, ds)
+  meta = pydicom.dataset.FileMetaDataset(ds.file_meta)
+  meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+  deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+  length = ds.Rows * ds.Columns * 2
+  with open(path, "wb") as f:
+    f.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(f, meta)
+    f.write(deflate.compress(header.getvalue() + b"\xe0\x7f\x10\x00OW\0\0"
+                            + length.to_bytes(4, "little")))
+    zeros = bytes(1 << 20)
+    for start in range(0, length, len(zeros)):
+      f.write(deflate.compress(zeros[:min(len(zeros), length - start)]))
+    f.write(deflate.flush())
+
+
+def _peak_rss_mb(pid: int) -> float:
+  with open(f"/proc/{pid}/status", encoding="ascii") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_two_deflate_bombs_at_once_leave_the_node_within_its_memory(released_model,
+                                                                    tmp_path):
+  from pynetdicom import AE, _config, sop_class  # pylint: disable=g-import-not-at-top
+  from tests.node_crash_test import start_node  # pylint: disable=g-import-not-at-top
+  bombs = [tmp_path / "bomb1.dcm", tmp_path / "bomb2.dcm"]
+  for k, path in enumerate(bombs):
+    _write_deflate_bomb(path, 1 << 30, f"2.25.838{k}")  # 1 GiB inflated
+    assert os.path.getsize(path) < 2 << 20
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  pacs = Pacs().start()
+  process = start_node(released_model, str(tmp_path / "spool"), port, pacs.address)
+  saved = _config.STORE_SEND_CHUNKED_DATASET
+  _config.STORE_SEND_CHUNKED_DATASET = True  # the sender sends the file's bytes as they are
+  try:
+    baseline = _peak_rss_mb(process.pid)
+    statuses = []
+
+    def send_bomb(path):
+      ae = AE(ae_title="XRAY1")
+      ae.add_requested_context(sop_class.DigitalXRayImageStorageForPresentation,
+                               [pydicom.uid.DeflatedExplicitVRLittleEndian])
+      assoc = ae.associate("127.0.0.1", port, ae_title="CXR_EDGE")
+      try:
+        statuses.append(assoc.send_c_store(str(path)).Status)
+      finally:
+        assoc.release()
+
+    threads = [threading.Thread(target=send_bomb, args=(path,)) for path in bombs]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(300)
+    deadline = time.monotonic() + 300
+    while len(pacs.reports()) < 2 and time.monotonic() < deadline:
+      time.sleep(0.2)
+    peak = _peak_rss_mb(process.pid)
+  finally:
+    _config.STORE_SEND_CHUNKED_DATASET = saved
+    process.terminate()
+    process.wait(60)
+    pacs.stop()
+  assert statuses == [0x0000, 0x0000]
+  comments = [report.describe(r)["comments"][0] for r in pacs.reports()]
+  assert len(comments) == 2, comments
+  assert all(c.startswith("NOT ANALYSED: decompression-bomb size") for c in comments)
+  # Each bomb inflated whole took the receiver past 1 GiB; headers only stay far below.
+  print(f"node peak memory: {baseline:.0f} MB before, {peak:.0f} MB after two 1 GiB bombs")
+  assert peak - baseline < 300, (baseline, peak)
