@@ -16,7 +16,7 @@ pytest.importorskip("highdicom", reason="cxr-edge[node] is not installed")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from cxr_edge.node import report
 from tests import dicom_files
-from tests.node_test import Pacs, audit, running_node, send
+from tests.node_test import Pacs, _edited, audit, running_node, send
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FILMS = 200
@@ -62,20 +62,12 @@ def _perturbed(rng: np.random.Generator, seed: int) -> bytes:
   for keyword in keywords:
     values = PERTURBATIONS[keyword]
     value = values[int(rng.integers(len(values)))]
-    ds = pydicom.dcmread(io.BytesIO(data))
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if value is None:
-          if keyword in ds:
-            delattr(ds, keyword)
-        else:
-          setattr(ds, keyword, value)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
+        data = _edited(data, **{keyword: value})
     except Exception:  # pylint: disable=broad-except  # pydicom refuses many kinds
       continue
-    data = out.getvalue()
   return data
 
 

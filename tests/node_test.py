@@ -569,7 +569,8 @@ def _edited(data: bytes, **edits) -> bytes:
   ds = pydicom.dcmread(io.BytesIO(data))
   for keyword, value in edits.items():
     if value is None:
-      delattr(ds, keyword)
+      if keyword in ds:
+        delattr(ds, keyword)
     else:
       setattr(ds, keyword, value)
   out = io.BytesIO()
