@@ -54,6 +54,27 @@ SUBTYPE_CODES = {"BACTERIAL": Code("53084003", "SCT", "Bacterial pneumonia"),
 THRESHOLD = Code("threshold", "99CXREDGE", "Decision threshold")
 PROBABILITY_UNIT = Code("1", "UCUM", "no units")
 COMMENT = Code("121106", "DCM", "Comment")
+SUMMARY = Code("121111", "DCM", "Summary")
+
+
+def summary(result: Dict, info: package_info.ModelInfo) -> str:
+  """The report's first line, in plain words, as a viewer shows it before anything else:
+  nothing in it reads as a positive finding on a negative film."""
+  if "error" in result:
+    return f"AI triage: not analysed ({result['error']}). Not for diagnostic use."
+  p, threshold = result["p_pneumonia"], f"{result['threshold']:.3g}"
+  # Two decimals, but never a rounded 1.00 or 0.00 that reads as certainty.
+  p = ("above 0.99" if p > 0.99 else "below 0.01" if p < 0.01 else f"{p:.2f}")
+  if result["prediction"] == info.labels[1]:
+    kind = f"; likelier {result['subtype'].lower()}" if result.get("subtype") else ""
+    text = (f"AI triage: pneumonia suspected, probability {p} at threshold "
+            f"{threshold}{kind}.")
+  else:
+    text = (f"AI triage: no pneumonia suspected, probability {p}, below threshold "
+            f"{threshold}.")
+  if result.get("warning"):
+    text += f" Warning: {result['warning']}."
+  return text + " Not for diagnostic use."
 
 
 # Type 2 attributes of the patient and study modules: present in every film by the
@@ -206,16 +227,18 @@ def structured_report(film: pydicom.Dataset, result: Dict,
       parameters=[f"model sha256 {sha256}", f"model kind {info.kind or 'not recorded'}",
                   f"threshold {info.threshold:.6f}"],
       manufacturer=MANUFACTURER)
-  measurements, evaluations = None, None
+  measurements, evaluations, positive = None, None, False
   if analysed:
+    # The group names the algorithm once; each measurement repeating it buried the
+    # numbers in a viewer's rendering.
     measurements = [
-        hd.sr.Measurement(name=name, value=float(value), unit=PROBABILITY_UNIT,
-                          algorithm_id=algorithm)
+        hd.sr.Measurement(name=name, value=float(value), unit=PROBABILITY_UNIT)
         for name, value in ((P_PNEUMONIA, result["p_pneumonia"]),
                             (P_BACTERIAL, result.get("p_bacterial")),
                             (P_VIRAL, result.get("p_viral")),
                             (THRESHOLD, result["threshold"])) if value is not None]
-    finding = PRESENT if result["prediction"] == info.labels[1] else ABSENT
+    positive = result["prediction"] == info.labels[1]
+    finding = PRESENT if positive else ABSENT
     evaluations = [hd.sr.QualitativeEvaluation(PNEUMONIA, finding)]
     if result.get("subtype"):
       evaluations.append(hd.sr.QualitativeEvaluation(SUBTYPE, SUBTYPE_CODES[result["subtype"]]))
@@ -224,7 +247,10 @@ def structured_report(film: pydicom.Dataset, result: Dict,
       tracking_identifier=hd.sr.TrackingIdentifier(
           uid=derived_uid("tracking", uids["sr"]),
           identifier="cxr-edge pneumonia triage"),
-      finding_type=PNEUMONIA, algorithm_id=algorithm, measurements=measurements,
+      # A viewer shows the finding type as the group's heading: "Pneumonia" only where
+      # it is suspected, the examination otherwise.
+      finding_type=PNEUMONIA if analysed and positive else PLAIN_CHEST_XRAY,
+      algorithm_id=algorithm, measurements=measurements,
       qualitative_evaluations=evaluations,
       # Named by its UIDs: from_source_image would also need a Modality, which some
       # films lack.
@@ -242,10 +268,19 @@ def structured_report(film: pydicom.Dataset, result: Dict,
   elif result.get("warning"):
     comments.insert(0, f"WARNING: {result['warning']}")
   root = report[0]
+  root.ContentSequence.insert(0, hd.sr.TextContentItem(
+      name=SUMMARY, value=summary(result, info)[:1024],
+      relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
   for text in comments:
     root.ContentSequence.append(hd.sr.TextContentItem(
         name=COMMENT, value=text[:1024],
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+  # "SEPARATE": viewers (DCMTK's renderer among them) then show each item with its name
+  # ("Probability of pneumonia = 0.82"); CONTINUOUS ran the values together as prose,
+  # numbers without names and "Present" without what.
+  for container in [report[0], *(i for i in _walk(report[0].ContentSequence)
+                                 if i.ValueType == "CONTAINER")]:
+    container.ContinuityOfContent = "SEPARATE"
   sr = hd.sr.ComprehensiveSR(
       evidence=[film], content=report, series_instance_uid=uids["sr_series"],
       series_number=SR_SERIES_NUMBER, sop_instance_uid=uids["sr"],
@@ -321,6 +356,8 @@ def describe(sr: pydicom.Dataset) -> Optional[Dict[str, object]]:
       out["subtype"] = item.ConceptCodeSequence[0].CodeMeaning
     elif item.ValueType == "TEXT" and name == COMMENT.meaning:
       out["comments"].append(item.TextValue)
+    elif item.ValueType == "TEXT" and name == SUMMARY.meaning:
+      out["summary"] = item.TextValue
     elif item.ValueType == "IMAGE":
       out["source"] = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
   return out
