@@ -112,7 +112,8 @@ class Node:
           self.spool, self.options.http_host, self.options.http_port, self._token(),
           waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice,
           model=self.model.info.headline(self.model.sha256),
-          timeout=self.options.http_timeout)
+          timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
+          uncalibrated=self.model.info.site_calibration is None)
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start()
@@ -280,6 +281,8 @@ class Node:
               "processing_ms": round((time.perf_counter() - start) * 1000, 1),
               "overlay": has_overlay, "study_date": _text(header, "StudyDate"),
               "patient_name": _text(header, "PatientName"),
+              "patient_id": _text(header, "PatientID"),
+              "accession_number": _text(header, "AccessionNumber"),
               "series_description": _text(header, "SeriesDescription"),
               "modality": _text(header, "Modality")}
     self.spool.finish(uid, record)

@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import threading
+import time
 import urllib.parse
 from typing import Dict, List, Optional
 
@@ -50,10 +51,12 @@ _STYLE = """
 body{font-family:sans-serif;margin:1em;background:#111;color:#eee}
 a{color:#9cf}table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #444;padding:4px 8px;text-align:left;font-size:14px}
-.PNEUMONIA{color:#f96;font-weight:bold}.warn{color:#fd6}.err{color:#f66}
+.PNEUMONIA{color:#f96;font-weight:bold}tr.flagged{background:#2a1a10}.warn{color:#fd6}.err{color:#f66}
 .caution{background:#432;padding:6px;margin:8px 0}
 .notice{background:#822;color:#fff;font-weight:bold;padding:8px;margin:8px 0}img{max-width:48%;margin:4px}
 """
+UNCALIBRATED = ("This model's threshold was not calibrated on this site's films: run "
+                "cxr-calibrate on labelled local films before relying on its flags.")
 CAUTION = ("Triage aid, not for diagnostic use: the findings below are a model's "
            "outputs; every film is read by a clinician.")
 
@@ -94,40 +97,117 @@ def _outcome(record: Dict) -> str:
   return f'<span class="warn">{_e(record.get("warning"))}</span>'
 
 
+def person_name(text: Optional[str]) -> str:
+  """A DICOM person name as people read it: "Family, Given Middle" (the alphabetic
+  group; the ideographic one where that is empty); anything else as it is."""
+  if not text:
+    return ""
+  groups = str(text).split("=")
+  group = next((g for g in groups if g.strip("^ ")), "")
+  parts = [p.strip() for p in group.split("^")] + [""] * 5
+  family, given, middle, prefix, suffix = parts[:5]
+  first = " ".join(p for p in (prefix, given, middle) if p)
+  name = ", ".join(p for p in (family, first) if p)
+  return f"{name}, {suffix}" if suffix and name else (name or suffix)
+
+
+def _minutes(ns: int) -> str:
+  minutes = max(0, ns) / 60e9
+  return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def delivery_text(record: Dict, delivery: Optional[spool_lib.Delivery],
+                  now_ns: int) -> str:
+  """Where the film's report is: stored at the PACS, waiting (and for how long), refused;
+  empty when the node does not forward."""
+  if delivery is None:
+    return ""
+  state = delivery.of(record.get("sop_instance_uid", ""))
+  if state == "stored":
+    return "stored at the PACS"
+  if state == "waiting":
+    return f"waiting {_minutes(now_ns - (record.get('processed_ns') or now_ns))}"
+  if state == "refused":
+    return "refused by the PACS (dead letter)"
+  return "no report sent"
+
+
 def worklist(records: List[Dict], queued: int, waiting: int,
              notice: Optional[str] = None, dead: int = 0,
-             model: Optional[str] = None, quarantined: int = 0) -> bytes:
-  """The worklist page: newest first, each row linking to its film; `notice`, a smoke-test
-  model's sentence, as a banner."""
+             model: Optional[str] = None, quarantined: int = 0,
+             delivery: Optional[spool_lib.Delivery] = None, flagged_only: bool = False,
+             now_ns: Optional[int] = None) -> bytes:
+  """The worklist: in order of receipt (newest first), never reordered by finding;
+  flagged films marked, and shown alone only when asked (`flagged_only`). `notice`, a
+  smoke-test or uncalibrated model's sentence, is a banner; `delivery`, where each
+  film's report is (None: the node does not forward)."""
+  now_ns = now_ns or time.time_ns()
+  shown = [r for r in records if not flagged_only or r.get("prediction") == "PNEUMONIA"]
   rows = []
-  for r in records:
+  for r in shown:
     uid = r.get("sop_instance_uid", "")
     p = r.get("p_pneumonia")
     threshold = r.get("threshold")
+    flagged = r.get("prediction") == "PNEUMONIA"
     rows.append(
-        "<tr>"
+        ('<tr class="flagged">' if flagged else "<tr>") +
         f"<td>{_e(_time(r.get('received_ns')))}</td>"
+        f"<td>{_e(person_name(r.get('patient_name')))}</td>"
+        f"<td>{_e(r.get('patient_id'))}</td>"
+        f"<td>{_e(r.get('accession_number'))}</td>"
         f"<td>{_e(_study_date(r.get('study_date')))}</td>"
-        f"<td>{_e(r.get('patient_name'))}</td>"
         f"<td>{_e(r.get('series_description'))}</td>"
         f"<td class=\"{_e(r.get('prediction') or '')}\">"
-        f"<a href=\"/film/{urllib.parse.quote(uid)}\">{_e(r.get('prediction') or 'none')}"
+        f"<a href=\"/film/{urllib.parse.quote(uid)}\">{'&#9873; ' if flagged else ''}"
+        f"{_e(r.get('prediction') or 'none')}"
         f"{' (' + _e(r['subtype'].lower()) + ')' if r.get('subtype') else ''}</a></td>"
         f"<td>{'' if p is None else f'{p:.3f}'}</td>"
         f"<td>{'' if threshold is None else f'{threshold:.3f}'}</td>"
+        f"<td class=\"delivery\">{_e(delivery_text(r, delivery, now_ns))}</td>"
         f"<td>{_outcome(r)}</td></tr>")
-  status = (f"<p>{len(records)} film(s) shown (newest first, at most {WORKLIST_LENGTH}); "
+  status = (f"<p>{len(shown)} film(s) shown (in order of receipt, newest first, at most "
+            f"{WORKLIST_LENGTH}); "
             f"{queued} waiting to be read; {waiting} report(s) waiting for the PACS; "
             f"{dead} refused for good (dead letters: fix the cause, then cxr-node "
             "--requeue_dead_letters)"
             + (f"; {quarantined} damaged file(s) set aside in quarantine/ (see each "
                ".reason.txt)" if quarantined else "") + ". "
             f"Refreshes every {REFRESH_SECONDS} s.</p>")
-  table = ("<table><tr><th>Received</th><th>Study date</th><th>Patient</th>"
-           "<th>Series</th><th>Prediction</th><th>p_pneumonia</th><th>Threshold</th>"
-           "<th>Warning</th></tr>" + "".join(rows) + "</table>")
-  return _page("cxr-node worklist", status + table, refresh=True, notice=notice,
+  links = ('<p class="filter">Showing flagged films only (PNEUMONIA). '
+           '<a href="/">Show all films</a></p>' if flagged_only else
+           '<p class="filter">Showing all films. <a href="/?flagged=1">Show flagged films '
+           'only</a></p>')
+  table = ("<table><tr><th>Received</th><th>Patient</th><th>Patient ID</th>"
+           "<th>Accession</th><th>Study date</th><th>Series</th><th>Prediction</th>"
+           "<th>p_pneumonia</th><th>Threshold</th><th>Report delivery</th><th>Warning</th>"
+           "</tr>" + "".join(rows) + "</table>")
+  return _page("cxr-node worklist", status + links + table, refresh=True, notice=notice,
                model=model)
+
+
+def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = None) -> Dict:
+  """The node's state for a monitoring script (/status.json): counts, and how long the
+  oldest film and the oldest report have waited."""
+  now_ns = now_ns or time.time_ns()
+  pending = spool.pending()
+  outbox = spool.outbox() if forwarding else []
+
+  def age(folder, name, ctime=False):
+    try:
+      st = os.stat(spool.path(folder, name))
+    except OSError:
+      return None
+    return round((now_ns - (st.st_ctime_ns if ctime else st.st_mtime_ns)) / 1e9, 1)
+
+  return {"films_waiting_to_be_read": len(pending),
+          "oldest_film_waiting_seconds": age("incoming", pending[0] + ".dcm")
+                                         if pending else 0.0,
+          "forwarding": forwarding,
+          "reports_waiting_for_the_pacs": len(outbox),
+          "oldest_report_waiting_seconds": age("outbox", outbox[0], ctime=True)
+                                           if outbox else 0.0,
+          "dead_letters": len(spool.dead_letters()),
+          "quarantined": len(spool.quarantined())}
 
 
 def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None,
@@ -136,7 +216,9 @@ def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None,
   uid = urllib.parse.quote(record["sop_instance_uid"])
   fields = [("Received", _time(record.get("received_ns"))),
             ("Study date", _study_date(record.get("study_date"))),
-            ("Patient", record.get("patient_name")),
+            ("Patient", person_name(record.get("patient_name"))),
+            ("Patient ID", record.get("patient_id")),
+            ("Accession", record.get("accession_number")),
             ("Series", record.get("series_description")),
             ("Prediction", record.get("prediction") or "none"),
             ("p_pneumonia", record.get("p_pneumonia")),
@@ -172,7 +254,8 @@ class ReviewServer:
   def __init__(self, spool: spool_lib.Spool, host: str, port: int,
                token: Optional[str] = None, waiting=lambda: 0,
                notice: Optional[str] = None, model: Optional[str] = None,
-               timeout: float = 10.0):
+               timeout: float = 10.0, forwarding: bool = False,
+               uncalibrated: bool = False):
     """
     Args:
       spool: the node's spool.
@@ -182,8 +265,13 @@ class ReviewServer:
       notice: a smoke-test model's sentence, a banner on every page.
       model: which model the node runs (ModelInfo.headline), on every page.
       timeout: seconds a connection may take to send each part of its request.
+      forwarding: whether the node forwards reports (the delivery column).
+      uncalibrated: the model's threshold was not set on this site's films (a banner).
     """
     self.spool, self.token, self.waiting = spool, token, waiting
+    self.forwarding = forwarding
+    if uncalibrated:
+      notice = " ".join(filter(None, [notice, UNCALIBRATED]))
     self.notice, self.model = notice, model
     # One film is decoded at a time (a 7000x7000 film takes about a gigabyte while it
     # is), and each once: its preview is kept in previews/, pruned with the film.
@@ -255,7 +343,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 # Where a good ?token= may send the browser on: the page's own addresses only (a path
 # like "/\\evil.example/" is another site to a browser).
-_OWN_PATH = re.compile(r"/|/worklist\.json|/(film|overlay)/[0-9.]{1,64}(\.png)?")
+_OWN_PATH = re.compile(r"/|/(worklist|status)\.json|/(film|overlay)/[0-9.]{1,64}(\.png)?")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -345,6 +433,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self._send(401, _page("cxr-node", "<p>This page needs its access token: open it "
                                         "as /?token=... once.</p>"))
       return
+    self._query = urllib.parse.parse_qs(url.query)
     try:
       self._route(url.path)
     except (OSError, errors.ImageError, image_io.UnreadableFile) as e:
@@ -356,10 +445,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     spool = state.spool
     parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
     if path in ("/", ""):
-      self._send(200, worklist(spool.recent(WORKLIST_LENGTH), spool.queued(),
-                               state.waiting(), state.notice,
-                               len(spool.dead_letters()), state.model,
-                               len(spool.quarantined())))
+      self._send(200, worklist(
+          spool.recent(WORKLIST_LENGTH), spool.queued(), state.waiting(), state.notice,
+          len(spool.dead_letters()), state.model, len(spool.quarantined()),
+          spool.delivery() if state.forwarding else None,
+          flagged_only=self._query.get("flagged", [""])[0] == "1"))
+    elif parts == ["status.json"]:
+      self._send(200, json.dumps(status(spool, state.forwarding)).encode("utf-8"),
+                 "application/json")
     elif parts == ["worklist.json"]:
       self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
                  "application/json")

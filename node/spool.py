@@ -107,6 +107,12 @@ class Spool:
     self._clear_receiving()
     self._repair_log(AUDIT_NAME)
     self._repair_log(FORWARDED_NAME)
+    # Which films' reports the destination has stored, and when: the review page's
+    # delivery column (read once here, then kept as reports go).
+    self._forwarded: Dict[str, str] = {}
+    for line in iter_lines(self.path(FORWARDED_NAME)):
+      if line.get("film_uid"):
+        self._forwarded[line["film_uid"]] = line.get("time", "")
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
@@ -303,6 +309,8 @@ class Spool:
   def forwarded(self, name: str, line: Dict) -> None:
     """A report the destination accepted: logged, then out of the outbox."""
     _append_line(self.path(FORWARDED_NAME), line)
+    if line.get("film_uid"):
+      self._forwarded[line["film_uid"]] = line.get("time", "")
     for path in (self.path("outbox", name), self.path("outbox", name + ".sha256")):
       with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -370,6 +378,30 @@ class Spool:
 
   def queued(self) -> int:
     return len(self.pending())
+
+  def delivery(self) -> "Delivery":
+    """Where each film's reports are: stored at the destination, waiting, or refused."""
+    def films(names):
+      return {n.rsplit(".", 2)[0] for n in names}  # <uid>.sr.dcm, <uid>.sc.dcm
+    return Delivery(stored=dict(self._forwarded), waiting=films(self.outbox()),
+                    refused=films(self.dead_letters()))
+
+
+class Delivery:
+  """A snapshot of where films' reports are (Spool.delivery)."""
+
+  def __init__(self, stored: Dict[str, str], waiting, refused):
+    self.stored, self.waiting, self.refused = stored, set(waiting), set(refused)
+
+  def of(self, uid: str) -> Optional[str]:
+    """"refused", "waiting", "stored" or None (no report was queued for it)."""
+    if uid in self.refused:
+      return "refused"
+    if uid in self.waiting:
+      return "waiting"
+    if uid in self.stored:
+      return "stored"
+    return None
 
 
 def _last_line(path: str) -> Optional[Dict]:

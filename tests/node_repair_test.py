@@ -409,3 +409,49 @@ def test_two_deflate_bombs_at_once_leave_the_node_within_its_memory(released_mod
   # Each bomb inflated whole took the receiver past 1 GiB; headers only stay far below.
   print(f"node peak memory: {baseline:.0f} MB before, {peak:.0f} MB after two 1 GiB bombs")
   assert peak - baseline < 300, (baseline, peak)
+
+
+# Triage on the review page ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dicom, shown", [
+    ("Smith^Amy", "Smith, Amy"), ("Smith^Amy^Jane^Dr^PhD", "Smith, Dr Amy Jane, PhD"),
+    ("Smith", "Smith"), ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada, Tarou"),
+    ("=山田^太郎", "山田, 太郎"), ("", ""), (None, ""), ("^Amy", "Amy")])
+def test_names_read_as_people_read_them(dicom, shown):
+  assert review.person_name(dicom) == shown
+
+
+def test_flagged_films_are_marked_and_filtered_never_reordered():
+  records = [{"sop_instance_uid": f"1.2.{k}", "received_ns": 10 - k,
+              "prediction": ("PNEUMONIA" if k % 2 else "NORMAL"), "p_pneumonia": 0.5,
+              "threshold": 0.375} for k in range(4)]
+  page = review.worklist(records, 0, 0).decode()
+  assert [page.index(f"/film/1.2.{k}") for k in range(4)] == sorted(
+      page.index(f"/film/1.2.{k}") for k in range(4))  # as received, whatever the finding
+  assert page.count('<tr class="flagged">') == 2 and "Show flagged films only" in page
+  flagged = review.worklist(records, 0, 0, flagged_only=True).decode()
+  assert "/film/1.2.1" in flagged and "/film/1.2.3" in flagged
+  assert "/film/1.2.0" not in flagged and "Show all films" in flagged
+
+
+def test_status_json_tells_a_monitor_what_waits_and_for_how_long(released_model, tmp_path):
+  pacs = Pacs().start()
+  address = pacs.address
+  pacs.stop()  # down: the report waits
+  with running_node(released_model, tmp_path / "spool", http_port=0,
+                    forward=address) as node:
+    assert send(node.ports.dicom, [dicom_files.study_film(87)]) == [0x0000]
+    deadline = time.monotonic() + 60
+    while not node.spool.outbox() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    status, headers, body = _raw_get(node.ports.http, "/status.json",
+                                     f"127.0.0.1:{node.ports.http}")
+    page = _raw_get(node.ports.http, "/", f"127.0.0.1:{node.ports.http}")[2].decode()
+  import json  # pylint: disable=g-import-not-at-top
+  found = json.loads(body)
+  assert status == 200 and headers["Content-Type"] == "application/json"
+  assert found["reports_waiting_for_the_pacs"] == 1 and found["forwarding"] is True
+  assert 0 <= found["oldest_report_waiting_seconds"] < 120
+  assert found["films_waiting_to_be_read"] == 0 and found["dead_letters"] == 0
+  # The released model was not calibrated on this site's films: the page says so.
+  assert review.UNCALIBRATED in page.replace("&#x27;", "'")

@@ -2,6 +2,7 @@
 on loopback; the spool's crash repairs; the review page over HTTP."""
 import concurrent.futures
 import contextlib
+import html
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from cxr_edge.node import dicom
 from cxr_edge.node import node_config
 from cxr_edge.node import node_lib
 from cxr_edge.node import report
+from cxr_edge.node import review
 from cxr_edge.node import spool as spool_lib
 from tests import dicom_files
 from tests.conftest import ROOT, run_main
@@ -60,7 +62,9 @@ class Pacs:
     return self
 
   def stop(self) -> None:
-    self._server.shutdown()
+    if self._server is not None:
+      self._server.shutdown()
+      self._server = None
 
   @property
   def address(self) -> str:
@@ -434,7 +438,9 @@ def test_review_page_lists_films_newest_first_with_every_string_escaped(released
     page = body.decode()
     assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
     assert "<script" not in page and "<img src=x" not in page and "<b>bold" not in page
-    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in page
+    # As a person name reads ("=" starts another group of a DICOM name), escaped.
+    assert html.escape(review.person_name(HOSTILE_NAME)) in page
+    assert "&lt;script&gt;document.title" in page
     assert "&quot;&gt;&lt;b&gt;bold&lt;/b&gt;" in page
     uids = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in films]
     assert page.index(uids[1]) < page.index(uids[0])  # newest first

@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from cxr_edge.node import review
 from tests import dicom_files
-from tests.node_test import HOSTILE_NAME, HOSTILE_SERIES, running_node, send
+from tests.node_test import HOSTILE_NAME, HOSTILE_SERIES, Pacs, running_node, send
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -71,10 +71,11 @@ def test_worklist_escapes_hostile_strings_and_a_click_shows_film_and_overlay(
     assert _no_alert(browser)
     assert browser.find_elements(By.CSS_SELECTOR, "script") == []
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
-    assert HOSTILE_NAME in cells and HOSTILE_SERIES in cells  # shown as the text it is
+    shown = review.person_name(HOSTILE_NAME)  # "Family, Given", escaped, as text
+    assert shown in cells and HOSTILE_SERIES in cells  # shown as the text it is
     assert not browser.find_elements(By.CSS_SELECTOR, "td b, td img")
     rows = browser.find_elements(By.CSS_SELECTOR, "tr")[1:]
-    assert len(rows) == 2 and HOSTILE_NAME in rows[0].text  # newest first
+    assert len(rows) == 2 and shown in rows[0].text  # newest first
     rows[0].find_element(By.CSS_SELECTOR, "a").click()
     uid = pydicom.dcmread(io.BytesIO(hostile)).SOPInstanceUID
     WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(f"/film/{uid}"))
@@ -84,7 +85,7 @@ def test_worklist_escapes_hostile_strings_and_a_click_shows_film_and_overlay(
         "i.map(x => [x.alt, x.naturalWidth]) : null;"))
     assert [alt for alt, _ in sizes] == ["film", "occlusion overlay"]
     assert all(width > 0 for _, width in sizes)  # both decoded as images
-    assert HOSTILE_NAME in browser.find_element(By.CSS_SELECTOR, "table").text
+    assert shown in browser.find_element(By.CSS_SELECTOR, "table").text
 
     # The worklist refreshes by itself: a film sent now appears without any action.
     browser.get(base)
@@ -92,3 +93,42 @@ def test_worklist_escapes_hostile_strings_and_a_click_shows_film_and_overlay(
     assert send(node.ports.dicom, [dicom_files.study_film(82)]) == [0]
     WebDriverWait(browser, review.REFRESH_SECONDS * 3).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr")) == 4)
+
+
+def test_the_worklist_serves_triage_names_ids_delivery_and_the_flag_filter(
+    released_model, browser, tmp_path):
+  pacs = Pacs().start()
+  try:
+    with running_node(released_model, tmp_path / "spool", http_port=0,
+                      forward=pacs.address) as node:
+      films = [dicom_files.study_film(84, study=3, PatientName="Smith^Amy^Jane"),
+               dicom_files.study_film(85, study=4)]
+      assert send(node.ports.dicom, films) == [0, 0]
+      assert node.wait_idle(180)
+      pacs.stop()  # reports sent from now on wait
+      late = dicom_files.study_film(86, study=5, PatientName="Late^Len")
+      assert send(node.ports.dicom, [late]) == [0]
+      WebDriverWait(browser, 60).until(lambda d: node.spool.outbox())
+      base = f"http://127.0.0.1:{node.ports.http}/"
+      browser.get(base)
+      rows = {r.find_elements(By.CSS_SELECTOR, "td")[1].text:
+              [td.text for td in r.find_elements(By.CSS_SELECTOR, "td")]
+              for r in browser.find_elements(By.CSS_SELECTOR, "tr")[1:]}
+      assert set(rows) == {"Smith, Amy Jane", "Test, Patient4", "Late, Len"}
+      header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "th")]
+      smith = dict(zip(header, rows["Smith, Amy Jane"]))
+      assert (smith["Patient ID"], smith["Accession"], smith["Study date"]) == (
+          "TEST-3", "ACC3", "2026-12-01")
+      assert smith["Report delivery"] == "stored at the PACS"
+      assert dict(zip(header, rows["Late, Len"]))["Report delivery"].startswith("waiting ")
+      flagged = [r for r, cells in rows.items() if "PNEUMONIA" in " ".join(cells)]
+      browser.find_element(By.LINK_TEXT, "Show flagged films only").click()
+      WebDriverWait(browser, 30).until(lambda d: "flagged=1" in d.current_url)
+      names = [r.find_elements(By.CSS_SELECTOR, "td")[1].text
+               for r in browser.find_elements(By.CSS_SELECTOR, "tr")[1:]]
+      assert sorted(names) == sorted(flagged)
+      browser.find_element(By.LINK_TEXT, "Show all films").click()
+      WebDriverWait(browser, 30).until(
+          lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr")) == 4)
+  finally:
+    pacs.stop()
