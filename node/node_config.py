@@ -110,6 +110,10 @@ class NodeOptions:
   strict: bool = option(
       False, help="Films the plausibility guard flags as not looking like a chest "
       "radiograph are not predicted: their report says NOT ANALYSED and why.")
+  result_card: bool = option(
+      True, help="Also send each film's result card: a Secondary Capture picture in the "
+      "film's study with its thumbnail and the finding in words, for viewers that show "
+      "images but not Structured Reports (--noresult_card: the SR only).")
   overlay: bool = option(
       False, help="Also send an occlusion map of each analysed film as a Secondary "
       "Capture (about 200 model runs a film: slower).")

@@ -33,6 +33,7 @@ from cxr_edge.core import locks
 from cxr_edge.edge import explain
 from cxr_edge.edge import released
 from cxr_edge.edge import runtime
+from cxr_edge.node import card
 from cxr_edge.node import dicom
 from cxr_edge.node import node_config
 from cxr_edge.node import report
@@ -42,6 +43,8 @@ from cxr_edge.node import spool as spool_lib
 log = logging.getLogger("cxr_edge.node")
 
 TOKEN_NAME = "http_token"
+# What building a report from a header that holds values it cannot carry raises.
+_HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, LookupError)
 PRUNE_EVERY_SECONDS = 3600.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -248,9 +251,10 @@ class Node:
       result = self.model.predict_bytes(data, self.options.strict)
     except (errors.ImageError, image_io.UnreadableFile) as e:
       result = {"error": str(e)}
+    report_header = header
     try:
       sr = report.structured_report(header, result, self.model.info, self.model.sha256)
-    except (ValueError, TypeError, AttributeError, KeyError, LookupError) as e:
+    except _HEADER_ERRORS as e:
       # Something in the header no report can carry: the film's study still gets one,
       # saying it was not analysed and why (the prediction is not sent without its film's
       # details), and the record and the log say why.
@@ -258,9 +262,22 @@ class Node:
              f"{str(e)[:200]})")
       log.warning("film %s: %s; sending a minimal NOT ANALYSED report", uid, why)
       result = {"error": why}
-      sr = report.structured_report(report.minimal_header(header), result,
-                                    self.model.info, self.model.sha256)
+      report_header = report.minimal_header(header)
+      sr = report.structured_report(report_header, result, self.model.info,
+                                    self.model.sha256)
     names = [self._write(uid + ".sr.dcm", sr)]
+    if self.options.result_card:
+      try:
+        gray = runtime.film_gray(data)
+      except (errors.ImageError, image_io.UnreadableFile):
+        gray = np.zeros((1, 1), np.uint8)  # no picture of the film: the words still go
+      rgb = card.render(gray, result, self.model.info)
+      try:
+        result_card = report.result_card(report_header, rgb, self.model.sha256)
+      except _HEADER_ERRORS:  # as for the SR: the card still goes, in the film's study
+        result_card = report.result_card(report.minimal_header(header), rgb,
+                                         self.model.sha256)
+      names.append(self._write(uid + ".card.dcm", result_card))
     has_overlay = False
     if self.options.overlay and "error" not in result:
       png = explain.overlay_png(self.model, data, result)

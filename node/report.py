@@ -36,6 +36,8 @@ SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 SR_SERIES_DESCRIPTION = "cxr-edge AI triage - not for diagnostic use"
 SC_SERIES_DESCRIPTION = "cxr-edge occlusion map - not for diagnostic use"
+CARD_SERIES_NUMBER = 9903
+CARD_SERIES_DESCRIPTION = "cxr-edge AI result - not for diagnostic use"
 
 # SNOMED CT and DCM codes of the report's content; the probability has none, so it is
 # coded in a private scheme (99CXREDGE), as PS3.16 allows for local codes.
@@ -193,7 +195,9 @@ def report_uids(film_uid: str, model_sha256: str, study_uid: str) -> Dict[str, s
   return {"sr": uid("sr", film_uid, model_sha256),
           "sr_series": uid("sr-series", study_uid, model_sha256),
           "sc": uid("sc", film_uid, model_sha256),
-          "sc_series": uid("sc-series", study_uid, model_sha256)}
+          "sc_series": uid("sc-series", study_uid, model_sha256),
+          "card": uid("card", film_uid, model_sha256),
+          "card_series": uid("card-series", study_uid, model_sha256)}
 
 
 def _device(info: package_info.ModelInfo, sha256: str):
@@ -293,18 +297,30 @@ def structured_report(film: pydicom.Dataset, result: Dict,
 def overlay_capture(film: pydicom.Dataset, rgb: np.ndarray, sha256: str) -> pydicom.Dataset:
   """The occlusion overlay (an RGB drawing, uint8 [H, W, 3]) as a Secondary Capture in
   the film's study."""
+  return _secondary_capture(film, rgb, sha256, "sc", SC_SERIES_NUMBER,
+                            SC_SERIES_DESCRIPTION)
+
+
+def result_card(film: pydicom.Dataset, rgb: np.ndarray, sha256: str) -> pydicom.Dataset:
+  """The result card (node/card.py's drawing) as a Secondary Capture in the film's study."""
+  return _secondary_capture(film, rgb, sha256, "card", CARD_SERIES_NUMBER,
+                            CARD_SERIES_DESCRIPTION)
+
+
+def _secondary_capture(film: pydicom.Dataset, rgb: np.ndarray, sha256: str, kind: str,
+                       series_number: int, description: str) -> pydicom.Dataset:
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   film = evidence(film)
   uids = report_uids(film.SOPInstanceUID, sha256, film.StudyInstanceUID)
   sc = hd.sc.SCImage.from_ref_dataset(
       ref_dataset=film, pixel_array=np.ascontiguousarray(rgb, np.uint8),
       photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-      series_instance_uid=uids["sc_series"], series_number=SC_SERIES_NUMBER,
-      sop_instance_uid=uids["sc"], instance_number=_instance_number(film),
-      manufacturer=MANUFACTURER, series_description=SC_SERIES_DESCRIPTION,
+      series_instance_uid=uids[f"{kind}_series"], series_number=series_number,
+      sop_instance_uid=uids[kind], instance_number=_instance_number(film),
+      manufacturer=MANUFACTURER, series_description=description,
       patient_orientation=_orientation(film),
       transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian)
-  sc.BurnedInAnnotation = "YES"  # the caption is drawn into the pixels
+  sc.BurnedInAnnotation = "YES"  # the words are drawn into the pixels
   return sc
 
 
@@ -315,8 +331,8 @@ def is_own_output(ds: pydicom.Dataset) -> bool:
   return (str(ds.get("Manufacturer", "")) == MANUFACTURER
           and ds.get("SOPClassUID") in (pydicom.uid.SecondaryCaptureImageStorage,
                                         pydicom.uid.ComprehensiveSRStorage)
-          and str(ds.get("SeriesDescription", "")) in (SC_SERIES_DESCRIPTION,
-                                                       SR_SERIES_DESCRIPTION))
+          and str(ds.get("SeriesDescription", "")) in (
+              SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION, CARD_SERIES_DESCRIPTION))
 
 
 def _orientation(film: pydicom.Dataset) -> Tuple[str, str]:

@@ -80,7 +80,7 @@ def test_the_documented_orthanc_routing_rule_sends_films_and_not_reports_back(
   rule = os.path.join(ROOT, "docs", "orthanc_cxr_node.lua")
   with orthanc.Orthanc(str(tmp_path / "orthanc"), modalities={
       "cxr": ["CXR_EDGE", "127.0.0.1", port]}, lua_scripts=[rule]) as pacs:
-    with running_node(released_model, tmp_path / "spool", port=port,
+    with running_node(released_model, tmp_path / "spool", port=port, result_card=True,
                       forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
       for k in range(3):
         pacs.upload(dicom_files.study_film(90 + k))
@@ -89,5 +89,6 @@ def test_the_documented_orthanc_routing_rule_sends_films_and_not_reports_back(
           len(node.spool.recent(10)) == 3 and node.wait_idle(1)):
         time.sleep(0.2)
       modalities = sorted(pacs.modality_of(i) for i in pacs.instances())
-  assert modalities == ["DX"] * 3 + ["SR"] * 3
+  # Each film's report and result card (a Secondary Capture, "OT") are in its study.
+  assert modalities == ["DX"] * 3 + ["OT"] * 3 + ["SR"] * 3
   assert len(node.spool.recent(10)) == 3  # the reports were not read as films

@@ -29,6 +29,7 @@ from tests.node_test import Pacs, _queue, audit, running_node, send
 
 
 def _node(model, spool_dir, **options):
+  options = {"result_card": False, **options}
   return node_lib.Node(node_config.NodeOptions(model=model, spool_dir=str(spool_dir), port=0,
                                                **options))
 

@@ -76,7 +76,8 @@ class Pacs:
 
 @contextlib.contextmanager
 def running_node(model, spool_dir, **options):
-  options = {"host": "127.0.0.1", "port": 0, **options}
+  """A node on loopback; without the result card unless asked (tests count reports)."""
+  options = {"host": "127.0.0.1", "port": 0, "result_card": False, **options}
   node = node_lib.Node(node_config.NodeOptions(model=model, spool_dir=str(spool_dir),
                                                **options))
   node.ports = node.start()
@@ -266,7 +267,7 @@ def _refused_by(pacs, released_model, tmp_path, refusals):
   the dead-letter folder's files."""
   node = node_lib.Node(node_config.NodeOptions(
       model=released_model, spool_dir=str(tmp_path / "spool"), port=0,
-      forward=pacs.address, forward_refusals=refusals))
+      forward=pacs.address, forward_refusals=refusals, result_card=False))
   outboxes = []
   try:
     node.process(_queue(node.spool, dicom_files.study_film(30)))
@@ -345,7 +346,8 @@ def test_retention_removes_old_films_and_reports_and_keeps_records_and_the_queue
     released_model, tmp_path):
   model = released_model
   node = node_lib.Node(node_config.NodeOptions(
-      model=model, spool_dir=str(tmp_path / "s"), port=0, keep_days=2, overlay=True))
+      model=model, spool_dir=str(tmp_path / "s"), port=0, keep_days=2, overlay=True,
+      result_card=False))
   try:
     old, new = (_queue(node.spool, dicom_files.study_film(s)) for s in (55, 56))
     node.process(old)
@@ -692,7 +694,7 @@ def test_a_pacs_out_of_resources_for_a_while_gets_every_report_later(released_mo
   pacs = Pacs(status=0xA700).start()  # "Refused: Out of Resources": temporary
   node = node_lib.Node(node_config.NodeOptions(
       model=released_model, spool_dir=str(tmp_path / "spool"), port=0,
-      forward=pacs.address, forward_refusals=1))
+      forward=pacs.address, forward_refusals=1, result_card=False))
   try:
     node.process(_queue(node.spool, dicom_files.study_film(31)))
     for _ in range(3):  # a refusal would dead-letter it at once (forward_refusals=1)
