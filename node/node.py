@@ -14,10 +14,13 @@ Usage:
 Receives digital X-ray, computed radiography and secondary capture films (C-STORE; C-ECHO
 answers), and acknowledges each only once it is on disk in --spool_dir. Each film is
 predicted by the edge runtime as cxr-predict would (same windowing, plausibility guard,
-threshold and --strict), then gets a DICOM Structured Report in its own study (finding,
-p_pneumonia, threshold, model and version, warning, and the caution that it is a triage
-aid, not for diagnostic use); with --overlay also a Secondary Capture of the occlusion
-map. Reports are sent to --forward, and wait on disk while it is down. One JSON line per
+threshold and --strict), then gets a DICOM Structured Report in its own study (a plain
+summary, finding, p_pneumonia, threshold, model and version, warning, and the caution
+that it is a triage aid, not for diagnostic use) and a result card, a Secondary Capture
+with the finding in words (--noresult_card: none); with --overlay also a Secondary
+Capture of the occlusion map. Reports are sent to --forward, and wait on disk while it
+is down. Peers are held to limits (--acse_timeout, --network_timeout, --idle_timeout,
+--max_associations_per_peer); a damaged spool file goes to quarantine/. One JSON line per
 film in <spool_dir>/audit.jsonl (UIDs, model sha256, outcome; no patient name or id).
 After a crash or kill -9, a restart goes on where it stopped: every acknowledged film is
 processed once. Stop it with Ctrl-C or SIGTERM.
