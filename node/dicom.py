@@ -397,7 +397,8 @@ class Forwarder:
       for name in names:
         if self._stop.is_set():
           break
-        path = self.spool.path("outbox", name)
+        if self.spool.queued_film(name):
+          continue  # a crash cut its film's processing: the redo rewrites it first
         try:
           report_ds = self.spool.outbox_report(name)
         except FileNotFoundError:

@@ -270,13 +270,25 @@ class Spool:
   def enqueue_forward(self, name: str) -> None:
     """Queues reports/<name> for the destination (a link: no second copy), with its
     sha256 beside it (<name>.sha256), so that a report damaged on disk since is found."""
+    # A film redone after a crash rewrites its report (a new file, a new content date):
+    # the link and the digest are both made anew, so they always name the same bytes.
+    # Between the two a crash leaves them apart, but then the film is still queued, and
+    # the forwarder leaves its reports alone until the redo (queued_film below).
     target = self.path("outbox", name)
     with open(self.path("reports", name), "rb") as f:
       digest = hashlib.sha256(f.read()).hexdigest()
     write_atomic(target + ".sha256", (digest + "\n").encode())
-    with contextlib.suppress(FileExistsError):  # queued before a crash
-      os.link(self.path("reports", name), target)
+    tmp = self.path("outbox", f".{name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    os.link(self.path("reports", name), tmp)
+    os.replace(tmp, target)
     _fsync_folder(self.path("outbox"))
+
+  def queued_film(self, report_name: str) -> bool:
+    """Whether the film a report is of is still queued (it will be redone, its reports
+    rewritten): the forwarder leaves such a report until then."""
+    return os.path.exists(self.path("incoming", report_name.rsplit(".", 2)[0] + ".dcm"))
 
   def outbox_report(self, name: str) -> Any:
     """A report from the outbox, checked and parsed (pydicom).

@@ -456,3 +456,31 @@ def test_status_json_tells_a_monitor_what_waits_and_for_how_long(released_model,
   assert found["films_waiting_to_be_read"] == 0 and found["dead_letters"] == 0
   # The released model was not calibrated on this site's films: the page says so.
   assert review.UNCALIBRATED in page.replace("&#x27;", "'")
+
+
+def test_a_film_redone_after_a_crash_sends_its_new_report_not_quarantine(
+    released_model, tmp_path, monkeypatch):
+  pacs = Pacs().start()
+  node = _node(released_model, tmp_path / "spool", forward=pacs.address)
+  try:
+    uid = node.process(_queue(node.spool, dicom_files.study_film(88)))["sop_instance_uid"]
+    # A crash after its report was queued, before the film left the queue.
+    os.replace(node.spool.path("films", uid + ".dcm"), node.spool.path("incoming", uid + ".dcm"))
+    os.unlink(node.spool.path("results", uid + ".json"))
+    # At restart the forwarder may run before the worker: it leaves the report alone.
+    assert node.forwarder.send_pending() == 0 and len(node.spool.outbox()) == 1
+    real = report.structured_report
+
+    def redone(*args):  # the redo's report differs (its content time, a second later)
+      sr = real(*args)
+      sr.ContentTime = "000001"
+      return sr
+
+    monkeypatch.setattr(report, "structured_report", redone)
+    node.process_pending()
+    assert node.forwarder.send_pending() == 1
+  finally:
+    node.stop()
+    pacs.stop()
+  (sr,) = pacs.reports()
+  assert sr.ContentTime == "000001" and not node.spool.quarantined()
