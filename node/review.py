@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 from PIL import Image
 
@@ -33,6 +33,8 @@ from cxr_edge.node import spool as spool_lib
 
 log = logging.getLogger("cxr_edge.node")
 
+# Banners: none, one sentence, or several (each its own).
+Notices = Union[None, str, Sequence[str]]
 WORKLIST_LENGTH = 200
 MAX_CONNECTIONS = 32
 REFRESH_SECONDS = 10
@@ -79,11 +81,12 @@ def _study_date(text: Optional[str]) -> str:
 
 
 def _page(title: str, body: str, refresh: bool = False,
-          notice: Optional[str] = None, model: Optional[str] = None) -> bytes:
+          notice: Notices = None, model: Optional[str] = None) -> bytes:
   """A page with the caution, which model the node runs and, for a smoke-test model,
   its notice as a banner."""
   meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
-  banner = f'<div class="notice">{_e(notice)}</div>' if notice else ""
+  notices = [notice] if isinstance(notice, str) else list(notice or ())
+  banner = "".join(f'<div class="notice">{_e(n)}</div>' for n in notices if n)
   banner += f'<p class="model">Results of the {_e(model)}.</p>' if model else ""
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}"
           f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
@@ -133,7 +136,7 @@ def delivery_text(record: Dict, delivery: Optional[spool_lib.Delivery],
 
 
 def worklist(records: List[Dict], queued: int, waiting: int,
-             notice: Optional[str] = None, dead: int = 0,
+             notice: Notices = None, dead: int = 0,
              model: Optional[str] = None, quarantined: int = 0,
              delivery: Optional[spool_lib.Delivery] = None, flagged_only: bool = False,
              now_ns: Optional[int] = None) -> bytes:
@@ -210,7 +213,7 @@ def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = Non
           "quarantined": len(spool.quarantined())}
 
 
-def film_page(record: Dict, has_overlay: bool, notice: Optional[str] = None,
+def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
               model: Optional[str] = None) -> bytes:
   """One film: its details, the film and (if made) its occlusion overlay."""
   uid = urllib.parse.quote(record["sop_instance_uid"])
@@ -270,9 +273,9 @@ class ReviewServer:
     """
     self.spool, self.token, self.waiting = spool, token, waiting
     self.forwarding = forwarding
-    if uncalibrated:
-      notice = " ".join(filter(None, [notice, UNCALIBRATED]))
-    self.notice, self.model = notice, model
+    # Each a banner of its own: a smoke-test model's sentence, an uncalibrated one's.
+    self.notice = [n for n in (notice, UNCALIBRATED if uncalibrated else None) if n]
+    self.model = model
     # One film is decoded at a time (a 7000x7000 film takes about a gigabyte while it
     # is), and each once: its preview is kept in previews/, pruned with the film.
     self._rendering = threading.Lock()
