@@ -114,6 +114,10 @@ def _check_film(path: str, sop_class_uid: str) -> Union[int, pydicom.Dataset]:
   return ds
 
 
+def _cannot_store(error: OSError) -> str:
+  return f"the spool cannot store it ({error.strerror or error})"
+
+
 class Receiving:
   """The spool's receiving/ folder while the receiver runs: the datasets arriving."""
 
@@ -149,7 +153,7 @@ class Receiving:
     removed = len(stale)
     for name in os.listdir(self.folder):
       path = os.path.join(self.folder, name)
-      if not (name.startswith("tmp") and name.endswith(".dcm")) or path in held:
+      if not spool_lib.is_partial(name) or path in held:
         continue
       with contextlib.suppress(OSError):
         if time.time() - os.stat(path).st_mtime > stale_seconds:
@@ -183,7 +187,7 @@ class ReceivedFile:
     except spool_lib.SpoolFull as e:
       self.failed = str(e)
     except OSError as e:
-      self.failed = f"the spool cannot store it ({e.strerror or e})"
+      self.failed = _cannot_store(e)
 
   @property
   def file(self) -> "ReceivedFile":  # pynetdicom calls .file.flush()
@@ -195,7 +199,7 @@ class ReceivedFile:
       try:
         self._fd.write(data)
       except OSError as e:
-        self.discard(f"the spool cannot store it ({e.strerror or e})")
+        self.discard(_cannot_store(e))
     return len(data)
 
   def flush(self) -> None:
@@ -203,7 +207,7 @@ class ReceivedFile:
       try:
         self._fd.flush()
       except OSError as e:
-        self.discard(f"the spool cannot store it ({e.strerror or e})")
+        self.discard(_cannot_store(e))
 
   def close(self) -> None:
     self._receiving.closed(self)
@@ -212,7 +216,7 @@ class ReceivedFile:
       try:
         fd.close()
       except OSError as e:
-        self.failed = self.failed or f"the spool cannot store it ({e.strerror or e})"
+        self.failed = self.failed or _cannot_store(e)
 
   def discard(self, why: str) -> None:
     """Fails the file: closed, removed, and `failed` says why."""
@@ -302,8 +306,7 @@ class Receiver:
       log.warning("refused %s from %s: %s", uid, calling, e)
       return OUT_OF_RESOURCES
     except OSError as e:  # a full or failing disk: the sender keeps the film
-      log.warning("refused %s from %s: the spool cannot store it (%s)", uid, calling,
-                  e.strerror or e)
+      log.warning("refused %s from %s: %s", uid, calling, _cannot_store(e))
       return OUT_OF_RESOURCES
     if queued:
       log.info("received %s from %s", uid, calling)
@@ -387,10 +390,15 @@ class Forwarder:
     for cls in REPORT_CLASSES:
       ae.add_requested_context(cls, [dicom_uid.ExplicitVRLittleEndian,
                                      dicom_uid.ImplicitVRLittleEndian])
-    self._reachable()
-    assoc = ae.associate(self.destination.host, self.destination.port,
-                         ae_title=self.destination.ae_title)
+    try:
+      assoc = ae.associate(self.destination.host, self.destination.port,
+                           ae_title=self.destination.ae_title)
+    except OSError as e:  # pynetdicom lets a name that does not resolve raise
+      self._unreachable_why()
+      raise DestinationUnavailable(f"cannot connect ({e.strerror or e})") from None
     if not assoc.is_established:
+      if not assoc.is_rejected:  # pynetdicom reports a failed connection as an abort
+        self._unreachable_why()
       raise DestinationUnavailable(_no_association(assoc))
     stored = 0
     try:
@@ -423,7 +431,7 @@ class Forwarder:
                                        "temporary)")
         if status == SUCCESS or status in _WARNINGS:
           self.spool.forwarded(name, {
-              "time": _now(), "name": name, "film_uid": name.rsplit(".", 2)[0],
+              "time": _now(), "name": name, "film_uid": spool_lib.film_uid_of(name),
               "status": f"{status:04X}",
               "destination": str(self.destination)})
           stored += 1
@@ -434,8 +442,9 @@ class Forwarder:
         assoc.release() if assoc.is_established else assoc.abort()
     return stored
 
-  def _reachable(self) -> None:
-    """Connects once by TCP, so that an outage says why (pynetdicom only logs it).
+  def _unreachable_why(self) -> None:
+    """After an association request that got no answer: resolves and connects once by
+    TCP, so that the outage says why (pynetdicom only logs it).
 
     Raises:
       DestinationUnavailable: the name does not resolve, or the connection fails.

@@ -198,9 +198,8 @@ class GuardedSocket:
     while pos + 6 <= len(body):
       item_length = int.from_bytes(body[pos:pos + 4], "big")
       control = body[pos + 5]
-      fragment = len(body[pos + 6:pos + 4 + item_length])
-      start = pos + 6
-      pos += 4 + item_length
+      start, pos = pos + 6, pos + 4 + item_length
+      fragment = max(0, min(pos, len(body)) - start)  # a short item: what is there
       if control & 0x01:  # a command fragment
         self._command += body[start:start + fragment]
         if len(self._command) > COMMAND_MAX_BYTES:

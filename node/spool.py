@@ -31,7 +31,7 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from cxr_edge.core import errors
 
@@ -56,6 +56,17 @@ def is_uid(text: object) -> bool:
   """Whether `text` is a well-formed DICOM UID (safe as a file name)."""
   return (isinstance(text, str) and len(text) <= MAX_UID_LENGTH
           and UID_PATTERN.fullmatch(text) is not None)
+
+
+def is_partial(name: str) -> bool:
+  """Whether a receiving/ file's name is a dataset being received (pynetdicom's, and the
+  receiver's own, temporary files: tmp*.dcm)."""
+  return name.startswith("tmp") and name.endswith(".dcm")
+
+
+def film_uid_of(report_name: str) -> str:
+  """The film a report file is of: <uid>.sr.dcm, <uid>.sc.dcm, <uid>.card.dcm -> <uid>."""
+  return report_name.rsplit(".", 2)[0]
 
 
 def _fsync_folder(folder: str) -> None:
@@ -107,12 +118,10 @@ class Spool:
     self._clear_receiving()
     self._repair_log(AUDIT_NAME)
     self._repair_log(FORWARDED_NAME)
-    # Which films' reports the destination has stored, and when: the review page's
-    # delivery column (read once here, then kept as reports go).
-    self._forwarded: Dict[str, str] = {}
-    for line in iter_lines(self.path(FORWARDED_NAME)):
-      if line.get("film_uid"):
-        self._forwarded[line["film_uid"]] = line.get("time", "")
+    # Films whose reports the destination stored: the review page's delivery column,
+    # read from forwarded.jsonl when first asked (not at every start), then kept.
+    self._forwarded: Optional[Set[str]] = None
+    self._forwarded_lock = threading.Lock()
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
@@ -121,7 +130,7 @@ class Spool:
     """Partial datasets of associations a crash cut off: never acknowledged, so the
     sender still has them. Only pynetdicom's temporary files are removed."""
     for name in os.listdir(self.path("receiving")):
-      if name.startswith("tmp") and name.endswith(".dcm"):
+      if is_partial(name):
         with contextlib.suppress(OSError):
           os.unlink(self.path("receiving", name))
 
@@ -288,7 +297,7 @@ class Spool:
   def queued_film(self, report_name: str) -> bool:
     """Whether the film a report is of is still queued (it will be redone, its reports
     rewritten): the forwarder leaves such a report until then."""
-    return os.path.exists(self.path("incoming", report_name.rsplit(".", 2)[0] + ".dcm"))
+    return os.path.exists(self.path("incoming", film_uid_of(report_name) + ".dcm"))
 
   def outbox_report(self, name: str) -> Any:
     """A report from the outbox, checked and parsed (pydicom).
@@ -321,8 +330,9 @@ class Spool:
   def forwarded(self, name: str, line: Dict) -> None:
     """A report the destination accepted: logged, then out of the outbox."""
     _append_line(self.path(FORWARDED_NAME), line)
-    if line.get("film_uid"):
-      self._forwarded[line["film_uid"]] = line.get("time", "")
+    with self._forwarded_lock:
+      if self._forwarded is not None:
+        self._forwarded.add(film_uid_of(name))
     for path in (self.path("outbox", name), self.path("outbox", name + ".sha256")):
       with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -393,17 +403,20 @@ class Spool:
 
   def delivery(self) -> "Delivery":
     """Where each film's reports are: stored at the destination, waiting, or refused."""
-    def films(names):
-      return {n.rsplit(".", 2)[0] for n in names}  # <uid>.sr.dcm, <uid>.sc.dcm
-    return Delivery(stored=dict(self._forwarded), waiting=films(self.outbox()),
-                    refused=films(self.dead_letters()))
+    with self._forwarded_lock:
+      if self._forwarded is None:
+        self._forwarded = {line["film_uid"] for line in iter_lines(
+            self.path(FORWARDED_NAME)) if line.get("film_uid")}
+      stored = set(self._forwarded)
+    return Delivery(stored=stored, waiting=set(map(film_uid_of, self.outbox())),
+                    refused=set(map(film_uid_of, self.dead_letters())))
 
 
 class Delivery:
-  """A snapshot of where films' reports are (Spool.delivery)."""
+  """A snapshot of where films' reports are (Spool.delivery): sets of film UIDs."""
 
-  def __init__(self, stored: Dict[str, str], waiting, refused):
-    self.stored, self.waiting, self.refused = stored, set(waiting), set(refused)
+  def __init__(self, stored: Set[str], waiting: Set[str], refused: Set[str]):
+    self.stored, self.waiting, self.refused = stored, waiting, refused
 
   def of(self, uid: str) -> Optional[str]:
     """"refused", "waiting", "stored" or None (no report was queued for it)."""
