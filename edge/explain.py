@@ -6,7 +6,7 @@ probability, that region supported the decision. It costs one invoke per positio
 200 for a 150-px input), so it is slow on purpose and only runs when asked
 (cxr-predict --explain=DIR). It shows what the model used, not where disease is.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -41,7 +41,8 @@ def occlusion_map(model: runtime.LiteModel, image: np.ndarray, patch: int = 0,
   return np.maximum(heat, 0.0)
 
 
-def overlay_png(model: runtime.LiteModel, data: bytes, result: Dict) -> bytes:
+def overlay_png(model: runtime.LiteModel, data: bytes, result: Dict,
+                gray: Optional[np.ndarray] = None) -> bytes:
   """A film's occlusion overlay as a captioned PNG (cxr-predict --explain, cxr-node
   --overlay).
 
@@ -49,8 +50,10 @@ def overlay_png(model: runtime.LiteModel, data: bytes, result: Dict) -> bytes:
     model: the model that predicted the film.
     data: the film's bytes (any format the runtime reads).
     result: its prediction record (runtime.LiteModel.predict_bytes).
+    gray: the film as already decoded (runtime.film_gray), if it was.
   """
-  gray = runtime.film_gray(data)
+  if gray is None:
+    gray = runtime.film_gray(data)
   heat = occlusion_map(model, runtime.preprocess_gray(gray, model.image_size, model.scale))
   caption = (f"{result['prediction']} (p_pneumonia {result['p_pneumonia']:.3f}, threshold "
              f"{result['threshold']:.3f})\nocclusion sensitivity, deployed model: "

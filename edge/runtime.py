@@ -272,7 +272,14 @@ class LiteModel:
     return out
 
   def predict_bytes(self, data: bytes, strict: bool = False) -> Dict[str, object]:
-    """A film's bytes -> its prediction record (latency: preprocess, guard and invoke).
+    """A film's bytes -> its prediction record: predict_film's record."""
+    return self.predict_film(data, strict)[0]
+
+  def predict_film(self, data: bytes,
+                   strict: bool = False) -> Tuple[Dict[str, object], np.ndarray]:
+    """A film's bytes -> its prediction record (latency: preprocess, guard and invoke),
+    and the film as decoded (film_gray), for what shows it beside the prediction (the
+    node's result card and overlay) without decoding it again.
 
     Args:
       data: the file's bytes.
@@ -280,10 +287,10 @@ class LiteModel:
         (ImageError) instead of predicted with a warning.
 
     Returns:
-      {"prediction" (the model's class: PNEUMONIA iff p_pneumonia >= threshold),
+      ({"prediction" (the model's class: PNEUMONIA iff p_pneumonia >= threshold),
       "p_pneumonia" (the positive class's probability), "threshold", "model_sha256",
       "warning" (None, or why the input does not look like a chest radiograph),
-      "latency_ms"}.
+      "latency_ms"}, the decoded film: uint8 [H, W]).
 
     Raises:
       ImageError: unreadable input, or (strict) an implausible one.
@@ -303,8 +310,8 @@ class LiteModel:
       raise ImageError(f"rejected (--strict): {warning}")
     probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))
     latency = (time.perf_counter() - start) * 1000
-    return {**self.decide(probs), "threshold": self.threshold, "model_sha256": self.sha256,
-            "warning": warning, "latency_ms": round(latency, 3)}
+    return ({**self.decide(probs), "threshold": self.threshold, "model_sha256": self.sha256,
+             "warning": warning, "latency_ms": round(latency, 3)}, gray)
 
 
 def _read_sidecar(model_path: str) -> Optional[Dict]:

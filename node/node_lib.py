@@ -247,8 +247,9 @@ class Node:
       self.spool.quarantine("incoming", uid + ".dcm", why)
       return self._fail(uid, why, received_ns)
     start = time.perf_counter()
+    gray = None  # the film as decoded for the prediction: the card and overlay show it
     try:
-      result = self.model.predict_bytes(data, self.options.strict)
+      result, gray = self.model.predict_film(data, self.options.strict)
     except (errors.ImageError, image_io.UnreadableFile) as e:
       result = {"error": str(e)}
     report_header = header
@@ -267,10 +268,11 @@ class Node:
                                     self.model.sha256)
     names = [self._write(uid + ".sr.dcm", sr)]
     if self.options.result_card:
-      try:
-        gray = runtime.film_gray(data)
-      except (errors.ImageError, image_io.UnreadableFile):
-        gray = np.zeros((1, 1), np.uint8)  # no picture of the film: the words still go
+      if gray is None:  # not predicted: decodable still (refused by --strict), or not
+        try:
+          gray = runtime.film_gray(data)
+        except (errors.ImageError, image_io.UnreadableFile):
+          gray = np.zeros((1, 1), np.uint8)  # no picture of the film: the words still go
       rgb = card.render(gray, result, self.model.info)
       try:
         result_card = report.result_card(report_header, rgb, self.model.sha256)
@@ -280,7 +282,7 @@ class Node:
       names.append(self._write(uid + ".card.dcm", result_card))
     has_overlay = False
     if self.options.overlay and "error" not in result:
-      png = explain.overlay_png(self.model, data, result)
+      png = explain.overlay_png(self.model, data, result, gray)
       spool_lib.write_atomic(self.spool.path("overlays", uid + ".png"), png)
       with Image.open(io.BytesIO(png)) as im:
         rgb = np.asarray(im.convert("RGB"))
