@@ -69,9 +69,8 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
                            f"named {' and '.join(schema.LABELS)}")
   if min(items_by_class) == 0:
     counts = ", ".join(f"{n} {label}" for n, label in zip(items_by_class, schema.LABELS))
-    subtype_folders = sorted({s["path"].replace(os.sep, "/").split("/")[0] for s in skipped
-                              if s["path"].replace(os.sep, "/").split("/")[0].upper()
-                              in _SUBTYPE_FOLDERS})
+    tops = {s["path"].replace(os.sep, "/").split("/")[0] for s in skipped}
+    subtype_folders = sorted(t for t in tops if t.upper() in _SUBTYPE_FOLDERS)
     hint = (f": {' and '.join(f + '/' for f in subtype_folders)} are kinds of pneumonia; "
             f"move them into PNEUMONIA/ (e.g. PNEUMONIA/{subtype_folders[0]}/), where their "
             "names still give the subtype" if subtype_folders and items_by_class[

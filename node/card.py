@@ -37,8 +37,11 @@ def _px(size_at_1024: float) -> int:
   return max(1, round(size_at_1024 * SIDE / 1024))
 
 
-def lines(result: Dict, info: package_info.ModelInfo) -> List[Tuple[str, int, tuple]]:
-  """The card's text, top to bottom: (text, size in px, colour)."""
+Line = Tuple[str, int, tuple]  # text, size in px, colour
+
+
+def lines(result: Dict, info: package_info.ModelInfo) -> Tuple[List[Line], List[Line]]:
+  """The card's text above the film and below it, each top to bottom."""
   if "error" in result:
     head = [("NOT ANALYSED", _px(96), _CAUTION)]
     head += [(line, _px(34), _PLAIN) for line in textwrap.wrap(result["error"], 50)[:3]]
@@ -59,14 +62,12 @@ def lines(result: Dict, info: package_info.ModelInfo) -> List[Tuple[str, int, tu
            f"cxr-edge {__version__}", _px(28), _QUIET)]
   if info.notice:
     foot.insert(0, ("SMOKE-TEST MODEL: not for films of patients", _px(36), _CAUTION))
-  return head + [("", 0, _PLAIN)] + foot  # the film goes between head and foot
+  return head, foot
 
 
 def render(film_gray: np.ndarray, result: Dict, info: package_info.ModelInfo) -> np.ndarray:
   """The card as uint8 RGB [SIDE, SIDE, 3]."""
-  items = lines(result, info)
-  split = next(i for i, (text, size, _) in enumerate(items) if size == 0)
-  head, foot = items[:split], items[split + 1:]
+  head, foot = lines(result, info)
   canvas = Image.new("RGB", (SIDE, SIDE), _BACKGROUND)
   draw = ImageDraw.Draw(canvas)
   y = _MARGIN

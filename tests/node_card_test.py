@@ -26,8 +26,9 @@ from tests.node_test import Pacs, running_node, send
 ])
 def test_the_card_says_the_finding_first_in_large_type(released_model, kind, first, colour):
   info = runtime.LiteModel(released_model).info
-  lines = card.lines(RESULTS[kind], info)
-  text, size, shown = lines[0]
+  head, foot = card.lines(RESULTS[kind], info)
+  lines = head + foot
+  text, size, shown = head[0]
   assert (text, shown) == (first, colour)
   # Legible in a PACS thumbnail of 128 px: at least 8 px high there.
   assert size * 128 / card.SIDE >= 8
