@@ -251,6 +251,14 @@ def film_preview(path: str) -> bytes:
   return out.getvalue()
 
 
+def _read_if_there(path: str) -> Optional[bytes]:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except FileNotFoundError:
+    return None
+
+
 class ReviewServer:
   """The review page over a spool, in a background thread."""
 
@@ -294,20 +302,18 @@ class ReviewServer:
     """The film's preview PNG (rendered once, then from previews/), or None if the film
     is no longer kept."""
     cached = self.spool.path("previews", uid + ".png")
-    for attempt in range(2):
-      with contextlib.suppress(FileNotFoundError):
-        with open(cached, "rb") as f:
-          return f.read()
-      if attempt:
-        break
-      with self._rendering:
-        if os.path.exists(cached):
-          continue
+    png = _read_if_there(cached)
+    if png is not None:
+      return png
+    with self._rendering:
+      png = _read_if_there(cached)  # another request rendered it meanwhile
+      if png is None:
         path = self.spool.path("films", uid + ".dcm")
         if not os.path.exists(path):
           return None
-        spool_lib.write_atomic(cached, film_preview(path))
-    return None
+        png = film_preview(path)
+        spool_lib.write_atomic(cached, png)
+    return png
 
   def start(self) -> None:
     self._thread.start()
