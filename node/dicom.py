@@ -121,8 +121,8 @@ def _cannot_store(error: OSError) -> str:
 class Receiving:
   """The spool's receiving/ folder while the receiver runs: the datasets arriving."""
 
-  def __init__(self, spool: spool_lib.Spool):
-    self.spool = spool
+  def __init__(self, spool: spool_lib.Spool, max_bytes: int):
+    self.spool, self.max_bytes = spool, max_bytes
     self.folder = spool.path("receiving")
     self._live: Dict[str, "ReceivedFile"] = {}
     self._lock = threading.Lock()
@@ -178,6 +178,7 @@ class ReceivedFile:
     self._receiving = receiving
     self.failed: Optional[str] = None
     self.last_write = time.monotonic()
+    self.size = 0
     self._fd = None
     self.name = os.path.join(receiving.folder, "unwritable.dcm")  # never created
     try:
@@ -195,6 +196,9 @@ class ReceivedFile:
 
   def write(self, data: bytes) -> int:
     self.last_write = time.monotonic()
+    self.size += len(data)
+    if self.size > self._receiving.max_bytes:  # the node's C-GET has no socket guard
+      self.discard(f"the dataset is larger than {self._receiving.max_bytes} bytes")
     if self._fd is not None:
       try:
         self._fd.write(data)
@@ -232,13 +236,14 @@ class Receiver:
   def __init__(self, spool: spool_lib.Spool, options: node_config.NodeOptions,
                on_admitted: Callable[[], None]):
     self.spool, self.options, self.on_admitted = spool, options, on_admitted
-    self.receiving = Receiving(spool)
+    self.receiving = Receiving(spool, options.limits.max_dataset_bytes)
     self.gate = limits.Gate(options.limits, options.ae_title, options.allow_ae)
     self._server = None
     self._saved = None
 
-  def start(self) -> int:
-    """Starts listening; returns the port (useful with --port=0)."""
+  def start(self, listen: bool = True) -> Optional[int]:
+    """Readies the spool's receiving/ folder for C-STOREs (the node's own C-GET's too)
+    and, with `listen`, starts listening; returns the port (useful with --port=0)."""
     # Datasets are written to a file as they arrive (bounded memory), in the spool's
     # receiving/ folder so that admitting one is a link on the same disk, not a copy.
     # pynetdicom has no setting for that file, only the module's NamedTemporaryFile,
@@ -247,6 +252,8 @@ class Receiver:
     self._saved = (_config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile)
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = self.receiving.open
+    if not listen:
+      return None
     ae = AE(ae_title=self.options.ae_title)
     # The gate admits associations (node/limits.py); pynetdicom's own count includes
     # connections not yet associated, so it is only a bound on threads here.
@@ -265,7 +272,7 @@ class Receiver:
     self.gate.start()
     self._server = ae.start_server(
         (self.options.host, self.options.port), block=False,
-        evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo),
+        evt_handlers=[(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, _on_echo),
                       *self.gate.handlers()])
     return self._server.server_address[1]
 
@@ -283,8 +290,9 @@ class Receiver:
     two network timeouts)."""
     return self.receiving.sweep(2 * self.options.network_timeout)
 
-  def _on_store(self, event) -> int:
-    calling = event.assoc.requestor.ae_title
+  def on_store(self, event) -> int:
+    """EVT_C_STORE: a film pushed to the node, or sent back by its own C-GET."""
+    calling = peer(event.assoc)
     received = getattr(event.request, "_dataset_file", None)
     if isinstance(received, ReceivedFile) and received.failed:
       log.warning("refused %s from %s: %s", event.request.AffectedSOPInstanceUID, calling,
@@ -314,6 +322,11 @@ class Receiver:
     else:
       log.info("received %s from %s again: already queued or done", uid, calling)
     return SUCCESS
+
+
+def peer(assoc) -> str:
+  """The AE title at the other end of an association (the node's own C-GET included)."""
+  return str(assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title)
 
 
 def _on_echo(event) -> int:
@@ -399,7 +412,7 @@ class Forwarder:
     if not assoc.is_established:
       if not assoc.is_rejected:  # pynetdicom reports a failed connection as an abort
         self._unreachable_why()
-      raise DestinationUnavailable(_no_association(assoc))
+      raise DestinationUnavailable(no_association(assoc))
     stored = 0
     try:
       for name in names:
@@ -443,22 +456,11 @@ class Forwarder:
     return stored
 
   def _unreachable_why(self) -> None:
-    """After an association request that got no answer: resolves and connects once by
-    TCP, so that the outage says why (pynetdicom only logs it).
-
-    Raises:
-      DestinationUnavailable: the name does not resolve, or the connection fails.
-    """
-    host, port = self.destination.host, self.destination.port
-    try:
-      socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-      raise DestinationUnavailable(f"{host} does not resolve ({e.strerror})") from None
-    try:
-      socket.create_connection((host, port), timeout=self.timeouts[0]).close()
-    except OSError as e:
-      raise DestinationUnavailable(
-          f"cannot connect to {host}:{port} ({e.strerror or type(e).__name__})") from None
+    """Raises DestinationUnavailable saying why the destination cannot be reached, if
+    a connection of its own finds out."""
+    why = unreachable_why(self.destination, self.timeouts[0])
+    if why:
+      raise DestinationUnavailable(why)
 
   def _refuse(self, name: str, why: str) -> None:
     count = self._refused.get(name, 0) + 1
@@ -471,6 +473,20 @@ class Forwarder:
       del self._refused[name]
 
 
+def unreachable_why(peer: node_config.Destination, timeout: float) -> Optional[str]:
+  """After an association request that got no answer: resolves and connects once by
+  TCP, so that the outage says why (pynetdicom only logs it); None if it connects."""
+  try:
+    socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
+  except socket.gaierror as e:
+    return f"{peer.host} does not resolve ({e.strerror})"
+  try:
+    socket.create_connection((peer.host, peer.port), timeout=timeout).close()
+  except OSError as e:
+    return f"cannot connect to {peer.host}:{peer.port} ({e.strerror or type(e).__name__})"
+  return None
+
+
 # A-ASSOCIATE-RJ reasons (PS3.8 9.3.4), by (source, diagnostic).
 _REJECTIONS = {(1, 1): "no reason given", (1, 2): "application context not supported",
                (1, 3): "our calling AE title is not recognised",
@@ -479,7 +495,7 @@ _REJECTIONS = {(1, 1): "no reason given", (1, 2): "application context not suppo
                (3, 1): "temporary congestion", (3, 2): "local limit exceeded"}
 
 
-def _no_association(assoc) -> str:
+def no_association(assoc) -> str:
   """Why an association was not established, as far as pynetdicom knows."""
   if assoc.is_rejected:
     rejection = getattr(assoc.acceptor, "primitive", None)

@@ -96,6 +96,30 @@ class NodeOptions:
   forward_refusals: int = option(
       3, lower_bound=1, help="A report the destination refuses this many times (a failure "
       "status, not an outage) goes to dead_letter/ in the spool with the reason.")
+  query: Optional[str] = option(
+      None, help="Catch up with this PACS, AE@host:port: at start and every "
+      "--catch_up_minutes, ask it (C-FIND) for CR/DX chest films since the last round and "
+      "retrieve those the node never received (e.g. sent while it was down).")
+  query_ae_title: Optional[str] = option(
+      None, help="The calling AE title used towards --query (the PACS must know it); "
+      "default: --ae_title.")
+  retrieve: str = option(
+      "get", choices=("get", "move"), help="How catch-up retrieves a film: get (C-GET: it "
+      "comes back on the node's own association; the PACS needs no address of the node) "
+      "or move (C-MOVE to --ae_title, for a PACS without C-GET; it must know the node's "
+      "address).")
+  catch_up_minutes: float = option(
+      10.0, lower_bound=0.0, help="Minutes between catch-up rounds (0: only when the node "
+      "starts).")
+  catch_up_days: int = option(
+      1, lower_bound=0, help="On first start with --query (no checkpoint yet), look back "
+      "this many days before today's studies; later rounds start from the checkpoint.")
+  catch_up_batch: int = option(
+      100, lower_bound=1, help="Films one catch-up round retrieves at most; the next batch "
+      "follows once the node has read these.")
+  listen: bool = option(
+      True, help="Listen for films pushed to --port (--nolisten: pull-only, every film "
+      "comes by --query's catch-up with C-GET).")
   http_port: Optional[int] = option(
       None, lower_bound=0, upper_bound=65535,
       help="Serve the review page on this port (0: any free port, logged); default: none.")
@@ -160,20 +184,35 @@ class NodeOptions:
         max_per_peer=self.max_associations_per_peer, max_dataset_bytes=MAX_DATASET_BYTES)
 
   @property
+  def query_pacs(self) -> Optional[Destination]:
+    return Destination.parse(self.query) if self.query else None
+
+  @property
   def destination(self) -> Optional[Destination]:
     return Destination.parse(self.forward) if self.forward else None
 
   def __post_init__(self):
-    """Checks what one flag's bounds cannot (AE titles, a destination's form).
+    """Checks what one flag's bounds cannot (AE titles, a destination's form, flags
+    that need each other).
 
     Raises:
-      ConfigError: a malformed --ae_title, --forward or --forward_ae_title.
+      ConfigError: a malformed AE title or AE@host:port, or --nolisten without --query
+        or with --retrieve=move.
     """
     object.__setattr__(self, "ae_title", ae_title(self.ae_title))
     if self.forward:
       Destination.parse(self.forward)
     if self.forward_ae_title:
       ae_title(self.forward_ae_title)
+    if self.query:
+      Destination.parse(self.query)
+    if self.query_ae_title:
+      ae_title(self.query_ae_title)
+    if not self.listen and not self.query:
+      raise ConfigError("--nolisten needs --query: with neither, no film can arrive")
+    if not self.listen and self.retrieve == "move":
+      raise ConfigError("--retrieve=move needs the node to listen (the PACS sends the "
+                        "films to it): drop --nolisten, or use --retrieve=get")
 
 
 REQUIRED = ("spool_dir",)

@@ -34,6 +34,7 @@ from cxr_edge.edge import explain
 from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 from cxr_edge.node import card
+from cxr_edge.node import catch_up as catch_up_lib
 from cxr_edge.node import dicom
 from cxr_edge.node import node_config
 from cxr_edge.node import report
@@ -61,7 +62,7 @@ def _text(ds: pydicom.Dataset, keyword: str) -> Optional[str]:
 @dataclasses.dataclass
 class Ports:
   """Where the node listens (the actual ports, when 0 was asked for)."""
-  dicom: int
+  dicom: Optional[int]  # None with --nolisten
   http: Optional[int]
 
 
@@ -100,12 +101,18 @@ class Node:
                                       options.forward_refusals, options.acse_timeout,
                                       options.dimse_timeout, options.network_timeout)
                       if destination else None)
+    # Catch-up's films are admitted by the receiver's own handler: pushed or pulled, a
+    # film is queued once.
+    self.catch_up = (catch_up_lib.CatchUp(self.spool, options, self.receiver.on_store,
+                                          queue_empty=lambda: not self.spool.pending())
+                     if options.query else None)
     self.review: Optional[review.ReviewServer] = None
     self._worker = threading.Thread(target=self._work, name="cxr-node worker", daemon=True)
     self.processed = 0
 
   def start(self) -> Ports:
-    """Starts the worker, the forwarder, the review page and, last, the receiver."""
+    """Starts the worker, the forwarder, the review page, the receiver and, last, the
+    catch-up (its C-MOVE's films come to the receiver)."""
     if self.forwarder:
       self.forwarder.start()
     self._worker.start()
@@ -116,22 +123,32 @@ class Node:
           waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice,
           model=self.model.info.headline(self.model.sha256),
           timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
-          uncalibrated=self.model.info.site_calibration is None)
+          uncalibrated=self.model.info.site_calibration is None,
+          catch_up=self.catch_up_state)
       self.review.start()
       http_port = self.review.port
-    dicom_port = self.receiver.start()
+    dicom_port = self.receiver.start(listen=self.options.listen)
     queued = self.spool.queued()
-    log.info("cxr-node %s listening on %s:%d%s; %s, from %s; %d film(s) queued from "
-             "before", self.options.ae_title, self.options.host, dicom_port,
+    log.info("cxr-node %s %s%s%s; %s, from %s; %d film(s) queued from before",
+             self.options.ae_title,
+             f"listening on {self.options.host}:{dicom_port}" if self.options.listen
+             else "not listening (pull-only)",
+             f", catching up from {self.options.query_pacs} by C-"
+             f"{self.options.retrieve.upper()}" if self.catch_up else "",
              f", review page on http://{self.options.http_host}:{http_port}/"
              if http_port is not None else "", self.model.info.headline(self.model.sha256),
              self.model.path, queued)
     if self.model.info.notice:
       log.warning("%s", self.model.info.notice)
+    if self.catch_up:
+      self.catch_up.start()
     return Ports(dicom_port, http_port)
 
   def stop(self) -> None:
-    """Stops receiving first, then lets the worker finish its film; releases the spool."""
+    """Stops catching up and receiving first, then lets the worker finish its film;
+    releases the spool."""
+    if self.catch_up:
+      self.catch_up.stop()
     self.receiver.stop()
     self._stop.set()
     self._wake.set()
@@ -154,6 +171,15 @@ class Node:
         return True
       self._stop.wait(0.05)
     return False
+
+  def catch_up_state(self) -> Optional[Dict]:
+    """The catch-up's PACS, checkpoint and last round (None without --query)."""
+    if not self.catch_up:
+      return None
+    last = self.catch_up.last
+    return {"pacs": str(self.catch_up.pacs), "retrieve": self.options.retrieve,
+            "checkpoint": self.catch_up.checkpoint(),
+            "last_round": dataclasses.asdict(last) if last else None}
 
   def _token(self) -> Optional[str]:
     """The review page's token: none on loopback; else --http_token_file's, or one made

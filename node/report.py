@@ -321,6 +321,11 @@ def _secondary_capture(film: pydicom.Dataset, rgb: np.ndarray, sha256: str, kind
       patient_orientation=_orientation(film),
       transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian)
   sc.BurnedInAnnotation = "YES"  # the words are drawn into the pixels
+  # The film it was made from: a viewer (and a script) can go from the picture to it.
+  source = pydicom.Dataset()
+  source.ReferencedSOPClassUID = film.SOPClassUID
+  source.ReferencedSOPInstanceUID = film.SOPInstanceUID
+  sc.SourceImageSequence = [source]
   return sc
 
 

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from PIL import Image
 
@@ -135,15 +135,33 @@ def delivery_text(record: Dict, delivery: Optional[spool_lib.Delivery],
   return "no report sent"
 
 
+def catch_up_text(state: Optional[Dict]) -> str:
+  """The catch-up's last round in a sentence (empty without --query)."""
+  if not state:
+    return ""
+  last = state.get("last_round")
+  if not last:
+    return f"Catch-up from {state['pacs']}: first round under way."
+  if last.get("error"):
+    return (f"Catch-up from {state['pacs']}: the last round ({last['started']}) failed: "
+            f"{last['error']}.")
+  return (f"Catch-up from {state['pacs']}: last round {last['started']}, "
+          f"{last['studies']} CR/DX stud(ies) since {_study_date(last['since'])}, "
+          f"{last['retrieved']} retrieved" + (f", {last['failed']} did not arrive"
+                                              if last.get("failed") else "")
+          + ("; more follow" if last.get("more") else "") + ".")
+
+
 def worklist(records: List[Dict], queued: int, waiting: int,
              notice: Notices = None, dead: int = 0,
              model: Optional[str] = None, quarantined: int = 0,
              delivery: Optional[spool_lib.Delivery] = None, flagged_only: bool = False,
-             now_ns: Optional[int] = None) -> bytes:
+             now_ns: Optional[int] = None, catch_up: Optional[Dict] = None) -> bytes:
   """The worklist: in order of receipt (newest first), never reordered by finding;
   flagged films marked, and shown alone only when asked (`flagged_only`). `notice`, a
   smoke-test or uncalibrated model's sentence, is a banner; `delivery`, where each
-  film's report is (None: the node does not forward)."""
+  film's report is (None: the node does not forward); `catch_up`, the catch-up's state
+  (None without --query)."""
   now_ns = now_ns or time.time_ns()
   shown = [r for r in records if not flagged_only or r.get("prediction") == "PNEUMONIA"]
   rows = []
@@ -176,6 +194,8 @@ def worklist(records: List[Dict], queued: int, waiting: int,
             + (f"; {quarantined} damaged file(s) set aside in quarantine/ (see each "
                ".reason.txt)" if quarantined else "") + ". "
             f"Refreshes every {REFRESH_SECONDS} s.</p>")
+  if catch_up:
+    status += f'<p class="catch-up">{_e(catch_up_text(catch_up))}</p>'
   links = ('<p class="filter">Showing flagged films only (PNEUMONIA). '
            '<a href="/">Show all films</a></p>' if flagged_only else
            '<p class="filter">Showing all films. <a href="/?flagged=1">Show flagged films '
@@ -188,9 +208,10 @@ def worklist(records: List[Dict], queued: int, waiting: int,
                model=model)
 
 
-def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = None) -> Dict:
-  """The node's state for a monitoring script (/status.json): counts, and how long the
-  oldest film and the oldest report have waited."""
+def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = None,
+           catch_up: Optional[Dict] = None) -> Dict:
+  """The node's state for a monitoring script (/status.json): counts, how long the
+  oldest film and the oldest report have waited, and the catch-up's last round."""
   now_ns = now_ns or time.time_ns()
   pending = spool.pending()
   outbox = spool.outbox() if forwarding else []
@@ -210,7 +231,8 @@ def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = Non
           "oldest_report_waiting_seconds": age("outbox", outbox[0], ctime=True)
                                            if outbox else 0.0,
           "dead_letters": len(spool.dead_letters()),
-          "quarantined": len(spool.quarantined())}
+          "quarantined": len(spool.quarantined()),
+          "catch_up": catch_up}
 
 
 def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
@@ -266,7 +288,8 @@ class ReviewServer:
                token: Optional[str] = None, waiting=lambda: 0,
                notice: Optional[str] = None, model: Optional[str] = None,
                timeout: float = 10.0, forwarding: bool = False,
-               uncalibrated: bool = False):
+               uncalibrated: bool = False,
+               catch_up: Callable[[], Optional[Dict]] = lambda: None):
     """
     Args:
       spool: the node's spool.
@@ -278,8 +301,10 @@ class ReviewServer:
       timeout: seconds a connection may take to send each part of its request.
       forwarding: whether the node forwards reports (the delivery column).
       uncalibrated: the model's threshold was not set on this site's films (a banner).
+      catch_up: a callable giving the catch-up's state (None without --query).
     """
     self.spool, self.token, self.waiting = spool, token, waiting
+    self.catch_up = catch_up
     self.forwarding = forwarding
     # Each a banner of its own: a smoke-test model's sentence, an uncalibrated one's.
     self.notice = [n for n in (notice, UNCALIBRATED if uncalibrated else None) if n]
@@ -458,13 +483,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
           spool.recent(WORKLIST_LENGTH), spool.queued(), state.waiting(), state.notice,
           len(spool.dead_letters()), state.model, len(spool.quarantined()),
           spool.delivery() if state.forwarding else None,
-          flagged_only=self._query.get("flagged", [""])[0] == "1"))
+          flagged_only=self._query.get("flagged", [""])[0] == "1",
+          catch_up=state.catch_up()))
     elif parts == ["status.json"]:
-      self._send(200, json.dumps(status(spool, state.forwarding)).encode("utf-8"),
-                 "application/json")
+      self._send(200, json.dumps(status(spool, state.forwarding, catch_up=state.catch_up())
+                                 ).encode("utf-8"), "application/json")
     elif parts == ["worklist.json"]:
-      self._send(200, json.dumps(spool.recent(WORKLIST_LENGTH)).encode("utf-8"),
-                 "application/json")
+      records = spool.recent(WORKLIST_LENGTH)
+      if state.forwarding:  # each film's report: stored, waiting, refused, or none
+        delivery = spool.delivery()
+        records = [{**r, "delivery": delivery.of(r.get("sop_instance_uid", ""))}
+                   for r in records]
+      self._send(200, json.dumps(records).encode("utf-8"), "application/json")
     elif len(parts) == 2 and parts[0] in ("film", "overlay"):
       self._film(parts[0], parts[1])
     else:

@@ -15,6 +15,7 @@ Instance UID, which the receiver has checked is a well-formed UID):
   quarantine/  files found damaged (a queued film, a record, a report to send), each
                beside <name>.reason.txt: set aside so that everything else goes on
   audit.jsonl  one line per film, appended once; forwarded.jsonl one per report sent
+  catch_up.json  the first study date the next catch-up round asks the PACS for
 
 Every file is written whole and renamed into place (write, fsync, rename, fsync the
 folder), so a crash leaves either the old state or the new one. A film is processed
@@ -427,6 +428,17 @@ class Delivery:
     if uid in self.stored:
       return "stored"
     return None
+
+
+def read_json(path: str) -> Optional[Dict]:
+  """A small JSON object the node keeps (a checkpoint), or None where it is missing or
+  damaged (a crash cannot leave it half-written: it is written whole, write_atomic)."""
+  try:
+    with open(path, "rb") as f:
+      value = json.loads(f.read(_MAX_RECORD_BYTES + 1))
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
 
 
 def _last_line(path: str) -> Optional[Dict]:

@@ -58,7 +58,7 @@ class Orthanc:
         "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True, "ConcurrentJobs": concurrent_jobs,
         "SaveJobs": False, "Plugins": [], "StableAge": 1, "DicomScuTimeout": 30,
-        "HttpTimeout": 60, "LimitFindResults": 0, "LimitFindInstances": 0,
+        "HttpTimeout": 60, "MaximumStorageCacheSize": 0, "LimitFindResults": 0, "LimitFindInstances": 0,
         "DicomModalities": modalities or {}, "LuaScripts": lua_scripts or [],
     }
     self.config_path = os.path.join(folder, "orthanc.json")
@@ -139,6 +139,19 @@ class Orthanc:
 
   def modality_of(self, instance: str) -> str:
     return self.get(f"/instances/{instance}/simplified-tags").get("Modality", "")
+
+  def modality_counts(self) -> Dict[str, int]:
+    """{modality: instances} of everything stored."""
+    counts: Dict[str, int] = {}
+    for instance in self.instances():
+      modality = self.modality_of(instance)
+      counts[modality] = counts.get(modality, 0) + 1
+    return counts
+
+  def storage_file(self, instance: str) -> str:
+    """Where Orthanc keeps an instance's DICOM file (its storage folder's layout)."""
+    uuid = self.get(f"/instances/{instance}/attachments/dicom/info")["Uuid"]
+    return os.path.join(self.folder, "storage", uuid[:2], uuid[2:4], uuid)
 
   def file(self, instance: str) -> bytes:
     return self._request("GET", f"/instances/{instance}/file")

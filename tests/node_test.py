@@ -407,6 +407,16 @@ def test_a_malformed_destination_is_one_clear_error(text, why):
     node_config.Destination.parse(text)
 
 
+@pytest.mark.parametrize("flags,why", [
+    ({"listen": False}, "--nolisten needs --query"),
+    ({"listen": False, "query": "PACS@h:1", "retrieve": "move"}, "--retrieve=move needs"),
+    ({"query": "PACS@h"}, "AE@host:port"),
+    ({"query": "PACS@h:1", "query_ae_title": "A\\B"}, "not an AE title")])
+def test_catch_up_flags_that_cannot_work_are_one_clear_error(flags, why):
+  with pytest.raises(errors.ConfigError, match=why):
+    node_config.NodeOptions(spool_dir="/nowhere", **flags)
+
+
 def test_a_destination_parses_names_and_ipv6():
   assert str(node_config.Destination.parse("PACS@pacs.local:4242")) == "PACS@pacs.local:4242"
   assert node_config.Destination.parse("PACS@[::1]:104").host == "::1"
