@@ -3,8 +3,9 @@ when asked, a Secondary Capture of the occlusion overlay), both in the film's st
 
 The report is a TID 1500 Measurement Report, as IHE AI Results and MONAI Deploy's SR
 writer make them, built with highdicom (which keeps the template's structure and the
-patient/study modules right): the film as evidence and source image; the algorithm
-(cxr-edge's network, the package's version and the model file's sha256); the finding
+patient/study modules right): the procedure reported (plain chest X-ray); the film as
+evidence and source image; the algorithm (cxr-edge's network, the package's version and
+the model file's sha256), also as Contributing Equipment; a plain summary first; the finding
 "Pneumonia" present or absent at the package threshold; p_pneumonia and the threshold
 as numbers; the plausibility guard's warning; and the caution that it is a triage aid,
 not for diagnostic use. A film the node could not analyse gets a report too, saying so
@@ -208,6 +209,25 @@ def _device(info: package_info.ModelInfo, sha256: str):
       model_name=info.model or "cxr-edge model", serial_number=sha256[:16])
 
 
+def contributing_equipment(info: package_info.ModelInfo, sha256: str) -> pydicom.Dataset:
+  """The algorithm as IHE AI Results names it: an item of Contributing Equipment
+  Sequence (0018,A001) whose purpose is Processing Equipment (DCM 109102), with its
+  name, version and model sha256."""
+  item = pydicom.Dataset()
+  item.Manufacturer = MANUFACTURER
+  item.ManufacturerModelName = (info.model or "cxr-edge model")[:64]
+  item.SoftwareVersions = [__version__]
+  item.DeviceSerialNumber = sha256[:16]
+  item.DeviceUID = derived_uid("device", sha256)
+  item.ContributionDescription = (f"AI triage of pneumonia by cxr-edge {__version__}, "
+                                  f"{info.model or 'model'} (sha256 {sha256})")
+  purpose = pydicom.Dataset()
+  purpose.CodeValue, purpose.CodingSchemeDesignator = "109102", "DCM"
+  purpose.CodeMeaning = "Processing Equipment"
+  item.PurposeOfReferenceCodeSequence = [purpose]
+  return item
+
+
 def structured_report(film: pydicom.Dataset, result: Dict,
                       info: package_info.ModelInfo, sha256: str) -> pydicom.Dataset:
   """The film's report as a Comprehensive SR dataset.
@@ -291,6 +311,7 @@ def structured_report(film: pydicom.Dataset, result: Dict,
       instance_number=_instance_number(film), manufacturer=MANUFACTURER,
       is_complete=True, is_final=False, is_verified=False,
       series_description=SR_SERIES_DESCRIPTION)
+  sr.ContributingEquipmentSequence = [contributing_equipment(info, sha256)]
   return sr
 
 

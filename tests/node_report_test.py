@@ -83,3 +83,20 @@ def test_dcmtk_renders_the_summary_first_and_every_number_with_its_name(released
     assert "Finding: Pneumonia" not in body and "Present" not in body
   else:
     assert "Finding: Pneumonia" in body and "Pneumonia: Present" in body
+
+
+def test_the_algorithm_is_contributing_equipment_and_the_procedure_a_chest_x_ray(
+    released_model, tmp_path):
+  """IHE AI Results: the algorithm as Contributing Equipment (Processing Equipment, with
+  its name, version and sha256), the imaging procedure as Procedure Reported."""
+  sr = pydicom.dcmread(str(_report(released_model, "positive", tmp_path)))
+  lite = runtime.LiteModel(released_model)
+  (item,) = sr.ContributingEquipmentSequence
+  purpose = item.PurposeOfReferenceCodeSequence[0]
+  assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
+  assert item.Manufacturer == report.MANUFACTURER and item.SoftwareVersions
+  assert lite.sha256 in item.ContributionDescription
+  assert lite.sha256.startswith(item.DeviceSerialNumber)
+  procedure = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue
+               == "121058"]  # Procedure reported
+  assert procedure[0].ConceptCodeSequence[0].CodeMeaning == "Plain chest X-ray"
