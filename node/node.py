@@ -4,7 +4,7 @@ Usage:
   pip install ".[node]"       # in a checkout; "cxr-edge[node]" once published
   cxr-node --spool_dir=/var/lib/cxr-node \
       --port=11112 --ae_title=CXR_EDGE --allow_ae=PACS,XRAY1 \
-      --forward=PACS@10.0.0.5:4242 --http_port=8080
+      --forward=PACS@10.0.0.5:4242 --query=PACS@10.0.0.5:4242 --http_port=8080
 
   # Try it on one machine: a node on loopback, then send it a film with pynetdicom's
   # storescu and open http://127.0.0.1:8080/
@@ -19,7 +19,10 @@ summary, finding, p_pneumonia, threshold, model and version, warning, and the ca
 that it is a triage aid, not for diagnostic use) and a result card, a Secondary Capture
 with the finding in words (--noresult_card: none); with --overlay also a Secondary
 Capture of the occlusion map. Reports are sent to --forward, and wait on disk while it
-is down. Peers are held to limits (--acse_timeout, --network_timeout, --idle_timeout,
+is down. With --query, the node also asks the PACS (C-FIND) at start and every
+--catch_up_minutes for CR/DX films it never received (sent while it was down) and
+retrieves them (C-GET, or C-MOVE with --retrieve=move); --nolisten makes it pull-only.
+Peers are held to limits (--acse_timeout, --network_timeout, --idle_timeout,
 --max_associations_per_peer); a damaged spool file goes to quarantine/. One JSON line per
 film in <spool_dir>/audit.jsonl (UIDs, model sha256, outcome; no patient name or id).
 After a crash or kill -9, a restart goes on where it stopped: every acknowledged film is

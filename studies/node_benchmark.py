@@ -1,8 +1,8 @@
-r"""cxr-node through a real PACS: throughput, latency, memory, kill -9, a PACS outage.
+r"""cxr-node through a real PACS: throughput (result card on and off), catch-up, latency,
+memory, kill -9, a PACS outage.
 
 Usage:
-  .venv/bin/python -m studies.node_benchmark --model=out/export/model_int8.tflite \
-      --films=200 --output=/tmp/node_benchmark.json
+  .venv/bin/python -m studies.node_benchmark --films=200 --output=/tmp/node_benchmark.json
 
 Needs Debian's orthanc. The films are the embedded sample's (data/sample), each resized
 to --side pixels (default 2048, a clinic film's size; the sample's are 224) and wrapped
@@ -12,14 +12,20 @@ nothing carries over; the node forwards its reports back to Orthanc.
 
 Phases:
   1 and 4 associations: Orthanc sends all films to the node with one store job, then
-    with four concurrent jobs (four associations). Films per minute: from the store
-    request to the last report stored in Orthanc. Latency per film: from the node's
+    with four concurrent jobs (four associations), each film getting its SR and result
+    card; "1-nocard" is one association with --noresult_card. Films per minute: from the
+    store request to the last report stored in Orthanc. The card's size: the median of
+    the node's card files. Latency per film: from the node's
     receipt (the film's arrival in its spool) to Orthanc's acknowledgement of its report
     (the node's forwarded.jsonl). The node's own time per film: reading, predicting and
     writing its report (processing_ms in its records). Peak memory: the node process's
     VmHWM. The baseline: the same films through the edge runtime alone, in one process
     (cxr-predict's work per film), measured in the same run; node_over_predict is the
     node's own time per film over it.
+  catchup: every film is stored in Orthanc while no node runs (nothing routes them: all
+    missed), then a node starts with --query; time from its start (process start and
+    model load included) to the last report and card in Orthanc. catchup_over_push: its
+    films per minute over phase 1's, in the same run.
   kill -9: the node is SIGKILLed once a third of the films have results, started again,
     and Orthanc's store job sent again (as an operator or a routing retry would). Lost:
     films without a report in Orthanc; duplicated: films with more than one audit line.
@@ -38,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -69,7 +75,9 @@ def sample_films(count: int, side: int) -> List[bytes]:
     films.append(dicom_files.encode_dicom(pixels, bits=12, window=(2048, 4096), attributes={
         "StudyInstanceUID": f"2.25.{900000 + study}", "SeriesInstanceUID":
         f"2.25.{800000 + study}", "SOPInstanceUID": f"2.25.{700000 + k}",
-        "PatientName": f"Bench^{study}", "PatientID": f"B{study}", "StudyDate": "20261201",
+        "PatientName": f"Bench^{study}", "PatientID": f"B{study}",
+        # Today: catch-up's first window looks at today's and yesterday's studies.
+        "StudyDate": datetime.date.today().strftime("%Y%m%d"),
         "StudyTime": "090000", "InstanceNumber": k + 1, "PatientOrientation": ["L", "F"]}))
   # encode_dicom names the file meta's instance from the pixels; keep them in step.
   return [dicom_files.rewritten(f, _same_meta) for f in films]
@@ -82,11 +90,12 @@ def _same_meta(ds) -> None:
 class NodeProcess:
   """python -m cxr_edge.node.node with a spool, as an installed node runs."""
 
-  def __init__(self, model: str, spool: str, port: int, forward: str, log: str):
-    self.args_of = (model, spool, port, forward, log)  # to start it again
+  def __init__(self, model: str, spool: str, port: int, forward: str, log: str,
+               extra: Sequence[str] = ()):
+    self.args_of = (model, spool, port, forward, log, extra)  # to start it again
     self.args = [sys.executable, "-m", "cxr_edge.node.node", f"--model={model}",
                  f"--spool_dir={spool}", f"--port={port}", "--host=127.0.0.1",
-                 f"--forward={forward}", "--allow_ae=ORTHANC"]
+                 f"--forward={forward}", "--allow_ae=ORTHANC", *extra]
     self.port, self.log = port, log
     self.process = None
 
@@ -126,12 +135,12 @@ class NodeProcess:
 
 
 def _routed_node(model: str, work: str, source: orthanc.Orthanc,
-                 destination: orthanc.Orthanc) -> NodeProcess:
+                 destination: orthanc.Orthanc, extra: Sequence[str] = ()) -> NodeProcess:
   """A node in work/spool forwarding to `destination`, known to `source` as "cxr"."""
   port = orthanc.free_port()
   node = NodeProcess(model, os.path.join(work, "spool"), port,
                      f"{destination.ae_title}@127.0.0.1:{destination.dicom_port}",
-                     os.path.join(work, "node.log")).start()
+                     os.path.join(work, "node.log"), extra).start()
   source.add_modality("cxr", "CXR_EDGE", port)
   return node
 
@@ -168,15 +177,18 @@ def _latencies(spool: str, records: List[Dict]) -> List[float]:
   return out
 
 
-def throughput(model: str, films: List[bytes], associations: int, work: str) -> Dict:
+def throughput(model: str, films: List[bytes], associations: int, work: str,
+               card: bool = True) -> Dict:
   """Orthanc -> node -> Orthanc with `associations` concurrent store jobs."""
   with orthanc.Orthanc(os.path.join(work, "orthanc"), concurrent_jobs=associations) as pacs:
     ids = [pacs.upload(f) for f in films]
-    node = _routed_node(model, work, pacs, pacs)
+    node = _routed_node(model, work, pacs, pacs, () if card else ("--noresult_card",))
     start = time.monotonic()
     parts = [ids[k::associations] for k in range(associations)]
     jobs = [pacs.store("cxr", part, asynchronous=True)["ID"] for part in parts]
-    _wait(lambda: _reports_in(pacs) >= 2 * len(films), 1800, "the reports")
+    # Each film, its SR and (with the card) its result card.
+    _wait(lambda: _reports_in(pacs) >= (3 if card else 2) * len(films), 1800,
+          "the reports")
     elapsed = time.monotonic() - start
     assert all(pacs.job_state(j) == "Success" for j in jobs)
     peak = node.peak_rss_mb()
@@ -189,7 +201,40 @@ def throughput(model: str, films: List[bytes], associations: int, work: str) -> 
           "latency_p50_s": round(float(np.percentile(latency, 50)), 2),
           "latency_p95_s": round(float(np.percentile(latency, 95)), 2),
           "node_ms_per_film_p50": round(float(np.median(own)), 1),
-          "node_peak_rss_mb": round(peak, 1)}
+          "node_peak_rss_mb": round(peak, 1), "result_card": card,
+          **(_card_sizes(os.path.join(work, "spool")) if card else {})}
+
+
+def _card_sizes(spool: str) -> Dict:
+  """The result cards' file size (median) and pixel size, as the node sent them."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  paths = glob.glob(os.path.join(spool, "reports", "*.card.dcm"))
+  card = pydicom.dcmread(paths[0], stop_before_pixels=True)
+  return {"card_kb_p50": round(float(np.median([os.path.getsize(p) for p in paths])) / 1024,
+                               1), "card_pixels": f"{card.Columns}x{card.Rows}"}
+
+
+def catch_up(model: str, films: List[bytes], work: str) -> Dict:
+  """Films stored in Orthanc while no node ran, then a node started with --query."""
+  with orthanc.Orthanc(os.path.join(work, "orthanc")) as pacs:
+    ids = [pacs.upload(f) for f in films]
+    del ids  # nothing routes them: the node was down for all
+    port = orthanc.free_port()
+    pacs.add_modality("cxr", "CXR_EDGE", port)  # Orthanc answers only AEs it knows
+    address = f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}"
+    start = time.monotonic()
+    node = NodeProcess(model, os.path.join(work, "spool"), port, address,
+                       os.path.join(work, "node.log"), (f"--query={address}",)).start()
+    _wait(lambda: _reports_in(pacs) >= 3 * len(films), 1800, "the reports")
+    elapsed = time.monotonic() - start
+    node.stop()
+    sources = _sources(pacs)
+  audit = _audit_counts(os.path.join(work, "spool"))
+  return {"films": len(films), "seconds": round(elapsed, 1),
+          "films_per_minute": round(len(films) / elapsed * 60, 1),
+          "lost": len({f"2.25.{700000 + k}" for k in range(len(films))} - set(sources)),
+          "duplicated": sum(1 for n in audit.values() if n > 1),
+          "reports_per_film_in_pacs": sorted(set(sources.values()))}
 
 
 def _audit_counts(spool: str) -> Dict[str, int]:
@@ -291,17 +336,20 @@ def predict_baseline(model: str, films: List[bytes]) -> Dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", required=True)
+  parser.add_argument("--model", help="default: the released int8 model")
   parser.add_argument("--films", type=int, default=200)
   parser.add_argument("--side", type=int, default=2048,
                       help="film side in pixels: a clinic's DX film is 2000-3000 px; the "
                       "sample's are 224 (0 keeps them)")
   parser.add_argument("--output")
-  parser.add_argument("--phases", default="1,4,kill,down",
+  parser.add_argument("--phases", default="1,1-nocard,4,catchup,kill,down",
                       help="comma-separated; empty: the baseline only")
   args = parser.parse_args()
   if orthanc.binary() is None:
     sys.exit("node_benchmark: Orthanc is not installed (apt-get install orthanc)")
+  if not args.model:
+    from cxr_edge.edge import released  # pylint: disable=g-import-not-at-top
+    args.model = released.path()
   films = sample_films(args.films, args.side)
   results = {"films": len(films), "mean_film_mb": round(
       sum(len(f) for f in films) / len(films) / 2**20, 2), "side": args.side,
@@ -312,11 +360,16 @@ def main():
       folder = os.path.join(work, phase)
       os.makedirs(folder)
       print(f"node_benchmark: phase {phase}", file=sys.stderr, flush=True)
-      if phase in ("1", "4"):
-        results[f"associations_{phase}"] = run = throughput(args.model, films, int(phase),
-                                                            folder)
+      if phase in ("1", "4", "1-nocard"):
+        results[f"associations_{phase}"] = run = throughput(
+            args.model, films, int(phase[0]), folder, card=phase != "1-nocard")
         run["node_over_predict"] = round(run["node_ms_per_film_p50"] / results[
             "baseline"]["predict_ms_per_film_p50"], 2)
+      elif phase == "catchup":
+        results["catch_up"] = run = catch_up(args.model, films, folder)
+        if "associations_1" in results:
+          run["catchup_over_push"] = round(run["films_per_minute"] / results[
+              "associations_1"]["films_per_minute"], 2)
       elif phase == "kill":
         results["kill_9"] = kill_9(args.model, films, folder)
       elif phase == "down":

@@ -126,9 +126,9 @@ def test_version_names_the_released_model(record, monkeypatch, capsys):
                       f"({record['date']}), model_int8.tflite sha256 {sha[:12]}")
 
 
-def test_the_readme_lists_every_record_field():
-  readme = _read("README.md")
-  table = readme[readme.index("| field | meaning |"):]
+def test_build_md_lists_every_record_field():
+  build = _read("BUILD.md")
+  table = build[build.index("| field | meaning |"):]
   table = table[:table.index("\n\n")]
   named = set(re.findall(r"`([a-z_0-9]+)`", "\n".join(
       line.split("|")[1] for line in table.splitlines()[2:])))
