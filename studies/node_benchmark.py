@@ -294,11 +294,13 @@ def pacs_down(model: str, films: List[bytes], work: str) -> Dict:
     source.store("cxr", ids)
     _wait(lambda: len(os.listdir(os.path.join(spool, "results"))) >= len(films), 1800,
           "the results")
-    waiting_before_restart = len(os.listdir(os.path.join(spool, "outbox")))
+    waiting_before_restart = sum(n.endswith(".dcm")  # not their .sha256 files
+                                 for n in os.listdir(os.path.join(spool, "outbox")))
     node.stop()
     node = NodeProcess(*node.args_of).start()
     destination.start()
-    _wait(lambda: not os.listdir(os.path.join(spool, "outbox")), 1800, "the outbox")
+    _wait(lambda: not any(n.endswith(".dcm") for n in os.listdir(
+        os.path.join(spool, "outbox"))), 1800, "the outbox")
     node.stop()
     sources = _sources(destination)
     destination.stop()
