@@ -120,6 +120,13 @@ class NodeOptions:
   listen: bool = option(
       True, help="Listen for films pushed to --port (--nolisten: pull-only, every film "
       "comes by --query's catch-up with C-GET).")
+  alert_command: Optional[str] = option(
+      None, help="Run this command when an alarm (drift of the films or the model's "
+      "outputs, or a stuck pipeline) is raised or cleared, with the alarm as JSON on its "
+      "standard input, e.g. a script that mails it; the log and the review page say it "
+      "anyway.")
+  check_minutes: float = option(
+      5.0, lower_bound=0.1, help="Minutes between alarm checks.")
   http_port: Optional[int] = option(
       None, lower_bound=0, upper_bound=65535,
       help="Serve the review page on this port (0: any free port, logged); default: none.")

@@ -36,6 +36,7 @@ from cxr_edge.edge import runtime
 from cxr_edge.node import card
 from cxr_edge.node import catch_up as catch_up_lib
 from cxr_edge.node import dicom
+from cxr_edge.node import monitor_lib
 from cxr_edge.node import node_config
 from cxr_edge.node import report
 from cxr_edge.node import review
@@ -106,6 +107,13 @@ class Node:
     self.catch_up = (catch_up_lib.CatchUp(self.spool, options, self.receiver.on_store,
                                           queue_empty=lambda: not self.spool.pending())
                      if options.query else None)
+    # The site's figures (readers' verdicts) and alarms: this model's, beside the
+    # figures it was released (or calibrated) with.
+    self.monitor = monitor_lib.Monitor(
+        options.spool_dir, self.model.sha256, monitor_lib.stated_figures(
+            self.model.sha256, self.model.metadata, released.release()),
+        status=lambda: review.status(self.spool, self.forwarder is not None),
+        alert_command=options.alert_command, every_seconds=options.check_minutes * 60)
     self.review: Optional[review.ReviewServer] = None
     self._worker = threading.Thread(target=self._work, name="cxr-node worker", daemon=True)
     self.processed = 0
@@ -124,7 +132,7 @@ class Node:
           model=self.model.info.headline(self.model.sha256),
           timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
           uncalibrated=self.model.info.site_calibration is None,
-          catch_up=self.catch_up_state)
+          catch_up=self.catch_up_state, monitor=self.monitor)
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start(listen=self.options.listen)
@@ -142,6 +150,7 @@ class Node:
       log.warning("%s", self.model.info.notice)
     if self.catch_up:
       self.catch_up.start()
+    self.monitor.start()
     return Ports(dicom_port, http_port)
 
   def stop(self) -> None:
@@ -149,6 +158,7 @@ class Node:
     releases the spool."""
     if self.catch_up:
       self.catch_up.stop()
+    self.monitor.stop()
     self.receiver.stop()
     self._stop.set()
     self._wake.set()
@@ -320,7 +330,7 @@ class Node:
         self.spool.enqueue_forward(name)
       self.forwarder.wake()
     audit = self._audit_line(uid, result, str(header.StudyInstanceUID),
-                             str(sr.SOPInstanceUID))
+                             str(sr.SOPInstanceUID), monitor_lib.film_inputs(header, gray))
     self.spool.audit_once(audit)
     record = {**audit, "received_ns": received_ns, "processed_ns": time.time_ns(),
               "processing_ms": round((time.perf_counter() - start) * 1000, 1),
@@ -340,15 +350,16 @@ class Node:
     return record
 
   def _audit_line(self, uid: str, result: Dict, study_uid: Optional[str] = None,
-                  report_uid: Optional[str] = None) -> Dict:
-    """The film's audit line: UIDs, the model, the outcome; no patient name or id."""
+                  report_uid: Optional[str] = None, inputs: Optional[Dict] = None) -> Dict:
+    """The film's audit line: UIDs, the model, the outcome, and what drift is watched on
+    (equipment, view, age, pixel statistics); no patient name or id."""
     return {"time": _now_iso(), "sop_instance_uid": uid, "study_instance_uid": study_uid,
             "model_sha256": self.model.sha256, "prediction": result.get("prediction"),
             "p_pneumonia": result.get("p_pneumonia"),
             **{k: result[k] for k in runtime.SUBTYPE_FIELDS if k in result},
             "threshold": result.get("threshold", self.model.threshold),
             "warning": result.get("warning"), "error": result.get("error"),
-            "report_sop_instance_uid": report_uid}
+            "report_sop_instance_uid": report_uid, "inputs": inputs}
 
   def _write(self, name: str, ds: pydicom.Dataset) -> str:
     out = io.BytesIO()

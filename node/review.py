@@ -18,18 +18,21 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
 import urllib.parse
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from PIL import Image
 
 from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.edge import runtime
+from cxr_edge.node import monitor_lib
 from cxr_edge.node import spool as spool_lib
+from cxr_edge.node import verdicts as verdicts_lib
 
 log = logging.getLogger("cxr_edge.node")
 
@@ -40,13 +43,18 @@ MAX_CONNECTIONS = 32
 REFRESH_SECONDS = 10
 PREVIEW_SIDE = 1024
 _COOKIE = "cxr_node_token"
+_READER_COOKIE = "cxr_node_reader"
+# A verdict or a name is a few dozen bytes of form; larger is not one.
+MAX_FORM_BYTES = 4096
 _HEADERS = {
     # Nothing from elsewhere, no script, no framing, no caching of patient data.
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; "
-                               "style-src 'unsafe-inline'; form-action 'none'; "
+                               "style-src 'unsafe-inline'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Nothing to other sites; same-origin, so that the browser names this page as the
+    # Origin of its own forms (with no-referrer it sends "null", like any other page).
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 _STYLE = """
@@ -152,16 +160,70 @@ def catch_up_text(state: Optional[Dict]) -> str:
           + ("; more follow" if last.get("more") else "") + ".")
 
 
+def verdict_text(verdict: Optional[verdicts_lib.Verdict]) -> str:
+  """A reader's verdict in words (empty when none is recorded)."""
+  if verdict is None or verdict.pneumonia is None:
+    return ""
+  if not verdict.pneumonia:
+    return "no pneumonia"
+  return "pneumonia" + (f" ({verdict.subtype.lower()})" if verdict.subtype else "")
+
+
+# The buttons' values, and what each records: (pneumonia, subtype).
+VERDICT_BUTTONS = {"yes": (True, None), "bacterial": (True, "BACTERIAL"),
+                   "viral": (True, "VIRAL"), "no": (False, None), "unknown": (None, None)}
+
+
+def verdict_form(uid: str, csrf: str, back: str, subtype: bool = False) -> str:
+  """The buttons that record a reader's verdict on one film: one click."""
+  labels = ([("yes", "Pneumonia, kind not known"), ("bacterial", "Bacterial pneumonia"),
+             ("viral", "Viral pneumonia"), ("no", "No pneumonia"), ("unknown", "Withdraw")]
+            if subtype else [("yes", "Pneumonia"), ("no", "No pneumonia")])
+  buttons = "".join(f'<button name="verdict" value="{v}">{_e(t)}</button>'
+                    for v, t in labels)
+  return (f'<form method="post" action="/verdict" class="verdict">'
+          f'<input type="hidden" name="uid" value="{_e(uid)}">'
+          f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+          f'<input type="hidden" name="back" value="{_e(back)}">{buttons}</form>')
+
+
+def reader_line(reader: Optional[str]) -> str:
+  """Who records verdicts from this browser, or where to say it (a page of its own: the
+  worklist refreshes itself, which would lose a name being typed)."""
+  if reader:
+    return (f'<p class="reader">Verdicts are recorded as {_e(reader)} '
+            '(<a href="/reader">not you?</a>).</p>')
+  return ('<p class="reader">To record readers\' verdicts, <a href="/reader">give your '
+          'name</a> first.</p>')
+
+
+def reader_page(csrf: str, reader: Optional[str], notice: Notices = None,
+                model: Optional[str] = None) -> bytes:
+  """Asks who records verdicts (kept in a cookie, and with each verdict)."""
+  return _page("cxr-node: who records verdicts", (
+      '<form method="post" action="/reader" class="reader"><label>Your name, kept with '
+      'each verdict you record from the radiologist\'s report: '
+      f'<input name="reader" maxlength="64" required value="{_e(reader or "")}"></label>'
+      f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+      '<button>Save</button></form><p><a href="/">worklist</a></p>'), notice=notice,
+      model=model)
+
+
 def worklist(records: List[Dict], queued: int, waiting: int,
              notice: Notices = None, dead: int = 0,
              model: Optional[str] = None, quarantined: int = 0,
              delivery: Optional[spool_lib.Delivery] = None, flagged_only: bool = False,
-             now_ns: Optional[int] = None, catch_up: Optional[Dict] = None) -> bytes:
+             now_ns: Optional[int] = None, catch_up: Optional[Dict] = None,
+             verdicts: Optional[Dict[str, verdicts_lib.Verdict]] = None,
+             csrf: Optional[str] = None, reader: Optional[str] = None,
+             alarms: Sequence[Dict] = ()) -> bytes:
   """The worklist: in order of receipt (newest first), never reordered by finding;
   flagged films marked, and shown alone only when asked (`flagged_only`). `notice`, a
   smoke-test or uncalibrated model's sentence, is a banner; `delivery`, where each
   film's report is (None: the node does not forward); `catch_up`, the catch-up's state
-  (None without --query)."""
+  (None without --query); `verdicts`, the readers' verdicts, with a form per row when
+  `csrf` is given (the form's token) and `reader` names who records them; `alarms`,
+  each a banner."""
   now_ns = now_ns or time.time_ns()
   shown = [r for r in records if not flagged_only or r.get("prediction") == "PNEUMONIA"]
   rows = []
@@ -185,7 +247,10 @@ def worklist(records: List[Dict], queued: int, waiting: int,
         f"<td>{'' if p is None else f'{p:.3f}'}</td>"
         f"<td>{'' if threshold is None else f'{threshold:.3f}'}</td>"
         f"<td class=\"delivery\">{_e(delivery_text(r, delivery, now_ns))}</td>"
-        f"<td>{_outcome(r)}</td></tr>")
+        f"<td>{_outcome(r)}</td>"
+        + (f"<td class=\"verdict\">{_e(verdict_text(verdicts.get(uid)))}"
+           f"{verdict_form(uid, csrf, '/?flagged=1' if flagged_only else '/') if csrf and reader and r.get('prediction') else ''}</td>"
+           if verdicts is not None else "") + "</tr>")
   status = (f"<p>{len(shown)} film(s) shown (in order of receipt, newest first, at most "
             f"{WORKLIST_LENGTH}); "
             f"{queued} waiting to be read; {waiting} report(s) waiting for the PACS; "
@@ -196,6 +261,11 @@ def worklist(records: List[Dict], queued: int, waiting: int,
             f"Refreshes every {REFRESH_SECONDS} s.</p>")
   if catch_up:
     status += f'<p class="catch-up">{_e(catch_up_text(catch_up))}</p>'
+  if verdicts is not None:
+    status += ('<p><a href="/site">How the model does at this site</a> (the figures on '
+               'the films with a reader\'s verdict, and drift alarms).</p>')
+    if csrf:
+      status += reader_line(reader)
   links = ('<p class="filter">Showing flagged films only (PNEUMONIA). '
            '<a href="/">Show all films</a></p>' if flagged_only else
            '<p class="filter">Showing all films. <a href="/?flagged=1">Show flagged films '
@@ -203,8 +273,11 @@ def worklist(records: List[Dict], queued: int, waiting: int,
   table = ("<table><tr><th>Received</th><th>Patient</th><th>Patient ID</th>"
            "<th>Accession</th><th>Study date</th><th>Series</th><th>Prediction</th>"
            "<th>p_pneumonia</th><th>Threshold</th><th>Report delivery</th><th>Warning</th>"
-           "</tr>" + "".join(rows) + "</table>")
-  return _page("cxr-node worklist", status + links + table, refresh=True, notice=notice,
+           + ("<th>Reader's verdict</th>" if verdicts is not None else "")
+           + "</tr>" + "".join(rows) + "</table>")
+  notices = [notice] if isinstance(notice, str) else list(notice or ())
+  notices += [f"ALARM: {a['why']} ({a['detail']})." for a in alarms]
+  return _page("cxr-node worklist", status + links + table, refresh=True, notice=notices,
                model=model)
 
 
@@ -236,8 +309,11 @@ def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = Non
 
 
 def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
-              model: Optional[str] = None) -> bytes:
-  """One film: its details, the film and (if made) its occlusion overlay."""
+              model: Optional[str] = None,
+              history: Optional[Sequence[verdicts_lib.Verdict]] = None,
+              csrf: Optional[str] = None, reader: Optional[str] = None) -> bytes:
+  """One film: its details, the film and (if made) its occlusion overlay; with
+  `history`, the readers' verdicts on it and (given `csrf` and `reader`) the form."""
   uid = urllib.parse.quote(record["sop_instance_uid"])
   fields = [("Received", _time(record.get("received_ns"))),
             ("Study date", _study_date(record.get("study_date"))),
@@ -259,8 +335,71 @@ def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
   images = f'<img src="/film/{uid}.png" alt="film">'
   if has_overlay:
     images += f'<img src="/overlay/{uid}.png" alt="occlusion overlay">'
-  return _page("cxr-node film", '<p><a href="/">worklist</a></p>' + table + images,
-               notice=notice, model=model)
+  verdicts = ""
+  if history is not None:
+    current = history[-1] if history else None
+    verdicts = (f"<h2>Reader's verdict</h2><p>{_e(verdict_text(current) or 'none yet')}"
+                "</p>")
+    if csrf and reader and record.get("prediction"):
+      verdicts += verdict_form(record["sop_instance_uid"], csrf,
+                               f"/film/{record['sop_instance_uid']}", subtype=True)
+    elif csrf and record.get("prediction"):
+      verdicts += '<p>Give your name on the <a href="/">worklist</a> first.</p>'
+    if history:
+      verdicts += ("<table><tr><th>Recorded</th><th>Verdict</th><th>By</th><th>From</th>"
+                   "</tr>" + "".join(
+                       f"<tr><td>{_e(v.time)}</td><td>{_e(verdict_text(v) or 'withdrawn')}"
+                       f"</td><td>{_e(v.reader)}</td><td>{_e(v.source)}</td></tr>"
+                       for v in history) + "</table>")
+  return _page("cxr-node film", '<p><a href="/">worklist</a></p>' + table + verdicts
+               + images, notice=notice, model=model)
+
+
+def _figure(value: Optional[float], percent: bool = True) -> str:
+  if value is None:
+    return ""
+  return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+
+def site_page(state: Dict[str, Any], notice: Notices = None,
+              model: Optional[str] = None) -> bytes:
+  """The site's figures (this month and all time) beside the stated ones, and the
+  alarms, each with its rule."""
+  body = ['<p><a href="/">worklist</a> &middot; <a href="/site.json">as JSON</a></p>']
+  body.append(f"<p>Figures of the model with sha256 {_e(state['model_sha256'][:12])} "
+              "only: a new model's figures start afresh. Stated figures: "
+              f"{_e(state.get('stated_source') or 'none recorded for this model')}.</p>")
+  for title, figures in (("This month", state["this_month"]),
+                         ("Since this model started here", state["all_time"])):
+    share = figures["verdict_share"]
+    body.append(f"<h2>{_e(title)}</h2><p>{figures['with_verdict']} of "
+                f"{figures['films']} films read have a reader's verdict"
+                + (f" ({100 * share:.0f}%)" if share is not None else "") +
+                ". The figures describe those films; if readers record mostly the hard "
+                "or the flagged ones, they are not the model's figures on all films.</p>")
+    rows = []
+    for name in monitor_lib.FIGURES:
+      f = figures[name]
+      percent = name != "roc_auc"
+      interval = (f"{_figure(f['ci95'][0], percent)} to {_figure(f['ci95'][1], percent)}"
+                  if f["ci95"][0] is not None else "")
+      rows.append(f"<tr><td>{_e(monitor_lib.FIGURE_NAMES[name])}</td>"
+                  f"<td>{_figure(f['value'], percent)}</td><td>{interval}</td>"
+                  f"<td>{f['n']}</td><td>{_figure(f['stated'], percent)}</td>"
+                  f"<td class=\"{'err' if f['verdict'] == 'worse than stated' else ''}\">"
+                  f"{_e(f['verdict'])}</td></tr>")
+    body.append("<table><tr><th>Figure</th><th>At this site</th><th>95% interval</th>"
+                "<th>Films</th><th>Stated</th><th>Verdict</th></tr>" + "".join(rows)
+                + "</table>")
+  body.append("<h2>Alarms</h2>")
+  if state["alarms"]:
+    body.append("<ul>" + "".join(f"<li><b>{_e(a['rule'])}</b>: {_e(a['detail'])}. "
+                                 f"{_e(a['why'])}.</li>" for a in state["alarms"]) + "</ul>")
+  else:
+    body.append("<p>None.</p>")
+  if state["drift"].get("note"):
+    body.append(f"<p>{_e(state['drift']['note'])}.</p>")
+  return _page("cxr-node: this site", "".join(body), notice=notice, model=model)
 
 
 def film_preview(path: str) -> bytes:
@@ -289,7 +428,8 @@ class ReviewServer:
                notice: Optional[str] = None, model: Optional[str] = None,
                timeout: float = 10.0, forwarding: bool = False,
                uncalibrated: bool = False,
-               catch_up: Callable[[], Optional[Dict]] = lambda: None):
+               catch_up: Callable[[], Optional[Dict]] = lambda: None,
+               monitor: Optional[monitor_lib.Monitor] = None):
     """
     Args:
       spool: the node's spool.
@@ -302,9 +442,12 @@ class ReviewServer:
       forwarding: whether the node forwards reports (the delivery column).
       uncalibrated: the model's threshold was not set on this site's films (a banner).
       catch_up: a callable giving the catch-up's state (None without --query).
+      monitor: the site's figures and alarms, and the readers' verdicts (the forms).
     """
     self.spool, self.token, self.waiting = spool, token, waiting
-    self.catch_up = catch_up
+    self.catch_up, self.monitor = catch_up, monitor
+    # The forms' token: a page elsewhere cannot read it, so it cannot post a verdict.
+    self.csrf = secrets.token_urlsafe(24)
     self.forwarding = forwarding
     # Each a banner of its own: a smoke-test model's sentence, an uncalibrated one's.
     self.notice = [n for n in (notice, UNCALIBRATED if uncalibrated else None) if n]
@@ -377,7 +520,8 @@ class _Server(http.server.ThreadingHTTPServer):
 
 # Where a good ?token= may send the browser on: the page's own addresses only (a path
 # like "/\\evil.example/" is another site to a browser).
-_OWN_PATH = re.compile(r"/|/(worklist|status)\.json|/(film|overlay)/[0-9.]{1,64}(\.png)?")
+_OWN_PATH = re.compile(r"/|/site|/reader|/(worklist|status|site)\.json|/(film|overlay)/[0-9.]{1,64}"
+                       r"(\.png)?")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -474,17 +618,112 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       log.warning("review page: %s", type(e).__name__)
       self._send(500, _page("cxr-node", "<p>That film cannot be shown.</p>"))
 
+  def _cookie(self, name: str) -> Optional[str]:
+    for part in self.headers.get("Cookie", "").split(";"):
+      key, _, value = part.strip().partition("=")
+      if key == name:
+        return value
+    return None
+
+  def _reader(self) -> Optional[str]:
+    """Who records verdicts from this browser (its cookie), or None."""
+    name = verdicts_lib.clean_reader(urllib.parse.unquote(self._cookie(_READER_COOKIE) or ""))
+    return name or None
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    """A reader's verdict (/verdict) or name (/reader): from this page's own forms only."""
+    state = self.server_state
+    if not self._host_allowed():
+      self._send(421, _page("cxr-node", "<p>Wrong address.</p>"))
+      return
+    if state.monitor is None or self._authorised({}) is not True:
+      self._send(403, _page("cxr-node", "<p>Not allowed.</p>"))
+      return
+    form = self._form()
+    if form is None:
+      return
+    # Cross-site requests are refused three ways: the browser's own word
+    # (Sec-Fetch-Site, Origin) and the form's token, which a page elsewhere cannot read.
+    host = self.headers.get("Host", "")
+    origin = self.headers.get("Origin")
+    fetch_site = self.headers.get("Sec-Fetch-Site")
+    token_ok = hmac.compare_digest(form.get("csrf", "").encode(), state.csrf.encode())
+    if (not token_ok or (origin is not None and origin != f"http://{host}")
+        or fetch_site not in (None, "same-origin")):
+      log.warning("review page: a cross-site or stale form was refused")
+      self._send(403, _page("cxr-node", '<p>This form is stale or came from another '
+                                        'site. <a href="/">Open the worklist</a> and try '
+                                        'again.</p>'))
+      return
+    path = urllib.parse.urlsplit(self.path).path
+    if path == "/reader":
+      name = verdicts_lib.clean_reader(form.get("reader"))
+      if not name:
+        self._send(400, _page("cxr-node", '<p>Give a name. <a href="/">Back</a></p>'))
+        return
+      self._send(303, b"", headers={
+          "Location": "/", "Set-Cookie": f"{_READER_COOKIE}={urllib.parse.quote(name)}; "
+                                         "HttpOnly; SameSite=Strict; Path=/"})
+      return
+    if path != "/verdict":
+      self._send(404, _page("cxr-node", "<p>Not found.</p>"))
+      return
+    reader, uid = self._reader(), form.get("uid", "")
+    if reader is None:
+      self._send(400, _page("cxr-node", '<p>Give your name on the <a href="/">worklist'
+                                        '</a> first.</p>'))
+      return
+    known = spool_lib.is_uid(uid) and state.spool.result(uid) is not None
+    if form.get("verdict") not in VERDICT_BUTTONS or not known:
+      self._send(400, _page("cxr-node", '<p>No such film or verdict. <a href="/">Back</a>'
+                                        '</p>'))
+      return
+    pneumonia, subtype = VERDICT_BUTTONS[form["verdict"]]
+    state.monitor.verdicts.record(verdicts_lib.Verdict(uid, pneumonia, subtype, reader,
+                                                       source="page"))
+    back = form.get("back", "/")
+    self._send(303, b"", headers={"Location": back if _OWN_PATH.fullmatch(
+        urllib.parse.urlsplit(back).path) else "/"})
+
+  def _form(self) -> Optional[Dict[str, str]]:
+    """The request's urlencoded form (first value of each field), or None once answered
+    with an error (too large, or not a form)."""
+    try:
+      length = int(self.headers.get("Content-Length", "-1"))
+    except ValueError:
+      length = -1
+    if not 0 <= length <= MAX_FORM_BYTES:
+      self._send(413, _page("cxr-node", "<p>Not a form this page sends.</p>"))
+      return None
+    try:
+      body = self.rfile.read(length).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+      self._send(400, _page("cxr-node", "<p>Not a form this page sends.</p>"))
+      return None
+    return {k: v[0] for k, v in urllib.parse.parse_qs(body).items()}
+
   def _route(self, path: str) -> None:
     state = self.server_state
     spool = state.spool
     parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+    monitor = state.monitor
     if path in ("/", ""):
       self._send(200, worklist(
           spool.recent(WORKLIST_LENGTH), spool.queued(), state.waiting(), state.notice,
           len(spool.dead_letters()), state.model, len(spool.quarantined()),
           spool.delivery() if state.forwarding else None,
           flagged_only=self._query.get("flagged", [""])[0] == "1",
-          catch_up=state.catch_up()))
+          catch_up=state.catch_up(),
+          verdicts=monitor.verdicts.current() if monitor else None,
+          csrf=state.csrf if monitor else None,
+          reader=self._reader(),
+          alarms=[a.as_dict() for a in monitor.alarms] if monitor else ()))
+    elif parts == ["reader"] and monitor:
+      self._send(200, reader_page(state.csrf, self._reader(), state.notice, state.model))
+    elif parts == ["site"] and monitor:
+      self._send(200, site_page(monitor.state(), state.notice, state.model))
+    elif parts == ["site.json"] and monitor:
+      self._send(200, json.dumps(monitor.state()).encode("utf-8"), "application/json")
     elif parts == ["status.json"]:
       self._send(200, json.dumps(status(spool, state.forwarding, catch_up=state.catch_up())
                                  ).encode("utf-8"), "application/json")
@@ -510,8 +749,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     overlay_path = spool.path("overlays", uid + ".png")
     if kind == "film" and not png:
+      monitor = self.server_state.monitor
       self._send(200, film_page(record, os.path.exists(overlay_path),
-                                self.server_state.notice, self.server_state.model))
+                                self.server_state.notice, self.server_state.model,
+                                monitor.verdicts.history(uid) if monitor else None,
+                                self.server_state.csrf if monitor else None,
+                                self._reader()))
     elif kind == "film":
       png_data = self.server_state.preview(uid)
       if png_data is None:

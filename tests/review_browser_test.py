@@ -132,3 +132,63 @@ def test_the_worklist_serves_triage_names_ids_delivery_and_the_flag_filter(
           lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr")) == 4)
   finally:
     pacs.stop()
+
+
+def test_readers_record_verdicts_in_one_click_and_a_cross_site_post_is_refused(
+    released_model, browser, tmp_path):
+  import http.server  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from cxr_edge.node import verdicts as verdicts_lib  # pylint: disable=g-import-not-at-top
+  films = [dicom_files.study_film(110 + k, study=60 + k) for k in range(2)]
+  uids = [str(pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID) for f in films]
+  with running_node(released_model, tmp_path / "spool", http_port=0) as node:
+    assert send(node.ports.dicom, films) == [0, 0]
+    assert node.wait_idle(180)
+    base = f"http://127.0.0.1:{node.ports.http}/"
+    browser.get(base)
+    assert not browser.find_elements(By.CSS_SELECTOR, "form.verdict")  # who, first
+    browser.find_element(By.LINK_TEXT, "give your name").click()
+    browser.find_element(By.NAME, "reader").send_keys("Dr Ada Test")
+    browser.find_element(By.CSS_SELECTOR, "form.reader button").click()
+    assert "Verdicts are recorded as Dr Ada Test" in browser.page_source
+    # One click on the newest film's row (uids[1]): pneumonia.
+    row = browser.find_elements(By.CSS_SELECTOR, "tr")[1]
+    row.find_element(By.CSS_SELECTOR, "button[value='yes']").click()
+    row = browser.find_elements(By.CSS_SELECTOR, "tr")[1]
+    assert row.find_element(By.CSS_SELECTOR, "td.verdict").text.startswith("pneumonia")
+    # Changed on the film's page: viral. The log keeps both, with who.
+    browser.get(base + f"film/{uids[1]}")
+    browser.find_element(By.CSS_SELECTOR, "button[value='viral']").click()
+    assert "pneumonia (viral)" in browser.page_source
+    history = [tr.text for tr in browser.find_elements(By.CSS_SELECTOR, "tr")
+               if "Dr Ada Test" in tr.text]
+    assert len(history) == 2 and "pneumonia (viral)" in history[1]
+    csrf = node.review.csrf
+    # A page of another origin posting to the node, even with the real form token.
+    attack = (f'<form method="post" action="{base}verdict"><input name="uid" '
+              f'value="{uids[0]}"><input name="verdict" value="no"><input name="csrf" '
+              f'value="{csrf}"><button id="go">go</button></form>').encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+      def do_GET(self):  # pylint: disable=invalid-name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(attack)
+
+      def log_message(self, *args):
+        del args
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+      browser.get(f"http://127.0.0.1:{other.server_address[1]}/")
+      browser.find_element(By.ID, "go").click()
+      assert "another site" in browser.page_source
+    finally:
+      other.shutdown()
+  log = verdicts_lib.Verdicts(str(tmp_path / "spool"))
+  current = log.current()
+  assert set(current) == {uids[1]}  # nothing recorded for the attacked film
+  assert (current[uids[1]].pneumonia, current[uids[1]].subtype) == (True, "VIRAL")
+  assert [v.reader for v in log.history(uids[1])] == ["Dr Ada Test"] * 2
