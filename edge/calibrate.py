@@ -9,6 +9,7 @@ Usage:
       --target_sensitivity=0.98 --fit_temperature --output_dir=/tmp/site_model
   cxr-calibrate --model=/tmp/cxr_export/model_int8.tflite --prevalence=0.3 \
       --output_dir=/tmp/site_model
+  cxr-calibrate --from_spool=/var/lib/cxr-node --output_dir=/tmp/site_model
 
 TensorFlow-free (LiteRT, numpy, Pillow): it runs on the device. --image_dir holds the
 clinic's films in NORMAL/ and PNEUMONIA/ folders (any depth, any case). On those films
@@ -17,6 +18,11 @@ the threshold is chosen by maximum Youden J, or as the most specific one keeping
 --fit_temperature also refits the probability scale on the films. Prints the
 sensitivity and specificity at the old and new thresholds with 95% intervals (measured
 on the same films, so slightly optimistic).
+
+--from_spool=DIR takes the labelled films from a clinic node's spool instead: the films
+the same model read there that readers gave a verdict on (the review page, or
+cxr-monitor --import_verdicts), with the probabilities the node recorded; never
+automatic, and the node keeps its model until it is restarted with the new package.
 
 --prevalence=P instead sets the most accurate threshold where a share P of the films
 the model will see shows PNEUMONIA (Bayes' rule on the class prior the model was trained
@@ -43,6 +49,10 @@ _MODEL = flags.DEFINE_string("model", None, "A .tflite exported by cxr-export (i
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "The clinic's labelled films: NORMAL/ "
                                  "and PNEUMONIA/ folders (any depth). Required unless "
                                  "--prevalence is given.")
+_FROM_SPOOL = flags.DEFINE_string(
+    "from_spool", None, "A cxr-node spool: the films the model read there that readers "
+    "gave a verdict on (review page or cxr-monitor --import_verdicts) are the labelled "
+    "films, instead of --image_dir.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The new model package (must not exist "
                                   "or be empty).")
 _TARGET_SENSITIVITY = flags.DEFINE_float(
@@ -68,12 +78,17 @@ flags.register_multi_flags_validator(
                                           and f["target_specificity"] is None),
     message="--prevalence sets the threshold itself: give it or a target, not both")
 flags.register_multi_flags_validator(
-    ["prevalence", "image_dir"], lambda f: f["prevalence"] is not None or bool(f["image_dir"]),
-    message="give --image_dir (labelled local films) or --prevalence (the local share of "
-            "PNEUMONIA)")
+    ["prevalence", "image_dir", "from_spool"],
+    lambda f: f["prevalence"] is not None or bool(f["image_dir"]) or bool(f["from_spool"]),
+    message="give --image_dir (labelled local films), --from_spool (a node's films with "
+            "readers' verdicts) or --prevalence (the local share of PNEUMONIA)")
 flags.register_multi_flags_validator(
-    ["fit_temperature", "image_dir"], lambda f: not f["fit_temperature"] or bool(f["image_dir"]),
-    message="--fit_temperature needs labelled films (--image_dir)")
+    ["image_dir", "from_spool"], lambda f: not (f["image_dir"] and f["from_spool"]),
+    message="give --image_dir or --from_spool, not both")
+flags.register_multi_flags_validator(
+    ["fit_temperature", "image_dir", "from_spool"],
+    lambda f: not f["fit_temperature"] or bool(f["image_dir"]) or bool(f["from_spool"]),
+    message="--fit_temperature needs labelled films (--image_dir or --from_spool)")
 flags.register_validator("prevalence", lambda v: v is None or 0.0 < v < 1.0,
                          message="--prevalence must be strictly between 0 and 1")
 
@@ -90,7 +105,8 @@ def main(argv):
   r = calibrate_lib.calibrate(released.resolve(_MODEL.value), _IMAGE_DIR.value,
                               _OUTPUT_DIR.value,
                               _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
-                              _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value)
+                              _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value,
+                              _FROM_SPOOL.value)
   measured = r["measured"]
   if measured is None:
     print(f"cxr-calibrate: rule: {r['rule']}; threshold {r['previous']['threshold']:.4f} -> "

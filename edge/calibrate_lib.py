@@ -29,6 +29,7 @@ from cxr_edge.core import folders
 from cxr_edge.core import metrics
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
+from cxr_edge.core import site_log
 from cxr_edge.core import thresholds
 from cxr_edge.core.errors import CalibrationError
 from cxr_edge.edge import package
@@ -96,6 +97,43 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
   return LocalFilms([i.relpath for i in items], np.array([i.label for i in items]),
                     [i.patient_id for i in items], np.stack(outputs),
                     [i.subtype or "" for i in items])
+
+
+def spool_films(model: runtime.LiteModel, spool_dir: str) -> LocalFilms:
+  """The films this model read in a clinic node's spool that readers gave a verdict on,
+  as labelled films: the node's recorded probabilities stand for the model's outputs
+  (the same films need not be read again, nor kept).
+
+  Raises:
+    CalibrationError: not a node's spool, or no film of this model has a verdict.
+  """
+  if not os.path.exists(os.path.join(spool_dir, site_log.AUDIT_NAME)):
+    raise CalibrationError(f"{spool_dir!r} is not a cxr-node spool (no "
+                           f"{site_log.AUDIT_NAME})")
+  films, models = site_log.labelled_films(spool_dir, model.sha256)
+  if not films:
+    other = (f"; its films were read by {', '.join(m[:12] for m in models)}: give that "
+             "model as --model" if models and model.sha256 not in models else "")
+    raise CalibrationError(f"no film this model ({model.sha256[:12]}) read in "
+                           f"{spool_dir!r} has a reader's verdict{other}")
+  three = len(model.classes) > len(schema.LABELS)
+  rows = []
+  for f in films:
+    if three and f.p_bacterial is not None and f.p_viral is not None:
+      rows.append([1.0 - f.p_pneumonia, f.p_bacterial, f.p_viral])
+    elif three:
+      raise CalibrationError(f"film {f.sop_instance_uid}: its audit line has no "
+                             "p_bacterial/p_viral; was it read by this three-class model?")
+    else:
+      rows.append([1.0 - f.p_pneumonia, f.p_pneumonia])
+  probs = np.clip(np.array(rows, np.float64), 1e-7, 1.0)
+  # Logits up to a constant per film (which softmax ignores), at the model's temperature:
+  # softmax(T * log(p) / T) gives back the recorded probabilities.
+  outputs = model.temperature * np.log(probs) if model.output_kind == "logits" else probs
+  positive = schema.LABEL_TO_INDEX["PNEUMONIA"]
+  return LocalFilms([f.sop_instance_uid for f in films],
+                    np.array([positive if f.pneumonia else 1 - positive for f in films]),
+                    [f.patient for f in films], outputs, [f.subtype or "" for f in films])
 
 
 def class_probabilities(model: runtime.LiteModel, outputs: np.ndarray,
@@ -220,7 +258,8 @@ def at_prevalence(model: runtime.LiteModel, prevalence: float,
 def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
               target_sensitivity: Optional[float] = None,
               target_specificity: Optional[float] = None, fit_temperature: bool = False,
-              num_threads: int = 1, prevalence: Optional[float] = None) -> Dict[str, Any]:
+              num_threads: int = 1, prevalence: Optional[float] = None,
+              from_spool: Optional[str] = None) -> Dict[str, Any]:
   """Sets a site threshold and writes a new model package.
 
   Args:
@@ -236,6 +275,8 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
     num_threads: interpreter threads.
     prevalence: set the threshold from the local share of PNEUMONIA instead (the films,
       if any, then only measure it).
+    from_spool: a clinic node's spool: the films this model read there with a reader's
+      verdict are the labelled films (instead of image_dir).
 
   Returns:
     The calibration record (also in the new metadata under "site_calibration").
@@ -245,11 +286,12 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
     runtime.ModelError: the model cannot be used.
   """
   _check_request(model_path, image_dir, output_dir, target_sensitivity, target_specificity,
-                 prevalence)
+                 prevalence, from_spool)
   model = runtime.LiteModel(model_path, num_threads)
   if prevalence is not None:
     package_prior(model)  # refuse an old package before scoring any film
-  films = score_films(model, image_dir) if image_dir else None
+  films = (spool_films(model, from_spool) if from_spool else
+           score_films(model, image_dir) if image_dir else None)
   per_class = (np.bincount(films.labels, minlength=schema.NUM_CLASSES) if films is not None
                else np.zeros(schema.NUM_CLASSES, int))
   if films is not None and per_class.min() < MIN_FILMS_PER_CLASS:
@@ -265,6 +307,7 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
       "tool": "cxr-calibrate",
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "image_dir": os.path.abspath(image_dir) if image_dir else None,
+      "from_spool": os.path.abspath(from_spool) if from_spool else None,
       "films": int(per_class.sum()),
       "films_per_class": dict(zip(schema.LABELS, per_class.tolist())),
       "patients": len(set(films.patients)) if films is not None else 0,
@@ -285,15 +328,18 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
 
 def _check_request(model_path: str, image_dir: Optional[str], output_dir: str,
                    target_sensitivity: Optional[float], target_specificity: Optional[float],
-                   prevalence: Optional[float]) -> None:
+                   prevalence: Optional[float], from_spool: Optional[str] = None) -> None:
   """Refuses contradictory choices and an output folder that is not new, before any work."""
   if target_sensitivity is not None and target_specificity is not None:
     raise CalibrationError("give at most one of --target_sensitivity and --target_specificity")
   if prevalence is not None and (target_sensitivity, target_specificity) != (None, None):
     raise CalibrationError("--prevalence sets the threshold itself: give it or a target, "
                            "not both")
-  if prevalence is None and not image_dir:
-    raise CalibrationError("give --image_dir (labelled local films) or --prevalence (the "
+  if image_dir and from_spool:
+    raise CalibrationError("give --image_dir or --from_spool, not both")
+  if prevalence is None and not image_dir and not from_spool:
+    raise CalibrationError("give --image_dir (labelled local films), --from_spool (a "
+                           "node's films with readers' verdicts) or --prevalence (the "
                            "local share of PNEUMONIA)")
   if os.path.abspath(output_dir) == os.path.dirname(os.path.abspath(model_path)):
     raise CalibrationError("--output_dir is the model's own folder; the original package "

@@ -32,7 +32,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from cxr_edge.core import errors
 from cxr_edge.core import metrics
+from cxr_edge.core import site_log
 from cxr_edge.node import spool as spool_lib
 from cxr_edge.node import verdicts as verdicts_lib
 
@@ -111,19 +113,11 @@ class Audit:
         size = os.path.getsize(self.path)
       except FileNotFoundError:
         return []
-      if size < self._read_to:
+      if size < self._read_to:  # replaced by a shorter file: read again
         self._lines, self._read_to = [], 0
       if size > self._read_to:
-        with open(self.path, "rb") as f:
-          f.seek(self._read_to)
-          data = f.read(size - self._read_to)
-        end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
-          try:
-            self._lines.append(json.loads(line))
-          except ValueError:
-            continue
-        self._read_to += end
+        new, self._read_to = site_log.read_lines(self.path, self._read_to)
+        self._lines.extend(new)
       return self._lines
 
 
@@ -524,3 +518,44 @@ def _key(alarm: Alarm) -> str:
   if alarm.rule == "new_equipment":
     return alarm.rule + ":" + alarm.detail.split(":")[0]
   return alarm.rule
+
+
+# cxr-monitor -------------------------------------------------------------------------
+
+def records_by_accession(spool_root: str) -> Tuple[Dict[str, List[str]], List[str]]:
+  """({accession number: film UIDs}, every film UID with a record) from results/."""
+  by_accession: Dict[str, List[str]] = {}
+  uids = []
+  folder = os.path.join(spool_root, "results")
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    uid = name[:-len(".json")]
+    if not name.endswith(".json") or not spool_lib.is_uid(uid):
+      continue
+    record = spool_lib.read_json(os.path.join(folder, name)) or {}
+    uids.append(uid)
+    if record.get("accession_number"):
+      by_accession.setdefault(str(record["accession_number"]), []).append(uid)
+  return by_accession, uids
+
+
+def site_report(spool_root: str, since: str, until: str,
+                models: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+  """The period's export (`export`), each model's drift alarms included.
+
+  Args:
+    spool_root: the node's spool.
+    since, until: the period's first and last day, YYYY-MM-DD.
+    models: as `export` takes them; models not in it are described from RELEASE.json
+      where they are released ones.
+  """
+  if not os.path.exists(os.path.join(spool_root, spool_lib.AUDIT_NAME)):
+    raise errors.CxrError(f"{spool_root!r} holds no audit log: not a cxr-node spool, or "
+                          "no film read yet")
+  lines = Audit(spool_root).lines()
+  current = verdicts_lib.Verdicts(spool_root).current()
+  alarms = []
+  for sha in sorted({l.get("model_sha256") for l in lines if in_range(l, since, until)}
+                    - {None}):
+    found, _ = drift(lines, sha)
+    alarms += found
+  return export(lines, current, models, since, until, alarms)

@@ -3,6 +3,7 @@ fields (core/config_flags.py). Parsing of the composite values (a forwarding
 destination, an AE title) lives here too, so a mistyped flag is one line before
 anything starts."""
 import dataclasses
+import datetime
 import re
 from typing import Optional, Tuple
 
@@ -223,3 +224,63 @@ class NodeOptions:
 
 
 REQUIRED = ("spool_dir",)
+
+
+def _month(text: Optional[str]) -> Optional[str]:
+  if text is None:
+    return None
+  try:
+    datetime.datetime.strptime(text, "%Y-%m")
+  except ValueError:
+    raise ValueError(f"{text!r} is not a month, YYYY-MM (e.g. 2026-11)") from None
+  return text
+
+
+def _date(text: Optional[str]) -> Optional[str]:
+  if text is None:
+    return None
+  try:
+    return datetime.date.fromisoformat(text).isoformat()
+  except ValueError:
+    raise ValueError(f"{text!r} is not a date, YYYY-MM-DD") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorOptions:
+  """cxr-monitor: a node's figures at this site, its alarms, verdict imports, exports."""
+  spool_dir: str = option(
+      help="The node's --spool_dir (read while the node runs; only --import_verdicts "
+      "writes, appending to its verdicts.jsonl).")
+  month: Optional[str] = option(
+      None, parse=_month, help="The month whose films count, YYYY-MM; default: this month "
+      "(or --since/--until).")
+  since: Optional[str] = option(None, parse=_date, help="The first day whose films count, "
+                                "YYYY-MM-DD (instead of --month).")
+  until: Optional[str] = option(None, parse=_date, help="The last day whose films count, "
+                                "YYYY-MM-DD (default: today, with --since).")
+  export: Optional[str] = option(
+      None, help="Also write the period's report without patient data to this file: "
+      ".json (the whole report) or .csv (a row per model and figure), for a registry.")
+  import_verdicts: Optional[str] = option(
+      None, help="First import readers' verdicts from this CSV (a RIS export): a "
+      "pneumonia column and a sop_instance_uid or accession_number column; optional "
+      "subtype and reader columns.")
+  reader: str = option("RIS import", help="Who the imported verdicts are from, where the "
+                       "CSV has no reader column.")
+  model: Optional[str] = option(
+      None, help="A site-calibrated package the node ran: its own measured figures are "
+      "the stated ones for its films (the released model's are known without it).")
+
+  def __post_init__(self):
+    """Raises ConfigError: --month with --since or --until, or --since after --until."""
+    if self.month and (self.since or self.until):
+      raise ConfigError("give --month or --since/--until, not both")
+    if self.until and not self.since:
+      raise ConfigError("--until needs --since")
+    if self.since and self.until and self.since > self.until:
+      raise ConfigError(f"--since {self.since} is after --until {self.until}")
+    if self.export and not self.export.endswith((".json", ".csv")):
+      raise ConfigError("--export must name a .json or a .csv file")
+
+
+MONITOR_REQUIRED = ("spool_dir",)

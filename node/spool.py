@@ -35,6 +35,7 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from cxr_edge.core import errors
+from cxr_edge.core import site_log
 
 # A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters. Received UIDs name
 # files, so nothing else may pass.
@@ -43,7 +44,7 @@ MAX_UID_LENGTH = 64
 
 FOLDERS = ("receiving", "incoming", "results", "films", "reports", "overlays", "previews",
            "outbox", "dead_letter", "quarantine")
-AUDIT_NAME = "audit.jsonl"
+AUDIT_NAME = site_log.AUDIT_NAME
 FORWARDED_NAME = "forwarded.jsonl"
 # Bytes read back from the end of the audit log to find its last line.
 _TAIL_BYTES = 64 * 1024

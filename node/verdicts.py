@@ -20,10 +20,11 @@ import threading
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from cxr_edge.core import errors
+from cxr_edge.core import site_log
 from cxr_edge.node import spool as spool_lib
 
-VERDICTS_NAME = "verdicts.jsonl"
-SUBTYPES = ("BACTERIAL", "VIRAL")
+VERDICTS_NAME = site_log.VERDICTS_NAME
+SUBTYPES = site_log.SUBTYPES
 MAX_READER_CHARS = 64
 # A RIS export of readings: a few hundred bytes a film; larger is not one.
 MAX_IMPORT_BYTES = 64 * 2**20
@@ -36,15 +37,7 @@ class VerdictError(errors.CxrError):
   """A verdict, or a file of them, that cannot be taken: says which and why."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-  """What readers said of one film (the truth the model's figures are measured on)."""
-  sop_instance_uid: str
-  pneumonia: Optional[bool]  # None: withdrawn, or not known
-  subtype: Optional[str] = None  # BACTERIAL or VIRAL where the report says
-  reader: str = ""
-  time: str = ""
-  source: str = "page"
+Verdict = site_log.Verdict
 
 
 def parse_pneumonia(text: object) -> Optional[bool]:
@@ -153,24 +146,9 @@ class Verdicts:
       self._current[v.sop_instance_uid] = v
 
   def _read(self, offset: int) -> Tuple[List[Verdict], int]:
-    """The whole lines from `offset` on, and the offset after the last whole line; a
-    line that does not parse is skipped (the log is the site's: never fatal)."""
-    try:
-      with open(self.path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
-    except FileNotFoundError:
-      return [], offset
-    end = data.rfind(b"\n") + 1  # a line being written is read next time
-    out = []
-    for line in data[:end].splitlines():
-      try:
-        fields = json.loads(line)
-        out.append(Verdict(**{k: fields.get(k) for k in (
-            "sop_instance_uid", "pneumonia", "subtype", "reader", "time", "source")}))
-      except (ValueError, TypeError):
-        continue
-    return out, offset + end
+    """The verdicts from `offset` on, and the offset after the last whole line."""
+    lines, end = site_log.read_lines(self.path, offset)
+    return [v for v in map(site_log.verdict_of, lines) if v is not None], end
 
 
 @dataclasses.dataclass

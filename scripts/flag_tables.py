@@ -27,7 +27,9 @@ def tables():
       "cxr-train": config_flags.markdown_table(train_config.OPTION_CLASSES,
                                                train_config.REQUIRED),
       "cxr-node": config_flags.markdown_table((node_config.NodeOptions,),
-                                              node_config.REQUIRED)}
+                                              node_config.REQUIRED),
+      "cxr-monitor": config_flags.markdown_table((node_config.MonitorOptions,),
+                                                 node_config.MONITOR_REQUIRED)}
 
 
 def block(job, table):

@@ -166,15 +166,15 @@ def test_neither_films_nor_prevalence_is_refused_on_the_command_line(tmp_path):
   r = run_module("cxr_edge.edge.calibrate", "--model=m.tflite", f"--output_dir={tmp_path / 'o'}",
                  timeout=120)
   assert r.returncode == 1
-  assert ("give --image_dir (labelled local films) or --prevalence (the local share of "
-          "PNEUMONIA)") in r.stderr
+  assert ("give --image_dir (labelled local films), --from_spool (a node's films with "
+          "readers' verdicts) or --prevalence (the local share of PNEUMONIA)") in r.stderr
   assert not (tmp_path / "o").exists()
   with pytest.raises(calibrate_lib.CalibrationError, match="give --image_dir"):
     calibrate_lib.calibrate("m.tflite", None, str(tmp_path / "o"))
 
 
 @pytest.mark.parametrize("flag_strings, message", [
-    ({"image_dir": ""}, "give --image_dir (labelled local films) or --prevalence"),
+    ({"image_dir": ""}, "give --image_dir (labelled local films), --from_spool"),
     ({"prevalence": "0.3", "target_sensitivity": "0.9"}, "give it or a target, not both"),
     ({"prevalence": "1"}, "strictly between 0 and 1"),
     ({"prevalence": "0.3", "fit_temperature": "true"}, "needs labelled films"),

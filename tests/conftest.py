@@ -173,7 +173,7 @@ def require_shared(part: str = "train"):
 # flag names (--data_dir, --model, ...), so one process can hold only one job's flags.
 JOBS = ("cxr_edge.pipeline.convert", "cxr_edge.pipeline.verify", "cxr_edge.pipeline.benchmark_input", "cxr_edge.model.train",
         "cxr_edge.model.evaluate", "cxr_edge.export.export", "cxr_edge.edge.predict", "cxr_edge.edge.calibrate",
-        "cxr_edge.node.node")
+        "cxr_edge.node.node", "cxr_edge.node.monitor")
 
 
 def job(module: str):

@@ -14,6 +14,7 @@ webdriver = pytest.importorskip("selenium.webdriver",
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -150,16 +151,18 @@ def test_readers_record_verdicts_in_one_click_and_a_cross_site_post_is_refused(
     browser.find_element(By.LINK_TEXT, "give your name").click()
     browser.find_element(By.NAME, "reader").send_keys("Dr Ada Test")
     browser.find_element(By.CSS_SELECTOR, "form.reader button").click()
-    assert "Verdicts are recorded as Dr Ada Test" in browser.page_source
+    WebDriverWait(browser, 30).until(
+        lambda d: "Verdicts are recorded as Dr Ada Test" in d.page_source)
     # One click on the newest film's row (uids[1]): pneumonia.
     row = browser.find_elements(By.CSS_SELECTOR, "tr")[1]
     row.find_element(By.CSS_SELECTOR, "button[value='yes']").click()
-    row = browser.find_elements(By.CSS_SELECTOR, "tr")[1]
-    assert row.find_element(By.CSS_SELECTOR, "td.verdict").text.startswith("pneumonia")
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "td.verdict")[0].text.startswith(
+            "pneumonia"))
     # Changed on the film's page: viral. The log keeps both, with who.
     browser.get(base + f"film/{uids[1]}")
     browser.find_element(By.CSS_SELECTOR, "button[value='viral']").click()
-    assert "pneumonia (viral)" in browser.page_source
+    WebDriverWait(browser, 30).until(lambda d: "pneumonia (viral)" in d.page_source)
     history = [tr.text for tr in browser.find_elements(By.CSS_SELECTOR, "tr")
                if "Dr Ada Test" in tr.text]
     assert len(history) == 2 and "pneumonia (viral)" in history[1]
@@ -184,7 +187,7 @@ def test_readers_record_verdicts_in_one_click_and_a_cross_site_post_is_refused(
     try:
       browser.get(f"http://127.0.0.1:{other.server_address[1]}/")
       browser.find_element(By.ID, "go").click()
-      assert "another site" in browser.page_source
+      WebDriverWait(browser, 30).until(lambda d: "another site" in d.page_source)
     finally:
       other.shutdown()
   log = verdicts_lib.Verdicts(str(tmp_path / "spool"))

@@ -1,0 +1,122 @@
+"""The clinic node's logs that jobs below the node read too: one home for their names,
+their lines and what a verdict is.
+
+The node (cxr_edge.node) appends one audit line per film read (audit.jsonl: the film's
+UIDs, the model's sha256, its output, the inputs drift is watched on; no patient name
+or id) and one line per reader's verdict (verdicts.jsonl, node/verdicts.py); a film's
+record is results/<uid>.json. cxr-calibrate --from_spool (edge) reads them here, so the
+device side needs nothing of the node.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+AUDIT_NAME = "audit.jsonl"
+VERDICTS_NAME = "verdicts.jsonl"
+RESULTS_FOLDER = "results"
+SUBTYPES = ("BACTERIAL", "VIRAL")
+# A film's record is a few hundred bytes; a larger file is not one.
+MAX_RECORD_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """What readers said of one film (the truth the model's figures are measured on)."""
+  sop_instance_uid: str
+  pneumonia: Optional[bool]  # None: withdrawn, or not known
+  subtype: Optional[str] = None  # BACTERIAL or VIRAL where the report says
+  reader: str = ""
+  time: str = ""
+  source: str = "page"
+
+
+def read_lines(path: str, offset: int = 0) -> Tuple[List[Dict], int]:
+  """The JSON lines of a log from `offset` on, and the offset after the last whole line
+  (a line being written is read next time); a line that does not parse is skipped."""
+  try:
+    with open(path, "rb") as f:
+      f.seek(offset)
+      data = f.read()
+  except FileNotFoundError:
+    return [], offset
+  end = data.rfind(b"\n") + 1
+  out = []
+  for line in data[:end].splitlines():
+    try:
+      value = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(value, dict):
+      out.append(value)
+  return out, offset + end
+
+
+def verdict_of(line: Dict) -> Optional[Verdict]:
+  """A verdict log line as a Verdict, or None if it is not one."""
+  try:
+    verdict = Verdict(**{k: line.get(k) for k in (
+        "sop_instance_uid", "pneumonia", "subtype", "reader", "time", "source")})
+  except TypeError:
+    return None
+  if not isinstance(verdict.sop_instance_uid, str) or verdict.pneumonia not in (
+      True, False, None):
+    return None
+  return verdict
+
+
+def current_verdicts(lines: Iterable[Dict]) -> Dict[str, Verdict]:
+  """{film UID: its last verdict}, withdrawn ones (pneumonia null) left out."""
+  current: Dict[str, Verdict] = {}
+  for line in lines:
+    verdict = verdict_of(line)
+    if verdict is not None:
+      current[verdict.sop_instance_uid] = verdict
+  return {uid: v for uid, v in current.items() if v.pneumonia is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledFilm:
+  """A film a model read at the site, with a reader's verdict."""
+  sop_instance_uid: str
+  pneumonia: bool
+  subtype: Optional[str]
+  p_pneumonia: float
+  p_bacterial: Optional[float]
+  p_viral: Optional[float]
+  patient: str  # the record's patient id, else the film's UID (its own patient)
+
+
+def labelled_films(spool_dir: str, sha256: str) -> Tuple[List[LabelledFilm], List[str]]:
+  """The films model `sha256` read in a node's spool that have a reader's verdict, and
+  the sha256 of every model that read films there (to say which, when none match)."""
+  audit, _ = read_lines(os.path.join(spool_dir, AUDIT_NAME))
+  current = current_verdicts(read_lines(os.path.join(spool_dir, VERDICTS_NAME))[0])
+  read: Dict[str, Dict] = {}
+  for line in audit:
+    if line.get("model_sha256") == sha256 and not line.get("error") and line.get(
+        "prediction") and isinstance(line.get("p_pneumonia"), (int, float)):
+      read[str(line.get("sop_instance_uid"))] = line  # a redone film: its last line
+  out = []
+  for uid, line in sorted(read.items()):
+    verdict = current.get(uid)
+    if verdict is None:
+      continue
+    out.append(LabelledFilm(uid, bool(verdict.pneumonia), verdict.subtype,
+                            float(line["p_pneumonia"]), line.get("p_bacterial"),
+                            line.get("p_viral"), _patient(spool_dir, uid)))
+  models = sorted({l.get("model_sha256") for l in audit if l.get("model_sha256")})
+  return out, models
+
+
+def _patient(spool_dir: str, uid: str) -> str:
+  """The film's patient id from its record (films of one patient are not independent),
+  else the film's UID. `uid` came from the node's own log; it names no path but its own."""
+  path = os.path.join(spool_dir, RESULTS_FOLDER, os.path.basename(uid) + ".json")
+  try:
+    with open(path, "rb") as f:
+      record = json.loads(f.read(MAX_RECORD_BYTES))
+  except (OSError, ValueError):
+    return uid
+  patient = record.get("patient_id") if isinstance(record, dict) else None
+  return str(patient) if patient else uid
