@@ -32,7 +32,8 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Set
+import time
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from cxr_edge.core import errors
 from cxr_edge.core import site_log
@@ -123,7 +124,8 @@ class Spool:
     # Films whose reports the destination stored: the review page's delivery column,
     # read from forwarded.jsonl when first asked (not at every start), then kept.
     self._forwarded: Optional[Set[str]] = None
-    self._forwarded_lock = threading.Lock()
+    self._forwarded_lock = threading.Lock()  # also guards the listing of results/
+    self._results_cache: Optional[Tuple[int, List[str]]] = None
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
@@ -394,11 +396,26 @@ class Spool:
     # Only the newest records are read: a spool holds a year's films, the page refreshes
     # every few seconds. Records are written in arrival order (one worker, oldest
     # first), so the newest written are the newest arrived.
-    newest = self._listed("results", ".json", is_uid)[::-1][:limit]
+    newest = self._results_listed()[::-1][:limit]
     records = [r for r in (self.result(uid) for uid in newest) if r is not None]
     records.sort(key=lambda r: (r.get("received_ns", 0), r.get("sop_instance_uid", "")),
                  reverse=True)
     return records[:limit]
+
+  def _results_listed(self) -> List[str]:
+    """results/ by age: listed again only when the folder changed (a year's records take
+    half a second to list, and the page asks every few seconds)."""
+    changed = os.stat(self.path("results")).st_mtime_ns
+    # A folder changed in the last second may change again within its clock's tick,
+    # which would not move its time: listed again until it has been still a second.
+    settled = time.time_ns() - changed > 10**9
+    with self._forwarded_lock:
+      if settled and self._results_cache is not None and self._results_cache[0] == changed:
+        return self._results_cache[1]
+    listed = self._listed("results", ".json", is_uid)
+    with self._forwarded_lock:
+      self._results_cache = (changed, listed)
+    return listed
 
   def queued(self) -> int:
     return len(self.pending())

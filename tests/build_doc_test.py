@@ -1,6 +1,9 @@
-"""BUILD.md says what the code does: its derived flag tables match the jobs' configs."""
+"""BUILD.md and the docs say what the code does: the derived flag tables match the jobs'
+configs, and the clinic node's doc states every alarm rule as the code does."""
 import os
 import re
+
+import pytest
 
 from scripts import flag_tables
 from tests.conftest import ROOT
@@ -27,3 +30,12 @@ def test_every_train_flag_is_in_the_table_with_its_default():
       shown = (",".join(flag.default) if isinstance(flag.default, list)
                else str(flag.default))
       assert f"`{shown}`" in row, (flag.name, row)
+
+
+def test_the_clinic_node_doc_states_every_alarm_rule_as_the_code_does():
+  pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
+  from cxr_edge.node import monitor_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, "docs", "clinic_node.md"), encoding="utf-8") as f:
+    doc = f.read()
+  for rule, text in monitor_lib.RULES.items():
+    assert f"(`{rule}`) | {text} |" in doc, rule
