@@ -40,7 +40,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -48,6 +47,7 @@ import pydicom
 from pynetdicom import AE, build_role, evt
 from pynetdicom import sop_class
 
+from cxr_edge.node import background
 from cxr_edge.node import dicom
 from cxr_edge.node import node_config
 from cxr_edge.node import spool as spool_lib
@@ -105,7 +105,7 @@ def _dicom_date(day: datetime.date) -> str:
   return day.strftime("%Y%m%d")
 
 
-class CatchUp:
+class CatchUp(background.Background):
   """Runs catch-up rounds against one PACS in the background."""
 
   def __init__(self, spool: spool_lib.Spool, options: node_config.NodeOptions,
@@ -126,25 +126,7 @@ class CatchUp:
     self.last: Optional[Round] = None
     self._failures: Dict[str, int] = {}  # study or film UID -> rounds it failed
     self._known_studies: Dict[str, int] = {}  # study UID -> instances when all were known
-    self._stop = threading.Event()
-    self._wake = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="cxr-node catch-up",
-                                    daemon=True)
-
-  # The loop ---------------------------------------------------------------------------
-
-  def start(self) -> None:
-    self._thread.start()
-
-  def stop(self) -> None:
-    self._stop.set()
-    self._wake.set()
-    if self._thread.is_alive():
-      self._thread.join(timeout=60)
-
-  def wake(self) -> None:
-    """Starts a round now (tests; a site's script could too)."""
-    self._wake.set()
+    super().__init__("cxr-node catch-up")
 
   def _run(self) -> None:
     while not self._stop.is_set():
@@ -156,8 +138,7 @@ class CatchUp:
       interval = self.options.catch_up_minutes * 60 or None  # 0: at start only
       if done.error:  # a round that failed is tried again, at start-only too
         interval = min(interval or RETRY_SECONDS, RETRY_SECONDS)
-      self._wake.wait(timeout=interval)
-      self._wake.clear()
+      self._pause(interval)
 
   def run_round(self) -> Round:
     """One round: lists what the PACS holds since the checkpoint and retrieves what the

@@ -41,6 +41,7 @@ from pynetdicom import sop_class
 
 from cxr_edge.core import film
 from cxr_edge.core import schema
+from cxr_edge.node import background
 from cxr_edge.node import limits
 from cxr_edge.node import node_config
 from cxr_edge.node import report
@@ -338,7 +339,7 @@ class DestinationUnavailable(Exception):
   """The destination cannot be reached now (an outage, not a refusal)."""
 
 
-class Forwarder:
+class Forwarder(background.Background):
   """Sends the spool's outbox to one destination, in the background."""
 
   def __init__(self, spool: spool_lib.Spool, destination: node_config.Destination,
@@ -348,24 +349,9 @@ class Forwarder:
     self.calling_ae, self.max_refusals = calling_ae, refusals
     self.timeouts = (acse_timeout, dimse_timeout, network_timeout)
     self._refused: Dict[str, int] = {}
-    self._wake = threading.Event()
-    self._stop = threading.Event()
+    super().__init__("cxr-node forwarder", join_seconds=30)
     self._sending = threading.Lock()  # one sender at a time: no report goes out twice
-    self._thread = threading.Thread(target=self._run, name="cxr-node forwarder",
-                                     daemon=True)
     self.backoff = 0.0  # seconds the forwarder waits before the next try (0: none)
-
-  def start(self) -> None:
-    self._thread.start()
-
-  def stop(self) -> None:
-    self._stop.set()
-    self._wake.set()
-    if self._thread.is_alive():
-      self._thread.join(timeout=30)
-
-  def wake(self) -> None:
-    self._wake.set()
 
   def _run(self) -> None:
     while not self._stop.is_set():
@@ -382,8 +368,7 @@ class Forwarder:
                       self.destination, type(e).__name__, e, self.backoff)
       else:
         self.backoff = 0.0
-      self._wake.wait(timeout=self.backoff or 5.0)
-      self._wake.clear()
+      self._pause(self.backoff or 5.0)
 
   def send_pending(self) -> int:
     """Sends what the outbox holds over one association; returns how many were stored.

@@ -35,6 +35,7 @@ import numpy as np
 from cxr_edge.core import errors
 from cxr_edge.core import metrics
 from cxr_edge.core import site_log
+from cxr_edge.node import background
 from cxr_edge.node import spool as spool_lib
 from cxr_edge.node import verdicts as verdicts_lib
 
@@ -420,7 +421,7 @@ def month_range(month: str) -> Tuple[str, str]:
 
 # The node's monitor -------------------------------------------------------------------
 
-class Monitor:
+class Monitor(background.Background):
   """Checks for alarms in the background; tells the log and `alert_command` when one is
   raised or cleared; gives the review page the site's figures."""
 
@@ -445,16 +446,7 @@ class Monitor:
     self.alert_command, self.every_seconds = alert_command, every_seconds
     self.alarms: List[Alarm] = []
     self.drift_info: Dict[str, Any] = {}
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="cxr-node monitor", daemon=True)
-
-  def start(self) -> None:
-    self._thread.start()
-
-  def stop(self) -> None:
-    self._stop.set()
-    if self._thread.is_alive():
-      self._thread.join(timeout=60)
+    super().__init__("cxr-node monitor")
 
   def _run(self) -> None:
     while not self._stop.wait(timeout=self.every_seconds):

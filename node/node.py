@@ -22,9 +22,12 @@ Capture of the occlusion map. Reports are sent to --forward, and wait on disk wh
 is down. With --query, the node also asks the PACS (C-FIND) at start and every
 --catch_up_minutes for CR/DX films it never received (sent while it was down) and
 retrieves them (C-GET, or C-MOVE with --retrieve=move); --nolisten makes it pull-only.
-Peers are held to limits (--acse_timeout, --network_timeout, --idle_timeout,
---max_associations_per_peer); a damaged spool file goes to quarantine/. One JSON line per
-film in <spool_dir>/audit.jsonl (UIDs, model sha256, outcome; no patient name or id).
+Readers' verdicts recorded on the review page give the model's figures at this site
+(/site, and cxr-monitor), and drift or a stuck pipeline raises alarms (the log, the page,
+--alert_command). Peers are held to limits (--acse_timeout, --network_timeout,
+--idle_timeout, --max_associations_per_peer); a damaged spool file goes to quarantine/.
+One JSON line per film in <spool_dir>/audit.jsonl (UIDs, model sha256, outcome, what
+drift is watched on; no patient name or id).
 After a crash or kill -9, a restart goes on where it stopped: every acknowledged film is
 processed once. Stop it with Ctrl-C or SIGTERM.
 
