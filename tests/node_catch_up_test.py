@@ -38,8 +38,10 @@ def film(k: int, **attributes) -> bytes:
                                                           **attributes})
 
 
-def reports_by_film(pacs) -> dict:
-  """{film SOP Instance UID: [modalities of the node's objects for it]} at the PACS."""
+def reports_by_film(pacs, studies=None) -> dict:
+  """{film SOP Instance UID: [modalities of the node's objects for it]} at the PACS;
+  with `studies` ({film UID: its study UID}), each object is checked to be in its film's
+  study."""
   found = collections.defaultdict(list)
   for instance in pacs.instances():
     ds = pydicom.dcmread(io.BytesIO(pacs.file(instance)), stop_before_pixels=True)
@@ -48,6 +50,8 @@ def reports_by_film(pacs) -> dict:
           ds.Modality == "OT") else report.describe(
               pydicom.dcmread(io.BytesIO(pacs.file(instance))))["source"]
       found[str(source)].append(str(ds.Modality))
+      if studies is not None:
+        assert ds.StudyInstanceUID == studies[str(source)], "not in its film's study"
   return {uid: sorted(kinds) for uid, kinds in found.items()}
 
 
@@ -96,8 +100,11 @@ def test_films_routed_while_the_node_was_down_get_one_report_and_card_each(
       assert (again.studies, again.retrieved, again.error) == (11, 0, None)
       assert node.catch_up.checkpoint() == (datetime.date.today() - datetime.timedelta(
           days=1)).strftime("%Y%m%d")
-    by_film = reports_by_film(pacs)
-  assert by_film == {uid: ["OT", "SR"] for uid in uids}  # one SR and one card each
+    studies = {str(ds.SOPInstanceUID): ds.StudyInstanceUID for ds in (
+        pydicom.dcmread(io.BytesIO(d)) for d in films + later)}
+    by_film = reports_by_film(pacs, studies)
+  # One SR and one result card each, in the film's own study.
+  assert by_film == {uid: ["OT", "SR"] for uid in uids}
   lines = audit(tmp_path / "spool")
   assert sorted(line["sop_instance_uid"] for line in lines) == sorted(uids)
 
