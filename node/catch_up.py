@@ -24,7 +24,8 @@ inbound connection, no address of the node in the PACS (so it works behind NAT a
 
 Bounds: each C-FIND answer is read to at most MAX_ANSWERS matches (more aborts the round,
 with the reason); a round retrieves at most `--catch_up_batch` films, and the next batch
-starts once the worker's queue is empty, so a long outage is worked off without filling
+starts once the worker has read the films of this one (films pushed meanwhile do not
+hold it back), so a long outage is worked off without filling
 the disk; each retrieve has `--dimse_timeout` per answer.
 
 The checkpoint (catch_up.json in the spool) is the first study date still looked at. A
@@ -40,6 +41,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import time
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -109,19 +111,18 @@ class CatchUp(background.Background):
   """Runs catch-up rounds against one PACS in the background."""
 
   def __init__(self, spool: spool_lib.Spool, options: node_config.NodeOptions,
-               on_store: Callable, queue_empty: Callable[[], bool],
+               on_store: Callable,
                today: Callable[[], datetime.date] = datetime.date.today):
     """
     Args:
       spool: the node's spool (its checkpoint lives there).
       options: the node's options (--query and the catch-up flags).
       on_store: the receiver's C-STORE handler: C-GET's films are admitted by it.
-      queue_empty: whether the worker has read every queued film (the next batch waits
-        for it).
       today: the local date (tests move it).
     """
     self.spool, self.options, self.on_store = spool, options, on_store
-    self.queue_empty, self.today = queue_empty, today
+    self.today = today
+    self._batch: List[str] = []  # the films the last round retrieved
     self.pacs = options.query_pacs
     self.last: Optional[Round] = None
     self._failures: Dict[str, int] = {}  # study or film UID -> rounds it failed
@@ -131,8 +132,10 @@ class CatchUp(background.Background):
   def _run(self) -> None:
     while not self._stop.is_set():
       done = self.run_round()
-      if done.more:  # the next batch once the worker has read this one
-        while not self._stop.is_set() and not self.queue_empty():
+      if done.more:  # the next batch once the worker has read this one (pushed films
+        # may keep the queue from ever being empty at a busy site: those do not count)
+        while not self._stop.is_set() and any(
+            os.path.exists(self.spool.path("incoming", uid + ".dcm")) for uid in self._batch):
           self._stop.wait(1.0)
         continue
       interval = self.options.catch_up_minutes * 60 or None  # 0: at start only
@@ -205,12 +208,14 @@ class CatchUp(background.Background):
         day += datetime.timedelta(days=1)
       batch = self.options.catch_up_batch
       current.more = len(missing) > batch
+      self._batch = []
       for found in missing[:batch]:
         if self._stop.is_set():
           current.more = True
           break
         if self._retrieve(assoc, found):
           current.retrieved += 1
+          self._batch.append(found.sop_uid)
         else:
           current.failed += 1
     finally:

@@ -104,8 +104,7 @@ class Node:
                       if destination else None)
     # Catch-up's films are admitted by the receiver's own handler: pushed or pulled, a
     # film is queued once.
-    self.catch_up = (catch_up_lib.CatchUp(self.spool, options, self.receiver.on_store,
-                                          queue_empty=lambda: not self.spool.pending())
+    self.catch_up = (catch_up_lib.CatchUp(self.spool, options, self.receiver.on_store)
                      if options.query else None)
     # The site's figures (readers' verdicts) and alarms: this model's, beside the
     # figures it was released (or calibrated) with.
