@@ -25,8 +25,8 @@ inbound connection, no address of the node in the PACS (so it works behind NAT a
 Bounds: each C-FIND answer is read to at most MAX_ANSWERS matches (more aborts the round,
 with the reason); a round retrieves at most `--catch_up_batch` films, and the next batch
 starts once the worker has read the films of this one (films pushed meanwhile do not
-hold it back), so a long outage is worked off without filling
-the disk; each retrieve has `--dimse_timeout` per answer.
+hold it back), so a long outage is worked off without filling the disk; each retrieve
+has `--dimse_timeout` per answer.
 
 The checkpoint (catch_up.json in the spool) is the first study date still looked at. A
 round that saw every day through and retrieved everything it found moves it to the day
