@@ -329,12 +329,9 @@ def _refuse_deflate_bomb(data: bytes, max_pixels: int) -> None:
   """A Deflated-syntax DICOM is inflated in chunks, output discarded, to measure it: one
   that would inflate past what max_pixels allows is refused before pydicom inflates it
   whole (1.5 MB of such a file reached 3 GB of memory)."""
-  import pydicom  # pylint: disable=g-import-not-at-top
   fp = io.BytesIO(data)
   try:
-    pydicom.filereader.read_preamble(fp, False)
-    meta = pydicom.filereader._read_file_meta_info(fp)  # pylint: disable=protected-access
-    syntax = str(meta.get("TransferSyntaxUID", ""))  # parsed here, lazily: may raise too
+    _, syntax = _file_meta(fp)
   except Exception:  # pylint: disable=broad-except  # dcmread reports it properly next
     return
   if syntax != _DEFLATED:
@@ -351,6 +348,22 @@ def _refuse_deflate_bomb(data: bytes, max_pixels: int) -> None:
   if total > limit:
     raise FilmError(f"{REASON_BOMB}: deflated DICOM inflates past {limit} bytes "
                     f"(the limit for {max_pixels} pixels)")
+
+
+def _file_meta(fp: Any) -> Tuple[Any, Any]:
+  """A Part 10 file's preamble read past and its file meta: (meta, its transfer syntax
+  UID, empty where none is named); `fp` is left at the dataset's start.
+
+  Raises:
+    whatever pydicom raises on a malformed preamble or meta.
+  """
+  # pylint: disable=g-import-not-at-top,protected-access
+  from pydicom import filereader
+  from pydicom import uid as dicom_uid
+  filereader.read_preamble(fp, False)
+  meta = filereader._read_file_meta_info(fp)
+  # pylint: enable=g-import-not-at-top,protected-access
+  return meta, dicom_uid.UID(str(meta.get("TransferSyntaxUID", "")))  # parsed lazily here
 
 
 # A deflated film's header is inflated at most this far (headers are kilobytes).
@@ -374,13 +387,8 @@ def dicom_header(fp: Any, defer_size: Optional[int] = None) -> Tuple[Any, bool]:
   Raises:
     whatever pydicom raises on a malformed file.
   """
-  # pylint: disable=g-import-not-at-top,protected-access
-  from pydicom import filereader
-  from pydicom import uid as dicom_uid
-  filereader.read_preamble(fp, False)
-  meta = filereader._read_file_meta_info(fp)
-  # pylint: enable=g-import-not-at-top,protected-access
-  syntax = dicom_uid.UID(str(meta.get("TransferSyntaxUID", "")))
+  from pydicom import filereader  # pylint: disable=g-import-not-at-top
+  meta, syntax = _file_meta(fp)
   if syntax == _DEFLATED:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflated = bytearray()
