@@ -10,7 +10,7 @@ device side needs nothing of the node.
 import dataclasses
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 AUDIT_NAME = "audit.jsonl"
 VERDICTS_NAME = "verdicts.jsonl"
@@ -31,25 +31,29 @@ class Verdict:
   source: str = "page"
 
 
-def read_lines(path: str, offset: int = 0) -> Tuple[List[Dict], int]:
-  """The JSON lines of a log from `offset` on, and the offset after the last whole line
-  (a line being written is read next time); a line that does not parse is skipped."""
+def read_lines(path: str, offset: int = 0,
+               convert: Callable[[Dict], Any] = lambda line: line) -> Tuple[List[Any], int]:
+  """The JSON lines of a log from `offset` on (each through `convert`, one at a time, so
+  a year's log is never held as parsed JSON at once), and the offset after the last
+  whole line (a line being written is read next time); a line that does not parse is
+  skipped."""
+  out = []
   try:
     with open(path, "rb") as f:
       f.seek(offset)
-      data = f.read()
+      for raw in f:
+        if not raw.endswith(b"\n"):
+          break
+        offset += len(raw)
+        try:
+          value = json.loads(raw)
+        except ValueError:
+          continue
+        if isinstance(value, dict):
+          out.append(convert(value))
   except FileNotFoundError:
-    return [], offset
-  end = data.rfind(b"\n") + 1
-  out = []
-  for line in data[:end].splitlines():
-    try:
-      value = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(value, dict):
-      out.append(value)
-  return out, offset + end
+    pass
+  return out, offset
 
 
 def verdict_of(line: Dict) -> Optional[Verdict]:
@@ -90,13 +94,21 @@ class LabelledFilm:
 def labelled_films(spool_dir: str, sha256: str) -> Tuple[List[LabelledFilm], List[str]]:
   """The films model `sha256` read in a node's spool that have a reader's verdict, and
   the sha256 of every model that read films there (to say which, when none match)."""
-  audit, _ = read_lines(os.path.join(spool_dir, AUDIT_NAME))
-  current = current_verdicts(read_lines(os.path.join(spool_dir, VERDICTS_NAME))[0])
-  read: Dict[str, Dict] = {}
-  for line in audit:
+  models = set()
+
+  def kept(line: Dict) -> Optional[Dict]:  # only this model's analysed films, in brief
+    models.add(line.get("model_sha256"))
     if line.get("model_sha256") == sha256 and not line.get("error") and line.get(
         "prediction") and isinstance(line.get("p_pneumonia"), (int, float)):
-      read[str(line.get("sop_instance_uid"))] = line  # a redone film: its last line
+      return {k: line.get(k) for k in ("sop_instance_uid", "p_pneumonia", "p_bacterial",
+                                       "p_viral")}
+    return None
+
+  audit, _ = read_lines(os.path.join(spool_dir, AUDIT_NAME), convert=kept)
+  current = current_verdicts(read_lines(os.path.join(spool_dir, VERDICTS_NAME))[0])
+  read: Dict[str, Dict] = {}
+  for line in filter(None, audit):
+    read[str(line["sop_instance_uid"])] = line  # a redone film: its last line
   out = []
   for uid, line in sorted(read.items()):
     verdict = current.get(uid)
@@ -105,8 +117,7 @@ def labelled_films(spool_dir: str, sha256: str) -> Tuple[List[LabelledFilm], Lis
     out.append(LabelledFilm(uid, bool(verdict.pneumonia), verdict.subtype,
                             float(line["p_pneumonia"]), line.get("p_bacterial"),
                             line.get("p_viral"), _patient(spool_dir, uid)))
-  models = sorted({l.get("model_sha256") for l in audit if l.get("model_sha256")})
-  return out, models
+  return out, sorted(m for m in models if isinstance(m, str))
 
 
 def _patient(spool_dir: str, uid: str) -> str:

@@ -27,6 +27,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -99,16 +100,72 @@ def age_years(text: Optional[str]) -> Optional[float]:
   return None if per_year is None else round(int(text[:3]) / per_year, 2)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read:
+  """What the monitor keeps of one audit line: a film a model read (or failed to).
+
+  A busy year's audit log holds 100,000 lines: kept as parsed JSON they took 410 MB;
+  kept as these, with their repeated strings shared, about a tenth of that."""
+  uid: str
+  day: Optional[str]  # YYYY-MM-DD (UTC)
+  sha256: Optional[str]
+  prediction: Optional[str]
+  p_pneumonia: Optional[float]
+  subtype: Optional[str]
+  warned: bool
+  failed: bool
+  manufacturer: Optional[str] = None
+  unit_model: Optional[str] = None
+  view_position: Optional[str] = None
+  age_years: Optional[float] = None
+  pixel_mean: Optional[float] = None
+
+  @property
+  def analysed(self) -> bool:
+    return not self.failed and bool(self.prediction) and self.p_pneumonia is not None
+
+  @property
+  def flagged(self) -> bool:
+    return self.prediction not in (None, "NORMAL")
+
+
+def _shared(value: Any) -> Optional[str]:
+  return sys.intern(str(value)) if value not in (None, "") else None
+
+
+def _number(value: Any) -> Optional[float]:
+  return float(value) if isinstance(value, (int, float)) and not isinstance(
+      value, bool) else None
+
+
+def read_of(line: Dict[str, Any]) -> Read:
+  """An audit line as the monitor keeps it."""
+  inputs = line.get("inputs") if isinstance(line.get("inputs"), dict) else {}
+  time_text = line.get("time")
+  return Read(uid=str(line.get("sop_instance_uid")),
+              day=_shared(time_text[:10]) if isinstance(time_text, str) else None,
+              sha256=_shared(line.get("model_sha256")),
+              prediction=_shared(line.get("prediction")),
+              p_pneumonia=_number(line.get("p_pneumonia")),
+              subtype=_shared(line.get("subtype")), warned=bool(line.get("warning")),
+              failed=bool(line.get("error")),
+              manufacturer=_shared(inputs.get("manufacturer")),
+              unit_model=_shared(inputs.get("unit_model")),
+              view_position=_shared(inputs.get("view_position")),
+              age_years=_number(inputs.get("age_years")),
+              pixel_mean=_number(inputs.get("pixel_mean")))
+
+
 class Audit:
-  """The audit log's lines, read once and then only what was appended since."""
+  """The audit log's lines (as Read), read once and then only what was appended since."""
 
   def __init__(self, spool_root: str):
     self.path = os.path.join(spool_root, spool_lib.AUDIT_NAME)
     self._lock = threading.Lock()
-    self._lines: List[Dict] = []
+    self._lines: List[Read] = []
     self._read_to = 0
 
-  def lines(self) -> List[Dict]:
+  def lines(self) -> List[Read]:
     with self._lock:
       try:
         size = os.path.getsize(self.path)
@@ -117,20 +174,16 @@ class Audit:
       if size < self._read_to:  # replaced by a shorter file: read again
         self._lines, self._read_to = [], 0
       if size > self._read_to:
-        new, self._read_to = site_log.read_lines(self.path, self._read_to)
+        new, self._read_to = site_log.read_lines(self.path, self._read_to, read_of)
         self._lines.extend(new)
       return self._lines
 
 
 # Site performance ----------------------------------------------------------------------
 
-def _day(text: Optional[str]) -> Optional[str]:
-  return text[:10] if text else None
-
-
-def in_range(line: Dict, since: Optional[str], until: Optional[str]) -> bool:
-  """Whether an audit line's date (YYYY-MM-DD, UTC) is within [since, until]."""
-  day = _day(line.get("time"))
+def in_range(read: Read, since: Optional[str], until: Optional[str]) -> bool:
+  """Whether a film's date (YYYY-MM-DD, UTC) is within [since, until]."""
+  day = read.day
   return day is not None and (since is None or day >= since) and (
       until is None or day <= until)
 
@@ -160,33 +213,32 @@ def auc_interval(auc: float, positives: int, negatives: int) -> Tuple[float, flo
   return max(0.0, auc - half), min(1.0, auc + half)
 
 
-def performance(lines: Sequence[Dict], current: Dict[str, verdicts_lib.Verdict],
+def performance(lines: Sequence[Read], current: Dict[str, verdicts_lib.Verdict],
                 sha256: str, stated: Dict[str, Any], since: Optional[str] = None,
                 until: Optional[str] = None) -> Dict[str, Any]:
   """The model's figures on the films with a verdict.
 
   Args:
-    lines: the audit log's lines.
+    lines: the audit log's lines (Audit.lines()).
     current: {film UID: its current verdict}.
     sha256: the model whose films count.
     stated: stated_figures(...) of that model.
     since, until: dates (YYYY-MM-DD, UTC, inclusive) of the films counted; None: all.
   """
   films = {}
-  for line in lines:  # a film redone after a crash keeps its last line
-    if (line.get("model_sha256") == sha256 and not line.get("error")
-        and line.get("prediction") and in_range(line, since, until)):
-      films[line["sop_instance_uid"]] = line
+  for read in lines:  # a film redone after a crash keeps its last line
+    if read.sha256 == sha256 and read.analysed and in_range(read, since, until):
+      films[read.uid] = read
   truth, flagged, p, kinds = [], [], [], []
-  for uid, line in films.items():
+  for uid, read in films.items():
     v = current.get(uid)
     if v is None or v.pneumonia is None:
       continue
     truth.append(v.pneumonia)
-    flagged.append(line["prediction"] != "NORMAL")
-    p.append(float(line.get("p_pneumonia") or 0.0))
-    if v.pneumonia and v.subtype and line.get("subtype") and flagged[-1]:
-      kinds.append(v.subtype == line["subtype"])
+    flagged.append(read.flagged)
+    p.append(read.p_pneumonia)
+    if v.pneumonia and v.subtype and read.subtype and read.flagged:
+      kinds.append(v.subtype == read.subtype)
   y, f = np.array(truth, bool), np.array(flagged, bool)
   tp, fn = int((y & f).sum()), int((y & ~f).sum())
   tn, fp = int((~y & ~f).sum()), int((~y & f).sum())
@@ -286,11 +338,10 @@ def two_proportion_z(a: int, n: int, b: int, m: int) -> float:
   return 0.0 if se == 0 else (a / n - b / m) / se
 
 
-def drift(lines: Sequence[Dict], sha256: str, baseline_films: int = BASELINE_FILMS,
+def drift(lines: Sequence[Read], sha256: str, baseline_films: int = BASELINE_FILMS,
           window_films: int = WINDOW_FILMS) -> Tuple[List[Alarm], Dict[str, Any]]:
   """The drift alarms of one model's films, and what they were computed on."""
-  films = [l for l in lines if l.get("model_sha256") == sha256 and not l.get("error")
-           and l.get("prediction")]
+  films = [r for r in lines if r.sha256 == sha256 and r.analysed]
   info = {"films": len(films), "baseline_films": min(len(films), baseline_films),
           "window_films": 0}
   if len(films) < baseline_films + window_films:
@@ -300,7 +351,7 @@ def drift(lines: Sequence[Dict], sha256: str, baseline_films: int = BASELINE_FIL
   base, window = films[:baseline_films], films[-window_films:]
   info["window_films"] = len(window)
   alarms = []
-  value = psi([l["p_pneumonia"] for l in base], [l["p_pneumonia"] for l in window])
+  value = psi([r.p_pneumonia for r in base], [r.p_pneumonia for r in window])
   info["p_pneumonia_psi"] = round(value, 3)
   if value > PSI_ALARM:
     alarms.append(Alarm("p_pneumonia_shift", f"PSI {value:.2f}"))
@@ -312,9 +363,9 @@ def drift(lines: Sequence[Dict], sha256: str, baseline_films: int = BASELINE_FIL
     if z > Z_ALARM or (rule == "positive_rate" and z < -Z_ALARM):
       alarms.append(Alarm(rule, f"{a / len(window):.0%} of the newest films {what}, "
                                 f"{b / len(base):.0%} in the baseline"))
-  rate("positive_rate", lambda l: l["prediction"] != "NORMAL", "flagged")
-  rate("warning_rate", lambda l: bool(l.get("warning")), "warned on")
-  means = [[(l.get("inputs") or {}).get("pixel_mean") for l in part] for part in (base, window)]
+  rate("positive_rate", lambda r: r.flagged, "flagged")
+  rate("warning_rate", lambda r: r.warned, "warned on")
+  means = [[r.pixel_mean for r in part] for part in (base, window)]
   if all(m is not None for part in means for m in part):
     value = psi(*means)
     info["pixel_psi"] = round(value, 3)
@@ -323,15 +374,15 @@ def drift(lines: Sequence[Dict], sha256: str, baseline_films: int = BASELINE_FIL
                                          f"(baseline median {np.median(means[0]):.0f}, "
                                          f"newest {np.median(means[1]):.0f})"))
   for field in ("manufacturer", "unit_model", "view_position"):
-    seen = [(l.get("inputs") or {}).get(field) for l in window]
+    seen = [getattr(r, field) for r in window]
     for value in sorted({s for s in seen if s}):
       share = seen.count(value) / len(window)
-      before = sum((l.get("inputs") or {}).get(field) == value for l in base) / len(base)
+      before = sum(getattr(r, field) == value for r in base) / len(base)
       if share > NEW_SOURCE_SHARE and before < RARE_SHARE:
         alarms.append(Alarm("new_equipment", f"{field.replace('_', ' ')} {value!r}: "
                                              f"{share:.0%} of the newest films, "
                                              f"{before:.0%} of the baseline"))
-  ages = [(l.get("inputs") or {}).get("age_years") for l in window]
+  ages = [r.age_years for r in window]
   known = [a for a in ages if a is not None]
   if known:
     adults = sum(a > ADULT_AGE_YEARS for a in known) / len(known)
@@ -362,7 +413,7 @@ def pipeline_alarms(status: Dict[str, Any]) -> List[Alarm]:
 EXPORT_FORMAT = "cxr-edge site report 1"
 
 
-def export(lines: Sequence[Dict], current: Dict[str, verdicts_lib.Verdict],
+def export(lines: Sequence[Read], current: Dict[str, verdicts_lib.Verdict],
            models: Dict[str, Dict[str, Any]], since: str, until: str,
            alarms: Iterable[Alarm] = ()) -> Dict[str, Any]:
   """The site's figures for a period, without patient data: per model, counts, figures
@@ -373,21 +424,20 @@ def export(lines: Sequence[Dict], current: Dict[str, verdicts_lib.Verdict],
       whose films fall in the period (others are listed by sha256 only).
   """
   from cxr_edge.core.version import __version__  # pylint: disable=g-import-not-at-top
-  in_period = [l for l in lines if in_range(l, since, until)]
-  shas = sorted({l.get("model_sha256") for l in in_period if l.get("model_sha256")})
+  in_period = [r for r in lines if in_range(r, since, until)]
+  shas = sorted({r.sha256 for r in in_period if r.sha256})
   out = {"format": EXPORT_FORMAT, "software": f"cxr-edge {__version__}",
          "since": since, "until": until, "films": len(in_period),
-         "not_analysed": sum(1 for l in in_period if l.get("error")),
+         "not_analysed": sum(r.failed for r in in_period),
          "models": [], "alarms": [a.as_dict() for a in alarms]}
   for sha in shas:
     about = models.get(sha, {})
     figures = performance(in_period, current, sha, about.get("stated", {}), since, until)
-    films = [l for l in in_period if l.get("model_sha256") == sha and not l.get("error")]
+    films = [r for r in in_period if r.sha256 == sha and not r.failed]
     out["models"].append({
         "model_sha256": sha, "name": about.get("name"), "version": about.get("version"),
-        "films": figures["films"], "flagged": sum(l.get("prediction") == "PNEUMONIA"
-                                                  for l in films),
-        "warned": sum(bool(l.get("warning")) for l in films),
+        "films": figures["films"], "flagged": sum(r.flagged for r in films),
+        "warned": sum(r.warned for r in films),
         **{k: figures[k] for k in ("with_verdict", "verdict_share", "confusion",
                                    "stated_source", *FIGURES)}})
   return out
@@ -546,8 +596,7 @@ def site_report(spool_root: str, since: str, until: str,
   lines = Audit(spool_root).lines()
   current = verdicts_lib.Verdicts(spool_root).current()
   alarms = []
-  for sha in sorted({l.get("model_sha256") for l in lines if in_range(l, since, until)}
-                    - {None}):
+  for sha in sorted({r.sha256 for r in lines if in_range(r, since, until)} - {None}):
     found, _ = drift(lines, sha)
     alarms += found
   return export(lines, current, models, since, until, alarms)

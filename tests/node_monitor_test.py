@@ -36,6 +36,7 @@ SHA = "a" * 64
 
 def line(k: int, prediction: str, p: float, day: str = "2026-12-03", sha: str = SHA,
          **extra):
+  """An audit line as the node writes it."""
   return {"time": f"{day}T10:00:00+00:00", "sop_instance_uid": f"1.2.{k}",
           "model_sha256": sha, "prediction": prediction, "p_pneumonia": p, "error": None,
           "warning": None, **extra}
@@ -61,7 +62,8 @@ def test_site_figures_are_the_hand_computed_ones_with_wilson_intervals():
   current.update({"1.2.12": verdict(12, True), "1.2.13": verdict(13, True)})
   stated = {"source": "stated", "sensitivity": 0.964, "specificity": 0.5, "ppv": None,
             "npv": 0.9, "accuracy": 0.7, "roc_auc": 0.99, "kind_agreement": 0.9}
-  found = monitor_lib.performance(lines, current, SHA, stated, "2026-12-01", "2026-12-31")
+  found = monitor_lib.performance(list(map(monitor_lib.read_of, lines)), current, SHA,
+                                  stated, "2026-12-01", "2026-12-31")
   assert found["confusion"] == {"tp": 4, "fp": 2, "tn": 3, "fn": 1}
   assert (found["films"], found["with_verdict"]) == (12, 10)  # 0-11: 11 lost its verdict
   assert found["verdict_share"] == pytest.approx(10 / 12)
@@ -111,13 +113,14 @@ def _stream(rng, n, start=0, p_mean=0.4, pixel=120.0, manufacturer="ACME", age=3
 def test_each_drift_raises_its_alarm_and_none_other(change, rules):
   rng = np.random.default_rng(7)
   lines = _stream(rng, monitor_lib.BASELINE_FILMS) + _stream(rng, 300, 1000, **change)
-  alarms, info = monitor_lib.drift(lines, SHA)
+  alarms, info = monitor_lib.drift(list(map(monitor_lib.read_of, lines)), SHA)
   assert {a.rule for a in alarms} == rules, (alarms, info)
   assert all(a.why for a in alarms)
 
 
 def test_drift_waits_for_a_baseline_and_a_window():
-  alarms, info = monitor_lib.drift(_stream(np.random.default_rng(0), 250), SHA)
+  alarms, info = monitor_lib.drift(
+      list(map(monitor_lib.read_of, _stream(np.random.default_rng(0), 250))), SHA)
   assert alarms == [] and "once 400 films are read" in info["note"]
 
 
