@@ -46,7 +46,7 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional
 
 import pydicom
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom import sop_class
 
 from cxr_edge.node import background
@@ -225,15 +225,13 @@ class CatchUp(background.Background):
         assoc.abort()
 
   def _associate(self):
-    ae = AE(ae_title=self.options.query_ae_title or self.options.ae_title)
-    ae.acse_timeout = self.options.acse_timeout
-    ae.dimse_timeout = self.options.dimse_timeout
-    ae.network_timeout = self.options.network_timeout
-    ae.connection_timeout = self.options.acse_timeout
-    ae.maximum_pdu_size = self.options.limits.max_pdu_bytes
+    options = self.options
+    ae = dicom.requestor(options.query_ae_title or options.ae_title, options.acse_timeout,
+                         options.dimse_timeout, options.network_timeout)
+    ae.maximum_pdu_size = options.limits.max_pdu_bytes
     ae.add_requested_context(_FIND)
     roles = []
-    if self.options.retrieve == "get":
+    if options.retrieve == "get":
       ae.add_requested_context(_GET)
       # C-GET's films come back on this association: it offers to store them, in the
       # syntaxes this install decodes, as the receiver does.
@@ -244,15 +242,10 @@ class CatchUp(background.Background):
     else:
       ae.add_requested_context(_MOVE)
     try:
-      assoc = ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title,
-                           ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
-    except OSError as e:
-      raise CatchUpError(f"cannot connect ({e.strerror or e})") from None
-    if not assoc.is_established:
-      why = None if assoc.is_rejected else dicom.unreachable_why(self.pacs,
-                                                                 self.options.acse_timeout)
-      raise CatchUpError(why or dicom.no_association(assoc))
-    return assoc
+      return dicom.associate(ae, self.pacs, options.acse_timeout, ext_neg=roles,
+                             evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+    except dicom.NoAssociation as e:
+      raise CatchUpError(str(e)) from None
 
   def _find(self, assoc, level: str, **keys: str) -> Iterator[pydicom.Dataset]:
     """The matches of one C-FIND (Study Root), at most MAX_ANSWERS.

@@ -382,22 +382,14 @@ class Forwarder(background.Background):
   def _send(self, names: List[str]) -> int:
     if not names:
       return 0
-    ae = AE(ae_title=self.calling_ae)
-    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self.timeouts
-    ae.connection_timeout = self.timeouts[0]
+    ae = requestor(self.calling_ae, *self.timeouts)
     for cls in REPORT_CLASSES:
       ae.add_requested_context(cls, [dicom_uid.ExplicitVRLittleEndian,
                                      dicom_uid.ImplicitVRLittleEndian])
     try:
-      assoc = ae.associate(self.destination.host, self.destination.port,
-                           ae_title=self.destination.ae_title)
-    except OSError as e:  # pynetdicom lets a name that does not resolve raise
-      self._unreachable_why()
-      raise DestinationUnavailable(f"cannot connect ({e.strerror or e})") from None
-    if not assoc.is_established:
-      if not assoc.is_rejected:  # pynetdicom reports a failed connection as an abort
-        self._unreachable_why()
-      raise DestinationUnavailable(no_association(assoc))
+      assoc = associate(ae, self.destination, self.timeouts[0])
+    except NoAssociation as e:
+      raise DestinationUnavailable(str(e)) from None
     stored = 0
     try:
       for name in names:
@@ -440,13 +432,6 @@ class Forwarder(background.Background):
         assoc.release() if assoc.is_established else assoc.abort()
     return stored
 
-  def _unreachable_why(self) -> None:
-    """Raises DestinationUnavailable saying why the destination cannot be reached, if
-    a connection of its own finds out."""
-    why = unreachable_why(self.destination, self.timeouts[0])
-    if why:
-      raise DestinationUnavailable(why)
-
   def _refuse(self, name: str, why: str) -> None:
     count = self._refused.get(name, 0) + 1
     self._refused[name] = count
@@ -456,6 +441,39 @@ class Forwarder(background.Background):
       self.spool.dead_letter(name, f"{self.destination} refused it {count} times, last: "
                                    f"{why}")
       del self._refused[name]
+
+
+class NoAssociation(Exception):
+  """An association was not established; the message says why."""
+
+
+def requestor(ae_title: str, acse_timeout: float, dimse_timeout: float,
+              network_timeout: float) -> AE:
+  """An AE that asks for associations (the forwarder's, the catch-up's) with the node's
+  timeouts; connecting is bounded by the association's own timeout."""
+  ae = AE(ae_title=ae_title)
+  ae.acse_timeout, ae.dimse_timeout = acse_timeout, dimse_timeout
+  ae.network_timeout, ae.connection_timeout = network_timeout, acse_timeout
+  return ae
+
+
+def associate(ae: AE, peer: node_config.Destination, timeout: float, **kwargs):
+  """`ae`'s association with `peer` (pynetdicom's associate's `kwargs`).
+
+  Raises:
+    NoAssociation: why not: the peer's name does not resolve, it cannot be connected to
+      (both checked once by TCP, within `timeout`), or its answer (rejected, aborted).
+  """
+  try:
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+  except OSError as e:  # pynetdicom lets a name that does not resolve raise
+    raise NoAssociation(unreachable_why(peer, timeout)
+                        or f"cannot connect ({e.strerror or e})") from None
+  if not assoc.is_established:
+    # pynetdicom reports a failed connection as an abort, and says why only in its log.
+    why = None if assoc.is_rejected else unreachable_why(peer, timeout)
+    raise NoAssociation(why or no_association(assoc))
+  return assoc
 
 
 def unreachable_why(peer: node_config.Destination, timeout: float) -> Optional[str]:
