@@ -56,6 +56,30 @@ def read_lines(path: str, offset: int = 0,
   return out, offset
 
 
+class Tail:
+  """A log read whole once, then only what was appended since; read whole again if it
+  was replaced by a shorter file. Not thread-safe: its owner holds a lock."""
+
+  def __init__(self, path: str, convert: Callable[[Dict], Any] = lambda line: line):
+    self.path, self.convert = path, convert
+    self._read_to = 0
+
+  def new(self) -> Tuple[bool, List[Any]]:
+    """(whether the log starts afresh, so what was read before is void; the lines
+    appended since the last call, each through `convert`, None results left out)."""
+    try:
+      size = os.path.getsize(self.path)
+    except FileNotFoundError:
+      return False, []
+    afresh = size < self._read_to
+    if afresh:
+      self._read_to = 0
+    if size == self._read_to:
+      return afresh, []
+    lines, self._read_to = read_lines(self.path, self._read_to, self.convert)
+    return afresh, [line for line in lines if line is not None]
+
+
 def verdict_of(line: Dict) -> Optional[Verdict]:
   """A verdict log line as a Verdict, or None if it is not one."""
   try:

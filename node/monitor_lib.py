@@ -160,22 +160,16 @@ class Audit:
   """The audit log's lines (as Read), read once and then only what was appended since."""
 
   def __init__(self, spool_root: str):
-    self.path = os.path.join(spool_root, spool_lib.AUDIT_NAME)
+    self._tail = site_log.Tail(os.path.join(spool_root, spool_lib.AUDIT_NAME), read_of)
     self._lock = threading.Lock()
     self._lines: List[Read] = []
-    self._read_to = 0
 
   def lines(self) -> List[Read]:
     with self._lock:
-      try:
-        size = os.path.getsize(self.path)
-      except FileNotFoundError:
-        return []
-      if size < self._read_to:  # replaced by a shorter file: read again
-        self._lines, self._read_to = [], 0
-      if size > self._read_to:
-        new, self._read_to = site_log.read_lines(self.path, self._read_to, read_of)
-        self._lines.extend(new)
+      afresh, new = self._tail.new()
+      if afresh:
+        self._lines = []
+      self._lines.extend(new)
       return self._lines
 
 

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import threading
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
 from cxr_edge.core import errors
 from cxr_edge.core import site_log
@@ -83,8 +83,8 @@ class Verdicts:
   def __init__(self, spool_root: str):
     self.path = os.path.join(spool_root, VERDICTS_NAME)
     self._lock = threading.Lock()
-    self._current: Dict[str, Verdict] = {}
-    self._read_to = 0  # bytes of the log already in _current
+    self._current: Dict[str, Verdict] = {}  # withdrawn ones too; current() omits them
+    self._tail = site_log.Tail(self.path, site_log.verdict_of)
 
   def record(self, verdict: Verdict) -> Verdict:
     """Appends a verdict durably (it is on disk when this returns); returns it as kept.
@@ -130,25 +130,15 @@ class Verdicts:
 
   def history(self, uid: str) -> List[Verdict]:
     """Every verdict recorded for one film, oldest first (the log, read whole)."""
-    return [v for v in self._read(0)[0] if v.sop_instance_uid == uid]
+    return [v for v in site_log.read_lines(self.path, convert=site_log.verdict_of)[0]
+            if v is not None and v.sop_instance_uid == uid]
 
   def _catch_up(self) -> None:
-    try:
-      size = os.path.getsize(self.path)
-    except FileNotFoundError:
-      return
-    if size < self._read_to:  # replaced by a shorter file: read again from the start
-      self._current, self._read_to = {}, 0
-    if size == self._read_to:
-      return
-    verdicts, self._read_to = self._read(self._read_to)
-    for v in verdicts:
+    afresh, new = self._tail.new()
+    if afresh:
+      self._current = {}
+    for v in new:
       self._current[v.sop_instance_uid] = v
-
-  def _read(self, offset: int) -> Tuple[List[Verdict], int]:
-    """The verdicts from `offset` on, and the offset after the last whole line."""
-    lines, end = site_log.read_lines(self.path, offset)
-    return [v for v in map(site_log.verdict_of, lines) if v is not None], end
 
 
 @dataclasses.dataclass
