@@ -33,12 +33,6 @@ config_flags.define_flags(node_config.MonitorOptions,
                           required=node_config.MONITOR_REQUIRED)
 
 
-def _percent(value, percent=True):
-  if value is None:
-    return "-"
-  return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
-
-
 def describe(report) -> str:
   """The report as the lines cxr-monitor prints."""
   out = [f"cxr-monitor: {report['since']} to {report['until']}: {report['films']} film(s) "
@@ -53,11 +47,12 @@ def describe(report) -> str:
     out.append(f"  {'figure':<44} {'at this site (95% interval)':<30} {'films':>5}  "
                f"{'stated':>7}  verdict")
     for name in monitor_lib.FIGURES:
-      f, percent = model[name], name != "roc_auc"
-      value = (f"{_percent(f['value'], percent)} ({_percent(f['ci95'][0], percent)} to "
-               f"{_percent(f['ci95'][1], percent)})" if f["value"] is not None else "-")
+      f = model[name]
+      shown = lambda value, name=name: monitor_lib.format_figure(name, value, "-")
+      value = (f"{shown(f['value'])} ({shown(f['ci95'][0])} to {shown(f['ci95'][1])})"
+               if f["value"] is not None else "-")
       out.append(f"  {monitor_lib.FIGURE_NAMES[name]:<44} {value:<30} {f['n']:>5}  "
-                 f"{_percent(f['stated'], percent):>7}  {f['verdict']}")
+                 f"{shown(f['stated']):>7}  {f['verdict']}")
   out.append("alarms: " + ("none" if not report["alarms"] else ""))
   out += [f"  {a['rule']}: {a['detail']} ({a['why']})" for a in report["alarms"]]
   return "\n".join(out)

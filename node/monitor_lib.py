@@ -271,6 +271,13 @@ FIGURE_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity",
                 "roc_auc": "ROC-AUC"}
 
 
+def format_figure(name: str, value: Optional[float], empty: str = "") -> str:
+  """A figure as the page and cxr-monitor show it: a percentage, ROC-AUC as a fraction."""
+  if value is None:
+    return empty
+  return f"{value:.3f}" if name == "roc_auc" else f"{100 * value:.1f}%"
+
+
 def stated_figures(sha256: str, metadata: Dict[str, Any],
                    release: Optional[Dict[str, Any]]) -> Dict[str, Any]:
   """The figures the model was stated to have: the released model's external figures

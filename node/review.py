@@ -93,13 +93,17 @@ def _page(title: str, body: str, refresh: bool = False,
   """A page with the caution, which model the node runs and, for a smoke-test model,
   its notice as a banner."""
   meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
-  notices = [notice] if isinstance(notice, str) else list(notice or ())
-  banner = "".join(f'<div class="notice">{_e(n)}</div>' for n in notices if n)
+  banner = "".join(f'<div class="notice">{_e(n)}</div>' for n in _notices(notice) if n)
   banner += f'<p class="model">Results of the {_e(model)}.</p>' if model else ""
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}"
           f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
           f"<h1>{_e(title)}</h1>{banner}<div class=\"caution\">{_e(CAUTION)}</div>{body}"
           "</body></html>").encode("utf-8")
+
+
+def _notices(notice: Notices) -> List[str]:
+  """Banners as a list, however given."""
+  return [notice] if isinstance(notice, str) else list(notice or ())
 
 
 def _outcome(record: Dict) -> str:
@@ -275,8 +279,7 @@ def worklist(records: List[Dict], queued: int, waiting: int,
            "<th>p_pneumonia</th><th>Threshold</th><th>Report delivery</th><th>Warning</th>"
            + ("<th>Reader's verdict</th>" if verdicts is not None else "")
            + "</tr>" + "".join(rows) + "</table>")
-  notices = [notice] if isinstance(notice, str) else list(notice or ())
-  notices += [f"ALARM: {a['why']} ({a['detail']})." for a in alarms]
+  notices = _notices(notice) + [f"ALARM: {a['why']} ({a['detail']})." for a in alarms]
   return _page("cxr-node worklist", status + links + table, refresh=True, notice=notices,
                model=model)
 
@@ -355,12 +358,6 @@ def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
                + images, notice=notice, model=model)
 
 
-def _figure(value: Optional[float], percent: bool = True) -> str:
-  if value is None:
-    return ""
-  return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
-
-
 def site_page(state: Dict[str, Any], notice: Notices = None,
               model: Optional[str] = None) -> bytes:
   """The site's figures (this month and all time) beside the stated ones, and the
@@ -380,12 +377,12 @@ def site_page(state: Dict[str, Any], notice: Notices = None,
     rows = []
     for name in monitor_lib.FIGURES:
       f = figures[name]
-      percent = name != "roc_auc"
-      interval = (f"{_figure(f['ci95'][0], percent)} to {_figure(f['ci95'][1], percent)}"
+      shown = lambda value, name=name: monitor_lib.format_figure(name, value)
+      interval = (f"{shown(f['ci95'][0])} to {shown(f['ci95'][1])}"
                   if f["ci95"][0] is not None else "")
       rows.append(f"<tr><td>{_e(monitor_lib.FIGURE_NAMES[name])}</td>"
-                  f"<td>{_figure(f['value'], percent)}</td><td>{interval}</td>"
-                  f"<td>{f['n']}</td><td>{_figure(f['stated'], percent)}</td>"
+                  f"<td>{shown(f['value'])}</td><td>{interval}</td>"
+                  f"<td>{f['n']}</td><td>{shown(f['stated'])}</td>"
                   f"<td class=\"{'err' if f['verdict'] == 'worse than stated' else ''}\">"
                   f"{_e(f['verdict'])}</td></tr>")
     body.append("<table><tr><th>Figure</th><th>At this site</th><th>95% interval</th>"
@@ -570,10 +567,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     bearer = self.headers.get("Authorization", "")
     if bearer.startswith("Bearer "):
       given.append(bearer[7:].strip())
-    for part in self.headers.get("Cookie", "").split(";"):
-      name, _, value = part.strip().partition("=")
-      if name == _COOKIE:
-        given.append(value)
+    given += self._cookies(_COOKIE)
     if any(hmac.compare_digest(g.encode(), token.encode()) for g in given):
       return True
     offered = query.get("token", [""])[0]
@@ -618,16 +612,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       log.warning("review page: %s", type(e).__name__)
       self._send(500, _page("cxr-node", "<p>That film cannot be shown.</p>"))
 
-  def _cookie(self, name: str) -> Optional[str]:
+  def _cookies(self, name: str) -> List[str]:
+    """The values of the request's cookies called `name` (a browser may send several)."""
+    values = []
     for part in self.headers.get("Cookie", "").split(";"):
       key, _, value = part.strip().partition("=")
       if key == name:
-        return value
-    return None
+        values.append(value)
+    return values
 
   def _reader(self) -> Optional[str]:
     """Who records verdicts from this browser (its cookie), or None."""
-    name = verdicts_lib.clean_reader(urllib.parse.unquote(self._cookie(_READER_COOKIE) or ""))
+    name = verdicts_lib.clean_reader(urllib.parse.unquote(
+        next(iter(self._cookies(_READER_COOKIE)), "")))
     return name or None
 
   def do_POST(self):  # pylint: disable=invalid-name
