@@ -174,10 +174,9 @@ class CatchUp(background.Background):
 
   def _since(self, today: datetime.date) -> str:
     first = _dicom_date(today - datetime.timedelta(days=self.options.catch_up_days))
-    saved = spool_lib.read_json(self.spool.path(CHECKPOINT_NAME))
-    if not saved or saved.get("pacs") != str(self.pacs):
+    since = self.checkpoint()
+    if since is None:
       return first
-    since = saved.get("since")
     try:
       return _dicom_date(min(_day(since), today))
     except (TypeError, ValueError):

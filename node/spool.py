@@ -124,8 +124,10 @@ class Spool:
     # Films whose reports the destination stored: the review page's delivery column,
     # read from forwarded.jsonl when first asked (not at every start), then kept.
     self._forwarded: Optional[Set[str]] = None
-    self._forwarded_lock = threading.Lock()  # also guards the listing of results/
+    self._forwarded_lock = threading.Lock()
+    # results/ as last listed, with the folder's modification time then.
     self._results_cache: Optional[Tuple[int, List[str]]] = None
+    self._results_lock = threading.Lock()
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
@@ -409,11 +411,11 @@ class Spool:
     # A folder changed in the last second may change again within its clock's tick,
     # which would not move its time: listed again until it has been still a second.
     settled = time.time_ns() - changed > 10**9
-    with self._forwarded_lock:
+    with self._results_lock:
       if settled and self._results_cache is not None and self._results_cache[0] == changed:
         return self._results_cache[1]
     listed = self._listed("results", ".json", is_uid)
-    with self._forwarded_lock:
+    with self._results_lock:
       self._results_cache = (changed, listed)
     return listed
 
