@@ -1,5 +1,5 @@
 """A piece of the node that works in a thread of its own until the node stops: the
-forwarder, the catch-up, the monitor."""
+receiver's watchdog, the forwarder, the catch-up, the monitor."""
 import threading
 
 

@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Dict, Optional, Sequence
 
+from cxr_edge.node import background
+
 log = logging.getLogger("cxr_edge.node")
 
 # 128 presentation contexts (the most an association has) of 64 transfer syntaxes each
@@ -233,7 +235,7 @@ class GuardedSocket:
     self._connection.worked()
 
 
-class Gate:
+class Gate(background.Background):
   """The receiver's admission and watchdog: bind `handlers()` to the server, `start()`
   the watchdog, `stop()` it with the server."""
 
@@ -241,21 +243,12 @@ class Gate:
     self.limits, self.ae_title, self.allow_ae = limits, ae_title, tuple(allow_ae)
     self._connections: Dict[int, Connection] = {}
     self._lock = threading.Lock()
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._watch, name="cxr-node gate", daemon=True)
+    super().__init__("cxr-node gate", join_seconds=10)
 
   def handlers(self):
     from pynetdicom import evt  # pylint: disable=g-import-not-at-top
     return [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, self._on_close)]
-
-  def start(self) -> None:
-    self._thread.start()
-
-  def stop(self) -> None:
-    self._stop.set()
-    if self._thread.is_alive():
-      self._thread.join(timeout=10)
 
   def connections(self) -> Sequence[Connection]:
     with self._lock:
@@ -319,7 +312,8 @@ class Gate:
     evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()  # as pynetdicom's own rejections: waits until the rejection is sent
 
-  def _watch(self) -> None:
+  def _run(self) -> None:
+    """The watchdog: drops connections over their time limits."""
     limits = self.limits
     tick = max(0.05, min(1.0, limits.acse_timeout / 4, limits.idle_timeout / 4))
     while not self._stop.wait(tick):
