@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,6 +17,17 @@ from PIL import Image  # pylint: disable=wrong-import-position
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(ROOT, "data", "sample")
 SHARED_DIR = os.path.join(ROOT, "..", "shared", "data", "chest_xray")
+
+
+def until(condition, within: float = 10.0, poll: float = 0.05) -> bool:
+  """Whether `condition()` holds within `within` seconds, asked every `poll` seconds (a
+  background part's effect, awaited without a fixed sleep)."""
+  deadline = time.monotonic() + within
+  while time.monotonic() < deadline:
+    if condition():
+      return True
+    time.sleep(poll)
+  return condition()
 
 
 def image_bytes(fmt: str = "JPEG", mode: str = "L", size=(40, 32), seed: int = 0) -> bytes:

@@ -6,7 +6,6 @@ import datetime
 import io
 import json
 import os
-import time
 import urllib.request
 
 import pydicom
@@ -20,7 +19,7 @@ from cxr_edge.node import report
 from cxr_edge.node import spool as spool_lib
 from scripts import orthanc
 from tests import dicom_files
-from tests.conftest import ROOT
+from tests.conftest import ROOT, until
 from tests.node_test import audit, running_node
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -56,12 +55,8 @@ def reports_by_film(pacs, studies=None) -> dict:
 
 
 def wait_for(condition, timeout: float = 180.0) -> bool:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if condition():
-      return True
-    time.sleep(0.3)
-  return condition()
+  """until(), asked less often: conditions here read Orthanc back over REST."""
+  return until(condition, timeout, poll=0.3)
 
 
 def test_films_routed_while_the_node_was_down_get_one_report_and_card_each(

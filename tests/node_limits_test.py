@@ -24,6 +24,7 @@ from cxr_edge.node import dicom
 from cxr_edge.node import limits
 from cxr_edge.node import node_config
 from tests import dicom_files
+from tests.conftest import until
 from tests.node_test import running_node
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -74,15 +75,6 @@ def _closed_by_node(s, within=10.0) -> bool:
     if not data:
       return True
   return False
-
-
-def _until(condition, within=10.0) -> bool:
-  deadline = time.monotonic() + within
-  while time.monotonic() < deadline:
-    if condition():
-      return True
-    time.sleep(0.05)
-  return condition()
 
 
 def test_idle_and_dripping_connections_hold_no_slot_and_are_dropped(released_model,
@@ -137,7 +129,7 @@ def test_associations_kept_alive_by_echoes_give_their_slots_back(released_model,
     echoer.start()
     try:
       assert _store(port, [dicom_files.study_film(2)]) is None  # both slots held
-      assert _until(lambda: not any(a.is_established for a in keepers))
+      assert until(lambda: not any(a.is_established for a in keepers))
       assert _store(port, [dicom_files.study_film(2)]) == [0x0000]
     finally:
       stop.set()
@@ -207,7 +199,7 @@ def _store_without_instance_uid(port):
   syntax = pydicom.uid.UID(context.transfer_syntax[0])
   request.DataSet = io.BytesIO(encode(film, syntax.is_implicit_VR, syntax.is_little_endian))
   assoc.dimse.send_msg(request, context.context_id)
-  assert _until(lambda: not assoc.is_established)
+  assert until(lambda: not assoc.is_established)
   return assoc
 
 
@@ -235,7 +227,7 @@ def test_a_dataset_over_the_limit_is_cut_off_and_its_partial_file_removed(
   with running_node(released_model, tmp_path / "spool") as node:
     assert _store(node.ports.dicom, [big]) in (None, [None])
     receiving = tmp_path / "spool" / "receiving"
-    assert _until(lambda: len(os.listdir(receiving)) == 1)  # what came, until the cut
+    assert until(lambda: len(os.listdir(receiving)) == 1)  # what came, until the cut
     assert node.receiver.receiving.sweep(0) == 1
     assert not os.listdir(receiving)
     assert _store(node.ports.dicom, [dicom_files.study_film(9)]) == [0x0000]

@@ -27,7 +27,7 @@ from cxr_edge.edge import runtime
 from cxr_edge.node import monitor_lib
 from cxr_edge.node import verdicts as verdicts_lib
 from tests import dicom_files
-from tests.conftest import ROOT, run_main
+from tests.conftest import ROOT, run_main, until
 from tests.node_test import running_node, send
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -289,10 +289,7 @@ def test_a_verdict_posted_survives_a_kill_9_and_a_restart(released_model, tmp_pa
     film = dicom_files.study_film(140)
     uid = str(pydicom.dcmread(io.BytesIO(film)).SOPInstanceUID)
     assert send(dicom_port, [film]) == [0]
-    deadline = time.monotonic() + 60
-    while not os.path.exists(os.path.join(spool, "results", uid + ".json")):
-      assert time.monotonic() < deadline
-      time.sleep(0.1)
+    assert until(lambda: os.path.exists(os.path.join(spool, "results", uid + ".json")), 60)
     page = urllib.request.urlopen(base + "/reader", timeout=30).read().decode()
     csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
     opener = urllib.request.build_opener(_NoRedirect)

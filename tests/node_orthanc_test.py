@@ -4,7 +4,6 @@ they are read back from Orthanc and checked against cxr-predict on the same file
 import io
 import json
 import os
-import time
 
 import pydicom
 import pytest
@@ -15,7 +14,7 @@ pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
 from cxr_edge.node import report
 from scripts import orthanc
 from tests import dicom_files
-from tests.conftest import ROOT, run_main
+from tests.conftest import ROOT, run_main, until
 from tests.node_test import HOSTILE_NAME, running_node
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -84,10 +83,7 @@ def test_the_documented_orthanc_routing_rule_sends_films_and_not_reports_back(
                       forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
       for k in range(3):
         pacs.upload(dicom_files.study_film(90 + k))
-      deadline = time.monotonic() + 120
-      while time.monotonic() < deadline and not (
-          len(node.spool.recent(10)) == 3 and node.wait_idle(1)):
-        time.sleep(0.2)
+      until(lambda: len(node.spool.recent(10)) == 3 and node.wait_idle(1), 120, poll=0.2)
       modalities = sorted(pacs.modality_of(i) for i in pacs.instances())
   # Each film's report and result card (a Secondary Capture, "OT") are in its study.
   assert modalities == ["DX"] * 3 + ["OT"] * 3 + ["SR"] * 3
