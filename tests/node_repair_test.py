@@ -24,6 +24,7 @@ from cxr_edge.node import node_lib
 from cxr_edge.node import report
 from cxr_edge.node import review
 from tests import dicom_files
+from tests.conftest import until
 from tests.node_test import Pacs, _queue, audit, running_node, send
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -394,9 +395,7 @@ def test_two_deflate_bombs_at_once_leave_the_node_within_its_memory(released_mod
       t.start()
     for t in threads:
       t.join(300)
-    deadline = time.monotonic() + 300
-    while len(pacs.reports()) < 2 and time.monotonic() < deadline:
-      time.sleep(0.2)
+    until(lambda: len(pacs.reports()) >= 2, 300, poll=0.2)
     peak = _peak_rss_mb(process.pid)
   finally:
     _config.STORE_SEND_CHUNKED_DATASET = saved
@@ -442,9 +441,8 @@ def test_status_json_tells_a_monitor_what_waits_and_for_how_long(released_model,
   with running_node(released_model, tmp_path / "spool", http_port=0,
                     forward=address) as node:
     assert send(node.ports.dicom, [dicom_files.study_film(87)]) == [0x0000]
-    deadline = time.monotonic() + 60
-    while not node.spool.outbox() and time.monotonic() < deadline:
-      time.sleep(0.05)
+    # Its report is queued for the PACS before the film leaves the queue: both, first.
+    assert until(lambda: node.spool.outbox() and not node.spool.pending(), 60)
     status, headers, body = _raw_get(node.ports.http, "/status.json",
                                      f"127.0.0.1:{node.ports.http}")
     page = _raw_get(node.ports.http, "/", f"127.0.0.1:{node.ports.http}")[2].decode()
