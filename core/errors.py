@@ -51,5 +51,9 @@ class ImageError(CxrError):
   """One input image cannot be read."""
 
 
+class OutOfScope(ImageError):
+  """A film outside the model's intended use: it gets no finding; str(e) says why."""
+
+
 class CalibrationError(CxrError):
   """The films or the output cannot be used for calibration; nothing was written."""

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from cxr_edge.core import intended_use as intended_use_lib
 from cxr_edge.core import schema
 from cxr_edge.core.errors import ConfigError
 from cxr_edge.core.errors import PackageError
@@ -30,8 +31,8 @@ FORMAT_VERSION = 3
 BINARY_FORMAT_VERSION = 2
 
 INTENDED_USE = (
-    "Second-reader triage aid for frontal chest radiographs of young children: it flags "
-    "films that may show pneumonia so that a clinician reads them first (a three-class "
+    "Second-reader triage aid for frontal chest radiographs of children aged one to five: "
+    "it flags films that may show pneumonia so that a clinician reads them first (a three-class "
     "model also names the likelier kind, bacterial or viral: the reading of the training "
     "data's graders that it learned, not a microbiological diagnosis, and never on its "
     "own a reason to give or withhold antibiotics). Trained on one "
@@ -102,6 +103,7 @@ class ModelInfo:
   input_dtype: str
   output_prior: Optional[float]  # the PNEUMONIA share the probabilities assume
   intended_use: str
+  use: intended_use_lib.IntendedUse  # the rules: what is analysed and what is refused
   model: Optional[str]  # the network's name (edge_cnn)
   credit: Optional[str]
   format_version: int
@@ -144,6 +146,8 @@ class ModelInfo:
           output_prior=(None if package.get("output_prior") is None
                         else float(package["output_prior"])),
           intended_use=str(package.get("intended_use") or INTENDED_USE),
+          use=intended_use_lib.IntendedUse.from_fields(package.get("intended_use_rules"),
+                                                       name),
           model=package.get("model"),
           credit=package.get("credit"),
           format_version=int(package.get("format_version", 1)),
@@ -235,12 +239,16 @@ class ModelInfo:
         f"threshold:    {self.threshold:.4f} ({self.threshold_source or 'set at export'})",
         f"input:        {self.image_size}x{self.image_size} grayscale, {self.input_dtype}",
         "site:         " + (f"calibrated by cxr-calibrate on {calibrated.get('date')}"
+                             + (f" AS AN EXPERIMENT ({calibrated['few_films']})"
+                                if calibrated.get("few_films") else "")
                              if calibrated else "not calibrated for a site (cxr-calibrate)"),
         f"trained:      {self.trained_on()}",
         f"data:         {self.credit or 'not recorded'}",
         "",
         *([self.notice, ""] if self.notice else []),
         "Intended use: " + self.intended_use,
+        "",
+        self.use.describe(),
     ]
     return "\n".join(lines)
 
@@ -257,4 +265,5 @@ def package_fields(**fields: Any) -> Dict[str, Any]:
   else:
     version = FORMAT_VERSION
   return {**fields, "format_version": version, "cxr_edge_version": __version__,
-          "intended_use": INTENDED_USE}
+          "intended_use": INTENDED_USE,
+          "intended_use_rules": intended_use_lib.IntendedUse().as_fields()}
