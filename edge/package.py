@@ -34,7 +34,12 @@ def _schema():
   return schema_py_generated
 
 
-def _parse(data: bytes):
+def parse(data: bytes):
+  """The model as LiteRT's flatbuffer object API (ModelT), to read or edit.
+
+  Raises:
+    PackageError: not a TFLite model, or a corrupt one.
+  """
   if len(data) < 8 or data[4:8] != _IDENTIFIER:
     raise PackageError("not a TFLite model (no TFL3 identifier)")
   try:
@@ -43,7 +48,8 @@ def _parse(data: bytes):
     raise PackageError(f"corrupt TFLite flatbuffer: {type(e).__name__}: {e}") from None
 
 
-def _pack(model) -> bytes:
+def pack(model) -> bytes:
+  """A ModelT (parse's, edited) as the bytes of a .tflite file."""
   import flatbuffers  # pylint: disable=g-import-not-at-top
   builder = flatbuffers.Builder(1 << 20)
   builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
@@ -73,7 +79,7 @@ def _model_digest(model, ours: int) -> str:
   saved = model.buffers[ours].data
   model.buffers[ours].data = None
   try:
-    return hashlib.sha256(_pack(model)).hexdigest()
+    return hashlib.sha256(pack(model)).hexdigest()
   finally:
     model.buffers[ours].data = saved
 
@@ -108,7 +114,7 @@ def embed(data: bytes, fields: Dict[str, Any]) -> bytes:
   graph and weights are unchanged.
   """
   schema = _schema()
-  model = _parse(data)
+  model = parse(data)
   index = _ours(model)
   model.buffers = model.buffers or []
   model.metadata = model.metadata or []
@@ -125,7 +131,7 @@ def embed(data: bytes, fields: Dict[str, Any]) -> bytes:
   fields["integrity"] = _digest(fields, _model_digest(model, buffer_index))
   model.buffers[buffer_index].data = np.frombuffer(
       json.dumps(fields, sort_keys=True).encode("utf-8"), np.uint8)
-  return _pack(model)
+  return pack(model)
 
 
 def read(data: bytes) -> Optional[Dict[str, Any]]:
@@ -134,7 +140,7 @@ def read(data: bytes) -> Optional[Dict[str, Any]]:
   Raises:
     PackageError: not a TFLite model, unreadable metadata, or a failed integrity check.
   """
-  model = _parse(data)
+  model = parse(data)
   index = _ours(model)
   if index is None:
     return None

@@ -28,6 +28,7 @@ from cxr_edge.core import schema
 from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import package
 from cxr_edge.edge import runtime
+from cxr_edge.edge import scope
 from cxr_edge.export import model_card
 from cxr_edge.export import variants as variant_names
 from cxr_edge.model import model_dir as model_dir_lib
@@ -298,6 +299,7 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   _set_thresholds(metadata, files, qat_info)
   for path in files.values():
     embed_metadata(path, metadata)
+  fit_gates(files, metadata, *gate_films(data_dir))  # before the report: it is scored with it
   with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
@@ -353,7 +355,7 @@ def _write_tflite(export_dir: str, variants: Sequence[str], model: keras.Model,
     source = qat_model if variant == "qat_int8" else model
     path = os.path.join(export_dir, tflite_name(variant))
     with open(path, "wb") as f:
-      f.write(convert_tflite(source, variant, size, calib))
+      f.write(_with_features(convert_tflite(source, variant, size, calib), variant))
     files[variant] = path
   return files
 
@@ -420,6 +422,40 @@ def embed_metadata(path: str, metadata: Dict[str, Any]) -> None:
   with open(path, "wb") as f:
     f.write(data)
   metadata["models"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def _with_features(data: bytes, variant: str) -> bytes:
+  """The model with its feature map as a second output, which the image gate reads; a
+  network without a global average pool (seed_cnn) gets no gate, and says so."""
+  try:
+    return scope.expose_features(data)
+  except errors.PackageError as e:
+    logging.warning("%s: no image gate (%s): only the header and plausibility checks keep "
+                    "films outside the intended use out", variant, e)
+    return data
+
+
+def gate_films(data_dir: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """The films the image gate is fitted on, decoded as the device decodes them: the train
+  split's, and the validation and test splits' (never trained on), which set its limits."""
+  def decoded(split: str) -> List[np.ndarray]:
+    return [runtime.film_gray(b)
+            for b in dataset.read_split(data_dir, split, with_bytes=True).encoded]
+  return decoded("train"), decoded("val") + decoded("test")
+
+
+def fit_gates(files: Dict[str, str], metadata: Dict[str, Any], train: List[np.ndarray],
+              heldout: List[np.ndarray]) -> None:
+  """Fits each file's image gate (edge/scope.py) on its own features and embeds it."""
+  for variant, path in files.items():
+    model = runtime.LiteModel(path)
+    if not model.has_features:
+      continue
+    logging.info("fitting the image gate of %s on %d training films (limits on %d held-out "
+                 "ones)", variant, len(train), len(heldout))
+    gate = scope.fit_model(model, train, heldout)
+    metadata["models"][os.path.basename(path)]["image_gate"] = gate.as_fields()
+    embed_metadata(path, metadata)
 
 
 def _set_thresholds(metadata: Dict[str, Any], files: Dict[str, str],

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from cxr_edge.core import intended_use
 from cxr_edge.core import metrics
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
@@ -46,8 +47,12 @@ FAILURE_MODES = (
     "internal-split figures overstate how it does on them (the external validation "
     "above, where present, and the README). Measure on your own films first "
     "(cxr-evaluate --image_dir) and set the operating point on them (cxr-calibrate).",
-    "Images that are not chest radiographs (photographs, blank or inverted images, other "
-    "body parts) still receive a score: the model cannot tell that it is out of scope.",
+    "What is out of scope is withheld, not read: a DICOM header that says another view, "
+    "body part or age, and images the image gate does not take for a whole upright "
+    "frontal chest film. The gate was fitted on the training films and measured on "
+    "photographs, pages, screenshots, textures, other imaging and turned, inverted or "
+    "cropped films (docs/intended_use.md); an out-of-scope image unlike all of those, or "
+    "a frontal film of an adult without a header that says so, can still get a finding.",
     "The int8 models' probabilities are coarser than float32's (quantized logits); their "
     "decisions agree with the SavedModel's on the rates the report shows.",
 )
@@ -79,6 +84,48 @@ def _auc(m: Dict[str, Any]) -> str:
   return f"{m['roc_auc']:.4f} ({low:.4f}-{high:.4f})"
 
 
+def intended_use_lines(text: str, rules: str,
+                       gate: Optional[Dict[str, Any]]) -> List[str]:
+  """The card's intended use: the package's words, its rules and what is refused, and
+  what the image gate was fitted on (None: a package without one)."""
+  lines = [text, "", rules]
+  if gate:
+    lines += ["", f"The image gate (edge/scope.py) was fitted on {gate['films']:,} training "
+              f"films; its limits were set on {gate['heldout_films']:,} held-out films of the "
+              f"training source at {100 * gate['distance_false_refusal']:g}% (distance) and "
+              f"{100 * gate['layout_false_refusal']:g}% (layout) false refusals; it withheld "
+              f"{100 * gate['heldout_refused']:.1f}% of those films."]
+  return lines
+
+
+def external_lines(folder: str, images: int, patients: int,
+                   models: Dict[str, Dict[str, Any]]) -> List[str]:
+  """The card's external validation: each model's table row, films withheld as out of
+  scope, and a three-class model's subtype lines."""
+  lines = [f"{images} films ({patients} patients) from `{folder}`: films from another "
+           "acquisition than training; nothing was trained on them. 95% "
+           "intervals: Wilson for proportions, bootstrap over patients for ROC-AUC; ECE "
+           "over 10 bins.", ""]
+  lines += table_rows(models) + [""]
+  for name, m in models.items():
+    if "withheld" in m:
+      w = m["withheld"]
+      lines.append(f"- {name}: {w['images']} of {w['of']} films not analysed (outside the "
+                   "intended use; its figures are on the rest) "
+                   f"({metrics.format_interval(w['share'], w['ci95'])}%): "
+                   + "; ".join(f"{f['file']} ({f['label']})" for f in w["films"]))
+  if any("withheld" in m for m in models.values()):
+    lines.append("")
+  return lines + _subtype_lines(models)
+
+
+def file_lines(files: Dict[str, Dict[str, Any]]) -> List[str]:
+  lines = ["| file | bytes | sha256 | threshold |", "| --- | --- | --- | --- |"]
+  for name, f in files.items():
+    lines.append(f"| {name} | {f['bytes']} | `{f['sha256']}` | {f['threshold']} |")
+  return lines
+
+
 def table_rows(rows: Dict[str, Dict[str, Any]]) -> List[str]:
   lines = ["| model | threshold | accuracy | sensitivity | specificity | ROC-AUC | ECE |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -100,6 +147,11 @@ def build(metadata: Dict[str, Any], report: Dict[str, Any], info: Dict[str, Any]
       # The shipped int8 file's hash: what cxr-predict's records carry as model_sha256.
       "model_version": _model_version(metadata),
       "intended_use": metadata.get("intended_use", package_info.INTENDED_USE),
+      "intended_use_rules": intended_use.IntendedUse.from_fields(
+          metadata.get("intended_use_rules")).describe(),
+      # What the shipped file's image gate was fitted on and its limits' rates.
+      "image_gate": ((metadata["models"].get(_shipped(metadata["models"]) or "") or {})
+                     .get("image_gate") or {}).get("fitted"),
       # What the model is (released, experimental, smoke) and the films it learned from.
       "model_kind": metadata.get("training"),
       "licence": LICENCE,
@@ -178,7 +230,9 @@ def markdown(card: Dict[str, Any]) -> str:
   int8 = _shipped(card["files"]) or "model.tflite"
   lines = [f"# Model card: {card['model']} (cxr-edge)", "",
            *_kind_lines(card.get("model_kind")),
-           "## Intended use", "", card["intended_use"], "",
+           "## Intended use", "",
+           *intended_use_lines(card["intended_use"], card["intended_use_rules"],
+                               card.get("image_gate")), "",
            f"Exported {card['date']} by cxr-edge {card['versions'].get('cxr-edge')}; "
            f"model version {card['model_version']} (each record of cxr-predict carries "
            "the file's full sha256 as model_sha256).", "",
@@ -214,19 +268,14 @@ def markdown(card: Dict[str, Any]) -> str:
   if "external_validation" in card:
     ext = card["external_validation"]
     lines += ["## External validation", "",
-              f"{ext['images']} films ({ext['patients']} patients) from "
-              f"`{ext['folder']}`: {ext['note']}. 95% intervals: Wilson for proportions, "
-              "bootstrap over patients for ROC-AUC; ECE over 10 bins.", ""]
-    lines += table_rows(ext["models"]) + [""] + _subtype_lines(ext["models"])
+              *external_lines(ext["folder"], ext["images"], ext["patients"], ext["models"])]
   test = card["internal_test"]
   lines += ["## Internal test split", "",
             f"{test['images']} images, {test['note']}; same intervals.", ""]
   lines += table_rows(test["models"]) + [""] + _subtype_lines(test["models"])
   lines += ["## Known failure modes and limits", ""]
   lines += [f"- {m}" for m in card["failure_modes"]] + [""]
-  lines += ["## Files", "", "| file | bytes | sha256 | threshold |", "| --- | --- | --- | --- |"]
-  for name, f in card["files"].items():
-    lines.append(f"| {name} | {f['bytes']} | `{f['sha256']}` | {f['threshold']} |")
+  lines += ["## Files", "", *file_lines(card["files"])]
   lines += ["", "## Versions", "",
             ", ".join(f"{k} {v}" for k, v in (card["versions"] or {}).items()), "",
             "## Licence", "", card["licence"], ""]

@@ -381,3 +381,38 @@ def test_a_binary_package_keeps_format_2_and_no_classes_field(exported):
       open(os.path.join(SAMPLE_DIR, "NORMAL", sorted(os.listdir(
           os.path.join(SAMPLE_DIR, "NORMAL")))[0]), "rb").read())
   assert "subtype" not in r and "p_bacterial" not in r
+
+
+def test_an_export_fits_each_files_image_gate_on_its_own_features(tmp_path):
+  """fit_gates on a network with a global average pool (the released edge_cnn's file,
+  standing in for a fresh export): the gate is embedded, fitted on the films given, and
+  the file still computes the same outputs."""
+  from cxr_edge.edge import released  # pylint: disable=g-import-not-at-top
+  fields = package.read(open(released.path(), "rb").read())
+  entry = {k: v for k, v in fields["model"].items() if k != "image_gate"}
+  path = str(tmp_path / "model_int8.tflite")
+  with open(path, "wb") as f:
+    f.write(package.embed(open(released.path(), "rb").read(),
+                          {**{k: v for k, v in fields.items() if k not in ("integrity",
+                                                                          "integrity_scope")},
+                           "model": entry}))
+  assert runtime.LiteModel(path).gate is None
+  metadata = {**fields["package"], "models": {"model_int8.tflite": dict(entry)}}
+  films = [runtime.film_gray(open(os.path.join(SAMPLE_DIR, label, name), "rb").read())
+           for label in ("NORMAL", "PNEUMONIA")
+           for name in sorted(os.listdir(os.path.join(SAMPLE_DIR, label)))[:40]]
+  export_lib.fit_gates({"int8": path}, metadata, films[:60], films[60:])
+  gated = runtime.LiteModel(path)
+  assert gated.gate.fitted["films"] == 60 and gated.gate.fitted["heldout_films"] == 20
+  assert gated.gate.fitted["negatives"] == 180  # upside down, turned, a part of each
+  assert metadata["models"]["model_int8.tflite"]["sha256"] == gated.sha256
+  image = runtime.preprocess_gray(films[0], gated.image_size, gated.scale)
+  assert np.array_equal(gated.outputs(image), runtime.LiteModel(released.path()).outputs(image))
+
+
+def test_a_network_without_a_global_average_pool_is_exported_without_a_gate(exported):
+  export_dir, _ = exported  # seed_cnn: Flatten, no pool
+  model = runtime.LiteModel(os.path.join(export_dir, "model_int8.tflite"))
+  assert not model.has_features and model.gate is None
+  assert "image_gate" not in json.load(open(os.path.join(export_dir, "metadata.json")))[
+      "models"]["model_int8.tflite"]

@@ -79,12 +79,12 @@ def test_a_package_from_before_the_whole_model_digest_still_reads(exported):
   with open(os.path.join(exported[0], "model_float32.tflite"), "rb") as f:
     data = f.read()
   # As the previous version embedded it: the digest over the fields and the buffers only.
-  model = package._parse(data)  # pylint: disable=protected-access
+  model = package.parse(data)
   ours = model.metadata[package._ours(model)].buffer  # pylint: disable=protected-access
   fields = {"threshold": 0.3}
   fields["integrity"] = package._digest(  # pylint: disable=protected-access
       fields, package._weights_digest(model, ours))  # pylint: disable=protected-access
   model.buffers[ours].data = np.frombuffer(
       __import__("json").dumps(fields, sort_keys=True).encode(), np.uint8)
-  old = package._pack(model)  # pylint: disable=protected-access
+  old = package.pack(model)
   assert package.read(old) == fields
