@@ -17,9 +17,11 @@ radiograph looks like:
 - extreme aspect ratio.
 
 The limits sit outside every one of the 5,216 training and 312 external films with a
-margin (scripts/guard_check.py measures both that and what gets flagged); a flag is a
-warning, not a diagnosis of the input, and cxr-predict --strict turns it into a refusal.
-TensorFlow-free.
+margin (scripts/guard_check.py measures both that and what gets flagged). A flagged
+film is not analysed (edge/runtime.py: LiteModel.analyse). These checks need no model
+and give plain reasons; the model's own image gate (edge/scope.py) comes after them and
+withholds what they cannot see (photographs in grey, pages, films turned, upside down
+or cropped). TensorFlow-free.
 """
 import io
 from typing import Optional

@@ -24,10 +24,13 @@ Writes one JSON line per image, {"path", "prediction", "p_pneumonia", "threshold
 "model_sha256", "warning", "latency_ms"} (prediction is PNEUMONIA iff p_pneumonia >=
 threshold; a three-class model adds "p_bacterial", "p_viral" and "subtype", the likelier
 of the two for a film predicted PNEUMONIA and null for one predicted NORMAL; warning:
-why the input does not look like a chest radiograph, by a cheap check in core/guard.py,
-or null; --strict refuses such inputs instead), or
+what the reader must know before the result, or null; --strict refuses such films),
+{"path", "not_analysed", "model_sha256"} for a film outside the model's intended use
+(the reason: a DICOM header's view, body part or age, or what the image gate and the
+plausibility checks do not take for a whole upright frontal chest film; no finding), or
 {"path", "error"} for an image it cannot read; progress (images/s, time left) on stderr
-every 10 s of a long run, then a summary. Exit status 1 if any input failed.
+every 10 s of a long run, then a summary that counts each. Exit status 1 if any input
+failed (a film not analysed is not a failure).
 
 The runtime is edge/runtime.py (no TensorFlow).
 """
@@ -56,8 +59,21 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write results to this .jsonl or .
 _FORMAT = flags.DEFINE_enum("format", None, ["jsonl", "csv"],
                             "Output format; default: --output's extension, else jsonl.")
 _STRICT = flags.DEFINE_bool(
-    "strict", False, "Refuse (an error line) inputs the plausibility guard flags as not "
-    "looking like a chest radiograph, instead of predicting them with a warning.")
+    "strict", False, "Refuse (an error line) films that would be analysed with a warning "
+    "(outside the model's own intended use, inside a use widened by "
+    "--widen_intended_use), instead of predicting them with it.")
+_AGES = flags.DEFINE_list(
+    "intended_ages", None, "YOUNGEST,OLDEST: the patients' ages in whole years this site "
+    "analyses (from a DICOM header's PatientAge or birth and study dates); default: the "
+    "package's (--info). A narrower range is yours to set; a wider one needs "
+    "--widen_intended_use.")
+_VIEWS = flags.DEFINE_list(
+    "intended_views", None, "The DICOM ViewPosition values analysed (e.g. PA); default: "
+    "the package's. Others need --widen_intended_use.")
+_WIDEN = flags.DEFINE_bool(
+    "widen_intended_use", False, "Allow --intended_ages or --intended_views wider than the "
+    "package's intended use. Every record then carries widened_use, and a film outside "
+    "the package's own use is analysed with a warning saying so.")
 _EXPLAIN = flags.DEFINE_string(
     "explain", None, "Write an occlusion-sensitivity overlay per predicted film into this "
     "folder (<name>.occlusion.png), computed with the model itself: about 200 invokes a "
@@ -70,8 +86,8 @@ _INFO = flags.DEFINE_bool(
 # Every field a record may hold, in the CSV's column order (the README's table lists
 # each one; a test keeps the two the same).
 RECORD_FIELDS = ("path", "prediction", "p_pneumonia", *runtime.SUBTYPE_FIELDS, "threshold",
-                 "model_sha256", "warning", "latency_ms", "explanation", "explain_ms",
-                 "error", "skipped")
+                 "model_sha256", "warning", "widened_use", "latency_ms", "explanation",
+                 "explain_ms", "not_analysed", "error", "skipped")
 
 # A progress line on stderr at most this often (a folder of thousands of films takes
 # minutes on a small device); the summary ends the run.
@@ -116,6 +132,7 @@ class _Tally:
     self.headline = headline  # which model: the summary names it
     self.notice = notice  # a smoke-test model's sentence, which the summary repeats
     self.total, self.ok, self.failed, self.skipped, self.warned = total, 0, 0, 0, 0
+    self.not_analysed = 0
     self.latencies, self.explain_ms = [], []
     self.counts = {label: 0 for label in labels}
     self.subtypes = {}  # a three-class model's PNEUMONIA films by their likelier subtype
@@ -125,6 +142,8 @@ class _Tally:
       self.failed += 1
     elif "skipped" in result:
       self.skipped += 1
+    elif "not_analysed" in result:
+      self.not_analysed += 1
     else:
       self.ok += 1
       self.warned += bool(result["warning"])
@@ -136,11 +155,12 @@ class _Tally:
         self.explain_ms.append(result["explain_ms"])
 
   def summary(self, interrupted: bool) -> str:
-    done = self.ok + self.failed + self.skipped
+    done = self.ok + self.failed + self.skipped + self.not_analysed
     text = ("cxr-predict: " + (f"interrupted after {done} of {self.total}: "
                                if interrupted else "") + f"{self.ok} image(s) predicted"
-            + (f" ({self.warned} with a warning: not like a chest radiograph)"
-               if self.warned else "")
+            + (f" ({self.warned} with a warning)" if self.warned else "")
+            + (f", {self.not_analysed} not analysed (outside the intended use)"
+               if self.not_analysed else "")
             + f", {self.failed} failed"
             + (f", {self.skipped} skipped (not films)" if self.skipped else "") + "; "
             + ", ".join(f"{k} {v}" for k, v in self.counts.items())
@@ -156,6 +176,16 @@ class _Tally:
     if self.notice:
       text += f"\ncxr-predict: {self.notice}"
     return text
+
+
+def _ages(values) -> tuple:
+  """--intended_ages's YOUNGEST,OLDEST as whole years."""
+  try:
+    youngest, oldest = (int(v) for v in values)
+  except ValueError:
+    raise errors.ConfigError(f"--intended_ages={','.join(values)}: give YOUNGEST,OLDEST in "
+                             "whole years, e.g. 1,5") from None
+  return youngest, oldest
 
 
 def _writer(out, fmt: str):
@@ -179,6 +209,7 @@ def main(argv):
     raise app.UsageError("give at least one image file, folder or glob")
   fmt = _output_format()
   model = runtime.LiteModel(released.resolve(_MODEL.value), _THREADS.value)
+  model.for_site(_ages(_AGES.value) if _AGES.value else None, _VIEWS.value, _WIDEN.value)
   if _EXPLAIN.value:
     os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress

@@ -8,7 +8,10 @@ TensorFlow-free home of the project's constants.
 LiteModel reads metadata.json beside the model (labels, input size, preprocessing,
 quantization, threshold, temperature, the model's sha256) and refuses a missing model,
 a model whose sha256 differs from the metadata, or metadata that does not match the
-model's input.
+model's input. Before a film gets a finding it must be within the package's intended
+use (LiteModel.analyse: the DICOM header's rules, core/intended_use.py; the plausibility
+checks, core/guard.py; the image gate read off the model's own feature map in the same
+invoke, edge/scope.py); otherwise OutOfScope says why.
 
 The preprocessing re-implements pipeline/preprocess.py in numpy (grayscale decode as
 libjpeg's luma, bilinear half-pixel resize without antialiasing, x/255); a test proves
@@ -19,6 +22,7 @@ metadata: 1 unless a calibration set it).
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import os
 import time
@@ -30,12 +34,14 @@ from cxr_edge.core import cli
 from cxr_edge.core import film
 from cxr_edge.core import guard
 from cxr_edge.core import image_io
+from cxr_edge.core import intended_use as intended_use_lib
 from cxr_edge.core import metrics
 from cxr_edge.core import overlay
 from cxr_edge.core import package_info
 from cxr_edge.core import schema
-from cxr_edge.core.errors import ModelError, ImageError
+from cxr_edge.core.errors import ModelError, ImageError, OutOfScope, PackageError
 from cxr_edge.edge import package
+from cxr_edge.edge import scope
 
 
 
@@ -206,7 +212,22 @@ class LiteModel:
         raise ModelError(f"{name}: LiteRT cannot allocate its tensors "
                          f"({str(e).strip().splitlines()[0][:200]})") from None
     self._in = self.interpreter.get_input_details()[0]
-    self._out = self.interpreter.get_output_details()[0]
+    # The class outputs, and (exported with an image gate) the last feature map.
+    outputs = self.interpreter.get_output_details()
+    self._out = next((o for o in outputs if len(o["shape"]) == 2), outputs[0])
+    self._features = next((o for o in outputs if len(o["shape"]) == 4), None)
+    self.gate: Optional[scope.ImageGate] = None
+    if entry.get("image_gate") is not None:
+      try:
+        self.gate = scope.ImageGate.from_fields(entry["image_gate"], name)
+      except PackageError as e:
+        raise ModelError(str(e)) from None
+      if (self._features is None
+          or list(self._features["shape"][1:]) != list(self.gate.map_shape)):
+        raise ModelError(f"{name}: its image gate reads a feature map of shape "
+                         f"{list(self.gate.map_shape)}, which the model does not output")
+    # The rules this run applies: the package's, or a site's (for_site).
+    self.use: intended_use_lib.IntendedUse = self.info.use
     want = [1, self.image_size, self.image_size, 1]
     if list(self._in["shape"]) != want:
       raise ModelError(f"{name}: input shape {list(self._in['shape'])} does not match the "
@@ -226,24 +247,53 @@ class LiteModel:
       return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
     return x.astype(dtype)
 
-  def _dequantize(self, y: np.ndarray) -> np.ndarray:
-    scale, zero = self._out["quantization"]
-    if np.issubdtype(self._out["dtype"], np.integer) and scale:
+  @staticmethod
+  def _dequantize(details: Dict, y: np.ndarray) -> np.ndarray:
+    scale, zero = details["quantization"]
+    if np.issubdtype(details["dtype"], np.integer) and scale:
       return (y.astype(np.float32) - zero) * scale
     return y.astype(np.float32)
 
-  def outputs(self, image: np.ndarray) -> np.ndarray:
-    """float32 [S, S, 1] in [0, 1] -> the model's dequantized output [num_classes]."""
+  @property
+  def has_features(self) -> bool:
+    """Whether the model outputs its feature map (an image gate can be fitted on it)."""
+    return self._features is not None
+
+  def for_site(self, ages=None, views=None, widen: bool = False) -> None:
+    """Applies a site's intended-use rules (IntendedUse.for_site) to every later film.
+
+    Raises:
+      ConfigError: rules wider than the package's without `widen`.
+    """
+    self.use = self.info.use.for_site(ages, views, widen)
+
+  def _invoke(self, image: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """float32 [S, S, 1] in [0, 1] -> (the dequantized output [num_classes], the feature
+    map [H, W, C] or None for a model without it), from one invoke."""
     self.interpreter.set_tensor(self._in["index"], self._quantize(image[None]))
     self.interpreter.invoke()
-    return self._dequantize(self.interpreter.get_tensor(self._out["index"]))[0]
+    out = self._dequantize(self._out, self.interpreter.get_tensor(self._out["index"]))[0]
+    if self._features is None:
+      return out, None
+    return out, self._dequantize(self._features,
+                                 self.interpreter.get_tensor(self._features["index"]))[0]
 
-  def probabilities(self, image: np.ndarray) -> np.ndarray:
-    """float32 [S, S, 1] in [0, 1] -> class probabilities [num_classes]."""
-    out = self.outputs(image)
+  def outputs(self, image: np.ndarray) -> np.ndarray:
+    """float32 [S, S, 1] in [0, 1] -> the model's dequantized output [num_classes]."""
+    return self._invoke(image)[0]
+
+  def invoke_gray(self, gray: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """A decoded film (uint8 [H, W]) -> (its output, its feature map), as _invoke."""
+    return self._invoke(preprocess_gray(gray, self.image_size, self.scale))
+
+  def _to_probabilities(self, out: np.ndarray) -> np.ndarray:
     if self.output_kind == "logits":
       return softmax(out, self.temperature)
     return out
+
+  def probabilities(self, image: np.ndarray) -> np.ndarray:
+    """float32 [S, S, 1] in [0, 1] -> class probabilities [num_classes]."""
+    return self._to_probabilities(self.outputs(image))
 
   def class_probabilities(self, images: np.ndarray) -> np.ndarray:
     """float32 [N, S, S, 1] -> float64 [N, num_classes], one invoke per image."""
@@ -275,43 +325,92 @@ class LiteModel:
     """A film's bytes -> its prediction record: predict_film's record."""
     return self.predict_film(data, strict)[0]
 
-  def predict_film(self, data: bytes,
-                   strict: bool = False) -> Tuple[Dict[str, object], np.ndarray]:
-    """A film's bytes -> its prediction record (latency: preprocess, guard and invoke),
+  def predict_film(self, data: bytes, strict: bool = False,
+                   header=None) -> Tuple[Dict[str, object], np.ndarray]:
+    """A film's bytes -> its prediction record (latency: checks, preprocess and invoke),
     and the film as decoded (film_gray), for what shows it beside the prediction (the
     node's result card and overlay) without decoding it again.
 
     Args:
       data: the file's bytes.
-      strict: an input the plausibility guard (core/guard.py) flags is refused
-        (ImageError) instead of predicted with a warning.
+      strict: a film analysed with a warning (a site's widened use) is refused instead.
+      header: the film's DICOM header if the caller has read it (else read here).
 
     Returns:
       ({"prediction" (the model's class: PNEUMONIA iff p_pneumonia >= threshold),
       "p_pneumonia" (the positive class's probability), "threshold", "model_sha256",
-      "warning" (None, or why the input does not look like a chest radiograph),
-      "latency_ms"}, the decoded film: uint8 [H, W]).
+      "warning" (None, or what the reader must know before the result), "latency_ms"},
+      the decoded film: uint8 [H, W]); "widened_use" too when the site widened the use.
 
     Raises:
-      ImageError: unreadable input, or (strict) an implausible one.
+      OutOfScope: a film outside the intended use (analyse says which; the message why).
+      ImageError: unreadable input, or (strict) one analysed with a warning.
     """
     start = time.perf_counter()
+    out, gray, warning = self.analyse(data, header)
+    if warning and strict:
+      raise ImageError(f"rejected (--strict): {warning}")
+    latency = (time.perf_counter() - start) * 1000
+    record = {**self.decide(self._to_probabilities(out)), "threshold": self.threshold,
+              "model_sha256": self.sha256, "warning": warning,
+              "latency_ms": round(latency, 3)}
+    if self.use.widened:
+      record["widened_use"] = self.use.widened
+    return record, gray
+
+  def analyse(self, data: bytes,
+              header=None) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
+    """A film's bytes -> (the model's dequantized output, the decoded film, a warning or
+    None), for a film within the intended use.
+
+    A film outside it gets no output (OutOfScope, the reason first): a DICOM header
+    that says another view, body part, modality or age (self.use); our own overlay or an
+    image stored turned (EXIF); what core/guard.py finds no film looks like (colour,
+    noise, blank...); and, where the package has one, what the image gate (edge/scope.py)
+    does not recognise as a whole upright chest film.
+
+    Raises:
+      OutOfScope: outside the intended use.
+      ImageError: unreadable input.
+    """
+    warning = None
+    if header is None and film.is_dicom(data):
+      header = _header(data)
+    if header is not None:
+      refusal = self.use.header_refusal(header)
+      if refusal:
+        raise OutOfScope(refusal)
+      if self.use.widened:
+        outside = self.info.use.header_refusal(header)
+        if outside:
+          warning = (f"outside the model's intended use ({outside}); analysed because this "
+                     f"site widened it to {self.use.widened}")
     colour = guard.chroma(data)  # before windowing: a colour TIFF is grey once windowed
     ours = overlay.is_overlay(data)
     orientation = image_io.orientation_of(data)
     gray = film_gray(data)
     if ours:
-      warning = "a cxr-edge explanation overlay, not a film"
-    elif orientation != 1:
-      warning = image_io.rotated_reason(orientation)
-    else:
-      warning = guard.check(gray, colour, resize_bilinear)
-    if warning and strict:
-      raise ImageError(f"rejected (--strict): {warning}")
-    probs = self.probabilities(preprocess_gray(gray, self.image_size, self.scale))
-    latency = (time.perf_counter() - start) * 1000
-    return ({**self.decide(probs), "threshold": self.threshold, "model_sha256": self.sha256,
-             "warning": warning, "latency_ms": round(latency, 3)}, gray)
+      raise OutOfScope("a cxr-edge explanation overlay, not a film")
+    if orientation != 1:
+      raise OutOfScope(image_io.rotated_reason(orientation))
+    implausible = guard.check(gray, colour, resize_bilinear)
+    if implausible:
+      raise OutOfScope(implausible)
+    out, feature_map = self.invoke_gray(gray)
+    if self.gate is not None:
+      refusal = self.gate.scores(feature_map).refusal
+      if refusal:
+        raise OutOfScope(refusal)
+    return out, gray, warning
+
+
+def _header(data: bytes):
+  """A DICOM file's header for the intended-use rules, or None where it cannot be read
+  (the film reader then says why the film cannot be used)."""
+  try:
+    return film.dicom_header(io.BytesIO(data))[0]
+  except Exception:  # pylint: disable=broad-except  # pydicom raises many kinds
+    return None
 
 
 def _read_sidecar(model_path: str) -> Optional[Dict]:
@@ -416,8 +515,9 @@ def _walk(folder: str) -> Tuple[List[str], List[FoundInput]]:
 
 def predict_paths(model: LiteModel, items: Iterable[FoundInput],
                   strict: bool = False) -> Iterator[Dict[str, object]]:
-  """One result dict per expand_paths item; a bad input gets {"path", "error"}, a file that
-  is not a film {"path", "skipped"}, and the run goes on."""
+  """One result dict per expand_paths item; a bad input gets {"path", "error"}, a film
+  outside the intended use {"path", "not_analysed", "model_sha256"}, a file that is not a
+  film {"path", "skipped"}, and the run goes on."""
   for item in items:
     path = item.path
     if item.skipped:
@@ -429,5 +529,7 @@ def predict_paths(model: LiteModel, items: Iterable[FoundInput],
     try:
       data = image_io.read_file(path)
       yield {"path": path, **model.predict_bytes(data, strict)}
+    except OutOfScope as e:
+      yield {"path": path, "not_analysed": str(e), "model_sha256": model.sha256}
     except (image_io.UnreadableFile, ImageError) as e:
       yield {"path": path, "error": str(e)}

@@ -44,19 +44,22 @@ def lines(result: Dict, info: package_info.ModelInfo) -> Tuple[List[Line], List[
   """The card's text above the film and below it, each top to bottom."""
   if "error" in result:
     head = [("NOT ANALYSED", _px(96), _CAUTION)]
-    head += [(line, _px(34), _PLAIN) for line in textwrap.wrap(result["error"], 50)[:3]]
+    head += [(line, _px(34), _PLAIN) for line in textwrap.wrap(result["error"], 50)]
   else:
     flagged = result["prediction"] == info.labels[1]
-    head = [("PNEUMONIA SUSPECTED" if flagged else "NO PNEUMONIA SUSPECTED",
-             _px(80 if flagged else 68), _FLAGGED if flagged else _PLAIN)]
+    head = []
+    if result.get("warning"):  # first and whole: a call never leads past its warning
+      head.append(("WARNING", _px(80), _CAUTION))
+      head += [(line, _px(30), _CAUTION) for line in textwrap.wrap(result["warning"], 58)]
+    head.append(("PNEUMONIA SUSPECTED" if flagged else "NO PNEUMONIA SUSPECTED",
+                 _px(80 if flagged else 68) if not result.get("warning") else _px(52),
+                 _FLAGGED if flagged else _PLAIN))
     p = result["p_pneumonia"]
     p = "> 0.99" if p > 0.99 else "< 0.01" if p < 0.01 else f"{p:.2f}"
     detail = f"p = {p}, threshold {result['threshold']:.3g}"
     if flagged and result.get("subtype"):
       detail += f"; likelier {result['subtype'].lower()}"
     head.append((detail, _px(44), _PLAIN))
-    if result.get("warning"):
-      head.append((f"Warning: {result['warning']}"[:70], _px(30), _CAUTION))
   foot = [("AI triage aid - NOT FOR DIAGNOSTIC USE", _px(44), _CAUTION),
           (f"{info.model or 'model'} ({info.kind or 'kind not recorded'} model), "
            f"cxr-edge {__version__}", _px(28), _QUIET)]

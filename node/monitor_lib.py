@@ -36,6 +36,7 @@ import numpy as np
 from cxr_edge.core import errors
 from cxr_edge.core import metrics
 from cxr_edge.core import site_log
+from cxr_edge.edge import released
 from cxr_edge.node import background
 from cxr_edge.node import spool as spool_lib
 from cxr_edge.node import verdicts as verdicts_lib
@@ -63,8 +64,9 @@ RULES = {
     f"films differs from the baseline's: PSI over {PSI_ALARM} (a major shift)",
     "positive_rate": f"the share of films flagged PNEUMONIA differs from the baseline's "
     f"(two-proportion z beyond {Z_ALARM:g})",
-    "warning_rate": f"the guard warns on more films than in the baseline (z beyond "
-    f"{Z_ALARM:g}): films unlike chest radiographs arrive",
+    "warning_rate": f"more films are analysed with a warning than in the baseline (z "
+    f"beyond {Z_ALARM:g}): films outside the model's own intended use arrive in a use the "
+    "site widened",
     "pixel_shift": f"the films' mean brightness is distributed unlike the baseline's "
     f"(PSI over {PSI_ALARM}): a new unit, protocol or processing, or inverted films",
     "new_equipment": f"a manufacturer, unit model or view position makes up over "
@@ -278,28 +280,9 @@ def format_figure(name: str, value: Optional[float], empty: str = "") -> str:
   return f"{value:.3f}" if name == "roc_auc" else f"{100 * value:.1f}%"
 
 
-def stated_figures(sha256: str, metadata: Dict[str, Any],
-                   release: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-  """The figures the model was stated to have: the released model's external figures
-  (RELEASE.json) when the file is a released one; a site-calibrated package's own
-  measured figures at its threshold; else none."""
-  if release:
-    for name, entry in (release.get("files") or {}).items():
-      figures = (release.get("external") or {}).get("figures", {}).get(entry.get("variant"))
-      if entry.get("sha256") == sha256 and figures:
-        (tn, fp), (fn, tp) = figures["confusion_matrix"]
-        kind = ((figures.get("subtype") or {}).get("bacterial_vs_viral") or {})
-        return {"source": f"the released model's {figures['images']} external films "
-                          f"({name})",
-                "sensitivity": figures["sensitivity"], "specificity": figures["specificity"],
-                "ppv": tp / (tp + fp), "npv": tn / (tn + fn),
-                "accuracy": figures["accuracy"], "roc_auc": figures.get("roc_auc"),
-                "kind_agreement": kind.get("accuracy")}
-  measured = ((metadata.get("site_calibration") or {}).get("measured") or {}).get("at_new")
-  if measured:
-    return {"source": "this package's site calibration (its own films)",
-            **{k: measured.get(k) for k in ("sensitivity", "specificity", "accuracy")}}
-  return {"source": None}
+# The figures each model was stated to have: the device side reads them too (cxr-calibrate's
+# default rule keeps the stated sensitivity), so they live with the released model.
+stated_figures = released.stated_figures
 
 
 # Drift ---------------------------------------------------------------------------------

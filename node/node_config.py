@@ -64,6 +64,16 @@ def _allow_list(text: str) -> Tuple[str, ...]:
   return tuple(ae_title(t) for t in str(text).split(",") if t.strip())
 
 
+def _age_range(text: str) -> Tuple[int, ...]:
+  """YOUNGEST,OLDEST in whole years, or empty."""
+  parts = [t.strip() for t in str(text).split(",") if t.strip()]
+  if not parts:
+    return ()
+  if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    raise ValueError(f"{text!r} is not YOUNGEST,OLDEST in whole years (e.g. 1,5)")
+  return (int(parts[0]), int(parts[1]))
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeOptions:
   """What the clinic node listens on, runs, writes and forwards."""
@@ -140,8 +150,23 @@ class NodeOptions:
   http_token_file: Optional[str] = option(
       None, help="A file holding the review page's access token (first line).")
   strict: bool = option(
-      False, help="Films the plausibility guard flags as not looking like a chest "
-      "radiograph are not predicted: their report says NOT ANALYSED and why.")
+      False, help="Films that would be analysed with a warning (outside the model's own "
+      "intended use, inside a use widened by --widen_intended_use) are not: their report "
+      "says NOT ANALYSED and why.")
+  intended_ages: Tuple[int, ...] = option(
+      (), parse=_age_range,
+      help="YOUNGEST,OLDEST: the patients' ages in whole years this site analyses (from "
+      "PatientAge, or birth and study dates); empty: the model's intended use (--info). "
+      "Narrower is yours to set; wider needs --widen_intended_use.")
+  intended_views: Tuple[str, ...] = option(
+      (), parse=lambda text: tuple(v.strip().upper() for v in str(text).split(",")
+                                   if v.strip()),
+      help="ViewPosition values analysed (e.g. PA); empty: the model's. Others need "
+      "--widen_intended_use.")
+  widen_intended_use: bool = option(
+      False, help="Allow --intended_ages or --intended_views wider than the model's "
+      "intended use: every report and record then says so, and a film outside the "
+      "model's own use is analysed with that warning first.")
   result_card: bool = option(
       True, help="Also send each film's result card: a Secondary Capture picture in the "
       "film's study with its thumbnail and the finding in words, for viewers that show "

@@ -86,6 +86,8 @@ class Node:
     self.options = options
     # Loading checks the package (core/package_info.py): its decision labels, its classes.
     self.model = model or runtime.LiteModel(released.resolve(options.model), options.threads)
+    self.model.for_site(options.intended_ages or None, options.intended_views or None,
+                        options.widen_intended_use)
     if self.model.info.notice and not options.allow_smoke_model:
       raise errors.ModelError(f"{self.model.info.notice} Give --allow_smoke_model to run it "
                               "anyway, or use the released model (no --model)")
@@ -284,7 +286,7 @@ class Node:
     start = time.perf_counter()
     gray = None  # the film as decoded for the prediction: the card and overlay show it
     try:
-      result, gray = self.model.predict_film(data, self.options.strict)
+      result, gray = self.model.predict_film(data, self.options.strict, header)
     except (errors.ImageError, image_io.UnreadableFile) as e:
       result = {"error": str(e)}
     report_header = header

@@ -65,18 +65,18 @@ def summary(result: Dict, info: package_info.ModelInfo) -> str:
   nothing in it reads as a positive finding on a negative film."""
   if "error" in result:
     return f"AI triage: not analysed ({result['error']}). Not for diagnostic use."
+  # A warning comes first, whole: the call after it, never a negative before it.
+  warning = f"WARNING: {result['warning']}. " if result.get("warning") else ""
   p, threshold = result["p_pneumonia"], f"{result['threshold']:.3g}"
   # Two decimals, but never a rounded 1.00 or 0.00 that reads as certainty.
   p = ("above 0.99" if p > 0.99 else "below 0.01" if p < 0.01 else f"{p:.2f}")
   if result["prediction"] == info.labels[1]:
     kind = f"; likelier {result['subtype'].lower()}" if result.get("subtype") else ""
-    text = (f"AI triage: pneumonia suspected, probability {p} at threshold "
+    text = (f"AI triage: {warning}pneumonia suspected, probability {p} at threshold "
             f"{threshold}{kind}.")
   else:
-    text = (f"AI triage: no pneumonia suspected, probability {p}, below threshold "
-            f"{threshold}.")
-  if result.get("warning"):
-    text += f" Warning: {result['warning']}."
+    text = (f"AI triage: {warning}no pneumonia suspected, probability {p}, below "
+            f"threshold {threshold}.")
   return text + " Not for diagnostic use."
 
 

@@ -246,7 +246,8 @@ def worklist(records: List[Dict], queued: int, waiting: int,
         f"<td>{_e(r.get('series_description'))}</td>"
         f"<td class=\"{_e(r.get('prediction') or '')}\">"
         f"<a href=\"/film/{urllib.parse.quote(uid)}\">{'&#9873; ' if flagged else ''}"
-        f"{_e(r.get('prediction') or 'none')}"
+        f"{'&#9888; warning: ' if r.get('warning') and r.get('prediction') else ''}"
+        f"{_e(r.get('prediction') or ('NOT ANALYSED' if r.get('error') else 'none'))}"
         f"{' (' + _e(r['subtype'].lower()) + ')' if r.get('subtype') else ''}</a></td>"
         f"<td>{'' if p is None else f'{p:.3f}'}</td>"
         f"<td>{'' if threshold is None else f'{threshold:.3f}'}</td>"
@@ -318,7 +319,9 @@ def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
   """One film: its details, the film and (if made) its occlusion overlay; with
   `history`, the readers' verdicts on it and (given `csrf` and `reader`) the form."""
   uid = urllib.parse.quote(record["sop_instance_uid"])
-  fields = [("Received", _time(record.get("received_ns"))),
+  # What the reader must know before the result comes first.
+  fields = [("Not analysed", record.get("error")), ("Warning", record.get("warning")),
+            ("Received", _time(record.get("received_ns"))),
             ("Study date", _study_date(record.get("study_date"))),
             ("Patient", person_name(record.get("patient_name"))),
             ("Patient ID", record.get("patient_id")),
@@ -329,7 +332,6 @@ def film_page(record: Dict, has_overlay: bool, notice: Notices = None,
             ("Subtype (likelier)", record.get("subtype")),
             ("p_bacterial", record.get("p_bacterial")), ("p_viral", record.get("p_viral")),
             ("Threshold", record.get("threshold")),
-            ("Warning", record.get("warning")), ("Not analysed", record.get("error")),
             ("SOP Instance UID", record.get("sop_instance_uid")),
             ("Report", record.get("report_sop_instance_uid")),
             ("Model sha256", record.get("model_sha256"))]

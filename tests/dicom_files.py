@@ -1,6 +1,9 @@
 """DICOM films written at test time, for tests and scripts/dicom_parity.py (never shipped)."""
+import functools
 import hashlib
 import io
+import os
+from typing import Tuple
 
 import numpy as np
 
@@ -124,13 +127,47 @@ def voi_lut(descriptor, data):
   return edit
 
 
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "data", "sample")
+
+
+def _sample_pixels(index: int, seed: int) -> np.ndarray:
+  """Sample film number `index` (both classes, by name) as 12-bit stored values, with
+  seeded noise in the low bits so that every seed is a film of its own (its UIDs come from
+  its pixels)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  names = sorted(os.path.join(label, n) for label in ("NORMAL", "PNEUMONIA")
+                 for n in os.listdir(os.path.join(SAMPLE_DIR, label)))
+  with Image.open(os.path.join(SAMPLE_DIR, names[index % len(names)])) as im:
+    gray = np.asarray(im.convert("L"), np.uint16)
+  return gray * 16 + np.random.default_rng(seed).integers(0, 16, gray.shape).astype(np.uint16)
+
+
+@functools.lru_cache(maxsize=None)
+def _in_scope() -> Tuple[int, ...]:
+  """The sample films the released model analyses as study films (its image gate holds
+  back about one in a hundred in-scope films: the tests that need a finding use the
+  others; the gate's own tests use films made out of scope on purpose)."""
+  from cxr_edge.core import errors  # pylint: disable=g-import-not-at-top
+  from cxr_edge.edge import released, runtime  # pylint: disable=g-import-not-at-top
+  model = runtime.LiteModel(released.path())
+  kept = []
+  for index in range(len(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL")))
+                     + len(os.listdir(os.path.join(SAMPLE_DIR, "PNEUMONIA")))):
+    try:
+      model.analyse(encode_dicom(_sample_pixels(index, index), bits=12, window=(2048, 4096)))
+      kept.append(index)
+    except errors.OutOfScope:
+      pass
+  return tuple(kept)
+
+
 def study_film(seed: int, study: int = 1, **attributes) -> bytes:
-  """A DX film as a modality sends it: in study number `study` (its UIDs derived from
-  it), with a patient, dates and a series; `attributes` override any of them."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:96, 0:80]
-  pixels = (40 + 120 * np.exp(-((x - 40) ** 2 / 900 + (y - 48) ** 2 / 1600))
-            + rng.integers(0, 40, (96, 80))).astype(np.uint16) * 16
+  """A DX film as a modality sends it (a real chest film of the embedded sample, 12 bits,
+  one the released model analyses): in study number `study` (its UIDs derived from it),
+  with a patient, dates and a series; `attributes` override any of them."""
+  films = _in_scope()
+  pixels = _sample_pixels(films[seed % len(films)], seed)
   fields = {"StudyInstanceUID": f"2.25.{1000 + study}", "SeriesInstanceUID":
             f"2.25.{2000 + study}.{seed}", "PatientName": f"Test^Patient{study}",
             "PatientID": f"TEST-{study}", "StudyDate": "20261201", "StudyTime": "101500",
@@ -141,5 +178,5 @@ def study_film(seed: int, study: int = 1, **attributes) -> bytes:
             "ImageType": ["ORIGINAL", "PRIMARY"], "PresentationIntentType": "FOR PRESENTATION",
             "BodyPartExamined": "CHEST"}
   fields.update(attributes)
-  return encode_dicom(pixels, bits=12, window=(1600, 2400), patient_id=fields["PatientID"],
+  return encode_dicom(pixels, bits=12, window=(2048, 4096), patient_id=fields["PatientID"],
                       attributes=fields)

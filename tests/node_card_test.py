@@ -23,6 +23,7 @@ from tests.node_test import Pacs, running_node, send
     ("positive", "PNEUMONIA SUSPECTED", card._FLAGGED),  # pylint: disable=protected-access
     ("negative", "NO PNEUMONIA SUSPECTED", card._PLAIN),  # pylint: disable=protected-access
     ("not analysed", "NOT ANALYSED", card._CAUTION),  # pylint: disable=protected-access
+    ("warned", "WARNING", card._CAUTION),  # pylint: disable=protected-access
 ])
 def test_the_card_says_the_finding_first_in_large_type(released_model, kind, first, colour):
   info = runtime.LiteModel(released_model).info
@@ -38,6 +39,10 @@ def test_the_card_says_the_finding_first_in_large_type(released_model, kind, fir
     assert "p = 0.82, threshold 0.375; likelier bacterial" in words
   if kind == "negative":
     assert "p = 0.12, threshold 0.375" in words and "likelier" not in words
+  if kind == "warned":  # the whole warning, before the call
+    texts = [t for t, _, _ in head]
+    call = texts.index("NO PNEUMONIA SUSPECTED")
+    assert " ".join(texts[1:call]) == RESULTS[kind]["warning"]
   rgb = card.render(np.full((300, 250), 128, np.uint8), RESULTS[kind], info)
   assert rgb.shape == (card.SIDE, card.SIDE, 3) and rgb.dtype == np.uint8
   head = rgb[:card.SIDE // 8].reshape(-1, 3)

@@ -217,10 +217,10 @@ def test_a_c_store_without_its_instance_uid_ends_its_association_not_the_node(
 
 def test_a_dataset_over_the_limit_is_cut_off_and_its_partial_file_removed(
     released_model, tmp_path, monkeypatch, caplog):
-  monkeypatch.setattr(node_config, "MAX_DATASET_BYTES", 20_000)
+  monkeypatch.setattr(node_config, "MAX_DATASET_BYTES", 150_000)  # a film is ~100 KB
   ds = pydicom.dcmread(io.BytesIO(dicom_files.study_film(8)))
-  ds.Rows = ds.Columns = 256
-  ds.PixelData = bytes(256 * 256 * 2)
+  ds.Rows = ds.Columns = 512
+  ds.PixelData = bytes(512 * 512 * 2)
   out = io.BytesIO()
   ds.save_as(out, enforce_file_format=True)
   big = out.getvalue()
@@ -231,7 +231,7 @@ def test_a_dataset_over_the_limit_is_cut_off_and_its_partial_file_removed(
     assert node.receiver.receiving.sweep(0) == 1
     assert not os.listdir(receiving)
     assert _store(node.ports.dicom, [dicom_files.study_film(9)]) == [0x0000]
-  assert "a dataset of over 20,000 bytes" in caplog.text
+  assert "a dataset of over 150,000 bytes" in caplog.text
 
 
 @pytest.mark.parametrize("failure", ["read-only", "full"])

@@ -88,3 +88,35 @@ def test_the_documented_orthanc_routing_rule_sends_films_and_not_reports_back(
   # Each film's report and result card (a Secondary Capture, "OT") are in its study.
   assert modalities == ["DX"] * 3 + ["OT"] * 3 + ["SR"] * 3
   assert len(node.spool.recent(10)) == 3  # the reports were not read as films
+
+
+def test_lateral_adult_and_abdomen_films_each_get_one_not_analysed_report_at_the_pacs(
+    released_model, pacs, tmp_path):
+  """What the header says is out of scope gets no finding: one NOT ANALYSED report and one
+  result card that says so, the reason first, in the film's study."""
+  films = {"view LL (left lateral)": dicom_files.study_film(130, study=31, ViewPosition="LL"),
+           "patient aged 45 years": dicom_files.study_film(131, study=32, PatientAge="045Y"),
+           "body part ABDOMEN": dicom_files.study_film(132, study=33,
+                                                       BodyPartExamined="ABDOMEN")}
+  in_scope = dicom_files.study_film(133, study=34, ViewPosition="PA", PatientAge="003Y")
+  ids = [pacs.upload(f) for f in [*films.values(), in_scope]]
+  with running_node(released_model, tmp_path / "spool", allow_ae=(pacs.ae_title,),
+                    result_card=True,
+                    forward=f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}") as node:
+    pacs.add_modality("cxr", "CXR_EDGE", node.ports.dicom)
+    pacs.store("cxr", ids)
+    assert node.wait_idle(120)
+    assert until(lambda: pacs.modality_counts().get("SR") == 4, 60, poll=0.2)
+  reports = {}
+  for instance in pacs.instances():
+    if pacs.modality_of(instance) == "SR":
+      sr = pydicom.dcmread(io.BytesIO(pacs.file(instance)))
+      reports.setdefault(sr.StudyInstanceUID, []).append(report.describe(sr))
+  assert pacs.modality_counts()["OT"] == 4  # a result card for each film
+  for reason, data in films.items():
+    (found,) = reports[pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID]
+    assert found["comments"][0].startswith(f"NOT ANALYSED: {reason}")
+    assert found["summary"].startswith(f"AI triage: not analysed ({reason}")
+    assert "finding" not in found and "Probability of pneumonia" not in found
+  (found,) = reports[pydicom.dcmread(io.BytesIO(in_scope)).StudyInstanceUID]
+  assert found["finding"] in ("Present", "Absent")

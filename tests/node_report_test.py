@@ -28,6 +28,11 @@ RESULTS = {
     "certain": {"prediction": "PNEUMONIA", "p_pneumonia": 0.99989, "threshold": 0.375,
                 "warning": None},
     "not analysed": {"error": "colour DICOM: RGB with 3 samples per pixel"},
+    "warned": {"prediction": "NORMAL", "p_pneumonia": 0.1234, "threshold": 0.375,
+               "warning": "outside the model's intended use (patient aged 30 years "
+                          "(PatientAge 030Y): the model is for children aged 1 to 5 years); "
+                          "analysed because this site widened it to ages 0-40 years (the "
+                          "model's: 1 to 5 years)"},
 }
 SUMMARIES = {
     "positive": "AI triage: pneumonia suspected, probability 0.82 at threshold 0.375; "
@@ -38,6 +43,9 @@ SUMMARIES = {
                "Not for diagnostic use.",
     "not analysed": "AI triage: not analysed (colour DICOM: RGB with 3 samples per pixel). "
                     "Not for diagnostic use.",
+    # The warning first, whole; the negative only after it.
+    "warned": f"AI triage: WARNING: {RESULTS['warned']['warning']}. no pneumonia "
+              "suspected, probability 0.12, below threshold 0.375. Not for diagnostic use.",
 }
 
 

@@ -191,15 +191,14 @@ def test_what_is_refused_and_what_is_reported_and_the_node_goes_on(released_mode
   uid = lambda data: pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID  # noqa: E731
   assert records[uid(truncated)]["error"] and records[uid(truncated)]["prediction"] is None
   assert "colour" in records[uid(colour)]["error"]
-  assert records[uid(flat)]["warning"] and records[uid(flat)]["prediction"]
+  assert records[uid(flat)]["error"].startswith("near-constant image")
+  assert records[uid(flat)]["prediction"] is None
   assert records[uid(good)]["prediction"] in ("NORMAL", "PNEUMONIA")
-  sr = pydicom.dcmread(tmp_path / "spool" / "reports" / f"{uid(truncated)}.sr.dcm")
-  found = report.describe(sr)
-  assert "finding" not in found and "Probability of pneumonia" not in found
-  assert found["comments"][0].startswith("NOT ANALYSED: ")
-  warned = report.describe(pydicom.dcmread(
-      tmp_path / "spool" / "reports" / f"{uid(flat)}.sr.dcm"))
-  assert warned["comments"][0].startswith("WARNING: ") and "finding" in warned
+  for film, reason in ((truncated, ""), (flat, "near-constant image")):
+    found = report.describe(pydicom.dcmread(
+        tmp_path / "spool" / "reports" / f"{uid(film)}.sr.dcm"))
+    assert "finding" not in found and "Probability of pneumonia" not in found
+    assert found["comments"][0].startswith("NOT ANALYSED: " + reason)
 
 
 def test_our_own_overlay_routed_back_is_acknowledged_and_not_read(released_model, tmp_path):
@@ -214,12 +213,28 @@ def test_our_own_overlay_routed_back_is_acknowledged_and_not_read(released_model
   assert [line["sop_instance_uid"] for line in audit(tmp_path / "spool")] == [uid]
 
 
-def test_strict_reports_an_implausible_film_as_not_analysed(released_model, tmp_path):
-  with running_node(released_model, tmp_path / "spool", strict=True) as node:
-    assert send(node.ports.dicom, [flat_film()]) == [0x0000]
+def test_a_widened_use_warns_first_and_strict_refuses_what_it_would_warn(released_model,
+                                                                        tmp_path):
+  adult = dicom_files.study_film(20, PatientAge="030Y")
+  with running_node(released_model, tmp_path / "wide", intended_ages=(0, 40),
+                    widen_intended_use=True) as node:
+    assert send(node.ports.dicom, [adult]) == [0x0000]
     assert node.wait_idle(120)
-  (line,) = audit(tmp_path / "spool")
+  (line,) = audit(tmp_path / "wide")
+  assert line["prediction"] and line["warning"].startswith("outside the model's intended use")
+  uid = pydicom.dcmread(io.BytesIO(adult)).SOPInstanceUID
+  found = report.describe(pydicom.dcmread(tmp_path / "wide" / "reports" / f"{uid}.sr.dcm"))
+  assert found["comments"][0].startswith("WARNING: outside the model's intended use")
+  assert found["summary"].startswith("AI triage: WARNING: outside the model's intended use")
+  with running_node(released_model, tmp_path / "strict", intended_ages=(0, 40),
+                    widen_intended_use=True, strict=True) as node:
+    assert send(node.ports.dicom, [adult]) == [0x0000]
+    assert node.wait_idle(120)
+  (line,) = audit(tmp_path / "strict")
   assert line["prediction"] is None and "--strict" in line["error"]
+  with pytest.raises(errors.ConfigError, match="--widen_intended_use"):
+    node_lib.Node(node_config.NodeOptions(model=released_model, intended_ages=(0, 40),
+                                          spool_dir=str(tmp_path / "refused"), port=0))
 
 
 def test_a_spool_below_its_reserve_refuses_with_out_of_resources(released_model, tmp_path):

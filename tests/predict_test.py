@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
+from cxr_edge.core import intended_use
 from cxr_edge.core import package_info
 from cxr_edge.edge import runtime
 from tests import dicom_files
@@ -98,7 +100,9 @@ def test_info_describes_the_package_and_reads_no_image(released_model):
   assert f"sha256:       {lite.sha256}" in r.stdout
   assert f"p_pneumonia >= {lite.threshold:.4f}" in r.stdout
   assert "not calibrated for a site" in r.stdout
-  assert r.stdout.rstrip().endswith("Intended use: " + package_info.INTENDED_USE)
+  assert ("Intended use: " + package_info.INTENDED_USE + "\n\n"
+          + intended_use.IntendedUse().describe()) in r.stdout
+  assert r.stdout.rstrip().endswith(intended_use.IntendedUse().describe())
   r = _run_predict(f"--model={model}", "--info", "film.jpeg")
   assert r.returncode == 1 and "--info describes the model and reads no image" in r.stderr
 
@@ -330,8 +334,10 @@ def test_folder_of_dicom_is_read_whole_and_bad_films_say_why(released_model, tmp
   lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
   assert set(lines) == {"dicom8.dcm", "dicom12_mono1.dcm", "dicom12_window", "film16.png",
                         "ct.dcm"}
-  assert lines["ct.dcm"]["error"].startswith("DICOM modality is not a radiograph: CT")
-  assert "4 image(s) predicted, 1 failed" in r.stderr and r.returncode == 1
+  # A CT is outside the intended use: not analysed, which is not a failure.
+  assert lines["ct.dcm"]["not_analysed"].startswith("modality CT is not a radiograph")
+  assert ("4 image(s) predicted, 1 not analysed (outside the intended use), 0 failed"
+          in r.stderr and r.returncode == 0)
 
 
 @pytest.mark.slow
@@ -363,20 +369,45 @@ def test_csv_on_stdout_with_format(released_model):
   assert r.returncode == 1 and "--format=csv but --output ends in .jsonl" in r.stderr
 
 
-def test_implausible_inputs_get_a_warning_or_with_strict_an_error(released_model, tmp_path):
+def test_what_is_not_a_film_is_not_analysed_and_counted_not_failed(released_model, tmp_path):
   model = released_model
   film = _sample_files(2)[0]
   black = write_file(str(tmp_path / "black.png"), _png(np.zeros((64, 64), np.uint8)))
   r = _run_predict(f"--model={model}", film, black)
   lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
   assert r.returncode == 0 and lines[os.path.basename(film)]["warning"] is None
-  assert lines["black.png"]["warning"].startswith("near-constant image")
-  assert "prediction" in lines["black.png"]  # still predicted, but flagged
-  assert "2 image(s) predicted (1 with a warning" in r.stderr
-  r = _run_predict(f"--model={model}", "--strict", film, black)
+  assert lines["black.png"]["not_analysed"].startswith("near-constant image")
+  assert "prediction" not in lines["black.png"] and "p_pneumonia" not in lines["black.png"]
+  assert lines["black.png"]["model_sha256"] == lines[os.path.basename(film)]["model_sha256"]
+  assert ("1 image(s) predicted, 1 not analysed (outside the intended use), 0 failed"
+          in r.stderr)
+
+
+def test_a_widened_use_is_named_on_every_record_and_warns_first(released_model, tmp_path):
+  adult = write_file(str(tmp_path / "adult.dcm"), dicom_files.study_film(3, PatientAge="030Y"))
+  child = write_file(str(tmp_path / "child.dcm"), dicom_files.study_film(4, PatientAge="004Y"))
+  r = _run_predict(f"--model={released_model}", adult, child)
   lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
-  assert r.returncode == 1 and lines["black.png"]["error"].startswith("rejected (--strict)")
-  assert "prediction" in lines[os.path.basename(film)]
+  assert r.returncode == 0
+  assert lines["adult.dcm"]["not_analysed"].startswith("patient aged 30 years (PatientAge 030Y)")
+  assert lines["child.dcm"]["prediction"] and "widened_use" not in lines["child.dcm"]
+  r = _run_predict(f"--model={released_model}", "--intended_ages=0,17", adult)
+  assert r.returncode == 1 and "--widen_intended_use" in r.stderr.splitlines()[-1]
+  r = _run_predict(f"--model={released_model}", "--intended_ages=0,40", "--widen_intended_use",
+                   adult, child)
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
+  assert {l["widened_use"] for l in lines.values()} == {
+      "ages 0-40 years (the model's: 1 to 5 years)"}
+  assert lines["adult.dcm"]["warning"].startswith("outside the model's intended use (patient "
+                                                  "aged 30 years")
+  assert lines["adult.dcm"]["prediction"] and lines["child.dcm"]["warning"] is None
+  r = _run_predict(f"--model={released_model}", "--intended_ages=0,40", "--widen_intended_use",
+                   "--strict", adult)
+  assert r.returncode == 1 and json.loads(r.stdout)["error"].startswith("rejected (--strict)")
+  r = _run_predict(f"--model={released_model}", "--intended_ages=2,4", child, adult)
+  lines = {os.path.basename(l["path"]): l for l in map(json.loads, r.stdout.splitlines())}
+  assert lines["child.dcm"]["prediction"]  # 4 years: inside the narrowed range
+  assert "children aged 2 to 4 years" in lines["adult.dcm"]["not_analysed"]
 
 
 def _png(array) -> bytes:
@@ -478,14 +509,15 @@ def test_a_model_litert_cannot_allocate_is_one_line(released_model, monkeypatch)
     runtime.LiteModel(released_model)
 
 
-def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(released_model,
+def test_colour_tiff_is_not_analysed_and_cmyk_jpeg_refused_as_conversion_refuses_it(released_model,
                                                                               tmp_path):
   model = runtime.LiteModel(released_model)
   rgb = np.zeros((64, 64, 3), np.uint8)
   rgb[..., 0] = 200  # a red photograph, stored as TIFF
   buf = io.BytesIO()
   Image.fromarray(rgb).save(buf, format="TIFF")
-  assert "colour" in model.predict_bytes(buf.getvalue())["warning"]
+  with pytest.raises(errors.OutOfScope, match="colour"):
+    model.predict_bytes(buf.getvalue())
   buf = io.BytesIO()
   Image.new("CMYK", (64, 64), (0, 0, 0, 100)).save(buf, format="JPEG")
   assert image_io.inspect_data(buf.getvalue()).reason == "unsupported colour mode: CMYK"
@@ -493,20 +525,19 @@ def test_colour_tiff_is_warned_and_cmyk_jpeg_refused_as_conversion_refuses_it(re
     model.predict_bytes(buf.getvalue())
 
 
-def test_our_own_overlay_fed_back_as_a_film_is_warned(released_model):
+def test_our_own_overlay_fed_back_as_a_film_is_not_analysed(released_model):
   from cxr_edge.core import overlay  # pylint: disable=g-import-not-at-top
   model = runtime.LiteModel(released_model)
   film = open(_sample_files(2)[0], "rb").read()
   gray = runtime.decode_grayscale(film)
   drawn = overlay.heat_overlay(gray, np.ones((7, 7), np.float32), "PNEUMONIA (p 0.9)")
   assert overlay.is_overlay(drawn) and not overlay.is_overlay(film)
-  assert model.predict_bytes(drawn)["warning"] == "a cxr-edge explanation overlay, not a film"
-  with pytest.raises(runtime.ImageError, match="explanation overlay"):
-    model.predict_bytes(drawn, strict=True)
+  with pytest.raises(errors.OutOfScope, match="^a cxr-edge explanation overlay, not a film$"):
+    model.predict_bytes(drawn)
   assert model.predict_bytes(film)["warning"] is None
 
 
-def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_converted(released_model):
+def test_a_film_stored_rotated_with_an_exif_orientation_is_not_analysed_nor_converted(released_model):
   """Viewers show it upright; TensorFlow's decoder and the device see it sideways."""
   film = np.asarray(Image.open(_sample_files(2)[1]).convert("L"))
   exif = Image.Exif()
@@ -514,10 +545,8 @@ def test_a_film_stored_rotated_with_an_exif_orientation_is_warned_and_not_conver
   buf = io.BytesIO()
   Image.fromarray(np.rot90(film)).save(buf, format="JPEG", exif=exif)
   model = runtime.LiteModel(released_model)
-  warning = model.predict_bytes(buf.getvalue())["warning"]
-  assert warning.startswith("stored rotated (EXIF orientation 6)")
-  with pytest.raises(runtime.ImageError, match="stored rotated"):
-    model.predict_bytes(buf.getvalue(), strict=True)
+  with pytest.raises(errors.OutOfScope, match=r"^stored rotated \(EXIF orientation 6\)"):
+    model.predict_bytes(buf.getvalue())
   assert image_io.inspect_data(buf.getvalue()).reason.startswith(
       "stored rotated (EXIF orientation 6)")
 
