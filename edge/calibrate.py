@@ -12,12 +12,17 @@ Usage:
   cxr-calibrate --from_spool=/var/lib/cxr-node --output_dir=/tmp/site_model
 
 TensorFlow-free (LiteRT, numpy, Pillow): it runs on the device. --image_dir holds the
-clinic's films in NORMAL/ and PNEUMONIA/ folders (any depth, any case). On those films
-the threshold is chosen by maximum Youden J, or as the most specific one keeping
---target_sensitivity, or the most sensitive one keeping --target_specificity;
---fit_temperature also refits the probability scale on the films. Prints the
-sensitivity and specificity at the old and new thresholds with 95% intervals (measured
-on the same films, so slightly optimistic).
+clinic's films in NORMAL/ and PNEUMONIA/ folders (any depth, any case); films outside
+the model's intended use are left out, counted. On those films the threshold is, by
+default, the most specific one that keeps the package's stated sensitivity (a triage
+aid's worth is not missing pneumonia); or the most specific one keeping
+--target_sensitivity, the most sensitive one keeping --target_specificity, or maximum
+Youden J (--rule=youden); --fit_temperature also refits the probability scale on the
+films. Prints the sensitivity and specificity at the old and new thresholds with 95%
+intervals (measured on the same films, so slightly optimistic). A threshold whose
+sensitivity or specificity the films cannot pin to +-10 points is refused, saying how
+many more films are needed, and nothing is written (--allow_few_films: an experiment,
+marked in the package).
 
 --from_spool=DIR takes the labelled films from a clinic node's spool instead: the films
 the same model read there that readers gave a verdict on (the review page, or
@@ -66,6 +71,15 @@ _PREVALENCE = flags.DEFINE_float(
     "exclusive) instead of choosing it on films.")
 _FIT_TEMPERATURE = flags.DEFINE_bool("fit_temperature", False, "Refit the softmax "
                                      "temperature on the films (calibrated probabilities).")
+_RULE = flags.DEFINE_enum(
+    "rule", calibrate_lib.RULES[0], calibrate_lib.RULES,
+    "Without a target or --prevalence: stated_sensitivity, the most specific threshold "
+    "that keeps the package's stated sensitivity on the local films (a triage aid's worth "
+    "is not missing pneumonia); youden, the maximum of sensitivity + specificity - 1.")
+_ALLOW_FEW_FILMS = flags.DEFINE_bool(
+    "allow_few_films", False, "Write the package although the films are too few for the "
+    "new threshold's sensitivity and specificity to be known to +-10 points (refused "
+    "otherwise): an experiment, marked in the package and in --info.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
 
 flags.register_multi_flags_validator(
@@ -106,7 +120,7 @@ def main(argv):
                               _OUTPUT_DIR.value,
                               _TARGET_SENSITIVITY.value, _TARGET_SPECIFICITY.value,
                               _FIT_TEMPERATURE.value, _THREADS.value, _PREVALENCE.value,
-                              _FROM_SPOOL.value)
+                              _FROM_SPOOL.value, _RULE.value, _ALLOW_FEW_FILMS.value)
   measured = r["measured"]
   if measured is None:
     print(f"cxr-calibrate: rule: {r['rule']}; threshold {r['previous']['threshold']:.4f} -> "
@@ -126,6 +140,8 @@ def main(argv):
     else:
       print("  (95% intervals on these films; the threshold was not chosen on them, only "
             "from --prevalence)")
+  if r["few_films"]:
+    print(f"cxr-calibrate: AN EXPERIMENT (--allow_few_films): {r['few_films']}")
   print(f"cxr-calibrate: new package in {_OUTPUT_DIR.value}; the original is unchanged")
 
 

@@ -33,11 +33,19 @@ from cxr_edge.core import site_log
 from cxr_edge.core import thresholds
 from cxr_edge.core.errors import CalibrationError
 from cxr_edge.edge import package
+from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 
 # Fewer films than this in a class make the intervals too wide to act on; calibrating
 # still works, with a warning.
 MIN_FILMS_PER_CLASS = 50
+# A threshold chosen on films must have its sensitivity and specificity known to about
+# this (the half-width of each 95% Wilson interval), or it is refused: a threshold moved
+# on a handful of films moves on noise.
+EVIDENCE_HALF_WIDTH = 0.10
+# The default rule (RULES[0]) keeps the package's stated sensitivity; Youden's J, which
+# weighs a missed pneumonia the same as a false alarm, is wrong for a triage aid by default.
+RULES = ("stated_sensitivity", "youden")
 
 
 @dataclasses.dataclass
@@ -48,6 +56,9 @@ class LocalFilms:
   patients: List[str]
   logits: np.ndarray  # [N, classes] for logit-output models, else probabilities
   subtypes: List[str]  # a PNEUMONIA film's BACTERIAL or VIRAL where its name says, else ""
+  # Films outside the intended use (the gate withheld them): (relpath, label, reason).
+  # They have no output, so no figure counts them; measure() states their share.
+  withheld: List[Any] = dataclasses.field(default_factory=list)
 
 
 # Folders a user may sort pneumonia films into by subtype, which are not classes.
@@ -80,12 +91,15 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
                            f"{counts} in {image_dir!r}{hint}")
   for s in skipped:
     logging.warning("skipping %s: %s", s["path"], s["reason"])
-  outputs, failed = [], []
+  outputs, failed, analysed, withheld = [], [], [], []
   for i, item in enumerate(items):
     try:
       with open(item.path, "rb") as f:
         data = f.read()
-      outputs.append(model.outputs(runtime.preprocess(data, model.image_size, model.scale)))
+      outputs.append(model.analyse(data)[0])
+      analysed.append(item)
+    except errors.OutOfScope as e:
+      withheld.append((item.relpath, int(item.label), str(e)))
     except (OSError, runtime.ImageError) as e:
       failed.append(f"{item.relpath}: {e}")
     if (i + 1) % 200 == 0:
@@ -94,9 +108,15 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
     raise CalibrationError(f"{len(failed)} film(s) could not be read (first: {failed[0]}); "
                            "fix or remove them: a threshold chosen without them would not "
                            "describe your films")
-  return LocalFilms([i.relpath for i in items], np.array([i.label for i in items]),
-                    [i.patient_id for i in items], np.stack(outputs),
-                    [i.subtype or "" for i in items])
+  if withheld:
+    logging.warning("%d film(s) outside the model's intended use are left out (first: %s: "
+                    "%s)", len(withheld), withheld[0][0], withheld[0][2])
+  if not analysed:
+    raise CalibrationError(f"every film in {image_dir!r} is outside the model's intended "
+                           f"use (first: {withheld[0][0]}: {withheld[0][2]})")
+  return LocalFilms([i.relpath for i in analysed], np.array([i.label for i in analysed]),
+                    [i.patient_id for i in analysed], np.stack(outputs),
+                    [i.subtype or "" for i in analysed], withheld)
 
 
 def spool_films(model: runtime.LiteModel, spool_dir: str) -> LocalFilms:
@@ -159,6 +179,13 @@ def measure(model: runtime.LiteModel, films: LocalFilms) -> Dict[str, Any]:
   out = {"images": int(len(films.labels)), "patients": int(len(set(films.patients))),
          **metrics.operating_point(films.labels, metrics.p_pneumonia(probs), model.threshold,
                                    films.patients)}
+  if films.withheld:  # packages without a gate, and a spool's films, withhold none
+    total = len(films.labels) + len(films.withheld)
+    out["withheld"] = {"images": len(films.withheld), "of": total,
+                       "share": len(films.withheld) / total,
+                       "ci95": list(metrics.wilson_interval(len(films.withheld), total)),
+                       "films": [{"file": f, "label": schema.LABELS[label], "reason": why}
+                                 for f, label, why in films.withheld]}
   if len(model.classes) > len(schema.LABELS):
     out["subtype"] = metrics.subtype_summary(films.labels, films.subtypes, probs,
                                              model.threshold, films.patients)
@@ -192,18 +219,37 @@ def _measured(model: runtime.LiteModel, films: Optional[LocalFilms], temperature
 
 def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Optional[float] = None,
            target_specificity: Optional[float] = None,
-           fit_temperature: bool = False) -> Dict[str, Any]:
+           fit_temperature: bool = False, rule: str = RULES[0]) -> Dict[str, Any]:
   """Chooses the temperature (optionally) and the threshold on the films.
+
+  Args:
+    rule: without a target, "stated_sensitivity" (the most specific threshold keeping
+      the package's stated sensitivity on the films) or "youden" (maximum Youden's J).
 
   Returns:
     {"temperature", "threshold", "rule", "before": operating point at the model's own
     threshold and temperature, "after": at the chosen ones}.
+
+  Raises:
+    CalibrationError: the default rule for a package that states no sensitivity.
   """
+  if rule not in RULES:
+    raise CalibrationError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
   temperature = _temperature(model, films, fit_temperature)
   probs = probabilities(model, films.logits, temperature)
+  stated = None
+  if target_sensitivity is None and target_specificity is None and rule == RULES[0]:
+    stated = released.stated_figures(model.sha256, model.metadata, released.release())
+    if stated.get("sensitivity") is None:
+      raise CalibrationError("this package states no sensitivity to keep: give "
+                             "--target_sensitivity, --target_specificity or --rule=youden")
+    target_sensitivity = float(stated["sensitivity"])
   threshold = thresholds.on_scores(films.labels, probs, target_sensitivity,
                                        target_specificity)
-  if target_sensitivity is not None:
+  if stated is not None:
+    rule = (f"the most specific threshold keeping the stated sensitivity "
+            f"{target_sensitivity:.3f} ({stated['source']}) on the local films")
+  elif target_sensitivity is not None:
     rule = f"highest threshold with local sensitivity >= {target_sensitivity}"
   elif target_specificity is not None:
     rule = f"lowest threshold with local specificity >= {target_specificity}"
@@ -211,6 +257,36 @@ def choose(model: runtime.LiteModel, films: LocalFilms, target_sensitivity: Opti
     rule = "maximum Youden J on the local films"
   return {"temperature": temperature, "threshold": threshold, "rule": rule,
           **_measured(model, films, temperature, threshold)}
+
+
+def films_needed(successes: int, n: int, half_width: float = EVIDENCE_HALF_WIDTH) -> int:
+  """How many films of a class put the 95% Wilson interval of a proportion measured as
+  successes / n within +-half_width (at least n)."""
+  share = successes / n if n else 0.5
+  m = max(n, 1)
+  while True:
+    low, high = metrics.wilson_interval(round(share * m), m)
+    if (high - low) / 2 <= half_width:
+      return m
+    m += 1
+
+
+def thin_evidence(films: LocalFilms, at_new: Dict[str, Any]) -> Optional[str]:
+  """Why a threshold chosen on these films is not known well enough to use, with how many
+  more films each class needs; None when both intervals are within EVIDENCE_HALF_WIDTH."""
+  (tn, fp), (fn, tp) = at_new["confusion_matrix"]
+  lacking = []
+  for name, label, hits, n in (("sensitivity", "PNEUMONIA", tp, tp + fn),
+                               ("specificity", "NORMAL", tn, tn + fp)):
+    low, high = at_new["ci95"][name]
+    if (high - low) / 2 > EVIDENCE_HALF_WIDTH:
+      more = films_needed(hits, n) - n
+      lacking.append(f"its {name} is known only to +-{50 * (high - low):.0f} points on {n} "
+                     f"{label} films (about {more} more needed)")
+  if not lacking:
+    return None
+  return (f"too few films to move the threshold: {'; '.join(lacking)} for +-"
+          f"{100 * EVIDENCE_HALF_WIDTH:.0f} points")
 
 
 def package_prior(model: runtime.LiteModel) -> float:
@@ -259,7 +335,8 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
               target_sensitivity: Optional[float] = None,
               target_specificity: Optional[float] = None, fit_temperature: bool = False,
               num_threads: int = 1, prevalence: Optional[float] = None,
-              from_spool: Optional[str] = None) -> Dict[str, Any]:
+              from_spool: Optional[str] = None, rule: str = RULES[0],
+              allow_few_films: bool = False) -> Dict[str, Any]:
   """Sets a site threshold and writes a new model package.
 
   Args:
@@ -277,6 +354,9 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
       if any, then only measure it).
     from_spool: a clinic node's spool: the films this model read there with a reader's
       verdict are the labelled films (instead of image_dir).
+    rule: the rule without a target or a prevalence (RULES; choose()).
+    allow_few_films: write a package whose threshold was chosen on too few films
+      (thin_evidence) anyway, as an experiment: the package then says so.
 
   Returns:
     The calibration record (also in the new metadata under "site_calibration").
@@ -294,15 +374,20 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
            score_films(model, image_dir) if image_dir else None)
   per_class = (np.bincount(films.labels, minlength=schema.NUM_CLASSES) if films is not None
                else np.zeros(schema.NUM_CLASSES, int))
+  if prevalence is not None:
+    chosen = at_prevalence(model, prevalence, films, fit_temperature)
+  else:
+    chosen = choose(model, films, target_sensitivity, target_specificity, fit_temperature,
+                    rule)
+  thin = thin_evidence(films, chosen["after"]) if prevalence is None else None
+  if thin and not allow_few_films:
+    raise CalibrationError(f"{thin}; nothing was written (--allow_few_films writes it as "
+                           "an experiment, marked in the package)")
   if films is not None and per_class.min() < MIN_FILMS_PER_CLASS:
     logging.warning("only %s films: the intervals below are wide; %d or more of each class "
                     "are advised", " and ".join(f"{n} {label}" for label, n in
                                                 zip(schema.LABELS, per_class.tolist())),
                     MIN_FILMS_PER_CLASS)
-  if prevalence is not None:
-    chosen = at_prevalence(model, prevalence, films, fit_temperature)
-  else:
-    chosen = choose(model, films, target_sensitivity, target_specificity, fit_temperature)
   record = {
       "tool": "cxr-calibrate",
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -321,6 +406,9 @@ def calibrate(model_path: str, image_dir: Optional[str], output_dir: str,
       "temperature": chosen["temperature"],
       "measured": (None if films is None
                    else {"at_previous": chosen["before"], "at_new": chosen["after"]}),
+      # An experiment on too few films (allow_few_films): every reader of the package
+      # sees it (--info, the node's page).
+      "few_films": thin,
   }
   _write_package(model, model_path, output_dir, record)
   return record

@@ -94,16 +94,21 @@ def readme_rows(record: Dict[str, Any]) -> Dict[str, str]:
     what = (f"**the released model, {variant}** (`{file_name(variant)}`"
             + (", the default" if variant == DEFAULT_VARIANT else "")
             + f"), version {record['version']}, 95% intervals")
-    decision.append(f"| {what} | {_interval(f, 'accuracy')} | {_interval(f, 'sensitivity')} "
-                    f"| {_interval(f, 'specificity')} | {_auc(f['roc_auc'], f['roc_auc_ci95'])} |")
+    withheld = f.get("withheld")
+    withheld = (f"{withheld['images']} ({metrics.format_interval(withheld['share'], withheld['ci95'])})"
+                if withheld else "0")
+    decision.append(f"| {what} | {withheld} | {_interval(f, 'accuracy')} | "
+                    f"{_interval(f, 'sensitivity')} | {_interval(f, 'specificity')} | "
+                    f"{_auc(f['roc_auc'], f['roc_auc_ci95'])} |")
     if "subtype" in f:
       b, t = f["subtype"]["bacterial_vs_viral"], f["subtype"]["three_class"]
       subtype.append(f"| {what} | {_auc(b['roc_auc'], b['roc_auc_ci95'])} | "
                      f"{_interval(b, 'accuracy')} | {_interval(b, 'sensitivity')} | "
                      f"{_interval(b, 'specificity')} | {_interval(t, 'accuracy')} |")
   return {"decision": "\n".join([
-              "| model | accuracy % | sensitivity % | specificity % | ROC-AUC |",
-              "| --- | --- | --- | --- | --- |", *decision]),
+              "| model | not analysed (outside the intended use), films (%) | accuracy % | "
+              "sensitivity % | specificity % | ROC-AUC |",
+              "| --- | --- | --- | --- | --- | --- |", *decision]),
           "subtype": "\n".join([
               "| model | bacterial vs viral ROC-AUC | its accuracy % | bacterial called "
               "bacterial % | viral called viral % | three-class accuracy %, all films |",
@@ -116,13 +121,46 @@ def changelog_entry(record: Dict[str, Any]) -> str:
            f"Made by `{record['made_by']['command']}` at commit "
            f"{record['made_by']['commit']} (seed {record['made_by']['seed']}; training "
            f"conversion manifest sha256 {record['made_by']['data_manifest_sha256']}).", ""]
+  gate = record["made_by"].get("gate")
+  if gate:  # a release of an earlier version's weights with the image gate added
+    lines[-1:-1] = [f"The weights of version {gate['weights_of_version']}, unchanged; the "
+                    f"image gate and the intended-use rules added by `{gate['command']}` "
+                    f"at commit {gate['commit']}.", ""]
   for name, entry in record["files"].items():
     lines.append(f"- `{name}`: {entry['bytes']:,} bytes, sha256 `{entry['sha256']}`")
-  lines += ["", f"External films ({record['external']['figures'][DEFAULT_VARIANT]['images']}), "
-                "95% intervals:", ""]
+  lines += ["", f"External films ({record['external']['figures'][DEFAULT_VARIANT]['images']} "
+                "analysed), 95% intervals:", ""]
   for variant in VARIANTS:
     f = record["external"]["figures"][variant]
-    lines.append(f"- {variant}: accuracy {_interval(f, 'accuracy')}%, sensitivity "
+    withheld = f.get("withheld")
+    lines.append(f"- {variant}: "
+                 + (f"{withheld['images']} of {withheld['of']} not analysed (outside the "
+                    "intended use); " if withheld else "")
+                 + f"accuracy {_interval(f, 'accuracy')}%, sensitivity "
                  f"{_interval(f, 'sensitivity')}%, specificity {_interval(f, 'specificity')}%, "
                  f"ROC-AUC {_auc(f['roc_auc'], f['roc_auc_ci95'])}")
   return "\n".join(lines)
+
+
+def stated_figures(sha256: str, metadata: Dict[str, Any],
+                   release: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+  """The figures the model was stated to have: the released model's external figures
+  (RELEASE.json) when the file is a released one; a site-calibrated package's own
+  measured figures at its threshold; else none."""
+  if release:
+    for name, entry in (release.get("files") or {}).items():
+      figures = (release.get("external") or {}).get("figures", {}).get(entry.get("variant"))
+      if entry.get("sha256") == sha256 and figures:
+        (tn, fp), (fn, tp) = figures["confusion_matrix"]
+        kind = ((figures.get("subtype") or {}).get("bacterial_vs_viral") or {})
+        return {"source": f"the released model's {figures['images']} external films "
+                          f"({name})",
+                "sensitivity": figures["sensitivity"], "specificity": figures["specificity"],
+                "ppv": tp / (tp + fp), "npv": tn / (tn + fn),
+                "accuracy": figures["accuracy"], "roc_auc": figures.get("roc_auc"),
+                "kind_agreement": kind.get("accuracy")}
+  measured = ((metadata.get("site_calibration") or {}).get("measured") or {}).get("at_new")
+  if measured:
+    return {"source": "this package's site calibration (its own films)",
+            **{k: measured.get(k) for k in ("sensitivity", "specificity", "accuracy")}}
+  return {"source": None}

@@ -8,17 +8,21 @@ import sys
 import numpy as np
 import pytest
 
+from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import metrics
 from cxr_edge.core import thresholds
 from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import package
+from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 from tests.conftest import (ROOT, SAMPLE_DIR, parsed_flags, run_main, run_module,
                             write_file)
 
 
-def _films(root, per_class=8, classes=("NORMAL", "PNEUMONIA")):
+def _films(root, per_class=40, classes=("NORMAL", "PNEUMONIA")):
+  """The first per_class sample films of each class (40: enough for a threshold's figures
+  to be known to +-10 points)."""
   for label in classes:
     names = sorted(os.listdir(os.path.join(SAMPLE_DIR, label)))[:per_class]
     for name in names:
@@ -37,20 +41,33 @@ def _independent_probs(model_path, films_dir):
   for label_index, label in enumerate(("normal", "pneumonia")):
     for name in sorted(os.listdir(os.path.join(films_dir, label))):
       data = open(os.path.join(films_dir, label, name), "rb").read()
+      try:  # as calibration reads them: a film outside the intended use is left out
+        lite.analyse(data)
+      except errors.OutOfScope:
+        continue
       probs.append(metrics.p_pneumonia(
           lite.probabilities(runtime.preprocess(data, lite.image_size, lite.scale))))
       labels.append(label_index)
   return np.array(labels), np.array(probs, np.float64)
 
 
-@pytest.mark.parametrize("targets", [{}, {"target_specificity": 0.75},
+def _stated_sensitivity(model_path):
+  lite = runtime.LiteModel(model_path)
+  return released.stated_figures(lite.sha256, lite.metadata, released.release())["sensitivity"]
+
+
+@pytest.mark.parametrize("targets", [{}, {"rule": "youden"}, {"target_specificity": 0.75},
                                      {"target_sensitivity": 1.0}])
 def test_threshold_is_the_rule_on_the_local_films(released_model, tmp_path, targets):
-  films = _films(tmp_path / "films")
+  films = _films(tmp_path / "films", per_class=100)  # each rule's figures within +-10
   out = tmp_path / "site"
   record = calibrate_lib.calibrate(released_model, films, str(out), **targets)
   y, p = _independent_probs(released_model, films)
-  want = thresholds.on_scores(y, p, **targets)
+  if not targets:  # the default: the most specific threshold keeping the stated sensitivity
+    want = thresholds.on_scores(y, p, target_sensitivity=_stated_sensitivity(released_model))
+    assert "stated sensitivity" in record["rule"]
+  else:
+    want = thresholds.on_scores(y, p, **{k: v for k, v in targets.items() if k != "rule"})
   assert record["threshold"] == pytest.approx(want)
   assert record["chosen_on_the_films"] and record["prevalence"] is None
   at_new = record["measured"]["at_new"]
@@ -66,7 +83,8 @@ def test_threshold_is_the_rule_on_the_local_films(released_model, tmp_path, targ
   new_model = out / "model_int8.tflite"
   new_data, old_data = new_model.read_bytes(), open(released_model, "rb").read()
   assert package.read(new_data)["model"]["threshold"] == pytest.approx(want)
-  assert package.read(new_data)["package"]["site_calibration"]["films"] == 16
+  assert package.read(new_data)["package"]["site_calibration"]["films"] == len(y)
+  assert package.read(new_data)["package"]["site_calibration"]["few_films"] is None
   assert _weights(new_data) == _weights(old_data)
   meta = json.load(open(out / "metadata.json"))
   assert meta["models"]["model_int8.tflite"]["sha256"] == image_io.sha256_file(str(new_model))
@@ -75,7 +93,7 @@ def test_threshold_is_the_rule_on_the_local_films(released_model, tmp_path, targ
   assert meta["threshold"] == pytest.approx(want)  # one threshold, not the export's too
   assert package.read(new_data)["package"]["threshold"] == pytest.approx(want)
   assert "cxr-calibrate" in meta["models"]["model_int8.tflite"]["threshold_source"]
-  assert meta["site_calibration"]["films"] == 16
+  assert meta["site_calibration"]["films"] == len(y)
   assert runtime.LiteModel(str(new_model)).threshold == pytest.approx(want)
   os.remove(out / "metadata.json")  # the file alone carries it
   assert runtime.LiteModel(str(new_model)).threshold == pytest.approx(want)
@@ -94,7 +112,8 @@ def test_original_package_is_never_altered(exported, tmp_path):
   films = _films(tmp_path / "films")
   before = {n: open(os.path.join(exported[0], n), "rb").read() for n in
             ("metadata.json", "model_int8.tflite")}
-  calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"), fit_temperature=True)
+  calibrate_lib.calibrate(_model(exported), films, str(tmp_path / "site"), fit_temperature=True,
+                          rule="youden", allow_few_films=True)
   for name, data in before.items():
     assert open(os.path.join(exported[0], name), "rb").read() == data
   with pytest.raises(calibrate_lib.CalibrationError, match="own folder"):
@@ -203,10 +222,10 @@ def _main(**overrides):
 @pytest.mark.parametrize("setup, message", [
     ("empty", "holds no class folders"),
     ("no_films", "no labelled films"),
-    ("one_class", "films of both classes are needed to choose a threshold; found 8 NORMAL, "
+    ("one_class", "films of both classes are needed to choose a threshold; found 40 NORMAL, "
      "0 PNEUMONIA"),
     ("unreadable", "1 film(s) could not be read (first: pneumonia/broken.jpeg: not an image)"),
-    ("subtype_folders", "found 8 NORMAL, 0 PNEUMONIA in '{films}': BACTERIAL/ and VIRAL/ are "
+    ("subtype_folders", "found 40 NORMAL, 0 PNEUMONIA in '{films}': BACTERIAL/ and VIRAL/ are "
      "kinds of pneumonia; move them into PNEUMONIA/ (e.g. PNEUMONIA/BACTERIAL/)"),
 ])
 def test_bad_films_are_refused_in_one_line(released_model, tmp_path, setup, message):
@@ -249,7 +268,7 @@ def test_runs_without_tensorflow_and_prints_intervals(released_model, tmp_path):
                       "--target_sensitivity=0.9"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=120, check=False)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "16 films (8 NORMAL, 8 PNEUMONIA)" in r.stdout
+  assert "80 films (40 NORMAL, 40 PNEUMONIA)" in r.stdout
   assert "new threshold" in r.stdout and "sensitivity" in r.stdout and "(" in r.stdout
   assert (tmp_path / "site" / "metadata.json").is_file()
 
@@ -257,7 +276,8 @@ def test_runs_without_tensorflow_and_prints_intervals(released_model, tmp_path):
 def test_a_three_class_model_is_calibrated_on_p_pneumonia(subtype_exported, tmp_path):
   films = _films(tmp_path / "films")
   model = _model(subtype_exported)
-  record = calibrate_lib.calibrate(model, films, str(tmp_path / "site"))
+  record = calibrate_lib.calibrate(model, films, str(tmp_path / "site"), rule="youden",
+                                   allow_few_films=True)
   lite = runtime.LiteModel(model)
   y, p = [], []
   for label_index, label in enumerate(("normal", "pneumonia")):
@@ -272,9 +292,61 @@ def test_a_three_class_model_is_calibrated_on_p_pneumonia(subtype_exported, tmp_
   assert site.classes == ["NORMAL", "BACTERIAL", "VIRAL"]
   assert site.threshold == pytest.approx(record["threshold"])
   # The temperature fit works on p_pneumonia too: none does better on the films.
-  fitted = calibrate_lib.calibrate(model, films, str(tmp_path / "site2"), fit_temperature=True)
+  fitted = calibrate_lib.calibrate(model, films, str(tmp_path / "site2"), fit_temperature=True,
+                                   rule="youden", allow_few_films=True)
   scored = calibrate_lib.score_films(lite, films)
   def local_loss(t):
     return metrics.log_loss(scored.labels, metrics.p_pneumonia(metrics.softmax(scored.logits, t)))
   assert all(local_loss(fitted["temperature"]) <= local_loss(t) + 1e-9
              for t in (0.1, 0.5, 1.0, 2.0, 5.0, 10.0))
+
+
+def test_a_threshold_on_too_few_films_is_refused_and_nothing_written(released_model, tmp_path):
+  films = _films(tmp_path / "films", per_class=8)
+  with pytest.raises(SystemExit) as e:
+    _main(model=released_model, image_dir=films, output_dir=str(tmp_path / "site"))
+  text = str(e.value.code)
+  assert text.startswith("cxr-calibrate: error: too few films to move the threshold: its "
+                         "sensitivity is known only to +-") and "\n" not in text
+  assert re.search(r"on 8 PNEUMONIA films \(about \d+ more needed\)", text)
+  assert "nothing was written" in text and "--allow_few_films" in text
+  assert not (tmp_path / "site").exists()
+  # An experiment, if asked: written, and marked in the package and its --info.
+  record = calibrate_lib.calibrate(released_model, films, str(tmp_path / "site"),
+                                   allow_few_films=True)
+  assert record["few_films"].startswith("too few films")
+  site = runtime.LiteModel(str(tmp_path / "site" / "model_int8.tflite"))
+  assert site.metadata["site_calibration"]["few_films"] == record["few_films"]
+  assert "AS AN EXPERIMENT (too few films" in site.info.describe(site.sha256)
+
+
+def test_films_needed_puts_the_interval_within_ten_points():
+  def half_width(share, m):
+    low, high = metrics.wilson_interval(round(share * m), m)
+    return (high - low) / 2
+  for hits, n in ((8, 8), (6, 8), (1, 2)):
+    m = calibrate_lib.films_needed(hits, n)
+    assert m > n and half_width(hits / n, m) <= 0.10 < half_width(hits / n, m - 1)
+  assert calibrate_lib.films_needed(95, 100) == 100  # known well enough already
+  assert calibrate_lib.films_needed(45, 50) == 50
+
+
+def test_a_package_that_states_no_sensitivity_needs_a_rule(exported, tmp_path):
+  with pytest.raises(calibrate_lib.CalibrationError, match="states no sensitivity to keep"):
+    calibrate_lib.calibrate(_model(exported), _films(tmp_path / "films"),
+                            str(tmp_path / "site"))
+  assert not (tmp_path / "site").exists()
+
+
+def test_the_default_rule_keeps_the_stated_sensitivity_on_the_external_films(released_model,
+                                                                             tmp_path):
+  from tests.conftest import require_shared  # pylint: disable=g-import-not-at-top
+  external = require_shared("external")
+  record = calibrate_lib.calibrate(released_model, external, str(tmp_path / "site"))
+  stated = _stated_sensitivity(released_model)
+  assert record["measured"]["at_new"]["sensitivity"] >= stated
+  assert record["few_films"] is None
+  youden = calibrate_lib.calibrate(released_model, external, str(tmp_path / "youden"),
+                                   rule="youden")
+  assert record["threshold"] <= youden["threshold"] or (
+      youden["measured"]["at_new"]["sensitivity"] >= stated)
