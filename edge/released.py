@@ -8,7 +8,10 @@ a clinic can tell which model made an old report). scripts/release_model.sh writ
 folder; nothing else does.
 
 Reads files only (no LiteRT), so `--version` can name the model without loading it.
+The released file is checked against RELEASE.json's sha256 whenever it is used (path):
+a swapped or edited file, or a damaged RELEASE.json, is one line saying to reinstall.
 """
+import hashlib
 import json
 import os
 from typing import Any, Dict, Optional
@@ -31,41 +34,77 @@ def file_name(variant: str = DEFAULT_VARIANT) -> str:
 
 
 def path(variant: str = DEFAULT_VARIANT) -> str:
-  """The shipped model file of `variant`.
+  """The shipped model file of `variant`, checked to be the one RELEASE.json names.
 
   Raises:
     ModelError: this install has no released model (a checkout before the first
-      release, or files removed from the install).
+      release, or files removed from the install), or its file is not the released one
+      (swapped, re-thresholded, damaged) or RELEASE.json is: one line, what to do.
   """
   file = os.path.join(FOLDER, file_name(variant))
   if not os.path.isfile(file):
     raise errors.ModelError(f"no --model given and this install has no released model "
                             f"({file} is missing): give --model=FILE.tflite")
+  record = release()
+  if record is None:
+    raise errors.ModelError(f"{os.path.join(FOLDER, RELEASE_NAME)} is missing, so {file} "
+                            "cannot be checked: reinstall cxr-edge, or give --model=FILE")
+  want = record["files"][file_name(variant)]["sha256"]
+  with open(file, "rb") as f:
+    got = hashlib.sha256(f.read()).hexdigest()
+  if got != want:
+    raise errors.ModelError(f"{file} is not the released file (sha256 {got[:12]}, "
+                            f"{RELEASE_NAME} says {want[:12]}): reinstall cxr-edge, or give "
+                            "--model=FILE for another package")
   return file
 
 
 def resolve(model: Optional[str]) -> str:
-  """`model` if given, else the released int8 model (ModelError if there is none)."""
+  """`model` if given, else the released int8 model, checked (ModelError if there is
+  none or it is not the released file)."""
   return model if model else path()
 
 
 def release() -> Optional[Dict[str, Any]]:
-  """RELEASE.json, or None where the install ships no release."""
+  """RELEASE.json, checked to name every shipped file's sha256; None where the install
+  ships no release.
+
+  Raises:
+    ModelError: RELEASE.json is there but damaged (one line: reinstall).
+  """
+  where = os.path.join(FOLDER, RELEASE_NAME)
   try:
-    with open(os.path.join(FOLDER, RELEASE_NAME), encoding="utf-8") as f:
-      return json.load(f)
+    with open(where, encoding="utf-8") as f:
+      record = json.load(f)
   except FileNotFoundError:
     return None
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise errors.ModelError(f"{where} is damaged ({type(e).__name__}): reinstall "
+                            "cxr-edge") from None
+  try:
+    for variant in VARIANTS:
+      if not isinstance(record["files"][file_name(variant)]["sha256"], str):
+        raise TypeError("a digest that is not text")
+    str(record["name"]), int(record["version"]), str(record["date"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise errors.ModelError(f"{where} is damaged (a field is missing or mangled: "
+                            f"{type(e).__name__} {e}): reinstall cxr-edge") from None
+  return record
 
 
 def describe() -> str:
-  """One line naming the released model (for --version), or saying there is none."""
-  r = release()
-  if r is None:
-    return "released model: none in this install (give --model)"
+  """One line naming the released model (for --version), or saying there is none; it
+  names a sha256 only after checking the file against it."""
+  try:
+    r = release()
+    if r is None:
+      return "released model: none in this install (give --model)"
+    path()
+  except errors.ModelError as e:
+    return f"released model: NOT USABLE: {e}"
   sha = r["files"][file_name()]["sha256"]
   return (f"released model: {r['name']} version {r['version']} ({r['date']}), "
-          f"{file_name()} sha256 {sha[:12]}")
+          f"{file_name()} sha256 {sha[:12]} (checked)")
 
 
 # The README's rows for the released model sit between these markers (one pair per

@@ -123,7 +123,7 @@ def test_version_names_the_released_model(record, monkeypatch, capsys):
   lines = capsys.readouterr().out.splitlines()
   sha = record["files"]["model_int8.tflite"]["sha256"]
   assert lines[1] == (f"released model: {record['name']} version {record['version']} "
-                      f"({record['date']}), model_int8.tflite sha256 {sha[:12]}")
+                      f"({record['date']}), model_int8.tflite sha256 {sha[:12]} (checked)")
 
 
 def test_build_md_lists_every_record_field():
@@ -206,3 +206,51 @@ def test_a_smoke_model_on_the_node_says_so_in_the_log_page_and_report(smoke_mode
   (sr,) = pacs.reports()
   assert report.describe(sr)["comments"][0] == NOTICE
   assert "model kind smoke" in str(sr)  # the algorithm's parameters name the kind
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+  """A copy of the released folder that a test may damage, used as the install's."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "released"
+  shutil.copytree(released.FOLDER, folder)
+  monkeypatch.setattr(released, "FOLDER", str(folder))
+  return folder
+
+
+def _rethresholded(data: bytes) -> bytes:
+  fields = package.read(data)
+  fields["model"]["threshold"] = 0.9
+  return package.embed(data, {k: v for k, v in fields.items()
+                              if k not in ("integrity", "integrity_scope")})
+
+
+@pytest.mark.parametrize("swap", ["the float32 file", "a re-thresholded package"])
+def test_a_released_file_that_is_not_the_released_one_is_refused_in_one_line(
+    install, tmp_path, swap):
+  int8 = install / "model_int8.tflite"
+  int8.write_bytes((install / "model_float32.tflite").read_bytes() if swap.startswith("the")
+                   else _rethresholded(int8.read_bytes()))
+  with pytest.raises(errors.ModelError, match=r"model_int8.tflite is not the released file "
+                     r"\(sha256 [0-9a-f]{12}, RELEASE.json says [0-9a-f]{12}\): reinstall"):
+    released.path()
+  assert released.describe().startswith("released model: NOT USABLE: ")
+  with pytest.raises(SystemExit) as e:  # cxr-predict without --model: one line
+    run_main("cxr_edge.edge.predict", os.path.join(SAMPLE_DIR, "NORMAL",
+                                                   sorted(os.listdir(os.path.join(
+                                                       SAMPLE_DIR, "NORMAL")))[0]))
+  assert str(e.value.code).startswith("cxr-predict: error: ") and "\n" not in str(e.value.code)
+  assert "is not the released file" in str(e.value.code)
+  assert released.path("float32")  # the other file is still the released one
+
+
+@pytest.mark.parametrize("damage", [b"{\"files\": ", b"[]", b"{\"files\": {}}",
+                                    b"\xff\xfe", b"{\"files\": {\"model_int8.tflite\": 1}}"])
+def test_a_damaged_release_json_is_one_line_not_a_traceback(install, damage):
+  (install / released.RELEASE_NAME).write_bytes(damage)
+  with pytest.raises(errors.ModelError, match=r"RELEASE.json is damaged .*reinstall cxr-edge"):
+    released.release()
+  with pytest.raises(errors.ModelError, match="reinstall cxr-edge"):
+    released.path()
+  assert released.describe().startswith("released model: NOT USABLE: ")
+  assert "sha256" not in released.describe()  # it claims no sha256 it did not check
