@@ -56,6 +56,36 @@ def read_lines(path: str, offset: int = 0,
   return out, offset
 
 
+# What a cut-off last line is set aside in, beside its log (never read as lines).
+DAMAGED_SUFFIX = ".damaged"
+_HALF_LINE_MAX = 1 << 20  # a log's lines are far shorter; past this it is cut, not kept
+
+
+def set_aside_half_line(f, path: str) -> int:
+  """A log open as binary for reading and appending, under its writers' lock: a last
+  line without its newline (a writer cut off mid-line) is moved to path + DAMAGED_SUFFIX
+  and cut from the log, so that the next line is not glued onto it. Returns the bytes
+  set aside (0: the log ended whole)."""
+  size = f.seek(0, os.SEEK_END)
+  if size == 0:
+    return 0
+  f.seek(size - 1)
+  if f.read(1) == b"\n":
+    return 0
+  start = max(0, size - _HALF_LINE_MAX)
+  f.seek(start)
+  tail = f.read()
+  half = tail[tail.rfind(b"\n") + 1:]
+  with open(path + DAMAGED_SUFFIX, "ab") as damaged:
+    damaged.write(half + b"\n")
+    damaged.flush()
+    os.fsync(damaged.fileno())
+  f.truncate(size - len(half))
+  f.flush()
+  os.fsync(f.fileno())
+  return len(half)
+
+
 class Tail:
   """A log read whole once, then only what was appended since; read whole again if it
   was replaced by a shorter file. Not thread-safe: its owner holds a lock."""
@@ -115,18 +145,35 @@ class LabelledFilm:
   patient: str  # the record's patient id, else the film's UID (its own patient)
 
 
-def labelled_films(spool_dir: str, sha256: str) -> Tuple[List[LabelledFilm], List[str]]:
-  """The films model `sha256` read in a node's spool that have a reader's verdict, and
-  the sha256 of every model that read films there (to say which, when none match)."""
+def probability(value: Any) -> Optional[float]:
+  """`value` as a probability: a real number from 0 to 1 (not a bool, NaN or text), else
+  None."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  value = float(value)
+  return value if 0.0 <= value <= 1.0 else None  # NaN fails both comparisons
+
+
+def labelled_films(spool_dir: str,
+                   sha256: str) -> Tuple[List[LabelledFilm], List[str], List[str]]:
+  """The films model `sha256` read in a node's spool that have a reader's verdict; the
+  sha256 of every model that read films there (to say which, when none match); and the
+  UIDs of this model's audit lines left out because a probability in them is not one
+  (outside [0, 1], NaN, text: a damaged or edited log is never used)."""
   models = set()
+  damaged: List[str] = []
 
   def kept(line: Dict) -> Optional[Dict]:  # only this model's analysed films, in brief
     models.add(line.get("model_sha256"))
-    if line.get("model_sha256") == sha256 and not line.get("error") and line.get(
-        "prediction") and isinstance(line.get("p_pneumonia"), (int, float)):
-      return {k: line.get(k) for k in ("sop_instance_uid", "p_pneumonia", "p_bacterial",
-                                       "p_viral")}
-    return None
+    if line.get("model_sha256") != sha256 or line.get("error") or not line.get(
+        "prediction"):
+      return None
+    values = {k: line.get(k) for k in ("p_pneumonia", "p_bacterial", "p_viral")}
+    if probability(values["p_pneumonia"]) is None or any(
+        v is not None and probability(v) is None for v in values.values()):
+      damaged.append(str(line.get("sop_instance_uid"))[:80])
+      return None
+    return {"sop_instance_uid": line.get("sop_instance_uid"), **values}
 
   audit, _ = read_lines(os.path.join(spool_dir, AUDIT_NAME), convert=kept)
   current = current_verdicts(read_lines(os.path.join(spool_dir, VERDICTS_NAME))[0])
@@ -141,7 +188,7 @@ def labelled_films(spool_dir: str, sha256: str) -> Tuple[List[LabelledFilm], Lis
     out.append(LabelledFilm(uid, bool(verdict.pneumonia), verdict.subtype,
                             float(line["p_pneumonia"]), line.get("p_bacterial"),
                             line.get("p_viral"), _patient(spool_dir, uid)))
-  return out, sorted(m for m in models if isinstance(m, str))
+  return out, sorted(m for m in models if isinstance(m, str)), damaged
 
 
 def _patient(spool_dir: str, uid: str) -> str:

@@ -141,22 +141,16 @@ class Spool:
           os.unlink(self.path("receiving", name))
 
   def _repair_log(self, name: str) -> None:
-    """Cuts a last line that a crash left half-written (it is written again)."""
+    """Sets aside a last line that a crash left half-written (it is written again), so
+    that the next line is not glued onto it."""
     path = self.path(name)
     if not os.path.exists(path):
       return
     with open(path, "rb+") as f:
-      size = f.seek(0, os.SEEK_END)
-      if size == 0:
-        return
-      f.seek(max(0, size - _TAIL_BYTES))
-      tail = f.read()
-      if tail.endswith(b"\n"):
-        return
-      cut = tail.rfind(b"\n")  # lines are far shorter than the tail read back
-      f.truncate(size - len(tail) + cut + 1)
-      f.flush()
-      os.fsync(f.fileno())
+      half = site_log.set_aside_half_line(f, path)
+    if half:
+      log.warning("%s ended in half a line (%d bytes, cut off by a crash): set aside in "
+                  "%s%s", name, half, name, site_log.DAMAGED_SUFFIX)
 
   # Admission (receiver threads) --------------------------------------------------------
 

@@ -15,9 +15,10 @@ import datetime
 import fcntl
 import io
 import json
+import logging
 import os
 import threading
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from cxr_edge.core import errors
 from cxr_edge.core import site_log
@@ -25,12 +26,15 @@ from cxr_edge.node import spool as spool_lib
 
 VERDICTS_NAME = site_log.VERDICTS_NAME
 SUBTYPES = site_log.SUBTYPES
+log = logging.getLogger("cxr_edge.node")
 MAX_READER_CHARS = 64
 # A RIS export of readings: a few hundred bytes a film; larger is not one.
 MAX_IMPORT_BYTES = 64 * 2**20
 _YES = {"yes", "y", "1", "true", "pneumonia", "present", "positive"}
 _NO = {"no", "n", "0", "false", "normal", "absent", "negative"}
 _UNKNOWN = {"", "unknown", "none", "null", "-"}
+# Withdrawing a reader's verdict takes an explicit word: an empty cell is a mistake.
+_WITHDRAWN = {"withdrawn", "withdraw"}
 
 
 class VerdictError(errors.CxrError):
@@ -41,18 +45,22 @@ Verdict = site_log.Verdict
 
 
 def parse_pneumonia(text: object) -> Optional[bool]:
-  """yes/no, 1/0, true/false, pneumonia/normal, present/absent; empty or unknown: None.
+  """yes/no, 1/0, true/false, pneumonia/normal, present/absent; withdrawn: None.
 
   Raises:
-    VerdictError: anything else.
+    VerdictError: anything else, an empty or unknown value too (withdrawing a verdict
+      is said, never implied by a blank).
   """
   value = str(text if text is not None else "").strip().lower()
   if value in _YES:
     return True
   if value in _NO:
     return False
-  if value in _UNKNOWN:
+  if value in _WITHDRAWN:
     return None
+  if value in _UNKNOWN:
+    raise VerdictError(f"{str(text)[:40]!r} is not a verdict on pneumonia (yes or no; "
+                       "'withdrawn' withdraws one)")
   raise VerdictError(f"{str(text)[:40]!r} is not a verdict on pneumonia (yes or no)")
 
 
@@ -112,10 +120,15 @@ class Verdicts:
                     for v in verdicts)
     if not lines:
       return 0
-    with self._lock, open(self.path, "a", encoding="utf-8") as f:
+    with self._lock, open(self.path, "ab+") as f:
       fcntl.flock(f, fcntl.LOCK_EX)  # an import and the page may write at once
       try:
-        f.write(lines)
+        # A writer killed mid-line left half a verdict: it is set aside, not glued to.
+        half = site_log.set_aside_half_line(f, self.path)
+        if half:
+          log.warning("%s ended in half a line (%d bytes, a write cut off): set aside in "
+                      "%s%s", self.path, half, self.path, site_log.DAMAGED_SUFFIX)
+        f.write(lines.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
       finally:
@@ -155,49 +168,84 @@ def import_csv(verdicts: Verdicts, path: str, films_by_accession: Dict[str, List
   """Imports readings from a CSV (a RIS export): a header row, then one row a film or a
   study. Columns (any case): `sop_instance_uid` or `accession_number` (every film of
   that accession), `pneumonia` (yes/no, 1/0, true/false, pneumonia/normal, present/
-  absent), optionally `subtype` (bacterial/viral) and `reader` (else `reader`).
+  absent; `withdrawn` withdraws a verdict: an empty value is refused), optionally
+  `subtype` (bacterial/viral) and `reader` (else `reader`). A film given one verdict by
+  several rows is recorded once; given different ones, the file is refused.
 
   Raises:
     VerdictError: the file is unreadable, too large, has neither key column nor a
-      pneumonia column, or a row's value is not a verdict (its line number said); then
-      nothing is recorded.
+      pneumonia column, a row's value is not a verdict or not a CSV row (its line
+      number said), or two rows disagree on a film (both lines said); then nothing is
+      recorded.
   """
   try:
-    with open(path, "rb") as f:
-      data = f.read(MAX_IMPORT_BYTES + 1)
+    size = os.path.getsize(path)
   except OSError as e:
     raise VerdictError(f"{path}: {e.strerror or e}") from None
-  if len(data) > MAX_IMPORT_BYTES:
+  if size > MAX_IMPORT_BYTES:
     raise VerdictError(f"{path}: larger than {MAX_IMPORT_BYTES // 2**20} MiB")
-  try:
-    text = data.decode("utf-8-sig")
+  try:  # RIS exports are often Windows-1252 (names only): read again as such
+    return _import_rows(verdicts, path, "utf-8-sig", films_by_accession, set(known), reader)
   except UnicodeDecodeError:
-    text = data.decode("latin-1")  # RIS exports are often Windows-1252: names only
-  rows = csv.DictReader(io.StringIO(text, newline=""))
-  columns = {c.strip().lower(): c for c in rows.fieldnames or [] if c}
-  key = next((c for c in ("sop_instance_uid", "accession_number") if c in columns), None)
-  if key is None or "pneumonia" not in columns:
-    raise VerdictError(f"{path}: needs a pneumonia column and a sop_instance_uid or "
-                       f"accession_number column; has {', '.join(columns) or 'none'}")
-  known = set(known)
+    return _import_rows(verdicts, path, "latin-1", films_by_accession, set(known), reader)
+
+
+def _import_rows(verdicts: Verdicts, path: str, encoding: str,
+                 films_by_accession: Dict[str, List[str]], known: Set[str],
+                 reader: str) -> Imported:
+  """import_csv's reading, one row at a time: what is kept grows with the films read
+  here that rows match, not with the file (a million unmatched rows cost nothing)."""
   source = f"import {os.path.basename(path)}"[:120]
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  out, unmatched, count = [], [], 0
-  for line, row in enumerate(rows, start=2):
-    count += 1
-    value = (row.get(columns[key]) or "").strip()
-    try:
-      pneumonia = parse_pneumonia(row.get(columns["pneumonia"]))
-      subtype = parse_subtype(row.get(columns["subtype"])) if "subtype" in columns else None
-    except VerdictError as e:
-      raise VerdictError(f"{path}, line {line}: {e}; nothing was imported") from None
-    uids = ([value] if key == "sop_instance_uid" and value in known
-            else films_by_accession.get(value, []) if key == "accession_number" else [])
-    if not uids:
-      unmatched.append(value[:64])
-      continue
-    name = clean_reader(row.get(columns["reader"]) if "reader" in columns else "") or reader
-    out += [Verdict(uid, pneumonia, subtype if pneumonia else None, clean_reader(name),
-                    now, source) for uid in uids]
+  chosen: Dict[str, Tuple[int, Verdict]] = {}  # film UID: (line, its verdict)
+  unmatched, unmatched_count, count, line = [], 0, 0, 1
+  try:
+    with open(path, encoding=encoding, newline="") as f:
+      rows = csv.reader(f)
+      header = next(rows, [])
+      columns = {c.strip().lower(): i for i, c in enumerate(header) if c.strip()}
+      key = next((c for c in ("sop_instance_uid", "accession_number") if c in columns),
+                 None)
+      if key is None or "pneumonia" not in columns:
+        raise VerdictError(f"{path}: needs a pneumonia column and a sop_instance_uid or "
+                           f"accession_number column; has "
+                           f"{', '.join(c[:40] for c in columns) or 'none'}")
+
+      def cell(row: List[str], name: str) -> str:
+        index = columns.get(name)
+        return row[index] if index is not None and index < len(row) else ""
+
+      for line, row in enumerate(rows, start=2):
+        count += 1
+        value = cell(row, key).strip()
+        pneumonia = parse_pneumonia(cell(row, "pneumonia"))
+        subtype = parse_subtype(cell(row, "subtype"))
+        uids = ([value] if key == "sop_instance_uid" and value in known
+                else films_by_accession.get(value, []) if key == "accession_number" else [])
+        if not uids:
+          unmatched_count += 1
+          if len(unmatched) < 20:
+            unmatched.append(value[:64])
+          continue
+        name = clean_reader(cell(row, "reader")) or reader
+        for uid in uids:
+          verdict = Verdict(uid, pneumonia, subtype if pneumonia else None,
+                            clean_reader(name), now, source)
+          earlier = chosen.get(uid)
+          if earlier and (earlier[1].pneumonia, earlier[1].subtype) != (
+              verdict.pneumonia, verdict.subtype):
+            raise VerdictError(f"lines {earlier[0]} and {line} give {key} "
+                               f"{value[:64]!r} different verdicts")
+          chosen.setdefault(uid, (line, verdict))
+  except VerdictError as e:
+    where = "" if str(e).startswith(path) else (
+        f"{path}, " + ("" if str(e).startswith("lines ") else f"line {line}: "))
+    raise VerdictError(f"{where}{e}; nothing was imported") from None
+  except csv.Error as e:  # a field over csv's limit (128 KiB), a stray NUL...
+    raise VerdictError(f"{path}, line {line + 1}: not a CSV row ({str(e)[:80]}); nothing "
+                       "was imported") from None
+  except OSError as e:
+    raise VerdictError(f"{path}: {e.strerror or e}") from None
+  out = [verdict for _, verdict in chosen.values()]
   verdicts.append(out)
-  return Imported(len(out), count, unmatched[:20], len(unmatched))
+  return Imported(len(out), count, unmatched, unmatched_count)

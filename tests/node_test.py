@@ -393,6 +393,21 @@ def test_a_half_written_audit_line_is_cut_at_restart(tmp_path):
   spool.audit_once({"sop_instance_uid": "1.2.4"})
   assert [r["sop_instance_uid"] for r in spool_lib.iter_lines(
       str(tmp_path / spool_lib.AUDIT_NAME))] == ["1.2.3", "1.2.4"]
+  assert (tmp_path / (spool_lib.AUDIT_NAME + ".damaged")).read_text() == (
+      '{"sop_instance_uid": "1.2.\n')  # set aside, not lost
+
+
+def test_a_verdict_cut_off_mid_line_is_set_aside_and_the_next_one_counts(tmp_path):
+  from cxr_edge.node import verdicts as verdicts_lib  # pylint: disable=g-import-not-at-top
+  log = verdicts_lib.Verdicts(str(tmp_path))
+  log.record(verdicts_lib.Verdict("1.2.3", True, reader="a"))
+  with open(log.path, "a", encoding="utf-8") as f:
+    f.write('{"sop_instance_uid": "1.2.4", "pneu')  # kill -9 mid-write
+  again = verdicts_lib.Verdicts(str(tmp_path))
+  again.record(verdicts_lib.Verdict("1.2.5", False, reader="b"))
+  assert set(again.current()) == {"1.2.3", "1.2.5"}
+  assert all(line.endswith("}") for line in open(log.path).read().splitlines())
+  assert open(log.path + ".damaged").read() == '{"sop_instance_uid": "1.2.4", "pneu\n'
 
 
 def test_partial_datasets_of_cut_associations_are_cleared_and_others_kept(tmp_path):
