@@ -130,7 +130,11 @@ def spool_films(model: runtime.LiteModel, spool_dir: str) -> LocalFilms:
   if not os.path.exists(os.path.join(spool_dir, site_log.AUDIT_NAME)):
     raise CalibrationError(f"{spool_dir!r} is not a cxr-node spool (no "
                            f"{site_log.AUDIT_NAME})")
-  films, models = site_log.labelled_films(spool_dir, model.sha256)
+  films, models, damaged = site_log.labelled_films(spool_dir, model.sha256)
+  if damaged:
+    logging.warning("%d audit line(s) of this model left out: a probability in them is "
+                    "not one (outside 0-1, NaN or text; first film %s): the log was "
+                    "damaged or edited", len(damaged), damaged[0])
   if not films:
     other = (f"; its films were read by {', '.join(m[:12] for m in models)}: give that "
              "model as --model" if models and model.sha256 not in models else "")

@@ -19,6 +19,7 @@ Drift: the model's first BASELINE_FILMS films at this site are its baseline; the
 WINDOW_FILMS films are compared with it (rules in RULES, each with why). Pipeline alarms
 come from the node's status (films or reports waiting, dead letters, quarantine).
 """
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -148,7 +149,7 @@ def read_of(line: Dict[str, Any]) -> Read:
               day=_shared(time_text[:10]) if isinstance(time_text, str) else None,
               sha256=_shared(line.get("model_sha256")),
               prediction=_shared(line.get("prediction")),
-              p_pneumonia=_number(line.get("p_pneumonia")),
+              p_pneumonia=site_log.probability(line.get("p_pneumonia")),
               subtype=_shared(line.get("subtype")), warned=bool(line.get("warning")),
               failed=bool(line.get("error")),
               manufacturer=_shared(inputs.get("manufacturer")),
@@ -515,15 +516,16 @@ class Monitor(background.Background):
                           "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
                               timespec="seconds")})
     try:
-      done = subprocess.run(shlex.split(self.alert_command), input=payload.encode(),
-                            capture_output=True, timeout=ALERT_TIMEOUT_S, check=False)
+      code, said, dropped = run_bounded(shlex.split(self.alert_command), payload.encode(),
+                                        ALERT_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as e:
       log.warning("--alert_command failed for %s: %s", alarm.rule,
                   getattr(e, "strerror", None) or type(e).__name__)
       return
-    if done.returncode:
-      log.warning("--alert_command exited %d for %s: %s", done.returncode, alarm.rule,
-                  done.stderr.decode("utf-8", "replace").strip()[:200])
+    if code:
+      log.warning("--alert_command exited %d for %s: %s%s", code, alarm.rule,
+                  said.decode("utf-8", "replace").strip()[:200],
+                  f" ({dropped:,} more bytes of its output dropped)" if dropped else "")
 
   def state(self, today: Optional[datetime.date] = None) -> Dict[str, Any]:
     """What the review page's site page shows, and /site.json gives."""
@@ -537,6 +539,47 @@ class Monitor(background.Background):
 
 
 ALERT_TIMEOUT_S = 30.0
+# What is kept of an alert command's error output; the rest is read and dropped, so a
+# command that writes without end neither fills the node's memory nor blocks on a pipe.
+ALERT_OUTPUT_BYTES = 4096
+
+
+def run_bounded(argv: Sequence[str], payload: bytes, timeout: float,
+                keep: int = ALERT_OUTPUT_BYTES) -> Tuple[int, bytes, int]:
+  """Runs `argv` with `payload` on its standard input; its standard output is discarded
+  and its error output kept up to `keep` bytes.
+
+  Returns:
+    (exit status, the error output kept, how many bytes of it were dropped).
+
+  Raises:
+    OSError: it cannot be started. subprocess.TimeoutExpired: it ran over `timeout`
+      seconds (it is killed).
+  """
+  proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  kept, dropped = bytearray(), [0]
+
+  def drain() -> None:
+    for chunk in iter(lambda: proc.stderr.read(1 << 16), b""):
+      room = max(0, keep - len(kept))
+      kept.extend(chunk[:room])
+      dropped[0] += len(chunk) - min(room, len(chunk))
+
+  reader = threading.Thread(target=drain, name="cxr-alert-output", daemon=True)
+  reader.start()
+  try:
+    with contextlib.suppress(BrokenPipeError):
+      proc.stdin.write(payload)
+      proc.stdin.close()
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+    raise
+  finally:
+    reader.join(timeout=5)
+  return proc.returncode, bytes(kept), dropped[0]
 
 
 def _key(alarm: Alarm) -> str:

@@ -5,6 +5,7 @@ anything starts."""
 import dataclasses
 import datetime
 import re
+import urllib.parse
 from typing import Optional, Tuple
 
 from cxr_edge.core import schema
@@ -62,6 +63,27 @@ class Destination:
 
 def _allow_list(text: str) -> Tuple[str, ...]:
   return tuple(ae_title(t) for t in str(text).split(",") if t.strip())
+
+
+def public_origin(text: str) -> str:
+  """An http(s) URL's origin, scheme://host[:port] in lower case, the default port left
+  out, as a browser sends it in Origin.
+
+  Raises:
+    ValueError: not an http or https URL with a host, or one with a path, query or user.
+  """
+  parts = urllib.parse.urlsplit(str(text).strip())
+  try:
+    port = parts.port
+  except ValueError:
+    port = -1
+  if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1
+      or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username):
+    raise ValueError(f"{text!r} is not the page's public address, http(s)://host[:port] "
+                     "(e.g. https://pacs-ai.hospital.example)")
+  host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+  default = {"http": 80, "https": 443}[parts.scheme]
+  return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 def _age_range(text: str) -> Tuple[int, ...]:
@@ -149,6 +171,11 @@ class NodeOptions:
       "request (three times this for all of it) before closing the connection.")
   http_token_file: Optional[str] = option(
       None, help="A file holding the review page's access token (first line).")
+  public_url: Optional[str] = option(
+      None, parse=lambda text: public_origin(text) if text else None,
+      help="The review page's address as browsers reach it through a reverse proxy (e.g. "
+      "https://pacs-ai.hospital.example): its forms are then accepted from that origin "
+      "as well as from the page's own, and from nothing else.")
   strict: bool = option(
       False, help="Films that would be analysed with a warning (outside the model's own "
       "intended use, inside a use widened by --widen_intended_use) are not: their report "

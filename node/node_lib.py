@@ -133,7 +133,8 @@ class Node:
           model=self.model.info.headline(self.model.sha256),
           timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
           uncalibrated=self.model.info.site_calibration is None,
-          catch_up=self.catch_up_state, monitor=self.monitor)
+          catch_up=self.catch_up_state, monitor=self.monitor,
+          public_origin=self.options.public_url)
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start(listen=self.options.listen)

@@ -428,7 +428,8 @@ class ReviewServer:
                timeout: float = 10.0, forwarding: bool = False,
                uncalibrated: bool = False,
                catch_up: Callable[[], Optional[Dict]] = lambda: None,
-               monitor: Optional[monitor_lib.Monitor] = None):
+               monitor: Optional[monitor_lib.Monitor] = None,
+               public_origin: Optional[str] = None):
     """
     Args:
       spool: the node's spool.
@@ -442,9 +443,12 @@ class ReviewServer:
       uncalibrated: the model's threshold was not set on this site's films (a banner).
       catch_up: a callable giving the catch-up's state (None without --query).
       monitor: the site's figures and alarms, and the readers' verdicts (the forms).
+      public_origin: the page's origin as browsers reach it through a reverse proxy
+        (node_config.public_origin); its forms are accepted from it too.
     """
     self.spool, self.token, self.waiting = spool, token, waiting
     self.catch_up, self.monitor = catch_up, monitor
+    self.public_origin = public_origin
     # The forms' token: a page elsewhere cannot read it, so it cannot post a verdict.
     self.csrf = secrets.token_urlsafe(24)
     self.forwarding = forwarding
@@ -523,6 +527,17 @@ _OWN_PATH = re.compile(r"/|/site|/reader|/(worklist|status|site)\.json|/(film|ov
                        r"(\.png)?")
 
 
+def own_location(back: str) -> str:
+  """Where a form sends the browser back to: one of the page's own paths (with the
+  worklist's one query), rebuilt from its parts; anything else (another host, a scheme,
+  a path of no page, control characters) goes to the worklist."""
+  parts = urllib.parse.urlsplit(back)
+  if (parts.scheme or parts.netloc or not _OWN_PATH.fullmatch(parts.path)
+      or any(ord(c) < 32 for c in back)):
+    return "/"
+  return parts.path + ("?flagged=1" if parts.query == "flagged=1" else "")
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
   server_state: ReviewServer
   server_version = "cxr-node"
@@ -591,6 +606,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if self.server_state.token is not None:
       return True
     host = (self.headers.get("Host") or "").strip().lower()
+    public = self.server_state.public_origin
+    if public and host == urllib.parse.urlsplit(public).netloc:
+      return True  # the stated reverse proxy, passing on the public name
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     return name in ("127.0.0.1", "localhost", "[::1]")
 
@@ -647,7 +665,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     origin = self.headers.get("Origin")
     fetch_site = self.headers.get("Sec-Fetch-Site")
     token_ok = hmac.compare_digest(form.get("csrf", "").encode(), state.csrf.encode())
-    if (not token_ok or (origin is not None and origin != f"http://{host}")
+    own = {f"http://{host}", state.public_origin}
+    if (not token_ok or (origin is not None and origin not in own)
         or fetch_site not in (None, "same-origin")):
       log.warning("review page: a cross-site or stale form was refused")
       self._send(403, _page("cxr-node", '<p>This form is stale or came from another '
@@ -680,9 +699,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     pneumonia, subtype = VERDICT_BUTTONS[form["verdict"]]
     state.monitor.verdicts.record(verdicts_lib.Verdict(uid, pneumonia, subtype, reader,
                                                        source="page"))
-    back = form.get("back", "/")
-    self._send(303, b"", headers={"Location": back if _OWN_PATH.fullmatch(
-        urllib.parse.urlsplit(back).path) else "/"})
+    self._send(303, b"", headers={"Location": own_location(form.get("back", "/"))})
 
   def _form(self) -> Optional[Dict[str, str]]:
     """The request's urlencoded form (first value of each field), or None once answered

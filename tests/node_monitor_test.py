@@ -26,6 +26,7 @@ from cxr_edge.edge import calibrate_lib
 from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 from cxr_edge.node import monitor_lib
+from cxr_edge.node import node_config
 from cxr_edge.node import verdicts as verdicts_lib
 from tests import dicom_files
 from tests.conftest import ROOT, run_main, until
@@ -151,6 +152,26 @@ def test_an_alarm_raised_and_cleared_runs_the_alert_command(tmp_path):
   assert sent[0]["why"] == monitor_lib.RULES["dead_letters"]
 
 
+def test_an_alert_commands_endless_output_is_bounded_and_said_so(tmp_path, caplog):
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  command = (f"{sys.executable} -c \"import sys; sys.stdin.read(); "
+             "[sys.stderr.write('x' * 2**20) for _ in range(64)]; print('y' * 2**20); "
+             "sys.exit(3)\"")
+  monitor = monitor_lib.Monitor(str(tmp_path), SHA, {}, status=lambda: {"dead_letters": 1},
+                                alert_command=command)
+  tracemalloc.start()
+  try:
+    with caplog.at_level("WARNING", logger="cxr_edge.node"):
+      assert [a.rule for a in monitor.check()] == ["dead_letters"]
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 8 * 2**20  # 64 MiB written; a few KB kept
+  line = next(r.getMessage() for r in caplog.records if "exited 3" in r.getMessage())
+  assert line.endswith(f"({64 * 2**20 - monitor_lib.ALERT_OUTPUT_BYTES:,} more bytes of "
+                       "its output dropped)")
+
+
 def test_verdicts_are_appended_never_rewritten_and_the_last_one_counts(tmp_path):
   log = verdicts_lib.Verdicts(str(tmp_path))
   log.record(verdict(1, True, "VIRAL"))
@@ -210,6 +231,46 @@ def test_cxr_monitor_imports_readings_and_exports_no_patient_data(node_spool, tm
   with pytest.raises(SystemExit, match="line 2: .maybe. is not a verdict"):
     run_main("cxr_edge.node.monitor", spool_dir=spool, import_verdicts=str(bad))
   assert len(verdicts_lib.Verdicts(spool).current()) == 4  # nothing of it recorded
+
+
+@pytest.mark.parametrize("text, says", [
+    ("sop_instance_uid,pneumonia\n{0},yes\n{1},\n", "line 3: '' is not a verdict on "
+     "pneumonia (yes or no; 'withdrawn' withdraws one)"),
+    ("sop_instance_uid,pneumonia\n{0},yes\n{1},no\n{0},no\n", "lines 2 and 4 give "
+     "sop_instance_uid '{0}' different verdicts"),
+    ("sop_instance_uid,pneumonia,reader\n{0},yes,\"" + "x" * 200_000 + "\"\n",
+     "line 2: not a CSV row (field larger than field limit"),
+])
+def test_an_import_that_is_not_clear_records_nothing(node_spool, tmp_path, text, says):
+  spool, uids = node_spool
+  bad = tmp_path / "bad.csv"
+  bad.write_text(text.format(*uids), encoding="utf-8")
+  with pytest.raises(SystemExit) as e:
+    run_main("cxr_edge.node.monitor", spool_dir=spool, import_verdicts=str(bad))
+  message = str(e.value.code)
+  assert "\n" not in message and says.format(*uids) in message
+  assert message.endswith("nothing was imported")
+  assert verdicts_lib.Verdicts(spool).current() == {}
+
+
+def test_an_import_withdraws_only_when_it_says_so_and_reads_as_it_goes(node_spool, tmp_path):
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  spool, uids = node_spool
+  log = verdicts_lib.Verdicts(spool)
+  log.record(verdicts_lib.Verdict(uids[0], True, reader="a"))
+  big = tmp_path / "ris.csv"
+  with open(big, "w", encoding="utf-8") as f:
+    f.write(f"sop_instance_uid,pneumonia\n{uids[0]},withdrawn\n{uids[1]},no\n{uids[1]},no\n")
+    f.writelines(f"2.25.{k},yes\n" for k in range(300_000))  # 9 MB of films not read here
+  tracemalloc.start()
+  try:
+    done = verdicts_lib.import_csv(log, str(big), {}, uids)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert (done.recorded, done.rows, done.unmatched_count) == (2, 300_003, 300_000)
+  assert len(done.unmatched) == 20 and peak < 4 * 2**20
+  assert set(log.current()) == {uids[1]}  # the first withdrawn, the second once
 
 
 def test_calibrate_from_spool_agrees_with_the_same_films_as_a_folder(
@@ -328,3 +389,84 @@ def test_a_verdict_posted_survives_a_kill_9_and_a_restart(released_model, tmp_pa
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
   def redirect_request(self, *args, **kwargs):  # the 303 itself is the answer
     return None
+
+
+def test_calibrate_from_a_tampered_audit_log_uses_only_real_probabilities(released_model,
+                                                                          tmp_path, caplog):
+  sha = runtime.LiteModel(released_model).sha256
+  spool = tmp_path / "spool"
+  os.makedirs(spool)
+  rng = np.random.default_rng(0)
+  lines, verdicts = [], []
+  for k in range(120):
+    truth = k % 2 == 1
+    p = float(np.clip(rng.normal(0.8 if truth else 0.2, 0.1), 0.01, 0.99))
+    lines.append({"sop_instance_uid": f"2.25.{k}", "model_sha256": sha, "prediction":
+                  "PNEUMONIA" if p >= 0.375 else "NORMAL", "p_pneumonia": p,
+                  "p_bacterial": p / 2, "p_viral": p / 2})
+    verdicts.append(verdicts_lib.Verdict(f"2.25.{k}", truth, None, "test"))
+  for k, (p, b) in enumerate([(1.7, 0.85), (-0.2, 0.1), (float("nan"), 0.1), (True, 0.5),
+                              ("0.5", 0.25), (0.9, "x")]):
+    uid = f"2.25.{900 + k}"
+    lines.append({"sop_instance_uid": uid, "model_sha256": sha, "prediction": "NORMAL",
+                  "p_pneumonia": p, "p_bacterial": b, "p_viral": 0.1})
+    verdicts.append(verdicts_lib.Verdict(uid, True, None, "test"))  # would drag AUC down
+  with open(spool / site_log.AUDIT_NAME, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)
+  verdicts_lib.Verdicts(str(spool)).append(verdicts)
+  with caplog.at_level("WARNING"):
+    record = calibrate_lib.calibrate(released_model, None, str(tmp_path / "site"),
+                                     from_spool=str(spool), rule="youden")
+  assert record["films"] == 120
+  assert record["measured"]["at_new"]["roc_auc"] == pytest.approx(1.0)
+  assert "6 audit line(s) of this model left out" in caplog.text
+  # The site figures leave out a p_pneumonia that is not a probability too.
+  assert not any(monitor_lib.read_of(json.loads(json.dumps(line))).analysed
+                 for line in lines[-6:-1])
+
+
+def test_forms_work_behind_the_stated_reverse_proxy_and_go_back_only_to_own_pages(
+    released_model, tmp_path):
+  public = "https://pacs-ai.hospital.example"
+  film = dicom_files.study_film(141)
+  uid = str(pydicom.dcmread(io.BytesIO(film)).SOPInstanceUID)
+  with running_node(released_model, tmp_path / "spool", http_port=0,
+                    public_url=node_config.public_origin(public + "/")) as node:
+    assert send(node.ports.dicom, [film]) == [0]
+    assert node.wait_idle(120)
+    base = f"http://127.0.0.1:{node.ports.http}"
+    page = urllib.request.urlopen(base + "/reader", timeout=30).read().decode()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    opener = urllib.request.build_opener(_NoRedirect)
+
+    def post(path, fields, origin, host=None, cookie=""):
+      headers = {"Origin": origin, "Content-Type": "application/x-www-form-urlencoded",
+                 "Cookie": cookie, **({"Host": host} if host else {})}
+      request = urllib.request.Request(base + path, urllib.parse.urlencode(fields).encode(),
+                                       headers, method="POST")
+      try:
+        return opener.open(request, timeout=30)
+      except urllib.error.HTTPError as e:
+        return e
+
+    # As a proxy sends it: the browser's Origin, and the upstream or the public Host.
+    answer = post("/reader", {"reader": "Dr Proxy", "csrf": csrf}, public)
+    assert answer.status == 303
+    cookie = answer.headers["Set-Cookie"].split(";")[0]
+    for host in (None, "pacs-ai.hospital.example"):
+      answer = post("/verdict", {"uid": uid, "verdict": "no", "csrf": csrf,
+                                 "back": "/?flagged=1"}, public, host, cookie)
+      assert (answer.status, answer.headers["Location"]) == (303, "/?flagged=1")
+    for origin in ("https://evil.example", "http://pacs-ai.hospital.example",
+                   "https://pacs-ai.hospital.example:8443"):
+      assert post("/verdict", {"uid": uid, "verdict": "no", "csrf": csrf}, origin,
+                  cookie=cookie).status == 403
+    for back in ("//other.host/", "https://other.host/", "/\r\nSet-Cookie: x=1",
+                 "/film/1.2.3/../../x", "/nowhere"):
+      answer = post("/verdict", {"uid": uid, "verdict": "no", "csrf": csrf, "back": back},
+                    public, cookie=cookie)
+      assert (answer.status, answer.headers["Location"]) == (303, "/"), back
+      assert "x=1" not in str(answer.headers)
+  with pytest.raises(ValueError, match="not the page's public address"):
+    node_config.public_origin("pacs-ai.hospital.example/review")
+  assert node_config.public_origin("HTTPS://Pacs-AI.example:443/") == "https://pacs-ai.example"
