@@ -159,12 +159,13 @@ def changelog_entry(record: Dict[str, Any]) -> str:
   lines = [f"## Released model version {record['version']} ({record['date']})", "",
            f"Made by `{record['made_by']['command']}` at commit "
            f"{record['made_by']['commit']} (seed {record['made_by']['seed']}; training "
-           f"conversion manifest sha256 {record['made_by']['data_manifest_sha256']}).", ""]
+           f"conversion manifest sha256 {record['made_by']['data_manifest_sha256']})."]
   gate = record["made_by"].get("gate")
   if gate:  # a release of an earlier version's weights with the image gate added
-    lines[-1:-1] = [f"The weights of version {gate['weights_of_version']}, unchanged; the "
-                    f"image gate and the intended-use rules added by `{gate['command']}` "
-                    f"at commit {gate['commit']}.", ""]
+    lines += ["", f"The weights of version {gate['weights_of_version']}, unchanged; the "
+                  f"image gate and the intended-use rules added by `{gate['command']}` at "
+                  f"commit {gate['commit']}."]
+  lines.append("")
   for name, entry in record["files"].items():
     lines.append(f"- `{name}`: {entry['bytes']:,} bytes, sha256 `{entry['sha256']}`")
   lines += ["", f"External films ({record['external']['figures'][DEFAULT_VARIANT]['images']} "

@@ -244,8 +244,9 @@ def markdown(card: Dict[str, Any]) -> str:
            f"cxr-calibrate --model={int8} --image_dir=local_films/ --output_dir=site_model/",
            "```", "",
            "Each result holds `prediction` (PNEUMONIA when `p_pneumonia` >= `threshold`), "
-           "`p_pneumonia`, `threshold` and `warning` (why a film does not look like a chest "
-           "radiograph, or null)"
+           "`p_pneumonia`, `threshold` and `warning` (what to know before the result, or "
+           "null), or `not_analysed` and why, with no finding, for a film outside the "
+           "intended use"
            + ("; this three-class model adds `p_bacterial`, `p_viral` (their sum is "
               "`p_pneumonia`) and `subtype`, the likelier of the two for a film predicted "
               "PNEUMONIA (null for NORMAL)." if len(card["classes"]) > len(schema.LABELS) else "."), "",

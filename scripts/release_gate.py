@@ -62,7 +62,7 @@ def replace_section(card: str, heading: str, lines) -> str:
   pattern = re.compile(rf"(## {re.escape(heading)}\n\n).*?(?=\n## |\Z)", re.S)
   if not pattern.search(card):
     raise SystemExit(f"{released.CARD_NAME} has no section {heading!r}")
-  return pattern.sub(lambda m: m.group(1) + "\n".join(lines) + "\n", card)
+  return pattern.sub(lambda m: m.group(1) + "\n".join(lines).rstrip("\n") + "\n", card)
 
 
 def main() -> None:
