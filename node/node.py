@@ -71,12 +71,15 @@ def main(argv):
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   node.start()
   try:
-    while not stop.wait(timeout=3600):
+    while not stop.wait(timeout=1.0) and not node.died.is_set():
       pass
   except KeyboardInterrupt:
     pass
   finally:
     node.stop()
+  if node.death:  # a part could not go on: exit non-zero, so a service manager restarts it
+    raise errors.CxrError(f"stopped because a part cannot go on ({node.death}); "
+                          f"{node.processed} film(s) processed in this run")
   print(f"cxr-node: stopped; {node.processed} film(s) processed in this run")
 
 

@@ -33,6 +33,7 @@ from cxr_edge.core import locks
 from cxr_edge.edge import explain
 from cxr_edge.edge import released
 from cxr_edge.edge import runtime
+from cxr_edge.node import background
 from cxr_edge.node import card
 from cxr_edge.node import catch_up as catch_up_lib
 from cxr_edge.node import dicom
@@ -116,8 +117,17 @@ class Node:
         status=lambda: review.status(self.spool, self.forwarder is not None),
         alert_command=options.alert_command, every_seconds=options.check_minutes * 60)
     self.review: Optional[review.ReviewServer] = None
-    self._worker = threading.Thread(target=self._work, name="cxr-node worker", daemon=True)
+    self._worker = background.Background("cxr-node worker", join_seconds=120,
+                                         target=self._work)
     self.processed = 0
+    # Every part runs in a thread of its own; one that cannot go on stops the node.
+    self.parts: Dict[str, background.Background] = {
+        p.name: p for p in (self._worker, self.receiver.gate, self.forwarder,
+                            self.catch_up, self.monitor) if p is not None}
+    self.died = threading.Event()
+    self.death: Optional[str] = None  # which part could not go on, and why
+    for part in self.parts.values():
+      part.on_death = self._part_died
 
   def start(self) -> Ports:
     """Starts the worker, the forwarder, the review page, the receiver and, last, the
@@ -134,7 +144,7 @@ class Node:
           timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
           uncalibrated=self.model.info.site_calibration is None,
           catch_up=self.catch_up_state, monitor=self.monitor,
-          public_origin=self.options.public_url)
+          public_origin=self.options.public_url, parts=self.health)
       self.review.start()
       http_port = self.review.port
     dicom_port = self.receiver.start(listen=self.options.listen)
@@ -164,13 +174,23 @@ class Node:
     self.receiver.stop()
     self._stop.set()
     self._wake.set()
-    if self._worker.is_alive():
-      self._worker.join(timeout=120)
+    self._worker.stop()
     if self.forwarder:
       self.forwarder.stop()
     if self.review:
       self.review.stop()
     self._hold.__exit__(None, None, None)
+
+  def _part_died(self, part: background.Background) -> None:
+    """A part cannot go on: the node must not look alive without it (cxr-node stops
+    and exits non-zero, so the service manager restarts it)."""
+    self.death = f"{part.name}: {part.dead}"
+    log.critical("the node stops: %s", self.death)
+    self.died.set()
+
+  def health(self) -> Dict[str, Dict]:
+    """{part's name: its health()}: /status.json's parts."""
+    return {name: part.health() for name, part in self.parts.items()}
 
   def wait_idle(self, timeout: float) -> bool:
     """Waits until no film is queued or being processed and, when forwarding, no report

@@ -286,9 +286,10 @@ def worklist(records: List[Dict], queued: int, waiting: int,
 
 
 def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = None,
-           catch_up: Optional[Dict] = None) -> Dict:
-  """The node's state for a monitoring script (/status.json): counts, how long the
-  oldest film and the oldest report have waited, and the catch-up's last round."""
+           catch_up: Optional[Dict] = None, parts: Optional[Dict[str, Dict]] = None) -> Dict:
+  """The node's state for a monitoring script (/status.json): whether every part is
+  running (`healthy`, and each part's health), counts, how long the oldest film and the
+  oldest report have waited, and the catch-up's last round."""
   now_ns = now_ns or time.time_ns()
   pending = spool.pending()
   outbox = spool.outbox() if forwarding else []
@@ -300,7 +301,9 @@ def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = Non
       return None
     return round((now_ns - (st.st_ctime_ns if ctime else st.st_mtime_ns)) / 1e9, 1)
 
-  return {"films_waiting_to_be_read": len(pending),
+  return {"healthy": all(p["running"] for p in (parts or {}).values()),
+          "parts": parts or {},
+          "films_waiting_to_be_read": len(pending),
           "oldest_film_waiting_seconds": age("incoming", pending[0] + ".dcm")
                                          if pending else 0.0,
           "forwarding": forwarding,
@@ -429,7 +432,8 @@ class ReviewServer:
                uncalibrated: bool = False,
                catch_up: Callable[[], Optional[Dict]] = lambda: None,
                monitor: Optional[monitor_lib.Monitor] = None,
-               public_origin: Optional[str] = None):
+               public_origin: Optional[str] = None,
+               parts: Callable[[], Dict[str, Dict]] = dict):
     """
     Args:
       spool: the node's spool.
@@ -445,10 +449,12 @@ class ReviewServer:
       monitor: the site's figures and alarms, and the readers' verdicts (the forms).
       public_origin: the page's origin as browsers reach it through a reverse proxy
         (node_config.public_origin); its forms are accepted from it too.
+      parts: a callable giving the health of each part of the node (its threads).
     """
     self.spool, self.token, self.waiting = spool, token, waiting
     self.catch_up, self.monitor = catch_up, monitor
     self.public_origin = public_origin
+    self.parts = parts
     # The forms' token: a page elsewhere cannot read it, so it cannot post a verdict.
     self.csrf = secrets.token_urlsafe(24)
     self.forwarding = forwarding
@@ -468,6 +474,12 @@ class ReviewServer:
   @property
   def port(self) -> int:
     return self.httpd.server_address[1]
+
+  def notices(self) -> List[str]:
+    """The page's banners: the model's, and any part of the node that has stopped."""
+    return self.notice + [f"{name} has stopped: {health['dead']}. The node is stopping; "
+                          "a service manager restarts it."
+                          for name, health in self.parts().items() if health.get("dead")]
 
   def preview(self, uid: str) -> Optional[bytes]:
     """The film's preview PNG (rendered once, then from previews/), or None if the film
@@ -725,7 +737,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     monitor = state.monitor
     if path in ("/", ""):
       self._send(200, worklist(
-          spool.recent(WORKLIST_LENGTH), spool.queued(), state.waiting(), state.notice,
+          spool.recent(WORKLIST_LENGTH), spool.queued(), state.waiting(), state.notices(),
           len(spool.dead_letters()), state.model, len(spool.quarantined()),
           spool.delivery() if state.forwarding else None,
           flagged_only=self._query.get("flagged", [""])[0] == "1",
@@ -741,8 +753,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     elif parts == ["site.json"] and monitor:
       self._send(200, json.dumps(monitor.state()).encode("utf-8"), "application/json")
     elif parts == ["status.json"]:
-      self._send(200, json.dumps(status(spool, state.forwarding, catch_up=state.catch_up())
-                                 ).encode("utf-8"), "application/json")
+      self._send(200, json.dumps(status(spool, state.forwarding, catch_up=state.catch_up(),
+                                        parts=state.parts())).encode("utf-8"),
+                 "application/json")
     elif parts == ["worklist.json"]:
       records = spool.recent(WORKLIST_LENGTH)
       if state.forwarding:  # each film's report: stored, waiting, refused, or none
