@@ -33,7 +33,7 @@ class Background:
     self._wake = threading.Event()
     self._join_seconds = join_seconds
     self._target = target
-    self._failures: collections.deque = collections.deque(maxlen=FAILURES_TO_DIE)
+    self._loop_failures: collections.deque = collections.deque(maxlen=FAILURES_TO_DIE)
     self.restarts = 0
     self.last_error: Optional[str] = None
     self.dead: Optional[str] = None  # why the part cannot go on
@@ -53,9 +53,9 @@ class Background:
         return  # the loop ends when the part is stopped
       except Exception as e:  # pylint: disable=broad-except  # whatever it is, it is said
         now = time.monotonic()
-        self._failures.append(now)
+        self._loop_failures.append(now)
         self.last_error = f"{type(e).__name__}: {str(e)[:200]}"
-        recent = sum(now - t <= FAILURE_WINDOW_S for t in self._failures)
+        recent = sum(now - t <= FAILURE_WINDOW_S for t in self._loop_failures)
         if recent >= FAILURES_TO_DIE:
           self.dead = (f"failed {recent} times in {FAILURE_WINDOW_S / 60:g} minutes "
                        f"(last: {self.last_error})")

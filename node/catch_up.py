@@ -22,18 +22,24 @@ C-GET is the default because it needs nothing of the PACS but the node's AE titl
 inbound connection, no address of the node in the PACS (so it works behind NAT and with
 `--nolisten`, the pull-only mode). C-MOVE is there for the PACS that do not offer C-GET.
 
-Bounds: each C-FIND answer is read to at most MAX_ANSWERS matches (more aborts the round,
-with the reason); a round retrieves at most `--catch_up_batch` films, and the next batch
-starts once the worker has read the films of this one (films pushed meanwhile do not
-hold it back), so a long outage is worked off without filling the disk; each retrieve
-has `--dimse_timeout` per answer.
+Bounds: each C-FIND answer is read to at most MAX_ANSWERS matches; a study the PACS
+cannot list (refused, no answer in `--dimse_timeout`, too many answers) and a film whose
+retrieve breaks off or answers pending more than MAX_RETRIEVE_PENDING times are that
+study's or film's failure, and the round goes on with the others on a fresh association;
+a round ends with an error after ROUND_DEADLINE_S; a round retrieves at most
+`--catch_up_batch` films, and the next batch starts once the worker has read the films
+of this one (films pushed meanwhile do not hold it back), so a long outage is worked off
+without filling the disk.
 
 The checkpoint (catch_up.json in the spool) is the first study date still looked at. A
 round that saw every day through and retrieved everything it found moves it to the day
 before the round started (a day's overlap: films reach a PACS after their study date,
 and clocks differ); on first start (or another PACS) it is `--catch_up_days` before
-today. A film whose retrieve fails is tried again in the next rounds; after
-GIVE_UP_ROUNDS failed rounds it is given up with a warning (so one film the PACS cannot
+today, and never before `--catch_up_max_days` ago (a checkpoint older than that, or
+damaged, is said in the log and that widest window used). A study whose films were all
+known is skipped while its instance count stays the same, and listed again every
+FULL_RELIST_ROUNDS rounds (a film replaced keeps the count). A film or study that fails
+is tried again in the next rounds; after GIVE_UP_ROUNDS failed rounds it is given up with a warning (so one film the PACS cannot
 send does not hold the checkpoint back for ever). Studies without a study date are not
 found by a date query: a PACS that stores such films must push them.
 """
@@ -43,7 +49,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pydicom
 from pynetdicom import build_role, evt
@@ -64,6 +70,15 @@ MAX_ANSWERS = 5000
 GIVE_UP_ROUNDS = 3
 # Seconds before a failed round is tried again (sooner if --catch_up_minutes is).
 RETRY_SECONDS = 60.0
+# A round that has not finished in this long ends with that error (a PACS that answers
+# slowly must not hold one round for hours while the page shows nothing wrong).
+ROUND_DEADLINE_S = 30 * 60.0
+# Pending answers to one film's retrieve before it is given up as endless (a C-GET of one
+# film has one sub-operation).
+MAX_RETRIEVE_PENDING = 100
+# Every this many rounds a study is listed again even when its instance count has not
+# changed (a film replaced in it keeps the count, and would otherwise wait for a restart).
+FULL_RELIST_ROUNDS = 6
 CHEST_MODALITIES = ("CR", "DX")
 _PENDING = (0xFF00, 0xFF01)
 _FIND = sop_class.StudyRootQueryRetrieveInformationModelFind
@@ -126,7 +141,11 @@ class CatchUp(background.Background):
     self.pacs = options.query_pacs
     self.last: Optional[Round] = None
     self._failures: Dict[str, int] = {}  # study or film UID -> rounds it failed
-    self._known_studies: Dict[str, int] = {}  # study UID -> instances when all were known
+    # study UID -> (instances, the round) when all its films were known
+    self._known_studies: Dict[str, Tuple[int, int]] = {}
+    self._rounds = 0
+    self._assoc = None  # this round's association (a fresh one after a study breaks it)
+    self._deadline = 0.0
     super().__init__("cxr-node catch-up")
 
   def _run(self) -> None:
@@ -149,6 +168,8 @@ class CatchUp(background.Background):
     today = self.today()
     since = self._since(today)
     current = Round(started=_now(), since=since)
+    self._rounds += 1
+    self._deadline = time.monotonic() + ROUND_DEADLINE_S
     try:
       self._round(current, _day(since), today)
     except CatchUpError as e:
@@ -173,15 +194,30 @@ class CatchUp(background.Background):
   # The checkpoint ----------------------------------------------------------------------
 
   def _since(self, today: datetime.date) -> str:
+    """The first study date this round asks for: the checkpoint's, checked. Never before
+    --catch_up_max_days ago (a year 1900 would take tens of thousands of queries); a
+    damaged checkpoint is said and gets that widest window."""
     first = _dicom_date(today - datetime.timedelta(days=self.options.catch_up_days))
-    since = self.checkpoint()
-    if since is None:
+    widest = today - datetime.timedelta(days=self.options.catch_up_max_days)
+    path = self.spool.path(CHECKPOINT_NAME)
+    saved = spool_lib.read_json(path)
+    if saved is None and not os.path.exists(path):
       return first
+    if saved is not None and saved.get("pacs") != str(self.pacs):
+      return first  # another PACS: its own first window
     try:
-      return _dicom_date(min(_day(since), today))
-    except (TypeError, ValueError):
-      log.warning("%s holds no date; looking back from %s", CHECKPOINT_NAME, first)
-      return first
+      day = _day(str((saved or {})["since"]))
+    except (KeyError, TypeError, ValueError):
+      log.warning("%s is damaged or holds no date: looking back the widest allowed window, "
+                  "%d days (--catch_up_max_days)", CHECKPOINT_NAME,
+                  self.options.catch_up_max_days)
+      return _dicom_date(widest)
+    if day < widest:
+      log.warning("%s says %s, older than --catch_up_max_days (%d days): looking back from "
+                  "%s", CHECKPOINT_NAME, _dicom_date(day), self.options.catch_up_max_days,
+                  _dicom_date(widest))
+      return _dicom_date(widest)
+    return _dicom_date(min(day, today))
 
   def _save_checkpoint(self, since: str) -> None:
     spool_lib.write_atomic(self.spool.path(CHECKPOINT_NAME), json.dumps(
@@ -195,12 +231,12 @@ class CatchUp(background.Background):
   # One round ----------------------------------------------------------------------------
 
   def _round(self, current: Round, since: datetime.date, today: datetime.date) -> None:
-    assoc = self._associate()
+    self._assoc = self._associate()
     try:
       missing: List[Film] = []
       day = since
       while day <= today and not self._stop.is_set():
-        for found in self._films_of_day(assoc, _dicom_date(day), current):
+        for found in self._films_of_day(_dicom_date(day), current):
           current.films_listed += 1
           if not self.spool.known(found.sop_uid):
             missing.append(found)
@@ -209,19 +245,40 @@ class CatchUp(background.Background):
       current.more = len(missing) > batch
       self._batch = []
       for found in missing[:batch]:
+        self._check_deadline()
         if self._stop.is_set():
           current.more = True
           break
-        if self._retrieve(assoc, found):
+        if self._retrieve(found):
           current.retrieved += 1
           self._batch.append(found.sop_uid)
         else:
           current.failed += 1
     finally:
-      if assoc.is_established:
-        assoc.release()
+      self._close()
+
+  def _close(self) -> None:
+    if self._assoc is not None:
+      if self._assoc.is_established:
+        self._assoc.release()
       else:
-        assoc.abort()
+        self._assoc.abort()
+
+  def _fresh(self) -> None:
+    """A new association where a study or film broke the last one off.
+
+    Raises:
+      CatchUpError: the PACS cannot be reached again (the round ends).
+    """
+    if not self._assoc.is_established:
+      self._close()
+      self._assoc = self._associate()
+
+  def _check_deadline(self) -> None:
+    if time.monotonic() > self._deadline:
+      raise CatchUpError(f"the round ran over its {ROUND_DEADLINE_S / 60:g}-minute "
+                         "deadline (a slow PACS): the next round goes on from the "
+                         "checkpoint")
 
   def _associate(self):
     options = self.options
@@ -246,7 +303,7 @@ class CatchUp(background.Background):
     except dicom.NoAssociation as e:
       raise CatchUpError(str(e)) from None
 
-  def _find(self, assoc, level: str, **keys: str) -> Iterator[pydicom.Dataset]:
+  def _find(self, level: str, **keys: str) -> Iterator[pydicom.Dataset]:
     """The matches of one C-FIND (Study Root), at most MAX_ANSWERS.
 
     Raises:
@@ -256,6 +313,8 @@ class CatchUp(background.Background):
     query.QueryRetrieveLevel = level
     for keyword, value in keys.items():
       setattr(query, keyword, value)
+    self._check_deadline()
+    assoc = self._assoc
     answers = 0
     started = time.monotonic()
     for status, identifier in assoc.send_c_find(query, _FIND):
@@ -281,10 +340,11 @@ class CatchUp(background.Background):
               "answers only the AE titles in its DicomModalities)")
     return f"no answer to {what} in {self.options.dimse_timeout:g} s (--dimse_timeout)"
 
-  def _films_of_day(self, assoc, day: str, current: Round) -> Iterator[Film]:
+  def _films_of_day(self, day: str, current: Round) -> Iterator[Film]:
     """The CR and DX films of the studies dated `day`, as the PACS lists them. A study
-    the PACS fails to list is counted as failed in `current`; the others go on."""
-    studies = list(self._find(assoc, "STUDY", StudyDate=day, ModalitiesInStudy=
+    the PACS fails to list (refused, no answer in time, too many answers) is counted as
+    failed in `current`, and the others go on, on a fresh association if it broke."""
+    studies = list(self._find("STUDY", StudyDate=day, ModalitiesInStudy=
                               "\\".join(CHEST_MODALITIES), StudyInstanceUID="",
                               NumberOfStudyRelatedInstances=""))
     current.studies += len(studies)
@@ -293,30 +353,31 @@ class CatchUp(background.Background):
       if not spool_lib.is_uid(study_uid) or self._given_up(study_uid):
         continue
       count = _int(study.get("NumberOfStudyRelatedInstances"))
-      if count is not None and self._known_studies.get(study_uid) == count:
+      known = self._known_studies.get(study_uid)
+      if (count is not None and known is not None and known[0] == count
+          and self._rounds - known[1] < FULL_RELIST_ROUNDS):
         continue  # every film of it was known when it held as many instances
       try:
-        films = self._films_of_study(assoc, study_uid, day)
+        films = self._films_of_study(study_uid, day)
       except CatchUpError as e:
-        if not assoc.is_established:
-          raise
         current.failed += 1
         self._failed(study_uid, f"study {study_uid} could not be listed ({e})")
+        self._fresh()
         continue
       self._failures.pop(study_uid, None)
       if count is not None and all(self.spool.known(f.sop_uid) for f in films):
-        self._known_studies[study_uid] = count
+        self._known_studies[study_uid] = (count, self._rounds)
       yield from films
 
-  def _films_of_study(self, assoc, study_uid: str, day: str) -> List[Film]:
+  def _films_of_study(self, study_uid: str, day: str) -> List[Film]:
     films = []
-    for series in list(self._find(assoc, "SERIES", StudyInstanceUID=study_uid,
+    for series in list(self._find("SERIES", StudyInstanceUID=study_uid,
                                   SeriesInstanceUID="", Modality="")):
       series_uid = str(series.get("SeriesInstanceUID", ""))
       if (str(series.get("Modality", "")) not in CHEST_MODALITIES
           or not spool_lib.is_uid(series_uid)):
         continue
-      for image in list(self._find(assoc, "IMAGE", StudyInstanceUID=study_uid,
+      for image in list(self._find("IMAGE", StudyInstanceUID=study_uid,
                                    SeriesInstanceUID=series_uid, SOPInstanceUID="",
                                    SOPClassUID="")):
         sop_uid = str(image.get("SOPInstanceUID", ""))
@@ -341,8 +402,29 @@ class CatchUp(background.Background):
     else:
       log.warning("catch-up: %s; tried again next round", what)
 
-  def _retrieve(self, assoc, found: Film) -> bool:
-    """Retrieves one film into the spool; True if the spool then has it."""
+  def _retrieve(self, found: Film) -> bool:
+    """Retrieves one film into the spool; True if the spool then has it. A retrieve that
+    breaks the association off or never ends is this film's failure (a fresh association
+    for the next).
+
+    Raises:
+      CatchUpError: the PACS cannot be reached again.
+    """
+    try:
+      last = self._send_retrieve(found)
+    except CatchUpError as e:
+      self._failed(found.sop_uid, f"film {found.sop_uid} of study {found.study_uid}: {e}")
+      self._fresh()
+      return False
+    if self.spool.known(found.sop_uid):
+      return True
+    self._failed(found.sop_uid, f"film {found.sop_uid} of study {found.study_uid} did not "
+                 f"arrive ({f'status {last:04X}' if last is not None else 'no status'})")
+    return False
+
+  def _send_retrieve(self, found: Film) -> Optional[int]:
+    """One film's C-GET or C-MOVE; its last status."""
+    assoc = self._assoc
     identifier = pydicom.Dataset()
     identifier.QueryRetrieveLevel = "IMAGE"
     identifier.StudyInstanceUID = found.study_uid
@@ -352,18 +434,19 @@ class CatchUp(background.Background):
       answers = assoc.send_c_get(identifier, _GET)
     else:
       answers = assoc.send_c_move(identifier, self.options.ae_title, _MOVE)
-    last = None
+    last, pending = None, 0
     started = time.monotonic()
     for status, _ in answers:
       code = getattr(status, "Status", None)
       if code is None:
         raise CatchUpError(self._broke_off("a retrieve", started))
       last = code
-    if self.spool.known(found.sop_uid):
-      return True
-    self._failed(found.sop_uid, f"film {found.sop_uid} of study {found.study_uid} did not "
-                 f"arrive ({f'status {last:04X}' if last is not None else 'no status'})")
-    return False
+      pending += code in _PENDING
+      if pending > MAX_RETRIEVE_PENDING:
+        assoc.abort()
+        raise CatchUpError(f"its retrieve answered pending more than {MAX_RETRIEVE_PENDING} "
+                           "times for one film")
+    return last
 
 
 def _int(value) -> Optional[int]:

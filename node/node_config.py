@@ -147,6 +147,9 @@ class NodeOptions:
   catch_up_days: int = option(
       1, lower_bound=0, help="On first start with --query (no checkpoint yet), look back "
       "this many days before today's studies; later rounds start from the checkpoint.")
+  catch_up_max_days: int = option(
+      30, lower_bound=1, help="The furthest back a catch-up round looks: a checkpoint "
+      "older than this (or damaged) is said in the log and this window used instead.")
   catch_up_batch: int = option(
       100, lower_bound=1, help="Films one catch-up round retrieves at most; the next batch "
       "follows once the node has read these.")

@@ -1,0 +1,207 @@
+"""Catch-up against a hostile or broken PACS, simulated with pynetdicom on loopback: one
+study it cannot list (no answer in time, a flood of answers) stops nothing else; the
+checkpoint is checked; a periodic full re-list finds a film whose study's count did not
+change; a C-GET that never ends its sub-operations is bounded."""
+import datetime
+import io
+import json
+import os
+import threading
+
+import pydicom
+import pytest
+
+pynetdicom = pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from pynetdicom import AE, evt
+from pynetdicom import sop_class
+
+from cxr_edge.node import catch_up
+from cxr_edge.node import spool as spool_lib
+from tests import dicom_files
+from tests.conftest import until
+from tests.node_test import audit, running_node
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+TODAY = datetime.date.today().strftime("%Y%m%d")
+_FIND = sop_class.StudyRootQueryRetrieveInformationModelFind
+_GET = sop_class.StudyRootQueryRetrieveInformationModelGet
+
+
+class HostilePacs:
+  """A Query/Retrieve SCP holding `films` (study UID: [film bytes]); `broken` maps a
+  study UID to what goes wrong when it is listed: "hang" (its SERIES query is never
+  answered), "flood" (its IMAGE query answers more than MAX_ANSWERS), "endless" (a
+  C-GET of its film keeps reporting pending sub-operations)."""
+
+  def __init__(self, films, broken=None):
+    self.films = {study: [pydicom.dcmread(io.BytesIO(f)) for f in data]
+                  for study, data in films.items()}
+    self.broken = broken or {}
+    self.release = threading.Event()  # ends a hanging answer when the test is done
+    self.queries = []
+    ae = AE(ae_title="HOSTILE")
+    ae.add_supported_context(_FIND)
+    ae.add_supported_context(_GET)
+    ae.add_supported_context(sop_class.DigitalXRayImageStorageForPresentation,
+                             scu_role=True, scp_role=True)
+    self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)])
+    self.address = f"HOSTILE@127.0.0.1:{self._server.server_address[1]}"
+
+  def stop(self):
+    self.release.set()
+    self._server.shutdown()
+
+  def _find(self, event):
+    query = event.identifier
+    level = str(query.QueryRetrieveLevel)
+    study = str(query.get("StudyInstanceUID", ""))
+    self.queries.append((level, study))
+    if level == "STUDY":
+      for uid, films in (self.films.items() if str(query.StudyDate) == TODAY else ()):
+        answer = pydicom.Dataset()
+        answer.QueryRetrieveLevel = "STUDY"
+        answer.StudyInstanceUID, answer.StudyDate = uid, TODAY
+        answer.NumberOfStudyRelatedInstances = len(films)
+        yield 0xFF00, answer
+    elif level == "SERIES":
+      if self.broken.get(study) == "hang":
+        self.release.wait(60)
+        return
+      for series in sorted({str(f.SeriesInstanceUID) for f in self.films.get(study, [])}):
+        answer = pydicom.Dataset()
+        answer.QueryRetrieveLevel = "SERIES"
+        answer.StudyInstanceUID, answer.SeriesInstanceUID = study, series
+        answer.Modality = "DX"
+        yield 0xFF00, answer
+    elif level == "IMAGE":
+      films = self.films.get(study, [])
+      if self.broken.get(study) == "flood":
+        films = films * (catch_up.MAX_ANSWERS + 1)
+      for f in films:
+        if str(f.SeriesInstanceUID) == str(query.SeriesInstanceUID):
+          answer = pydicom.Dataset()
+          answer.QueryRetrieveLevel = "IMAGE"
+          answer.StudyInstanceUID, answer.SeriesInstanceUID = study, f.SeriesInstanceUID
+          answer.SOPInstanceUID, answer.SOPClassUID = f.SOPInstanceUID, f.SOPClassUID
+          yield 0xFF00, answer
+    yield 0x0000, None
+
+  def _get(self, event):
+    wanted = str(event.identifier.SOPInstanceUID)
+    study = str(event.identifier.StudyInstanceUID)
+    found = [f for f in self.films.get(study, []) if str(f.SOPInstanceUID) == wanted]
+    if self.broken.get(study) == "endless":
+      yield 10**6
+      while not self.release.is_set():
+        yield 0xFF00, None  # "still working", for ever
+      return
+    yield len(found)
+    for f in found:
+      yield 0xFF00, f
+
+
+def study_films(study: int, count: int = 1):
+  return [dicom_files.study_film(600 + 10 * study + k, study=700 + study,
+                                 StudyDate=TODAY) for k in range(count)]
+
+
+def uid_of(data: bytes) -> str:
+  return str(pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID)
+
+
+@pytest.mark.parametrize("behaviour", ["hang", "flood", "endless"])
+def test_one_study_that_cannot_be_listed_or_sent_stops_no_other(released_model, tmp_path,
+                                                                behaviour):
+  bad, good = study_films(1), study_films(2, 2)
+  pacs = HostilePacs({uid_of(bad[0]): bad, uid_of(good[0]): good},
+                     broken={uid_of(bad[0]): behaviour})
+  try:
+    with running_node(released_model, tmp_path / "spool", query=pacs.address,
+                      listen=False, catch_up_minutes=0, dimse_timeout=2) as node:
+      # The round at start, then rounds run here one at a time.
+      assert until(lambda: node.catch_up.last is not None, 60)
+      rounds = [node.catch_up.last] + [node.catch_up.run_round()
+                                       for _ in range(catch_up.GIVE_UP_ROUNDS - 1)]
+      assert node.wait_idle(120)
+      for done in rounds:
+        assert done.error is None and done.failed == 1, done
+      assert rounds[0].retrieved == 2  # the other study's films, in the first round
+      assert len(audit(tmp_path / "spool")) == 2
+      after = node.catch_up.run_round()  # given up: the checkpoint moves on
+      assert (after.failed, after.error) == (0, None)
+      assert node.catch_up.checkpoint() == (datetime.date.today() - datetime.timedelta(
+          days=1)).strftime("%Y%m%d")
+  finally:
+    pacs.stop()
+
+
+@pytest.mark.parametrize("saved, window", [
+    ({"since": "00010101"}, "widest"), ({"since": "19000101"}, "widest"),
+    ({"since": "2026-12-01"}, "widest"), (b'{"pacs": "HOS', "widest"),
+    ({"since": "tomorrow"}, "widest")])
+def test_a_checkpoint_out_of_bounds_or_damaged_is_said_and_bounded(released_model, tmp_path,
+                                                                   caplog, saved, window):
+  pacs = HostilePacs({})
+  try:
+    spool = tmp_path / "spool"
+    os.makedirs(spool)
+    with open(spool / catch_up.CHECKPOINT_NAME, "wb") as f:
+      f.write(saved if isinstance(saved, bytes) else json.dumps(
+          {"pacs": pacs.address, **saved}).encode())
+    caplog.set_level("WARNING", logger="cxr_edge.node")
+    with running_node(released_model, spool, query=pacs.address, listen=False,
+                      catch_up_minutes=0, catch_up_max_days=7) as node:
+      assert until(lambda: node.catch_up.last is not None, 60)
+      done = node.catch_up.last
+    assert done.error is None
+    widest = datetime.date.today() - datetime.timedelta(days=7)
+    assert done.since == widest.strftime("%Y%m%d")
+    assert "--catch_up_max_days" in caplog.text
+    days = sum(level == "STUDY" for level, _ in pacs.queries)
+    assert days == 8  # the widest window's days, once each
+  finally:
+    pacs.stop()
+
+
+def test_a_film_added_to_a_study_of_the_same_count_is_found_by_a_full_relist(
+    released_model, tmp_path, monkeypatch):
+  monkeypatch.setattr(catch_up, "FULL_RELIST_ROUNDS", 2)
+  first, later = study_films(3), study_films(4)
+  study = uid_of(first[0])
+  pacs = HostilePacs({study: first})
+  try:
+    with running_node(released_model, tmp_path / "spool", query=pacs.address,
+                      listen=False, catch_up_minutes=0) as node:
+      assert until(lambda: node.catch_up.last is not None, 60)
+      assert node.catch_up.last.retrieved == 1 and node.wait_idle(120)
+      known = node.catch_up._known_studies  # pylint: disable=protected-access
+      assert until(lambda: node.catch_up.run_round() and study in known, 10)
+      # The PACS swaps the study's film for another: still one instance.
+      replacement = pydicom.dcmread(io.BytesIO(later[0]))
+      replacement.StudyInstanceUID = study
+      pacs.films[study] = [replacement]
+      retrieved = [node.catch_up.run_round().retrieved for _ in range(2)]
+      assert retrieved == [0, 1]  # skipped while the count is the same, then re-listed
+      assert node.wait_idle(120)
+      assert len(audit(tmp_path / "spool")) == 2
+  finally:
+    pacs.stop()
+
+
+
+def test_a_round_past_its_deadline_ends_with_that_error(released_model, tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(catch_up, "ROUND_DEADLINE_S", 0.0)
+  films = study_films(5)
+  pacs = HostilePacs({uid_of(films[0]): films})
+  try:
+    with running_node(released_model, tmp_path / "spool", query=pacs.address,
+                      listen=False, catch_up_minutes=0) as node:
+      assert until(lambda: node.catch_up.last is not None, 60)
+      assert "ran over its 0-minute deadline" in node.catch_up.last.error
+      assert node.catch_up.checkpoint() is None  # not moved by a round that did not finish
+  finally:
+    pacs.stop()
