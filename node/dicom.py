@@ -293,8 +293,24 @@ class Receiver:
 
   def on_store(self, event) -> int:
     """EVT_C_STORE: a film pushed to the node, or sent back by its own C-GET."""
-    calling = peer(event.assoc)
     received = getattr(event.request, "_dataset_file", None)
+    if not isinstance(received, ReceivedFile):
+      return self._admit(event, received)
+    # The dataset is whole once its handler is called: its file is closed here, since
+    # pynetdicom's C-GET path never closes it (a descriptor held per retrieved film) nor
+    # removes it (the sweep took it for a cut-off transfer); on a push, pynetdicom
+    # removes it itself after this handler.
+    received.close()
+    try:
+      return self._admit(event, received)
+    finally:
+      if event.assoc.is_requestor:  # the node's own C-GET
+        with contextlib.suppress(OSError):
+          os.unlink(received.name)
+
+  def _admit(self, event, received) -> int:
+    """on_store's checks and admission: the status to answer."""
+    calling = peer(event.assoc)
     if isinstance(received, ReceivedFile) and received.failed:
       log.warning("refused %s from %s: %s", event.request.AffectedSOPInstanceUID, calling,
                   received.failed)

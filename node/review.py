@@ -285,6 +285,14 @@ def worklist(records: List[Dict], queued: int, waiting: int,
                model=model)
 
 
+def open_files() -> Optional[int]:
+  """The node process's open file descriptors (None where the system does not say)."""
+  try:
+    return len(os.listdir("/proc/self/fd"))
+  except OSError:
+    return None
+
+
 def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = None,
            catch_up: Optional[Dict] = None, parts: Optional[Dict[str, Dict]] = None) -> Dict:
   """The node's state for a monitoring script (/status.json): whether every part is
@@ -302,7 +310,7 @@ def status(spool: spool_lib.Spool, forwarding: bool, now_ns: Optional[int] = Non
     return round((now_ns - (st.st_ctime_ns if ctime else st.st_mtime_ns)) / 1e9, 1)
 
   return {"healthy": all(p["running"] for p in (parts or {}).values()),
-          "parts": parts or {},
+          "parts": parts or {}, "open_files": open_files(),
           "films_waiting_to_be_read": len(pending),
           "oldest_film_waiting_seconds": age("incoming", pending[0] + ".dcm")
                                          if pending else 0.0,

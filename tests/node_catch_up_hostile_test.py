@@ -205,3 +205,24 @@ def test_a_round_past_its_deadline_ends_with_that_error(released_model, tmp_path
       assert node.catch_up.checkpoint() is None  # not moved by a round that did not finish
   finally:
     pacs.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
+def test_films_brought_by_c_get_leave_no_file_open(released_model, tmp_path):
+  from cxr_edge.node import review  # pylint: disable=g-import-not-at-top
+  films = study_films(6, 12)
+  pacs = HostilePacs({uid_of(films[0]): films})
+  try:
+    with running_node(released_model, tmp_path / "spool", query=pacs.address,
+                      listen=False, catch_up_minutes=0) as node:
+      assert until(lambda: node.catch_up.last is not None, 60)
+      assert node.catch_up.last.retrieved == 12 and node.wait_idle(120)
+      before = review.open_files()
+      extra = study_films(9, 12)  # seeds apart from the first twelve
+      for data in extra:  # more films in the study (its count changes: listed again)
+        pacs.films[uid_of(films[0])].append(pydicom.dcmread(io.BytesIO(data)))
+      assert node.catch_up.run_round().retrieved == 12 and node.wait_idle(120)
+      assert review.open_files() <= before + 2  # not one more per film retrieved
+      assert not os.listdir(tmp_path / "spool" / "receiving")
+  finally:
+    pacs.stop()
