@@ -122,8 +122,8 @@ class Node:
     self.processed = 0
     # Every part runs in a thread of its own; one that cannot go on stops the node.
     self.parts: Dict[str, background.Background] = {
-        p.name: p for p in (self._worker, self.receiver.gate, self.forwarder,
-                            self.catch_up, self.monitor) if p is not None}
+        p.name: p for p in (self._worker, self.receiver.gate if options.listen else None,
+                            self.forwarder, self.catch_up, self.monitor) if p is not None}
     self.died = threading.Event()
     self.death: Optional[str] = None  # which part could not go on, and why
     for part in self.parts.values():

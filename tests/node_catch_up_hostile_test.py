@@ -226,3 +226,52 @@ def test_films_brought_by_c_get_leave_no_file_open(released_model, tmp_path):
       assert not os.listdir(tmp_path / "spool" / "receiving")
   finally:
     pacs.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
+def test_under_a_small_open_file_limit_more_films_than_the_limit_all_get_read(
+    released_model, tmp_path):
+  """cxr-node as a process with 160 descriptors at most, pulling 200 films by C-GET: each
+  is read, and the node stays healthy (every film held one descriptor before, and the
+  worker died at the limit while the process stayed up)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  from scripts import orthanc  # pylint: disable=g-import-not-at-top  # free_port
+  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+  limit, count = 160, 200
+  films = {}
+  for k in range(count):
+    data = dicom_files.study_film(2000 + k, study=900 + k // 20, StudyDate=TODAY)
+    films.setdefault(uid_of(data), []).append(data)
+  pacs = HostilePacs(films)
+  http_port = orthanc.free_port()
+  spool = tmp_path / "spool"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "cxr_edge.node.node", f"--spool_dir={spool}",
+       f"--model={released_model}", "--nolisten", f"--query={pacs.address}",
+       "--catch_up_minutes=0", f"--http_port={http_port}", "--noresult_card"],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+  try:
+    def status():
+      try:
+        return json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{http_port}/status.json", timeout=10).read())
+      except OSError:
+        return None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+      if len(audit(spool)) == count:
+        break
+      time.sleep(0.5)
+    state = status()
+    assert process.poll() is None, "the node exited"
+    assert len(audit(spool)) == count
+    assert state["healthy"] and state["open_files"] < limit - 20, state
+  finally:
+    process.terminate()
+    process.wait(30)
+    pacs.stop()
