@@ -57,6 +57,7 @@ from pynetdicom import sop_class
 
 from cxr_edge.node import background
 from cxr_edge.node import dicom
+from cxr_edge.node import limits
 from cxr_edge.node import node_config
 from cxr_edge.node import spool as spool_lib
 
@@ -299,7 +300,8 @@ class CatchUp(background.Background):
       ae.add_requested_context(_MOVE)
     try:
       return dicom.associate(ae, self.pacs, options.acse_timeout, ext_neg=roles,
-                             evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+                             evt_handlers=[(evt.EVT_C_STORE, self.on_store),
+                                           limits.own_association_guard(options.limits)])
     except dicom.NoAssociation as e:
       raise CatchUpError(str(e)) from None
 

@@ -93,8 +93,9 @@ class Connection:
 
   @property
   def calling(self) -> str:
-    try:
-      return str(self.assoc.requestor.ae_title or "").strip() or "?"
+    try:  # the peer's AE title: the PACS's on the node's own associations
+      side = self.assoc.acceptor if self.assoc.is_requestor else self.assoc.requestor
+      return str(side.ae_title or "").strip() or "?"
     except AttributeError:
       return "?"
 
@@ -233,6 +234,23 @@ class GuardedSocket:
     if missing:
       raise _Dropped(f"a C-STORE request without its {' or '.join(missing)}")
     self._connection.worked()
+
+
+def own_association_guard(limits: Limits):
+  """An EVT_CONN_OPEN handler for the node's own associations (catch-up's): what the PACS
+  sends back passes the same checks as what a sender pushes (PDU lengths and time, the
+  C-STORE commands and dataset size of C-GET's films), so a PACS that answers with one
+  huge PDU is dropped at its header instead of being read into memory."""
+  from pynetdicom import evt  # pylint: disable=g-import-not-at-top
+
+  def on_open(event) -> None:
+    assoc_socket = event.assoc.dul.socket
+    raw = assoc_socket.socket
+    address = str(event.address[0]) if event.address else "?"
+    connection = Connection(event.assoc, address, raw, limits)
+    connection.admitted = True  # the node asked for it: no deadline for a request
+    assoc_socket.socket = GuardedSocket(raw, connection)
+  return (evt.EVT_CONN_OPEN, on_open)
 
 
 class Gate(background.Background):

@@ -275,3 +275,43 @@ def test_under_a_small_open_file_limit_more_films_than_the_limit_all_get_read(
     process.terminate()
     process.wait(30)
     pacs.stop()
+
+
+def test_a_pacs_that_answers_with_one_huge_pdu_is_dropped_at_its_header(released_model,
+                                                                       tmp_path):
+  """The catch-up's own association has the receiver's PDU guard: a PACS that answers
+  the association request with a PDU claiming 300 MB is dropped when its header is read
+  (it took the node from 112 MB to 1.3 GB)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  server = socket.create_server(("127.0.0.1", 0))
+  sent = []
+
+  def hostile():
+    try:
+      conn, _ = server.accept()
+    except OSError:
+      return
+    with conn:
+      conn.recv(1 << 16)  # the association request
+      conn.sendall(b"\x02\x00" + (300 * 2**20).to_bytes(4, "big"))
+      try:
+        for _ in range(64):  # 64 MB of it, as long as the node reads
+          conn.sendall(bytes(2**20))
+          sent.append(1)
+      except OSError:
+        pass
+  thread = threading.Thread(target=hostile, daemon=True)
+  thread.start()
+  address = f"HUGE@127.0.0.1:{server.getsockname()[1]}"
+  try:
+    tracemalloc.start()
+    with running_node(released_model, tmp_path / "spool", query=address, listen=False,
+                      catch_up_minutes=0) as node:
+      assert until(lambda: node.catch_up.last is not None, 60)
+      peak = tracemalloc.get_traced_memory()[1]
+      assert node.catch_up.last.error  # the round failed; the node goes on
+  finally:
+    tracemalloc.stop()
+    server.close()
+  assert peak < 40 * 2**20 and len(sent) < 64
