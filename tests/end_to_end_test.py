@@ -48,7 +48,15 @@ def test_end_to_end_on_the_sample(tmp_path):
   _assert_quiet("cxr_edge.edge.predict", r)
   lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert len(lines) == len(os.listdir(os.path.join(SAMPLE_DIR, "NORMAL"))) == 130
-  assert all(l["prediction"] in ("NORMAL", "PNEUMONIA") and 0 <= l["p_pneumonia"] <= 1 for l in lines)
+  # The export fitted an image gate (edge_cnn pools): a few films may be withheld, each
+  # with its reason, the rest predicted.
+  predicted = [l for l in lines if "prediction" in l]
+  assert all(l["prediction"] in ("NORMAL", "PNEUMONIA") and 0 <= l["p_pneumonia"] <= 1
+             for l in predicted)
+  assert len(predicted) >= 0.9 * len(lines)
+  assert all(l["not_analysed"] for l in lines if "prediction" not in l)
+  info = json.load(open(os.path.join(ex, "metadata.json")))["models"]["model_int8.tflite"]
+  assert info["image_gate"]["fitted"]["films"] == 241
   # Trained on the sample: a smoke-test model, and its summary says so.
   assert ("cxr-predict: SMOKE-TEST MODEL: trained on only 241 films; it is for trying the "
           "software, not for films of patients.") in r.stderr.splitlines()
