@@ -254,3 +254,19 @@ def test_a_damaged_release_json_is_one_line_not_a_traceback(install, damage):
     released.path()
   assert released.describe().startswith("released model: NOT USABLE: ")
   assert "sha256" not in released.describe()  # it claims no sha256 it did not check
+
+
+@pytest.mark.parametrize("module, flags", [
+    ("cxr_edge.node.node", {"port": 0, "host": "127.0.0.1"}),
+    ("cxr_edge.node.monitor", {}),
+])
+def test_the_node_and_the_monitor_say_a_damaged_release_in_one_line(install, tmp_path,
+                                                                     module, flags):
+  pytest.importorskip("pynetdicom", reason="cxr-edge[node] is not installed")
+  (install / released.RELEASE_NAME).write_bytes(b"{\"files\": ")
+  spool = tmp_path / "spool"
+  os.makedirs(spool)
+  with pytest.raises(SystemExit) as e:
+    run_main(module, spool_dir=str(spool), **flags)
+  text = str(e.value.code)
+  assert "\n" not in text and "RELEASE.json is damaged" in text and "reinstall" in text
