@@ -111,9 +111,13 @@ def score_films(model: runtime.LiteModel, image_dir: str) -> LocalFilms:
   if withheld:
     logging.warning("%d film(s) outside the model's intended use are left out (first: %s: "
                     "%s)", len(withheld), withheld[0][0], withheld[0][2])
-  if not analysed:
-    raise CalibrationError(f"every film in {image_dir!r} is outside the model's intended "
-                           f"use (first: {withheld[0][0]}: {withheld[0][2]})")
+  left = [sum(i.label == k for i in analysed) for k in range(schema.NUM_CLASSES)]
+  if min(left) == 0:
+    raise CalibrationError(
+        f"films of both classes are needed to choose a threshold; after {len(withheld)} "
+        f"film(s) outside the model's intended use were left out (first: "
+        f"{withheld[0][0]}: {withheld[0][2]}), "
+        + ", ".join(f"{n} {label}" for n, label in zip(left, schema.LABELS)) + " remain")
   return LocalFilms([i.relpath for i in analysed], np.array([i.label for i in analysed]),
                     [i.patient_id for i in analysed], np.stack(outputs),
                     [i.subtype or "" for i in analysed], withheld)

@@ -350,3 +350,16 @@ def test_the_default_rule_keeps_the_stated_sensitivity_on_the_external_films(rel
                                    rule="youden")
   assert record["threshold"] <= youden["threshold"] or (
       youden["measured"]["at_new"]["sensitivity"] >= stated)
+
+
+def test_films_all_outside_the_intended_use_in_one_class_are_refused(released_model, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  films = _films(tmp_path / "films", per_class=40, classes=("NORMAL",))
+  os.makedirs(tmp_path / "films" / "pneumonia")
+  for k in range(3):  # "pneumonia films" that are colour pictures: all withheld
+    Image.fromarray(np.full((64, 64, 3), (200, 30 * k, 30), np.uint8)).save(
+        tmp_path / "films" / "pneumonia" / f"photo{k}.png")
+  with pytest.raises(calibrate_lib.CalibrationError, match="after 3 film.s. outside the "
+                     "model's intended use were left out .*40 NORMAL, 0 PNEUMONIA remain"):
+    calibrate_lib.calibrate(released_model, films, str(tmp_path / "site"))
+  assert not (tmp_path / "site").exists()
