@@ -204,6 +204,7 @@ def main(argv):
       raise app.UsageError("--info describes the model and reads no image")
     model = runtime.LiteModel(released.resolve(_MODEL.value), _THREADS.value)
     print(model.info.describe(model.sha256))
+    print(released.version_of(model.sha256))
     return
   if not patterns:
     raise app.UsageError("give at least one image file, folder or glob")

@@ -107,6 +107,24 @@ def describe() -> str:
           f"{file_name()} sha256 {sha[:12]} (checked)")
 
 
+def version_of(sha256: str) -> str:
+  """Which release a model file is, in one line: a released file's version and date, an
+  earlier version's number, or that it is not a released file (a site's, an export)."""
+  try:
+    r = release()
+  except errors.ModelError as e:
+    return f"release:      unknown ({e})"
+  if r is None:
+    return "release:      not a released file (this install ships no release)"
+  if sha256 in {e["sha256"] for e in r["files"].values()}:
+    return f"release:      {r['name']} version {r['version']} ({r['date']})"
+  for earlier in r.get("history", []):
+    if sha256 in (earlier.get("files") or {}).values():
+      return (f"release:      {r['name']} version {earlier['version']} ({earlier['date']}), "
+              f"superseded by version {r['version']}")
+  return "release:      not a released file (an export, or a site's calibration of one)"
+
+
 # The README's rows for the released model sit between these markers (one pair per
 # table); scripts/release_model.py writes them and tests/released_test.py checks them.
 def markers(block: str):

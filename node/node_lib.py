@@ -14,6 +14,7 @@ film's error, and the worker goes on.
 """
 import dataclasses
 import datetime
+import errno
 import io
 import logging
 import os
@@ -136,18 +137,32 @@ class Node:
       self.forwarder.start()
     self._worker.start()
     http_port = None
-    if self.options.http_port is not None:
-      self.review = review.ReviewServer(
-          self.spool, self.options.http_host, self.options.http_port, self._token(),
-          waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice,
-          model=self.model.info.headline(self.model.sha256),
-          timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
-          uncalibrated=self.model.info.site_calibration is None,
-          catch_up=self.catch_up_state, monitor=self.monitor,
-          public_origin=self.options.public_url, parts=self.health)
-      self.review.start()
-      http_port = self.review.port
-    dicom_port = self.receiver.start(listen=self.options.listen)
+    binding = ("--http_port", self.options.http_host, self.options.http_port)
+    try:
+      if self.options.http_port is not None:
+        self.review = review.ReviewServer(
+            self.spool, self.options.http_host, self.options.http_port, self._token(),
+            waiting=lambda: len(self.spool.outbox()), notice=self.model.info.notice,
+            model=self.model.info.headline(self.model.sha256),
+            timeout=self.options.http_timeout, forwarding=self.forwarder is not None,
+            uncalibrated=self.model.info.site_calibration is None,
+            catch_up=self.catch_up_state, monitor=self.monitor,
+            public_origin=self.options.public_url, parts=self.health)
+        self.review.start()
+        http_port = self.review.port
+      binding = ("--port", self.options.host, self.options.port)
+      dicom_port = self.receiver.start(listen=self.options.listen)
+    except OSError as e:
+      if e.errno != errno.EADDRINUSE:
+        raise
+      self.stop()
+      flag, host, port = binding
+      raise errors.CxrError(f"{flag}={port}: {host}:{port} is already in use (another "
+                            f"cxr-node, or another program): stop it, or give {flag} "
+                            "another port (0: any free one)") from None
+    if not self.forwarder:
+      log.warning("no --forward: reports are written to %s and sent to no PACS",
+                  self.spool.path("reports"))
     queued = self.spool.queued()
     log.info("cxr-node %s %s%s%s; %s, from %s; %d film(s) queued from before",
              self.options.ae_title,

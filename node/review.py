@@ -44,6 +44,9 @@ REFRESH_SECONDS = 10
 PREVIEW_SIDE = 1024
 _COOKIE = "cxr_node_token"
 _READER_COOKIE = "cxr_node_reader"
+# The reader's name is kept this long in the browser (a session cookie asked again in
+# every new browser session); a shared workstation's next reader gives theirs at /reader.
+READER_COOKIE_DAYS = 30
 # A verdict or a name is a few dozen bytes of form; larger is not one.
 MAX_FORM_BYTES = 4096
 _HEADERS = {
@@ -701,6 +704,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return
       self._send(303, b"", headers={
           "Location": "/", "Set-Cookie": f"{_READER_COOKIE}={urllib.parse.quote(name)}; "
+                                         f"Max-Age={READER_COOKIE_DAYS * 86400}; "
                                          "HttpOnly; SameSite=Strict; Path=/"})
       return
     if path != "/verdict":

@@ -766,3 +766,49 @@ def test_dead_letters_are_requeued_by_one_command_and_then_sent(released_model, 
   finally:
     pacs.stop()
   assert len(pacs.reports()) == 1
+
+
+def test_a_port_in_use_names_the_port_and_the_flag_and_nothing_is_left_running(
+    released_model, tmp_path):
+  import socket  # pylint: disable=g-import-not-at-top
+  taken = socket.socket()
+  taken.bind(("127.0.0.1", 0))
+  taken.listen()
+  port = taken.getsockname()[1]
+  try:
+    for flags, flag in (({"port": port}, "--port"), ({"port": 0, "http_port": port},
+                                                     "--http_port")):
+      node = node_lib.Node(node_config.NodeOptions(
+          model=released_model, spool_dir=str(tmp_path / "spool"), host="127.0.0.1",
+          **flags))
+      with pytest.raises(errors.CxrError, match=rf"^{flag}={port}: 127.0.0.1:{port} is "
+                         rf"already in use .*give {flag} another port"):
+        node.start()
+      # Stopped whole: the spool is free for the next start.
+      node_lib.Node(node_config.NodeOptions(model=released_model, port=0,
+                                            spool_dir=str(tmp_path / "spool"))).stop()
+  finally:
+    taken.close()
+
+
+def test_the_reader_name_lasts_and_a_node_without_forward_says_where_reports_go(
+    released_model, tmp_path, caplog):
+  caplog.set_level("WARNING", logger="cxr_edge.node")
+  with running_node(released_model, tmp_path / "spool", http_port=0) as node:
+    base = f"http://127.0.0.1:{node.ports.http}"
+    page = urllib.request.urlopen(base + "/reader", timeout=30).read().decode()
+    import re  # pylint: disable=g-import-not-at-top
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+      def redirect_request(self, *args, **kwargs):
+        return None
+    request = urllib.request.Request(
+        base + "/reader", urllib.parse.urlencode({"reader": "Dr Long", "csrf": csrf}).encode(),
+        {"Origin": base, "Content-Type": "application/x-www-form-urlencoded"}, method="POST")
+    try:
+      answer = urllib.request.build_opener(NoRedirect).open(request, timeout=30)
+    except urllib.error.HTTPError as e:
+      answer = e
+  assert f"Max-Age={review.READER_COOKIE_DAYS * 86400};" in answer.headers["Set-Cookie"]
+  assert f"no --forward: reports are written to {tmp_path / 'spool' / 'reports'}" in caplog.text

@@ -18,6 +18,7 @@ from cxr_edge.core import errors
 from cxr_edge.core import image_io
 from cxr_edge.core import intended_use
 from cxr_edge.core import package_info
+from cxr_edge.edge import released
 from cxr_edge.edge import runtime
 from tests import dicom_files
 from tests.conftest import ROOT, SAMPLE_DIR, image_bytes, job, run_main, write_file
@@ -102,7 +103,9 @@ def test_info_describes_the_package_and_reads_no_image(released_model):
   assert "not calibrated for a site" in r.stdout
   assert ("Intended use: " + package_info.INTENDED_USE + "\n\n"
           + intended_use.IntendedUse().describe()) in r.stdout
-  assert r.stdout.rstrip().endswith(intended_use.IntendedUse().describe())
+  release = released.release()
+  assert r.stdout.rstrip().endswith(intended_use.IntendedUse().describe() + "\n" + (
+      f"release:      {release['name']} version {release['version']} ({release['date']})"))
   r = _run_predict(f"--model={model}", "--info", "film.jpeg")
   assert r.returncode == 1 and "--info describes the model and reads no image" in r.stderr
 

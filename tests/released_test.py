@@ -270,3 +270,15 @@ def test_the_node_and_the_monitor_say_a_damaged_release_in_one_line(install, tmp
     run_main(module, spool_dir=str(spool), **flags)
   text = str(e.value.code)
   assert "\n" not in text and "RELEASE.json is damaged" in text and "reinstall" in text
+
+
+def test_a_files_release_is_named_by_its_sha256(record, install):
+  assert released.version_of(record["files"]["model_int8.tflite"]["sha256"]) == (
+      f"release:      {record['name']} version {record['version']} ({record['date']})")
+  old = record["history"][-1]
+  assert released.version_of(old["files"]["model_int8.tflite"]) == (
+      f"release:      {record['name']} version {old['version']} ({old['date']}), superseded "
+      f"by version {record['version']}")
+  assert "not a released file" in released.version_of("0" * 64)
+  (install / released.RELEASE_NAME).write_bytes(b"[")
+  assert released.version_of("0" * 64).startswith("release:      unknown (")
