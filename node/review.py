@@ -44,8 +44,8 @@ REFRESH_SECONDS = 10
 PREVIEW_SIDE = 1024
 _COOKIE = "cxr_node_token"
 _READER_COOKIE = "cxr_node_reader"
-# The reader's name is kept this long in the browser (a session cookie asked again in
-# every new browser session); a shared workstation's next reader gives theirs at /reader.
+# How long the browser keeps the reader's name (a cookie for one browser session had it
+# asked again every day); a shared workstation's next reader gives theirs at /reader.
 READER_COOKIE_DAYS = 30
 # A verdict or a name is a few dozen bytes of form; larger is not one.
 MAX_FORM_BYTES = 4096
@@ -688,7 +688,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     origin = self.headers.get("Origin")
     fetch_site = self.headers.get("Sec-Fetch-Site")
     token_ok = hmac.compare_digest(form.get("csrf", "").encode(), state.csrf.encode())
-    own = {f"http://{host}", state.public_origin}
+    own = {f"http://{host}", *([state.public_origin] if state.public_origin else [])}
     if (not token_ok or (origin is not None and origin not in own)
         or fetch_site not in (None, "same-origin")):
       log.warning("review page: a cross-site or stale form was refused")
