@@ -60,13 +60,34 @@ def _date(text: str) -> Optional[datetime.date]:
     return None
 
 
+def dicom_age_years(text: Any) -> Optional[float]:
+  """A DICOM Age String (nnnD, nnnW, nnnM, nnnY) in years, or None if it is not one."""
+  match = _AGE.match(str(text if text is not None else "").strip().upper())
+  return int(match.group(1)) * _DAYS[match.group(2)] / 365.25 if match else None
+
+
+def parse_age_range(text: str) -> Optional[Tuple[int, int]]:
+  """A site's YOUNGEST,OLDEST in whole years (--intended_ages), or None for empty text.
+
+  Raises:
+    ValueError: not two whole numbers (the message says what to give).
+  """
+  parts = [t.strip() for t in str(text or "").split(",") if t.strip()]
+  if not parts:
+    return None
+  if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    raise ValueError(f"{text!r} is not YOUNGEST,OLDEST in whole years (e.g. 1,5)")
+  return int(parts[0]), int(parts[1])
+
+
 def age_years(header: Any) -> Optional[Tuple[float, str]]:
   """The patient's age in years and where it came from, or None when the header does not
   say (or says it unreadably): PatientAge ("004Y", "030M"), else the birth date and the
   study date."""
-  match = _AGE.match(_text(header, "PatientAge"))
-  if match:
-    return int(match.group(1)) * _DAYS[match.group(2)] / 365.25, "PatientAge " + match.group(0)
+  stated = _text(header, "PatientAge")
+  years = dicom_age_years(stated)
+  if years is not None:
+    return years, "PatientAge " + stated
   born = _date(_text(header, "PatientBirthDate"))
   taken = next((d for d in (_date(_text(header, t)) for t in _DATE_TAGS) if d), None)
   if born is None or taken is None or taken < born:

@@ -39,6 +39,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -46,6 +47,7 @@ import numpy as np
 
 from cxr_edge.core import cli
 from cxr_edge.core import errors
+from cxr_edge.core import intended_use
 from cxr_edge.edge import explain
 from cxr_edge.edge import released
 from cxr_edge.edge import runtime
@@ -62,7 +64,7 @@ _STRICT = flags.DEFINE_bool(
     "strict", False, "Refuse (an error line) films that would be analysed with a warning "
     "(outside the model's own intended use, inside a use widened by "
     "--widen_intended_use), instead of predicting them with it.")
-_AGES = flags.DEFINE_list(
+_AGES = flags.DEFINE_string(
     "intended_ages", None, "YOUNGEST,OLDEST: the patients' ages in whole years this site "
     "analyses (from a DICOM header's PatientAge or birth and study dates); default: the "
     "package's (--info). A narrower range is yours to set; a wider one needs "
@@ -178,14 +180,12 @@ class _Tally:
     return text
 
 
-def _ages(values) -> tuple:
-  """--intended_ages's YOUNGEST,OLDEST as whole years."""
+def _ages() -> Optional[Tuple[int, int]]:
+  """--intended_ages as (youngest, oldest), or None when not given."""
   try:
-    youngest, oldest = (int(v) for v in values)
-  except ValueError:
-    raise errors.ConfigError(f"--intended_ages={','.join(values)}: give YOUNGEST,OLDEST in "
-                             "whole years, e.g. 1,5") from None
-  return youngest, oldest
+    return intended_use.parse_age_range(_AGES.value)
+  except ValueError as e:
+    raise errors.ConfigError(f"--intended_ages: {e}") from None
 
 
 def _writer(out, fmt: str):
@@ -210,7 +210,7 @@ def main(argv):
     raise app.UsageError("give at least one image file, folder or glob")
   fmt = _output_format()
   model = runtime.LiteModel(released.resolve(_MODEL.value), _THREADS.value)
-  model.for_site(_ages(_AGES.value) if _AGES.value else None, _VIEWS.value, _WIDEN.value)
+  model.for_site(_ages(), _VIEWS.value, _WIDEN.value)
   if _EXPLAIN.value:
     os.makedirs(_EXPLAIN.value, exist_ok=True)
   items = list(runtime.expand_paths(patterns))  # the total, for progress

@@ -299,7 +299,11 @@ def export(model_dir: str, data_dir: str, export_dir: str, calibration_samples: 
   _set_thresholds(metadata, files, qat_info)
   for path in files.values():
     embed_metadata(path, metadata)
-  fit_gates(files, metadata, *gate_films(data_dir))  # before the report: it is scored with it
+  # Before the report, which scores the files with their gates. Films are decoded only
+  # for a network that has a gate to fit (seed_cnn has none).
+  gated = {v: p for v, p in files.items() if runtime.LiteModel(p).has_features}
+  if gated:
+    fit_gates(gated, metadata, *gate_films(data_dir))
   with open(os.path.join(export_dir, schema.METADATA_NAME), "w", encoding="utf-8") as f:
     json.dump(metadata, f, indent=2)
 
@@ -446,11 +450,10 @@ def gate_films(data_dir: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
 
 def fit_gates(files: Dict[str, str], metadata: Dict[str, Any], train: List[np.ndarray],
               heldout: List[np.ndarray]) -> None:
-  """Fits each file's image gate (edge/scope.py) on its own features and embeds it."""
+  """Fits each file's image gate (edge/scope.py) on its own features and embeds it
+  (every file must output its feature map: LiteModel.has_features)."""
   for variant, path in files.items():
     model = runtime.LiteModel(path)
-    if not model.has_features:
-      continue
     logging.info("fitting the image gate of %s on %d training films (limits on %d held-out "
                  "ones)", variant, len(train), len(heldout))
     gate = scope.fit_model(model, train, heldout)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from cxr_edge.core import errors
+from cxr_edge.core import intended_use
 from cxr_edge.core import metrics
 from cxr_edge.core import site_log
 from cxr_edge.edge import released
@@ -96,11 +97,9 @@ def film_inputs(header: Any, gray: Optional[np.ndarray]) -> Dict[str, Any]:
 
 
 def age_years(text: Optional[str]) -> Optional[float]:
-  """A DICOM Age String (nnnD, nnnW, nnnM, nnnY) in years, or None."""
-  if not text or len(text) != 4 or not text[:3].isdigit():
-    return None
-  per_year = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}.get(text[3].upper())
-  return None if per_year is None else round(int(text[:3]) / per_year, 2)
+  """A DICOM Age String (nnnD, nnnW, nnnM, nnnY) in years to two decimals, or None."""
+  years = intended_use.dicom_age_years(text)
+  return None if years is None else round(years, 2)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

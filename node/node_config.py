@@ -8,6 +8,7 @@ import re
 import urllib.parse
 from typing import Optional, Tuple
 
+from cxr_edge.core import intended_use
 from cxr_edge.core import schema
 from cxr_edge.core.config_flags import option
 from cxr_edge.core.errors import ConfigError
@@ -84,16 +85,6 @@ def public_origin(text: str) -> str:
   host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
   default = {"http": 80, "https": 443}[parts.scheme]
   return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
-
-
-def _age_range(text: str) -> Tuple[int, ...]:
-  """YOUNGEST,OLDEST in whole years, or empty."""
-  parts = [t.strip() for t in str(text).split(",") if t.strip()]
-  if not parts:
-    return ()
-  if len(parts) != 2 or not all(p.isdigit() for p in parts):
-    raise ValueError(f"{text!r} is not YOUNGEST,OLDEST in whole years (e.g. 1,5)")
-  return (int(parts[0]), int(parts[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +175,7 @@ class NodeOptions:
       "intended use, inside a use widened by --widen_intended_use) are not: their report "
       "says NOT ANALYSED and why.")
   intended_ages: Tuple[int, ...] = option(
-      (), parse=_age_range,
+      (), parse=lambda text: intended_use.parse_age_range(text) or (),
       help="YOUNGEST,OLDEST: the patients' ages in whole years this site analyses (from "
       "PatientAge, or birth and study dates); empty: the model's intended use (--info). "
       "Narrower is yours to set; wider needs --widen_intended_use.")
